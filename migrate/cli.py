@@ -1,0 +1,100 @@
+"""The `tf-migrate` command line: parses options and hands them to the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tf_migrate import __version__
+
+
+class _DefaultGroup(click.Group):
+    """`tf-migrate PATH...` runs `migrate`; `tf-migrate rules` etc. run subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["migrate", *args]
+        elif not args:
+            args = ["migrate", "--help"]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tf-migrate")
+def main() -> None:
+    """Migrate legacy PyTorch transformer code: `tf-migrate PATH...` (see `tf-migrate migrate -h`)."""
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; write nothing.")
+@click.option("--write", is_flag=True, help="Rewrite the files in place (atomically).")
+@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write migrated copies of every input file under DIR, mirroring the tree.")
+@click.option("--select", multiple=True, help="Rules: codes, prefixes, names, or exact/compatible/retrain/all.")
+@click.option("--ignore", multiple=True, help="Rules to leave out (same forms as --select).")
+@click.option("--option", "rule_options", multiple=True, metavar="RULE.KEY=VALUE",
+              help="A per-rule option, e.g. swiglu.ffn=geglu.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the checkpoint plan (JSON) to this file.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="pyproject.toml to read [tool.tf-migrate] from (default: the nearest one).")
+def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, fmt, plan_path,
+            config_path) -> None:
+    """Report (default), diff, or apply the migrations to PATHS."""
+    from tf_migrate.run import RunOptions, UsageError, run
+
+    options = RunOptions(
+        paths=list(paths), diff=show_diff, write=write, output_dir=output_dir,
+        select=_split(select), ignore=_split(ignore), rule_options=list(rule_options),
+        fmt=fmt, plan_path=plan_path, config_path=config_path,
+    )
+    try:
+        code = run(options, sys.stdout)
+    except UsageError as exc:
+        click.echo(f"tf-migrate: error: {exc}", err=True)
+        code = 2
+    sys.exit(code)
+
+
+@main.command("rules")
+def list_rules() -> None:
+    """List the rules: code, name, equivalence class, summary."""
+    from tf_migrate.registry import all_rules
+
+    for rule in all_rules():
+        click.echo(f"{rule.code}  {rule.name:<12} {rule.equivalence.value:<11} {rule.summary}")
+
+
+@main.command()
+@click.argument("code")
+def explain(code: str) -> None:
+    """Show a rule's documentation with a before/after example."""
+    from tf_migrate.registry import SelectionError, find_rule
+
+    try:
+        rule = find_rule(code)
+    except SelectionError as exc:
+        click.echo(f"tf-migrate: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{rule.code} [{rule.name}] ({rule.equivalence.value})\n")
+    click.echo(rule.documentation())
+    if rule.example_before:
+        click.echo("\nBefore:\n" + _indent(rule.example_before) + "\nAfter:\n" + _indent(rule.example_after))
+
+
+def _indent(code: str) -> str:
+    return "".join("    " + line + "\n" for line in code.rstrip().splitlines())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

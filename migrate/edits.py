@@ -1,0 +1,45 @@
+"""Applying rule fixes to a module: node replacements, then the imports they need or free."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
+
+from tf_migrate.rule import Fix
+
+
+class _Replace(cst.CSTTransformer):
+    def __init__(self, replacements: Mapping[Any, Any]) -> None:
+        self.replacements = replacements
+
+    def on_leave(self, original_node, updated_node):
+        if original_node in self.replacements:
+            return self.replacements[original_node]
+        return updated_node
+
+
+def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
+    fixes = list(fixes)
+    replacements: dict[Any, Any] = {}
+    for fix in fixes:
+        replacements.update(fix.replacements)
+    if not replacements:
+        return module
+    module = module.visit(_Replace(replacements))
+    context = CodemodContext()
+    needs_add = needs_remove = False
+    for fix in fixes:
+        for dotted, obj, alias in fix.imports:
+            AddImportsVisitor.add_needed_import(context, dotted, obj, alias)
+            needs_add = True
+        for dotted, obj, alias in fix.maybe_unused_imports:
+            RemoveImportsVisitor.remove_unused_import(context, dotted, obj, alias)
+            needs_remove = True
+    if needs_add:
+        module = AddImportsVisitor(context).transform_module(module)
+    if needs_remove:
+        module = RemoveImportsVisitor(context).transform_module(module)
+    return module

@@ -1,0 +1,143 @@
+"""One `tf-migrate PATH...` run: configuration, discovery, the engine, output and writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tf_migrate import report
+from tf_migrate.config import Config, ConfigError, load_config
+from tf_migrate.discovery import iter_python_files
+from tf_migrate.engine import FileResult, migrate_file
+from tf_migrate.plan import plan_document
+from tf_migrate.registry import SelectionError, select_rules
+from tf_migrate.rule import Rule
+from tf_migrate.source import write_atomic
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class RunOptions:
+    paths: list[Path]
+    diff: bool = False
+    write: bool = False
+    output_dir: Path | None = None
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    rule_options: list[str] = field(default_factory=list)
+    fmt: str = "text"
+    plan_path: Path | None = None
+    config_path: Path | None = None
+
+
+def _config(options: RunOptions) -> Config:
+    start = options.config_path or (options.paths[0] if options.paths else Path.cwd())
+    try:
+        config = load_config(start)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if options.select:
+        config.select = options.select
+    if options.ignore:
+        config.ignore = config.ignore + options.ignore
+    for item in options.rule_options:
+        key, sep, value = item.partition("=")
+        rule_name, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise UsageError(f"--option {item!r}: expected RULE.KEY=VALUE")
+        config.rule_options.setdefault(rule_name, {})[option] = value
+    return config
+
+
+def build_rules(config: Config) -> list[Rule]:
+    try:
+        classes = select_rules(config.select, config.ignore)
+    except SelectionError as exc:
+        raise UsageError(str(exc)) from None
+    by_name = {cls.name: cls for cls in classes}
+    for name, values in config.rule_options.items():
+        from tf_migrate.registry import find_rule
+
+        try:
+            rule = find_rule(name)
+        except SelectionError as exc:
+            raise UsageError(str(exc)) from None
+        unknown = set(values) - set(rule.options)
+        if unknown:
+            raise UsageError(f"rule {rule.name} has no option {sorted(unknown)[0]!r} "
+                             f"(options: {', '.join(rule.options) or 'none'})")
+    return [cls(_coerce(cls, config.options_for(cls.name))) for cls in by_name.values()]
+
+
+def _coerce(rule: type[Rule], values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values arrive as strings: give them the type of the option's default."""
+    coerced = {}
+    for key, value in values.items():
+        default = rule.options[key]
+        if isinstance(value, str) and not isinstance(default, str):
+            try:
+                value = type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
+            except ValueError:
+                raise UsageError(f"option {rule.name}.{key}: {value!r} is not a {type(default).__name__}") from None
+        coerced[key] = value
+    return coerced
+
+
+def _mirror_root(paths: list[Path]) -> Path:
+    folders = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+    return Path(os.path.commonpath(folders))
+
+
+def run(options: RunOptions, out: TextIO) -> int:
+    if options.write and options.output_dir:
+        raise UsageError("--write and --output-dir cannot be used together")
+    config = _config(options)
+    rules = build_rules(config)
+    files = list(iter_python_files(options.paths, config.exclude))
+    results: list[FileResult] = [migrate_file(path, rules) for path in files]
+    _write(options, files, results)
+    _print(options, results, out)
+    if options.plan_path is not None:
+        document = plan_document(p for r in results for p in r.plans)
+        write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+    if any(r.errors for r in results):
+        return 2
+    return 1 if any(r.changed for r in results) else 0
+
+
+def _write(options: RunOptions, files: list[Path], results: list[FileResult]) -> None:
+    if options.write:
+        for path, result in zip(files, results):
+            if result.changed:
+                write_atomic(path, result.migrated, result.encoding)
+    elif options.output_dir is not None:
+        root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
+        for path, result in zip(files, results):
+            if result.errors or result.migrated is None:
+                continue
+            target = options.output_dir / path.resolve().relative_to(root)
+            write_atomic(target, result.migrated, result.encoding)
+
+
+def _print(options: RunOptions, results: list[FileResult], out: TextIO) -> None:
+    if options.fmt == "json":
+        out.write(report.json_document(results) + "\n")
+        return
+    for result in results:
+        if options.diff:
+            out.write(report.diff(result))
+        for line in report.text_lines(result):
+            (out if not options.diff else _stderr()).write(line + "\n")
+    _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
+
+
+def _stderr() -> TextIO:
+    import sys
+
+    return sys.stderr

@@ -1,0 +1,61 @@
+"""Reading source files in their own encoding and writing them back atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tempfile
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SourceError(Exception):
+    """A file that cannot be read as Python source; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    text: str
+    encoding: str
+
+
+def read_source(path: Path) -> SourceFile:
+    if path.is_dir():
+        raise SourceError("is a directory, not a Python file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceError("no such file or directory") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    except SyntaxError as exc:
+        raise SourceError(f"bad encoding declaration: {exc}") from None
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"not valid {encoding}: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        ) from None
+    return SourceFile(path, text, encoding)
+
+
+def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write via a temporary file in the same folder and rename it into place, keeping the mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
+            handle.write(text)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,132 @@
+"""TFM101: hand-written softmax attention -> F.scaled_dot_product_attention."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import libcst as cst
+
+from tf_migrate.attention import SDPA, AttentionMatcher, NotAttention, Refused
+from tf_migrate.imports import FUNCTIONAL, reference
+from tf_migrate.plan import ClassPlan
+from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.sdpa_call import SdpaCall, build_call
+
+
+class EinsumAttentionToSdpa(Rule):
+    """Replace a hand-written attention chain with one `F.scaled_dot_product_attention` call.
+
+    Why: SDPA dispatches to fused kernels (flash, memory-efficient) that never materialise the
+    (T x T) score matrix: faster, and attention memory grows linearly with the sequence instead
+    of quadratically. Same weights, same function.
+
+    Safety: exact. Scale, masks and dropout are carried over with their meaning: a boolean mask
+    keeps which keys are visible (`masked_fill(mask == 0, ...)` becomes `attn_mask=mask != 0`), an
+    additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
+    chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
+    provable lower triangle over query and key lengths computed from the same tensor; otherwise
+    the original mask is passed explicitly (KV caches keep their bottom-right alignment). Rows
+    whose keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
+
+    Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
+    is dropped. No weight changes.
+
+    Refuses when: the probabilities are used for anything but the product with v (returned,
+    stored, appended, passed to a hook, read later); the mask fill value is not -inf-like; the
+    scale is not provably a number; the softmax upcasts with `dtype=`; the probabilities pass
+    through a module other than dropout; a name in the chain is rebound before the product.
+    """
+
+    code = "TFM101"
+    name = "sdpa"
+    equivalence = Equivalence.EXACT
+    summary = "hand-written softmax(q k^T) v attention -> F.scaled_dot_product_attention"
+    triggers = ("softmax", "Softmax")
+    example_before = (
+        "att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))\n"
+        "att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))\n"
+        "att = F.softmax(att, dim=-1)\n"
+        "att = self.attn_drop(att)\n"
+        "y = att @ v\n"
+    )
+    example_after = (
+        "y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training "
+        "else 0.0, is_causal=True)\n"
+    )
+
+    def check(self, ctx) -> Iterator[Finding]:
+        for cls in ctx.module_classes:
+            calls: list[SdpaCall] = []
+            for method in cls.methods.values():
+                yield from self._method(ctx, cls, method, calls)
+            if calls:
+                yield from self._fixes(ctx, cls, calls)
+
+    def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
+        matcher = AttentionMatcher(ctx, cls, method)
+        if any(ctx.names.callee(node) == SDPA for node in _calls(method)):
+            return  # already has an SDPA path (often beside a manual fallback): leave it alone
+        claimed: set[int] = set()
+        for product, statement in matcher.candidates():
+            if id(product) in claimed or ctx.suppressed(self.code, statement):
+                continue
+            try:
+                found = matcher.match(product, statement)
+                call = build_call(ctx, found)
+            except NotAttention:
+                continue
+            except Refused as refusal:
+                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                continue
+            if any(ctx.suppressed(self.code, d.statement) for d in found.consumed):
+                continue
+            claimed.update(id(n) for n in call.removed_nodes())
+            calls.append(call)
+
+    def _fixes(self, ctx, cls, calls: list[SdpaCall]) -> Iterator[Fix]:
+        functional, needed = reference(ctx, FUNCTIONAL, "F")
+        removed_buffers = _unused_buffers(ctx, cls, calls)
+        for index, call in enumerate(calls):
+            replacements = call.replacements(functional)
+            plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+            notes = []
+            if index == len(calls) - 1:
+                for buffer in removed_buffers:
+                    replacements[cls.buffers[buffer].statement] = cst.RemoveFromParent()
+                    notes.append(f"unused buffer `{buffer}` removed")
+                    if cls.buffers[buffer].persistent:
+                        plan.dropped.append(buffer)
+            yield Fix(
+                line=ctx.line(call.found.statement),
+                message="attention -> F.scaled_dot_product_attention" + "".join(
+                    f"; {n}" for n in call.notes + notes),
+                replacements=replacements,
+                plans=[plan],
+                imports=[needed] if needed else [],
+                maybe_unused_imports=call.freed_imports(),
+            )
+
+
+def _calls(method: cst.FunctionDef) -> list[cst.Call]:
+    found: list[cst.Call] = []
+
+    class _Calls(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            found.append(node)
+
+    method.visit(_Calls())
+    return found
+
+
+def _unused_buffers(ctx, cls, calls: list[SdpaCall]) -> list[str]:
+    """Mask buffers that no code reads once the rewritten chains are gone."""
+    removed = {id(n) for call in calls for n in call.removed_subtree_nodes()}
+    unused = []
+    for buffer in {b for call in calls for b in call.buffers}:
+        statement = cls.buffers[buffer].statement
+        block = ctx.parents.get(statement)
+        if isinstance(block, cst.IndentedBlock) and len(block.body) == 1:
+            continue  # the only statement of its block: removing it would leave an empty block
+        if all(id(ref) in removed for ref in cls.self_references(buffer)):
+            unused.append(buffer)
+    return sorted(unused)
