@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate import einsum
-from tf_migrate.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, read_names
+from tf_migrate.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, read_names
 from tf_migrate.names import argument, int_value, method_call, number_value, self_attribute
 from tf_migrate.shapes import Shapes
 
@@ -156,8 +156,11 @@ class _Chain:
     def line(self, node: cst.CSTNode, fallback: cst.CSTNode | None = None) -> int:
         return self.ctx.line(node) or self.ctx.line(fallback or self.found.statement)
 
-    def follow(self, expr: cst.BaseExpression, at: cst.BaseStatement):
-        """Step from a local name to the expression bound to it (recording the binding)."""
+    def follow(self, expr: cst.BaseExpression, at: cst.BaseStatement, strict: bool = False):
+        """Step from a local name to the expression bound to it (recording the binding).
+
+        `strict`: past the softmax, a binding that cannot be followed is a refusal, not silence.
+        """
         while isinstance(expr, cst.Name):
             definition = self.m.flow.definition(expr.value, at)
             if isinstance(definition, Binding):
@@ -167,6 +170,11 @@ class _Chain:
             elif isinstance(definition, GuardedBinding):
                 self.found.followed.add(id(expr))
                 return definition, at
+            elif strict and isinstance(definition, OpaqueBinding) and not isinstance(
+                    definition.statement, cst.SimpleStatementLine):
+                raise Refused(self.ctx.line(definition.statement), f"`{expr.value}` is rebound inside a "
+                              f"block at line {self.ctx.line(definition.statement)} in a way tf-migrate "
+                              "cannot follow", "compute the mask and the scores in plain statements")
             else:
                 break
         return expr, at
@@ -229,7 +237,7 @@ class _Chain:
         if isinstance(expr, GuardedBinding):
             raise NotAttention
         inner, dim = self._softmax_parts(expr)
-        inner, at = self.follow(inner, at)
+        inner, at = self.follow(inner, at, strict=True)
         return inner, at, int_value(dim)
 
     def scores(self, expr, at, dim: int | None) -> None:
@@ -244,7 +252,7 @@ class _Chain:
                 break
             expr, scaled_now = step
             scaled = scaled or scaled_now
-            expr, at = self.follow(expr, at)
+            expr, at = self.follow(expr, at, strict=True)
         self._qk(expr, at, dim)
 
     def _guarded_mask(self, guarded: GuardedBinding, scaled: bool):
@@ -260,7 +268,7 @@ class _Chain:
         if not (isinstance(base, cst.Name) and base.value == guarded.name):
             raise NotAttention
         self.found.followed.add(id(base))
-        return self.follow(base, at)
+        return self.follow(base, at, strict=True)
 
     def _modifier(self, expr, at, scaled: bool):
         """One mask or scale step: returns (the scores it applies to, whether it scales)."""

@@ -42,10 +42,9 @@ def _config(options: RunOptions) -> Config:
         config = load_config(start)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    if options.select:
-        config.select = options.select
-    if options.ignore:
-        config.ignore = config.ignore + options.ignore
+    if options.select:  # an explicit selection replaces the file's selection, ignores included
+        config.select, config.ignore = options.select, []
+    config.ignore = config.ignore + options.ignore
     for item in options.rule_options:
         key, sep, value = item.partition("=")
         rule_name, dot, option = key.partition(".")

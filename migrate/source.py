@@ -34,7 +34,9 @@ def read_source(path: Path) -> SourceFile:
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
     except SyntaxError as exc:
-        raise SourceError(f"bad encoding declaration: {exc}") from None
+        if b"coding" in raw[:200]:
+            raise SourceError(f"bad encoding declaration: {exc}") from None
+        encoding = "utf-8"  # no declaration: the decode below says where the bad byte is
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
