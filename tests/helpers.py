@@ -1,0 +1,43 @@
+"""Shared test helpers: fixture discovery and loading model files under unique module names."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+from tf_migrate.registry import all_rules
+from tf_migrate.rule import Rule
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+MODELS = FIXTURES / "models"
+_counter = itertools.count()
+
+
+def rule_for_folder(folder: str) -> type[Rule] | None:
+    for rule in all_rules():
+        if rule.__module__.rsplit(".", 1)[-1] == folder:
+            return rule
+    return None
+
+
+def rule_folders() -> list[Path]:
+    return sorted(p for p in FIXTURES.iterdir() if p.is_dir() and p.name != "models")
+
+
+def manifest() -> dict:
+    return tomllib.loads((MODELS / "manifest.toml").read_text())
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a file under a fresh name, so a file and its migrated copy can live side by side."""
+    name = f"_tfm_test_{path.stem}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,210 @@
+"""The command line: modes, selection, formats, exit codes, config, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import FIXTURES
+from tf_migrate.cli import main
+
+LEGACY = FIXTURES / "sdpa" / "mingpt_tril_buffer.before.py"
+MODERN = FIXTURES / "sdpa" / "already_sdpa.noop.py"
+
+
+def run(*args: str, cwd: Path | None = None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, [str(a) for a in args])
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    shutil.copy(LEGACY, tmp_path / "src" / "gpt.py")
+    shutil.copy(MODERN, tmp_path / "src" / "modern.py")
+    return tmp_path
+
+
+def test_report_mode_exits_1_and_writes_nothing(project: Path) -> None:
+    before = (project / "src" / "gpt.py").read_text()
+    result = run(project / "src")
+    assert result.exit_code == 1
+    assert "TFM101" in result.output
+    assert (project / "src" / "gpt.py").read_text() == before
+
+
+def test_nothing_to_change_exits_0(project: Path) -> None:
+    assert run(project / "src" / "modern.py").exit_code == 0
+
+
+def test_diff_prints_a_unified_diff(project: Path) -> None:
+    result = run(project / "src", "--diff")
+    assert result.exit_code == 1
+    assert "+++ b/" in result.output and "scaled_dot_product_attention" in result.output
+
+
+def test_write_applies_atomically_and_keeps_permissions(project: Path) -> None:
+    target = project / "src" / "gpt.py"
+    target.chmod(0o640)
+    assert run(project / "src", "--write").exit_code == 1
+    assert "scaled_dot_product_attention" in target.read_text()
+    assert (target.stat().st_mode & 0o777) == 0o640
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+    assert run(project / "src").exit_code == 0  # second run: nothing left to change
+
+
+def test_output_dir_mirrors_every_file(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (project / "src" / "pkg").mkdir()
+    (project / "src" / "pkg" / "empty.py").write_text("")
+    original = (project / "src" / "gpt.py").read_text()
+    assert run(project / "src", "--output-dir", out).exit_code == 1
+    assert (project / "src" / "gpt.py").read_text() == original
+    assert "scaled_dot_product_attention" in (out / "gpt.py").read_text()
+    assert (out / "modern.py").read_bytes() == (project / "src" / "modern.py").read_bytes()
+    assert (out / "pkg" / "empty.py").exists()
+
+
+def test_json_document_and_plan(project: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    result = run(project / "src", "--format", "json", "--plan", plan)
+    document = json.loads(result.output)
+    files = {Path(f["path"]).name: f for f in document["files"]}
+    assert files["gpt.py"]["changed"] and files["gpt.py"]["edits"][0]["code"] == "TFM101"
+    assert set(files["gpt.py"]) == {"path", "changed", "edits", "refusals", "errors"}
+    classes = json.loads(plan.read_text())["classes"]
+    assert classes == document["plan"]["classes"]
+    assert classes[0]["class"] == "CausalSelfAttention" and classes[0]["dropped"] == ["bias"]
+
+
+def test_refusals_carry_line_and_reason(tmp_path: Path) -> None:
+    result = run(FIXTURES / "sdpa" / "returns_probs.noop.py", "--format", "json")
+    refusal = json.loads(result.output)["files"][0]["refusals"][0]
+    assert refusal["code"] == "TFM101" and refusal["line"] > 0 and "returned" in refusal["reason"]
+    assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("selector", ["TFM101", "TFM1", "sdpa", "exact", "all"])
+def test_select_forms(project: Path, selector: str) -> None:
+    assert run(project / "src", "--select", selector).exit_code == 1
+
+
+@pytest.mark.parametrize("selector", ["TFM101", "sdpa", "exact"])
+def test_ignore_forms(project: Path, selector: str) -> None:
+    assert run(project / "src", "--ignore", selector).exit_code == 0
+
+
+def test_unknown_selector_is_a_usage_error(project: Path) -> None:
+    result = run(project / "src", "--select", "TFM999")
+    assert result.exit_code == 2 and "TFM999" in result.output
+
+
+def test_bad_option_is_exit_2(project: Path) -> None:
+    assert run(project / "src", "--format", "yaml").exit_code == 2
+
+
+def test_config_from_nearest_pyproject(project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.tf-migrate]\nignore = ["TFM101"]\n')
+    assert run(project / "src").exit_code == 0
+    assert run(project / "src", "--select", "TFM101").exit_code == 1  # the command line wins over select
+    (project / "pyproject.toml").write_text('[tool.tf-migrate]\nexclude = ["gpt.py"]\n')
+    assert run(project / "src").exit_code == 0
+
+
+def test_skipped_folders(project: Path) -> None:
+    for folder in (".git", "build", ".venv", "node_modules"):
+        (project / "src" / folder).mkdir()
+        shutil.copy(LEGACY, project / "src" / folder / "gpt.py")
+    (project / "src" / "gpt.py").unlink()
+    assert run(project / "src").exit_code == 0
+
+
+def test_rules_and_explain() -> None:
+    assert "TFM101" in run("rules").output
+    explained = run("explain", "TFM101")
+    assert explained.exit_code == 0 and "Before:" in explained.output and "is_causal" in explained.output
+    assert run("explain", "sdpa").exit_code == 0
+    assert run("explain", "TFM999").exit_code == 2
+
+
+# --- bad input: a clear error, exit 2, the other files still processed, nothing damaged ---
+
+@pytest.mark.parametrize("content,message", [
+    (b"def f(:\n    return x.softmax(-1)\n", "syntax error"),
+    (b"x = '\xff\xfe'\n", "not valid utf-8"),
+])
+def test_bad_files(project: Path, content: bytes, message: str) -> None:
+    bad = project / "src" / "bad.py"
+    bad.write_bytes(content)
+    result = run(project / "src", "--write")
+    assert result.exit_code == 2
+    assert message in result.output
+    assert bad.read_bytes() == content
+    assert "scaled_dot_product_attention" in (project / "src" / "gpt.py").read_text()
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    result = run(tmp_path / "nope.py")
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(project: Path) -> None:
+    target = project / "src" / "gpt.py"
+    target.chmod(0)
+    assert run(target).exit_code == 2
+
+
+def test_empty_file_and_directory_named_py(project: Path) -> None:
+    (project / "src" / "empty.py").write_text("")
+    assert run(project / "src" / "empty.py").exit_code == 0
+    (project / "src" / "folder.py").mkdir()
+    assert run(project / "src" / "modern.py").exit_code == 0
+    result = run(project / "src" / "folder.py" / "..", "--select", "TFM101")
+    assert result.exit_code == 1  # walking a tree: the folder named like a .py file is not read as one
+
+
+def test_latin1_declared_file_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "old.py"
+    text = LEGACY.read_text().replace("# expect:", "# -*- coding: latin-1 -*-\n# caf\xe9", 1)
+    path.write_bytes(text.encode("latin-1"))
+    assert run(path, "--write").exit_code == 1
+    assert "caf\xe9" in path.read_bytes().decode("latin-1")
+
+
+def test_rule_crash_leaves_file_untouched(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tf_migrate.rules.sdpa import EinsumAttentionToSdpa
+
+    def boom(self, ctx):
+        raise RuntimeError("rule bug")
+        yield
+
+    monkeypatch.setattr(EinsumAttentionToSdpa, "check", boom)
+    before = (project / "src" / "gpt.py").read_text()
+    result = run(project / "src", "--write")
+    assert result.exit_code == 2 and "internal error in TFM101" in result.output
+    assert (project / "src" / "gpt.py").read_text() == before
+
+
+def test_rewrite_run_does_not_import_torch(project: Path) -> None:
+    code = ("import sys; from tf_migrate.cli import main\n"
+            "try:\n    main([sys.argv[1], '--diff'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code, str(project / "src")],
+                          capture_output=True, text=True)
+    assert done.stdout.strip().endswith("ok"), done.stderr
