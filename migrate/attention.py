@@ -16,6 +16,7 @@ import libcst as cst
 
 from tf_migrate import einsum
 from tf_migrate.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, read_names
+from tf_migrate.nodes import body_nodes, find
 from tf_migrate.names import argument, int_value, method_call, number_value, self_attribute
 from tf_migrate.shapes import Shapes
 
@@ -110,24 +111,11 @@ class AttentionMatcher:
         self.shapes = Shapes(ctx, cls, self.flow)
 
     def candidates(self) -> Iterator[tuple[cst.BaseExpression, cst.BaseStatement]]:
-        found: list[cst.BaseExpression] = []
-        ctx = self.ctx
-
-        class _Products(cst.CSTVisitor):
-            def on_visit(self, node: cst.CSTNode) -> bool:
-                if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) and found is not None \
-                        and node is not outer:
-                    return False
-                if _product_operands(ctx, node) is not None:
-                    found.append(node)
-                return True
-
-        outer = self.function
-        self.function.visit(_Products())
-        for node in found:
-            statement = self.flow.statement_of(node)
-            if statement is not None:
-                yield node, statement
+        for node in body_nodes(self.function):
+            if _product_operands(self.ctx, node) is not None:
+                statement = self.flow.statement_of(node)
+                if statement is not None:
+                    yield node, statement
 
     def match(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention:
         """Raises NotAttention or Refused; returns the chain otherwise."""
@@ -278,7 +266,7 @@ class _Chain:
             if not self._hiding_value(value):
                 raise Refused(self.line(expr, at), f"mask fill value `{self.ctx.code(value)}` is not "
                               "-inf or a large negative number", "fill with float('-inf') or -1e9")
-            self.found.followed.update(id(n) for n in _names(value))  # the fill value goes away
+            self.found.followed.update(id(n) for n in find(value, _is_name))  # the fill value goes away
             self.found.masks.append(Mask("fill", condition, at, scaled_after=scaled))
             self.moves.append((condition, at))
             return receiver, False
@@ -416,15 +404,8 @@ class _Chain:
         return None if definition is None else definition.statement
 
 
-def _names(expr: cst.CSTNode) -> list[cst.Name]:
-    found: list[cst.Name] = []
-
-    class _All(cst.CSTVisitor):
-        def visit_Name(self, node: cst.Name) -> None:
-            found.append(node)
-
-    expr.visit(_All())
-    return found
+def _is_name(node: cst.CSTNode) -> bool:
+    return isinstance(node, cst.Name)
 
 
 def _suffix(order: tuple[int, ...]) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.names import argument, self_attribute
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -56,15 +57,7 @@ class ModuleClass:
 
     def self_references(self, attribute: str) -> Iterator[cst.Attribute]:
         """Every `self.<attribute>` in the class body, the `__init__` included."""
-        found: list[cst.Attribute] = []
-
-        class _Finder(cst.CSTVisitor):
-            def visit_Attribute(self, node: cst.Attribute) -> None:
-                if self_attribute(node) == attribute:
-                    found.append(node)
-
-        self.node.visit(_Finder())
-        return iter(found)
+        return iter(find(self.node, lambda node: self_attribute(node) == attribute))
 
 
 def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str]) -> bool:

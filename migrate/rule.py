@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 if TYPE_CHECKING:
-    import libcst as cst
 
     from tf_migrate.context import FileContext
     from tf_migrate.plan import ClassPlan

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.dataflow import Binding
-from tf_migrate.names import method_call, number_value, self_attribute
+from tf_migrate.names import method_call, number_value
 
 if TYPE_CHECKING:
     from tf_migrate.attention import Attention

@@ -9,8 +9,9 @@ import libcst as cst
 
 from tf_migrate import masks, scale
 from tf_migrate.attention import Attention, Mask, Operand, Refused
-from tf_migrate.dataflow import Binding, GuardedBinding
+from tf_migrate.dataflow import Binding
 from tf_migrate.imports import imports_bound_by
+from tf_migrate.nodes import walk
 
 
 @dataclass
@@ -57,7 +58,7 @@ class SdpaCall:
 
     def removed_subtree_nodes(self) -> Iterator[cst.CSTNode]:
         for node in self.removed_nodes():
-            yield from _walk(node)
+            yield from walk(node)
 
     def freed_imports(self) -> list[tuple[str, str | None, str | None]]:
         return imports_bound_by(self.ctx, self.removed_nodes())
@@ -88,12 +89,25 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     if len(guarded) > 1:
         raise Refused(ctx.line(guarded[1].at), "more than one mask is applied under a condition", "")
     plain = [_allowed(ctx, t) for t in terms if t.guard is None]
-    if guarded:
+    if len(terms) == 1 and guarded and _guards_itself(ctx, guarded[0]):
+        call.attn_mask = ctx.code(guarded[0].expr)  # `m if m is not None else None` is just `m`
+    elif guarded:
         both = " & ".join([_allowed(ctx, guarded[0])] + plain)
         otherwise = " & ".join(plain) if plain else "None"
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = " & ".join(_paren(p, len(plain) > 1) for p in plain)
+
+
+def _guards_itself(ctx, term: Mask) -> bool:
+    """An additive mask added only when it is not None: `if m is not None: s = s + m`."""
+    test = term.guard
+    return (
+        term.kind == "add" and isinstance(test, cst.Comparison) and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and ctx.code(test.comparisons[0].comparator) == "None"
+        and ctx.code(test.left) == ctx.code(term.expr)
+    )
 
 
 def _allowed(ctx, term: Mask) -> str:
@@ -127,7 +141,7 @@ def _causal(ctx, found: Attention, term: Mask, call: SdpaCall) -> bool:
         return False
     for binding in triangle.bindings:
         uses = found.flow.uses(binding)
-        inside = {id(n) for n in _walk(term.expr)}
+        inside = {id(n) for n in walk(term.expr)}
         if all(id(u) in inside for u in uses):
             call.mask_bindings.append(binding)
     if triangle.buffer:
@@ -153,9 +167,3 @@ def _operand(ctx, operand: Operand) -> str:
     if operand.suffix and not isinstance(operand.expr, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)):
         code = f"({code})"
     return code + operand.suffix
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    yield node
-    for child in node.children:
-        yield from _walk(child)

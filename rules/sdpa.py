@@ -8,6 +8,7 @@ import libcst as cst
 
 from tf_migrate.attention import SDPA, AttentionMatcher, NotAttention, Refused
 from tf_migrate.imports import FUNCTIONAL, reference
+from tf_migrate.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.sdpa_call import SdpaCall, build_call
@@ -64,7 +65,7 @@ class EinsumAttentionToSdpa(Rule):
 
     def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
         matcher = AttentionMatcher(ctx, cls, method)
-        if any(ctx.names.callee(node) == SDPA for node in _calls(method)):
+        if any(ctx.names.callee(node) == SDPA for node in body_nodes(method)):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
@@ -105,17 +106,6 @@ class EinsumAttentionToSdpa(Rule):
                 imports=[needed] if needed else [],
                 maybe_unused_imports=call.freed_imports(),
             )
-
-
-def _calls(method: cst.FunctionDef) -> list[cst.Call]:
-    found: list[cst.Call] = []
-
-    class _Calls(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            found.append(node)
-
-    method.visit(_Calls())
-    return found
 
 
 def _unused_buffers(ctx, cls, calls: list[SdpaCall]) -> list[str]:
