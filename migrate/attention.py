@@ -270,23 +270,23 @@ class _Chain:
             self.found.masks.append(Mask("fill", condition, at, scaled_after=scaled))
             self.moves.append((condition, at))
             return receiver, False
-        if isinstance(expr, cst.BinaryOperation):
-            operator = expr.operator
-            if isinstance(operator, cst.Add):
-                self.found.masks.append(Mask("add", expr.right, at, scaled_after=scaled))
-                self.moves.append((expr.right, at))
-                return expr.left, False
-            if isinstance(operator, (cst.Multiply, cst.Divide)):
-                scores, factor = expr.left, expr.right
-                if isinstance(operator, cst.Multiply) and self._scalar(expr.left, at) and not self._scalar(expr.right, at):
-                    scores, factor = expr.right, expr.left
-                if not self._scalar(factor, at):
-                    raise Refused(self.line(expr, at), f"`{self.ctx.code(factor)}` scales the scores but is "
-                                  "not provably a Python number", "SDPA's scale must be a float")
-                self.found.scale.append(("*" if isinstance(operator, cst.Multiply) else "/", factor, at))
-                self.moves.append((factor, at))
-                return scores, True
-        return None
+        arithmetic = _arithmetic(expr)
+        if arithmetic is None:
+            return None
+        operator, left, right = arithmetic
+        if operator == "+":
+            self.found.masks.append(Mask("add", right, at, scaled_after=scaled))
+            self.moves.append((right, at))
+            return left, False
+        scores, factor = left, right
+        if operator == "*" and self._scalar(left, at) and not self._scalar(right, at):
+            scores, factor = right, left
+        if not self._scalar(factor, at):
+            raise Refused(self.line(expr, at), f"`{self.ctx.code(factor)}` scales the scores but is "
+                          "not provably a Python number", "SDPA's scale must be a float")
+        self.found.scale.append((operator, factor, at))
+        self.moves.append((factor, at))
+        return scores, True
 
     def _hiding_value(self, value: cst.BaseExpression) -> bool:
         number = number_value(value)
@@ -327,24 +327,30 @@ class _Chain:
         """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""
         if isinstance(q, cst.Name) and self.m.flow.contains(at):
             definition = self.m.flow.definition(q.value, at)
-            if isinstance(definition, Binding) and self._scaling_of(definition.value, q.value):
+            if (isinstance(definition, Binding) and self._scaling(definition.value, definition.statement, q.value)
+                    and {id(u) for u in self.m.flow.uses(definition)} == {id(q)}):
                 self.found.followed.add(id(q))
                 self.found.consumed.append(definition)
                 q, at = definition.value, definition.statement
-        if self._scaling_of(q, None):
-            self.found.scale.append(("*" if isinstance(q.operator, cst.Multiply) else "/", q.right, at))
-            self.moves.append((q.right, at))
-            return q.left, at
+        scaling = self._scaling(q, at)
+        if scaling is not None:
+            operator, tensor, factor = scaling
+            self.found.scale.append((operator, factor, at))
+            self.moves.append((factor, at))
+            return tensor, at
         return q, at
 
-    def _scaling_of(self, expr, name: str | None) -> bool:
-        """`x * number` or `x / number` (with x the name `name`, when given)."""
-        if not (isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, (cst.Multiply, cst.Divide))):
-            return False
-        if name is not None and not (isinstance(expr.left, cst.Name) and expr.left.value == name):
-            return False
-        at = self.found.statement
-        return self._scalar(expr.right, at) and not self._scalar(expr.left, at)
+    def _scaling(self, expr, at, name: str | None = None):
+        """(operator, tensor, number) of `x * number` or `x / number` (x named `name`, if given)."""
+        arithmetic = _arithmetic(expr)
+        if arithmetic is None or arithmetic[0] == "+":
+            return None
+        operator, tensor, factor = arithmetic
+        if name is not None and not (isinstance(tensor, cst.Name) and tensor.value == name):
+            return None
+        if self._scalar(factor, at) and not self._scalar(tensor, at):
+            return operator, tensor, factor
+        return None
 
     def _key(self, k, at, kind: str, rank: int | None) -> Operand:
         """k as SDPA wants it, (batch..., seq, dim), undoing the transpose of `q @ k^T`."""
@@ -402,6 +408,20 @@ class _Chain:
         while definition is not None and id(definition.statement) in removed:
             definition = self.m.flow.definition(name, definition.statement)
         return None if definition is None else definition.statement
+
+
+_OPERATORS = {cst.Add: "+", cst.Multiply: "*", cst.Divide: "/"}
+_METHODS = {"add": "+", "mul": "*", "div": "/"}
+
+
+def _arithmetic(expr: cst.CSTNode):
+    """(operator, left, right) of `a + b`, `a * b`, `a / b` and of `a.add(b)`, `a.mul(b)`, `a.div(b)`."""
+    if isinstance(expr, cst.BinaryOperation) and type(expr.operator) in _OPERATORS:
+        return _OPERATORS[type(expr.operator)], expr.left, expr.right
+    receiver = method_call(expr, *_METHODS)
+    if receiver is not None and len(expr.args) == 1 and expr.args[0].keyword is None:
+        return _METHODS[expr.func.attr.value], receiver, expr.args[0].value
+    return None
 
 
 def _is_name(node: cst.CSTNode) -> bool:

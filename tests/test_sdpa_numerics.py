@@ -56,6 +56,7 @@ CASES = {
     "nanogpt_nonpersistent_mask": ("MaskedSelfAttention", (C, 4, 8, 0.1), {}, lambda: [(_x(),)]),
     "nn_softmax_finfo": ("EncoderAttention", (C, 4, 0.1), {}, lambda: [(_x(), _keep())]),
     "no_functional_import": ("GlobalTokenMixer", (8, 2, 0.1), {}, lambda: [(torch.randn(B, 8, 3, 4),)]),
+    "method_forms": ("MethodFormAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T))]),
     "no_scaling": ("DotProductSelfAttention", (C,), {}, lambda: [(_x(),)]),
     "one_expression": ("CompactAttention", (C, 4), {}, lambda: [(_x(),)]),
     # cross-attention: 5 queries over 7 keys, padded keys in sample 0
