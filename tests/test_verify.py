@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 torch = pytest.importorskip("torch")
 
-from click.testing import CliRunner  # noqa: E402
-
-from tf_migrate.cli import main  # noqa: E402
-from tf_migrate.engine import migrate_source  # noqa: E402
-from tf_migrate.plan import plan_document  # noqa: E402
-from tf_migrate.registry import find_rule  # noqa: E402
-from tf_migrate.verify.session import VerifyOptions, verify  # noqa: E402
+from click.testing import CliRunner
+from tf_migrate.cli import main
+from tf_migrate.engine import migrate_source
+from tf_migrate.plan import plan_document
+from tf_migrate.registry import find_rule
+from tf_migrate.verify.session import VerifyOptions, verify
 
 MODELS = Path(__file__).parent.parent / "fixtures" / "models"
 MANIFEST = tomllib.loads((MODELS / "manifest.toml").read_text())

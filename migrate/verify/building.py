@@ -6,9 +6,8 @@ import types
 from typing import Any
 
 import torch
-from torch import nn
-
 from tf_migrate.verify.loading import LoadError
+from torch import nn
 
 
 def evaluate(expr: str, module: types.ModuleType, seed: int) -> Any:

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from tf_migrate.plan import ClassPlan
+from torch import nn
 
 
 @dataclass
@@ -99,7 +98,7 @@ def _apply(plan: ClassPlan, prefix: str, state: dict, fresh: dict, report: LoadR
 def _check_init(value: torch.Tensor, init: str) -> str:
     expected = {"ones": torch.ones_like, "zeros": torch.zeros_like}.get(init)
     if init == "identity" and value.dim() == 2 and value.shape[0] == value.shape[1]:
-        expected = lambda v: torch.eye(v.shape[0], dtype=v.dtype)  # noqa: E731
+        expected = lambda v: torch.eye(v.shape[0], dtype=v.dtype)
     if expected is None:
         return f"not checked (init {init!r})"
     return "ok" if torch.equal(value, expected(value)) else f"not {init} as the plan declares"

@@ -29,7 +29,7 @@ class Source:
     single: bool  # one file given, not a tree
 
     @classmethod
-    def from_args(cls, path: Path, entry: str | None) -> "Source":
+    def from_args(cls, path: Path, entry: str | None) -> Source:
         path = path.resolve()
         if path.is_file():
             return cls(path.parent, path, True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from tf_migrate.verify.inputs import tensors
+from torch import nn
 
 
 @dataclass

@@ -13,9 +13,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from tf_migrate.verify.inputs import cast_floats, tensors
+from torch import nn
 
 # float64 must agree far more tightly than float32; the user's --rtol/--atol are for float32.
 FLOAT64_FACTOR = 1e-5
@@ -44,9 +43,13 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def compare_outputs(before: nn.Module, after: nn.Module, args: tuple, dtype: torch.dtype,
                     index: int, rtol: float, atol: float) -> Comparison:
     args = cast_floats(args, dtype)
-    old, new = tensors(before(*args)), tensors(after(*args))
-    rtol, atol = tolerances(dtype, rtol, atol)
     name = str(dtype).replace("torch.", "")
+    old = tensors(before(*args))  # if the original cannot run on these inputs, the caller says so
+    try:
+        new = tensors(after(*args))
+    except Exception as exc:  # noqa: BLE001 - a migrated model that crashes is a verification failure
+        return Comparison(name, index, float("inf"), float("inf"), 0, False, f"the migrated model raised {exc!r}")
+    rtol, atol = tolerances(dtype, rtol, atol)
     if len(old) != len(new) or any(a.shape != b.shape for a, b in zip(old, new)):
         shapes = ([tuple(t.shape) for t in old], [tuple(t.shape) for t in new])
         return Comparison(name, index, float("inf"), float("inf"), 0, False, f"output shapes differ: {shapes}")

@@ -92,6 +92,8 @@ def eager_ops(model: nn.Module, args: tuple) -> list[Op]:
     try:
         with torch.no_grad(), _Recorder(stack, ops):
             model(*args)
+    except Exception as exc:  # noqa: BLE001 - the evidence then says so instead of crashing verify
+        ops.append(Op("", f"error: {exc!r}"))
     finally:
         for handle in handles:
             handle.remove()

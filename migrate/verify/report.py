@@ -69,8 +69,8 @@ def _structure_lines(result: Verification) -> list[str]:
 def _numeric_lines(result: Verification) -> list[str]:
     if not result.comparisons:
         return ["numerics: not run (the checkpoint did not load)"]
-    lines = [f"numerics (eval mode; float64 tolerances = float32 ones x {FLOAT64_FACTOR:g}; "
-             "positions where the original is not finite, e.g. fully masked rows, are excluded):"]
+    lines = [(f"numerics (eval mode; float64 tolerances = float32 ones x {FLOAT64_FACTOR:g}; "
+              "positions where the original is not finite, e.g. fully masked rows, are excluded):")]
     for c in result.comparisons:
         excluded = f", {c.excluded} excluded" if c.excluded else ""
         lines.append(f"  {'ok ' if c.ok else 'BAD'} input {c.input_index} {c.dtype}: max abs {c.max_abs:.3g}, "

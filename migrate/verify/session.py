@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from tf_migrate.registry import find_rule
+from tf_migrate.registry import SelectionError, find_rule
 from tf_migrate.rule import Equivalence
 from tf_migrate.verify import numerics
 from tf_migrate.verify.building import as_args, build_model, evaluate
@@ -67,6 +66,11 @@ def verify(options: VerifyOptions) -> Verification:
     rules = {code: _equivalence(code) for p in plan.plans for code in p.rules}
     result = Verification(plan, rules, map_and_load(before, after, plan.plans, root), [])
     args, result.inputs = _inputs(options, before, before_module)
+    try:
+        with torch.no_grad():
+            before(*args[0])
+    except Exception as exc:
+        raise LoadError(f"the original model fails on input 0 ({result.inputs[0]}): {exc!r}") from exc
     _structure(result, before, after, args[0], root)
     _numerics(result, before, after, args, options)
     _judge(result)
@@ -76,7 +80,7 @@ def verify(options: VerifyOptions) -> Verification:
 def _equivalence(code: str) -> str:
     try:
         return find_rule(code).equivalence.value
-    except Exception:
+    except SelectionError:  # a plan written by a newer tf-migrate
         return "unknown"
 
 
