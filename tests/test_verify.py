@@ -178,3 +178,23 @@ def test_usage_errors_exit_2(args, message):
 def test_cli_import_does_not_import_torch():
     code = "import sys, tf_migrate.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compatible_rule_checks_new_keys_and_sane_outputs(tmp_path, monkeypatch):
+    from tf_migrate.verify import session
+
+    before, _ = _tiny(tmp_path, "        return self.attn(x, mask)\n")
+    after = tmp_path / "after" / "tiny.py"
+    after.write_text(TINY.replace("self.attn = nn.Embedding(vocab, d), Attention(d, h)",
+                                  "self.attn = nn.Embedding(vocab, d), Attention(d, h)\n"
+                                  "        self.gate = nn.Parameter(torch.ones(d))")
+                     + "        return self.attn(x * self.gate, mask) + 1\n")
+    monkeypatch.setattr(session, "_equivalence", lambda code: "compatible")
+    for init, verified in (("ones", True), ("zeros", False)):
+        plan = tmp_path / f"{init}.json"
+        plan.write_text(json.dumps({"version": 1, "classes": [{"file": "tiny.py", "class": "Model", "rules": ["TFM201"],
+                                                                "new": [{"key": "gate", "init": init}]}]}))
+        result = verify(VerifyOptions(before, after, "Model()", plan=plan))
+        assert result.verified is verified, result.failures
+        assert list(result.load.new_keys) == ["gate"]
+        assert result.comparisons if verified else not result.comparisons
