@@ -94,5 +94,9 @@ def _indent(code: str) -> str:
     return "".join("    " + line + "\n" for line in code.rstrip().splitlines())
 
 
+from tf_migrate.verify.command import verify_command  # noqa: E402
+
+main.add_command(verify_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

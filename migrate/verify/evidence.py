@@ -1,0 +1,77 @@
+"""Structural evidence per rule: the operations a rule removes and adds, per module path.
+
+A rule adds its check by adding one `Expectation` to `EXPECTATIONS`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tf_migrate.verify.ops import Op
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """`gone`: op names whose total must fall and none rise; `added`: op names that must appear."""
+
+    gone: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    summary: str = ""
+
+
+EXPECTATIONS: dict[str, Expectation] = {
+    "TFM101": Expectation(
+        gone=("softmax", "matmul", "einsum", "bmm"),
+        added=("scaled_dot_product_attention",),
+        summary="softmax/matmul/einsum/bmm gone, scaled_dot_product_attention added",
+    ),
+}
+
+
+@dataclass
+class PathEvidence:
+    rule: str
+    path: str
+    before: dict[str, int]
+    after: dict[str, int]
+    ok: bool
+
+
+@dataclass
+class RuleEvidence:
+    rule: str
+    summary: str
+    paths: list[PathEvidence] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.paths) and not self.note.startswith("MISSING")
+
+
+def _counts(ops: list[Op], path: str, names: tuple[str, ...]) -> Counter:
+    inside = [op for op in ops if op.path == path or op.path.startswith(path + ".") or not path]
+    return Counter(op.name for op in inside if op.name in names)
+
+
+def rule_evidence(rule: str, paths: list[str], before: list[Op], after: list[Op]) -> RuleEvidence:
+    expectation = EXPECTATIONS.get(rule)
+    if expectation is None:
+        return RuleEvidence(rule, "", note="no structural check declared for this rule")
+    evidence = RuleEvidence(rule, expectation.summary)
+    if not paths:
+        evidence.note = "MISSING: no module of the built model is an instance of a class this rule changed"
+    names = expectation.gone + expectation.added
+    for path in paths:
+        old, new = _counts(before, path, names), _counts(after, path, names)
+        gone_ok = (sum(new[n] for n in expectation.gone) < sum(old[n] for n in expectation.gone)
+                   and all(new[n] <= old[n] for n in expectation.gone))
+        added_ok = all(new[n] > old[n] for n in expectation.added)
+        evidence.paths.append(PathEvidence(rule, path, _dense(old, names), _dense(new, names),
+                                           gone_ok and added_ok))
+    return evidence
+
+
+def _dense(counts: Counter, names: tuple[str, ...]) -> dict[str, int]:
+    return {name: counts[name] for name in names}
