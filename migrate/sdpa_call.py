@@ -88,30 +88,33 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     guarded = [t for t in terms if t.guard is not None]
     if len(guarded) > 1:
         raise Refused(ctx.line(guarded[1].at), "more than one mask is applied under a condition", "")
-    plain = [_allowed(ctx, t) for t in terms if t.guard is None]
-    if len(terms) == 1 and guarded and _guards_itself(ctx, guarded[0]):
-        call.attn_mask = ctx.code(guarded[0].expr)  # `m if m is not None else None` is just `m`
-    elif guarded:
-        both = " & ".join([_allowed(ctx, guarded[0])] + plain)
+    plain = [_allowed(ctx, t, found) for t in terms if t.guard is None]
+    if guarded:
+        both = " & ".join([_allowed(ctx, guarded[0], found)] + plain)
         otherwise = " & ".join(plain) if plain else "None"
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = " & ".join(_paren(p, len(plain) > 1) for p in plain)
 
 
-def _guards_itself(ctx, term: Mask) -> bool:
-    """An additive mask added only when it is not None: `if m is not None: s = s + m`."""
-    test = term.guard
-    return (
-        term.kind == "add" and isinstance(test, cst.Comparison) and len(test.comparisons) == 1
-        and isinstance(test.comparisons[0].operator, cst.IsNot)
-        and ctx.code(test.comparisons[0].comparator) == "None"
-        and ctx.code(test.left) == ctx.code(term.expr)
-    )
+def _allowed(ctx, term: Mask, found: Attention) -> str:
+    if term.kind == "fill":
+        return masks.allowed(ctx, term.expr)
+    # `scores + mask` promotes to the wider dtype; SDPA needs the mask in the query's dtype
+    # (torch 2.13 CPU silently miscomputes a float32 mask against float64 inputs).
+    return f"{_atom_code(ctx, term.expr)}.to({_dtype_source(ctx, found)}.dtype)"
 
 
-def _allowed(ctx, term: Mask) -> str:
-    return ctx.code(term.expr) if term.kind == "add" else masks.allowed(ctx, term.expr)
+def _dtype_source(ctx, found: Attention) -> str:
+    for operand in (found.query, found.key, found.value):
+        if isinstance(operand.expr, (cst.Name, cst.Attribute)):
+            return ctx.code(operand.expr)
+    return _atom_code(ctx, found.query.expr)
+
+
+def _atom_code(ctx, expr: cst.BaseExpression) -> str:
+    code = ctx.code(expr)
+    return code if isinstance(expr, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)) else f"({code})"
 
 
 def _atomic(code: str) -> bool:

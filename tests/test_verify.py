@@ -38,10 +38,10 @@ def _changed_by_sdpa() -> list[str]:
             if migrate_source((MODELS / f"{stem}.py").read_text(), stem, SDPA).changed]
 
 
-# torch 2.13 CPU: SDPA with float64 q/k/v and a float32 additive mask silently gives wrong results
-# (max abs diff ~1.6 on (2, 4, 16, 16)); the BERT mask is built with `.float()`. verify's float64
-# pass catches it; TFM101 should cast the additive mask to the query's dtype.
-_KNOWN = {"bert_style": "TFM101 passes a float32 additive mask to a float64 SDPA (wrong in torch 2.13)"}
+# Models whose verification is known to fail (stem -> reason). Empty since TFM101 casts additive
+# masks to the query's dtype: SDPA with float64 inputs and a float32 mask silently miscomputes on
+# torch 2.13 CPU, which verify's float64 pass caught on bert_style.
+_KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("stem", _changed_by_sdpa())
@@ -60,8 +60,12 @@ def test_fixture_models_verify_after_sdpa(stem, tmp_path):
 
 
 def test_bert_float64_mask_dtype_is_caught_and_localised(tmp_path):
+    """The float64 pass catches a mask left in float32 (what TFM101 once wrote) and locates it."""
     entry = MANIFEST["bert_style"]
     after = _migrate(MODELS / "bert_style.py", tmp_path / "bert_style.py")
+    text = after.read_text()
+    assert text.count(".to(query_layer.dtype)") == 1
+    after.write_text(text.replace(".to(query_layer.dtype)", ""))
     result = verify(VerifyOptions(MODELS / "bert_style.py", after, entry["build"], entry["inputs"][:1],
                                   plan=after.with_suffix(".plan.json")))
     assert all(c.ok for c in result.comparisons if c.dtype == "float32")
