@@ -41,8 +41,8 @@ def code_of(node: cst.CSTNode) -> str:
 
 
 def gate_name(first: str, second: str, taken) -> str:
-    """`fc1`/`fc2` -> `fc3`, `w_1`/`w_2` -> `w_3`; otherwise `<first>_gate`."""
-    if first[-1:] == "1" and second == first[:-1] + "2":
+    """`fc1` -> `fc3`, `w_1` -> `w_3`, `b1` -> `b3`; otherwise `<first>_gate`."""
+    if first[-1:] == "1":
         name = first[:-1] + "3"
     else:
         name = first + "_gate"
@@ -83,6 +83,8 @@ def linear_keys(prefix: str, in_: str, out: str, bias: bool) -> list[NewKey]:
 def gated_product(act: cst.Call, function: str, gate_input: cst.BaseExpression,
                   gate: cst.BaseExpression, parenthesize: bool) -> cst.BinaryOperation:
     """`<function>(gate_input) * gate`, e.g. `F.silu(self.fc1(x)) * self.fc3(x)`."""
+    if isinstance(gate, cst.BinaryOperation):  # `x @ self.w3 + self.b3`: `*` binds tighter than `+`
+        gate = gate.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
     product = cst.BinaryOperation(
         left=cst.Call(cst.parse_expression(function), [cst.Arg(gate_input)]),
         operator=cst.Multiply(), right=gate)
