@@ -27,7 +27,11 @@ class FixWriter:
                                    for s in ctx.module.body)
 
     def _fix(self, node, message: str, replacements, plan: ClassPlan, imports=()) -> Fix:
-        return Fix(self.ctx.line(node), f"{message} ({self.kind}, hidden={self.hidden})", replacements,
+        details = [f"renamed {len(plan.renamed)} keys"] if plan.renamed else []
+        details += [f"dropped {len(plan.dropped)} keys"] if plan.dropped else ["old weights keep their place"]
+        details.append("new: " + ", ".join(k.key for k in plan.new))
+        message = f"{message} ({self.kind}, hidden={self.hidden}; {'; '.join(details)}; retrain)"
+        return Fix(self.ctx.line(node), message, replacements,
                    plans=[plan], imports=list(imports), maybe_unused_imports=self._freed)
 
     def chain(self, cls, ffn: FeedForward) -> Fix:

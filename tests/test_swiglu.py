@@ -83,6 +83,21 @@ def test_geglu_option() -> None:
     assert "F.gelu(self.fc1(x)) * self.fc3(x)" in result.migrated
 
 
+_REFUSED_INPUTS = {
+    "expression input": "return self.fc2(F.relu(self.fc1(self.ln(x))))",
+    "input rebound": "x = self.fc1(x)\n        x = F.relu(x)\n        return self.fc2(x)",
+    "hidden reused": "h = F.relu(self.fc1(x))\n        self.last = h\n        return self.fc2(h)",
+}
+
+
+@pytest.mark.parametrize("body", list(_REFUSED_INPUTS.values()), ids=list(_REFUSED_INPUTS))
+def test_unsafe_chains_are_refused(body: str) -> None:
+    text = (FIXTURES / "attribute_relu.before.py").read_text().replace(
+        "return self.fc2(self.drop(F.relu(self.fc1(x))))  # the FFN", body)
+    result = migrate_source(text, "model.py", _rules("TFM301"))
+    assert not result.edits and result.refusals and result.migrated == text
+
+
 def _cli(tmp_path: Path, *args: str, config: str = "") -> tuple[int, str]:
     source = tmp_path / "model.py"
     source.write_text((FIXTURES / "attribute_relu.before.py").read_text())
