@@ -41,15 +41,22 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--ignore", multiple=True, help="Rules to leave out (same forms as --select).")
 @click.option("--option", "rule_options", multiple=True, metavar="RULE.KEY=VALUE",
               help="A per-rule option, e.g. swiglu.ffn=geglu.")
+@click.option("--ffn", type=click.Choice(["swiglu", "geglu"]),
+              help="TFM301's gated FFN (same as --option swiglu.ffn=...).")
+@click.option("--ffn-hidden", type=click.Choice(["same", "param-matched"]),
+              help="TFM301's hidden size policy (same as --option swiglu.hidden=...).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the checkpoint plan (JSON) to this file.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="pyproject.toml to read [tool.tf-migrate] from (default: the nearest one).")
 def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, fmt, plan_path,
-            config_path) -> None:
+            config_path, ffn=None, ffn_hidden=None) -> None:
     """Report (default), diff, or apply the migrations to PATHS."""
     from tf_migrate.run import RunOptions, UsageError, run
+
+    rule_options += tuple(f"swiglu.{key}={value}" for key, value in
+                          (("ffn", ffn), ("hidden", ffn_hidden)) if value)
 
     options = RunOptions(
         paths=list(paths), diff=show_diff, write=write, output_dir=output_dir,

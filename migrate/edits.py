@@ -17,7 +17,9 @@ class _Replace(cst.CSTTransformer):
 
     def on_leave(self, original_node, updated_node):
         if original_node in self.replacements:
-            return self.replacements[original_node]
+            replacement = self.replacements[original_node]
+            # A callable wraps the updated node, so edits inside it survive (e.g. insert before).
+            return replacement(updated_node) if callable(replacement) else replacement
         return updated_node
 
 

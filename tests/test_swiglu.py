@@ -1,0 +1,194 @@
+"""TFM301 [swiglu]: goldens, noops, options, and the legacy models end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tf_migrate.cli import main
+from tf_migrate.engine import migrate_source
+from tf_migrate.registry import find_rule, select_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "swiglu"
+MODELS = ROOT / "fixtures" / "models"
+MANIFEST = tomllib.loads((MODELS / "manifest.toml").read_text())
+
+
+def _rules(*codes: str, **options):
+    return [cls(options if cls.code == "TFM301" else None) for cls in select_rules(codes)]
+
+
+def _run(path: Path, *codes: str, **options):
+    return migrate_source(path.read_text(), str(path), _rules(*(codes or ("TFM301",)), **options))
+
+
+@pytest.mark.parametrize("before", sorted(FIXTURES.glob("*.before.py")), ids=lambda p: p.name)
+def test_golden_and_idempotent(before: Path) -> None:
+    result = _run(before)
+    assert not result.errors and result.edits
+    assert result.migrated == before.with_name(before.name.replace(".before", ".after")).read_text()
+    again = migrate_source(result.migrated, str(before), _rules("TFM301"))
+    assert again.migrated == result.migrated and not again.edits
+
+
+@pytest.mark.parametrize("noop", sorted(FIXTURES.glob("*.noop.py")), ids=lambda p: p.name)
+def test_noop(noop: Path) -> None:
+    result = _run(noop)
+    assert not result.errors and not result.edits
+    assert result.migrated == noop.read_text()
+
+
+def test_builtin_layer_refused_with_reason() -> None:
+    (refusal,) = _run(FIXTURES / "builtin_layer.noop.py").refusals
+    assert "no gated feed-forward" in refusal.reason and 'glu' in refusal.reason
+
+
+def test_plan_same_maps_w1_w2_and_lists_w3() -> None:
+    plans = _run(FIXTURES / "attribute_relu.before.py").plans
+    (plan,) = plans
+    assert plan.qualname == "FeedForward" and not plan.renamed and not plan.dropped
+    assert [(k.key, k.shape) for k in plan.new] == [("fc3.weight", ["d_ff", "d_model"]), ("fc3.bias", ["d_ff"])]
+
+
+def test_plan_sequential_renames_indices() -> None:
+    (plan,) = _run(FIXTURES / "sequential_torch_relu.before.py").plans
+    assert plan.renamed == {"net.0.weight": "net.0.w1.weight", "net.0.bias": "net.0.w1.bias",
+                            "net.3.weight": "net.0.w2.weight", "net.3.bias": "net.0.w2.bias"}
+    assert [k.key for k in plan.new] == ["net.0.w3.weight", "net.0.w3.bias"]
+
+
+def test_param_matched_resizes_and_maps_nothing() -> None:
+    result = _run(FIXTURES / "attribute_relu.before.py", hidden="param-matched", **{"multiple-of": 16})
+    assert "ffn_hidden = (2 * d_ff // 3 + 15) // 16 * 16" in result.migrated
+    assert "self.fc2 = nn.Linear(ffn_hidden, d_model)" in result.migrated
+    (plan,) = result.plans
+    assert not plan.renamed and plan.dropped == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert {k.key for k in plan.new} == {f"{n}.{p}" for n in ("fc1", "fc2", "fc3") for p in ("weight", "bias")}
+
+
+def test_param_matched_refuses_raw_parameters() -> None:
+    result = _run(FIXTURES / "raw_params.before.py", hidden="param-matched")
+    assert not result.edits and "param-matched" in result.refusals[0].reason
+
+
+def test_geglu_option() -> None:
+    result = _run(FIXTURES / "attribute_relu.before.py", ffn="geglu")
+    assert "F.gelu(self.fc1(x)) * self.fc3(x)" in result.migrated
+
+
+_REFUSED_INPUTS = {
+    "expression input": "return self.fc2(F.relu(self.fc1(self.ln(x))))",
+    "input rebound": "x = self.fc1(x)\n        x = F.relu(x)\n        return self.fc2(x)",
+    "hidden reused": "h = F.relu(self.fc1(x))\n        self.last = h\n        return self.fc2(h)",
+}
+
+
+@pytest.mark.parametrize("body", list(_REFUSED_INPUTS.values()), ids=list(_REFUSED_INPUTS))
+def test_unsafe_chains_are_refused(body: str) -> None:
+    text = (FIXTURES / "attribute_relu.before.py").read_text().replace(
+        "return self.fc2(self.drop(F.relu(self.fc1(x))))  # the FFN", body)
+    result = migrate_source(text, "model.py", _rules("TFM301"))
+    assert not result.edits and result.refusals and result.migrated == text
+
+
+def _cli(tmp_path: Path, *args: str, config: str = "") -> tuple[int, str]:
+    source = tmp_path / "model.py"
+    source.write_text((FIXTURES / "attribute_relu.before.py").read_text())
+    (tmp_path / "pyproject.toml").write_text(config)
+    out = CliRunner().invoke(main, [str(source), "--select", "TFM301", "--diff", *args])
+    return out.exit_code, out.output
+
+
+@pytest.mark.parametrize("args, config", [
+    (["--ffn", "geglu", "--ffn-hidden", "param-matched"], ""),
+    (["--option", "swiglu.ffn=geglu", "--option", "swiglu.hidden=param-matched"], ""),
+    ([], '[tool.tf-migrate.swiglu]\nffn = "geglu"\nhidden = "param-matched"\n'),
+])
+def test_option_plumbing(tmp_path: Path, args, config) -> None:
+    code, output = _cli(tmp_path, *args, config=config)
+    assert code == 1, output
+    assert "F.gelu(self.fc1(x))" in output and "ffn_hidden" in output
+
+
+def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
+    code, output = _cli(tmp_path, "--option", "swiglu.ffn=relu")
+    assert code == 2 and "swiglu" in output
+
+
+def test_explain_says_retrain() -> None:
+    output = CliRunner().invoke(main, ["explain", "TFM301"]).output
+    assert "retrain" in output and "MUST BE FINE-TUNED OR RETRAINED" in output
+
+
+# End to end: every legacy model, migrated, still imports, builds, loads its mapped checkpoint
+# (strict except the plan's new keys) and runs forward and backward.
+
+torch = pytest.importorskip("torch")
+
+
+def _load(path: Path, name: str, text: str):
+    target = path / f"{name}.py"
+    target.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"swiglu_e2e_{name}_{id(path)}", target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _map_state(old: dict, model, module, plans) -> tuple[dict, set]:
+    """Apply the class plans under every prefix where an instance of the class lives."""
+    mapped, new = dict(old), set()
+    for prefix, sub in model.named_modules():
+        for plan in plans:
+            if type(sub).__module__ == module.__name__ and type(sub).__qualname__ == plan.qualname:
+                base = f"{prefix}." if prefix else ""
+                for key in plan.dropped:
+                    mapped.pop(base + key, None)
+                for src, dst in plan.renamed.items():
+                    mapped[base + dst] = mapped.pop(base + src)
+                new.update(base + k.key for k in plan.new)
+    return mapped, new
+
+
+def _output_tensor(out):
+    return out if isinstance(out, torch.Tensor) else _output_tensor(out[0])
+
+
+@pytest.mark.parametrize("codes", [("TFM301",), ("TFM101", "TFM301")], ids=lambda c: "+".join(c))
+@pytest.mark.parametrize("hidden", ["same", "param-matched"])
+@pytest.mark.parametrize("stem", sorted(MANIFEST), ids=str)
+def test_models_end_to_end(tmp_path: Path, stem: str, codes, hidden: str) -> None:
+    entry = MANIFEST[stem]
+    path = MODELS / f"{stem}.py"
+    result = _run(path, *codes, hidden=hidden)
+    assert not result.errors
+    ours = [e for e in result.edits if e.code == "TFM301"]
+    refused = [r for r in result.refusals if r.code == "TFM301"]
+    expect = entry["expect"]["TFM301"]
+    assert {"apply": bool(ours), "refuse": not ours and refused, "noop": not ours and not refused,
+            "apply-or-refuse": bool(ours) or bool(refused)}[expect], (expect, result.edits, result.refusals)
+    if ours:
+        assert result.migrated.count("F.silu(") + result.migrated.count("Fn.silu(") >= 1
+    original = _load(tmp_path, "original", path.read_text())
+    migrated = _load(tmp_path, "migrated", result.migrated)
+    torch.manual_seed(0)
+    old_model = eval(entry["build"], {**vars(original), "torch": torch})
+    new_model = eval(entry["build"], {**vars(migrated), "torch": torch})
+    state, new_keys = _map_state(old_model.state_dict(), new_model, migrated, result.plans)
+    missing, unexpected = new_model.load_state_dict(state, strict=False)
+    assert set(missing) == new_keys and not unexpected
+    new_model.train()
+    for expression in entry["inputs"]:
+        args = eval(expression, {**vars(migrated), "torch": torch})
+        out = _output_tensor(new_model(*(args if isinstance(args, tuple) else (args,))))
+        out.float().pow(2).mean().backward()
+    gates = [p for n, p in new_model.named_parameters() if n in new_keys]
+    assert all(p.grad is not None for p in gates)
