@@ -26,6 +26,8 @@ def text_lines(result: FileResult) -> Iterable[str]:
     for refusal in sorted(result.refusals, key=lambda r: r.line):
         hint = f" (hint: {refusal.hint})" if refusal.hint else ""
         yield f"{result.path}:{refusal.line}: {refusal.code} refused: {refusal.reason}{hint}"
+    for note in sorted(result.notes, key=lambda n: n.line):
+        yield f"{result.path}:{note.line}: {note.code} note: {note.message}"
 
 
 def summary(results: Sequence[FileResult], wrote: bool) -> str:
