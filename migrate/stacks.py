@@ -134,16 +134,18 @@ def _attributes(expr: cst.BaseExpression) -> list[cst.Attribute]:
 
 def _loop_carried(loop: cst.For) -> str | None:
     """The name each iteration feeds to the block and rebinds: `x = layer(x, ...)`."""
-    if not isinstance(loop.target, cst.Name) or not isinstance(loop.body, cst.IndentedBlock):
+    if not isinstance(loop.body, cst.IndentedBlock):
         return None
-    block = loop.target.value
+    targets = [e.value for e in loop.target.elements] if isinstance(loop.target, cst.Tuple) \
+        else [loop.target]
+    blocks = {t.value for t in targets if isinstance(t, cst.Name)}
     for statement in loop.body.body:
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
             small = statement.body[0]
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
                     and isinstance(small.targets[0].target, cst.Name) \
                     and isinstance(small.value, cst.Call) \
-                    and isinstance(small.value.func, cst.Name) and small.value.func.value == block:
+                    and isinstance(small.value.func, cst.Name) and small.value.func.value in blocks:
                 variable = small.targets[0].target.value
                 if any(n.value == variable for n in loads(small.value, variable)):
                     return variable

@@ -166,7 +166,12 @@ def _with_norm(ctx, layer, nn: str, new_layer: cst.Call) -> cst.Call:
 
 
 def _append(args: list[cst.Arg], new: cst.Arg) -> list[cst.Arg]:
-    if args and args[-1].comma is cst.MaybeSentinel.DEFAULT:
+    """Add a keyword argument last, in the call's own layout (one line, or one per line)."""
+    if not args:
+        return [new]
+    last = args[-1]
+    if last.comma is cst.MaybeSentinel.DEFAULT:
         comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        args = args[:-1] + [args[-1].with_changes(comma=comma)]
-    return args + [new.with_changes(comma=cst.MaybeSentinel.DEFAULT)]
+        return args[:-1] + [last.with_changes(comma=comma), new]
+    between = args[-2].comma if len(args) > 1 else last.comma
+    return args[:-1] + [last.with_changes(comma=between), new.with_changes(comma=last.comma)]
