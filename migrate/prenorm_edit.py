@@ -89,10 +89,11 @@ def _free_name(method: cst.FunctionDef) -> str:
 
 
 def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Call,
-               norm_attr: str) -> tuple[dict[Any, Any], list[NewKey], str]:
+               norm_attr: str, taken: set) -> tuple[dict[Any, Any], list[NewKey], str]:
     """`self.final_norm = <same norm type>(<shape and eps of the last block's norm>)` after the
     stack is built, applied once after the loop over the blocks."""
-    attr = _free_attribute(stack)
+    attr = _free_attribute(stack, {name for owner, name in taken if owner == id(stack.cls)})
+    taken.add((id(stack.cls), attr))
     source = f"{stack.path}.{norm_attr}"
     args = [f"{source}.normalized_shape"]
     keywords = {a.keyword.value: ctx.code(a.value) for a in norm.args if a.keyword}
@@ -120,10 +121,8 @@ def norm_keys(callee: str, keywords: dict[str, str], prefix: str) -> list[NewKey
     return keys
 
 
-def _free_attribute(stack: "Stack") -> str:
-    taken = set(stack.cls.submodules) | set(stack.cls.buffers)
-    for candidate in ("final_norm", "norm_f", "final_layer_norm"):
-        if candidate not in taken and not list(stack.cls.self_references(candidate)):
-            return candidate
-    return next(f"final_norm_{i}" for i in range(1, 100)
-                if not list(stack.cls.self_references(f"final_norm_{i}")))
+def _free_attribute(stack: "Stack", taken: set[str]) -> str:
+    taken = taken | set(stack.cls.submodules) | set(stack.cls.buffers)
+    candidates = ("final_norm", f"{stack.attr}_final_norm") + tuple(f"final_norm_{i}" for i in range(1, 100))
+    return next(c for c in candidates
+                if c not in taken and not list(stack.cls.self_references(c)))

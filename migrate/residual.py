@@ -48,6 +48,7 @@ class PostNorm:
 class Sublayers:
     post: list[PostNorm] = field(default_factory=list)
     pre: list[int] = field(default_factory=list)  # lines of pre-norm residual adds
+    plain: list[int] = field(default_factory=list)  # lines of residual adds with no norm at all
 
 
 @dataclass
@@ -70,6 +71,9 @@ class ResidualFinder:
             post = self._classify(add, statement, found)
             if post is not None:
                 found.post.append(post)
+        if found.post and found.plain:
+            raise Unprovable(found.plain[0], "this residual has no norm while others in the block "
+                             "are post-norm: the block's layout is not one this rule knows")
         self._check_norms_accounted(found)
         return found
 
@@ -86,15 +90,24 @@ class ResidualFinder:
         return self.cls.submodule_of(node, *NORMS) is not None
 
     def _classify(self, add, statement, found: Sublayers) -> PostNorm | None:
-        split = self._split(add, statement)
+        try:
+            split = self._split(add, statement)
+        except Unprovable:
+            if self._norm_of(add, statement, strict=False)[0] is None:
+                return None  # not a post-norm candidate: what it is does not matter here
+            raise
         if split is None:
             return None
         residual, branch = split
         if any(self._normed(name) for name in branch.inputs):
+            if self._norm_of(add, statement, strict=False)[0] is not None:
+                raise Unprovable(self.ctx.line(statement), "the sublayer is normalised both before "
+                                 "and after (sandwich norm)")
             found.pre.append(self.ctx.line(statement))
             return None
         norm_call, norm_statement, inline = self._norm_of(add, statement)
         if norm_call is None:
+            found.plain.append(self.ctx.line(statement))
             return None
         self._check_branch(branch, statement, norm_statement)
         chain = self._aliases(residual, statement) + [b.statement for b, _ in branch.through]
@@ -170,12 +183,13 @@ class ResidualFinder:
         call = self.ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
         return isinstance(call, cst.Call) and self.is_norm(call.func)
 
-    def _norm_of(self, add, statement):
+    def _norm_of(self, add, statement, strict: bool = True):
         """The norm applied to the add: directly, or to the one name the add is bound to."""
         arg = self.ctx.parents.get(add)
         call = self.ctx.parents.get(arg) if isinstance(arg, cst.Arg) else None
         if isinstance(call, cst.Call) and self.is_norm(call.func):
-            self._check_whole_value(call, statement)
+            if strict:
+                self._check_whole_value(call, statement)
             return call, statement, True
         binding = _bound_to(statement, add)
         if binding is None:
@@ -188,7 +202,8 @@ class ResidualFinder:
         if not (isinstance(call, cst.Call) and self.is_norm(call.func)):
             return None, None, False
         norm_statement = self.flow.statement_of(call)
-        self._check_whole_value(call, norm_statement)
+        if strict:
+            self._check_whole_value(call, norm_statement)
         return call, norm_statement, False
 
     def _check_whole_value(self, call: cst.Call, statement) -> None:

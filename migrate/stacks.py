@@ -28,21 +28,20 @@ class Stack:
     path: str  # from the stack class to one block instance: "self.layers[-1].ff"
 
 
-def find_stack(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> Stack | None:
+def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> list[Stack]:
+    """Every stack holding instances of `block` (an encoder and a decoder may share a layer)."""
     name = block.node.name.value
-    for cls in ctx.module_classes:
-        for sub in cls.submodules.values():
-            if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name):
-                return Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+             for cls in ctx.module_classes for sub in cls.submodules.values()
+             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)]
     if depth >= 3:
-        return None
+        return found
     for cls in ctx.module_classes:
         for sub in cls.submodules.values():
             if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name and cls is not block:
-                outer = find_stack(ctx, cls, depth + 1)
-                if outer is not None:
-                    return Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
-    return None
+                found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
+                             for outer in find_stacks(ctx, cls, depth + 1))
+    return found
 
 
 def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:

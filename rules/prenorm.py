@@ -13,8 +13,9 @@ from tf_migrate.plan import ClassPlan
 from tf_migrate.prenorm_edit import final_norm, norm_keys, prenorm_replacements
 from tf_migrate.residual import ResidualFinder, Unprovable
 from tf_migrate.rule import Equivalence, Finding, Fix, Note, Refusal, Rule
-from tf_migrate.stacks import find_run, find_stack
+from tf_migrate.stacks import find_run, find_stacks
 
+_HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
 
 
@@ -62,8 +63,9 @@ class PostNormToPreNorm(Rule):
     )
 
     def check(self, ctx) -> Iterator[Finding]:
-        stacks: dict[int, list] = {}
-        refused: dict[int, int] = {}  # stack statement -> line of a block that refused
+        blocks: dict[int, tuple] = {}  # block class -> (class, forward, sublayers)
+        groups: dict[int, list] = {}  # stack statement -> [(block, stack, run)]
+        refused: dict[int, int] = {}  # stack statement -> line of a block that was refused
         for cls in ctx.module_classes:
             yield from self._builtin(ctx, cls)
             forward = cls.methods.get("forward")
@@ -72,45 +74,61 @@ class PostNormToPreNorm(Rule):
             try:
                 found = ResidualFinder(ctx, cls, forward).find()
             except Unprovable as exc:
-                stack = find_stack(ctx, cls)
-                if stack is not None:
+                for stack in find_stacks(ctx, cls):
                     refused.setdefault(id(stack.statement), exc.line)
-                yield Refusal(exc.line, f"{cls.qualname}: {exc.reason}", "rewrite by hand, or "
-                              "mark the class `# tf-migrate: skip[TFM201]`")
+                yield Refusal(exc.line, f"{cls.qualname}: {exc.reason}", _HINT)
                 continue
             for line in found.pre:
                 yield Note(line, f"{cls.qualname}: residual sublayer is already pre-norm; left alone")
             if not found.post:
                 continue
-            stack = find_stack(ctx, cls)
-            run = find_run(stack) if stack else None
-            if run is None:
+            stacks = find_stacks(ctx, cls)
+            runs = [find_run(stack) for stack in stacks]
+            if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
                     f"{cls.qualname} is post-norm, but the stack of blocks that holds it (and its "
                     "loop in forward) was not found, so the final norm cannot be placed"),
                     "build the blocks in an nn.ModuleList and run them in a for loop")
                 continue
-            stacks.setdefault(id(stack.statement), []).append((cls, forward, found, stack, run))
-        for key, blocks in stacks.items():
-            if key in refused:
-                for cls, _, found, _, _ in blocks:
-                    yield Refusal(ctx.line(found.post[0].statement), (
-                        f"{cls.qualname} is post-norm, but another block of the same stack was "
-                        f"refused (line {refused[key]}); a stack is migrated whole or not at all"))
-                continue
-            yield from self._rewrite_stack(ctx, blocks)
+            blocks[id(cls)] = (cls, forward, found)
+            for stack, run in zip(stacks, runs):
+                groups.setdefault(id(stack.statement), []).append((id(cls), stack, run))
+        yield from self._rewrite(ctx, blocks, groups, refused)
 
-    def _rewrite_stack(self, ctx, blocks) -> Iterator[Fix]:
-        for cls, forward, found, _, _ in blocks:
-            yield Fix(ctx.line(found.post[0].statement),
-                      f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) -> pre-norm; "
-                      + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post))
-        cls, _, found, stack, run = blocks[-1]
+    def _rewrite(self, ctx, blocks, groups, refused) -> Iterator[Finding]:
+        """Whole stacks only: a block sharing a stack with a refused block is refused too."""
+        poisoned: dict[int, int] = {}
+        while True:
+            before = len(poisoned)
+            for key, members in groups.items():
+                line = refused.get(key) or next(
+                    (poisoned[b] for b, _, _ in members if b in poisoned), None)
+                if line is not None:
+                    refused[key] = line
+                    poisoned.update({b: line for b, _, _ in members if b not in poisoned})
+            if len(poisoned) == before:
+                break
+        for block, (cls, forward, found) in blocks.items():
+            if block in poisoned:
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but a block of the same stack was refused "
+                    f"(line {poisoned[block]}); a stack is migrated whole or not at all"), _HINT)
+            else:
+                yield Fix(ctx.line(found.post[0].statement),
+                          f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) -> pre-norm; "
+                          + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post))
+        taken: set[tuple[int, str]] = set()
+        for key, members in groups.items():
+            if key not in refused:
+                yield self._final_norm(ctx, blocks[members[-1][0]], *members[-1][1:], taken)
+
+    def _final_norm(self, ctx, block, stack, run, taken) -> Fix:
+        cls, _, found = block
         norm = cls.submodules[found.post[-1].norm].call
-        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm)
+        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken)
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
-        yield Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
-                  f"the last block (new, initialised to identity)", replacements, plans=[plan])
+        return Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
+                   "the last block (new, initialised to identity)", replacements, plans=[plan])
 
     def _builtin(self, ctx, cls) -> Iterator[Finding]:
         for method in cls.methods.values():

@@ -147,3 +147,82 @@ def test_migrated_model_loads_and_trains(stem: str, select, tmp_path: Path) -> N
         assert grads and all(torch.isfinite(g).all() for g in grads)
     if any(e.code == "TFM201" for e in result.edits) and new:
         assert any(after.get_parameter(k).grad is not None for k in new if k.endswith("weight"))
+
+
+_BLOCK = '''
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, d, f, g):
+        super().__init__()
+        self.f, self.g = f, g
+        self.ln1 = nn.LayerNorm(d)
+        self.ln2 = nn.LayerNorm(d)
+
+    def forward(self, x):
+{body}
+
+
+class Stack(nn.Module):
+    def __init__(self, d, n, make):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(d, *make()) for _ in range(n)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+'''
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("        x = self.ln2(x + self.f(self.ln1(x)))\n        return x", "sandwich"),
+    ("        x = self.ln1(x + self.f(x))\n        x = x + self.g(x)\n        return x", "no norm"),
+    ("        y = self.f(x)\n        x = self.ln1(x + y)\n        return x, y", "also read"),
+    ("        x = self.ln1(x + self.f(x)) * 2\n        return x", "whole value"),
+], ids=["sandwich", "mixed-plain", "intermediate-reused", "norm-in-expression"])
+def test_unprovable_blocks_are_refused(body: str, reason: str) -> None:
+    text = _BLOCK.format(body=body)
+    result = _run(text, "block.py")
+    assert result.migrated == text and not result.edits
+    assert any(reason in r.reason for r in result.refusals), result.refusals
+
+
+def test_stack_is_migrated_whole_or_not_at_all() -> None:
+    text = _BLOCK.format(body="        x = self.ln1(x + self.f(x))\n        return x") + '''
+
+class Other(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.f = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.ln(x + 0.5 * self.f(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a = Block(d, None, None)
+        self.b = Other(d)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Holder(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.blocks = nn.ModuleList([Layer(d) for _ in range(2)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+'''
+    result = _run(text, "mixed.py")
+    assert any("scaled" in r.reason for r in result.refusals)
+    assert not result.edits and result.migrated == text  # Block shares a stack with Other
+    assert any("same stack was refused" in r.reason for r in result.refusals)
