@@ -64,3 +64,37 @@ def _calls(function: cst.FunctionDef) -> list[cst.Call]:
 
     function.visit(_Visitor())
     return found
+
+
+def with_norm_first(call: cst.Call) -> cst.Call:
+    """The layer call with `norm_first=True` (replacing an explicit False)."""
+    true = cst.Name("True")
+    if any(a.keyword and a.keyword.value == "norm_first" for a in call.args):
+        return call.with_changes(args=[a.with_changes(value=true) if a.keyword and
+                                       a.keyword.value == "norm_first" else a for a in call.args])
+    return call.with_changes(args=_append(list(call.args), cst.parse_expression("f(norm_first=True)").args[0]))
+
+
+def stack_with_norm(ctx, layer: BuiltinLayer, nn: str, new_layer: cst.Call) -> cst.Call:
+    """The stack call with `norm=nn.LayerNorm(d_model, eps=..., bias=...)` as the layer has."""
+    d_model = argument(layer.call, 0, "d_model")
+    eps = argument(layer.call, 5, "layer_norm_eps")
+    bias = argument(layer.call, 99, "bias")
+    text = f"{nn}.LayerNorm({ctx.code(d_model)}"
+    text += f", eps={ctx.code(eps)}" if eps is not None else ""
+    text += f", bias={ctx.code(bias)}" if bias is not None else ""
+    arg = cst.parse_expression(f"f(norm={text}))").args[0]
+    args = [a.with_changes(value=new_layer) if a.value is layer.call else a for a in layer.stack.args]
+    return layer.stack.with_changes(args=_append(args, arg))
+
+
+def _append(args: list[cst.Arg], new: cst.Arg) -> list[cst.Arg]:
+    """Add a keyword argument last, in the call's own layout (one line, or one per line)."""
+    if not args:
+        return [new]
+    last = args[-1]
+    if last.comma is cst.MaybeSentinel.DEFAULT:
+        comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        return args[:-1] + [last.with_changes(comma=comma), new]
+    between = args[-2].comma if len(args) > 1 else last.comma
+    return args[:-1] + [last.with_changes(comma=between), new.with_changes(comma=last.comma)]

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.builtin_layers import builtin_layers
+from tf_migrate.builtin_layers import builtin_layers, stack_with_norm, with_norm_first
 from tf_migrate.imports import reference
 from tf_migrate.names import argument
 from tf_migrate.plan import ClassPlan
@@ -148,7 +148,7 @@ class PostNormToPreNorm(Rule):
             yield Refusal(line, "built-in post-norm layer not stacked by an nn.TransformerEncoder/"
                           "Decoder assigned to self in the same function: the final norm cannot be placed")
             return
-        new_layer = _with_norm_first(layer.call)
+        new_layer = with_norm_first(layer.call)
         replacements = {layer.call: new_layer}
         plans, imports = [], []
         if argument(layer.stack, 2, "norm") is None:
@@ -156,40 +156,8 @@ class PostNormToPreNorm(Rule):
             imports = [needed] if needed else []
             if any(a.value is layer.call for a in layer.stack.args):
                 del replacements[layer.call]  # nested: the new stack call carries the new layer
-            replacements[layer.stack] = _with_norm(ctx, layer, nn, new_layer)
+            replacements[layer.stack] = stack_with_norm(ctx, layer, nn, new_layer)
             keys = norm_keys("LayerNorm", {}, f"{layer.stack_attr}.norm")
             plans = [ClassPlan(ctx.path, cls.qualname, [self.code], new=keys)]
         yield Fix(line, "built-in layer -> norm_first=True, final norm on its stack; " + _FINE_TUNE,
                   replacements, plans=plans, imports=imports)
-
-
-def _with_norm_first(call: cst.Call) -> cst.Call:
-    true = cst.Name("True")
-    if any(a.keyword and a.keyword.value == "norm_first" for a in call.args):
-        return call.with_changes(args=[a.with_changes(value=true) if a.keyword and
-                                       a.keyword.value == "norm_first" else a for a in call.args])
-    return call.with_changes(args=_append(list(call.args), cst.parse_expression("f(norm_first=True)").args[0]))
-
-
-def _with_norm(ctx, layer, nn: str, new_layer: cst.Call) -> cst.Call:
-    d_model = argument(layer.call, 0, "d_model")
-    eps = argument(layer.call, 5, "layer_norm_eps")
-    bias = argument(layer.call, 99, "bias")
-    text = f"{nn}.LayerNorm({ctx.code(d_model)}"
-    text += f", eps={ctx.code(eps)}" if eps is not None else ""
-    text += f", bias={ctx.code(bias)}" if bias is not None else ""
-    arg = cst.parse_expression(f"f(norm={text}))").args[0]
-    args = [a.with_changes(value=new_layer) if a.value is layer.call else a for a in layer.stack.args]
-    return layer.stack.with_changes(args=_append(args, arg))
-
-
-def _append(args: list[cst.Arg], new: cst.Arg) -> list[cst.Arg]:
-    """Add a keyword argument last, in the call's own layout (one line, or one per line)."""
-    if not args:
-        return [new]
-    last = args[-1]
-    if last.comma is cst.MaybeSentinel.DEFAULT:
-        comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        return args[:-1] + [last.with_changes(comma=comma), new]
-    between = args[-2].comma if len(args) > 1 else last.comma
-    return args[:-1] + [last.with_changes(comma=between), new.with_changes(comma=last.comma)]
