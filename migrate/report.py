@@ -48,6 +48,7 @@ def json_document(results: Sequence[FileResult]) -> str:
         "refusals": [{"code": d.code, "line": d.line, "reason": d.reason, "hint": d.hint}
                      for d in r.refusals],
         "errors": [e.splitlines()[0] for e in r.errors],
+        "notes": [{"code": n.code, "line": n.line, "message": n.message} for n in r.notes],
     } for r in results]
     plans = plan_document(p for r in results for p in r.plans)
     return json.dumps({"files": files, "plan": plans}, indent=2)

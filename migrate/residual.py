@@ -87,7 +87,16 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
-        return self.cls.submodule_of(node, *NORMS) is not None
+        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None
+
+    def _own_norm(self, node: cst.CSTNode) -> str | None:
+        """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
+        sub = self.cls.submodule_of(node)
+        func = sub.call.func if sub is not None else None
+        if isinstance(func, cst.Name) and func.value.lower().endswith(("layernorm", "rmsnorm")) \
+                and any(c.node.name.value == func.value for c in self.ctx.module_classes):
+            return func.value
+        return None
 
     def _classify(self, add, statement, found: Sublayers) -> PostNorm | None:
         try:
@@ -109,6 +118,10 @@ class ResidualFinder:
         if norm_call is None:
             found.plain.append(self.ctx.line(statement))
             return None
+        if self._own_norm(norm_call.func):
+            raise Unprovable(self.ctx.line(norm_statement), (
+                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`: its "
+                "parameters and identity init for the final norm are unknown"))
         self._check_branch(branch, statement, norm_statement)
         chain = self._aliases(residual, statement) + [b.statement for b, _ in branch.through]
         chain.append(statement)

@@ -226,3 +226,10 @@ class Holder(nn.Module):
     assert any("scaled" in r.reason for r in result.refusals)
     assert not result.edits and result.migrated == text  # Block shares a stack with Other
     assert any("same stack was refused" in r.reason for r in result.refusals)
+
+
+def test_own_norm_class_is_refused() -> None:
+    name = "own_layernorm_class.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert any("own class `LayerNorm`" in r.reason for r in result.refusals), result.refusals
+    assert result.notes  # the pre-norm block beside it is recognised
