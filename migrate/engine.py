@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tf_migrate.plan import ClassPlan
-from tf_migrate.rule import Fix, Refusal, Rule
+from tf_migrate.rule import Fix, Note, Refusal, Rule
 from tf_migrate.source import SourceError, read_source
 
 
@@ -40,6 +40,7 @@ class FileResult:
     refusals: list[Diagnostic] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
+    notes: list[Edit] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -79,6 +80,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.refusals.extend(
             Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
+        result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
     result.migrated = module.code
     _check_output(result)
     return result

@@ -26,6 +26,8 @@ def text_lines(result: FileResult) -> Iterable[str]:
     for refusal in sorted(result.refusals, key=lambda r: r.line):
         hint = f" (hint: {refusal.hint})" if refusal.hint else ""
         yield f"{result.path}:{refusal.line}: {refusal.code} refused: {refusal.reason}{hint}"
+    for note in sorted(result.notes, key=lambda n: n.line):
+        yield f"{result.path}:{note.line}: {note.code} note: {note.message}"
 
 
 def summary(results: Sequence[FileResult], wrote: bool) -> str:
@@ -46,6 +48,7 @@ def json_document(results: Sequence[FileResult]) -> str:
         "refusals": [{"code": d.code, "line": d.line, "reason": d.reason, "hint": d.hint}
                      for d in r.refusals],
         "errors": [e.splitlines()[0] for e in r.errors],
+        "notes": [{"code": n.code, "line": n.line, "message": n.message} for n in r.notes],
     } for r in results]
     plans = plan_document(p for r in results for p in r.plans)
     return json.dumps({"files": files, "plan": plans}, indent=2)

@@ -45,7 +45,15 @@ class Refusal:
     hint: str = ""
 
 
-Finding = Fix | Refusal
+@dataclass(frozen=True)
+class Note:
+    """Something recognised and deliberately left alone (e.g. a block that is already modern)."""
+
+    line: int
+    message: str
+
+
+Finding = Fix | Refusal | Note
 
 
 class Rule:

@@ -1,0 +1,151 @@
+"""Where a block class is stacked: the model class whose `nn.ModuleList` / `nn.Sequential` holds
+its instances (directly, or through a holder such as a layer class that owns the block), and
+where that model's forward runs the stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from tf_migrate.dataflow import loads
+from tf_migrate.names import argument, self_attribute
+
+if TYPE_CHECKING:
+    from tf_migrate.context import FileContext
+    from tf_migrate.modules import ModuleClass
+
+_CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
+
+
+@dataclass
+class Stack:
+    cls: "ModuleClass"
+    attr: str  # self.<attr> holds the blocks
+    statement: cst.SimpleStatementLine  # the __init__ statement that builds the stack
+    path: str  # from the stack class to one block instance: "self.layers[-1].ff"
+
+
+def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> list[Stack]:
+    """Every stack holding instances of `block` (an encoder and a decoder may share a layer)."""
+    name = block.node.name.value
+    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+             for cls in ctx.module_classes for sub in cls.submodules.values()
+             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)]
+    if depth >= 3:
+        return found
+    for cls in ctx.module_classes:
+        for sub in cls.submodules.values():
+            if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name and cls is not block:
+                found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
+                             for outer in find_stacks(ctx, cls, depth + 1))
+    return found
+
+
+def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
+    """The container is built from instances of `name`, or from an __init__ parameter that the
+    file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`)."""
+    for arg in container.args:
+        if _instances_of(arg.value, name):
+            return True
+        if isinstance(arg.value, cst.Name):
+            position = _param_position(cls, arg.value.value)
+            if position is not None and _constructed_with(ctx, cls, position, arg.value.value, name):
+                return True
+    return False
+
+
+def _instances_of(expr: cst.BaseExpression, name: str) -> bool:
+    if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
+        return _is_call_of(expr.elt, name)
+    if isinstance(expr, (cst.List, cst.Tuple)):
+        return bool(expr.elements) and all(_is_call_of(e.value, name) for e in expr.elements)
+    if isinstance(expr, cst.StarredElement):
+        return _instances_of(expr.value, name)
+    return False
+
+
+def _is_call_of(expr: cst.BaseExpression, name: str) -> bool:
+    return isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == name
+
+
+def _param_position(cls: "ModuleClass", param: str) -> int | None:
+    init = cls.methods.get("__init__")
+    if init is None:
+        return None
+    names = [p.name.value for p in init.params.params][1:]
+    return names.index(param) if param in names else None
+
+
+def _constructed_with(ctx, cls: "ModuleClass", position: int, keyword: str, name: str) -> bool:
+    found: list[bool] = []
+    target = cls.node.name.value
+
+    class _Calls(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            if _is_call_of(node, target):
+                value = argument(node, position, keyword)
+                found.append(value is not None and _instances_of(value, name))
+
+    ctx.module.visit(_Calls())
+    return bool(found) and all(found)
+
+
+@dataclass
+class StackRun:
+    """Where the stack's output is ready: after `statement`, in the variable `variable`."""
+
+    statement: cst.BaseStatement
+    variable: str
+
+
+def find_run(stack: Stack) -> StackRun | None:
+    """`for layer in self.layers: x = layer(x, ...)`, or `x = self.blocks(x)` for a Sequential."""
+    forward = stack.cls.methods.get("forward")
+    if forward is None or not isinstance(forward.body, cst.IndentedBlock):
+        return None
+    for statement in forward.body.body:
+        if isinstance(statement, cst.For) and statement.orelse is None \
+                and any(self_attribute(n) == stack.attr for n in _attributes(statement.iter)):
+            variable = _loop_carried(statement)
+            return StackRun(statement, variable) if variable else None
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+            small = statement.body[0]
+            if isinstance(small, cst.Assign) and isinstance(small.value, cst.Call) \
+                    and self_attribute(small.value.func) == stack.attr \
+                    and isinstance(small.targets[0].target, cst.Name):
+                return StackRun(statement, small.targets[0].target.value)
+    return None
+
+
+def _attributes(expr: cst.BaseExpression) -> list[cst.Attribute]:
+    found: list[cst.Attribute] = []
+
+    class _Visitor(cst.CSTVisitor):
+        def visit_Attribute(self, node: cst.Attribute) -> None:
+            found.append(node)
+
+    expr.visit(_Visitor())
+    return found
+
+
+def _loop_carried(loop: cst.For) -> str | None:
+    """The name each iteration feeds to the block and rebinds: `x = layer(x, ...)`."""
+    if not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    targets = [e.value for e in loop.target.elements] if isinstance(loop.target, cst.Tuple) \
+        else [loop.target]
+    blocks = {t.value for t in targets if isinstance(t, cst.Name)}
+    for statement in loop.body.body:
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+            small = statement.body[0]
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name) \
+                    and isinstance(small.value, cst.Call) \
+                    and isinstance(small.value.func, cst.Name) and small.value.func.value in blocks:
+                variable = small.targets[0].target.value
+                if any(n.value == variable for n in loads(small.value, variable)):
+                    return variable
+    return None

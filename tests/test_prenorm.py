@@ -1,0 +1,235 @@
+"""TFM201 (post-norm -> pre-norm): goldens, noops, idempotence, and the legacy models end to end:
+migrated with TFM201 (alone and after TFM101) they import, build, load the original weights
+through the plan (strict except exactly the plan's new keys), and run forward and backward."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tf_migrate.engine import migrate_source
+from tf_migrate.registry import select_rules
+from tf_migrate.rules.prenorm import PostNormToPreNorm
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = ROOT / "fixtures" / "prenorm"
+MODELS = ROOT / "fixtures" / "models"
+SPECS = tomllib.loads((MODELS / "manifest.toml").read_text())
+_counter = itertools.count()
+
+
+def _run(text: str, path: str, select=("TFM201",)):
+    result = migrate_source(text, path, [rule() for rule in select_rules(list(select))])
+    assert not result.errors, result.errors
+    return result
+
+
+@pytest.mark.parametrize("before", sorted(FOLDER.glob("*.before.py")), ids=lambda p: p.name)
+def test_golden_and_idempotent(before: Path) -> None:
+    result = _run(before.read_text(), before.name)
+    assert result.changed, result.refusals
+    after = before.with_name(before.name.replace(".before.py", ".after.py"))
+    assert result.migrated == after.read_text()
+    again = _run(result.migrated, after.name)
+    assert again.migrated == result.migrated and not again.edits and not again.refusals
+
+
+@pytest.mark.parametrize("noop", sorted(FOLDER.glob("*.noop.py")), ids=lambda p: p.name)
+def test_noop(noop: Path) -> None:
+    result = _run(noop.read_text(), noop.name)
+    assert result.migrated == noop.read_text() and not result.edits
+
+
+def test_already_prenorm_is_reported_not_refused() -> None:
+    result = _run((FOLDER / "already_prenorm.noop.py").read_text(), "already_prenorm.noop.py")
+    assert result.notes and not result.refusals
+
+
+def test_scaled_residual_is_refused_with_reason() -> None:
+    result = _run((FOLDER / "scaled_residual.noop.py").read_text(), "scaled_residual.noop.py")
+    assert any("scaled" in r.reason for r in result.refusals), result.refusals
+
+
+def test_explain_says_fine_tune() -> None:
+    out = subprocess.run([sys.executable, "-m", "tf_migrate", "explain", "TFM201"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "compatible" in out and "fine-tuned afterwards" in out
+
+
+@pytest.mark.parametrize("stem", sorted(SPECS))
+def test_manifest_expectation(stem: str) -> None:
+    expected = SPECS[stem].get("expect", {}).get("TFM201")
+    result = _run((MODELS / f"{stem}.py").read_text(), f"{stem}.py")
+    applied = any(e.code == "TFM201" for e in result.edits)
+    refused = any(r.code == "TFM201" for r in result.refusals)
+    if expected == "apply":
+        assert applied and not refused, result.refusals
+        again = _run(result.migrated, f"{stem}.py")  # every post-norm sublayer is gone
+        assert not again.edits and not again.refusals, (again.edits, again.refusals)
+    elif expected == "refuse":
+        assert refused and not applied
+    elif expected == "noop":
+        assert not applied and not refused
+    elif expected == "apply-or-refuse":
+        assert applied or refused
+
+
+def _load(path: Path):
+    name = f"_tfm_prenorm_{path.stem}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plan_keys(model, plans, field: str) -> set[str]:
+    """Plan keys (relative to a class) made absolute for every instance of that class."""
+    keys = set()
+    for plan in plans:
+        for prefix, module in model.named_modules():
+            if type(module).__qualname__ == plan.qualname:
+                entries = [n.key for n in plan.new] if field == "new" else plan.dropped
+                keys.update((f"{prefix}." if prefix else "") + key for key in entries)
+    return keys
+
+
+def _tensors(value) -> list:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+@pytest.mark.parametrize("select", [("TFM201",), ("TFM101", "TFM201")], ids="+".join)
+@pytest.mark.parametrize("stem", sorted(SPECS))
+def test_migrated_model_loads_and_trains(stem: str, select, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    spec, source = SPECS[stem], MODELS / f"{stem}.py"
+    result = _run(source.read_text(), source.name, select)
+    migrated = tmp_path / source.name
+    migrated.write_text(result.migrated)
+    before_module, after_module = _load(source), _load(migrated)
+    namespace = lambda m: {**vars(m), "torch": torch}  # noqa: E731
+    torch.manual_seed(0)
+    before = eval(spec["build"], namespace(before_module))
+    after = eval(spec["build"], namespace(after_module))
+
+    state = before.state_dict()
+    dropped = _plan_keys(before, result.plans, "dropped")
+    new = _plan_keys(after, result.plans, "new")
+    missing, unexpected = after.load_state_dict(
+        {k: v for k, v in state.items() if k not in dropped}, strict=False)
+    assert not unexpected
+    assert set(missing) == new
+    for key in new:  # identity init: ones for weights, zeros for biases
+        value = after.state_dict()[key]
+        assert torch.equal(value, torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value))
+
+    after.train()
+    for index, expression in enumerate(spec["inputs"]):
+        torch.manual_seed(100 + index)
+        args = eval(expression, namespace(before_module))
+        args = args if isinstance(args, tuple) else (args,)
+        after.zero_grad()
+        outputs = [t for t in _tensors(after(*args)) if t.requires_grad]
+        sum(t.float().sum() for t in outputs).backward()
+        grads = [p.grad for p in after.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    if any(e.code == "TFM201" for e in result.edits) and new:
+        assert any(after.get_parameter(k).grad is not None for k in new if k.endswith("weight"))
+
+
+_BLOCK = '''
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, d, f, g):
+        super().__init__()
+        self.f, self.g = f, g
+        self.ln1 = nn.LayerNorm(d)
+        self.ln2 = nn.LayerNorm(d)
+
+    def forward(self, x):
+{body}
+
+
+class Stack(nn.Module):
+    def __init__(self, d, n, make):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(d, *make()) for _ in range(n)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+'''
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("        x = self.ln2(x + self.f(self.ln1(x)))\n        return x", "sandwich"),
+    ("        x = self.ln1(x + self.f(x))\n        x = x + self.g(x)\n        return x", "no norm"),
+    ("        y = self.f(x)\n        x = self.ln1(x + y)\n        return x, y", "also read"),
+    ("        x = self.ln1(x + self.f(x)) * 2\n        return x", "whole value"),
+], ids=["sandwich", "mixed-plain", "intermediate-reused", "norm-in-expression"])
+def test_unprovable_blocks_are_refused(body: str, reason: str) -> None:
+    text = _BLOCK.format(body=body)
+    result = _run(text, "block.py")
+    assert result.migrated == text and not result.edits
+    assert any(reason in r.reason for r in result.refusals), result.refusals
+
+
+def test_stack_is_migrated_whole_or_not_at_all() -> None:
+    text = _BLOCK.format(body="        x = self.ln1(x + self.f(x))\n        return x") + '''
+
+class Other(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.f = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.ln(x + 0.5 * self.f(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a = Block(d, None, None)
+        self.b = Other(d)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Holder(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.blocks = nn.ModuleList([Layer(d) for _ in range(2)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+'''
+    result = _run(text, "mixed.py")
+    assert any("scaled" in r.reason for r in result.refusals)
+    assert not result.edits and result.migrated == text  # Block shares a stack with Other
+    assert any("same stack was refused" in r.reason for r in result.refusals)
+
+
+def test_own_norm_class_is_refused() -> None:
+    name = "own_layernorm_class.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert any("own class `LayerNorm`" in r.reason for r in result.refusals), result.refusals
+    assert result.notes  # the pre-norm block beside it is recognised
