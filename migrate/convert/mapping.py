@@ -60,7 +60,8 @@ def find_instances(plans: Sequence[ClassPlan], keys: Sequence[str],
         anchors = _anchors(plan)
         if not anchors:
             continue  # only new keys: nothing in the old checkpoint says where the class is
-        if _weakly_anchored(plan) and target is None:
+        weak = _weakly_anchored(plan)
+        if weak and target is None:
             raise ConvertError(
                 f"the plan for {plan.qualname} ({plan.file}) is identified only by the key(s) "
                 f"{', '.join(anchors)}, which any layer can have; pass --check-build and --source "
@@ -68,7 +69,7 @@ def find_instances(plans: Sequence[ClassPlan], keys: Sequence[str],
         for prefix in _prefixes(keys, anchors[0]):
             if not all(prefix + a in present for a in anchors):
                 continue
-            if target is not None and any(prefix + d in target for d in plan.dropped):
+            if weak and any(prefix + d in target for d in plan.dropped):
                 continue  # the migrated model still has this key: not an instance of the class
             found.append(Instance(prefix, plan))
     return found

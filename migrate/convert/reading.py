@@ -76,7 +76,7 @@ def _read_torch(path: Path, unsafe_pickle: bool) -> Checkpoint:
             raise ConvertError(f"{path}: contains objects other than tensors; loading it needs "
                                "--unsafe-pickle (only for files you trust)") from None
         raise ConvertError(f"{path}: not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load raises almost anything on garbage (IndexError, KeyError, ...)
         raise ConvertError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
                            f"({_first_line(exc)})") from None
     state, wrapper_key, left_out = _state_dict(path, loaded, torch)
