@@ -27,6 +27,9 @@ class Shard:
     get: Callable[[str], Any]
     metadata: dict[str, str] | None = None
 
+    def release(self) -> None:
+        """Let go of whatever the shard holds open (nothing, for an in-memory state_dict)."""
+
 
 @dataclass
 class Checkpoint:
@@ -49,6 +52,11 @@ class Checkpoint:
 
     def get(self, key: str) -> Any:
         return self.shards[self.shard_of[key]].get(key)
+
+    def release(self, keep: int | None = None) -> None:
+        for index, shard in enumerate(self.shards):
+            if index != keep:
+                shard.release()
 
 
 def read_checkpoint(path: Path, unsafe_pickle: bool = False) -> Checkpoint:
@@ -125,8 +133,35 @@ def _safetensors_shard(path: Path) -> Shard:
     except (SafetensorError, OSError) as exc:
         raise ConvertError(f"{path}: not a readable safetensors file, truncated or corrupt "
                            f"({_first_line(exc)})") from None
-    return Shard(path, keys, lambda k: tuple(handle.get_slice(k).get_shape()),
-                 handle.get_tensor, metadata)
+    return _LazySafetensors(path, keys, metadata)
+
+
+class _LazySafetensors(Shard):
+    """A safetensors shard opened on demand and closed by `release()`.
+
+    An open handle keeps the file mapped, and every page read through it counts towards the
+    process's memory: closing it after each shard is what keeps the peak near one shard.
+    """
+
+    def __init__(self, path: Path, keys: list[str], metadata: dict[str, str] | None) -> None:
+        super().__init__(path, keys, self._shape, self._get, metadata)
+        self._handle = None
+
+    def _open(self):
+        from safetensors import safe_open
+
+        if self._handle is None:
+            self._handle = safe_open(str(self.path), framework="pt")
+        return self._handle
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._open().get_slice(key).get_shape())
+
+    def _get(self, key: str):
+        return self._open().get_tensor(key)
+
+    def release(self) -> None:
+        self._handle = None
 
 
 def _read_sharded(path: Path) -> Checkpoint:

@@ -17,7 +17,9 @@ def output_shards(ckpt: Checkpoint, keymap: KeyMap) -> Iterator[tuple[int, dict[
         for key in shard.keys:
             for target in keymap.placed.get(key, []):
                 out[target] = _produce(ckpt, keymap.ops[target], target, out)
+                ckpt.release(keep=index)  # a group's sources from other shards: unmap them now
         yield index, out
+        ckpt.release()
 
 
 def _produce(ckpt: Checkpoint, op: Op, key: str, siblings: dict[str, Any]) -> Any:
