@@ -6,9 +6,10 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.dataflow import binds, loads, read_names
+from tf_migrate.dataflow import read_names
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.projections import ROLES, Triple, application, linear_arguments, same_input, triples
+from tf_migrate.qkv_split import Blocked, forward_edits
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -66,7 +67,7 @@ class SeparateQkvToFused(Rule):
         if blocked is None:
             try:
                 yield self._fix(ctx, cls, triple, subs, apps)
-            except _Blocked as exc:
+            except Blocked as exc:
                 blocked = str(exc)
         if blocked is not None:
             yield Refusal(line, f"q/k/v projections not fused: {blocked}",
@@ -76,7 +77,7 @@ class SeparateQkvToFused(Rule):
         arguments = [linear_arguments(s) for s in subs]
         outs = [ctx.code(a["out_features"]) for a in arguments]
         bias = _bias_code(ctx, arguments[0])
-        replacements = _forward_edits(ctx, triple, apps, _split_suffix(outs))
+        replacements = forward_edits(ctx, triple, apps, _split_suffix(outs))
         replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         params = ["weight"] + (["bias"] if bias != "False" else [])
@@ -86,10 +87,6 @@ class SeparateQkvToFused(Rule):
         return Fix(line=ctx.line(subs[0].statement),
                    message=f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split",
                    replacements=replacements, plans=[plan])
-
-
-class _Blocked(Exception):
-    pass
 
 
 def _constructor_problem(ctx, cls, triple: Triple, subs) -> str | None:
@@ -128,7 +125,7 @@ def _split_suffix(outs: list[str]) -> str:
         return f".split({sizes}, dim=-1)"
     if len(set(outs)) == 1:
         return ".chunk(3, dim=-1)"
-    raise _Blocked(f"output sizes ({', '.join(outs)}) differ and are not readable in forward")
+    raise Blocked(f"output sizes ({', '.join(outs)}) differ and are not readable in forward")
 
 
 def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
@@ -146,57 +143,3 @@ def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
     edits: dict = {statements[0]: statements[0].with_changes(body=[cst.parse_statement(text).body[0]])}
     edits.update({s: cst.RemoveFromParent() for s in statements[1:]})
     return edits
-
-
-def _forward_edits(ctx, triple, apps, suffix: str) -> dict:
-    """Bind the three outputs with one split before the first use; each call becomes a name."""
-    statements = [a.statement for a in apps]
-    block = ctx.parents.get(statements[0])
-    if any(ctx.parents.get(s) is not block for s in statements):
-        raise _Blocked("the three projections are applied in different blocks")
-    body = list(block.body)
-    first = min(statements, key=body.index)
-    names = [_output_name(a, role) for a, role in zip(apps, ROLES)]
-    if len(set(names)) != 3:
-        raise _Blocked("the projections' outputs would need the same name")
-    for app, name in zip(apps, names):
-        _check_free(body, first, app.statement, name)
-    split = cst.parse_statement(
-        f"{', '.join(names)} = self.{triple.fused_name}({ctx.code(apps[0].input)}){suffix}")
-    edits: dict = {}
-    for app, name in zip(apps, names):
-        plain = _plain_binding(app) is not None
-        new = cst.RemoveFromParent() if plain else app.statement.deep_replace(app.call, cst.Name(name))
-        edits[app.statement] = new
-    kept = edits[first]
-    split = split.with_changes(leading_lines=first.leading_lines)
-    if isinstance(kept, cst.RemovalSentinel):
-        edits[first] = split  # the old line's shape comment described one projection, not three
-    else:
-        edits[first] = cst.FlattenSentinel([split, kept.with_changes(leading_lines=[])])
-    return edits
-
-
-def _plain_binding(app) -> str | None:
-    """`name = self.proj(x)`: the name, whose statement the split replaces outright."""
-    small = app.statement.body[0] if len(app.statement.body) == 1 else None
-    if (isinstance(small, cst.Assign) and len(small.targets) == 1 and small.value is app.call
-            and isinstance(small.targets[0].target, cst.Name)):
-        return small.targets[0].target.value
-    return None
-
-
-def _output_name(app, role: str) -> str:
-    return _plain_binding(app) or role
-
-
-def _check_free(body, first, statement, name: str) -> None:
-    """The split binds `name` early: nothing between may read or bind it, and the old use may not read it."""
-    between = body[body.index(first):body.index(statement)]
-    if any(loads(s, name) or binds(s, name) for s in between):
-        raise _Blocked(f"`{name}` is used between the projections")
-    if loads(statement, name):
-        raise _Blocked(f"`{name}` is read where a projection is applied")
-    if not binds(statement, name):
-        raise _Blocked(f"the split would leave `{name}` bound where the code did not bind it")
-
