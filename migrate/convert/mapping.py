@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from tf_migrate.convert.errors import ConvertError
-from tf_migrate.plan import ClassPlan
+from tf_migrate.plan import ClassPlan, merge_plans
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _prefixes(keys: Sequence[str], relative: str) -> list[str]:
 def build_mapping(plans: Sequence[ClassPlan], keys: Sequence[str],
                   shape_of: Callable[[str], tuple[int, ...]],
                   target: Mapping[str, tuple] | None = None) -> KeyMap:
-    plans = [p for p in plans if _anchors(p) or p.new]
+    plans = [p for p in merge_plans(plans) if _anchors(p) or p.new]
     if not plans:
         raise ConvertError("the plan changes no checkpoint key: the old checkpoint loads as it is")
     instances = find_instances(plans, keys, target)
