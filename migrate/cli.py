@@ -101,9 +101,11 @@ def _indent(code: str) -> str:
     return "".join("    " + line + "\n" for line in code.rstrip().splitlines())
 
 
+from tf_migrate.convert.command import convert_command  # noqa: E402
 from tf_migrate.verify.command import verify_command  # noqa: E402
 
 main.add_command(verify_command)
+main.add_command(convert_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,76 @@
+"""Writing the converted checkpoint: into a temporary sibling first, moved into place at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from tf_migrate.convert.reading import Checkpoint
+from tf_migrate.convert.tensors import unshared
+
+
+def staging(out: Path) -> Path:
+    """A temporary directory beside OUT (same filesystem, so the final move is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def write_all(ckpt: Checkpoint, shards: Iterator[tuple[int, dict[str, Any]]], out: Path,
+              stage: Path) -> Path:
+    """Write every output shard under `stage`; return the path that will become OUT."""
+    if ckpt.kind == "sharded":
+        return _write_sharded(ckpt, shards, stage)
+    _, state = next(shards)
+    target = stage / out.name
+    if out.suffix == ".safetensors":
+        _save_safetensors(unshared(state), target, ckpt.shards[0].metadata)
+    else:
+        import torch
+
+        torch.save({ckpt.wrapper_key: state} if ckpt.wrapper_key else state, target)
+    return target
+
+
+def _save_safetensors(state: dict[str, Any], path: Path, metadata: dict[str, str] | None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata or None)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a checkpoint is not a secret: the usual mode, not 0600
+
+
+def _write_sharded(ckpt: Checkpoint, shards, stage: Path) -> Path:
+    folder = stage / "out"
+    folder.mkdir()
+    weight_map: dict[str, str] = {}
+    total = 0
+    for index, state in shards:
+        name = ckpt.shards[index].path.name
+        state = unshared(state)
+        _save_safetensors(state, folder / name, ckpt.shards[index].metadata)
+        weight_map.update({k: name for k in state})
+        total += sum(t.numel() * t.element_size() for t in state.values())
+        del state
+    index = dict(ckpt.index or {})
+    index["metadata"] = {**index.get("metadata", {}), "total_size": total}
+    index["weight_map"] = weight_map
+    (folder / ckpt.path.name).write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def commit(produced: Path, out: Path, force: bool) -> None:
+    """Move the finished output into place; an existing OUT (with --force) goes only at the end."""
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise FileExistsError(out)
+        doomed = out.with_name(f".{out.name}.replaced")
+        os.replace(out, doomed)
+        os.replace(produced, out)
+        shutil.rmtree(doomed) if doomed.is_dir() else doomed.unlink()
+    else:
+        os.replace(produced, out)

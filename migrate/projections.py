@@ -1,0 +1,111 @@
+"""Recognising separate query/key/value projections of one attention class.
+
+Shared by the fusion rule and anything else that needs to know which attributes of a class are
+its q, k and v projections, and where `forward` applies them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import libcst as cst
+
+from tf_migrate.dataflow import FunctionFlow
+
+if TYPE_CHECKING:
+    from tf_migrate.context import FileContext
+    from tf_migrate.modules import ModuleClass, Submodule
+
+ROLES = ("q", "k", "v")
+_LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
+# `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`: one role word with a shared affix.
+_NAME = re.compile(r"^(?P<pre>(?:w|to|linear|lin|proj)?_?)(?P<role>query|key|value|q|k|v)"
+                   r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
+
+
+@dataclass
+class Triple:
+    """Three attributes that play q, k and v, named alike (`query`/`key`/`value`, `q_proj`, ...)."""
+
+    attributes: dict[str, str]  # role -> attribute name
+    fused_name: str  # what the fused attribute is called: `qkv`, `qkv_proj`, `w_qkv`
+
+
+def triples(names: list[str]) -> Iterator[Triple]:
+    """Every complete q/k/v triple among attribute names, grouped by their shared affix."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for name in names:
+        match = _NAME.match(name)
+        if match:
+            affix = (match["pre"], match["post"])
+            groups.setdefault(affix, {})[_LONG[match["role"]]] = name
+    for (pre, post), roles in groups.items():
+        if len(roles) == 3:
+            yield Triple(roles, f"{pre}qkv{post}")
+
+
+@dataclass
+class Application:
+    """`self.<attribute>(<input>)`, the only use of a projection outside `__init__`."""
+
+    call: cst.Call
+    method: cst.FunctionDef
+    statement: cst.BaseStatement
+    input: cst.BaseExpression
+
+
+def application(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> Application | str:
+    """Where forward applies a projection, or why that cannot be pinned down."""
+    init = cls.methods.get("__init__")
+    uses = [ref for ref in cls.self_references(attribute) if not _inside(ctx, ref, init)]
+    if len(uses) != 1:
+        return f"`self.{attribute}` is used {len(uses)} times outside __init__ (fusion needs exactly one call)"
+    call = ctx.parents.get(uses[0])
+    if not (isinstance(call, cst.Call) and call.func is uses[0] and len(call.args) == 1
+            and call.args[0].keyword is None and not call.args[0].star):
+        return f"`self.{attribute}` is not called with one positional tensor"
+    method = next((m for m in cls.methods.values() if _inside(ctx, call, m)), None)
+    if method is None:
+        return f"`self.{attribute}` is applied outside a method"
+    statement = FunctionFlow(ctx, method).statement_of(call)
+    return Application(call, method, statement, call.args[0].value)
+
+
+def _inside(ctx: "FileContext", node: cst.CSTNode, ancestor: cst.CSTNode | None) -> bool:
+    current: cst.CSTNode | None = node
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = ctx.parents.get(current)
+    return False
+
+
+def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
+    """in/out/bias of `nn.Linear(in, out, bias=...)`; None when other arguments are passed."""
+    names = ("in_features", "out_features", "bias")
+    found: dict[str, cst.BaseExpression] = {}
+    for position, arg in enumerate(sub.call.args):
+        if arg.star:
+            return None
+        key = arg.keyword.value if arg.keyword is not None else (names[position] if position < 3 else None)
+        if key not in names:
+            return None
+        found[key] = arg.value
+    if "in_features" not in found or "out_features" not in found:
+        return None
+    return found
+
+
+def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
+    """All three calls read the same binding of the same local name, in one method."""
+    first = apps[0]
+    if not all(isinstance(a.input, cst.Name) and a.method is first.method for a in apps):
+        return False
+    if len({a.input.value for a in apps}) != 1:
+        return False
+    flow = FunctionFlow(ctx, first.method)
+    reaching = {id(getattr(flow.definition(a.input.value, a.statement), "statement", None)) for a in apps}
+    return len(reaching) == 1 and all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps)
+

@@ -1,0 +1,70 @@
+"""The forward side of a q/k/v fusion: one split binds the three outputs, the calls go away.
+
+`name = self.proj(x)` lines are replaced by the split outright (their names are kept); in longer
+statements (`k = self.key(x).view(...)`) the call becomes the name the split bound (`q`, `k`, `v`).
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from tf_migrate.dataflow import binds, loads
+from tf_migrate.projections import ROLES, Application, Triple
+
+
+class Blocked(Exception):
+    """The fusion cannot be written safely here; the message says why."""
+
+
+def forward_edits(ctx, triple: Triple, apps: list[Application], suffix: str) -> dict:
+    """Bind the three outputs with one split before the first use; each call becomes a name."""
+    statements = [a.statement for a in apps]
+    block = ctx.parents.get(statements[0])
+    if any(ctx.parents.get(s) is not block for s in statements):
+        raise Blocked("the three projections are applied in different blocks")
+    body = list(block.body)
+    first = min(statements, key=body.index)
+    names = [_output_name(a, role) for a, role in zip(apps, ROLES)]
+    if len(set(names)) != 3:
+        raise Blocked("the projections' outputs would need the same name")
+    for app, name in zip(apps, names):
+        _check_free(body, first, app.statement, name)
+    split = cst.parse_statement(
+        f"{', '.join(names)} = self.{triple.fused_name}({ctx.code(apps[0].input)}){suffix}")
+    edits: dict = {}
+    for app, name in zip(apps, names):
+        plain = _plain_binding(app) is not None
+        new = cst.RemoveFromParent() if plain else app.statement.deep_replace(app.call, cst.Name(name))
+        edits[app.statement] = new
+    kept = edits[first]
+    split = split.with_changes(leading_lines=first.leading_lines)
+    if isinstance(kept, cst.RemovalSentinel):
+        edits[first] = split  # the old line's shape comment described one projection, not three
+    else:
+        edits[first] = cst.FlattenSentinel([split, kept.with_changes(leading_lines=[])])
+    return edits
+
+
+def _plain_binding(app) -> str | None:
+    """`name = self.proj(x)`: the name, whose statement the split replaces outright."""
+    small = app.statement.body[0] if len(app.statement.body) == 1 else None
+    if (isinstance(small, cst.Assign) and len(small.targets) == 1 and small.value is app.call
+            and isinstance(small.targets[0].target, cst.Name)):
+        return small.targets[0].target.value
+    return None
+
+
+def _output_name(app, role: str) -> str:
+    return _plain_binding(app) or role
+
+
+def _check_free(body, first, statement, name: str) -> None:
+    """The split binds `name` early: nothing between may read or bind it, and the old use may not read it."""
+    between = body[body.index(first):body.index(statement)]
+    if any(loads(s, name) or binds(s, name) for s in between):
+        raise Blocked(f"`{name}` is used between the projections")
+    if loads(statement, name):
+        raise Blocked(f"`{name}` is read where a projection is applied")
+    if not binds(statement, name):
+        raise Blocked(f"the split would leave `{name}` bound where the code did not bind it")
+

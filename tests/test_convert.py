@@ -1,0 +1,236 @@
+"""`tf-migrate convert`: every format, every legacy model with key changes, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+from convert_support import (MODELS, build, convert, inputs, load_module, manifest, migrate,  # noqa: E402
+                             outputs_close, save_sharded)
+
+# Legacy models whose TFM101+TFM102 plan changes checkpoint keys.
+KEYED = ["mingpt_style", "bert_style"]
+
+
+def _old_model(stem: str):
+    entry = manifest()[stem]
+    module = load_module(MODELS / f"{stem}.py")
+    torch.manual_seed(0)
+    return module, build(module, entry["build"]).eval()
+
+
+def _write(fmt: str, state: dict, folder: Path) -> Path:
+    if fmt == "pt":
+        torch.save(state, folder / "old.pt")
+        return folder / "old.pt"
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(folder / "old.safetensors"))
+        return folder / "old.safetensors"
+    return save_sharded(state, folder / "old_sharded")
+
+
+def _read(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        state = {}
+        for name in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(path / name)))
+        assert set(state) == set(index["weight_map"])
+        return state
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "sharded"])
+@pytest.mark.parametrize("stem", KEYED)
+def test_old_checkpoint_converts_and_matches(stem: str, fmt: str, tmp_path: Path) -> None:
+    entry = manifest()[stem]
+    module, old = _old_model(stem)
+    after, plan = migrate(stem, tmp_path)
+    source = _write(fmt, old.state_dict(), tmp_path)
+    out = tmp_path / {"pt": "new.pt", "safetensors": "new.safetensors", "sharded": "new_sharded"}[fmt]
+    result = convert(source, out, "--plan", plan, "--check-build", entry["build"], "--source", after)
+    assert result.exit_code == 0, result.output
+    assert "converted blocks.0.attn" in result.output or "converted encoder.layer.0" in result.output
+    assert "loads strictly" in result.output
+    new = build(load_module(after), entry["build"]).eval()
+    new.load_state_dict(_read(out), strict=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for args in inputs(module, entry["inputs"]):
+            assert outputs_close(old(*args), new(*args))
+
+
+@pytest.mark.parametrize("stem", ["einsum_gpt", "kv_cache_gpt"])
+def test_plan_without_key_changes_is_said_and_old_checkpoint_loads(stem: str, tmp_path: Path) -> None:
+    entry = manifest()[stem]
+    _, old = _old_model(stem)
+    after, plan = migrate(stem, tmp_path)
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan)
+    assert result.exit_code == 2 and "changes no checkpoint key" in result.output
+    build(load_module(after), entry["build"]).load_state_dict(old.state_dict(), strict=True)
+
+
+def test_sharded_layout_is_kept(tmp_path: Path) -> None:
+    _, old = _old_model("mingpt_style")
+    _, plan = migrate("mingpt_style", tmp_path)
+    index = save_sharded(old.state_dict(), tmp_path / "in", shards=3)
+    assert convert(index, tmp_path / "out", "--plan", plan).exit_code == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "in").iterdir())
+    weight_map = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "blocks.1.attn.qkv.weight" in weight_map and "blocks.1.attn.query.weight" not in weight_map
+
+
+def test_wrapped_checkpoint_converts_model_and_reports_the_rest(tmp_path: Path) -> None:
+    _, old = _old_model("mingpt_style")
+    after, plan = migrate("mingpt_style", tmp_path)
+    torch.save({"model": old.state_dict(), "optimizer": {"state": {}}, "epoch": 3}, tmp_path / "ckpt.pt")
+    result = convert(tmp_path / "ckpt.pt", tmp_path / "new.pt", "--plan", plan)
+    assert result.exit_code == 0, result.output
+    assert "left out" in result.output and "optimizer, epoch" in result.output
+    written = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert list(written) == ["model"] and "blocks.0.attn.qkv.weight" in written["model"]
+
+
+def test_report_lists_untouched_keys(tmp_path: Path) -> None:
+    _, old = _old_model("mingpt_style")
+    _, plan = migrate("mingpt_style", tmp_path)
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan)
+    assert "untouched: 25 key(s)" in result.output and "blocks.*.mlp.c_fc.weight (x2)" in result.output
+    assert "converted blocks.1.attn [CausalSelfAttention]" in result.output
+
+
+# --- bad input: exit 2, a clear message naming the key or file, nothing written -------------------
+
+@pytest.fixture()
+def mingpt(tmp_path: Path):
+    _, old = _old_model("mingpt_style")
+    after, plan = migrate("mingpt_style", tmp_path)
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    return tmp_path, old.state_dict(), plan
+
+
+def _fails(tmp_path: Path, args: list, *words: str) -> None:
+    before = sorted(os.listdir(tmp_path))
+    result = convert(*args)
+    assert result.exit_code == 2, result.output
+    assert all(w in result.output for w in words), result.output
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written, no staging left behind
+
+
+def test_keys_matching_no_class(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    _, other = _old_model("torch_builtin")  # built-in layers: no query/key/value keys anywhere
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    _fails(tmp_path, [tmp_path / "other.pt", tmp_path / "new.pt", "--plan", plan],
+           "no key of the checkpoint matches", "CausalSelfAttention")
+
+
+def test_shape_mismatch_names_the_key(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    state["blocks.1.attn.key.weight"] = torch.zeros(64, 32)
+    torch.save(state, tmp_path / "bad.pt")
+    _fails(tmp_path, [tmp_path / "bad.pt", tmp_path / "new.pt", "--plan", plan],
+           "shape mismatch", "blocks.1.attn.key.weight")
+
+
+def test_truncated_files(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    data = (tmp_path / "old.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    _fails(tmp_path, [tmp_path / "cut.pt", tmp_path / "new.pt", "--plan", plan], "cut.pt", "truncated")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    _fails(tmp_path, [tmp_path / "cut.safetensors", tmp_path / "new.safetensors", "--plan", plan],
+           "cut.safetensors", "truncated")
+
+
+def test_not_a_checkpoint(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    (tmp_path / "notes.bin").write_text("these are my notes, not weights\n")
+    _fails(tmp_path, [tmp_path / "notes.bin", tmp_path / "new.pt", "--plan", plan], "notes.bin")
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "new.pt", "--plan", tmp_path / "old.pt"],
+           "not a tf-migrate plan")
+
+
+class Config:  # a pickled object that weights_only loading must refuse
+    depth = 2
+
+
+def test_pickle_needing_unsafe_loading(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    torch.save({"model": state, "config": Config()}, tmp_path / "objects.pt")
+    _fails(tmp_path, [tmp_path / "objects.pt", tmp_path / "new.pt", "--plan", plan],
+           "objects.pt", "--unsafe-pickle")
+    result = convert(tmp_path / "objects.pt", tmp_path / "new.pt", "--plan", plan, "--unsafe-pickle")
+    assert result.exit_code == 0 and "warning" in result.output and "config" in result.output
+
+
+def test_never_overwrites(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "old.pt", "--plan", plan, "--force"], "overwrite the input")
+    (tmp_path / "new.pt").write_text("keep me")
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan], "exists", "--force")
+    assert (tmp_path / "new.pt").read_text() == "keep me"
+    assert convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan, "--force").exit_code == 0
+    assert "blocks.0.attn.qkv.weight" in torch.load(tmp_path / "new.pt", weights_only=True)
+
+
+def test_failed_strict_load_writes_nothing(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan, "--check-build",
+                      "GPT(vocab_size=100, block_size=32)", "--source", MODELS / "mingpt_style.py"],
+           "does not load strictly", "qkv")
+
+
+def test_plan_known_only_by_a_bias_buffer_needs_the_model(tmp_path: Path) -> None:
+    """TFM101 alone drops minGPT's `bias` mask buffer: every Linear has a `bias` key too."""
+    entry = manifest()["mingpt_style"]
+    _, old = _old_model("mingpt_style")
+    after, plan = migrate("mingpt_style", tmp_path, select="TFM101")
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan], "--check-build")
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan,
+                     "--check-build", entry["build"], "--source", after)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("converted ") == 2 and "dropped bias" in result.output
+    written = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert "blocks.0.attn.bias" not in written and "blocks.0.ln_1.bias" in written
+
+
+@pytest.mark.parametrize("stem", KEYED)
+def test_in_memory_conversion_matches_outputs(stem: str, tmp_path: Path) -> None:
+    from tf_migrate.convert.state_dict import convert_state_dict
+    from tf_migrate.engine import migrate_source
+    from tf_migrate.registry import all_rules
+
+    entry = manifest()[stem]
+    module, old = _old_model(stem)
+    result = migrate_source((MODELS / f"{stem}.py").read_text(), f"{stem}.py", [r() for r in all_rules()])
+    (tmp_path / "after.py").write_text(result.migrated)
+    new = build(load_module(tmp_path / "after.py"), entry["build"]).eval()
+    state, keymap = convert_state_dict(old.state_dict(), result.plans)
+    new.load_state_dict(state, strict=True)
+    assert len(keymap.instances) == 2
+    with torch.no_grad():
+        for args in inputs(module, entry["inputs"]):
+            assert outputs_close(old(*args), new(*args))
