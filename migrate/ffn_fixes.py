@@ -109,7 +109,7 @@ class FixWriter:
         bias = linear_bias(ffn.first)
         if linear_bias(ffn.second) != bias:
             raise Unsupported("the two Linears of the nn.Sequential FFN disagree on bias")
-        (in_, hidden), (second_in, second_out) = linear_features(ffn.first), linear_features(ffn.second)
+        (in_, hidden), (_, second_out) = linear_features(ffn.first), linear_features(ffn.second)
         if code_of(second_out) != code_of(in_):
             raise Unsupported(f"the FFN maps {code_of(in_)} to {code_of(second_out)}: the gated "
                               "module needs the same input and output size")

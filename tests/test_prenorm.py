@@ -15,7 +15,6 @@ import pytest
 
 from tf_migrate.engine import migrate_source
 from tf_migrate.registry import select_rules
-from tf_migrate.rules.prenorm import PostNormToPreNorm
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "fixtures" / "prenorm"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import tomllib
 from pathlib import Path
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 
 from tf_migrate.cli import main
 from tf_migrate.engine import migrate_source
-from tf_migrate.registry import find_rule, select_rules
+from tf_migrate.registry import select_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "swiglu"
