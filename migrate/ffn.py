@@ -67,6 +67,9 @@ class FeedForward:
     second: Projection
     activation: cst.Call  # the node the rewrite replaces with the gated product
     gate_input: cst.BaseExpression  # what the activation was applied to (lin1's output)
+    # The FFN input is a submodule call such as `self.norm(x)` (a pre-norm block): bind it to a
+    # local before this statement, so the gate does not compute it a second time.
+    hoist_before: cst.BaseStatement | None = None
 
 
 @dataclass
@@ -219,6 +222,9 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
     """The gate reads the FFN input a second time: it must be a plain name still holding it."""
     x = ffn.first.input
     line = ctx.line(ffn.activation)
+    if _hoistable(ffn.cls, x) and flow.statement_of(ffn.first.node) is flow.statement_of(ffn.activation):
+        ffn.hoist_before = flow.statement_of(ffn.activation)
+        return
     if not isinstance(x, cst.Name) and self_attribute(x) is None:
         raise Refused(line, f"the feed-forward input `{ctx.code(x)}` is an expression; the gate "
                       "projection would compute it a second time",
@@ -231,6 +237,14 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
             if getattr(before, "statement", None) is not getattr(now, "statement", None):
                 raise Refused(line, f"`{x.value}` is rebound between the first projection and "
                               "the activation", "apply the activation in the same statement")
+
+
+def _hoistable(cls, x: cst.BaseExpression) -> bool:
+    """`self.<submodule>(name)`: one call of a module of this class on a plain name."""
+    return (
+        isinstance(x, cst.Call) and cls.submodule_of(x.func) is not None and len(x.args) == 1
+        and isinstance(x.args[0].value, cst.Name) and x.args[0].keyword is None
+    )
 
 
 def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> SequentialFeedForward | None:

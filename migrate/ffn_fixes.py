@@ -11,6 +11,7 @@ from tf_migrate.gated import (
     GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
+from tf_migrate.dataflow import binds, read_names
 from tf_migrate.imports import FUNCTIONAL, imports_bound_by, reference
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.rule import Fix
@@ -38,6 +39,7 @@ class FixWriter:
         """`act(first(x))` -> `silu(first(x)) * gate(x)`, plus the gate's constructor."""
         self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
         plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
+        hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
         taken = lambda n: n in cls.submodules or any(cls.self_references(n))  # noqa: E731
         if ffn.first.raw:
             replacements, gate = self._raw(cls, ffn, plan, taken)
@@ -48,8 +50,28 @@ class FixWriter:
             ffn.activation, f"{self.functional}.{GATE_FUNCTIONS[self.kind]}", ffn.gate_input, gate,
             parenthesize=not isinstance(parent, _NO_PARENS))
         replacements.update(self._unused_activation_module(cls, ffn))
+        replacements.update(hoisting)
         return self._fix(ffn.activation, f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated",
                          replacements, plan, [self.import_] if self.import_ else [])
+
+    def _hoist(self, ffn: FeedForward) -> dict:
+        """Bind the FFN input (`self.norm(x)`) to a fresh local before the statement, use it twice."""
+        function = ffn.hoist_before
+        while function is not None and not isinstance(function, cst.FunctionDef):
+            function = self.ctx.parents.get(function)
+        used = read_names(function) | {n for n in ("h", "h_ffn") if binds(function, n)}
+        name = next(n for n in ("h", "h_ffn", "ffn_input") if n not in used)
+        binding = cst.parse_statement(f"{name} = {code_of(ffn.first.input)}\n")
+        local = cst.Name(name)
+        ffn.gate_input = ffn.gate_input.deep_replace(ffn.first.input, local)
+        ffn.first.node = ffn.first.node.deep_replace(ffn.first.input, local)
+        ffn.first.input = local
+
+        def insert(updated: cst.BaseStatement) -> cst.FlattenSentinel:
+            return cst.FlattenSentinel([binding.with_changes(leading_lines=updated.leading_lines),
+                                        updated.with_changes(leading_lines=())])
+
+        return {ffn.hoist_before: insert}
 
     def _linear(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         first, second = cls.submodules[ffn.first.weight], cls.submodules[ffn.second.weight]
