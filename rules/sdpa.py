@@ -26,8 +26,11 @@ class EinsumAttentionToSdpa(Rule):
     additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
     chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
     provable lower triangle over query and key lengths computed from the same tensor; otherwise
-    the original mask is passed explicitly (KV caches keep their bottom-right alignment). Rows
-    whose keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
+    the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
+    additive mask is cast to the query's dtype, as `scores + mask` would promote it. Rows whose
+    keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
+    `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
+    rank is not known from a `view`; any other transpose of k is kept and undone explicitly.
 
     Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
     is dropped. No weight changes.
