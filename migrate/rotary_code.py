@@ -1,0 +1,56 @@
+"""The code TFM401 writes: the rotary helper (once per file) and the calls that apply it."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+HELPER_NAME = "apply_rotary"
+
+_HELPER = '''
+
+_ROTARY_CACHE = {{}}
+
+
+def _rotary_cos_sin(length, dim, base, device, dtype):
+    """cos and sin of the rotary angles, each (length, dim); cached per length, dim, base, device, dtype."""
+    key = (length, dim, base, device, dtype)
+    if key not in _ROTARY_CACHE:
+        inv_freq = 1.0 / base ** ({torch}.arange(0, dim, 2, device=device, dtype={torch}.float32) / dim)  # (dim / 2,)
+        positions = {torch}.arange(length, device=device, dtype={torch}.float32)  # (length,)
+        angles = {torch}.outer(positions, inv_freq)  # (length, dim / 2)
+        angles = {torch}.cat((angles, angles), dim=-1)  # (length, dim)
+        _ROTARY_CACHE[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+    return _ROTARY_CACHE[key]
+
+
+def {name}(x, seq_dim=-2, offset=0, base={base}):
+    """Rotary position embedding of x (..., head_dim), positions along `seq_dim` starting at `offset`.
+
+    Channel i is paired with channel i + head_dim / 2 and the pair is rotated by the angle
+    position * base ** (-2i / head_dim): the dot product of a rotated query at position i and a
+    rotated key at position j depends only on i - j, and norms are unchanged.
+    """
+    length, dim = x.size(seq_dim), x.size(-1)
+    cos, sin = _rotary_cos_sin(offset + length, dim, base, x.device, x.dtype)
+    shape = [1] * x.dim()
+    shape[seq_dim], shape[-1] = length, dim
+    cos, sin = cos[offset:].view(shape), sin[offset:].view(shape)  # broadcast over batch and heads
+    first, second = x.chunk(2, dim=-1)  # (..., head_dim / 2) each
+    return x * cos + {torch}.cat((-second, first), dim=-1) * sin
+'''
+
+
+def helper_statements(torch_alias: str, base: float) -> list[cst.BaseStatement]:
+    code = _HELPER.format(torch=torch_alias, name=HELPER_NAME, base=repr(float(base)))
+    body = list(cst.parse_module(code).body)
+    blank = [cst.EmptyLine(), cst.EmptyLine()]
+    return [body[0].with_changes(leading_lines=blank), *body[1:]]
+
+
+def rotary_statements(names: list[tuple[str, int]]) -> list[cst.SimpleStatementLine]:
+    """`q = apply_rotary(q, seq_dim=1)` for each (name, sequence dim)."""
+    statements = []
+    for name, seq_dim in names:
+        extra = "" if seq_dim == -2 else f", seq_dim={seq_dim}"
+        statements.append(cst.parse_statement(f"{name} = {HELPER_NAME}({name}{extra})\n"))
+    return statements
