@@ -47,6 +47,8 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
 
 def _no_blank_start(module: cst.Module) -> cst.Module:
     """A removed first import must not leave its successor's blank lines at the top of the file."""
+    if any(line.comment is not None for line in module.header):
+        return module  # the blank line separates the header comments from the code
     if module.body and module.body[0].leading_lines and all(
             line.comment is None for line in module.body[0].leading_lines):
         return module.with_changes(body=[module.body[0].with_changes(leading_lines=[]), *module.body[1:]])

@@ -73,3 +73,18 @@ def _builds_submodule(ctx: "FileContext", call: cst.Call) -> bool:
             return any(self_attribute(t.target) for t in current.targets) and current.value is call
         current = ctx.parents.get(current)
     return False
+
+
+def outside_users(ctx: "FileContext", cls: "ModuleClass", inside: list["ModuleClass"]) -> list[int]:
+    """Lines where `cls` is instantiated other than in the `__init__` of a class of `inside`."""
+    name = cls.node.name.value
+    allowed = {id(c.methods["__init__"]) for c in inside if "__init__" in c.methods}
+    lines = []
+    for call in find(ctx.module, lambda n: isinstance(n, cst.Call) and isinstance(n.func, cst.Name)
+                     and n.func.value == name):
+        current = ctx.parents.get(call)
+        while current is not None and not isinstance(current, cst.FunctionDef):
+            current = ctx.parents.get(current)
+        if current is None or id(current) not in allowed:
+            lines.append(ctx.line(call))
+    return lines

@@ -7,10 +7,11 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.attention import Refused
-from tf_migrate.dataflow import Binding, FunctionFlow
+from tf_migrate.dataflow import FunctionFlow
 from tf_migrate.imports import reference
-from tf_migrate.model_graph import model_parts
+from tf_migrate.model_graph import model_parts, outside_users
 from tf_migrate.plan import ClassPlan
+from tf_migrate.position_models import model_of
 from tf_migrate.positions import Addition, find_additions
 from tf_migrate.rotary import RotarySite, sites_in, sources
 from tf_migrate.rotary_code import HELPER_NAME, helper_statements, rotary_statements
@@ -62,30 +63,24 @@ class SinusoidalToRotary(Rule):
             yield Refusal(ctx.line(additions[0].statement), f"positions={self.settings['positions']!r} "
                           "is not implemented; only 'rope' is", "use positions = \"rope\"")
             return
+        try:
+            base = float(self.settings["base"])
+        except (TypeError, ValueError):
+            yield Refusal(ctx.line(additions[0].statement), f"option base={self.settings['base']!r} is "
+                          "not a number", "e.g. --option rope.base=10000")
+            return
         sites: list[RotarySite] = []
         accepted: list[Addition] = []
         for addition in additions:
             try:
-                for model in self._models(ctx, addition):
-                    sites.extend(s for s in self._sites(ctx, model) if s not in sites)
+                model = model_of(ctx, addition)
+                sites.extend(s for s in self._sites(ctx, model) if s not in sites)
                 accepted.append(addition)
             except Refused as refusal:
                 yield Refusal(refusal.line, refusal.reason, refusal.hint)
                 return
         if accepted:
-            yield from self._fixes(ctx, accepted, sites)
-
-    def _models(self, ctx, addition: Addition):
-        """The classes whose forward puts these positions on token embeddings."""
-        flow = FunctionFlow(ctx, addition.method)
-        if _from_embedding(ctx, addition.cls, flow, addition.other, addition.statement):
-            return [addition.cls]
-        params = [p.name.value for p in addition.method.params.params]
-        if addition.method.name.value != "forward" or len(params) < 2 or \
-                not (isinstance(addition.other, cst.Name) and addition.other.value == params[1]):
-            raise Refused(ctx.line(addition.statement), "sinusoidal positions are added to "
-                          f"`{ctx.code(addition.other)}`, which tf-migrate cannot trace to token embeddings", "")
-        return [_user(ctx, addition.cls)]
+            yield from self._fixes(ctx, accepted, sites, base)
 
     def _sites(self, ctx, model) -> list[RotarySite]:
         parts = model_parts(ctx, model)
@@ -97,7 +92,13 @@ class SinusoidalToRotary(Rule):
                           "tf-migrate cannot see the attention that consumes the positions", "")
         sites = []
         for cls in parts.classes:
-            for site in sites_in(ctx, cls):
+            found = sites_in(ctx, cls)
+            elsewhere = outside_users(ctx, cls, parts.classes) if found else []
+            if elsewhere:
+                raise Refused(elsewhere[0], f"attention class `{cls.qualname}` is also used outside "
+                              f"`{model.qualname}` (line {elsewhere[0]}), by code whose positions stay as they are",
+                              "give the two models separate attention classes")
+            for site in found:
                 _check_self_attention(ctx, cls, site)
                 sites.append(site)
         if not sites:
@@ -105,7 +106,7 @@ class SinusoidalToRotary(Rule):
                           "built from", "")
         return sites
 
-    def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite]) -> Iterator[Fix]:
+    def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite], base: float) -> Iterator[Fix]:
         torch, needed = reference(ctx, "torch", "torch")
         for index, addition in enumerate(additions):
             replacements = _remove_addition(addition)
@@ -114,53 +115,13 @@ class SinusoidalToRotary(Rule):
             if buffer is not None and addition.cls.buffers[buffer].persistent:
                 plan.dropped.append(buffer)
             if index == 0:
-                replacements.update(_insertions(ctx, sites, torch, self.settings["base"]))
+                replacements.update(_insertions(ctx, sites, torch, base))
             yield Fix(ctx.line(addition.statement),
                       "sinusoidal positions removed" + (f" (buffer `{buffer}` removed)" if buffer else "")
                       + (f"; rotary embeddings applied to q and k in {len(sites)} attention(s); "
                          "the model needs fine-tuning" if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
                       maybe_unused_imports=[("math", None, None)])
-
-
-def _from_embedding(ctx, cls, flow: FunctionFlow, expr, at, depth: int = 0) -> bool:
-    for node in _nodes(expr):
-        if isinstance(node, cst.Call) and cls.submodule_of(node.func, "torch.nn.Embedding") is not None:
-            return True
-        if isinstance(node, cst.Name) and depth < 8 and flow.contains(at):
-            definition = flow.definition(node.value, at)
-            if isinstance(definition, Binding) and _from_embedding(
-                    ctx, cls, flow, definition.value, definition.statement, depth + 1):
-                return True
-    return False
-
-
-def _nodes(expr):
-    from tf_migrate.nodes import walk
-    return walk(expr, into_scopes=False)
-
-
-def _user(ctx, module):
-    """The one class that builds `module` as `self.x = Module(...)` and feeds it token embeddings."""
-    calls = [(cls, sub) for cls in ctx.module_classes for sub in cls.submodules.values()
-             if isinstance(sub.call.func, cst.Name) and sub.call.func.value == module.node.name.value]
-    from tf_migrate.nodes import find
-    every = find(ctx.module, lambda n: isinstance(n, cst.Call) and isinstance(n.func, cst.Name)
-                 and n.func.value == module.node.name.value)
-    if not calls or len(every) != len(calls) or len(calls) > 1:
-        where = ", ".join(str(ctx.line(c)) for c in every) or "nowhere in this file"
-        raise Refused(ctx.line(module.node), f"`{module.qualname}` is instantiated at line(s) {where}, not "
-                      "as one submodule of a model class in this file: tf-migrate cannot tell which "
-                      "attention consumes its positions", "migrate a file where the model class builds it")
-    cls, sub = calls[0]
-    for method in cls.methods.values():
-        flow = FunctionFlow(ctx, method)
-        for call in find(method, lambda n: isinstance(n, cst.Call) and cls.submodule_of(n.func) is sub):
-            statement = flow.statement_of(call)
-            if not call.args or not _from_embedding(ctx, cls, flow, call.args[0].value, statement):
-                raise Refused(ctx.line(call), f"`{ctx.code(call)}` does not apply the positions to token "
-                              "embeddings tf-migrate can trace", "")
-    return cls
 
 
 def _check_self_attention(ctx, cls, site: RotarySite) -> None:
