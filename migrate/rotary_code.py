@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import libcst as cst
+
+if TYPE_CHECKING:
+    from tf_migrate.context import FileContext
+    from tf_migrate.positions import Addition
+    from tf_migrate.rotary import RotarySite
 
 HELPER_NAME = "apply_rotary"
 
@@ -54,3 +61,32 @@ def rotary_statements(names: list[tuple[str, int]]) -> list[cst.SimpleStatementL
         extra = "" if seq_dim == -2 else f", seq_dim={seq_dim}"
         statements.append(cst.parse_statement(f"{name} = {HELPER_NAME}({name}{extra})\n"))
     return statements
+
+
+def remove_addition(addition: "Addition") -> dict:
+    """Replacements that take the table and its addition out (`x = x + pe` goes entirely)."""
+    replacements = {s: cst.RemoveFromParent() for s in addition.table.statements}
+    small = addition.statement.body[0]
+    other = addition.other
+    if isinstance(small, cst.Assign) and small.value is addition.node and isinstance(other, cst.Name) \
+            and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name) \
+            and small.targets[0].target.value == other.value:
+        replacements[addition.statement] = cst.RemoveFromParent()  # `x = x + pe` -> nothing left
+    else:
+        replacements[addition.node] = other.with_changes(lpar=[], rpar=[]) if hasattr(other, "lpar") else other
+    return replacements
+
+
+def insertions(ctx: "FileContext", sites: list["RotarySite"], torch: str, base: float) -> dict:
+    """Replacements that insert the rotary calls after each site, and the helper after the imports."""
+    replacements: dict = {}
+    for site in sites:
+        names = [(site.query, site.seq_dims[0]), (site.key, site.seq_dims[1])]
+        current = replacements.get(site.after, cst.FlattenSentinel([site.after]))
+        replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(names)])
+    if not any(isinstance(s, cst.FunctionDef) and s.name.value == HELPER_NAME for s in ctx.module.body):
+        imports = [s for s in ctx.module.body if isinstance(s, cst.SimpleStatementLine)
+                   and isinstance(s.body[0], (cst.Import, cst.ImportFrom))]
+        anchor = imports[-1] if imports else ctx.module.body[0]
+        replacements[anchor] = cst.FlattenSentinel([anchor, *helper_statements(torch, base)])
+    return replacements

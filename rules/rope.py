@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import libcst as cst
-
 from tf_migrate.attention import Refused
 from tf_migrate.dataflow import FunctionFlow
 from tf_migrate.imports import reference
 from tf_migrate.model_graph import model_parts, outside_users
+from tf_migrate.nodes import walk
 from tf_migrate.plan import ClassPlan
 from tf_migrate.position_models import model_of
 from tf_migrate.positions import Addition, find_additions
 from tf_migrate.rotary import RotarySite, sites_in, sources
-from tf_migrate.rotary_code import HELPER_NAME, helper_statements, rotary_statements
+from tf_migrate.rotary_code import insertions, remove_addition
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 
@@ -70,17 +69,15 @@ class SinusoidalToRotary(Rule):
                           "not a number", "e.g. --option rope.base=10000")
             return
         sites: list[RotarySite] = []
-        accepted: list[Addition] = []
         for addition in additions:
             try:
+                _check_table_reads(ctx, addition, additions)
                 model = model_of(ctx, addition)
                 sites.extend(s for s in self._sites(ctx, model) if s not in sites)
-                accepted.append(addition)
-            except Refused as refusal:
+            except Refused as refusal:  # all or nothing: never rewrite half a model
                 yield Refusal(refusal.line, refusal.reason, refusal.hint)
                 return
-        if accepted:
-            yield from self._fixes(ctx, accepted, sites, base)
+        yield from self._fixes(ctx, additions, sites, base)
 
     def _sites(self, ctx, model) -> list[RotarySite]:
         parts = model_parts(ctx, model)
@@ -109,19 +106,32 @@ class SinusoidalToRotary(Rule):
     def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite], base: float) -> Iterator[Fix]:
         torch, needed = reference(ctx, "torch", "torch")
         for index, addition in enumerate(additions):
-            replacements = _remove_addition(addition)
+            replacements = remove_addition(addition)
             plan = ClassPlan(ctx.path, addition.cls.qualname, [self.code])
             buffer = addition.table.buffer
             if buffer is not None and addition.cls.buffers[buffer].persistent:
                 plan.dropped.append(buffer)
             if index == 0:
-                replacements.update(_insertions(ctx, sites, torch, base))
+                replacements.update(insertions(ctx, sites, torch, base))
             yield Fix(ctx.line(addition.statement),
                       "sinusoidal positions removed" + (f" (buffer `{buffer}` removed)" if buffer else "")
                       + (f"; rotary embeddings applied to q and k in {len(sites)} attention(s); "
                          "the model needs fine-tuning" if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
                       maybe_unused_imports=[("math", None, None)])
+
+
+def _check_table_reads(ctx, addition: Addition, additions: list[Addition]) -> None:
+    """The buffer goes away: nothing but the additions being removed may read it."""
+    buffer = addition.table.buffer
+    if buffer is None:
+        return
+    allowed = {id(n) for a in additions if a.cls is addition.cls for n in walk(a.node)}
+    allowed |= {id(n) for n in walk(addition.cls.buffers[buffer].statement)}
+    for ref in addition.cls.self_references(buffer):
+        if id(ref) not in allowed:
+            raise Refused(ctx.line(ref), f"the position table `self.{buffer}` is also read at line "
+                          f"{ctx.line(ref)}, which would break once the table is gone", "")
 
 
 def _check_self_attention(ctx, cls, site: RotarySite) -> None:
@@ -131,30 +141,3 @@ def _check_self_attention(ctx, cls, site: RotarySite) -> None:
         raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, keys come from {sorted(key)} and queries "
                       f"from {sorted(query)}: this may be cross-attention, whose keys must not be rotated",
                       "give self-attention its own class that takes one input")
-
-
-def _remove_addition(addition: Addition) -> dict:
-    replacements = {s: cst.RemoveFromParent() for s in addition.table.statements}
-    small = addition.statement.body[0]
-    other = addition.other
-    if isinstance(small, cst.Assign) and small.value is addition.node and isinstance(other, cst.Name) \
-            and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name) \
-            and small.targets[0].target.value == other.value:
-        replacements[addition.statement] = cst.RemoveFromParent()  # `x = x + pe` -> nothing left
-    else:
-        replacements[addition.node] = other.with_changes(lpar=[], rpar=[]) if hasattr(other, "lpar") else other
-    return replacements
-
-
-def _insertions(ctx, sites: list[RotarySite], torch: str, base: float) -> dict:
-    replacements: dict = {}
-    for site in sites:
-        names = [(site.query, site.seq_dims[0]), (site.key, site.seq_dims[1])]
-        current = replacements.get(site.after, cst.FlattenSentinel([site.after]))
-        replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(names)])
-    if not any(isinstance(s, cst.FunctionDef) and s.name.value == HELPER_NAME for s in ctx.module.body):
-        imports = [s for s in ctx.module.body if isinstance(s, cst.SimpleStatementLine)
-                   and isinstance(s.body[0], (cst.Import, cst.ImportFrom))]
-        anchor = imports[-1] if imports else ctx.module.body[0]
-        replacements[anchor] = cst.FlattenSentinel([anchor, *helper_statements(torch, base)])
-    return replacements

@@ -50,6 +50,7 @@ def test_tfm101_and_tfm401_compose_in_either_order(path: Path) -> None:
     ("assembled_in_function", "cannot tell which attention"),
     ("foreign_layers", "another file"),
     ("attention_shared_with_other_model", "also used outside"),
+    ("table_read_elsewhere", "also read"),
 ])
 def test_refuses_with_a_reason(name: str, words: str) -> None:
     result = _migrate((ROPE / f"{name}.noop.py").read_text(), name, "TFM401")
