@@ -23,6 +23,7 @@ BUILTIN_ATTENTION = (
     "torch.nn.MultiheadAttention", "torch.nn.Transformer", "torch.nn.TransformerEncoder",
     "torch.nn.TransformerDecoder", "torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoderLayer",
 )
+_FUNCTIONAL_ATTENTION = "torch.nn.functional.multi_head_attention_forward"
 _CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
 
 
@@ -42,6 +43,9 @@ def model_parts(ctx: "FileContext", root: "ModuleClass") -> ModelParts:
         if cls in parts.classes:
             continue
         parts.classes.append(cls)
+        for call in find(cls.node, _is_call):
+            if ctx.names.callee(call) == _FUNCTIONAL_ATTENTION:
+                parts.builtin.append((_FUNCTIONAL_ATTENTION, ctx.line(call)))
         init = cls.methods.get("__init__")
         for call in find(init, _is_call) if init is not None else []:
             if isinstance(call.func, cst.Name) and call.func.value in by_name:

@@ -41,18 +41,19 @@ def sites_in(ctx: "FileContext", cls: "ModuleClass") -> list[RotarySite]:
     found: list[RotarySite] = []
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
-        for node in body_nodes(method):
-            pair = _operands(ctx, matcher, node)
-            if pair is not None:
-                found.append(_site(ctx, matcher.flow, method, *pair))
-    if not found and _mentions_softmax(ctx, cls):
-        raise Refused(ctx.line(cls.node), f"`{cls.qualname}` computes a softmax but tf-migrate cannot find "
-                      "its q and k", "write the scores as `q @ k.transpose(-2, -1)` or einsum")
+        here = [_site(ctx, matcher.flow, method, *pair) for pair in
+                (_operands(ctx, matcher, node) for node in body_nodes(method)) if pair is not None]
+        if not here and _looks_like_attention(ctx, method):
+            raise Refused(ctx.line(method), f"`{cls.qualname}.{method.name.value}` multiplies tensors and "
+                          "takes a softmax, but tf-migrate cannot find its q and k",
+                          "write the scores as `q @ k.transpose(-2, -1)` or einsum")
+        found.extend(here)
     return found
 
 
-def _mentions_softmax(ctx: "FileContext", cls: "ModuleClass") -> bool:
-    return any(word in ctx.code(cls.node) for word in _SOFTMAX_WORDS)
+def _looks_like_attention(ctx: "FileContext", method: cst.FunctionDef) -> bool:
+    code = ctx.code(method)
+    return any(word in code for word in _SOFTMAX_WORDS) and any(_is_product(n, ctx) for n in body_nodes(method))
 
 
 def _operands(ctx, matcher: AttentionMatcher, node):
