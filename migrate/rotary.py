@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.attention import SDPA, AttentionMatcher, Refused
-from tf_migrate.dataflow import Binding, FunctionFlow, OpaqueBinding, read_names
+from tf_migrate.dataflow import Binding, FunctionFlow, OpaqueBinding, binds, loads, read_names
 from tf_migrate.names import int_value, method_call
-from tf_migrate.nodes import body_nodes
+from tf_migrate.nodes import body_nodes, find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -34,6 +34,8 @@ class RotarySite:
     seq_dims: tuple[int, int]  # sequence dim of q and of k, in their layout at `after`
     method: cst.FunctionDef
     scores: cst.BaseStatement  # the scores product or the SDPA call
+    key_at: cst.BaseStatement  # where k still holds this step's keys only (before a cache update)
+    cached: bool = False  # k holds cached keys too: q is rotated with the offset of the cache
 
 
 def sites_in(ctx: "FileContext", cls: "ModuleClass") -> list[RotarySite]:
@@ -127,8 +129,41 @@ def _site(ctx, flow: FunctionFlow, method, q, k, statement) -> RotarySite:
                           "transposed?)", "store k as (..., T, head_dim)")
         else:
             dims.append(order[-2])
-    after = _after(ctx, flow, statement, q[0].value, k[0].value)
-    return RotarySite(after, q[0].value, k[0].value, (dims[0], dims[1]), method, statement)
+    names, seq_dims = (q[0].value, k[0].value), (dims[0], dims[1])
+    cache = _cache_update(ctx, flow, names[1], statement)
+    if cache is None:
+        return RotarySite(_after(ctx, flow, statement, *names), *names, seq_dims, method, statement, statement)
+    _after(ctx, flow, cache, *names)  # q and k are built plainly before the cache update
+    if ctx.parents.get(cache) is not ctx.parents.get(statement):
+        raise Refused(ctx.line(cache), "the key cache is updated in another block than the scores", "")
+    body = list(ctx.parents[statement].body)
+    _no_key_reads_after(ctx, body[body.index(statement) + 1:], names[1])
+    last = max(i for i, s in enumerate(body[:body.index(statement)]) if _touches(s, names))
+    return RotarySite(body[last], *names, seq_dims, method, statement, cache, cached=True)
+
+
+def _cache_update(ctx, flow: FunctionFlow, key: str, at):
+    """The statement (maybe an `if past is not None:` block) doing `k = torch.cat([past_k, k], ...)`."""
+    definition = flow.definition(key, at)
+    if definition is None:
+        return None
+    for node in find(definition.statement, lambda n: isinstance(n, cst.Assign)):
+        if any(isinstance(t.target, cst.Name) and t.target.value == key for t in node.targets) \
+                and ctx.names.callee(node.value) == "torch.cat" and key in read_names(node.value):
+            return definition.statement
+    return None
+
+
+def _touches(statement, names) -> bool:
+    return any(loads(statement, n) or binds(statement, n) for n in names)
+
+
+def _no_key_reads_after(ctx, statements, key: str) -> None:
+    """Rotated keys must not reach the cache: the cache keeps raw keys, rotated afresh each step."""
+    for statement in statements:
+        if loads(statement, key):
+            raise Refused(ctx.line(statement), f"`{key}` is read after the scores (line {ctx.line(statement)}): "
+                          "the key cache would hold rotated keys", "store the cache before the scores")
 
 
 def _head_binding(ctx, flow: FunctionFlow, name: str, at):

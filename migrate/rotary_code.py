@@ -54,11 +54,14 @@ def helper_statements(torch_alias: str, base: float) -> list[cst.BaseStatement]:
     return [body[0].with_changes(leading_lines=blank), *body[1:]]
 
 
-def rotary_statements(names: list[tuple[str, int]]) -> list[cst.SimpleStatementLine]:
-    """`q = apply_rotary(q, seq_dim=1)` for each (name, sequence dim)."""
-    statements = []
-    for name, seq_dim in names:
+def rotary_statements(site: "RotarySite") -> list[cst.SimpleStatementLine]:
+    """`q = apply_rotary(q, seq_dim=1)`, then the same for k; with a key cache, q's positions
+    start where the cached keys end (the cache holds raw keys, rotated afresh at every step)."""
+    (q_dim, k_dim), statements = site.seq_dims, []
+    for name, seq_dim in ((site.query, q_dim), (site.key, k_dim)):
         extra = "" if seq_dim == -2 else f", seq_dim={seq_dim}"
+        if site.cached and name == site.query:
+            extra += f", offset={site.key}.size({k_dim}) - {site.query}.size({q_dim})"
         statements.append(cst.parse_statement(f"{name} = {HELPER_NAME}({name}{extra})\n"))
     return statements
 
@@ -81,9 +84,8 @@ def insertions(ctx: "FileContext", sites: list["RotarySite"], torch: str, base: 
     """Replacements that insert the rotary calls after each site, and the helper after the imports."""
     replacements: dict = {}
     for site in sites:
-        names = [(site.query, site.seq_dims[0]), (site.key, site.seq_dims[1])]
         current = replacements.get(site.after, cst.FlattenSentinel([site.after]))
-        replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(names)])
+        replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(site)])
     if not any(isinstance(s, cst.FunctionDef) and s.name.value == HELPER_NAME for s in ctx.module.body):
         imports = [s for s in ctx.module.body if isinstance(s, cst.SimpleStatementLine)
                    and isinstance(s.body[0], (cst.Import, cst.ImportFrom))]

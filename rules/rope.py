@@ -136,7 +136,7 @@ def _check_table_reads(ctx, addition: Addition, additions: list[Addition]) -> No
 
 def _check_self_attention(ctx, cls, site: RotarySite) -> None:
     flow = FunctionFlow(ctx, site.method)
-    query, key = (sources(ctx, flow, n, site.scores) for n in (site.query, site.key))
+    query, key = sources(ctx, flow, site.query, site.scores), sources(ctx, flow, site.key, site.key_at)
     if not query or query != key:
         raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, keys come from {sorted(key)} and queries "
                       f"from {sorted(query)}: this may be cross-attention, whose keys must not be rotated",

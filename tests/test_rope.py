@@ -51,6 +51,7 @@ def test_tfm101_and_tfm401_compose_in_either_order(path: Path) -> None:
     ("foreign_layers", "another file"),
     ("attention_shared_with_other_model", "also used outside"),
     ("table_read_elsewhere", "also read"),
+    ("kv_cache_after_scores", "cache would hold rotated keys"),
 ])
 def test_refuses_with_a_reason(name: str, words: str) -> None:
     result = _migrate((ROPE / f"{name}.noop.py").read_text(), name, "TFM401")
@@ -165,4 +166,22 @@ def test_migrated_model_loads_runs_and_extrapolates(stem: str, codes, tmp_path: 
     after.eval()
     with torch.no_grad():
         longer = after(*_longer(args, 300))  # past the old table's max_len (128 / 512)
+    assert torch.isfinite(longer).all()
+
+
+@pytest.mark.parametrize("codes", [("TFM401",), ("TFM101", "TFM401")], ids="+".join)
+def test_cached_decoding_matches_the_full_sequence(codes, tmp_path: Path) -> None:
+    """Queries rotated with the cache offset see the same relative positions as in one pass."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "kv.py"
+    path.write_text(_in_order((ROPE / "kv_cache_offset.before.py").read_text(), "kv.py", *codes))
+    model = load_module(path).CachedLM(50).eval()
+    torch.manual_seed(3)
+    idx = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        full, _ = model(idx)
+        _, past = model(idx[:, :6])
+        step, _ = model(idx[:, 6:], past)
+        longer, _ = model(torch.randint(0, 50, (1, 100)))  # the old table held 64 positions
+    torch.testing.assert_close(step, full[:, 6:], atol=1e-5, rtol=1e-4)
     assert torch.isfinite(longer).all()
