@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from tf_migrate.attention import Refused
+
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
     from tf_migrate.positions import Addition
@@ -20,7 +22,8 @@ _ROTARY_CACHE = {{}}
 
 def _rotary_cos_sin(length, dim, base, device, dtype):
     """cos and sin of the rotary angles, each (length, dim); cached per length, dim, base, device, dtype."""
-    key = (length, dim, base, device, dtype)
+    # inference-mode tensors cannot be saved for backward, so they get their own entries
+    key = (length, dim, base, device, dtype, {torch}.is_inference_mode_enabled())
     if key not in _ROTARY_CACHE:
         inv_freq = 1.0 / base ** ({torch}.arange(0, dim, 2, device=device, dtype={torch}.float32) / dim)  # (dim / 2,)
         positions = {torch}.arange(length, device=device, dtype={torch}.float32)  # (length,)
@@ -86,9 +89,20 @@ def insertions(ctx: "FileContext", sites: list["RotarySite"], torch: str, base: 
     for site in sites:
         current = replacements.get(site.after, cst.FlattenSentinel([site.after]))
         replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(site)])
-    if not any(isinstance(s, cst.FunctionDef) and s.name.value == HELPER_NAME for s in ctx.module.body):
+    if not _has_helper(ctx):
         imports = [s for s in ctx.module.body if isinstance(s, cst.SimpleStatementLine)
                    and isinstance(s.body[0], (cst.Import, cst.ImportFrom))]
         anchor = imports[-1] if imports else ctx.module.body[0]
         replacements[anchor] = cst.FlattenSentinel([anchor, *helper_statements(torch, base)])
     return replacements
+
+
+def _has_helper(ctx: "FileContext") -> bool:
+    """Whether an earlier run inserted the helper; refuses when the name means something else."""
+    for statement in ctx.module.body:
+        if isinstance(statement, cst.FunctionDef) and statement.name.value in (HELPER_NAME, "_rotary_cos_sin"):
+            if "_ROTARY_CACHE" not in ctx.code(ctx.module):
+                raise Refused(ctx.line(statement), f"this file already defines `{statement.name.value}`, "
+                              "which is not tf-migrate's rotary helper", "rename it, then migrate")
+            return True
+    return False

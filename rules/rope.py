@@ -69,15 +69,17 @@ class SinusoidalToRotary(Rule):
                           "not a number", "e.g. --option rope.base=10000")
             return
         sites: list[RotarySite] = []
-        for addition in additions:
-            try:
+        try:
+            for addition in additions:
                 _check_table_reads(ctx, addition, additions)
                 model = model_of(ctx, addition)
                 sites.extend(s for s in self._sites(ctx, model) if s not in sites)
-            except Refused as refusal:  # all or nothing: never rewrite half a model
-                yield Refusal(refusal.line, refusal.reason, refusal.hint)
-                return
-        yield from self._fixes(ctx, additions, sites, base)
+            torch, needed = reference(ctx, "torch", "torch")
+            inserted = insertions(ctx, sites, torch, base)
+        except Refused as refusal:  # all or nothing: never rewrite half a model
+            yield Refusal(refusal.line, refusal.reason, refusal.hint)
+            return
+        yield from self._fixes(ctx, additions, sites, inserted, needed)
 
     def _sites(self, ctx, model) -> list[RotarySite]:
         parts = model_parts(ctx, model)
@@ -103,8 +105,8 @@ class SinusoidalToRotary(Rule):
                           "built from", "")
         return sites
 
-    def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite], base: float) -> Iterator[Fix]:
-        torch, needed = reference(ctx, "torch", "torch")
+    def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite], inserted: dict,
+               needed) -> Iterator[Fix]:
         for index, addition in enumerate(additions):
             replacements = remove_addition(addition)
             plan = ClassPlan(ctx.path, addition.cls.qualname, [self.code])
@@ -112,7 +114,7 @@ class SinusoidalToRotary(Rule):
             if buffer is not None and addition.cls.buffers[buffer].persistent:
                 plan.dropped.append(buffer)
             if index == 0:
-                replacements.update(insertions(ctx, sites, torch, base))
+                replacements.update(inserted)
             yield Fix(ctx.line(addition.statement),
                       "sinusoidal positions removed" + (f" (buffer `{buffer}` removed)" if buffer else "")
                       + (f"; rotary embeddings applied to q and k in {len(sites)} attention(s); "

@@ -52,6 +52,7 @@ def test_tfm101_and_tfm401_compose_in_either_order(path: Path) -> None:
     ("attention_shared_with_other_model", "also used outside"),
     ("table_read_elsewhere", "also read"),
     ("kv_cache_after_scores", "cache would hold rotated keys"),
+    ("own_apply_rotary", "not tf-migrate's rotary helper"),
 ])
 def test_refuses_with_a_reason(name: str, words: str) -> None:
     result = _migrate((ROPE / f"{name}.noop.py").read_text(), name, "TFM401")
