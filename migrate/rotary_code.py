@@ -106,3 +106,18 @@ def _has_helper(ctx: "FileContext") -> bool:
                               "which is not tf-migrate's rotary helper", "rename it, then migrate")
             return True
     return False
+
+
+def alibi_insertions(ctx: "FileContext", sites: list, torch: str) -> dict:
+    """Replacements that put the ALiBi bias into each SDPA call, and its helper after the imports."""
+    from tf_migrate import alibi
+
+    replacements: dict = {site.call: alibi.rewritten_call(ctx, site) for site in sites}
+    defined = [s for s in ctx.module.body if isinstance(s, cst.FunctionDef) and s.name.value == alibi.HELPER_NAME]
+    if defined:
+        raise Refused(ctx.line(defined[0]), f"this file already defines `{alibi.HELPER_NAME}`", "rename it")
+    imports = [s for s in ctx.module.body if isinstance(s, cst.SimpleStatementLine)
+               and isinstance(s.body[0], (cst.Import, cst.ImportFrom))]
+    anchor = imports[-1] if imports else ctx.module.body[0]
+    replacements[anchor] = cst.FlattenSentinel([anchor, *alibi.helper_statements(torch)])
+    return replacements

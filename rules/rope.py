@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from tf_migrate.alibi import alibi_sites
 from tf_migrate.attention import Refused
 from tf_migrate.dataflow import FunctionFlow
 from tf_migrate.imports import reference
@@ -13,7 +14,7 @@ from tf_migrate.plan import ClassPlan
 from tf_migrate.position_models import model_of
 from tf_migrate.positions import Addition, find_additions
 from tf_migrate.rotary import RotarySite, sites_in, sources
-from tf_migrate.rotary_code import insertions, remove_addition
+from tf_migrate.rotary_code import alibi_insertions, insertions, remove_addition
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 
@@ -34,7 +35,11 @@ class SinusoidalToRotary(Rule):
     the positions are not added to token embeddings; the model uses built-in transformer layers
     or classes imported from other files; an attention's q and k cannot be found, or its keys come
     from another argument than its queries (possible cross-attention); keys are concatenated with
-    a cache; option `positions` is not `rope`.
+    a cache after the scores; option `positions` is neither `rope` nor `alibi`.
+
+    With `positions = "alibi"`, no rotary: each SDPA call gets `attn_mask=alibi_bias(q, k, ...)`
+    (per-head geometric slopes, the call's mask and `is_causal` folded in). Hand-written attention
+    is refused there: run TFM101 first.
     """
 
     code = "TFM401"
@@ -58,9 +63,9 @@ class SinusoidalToRotary(Rule):
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
         if not additions:
             return
-        if self.settings["positions"] != "rope":
+        if self.settings["positions"] not in ("rope", "alibi"):
             yield Refusal(ctx.line(additions[0].statement), f"positions={self.settings['positions']!r} "
-                          "is not implemented; only 'rope' is", "use positions = \"rope\"")
+                          "is not one of 'rope', 'alibi'", "use positions = \"rope\"")
             return
         try:
             base = float(self.settings["base"])
@@ -75,11 +80,19 @@ class SinusoidalToRotary(Rule):
                 model = model_of(ctx, addition)
                 sites.extend(s for s in self._sites(ctx, model) if s not in sites)
             torch, needed = reference(ctx, "torch", "torch")
-            inserted = insertions(ctx, sites, torch, base)
+            if self.settings["positions"] == "alibi":
+                inserted = alibi_insertions(ctx, sites, torch)
+            else:
+                inserted = insertions(ctx, sites, torch, base)
         except Refused as refusal:  # all or nothing: never rewrite half a model
             yield Refusal(refusal.line, refusal.reason, refusal.hint)
             return
         yield from self._fixes(ctx, additions, sites, inserted, needed)
+
+    def _target(self) -> str:
+        if self.settings["positions"] == "alibi":
+            return "ALiBi bias passed as the SDPA attn_mask"
+        return "rotary embeddings applied to q and k"
 
     def _sites(self, ctx, model) -> list[RotarySite]:
         parts = model_parts(ctx, model)
@@ -91,6 +104,13 @@ class SinusoidalToRotary(Rule):
                           "tf-migrate cannot see the attention that consumes the positions", "")
         sites = []
         for cls in parts.classes:
+            if self.settings["positions"] == "alibi":
+                found = alibi_sites(ctx, cls)
+                if found and outside_users(ctx, cls, parts.classes):
+                    raise Refused(ctx.line(cls.node), f"attention class `{cls.qualname}` is also used outside "
+                                  f"`{model.qualname}`", "give the two models separate attention classes")
+                sites.extend(found)
+                continue
             found = sites_in(ctx, cls)
             elsewhere = outside_users(ctx, cls, parts.classes) if found else []
             if elsewhere:
@@ -117,8 +137,8 @@ class SinusoidalToRotary(Rule):
                 replacements.update(inserted)
             yield Fix(ctx.line(addition.statement),
                       "sinusoidal positions removed" + (f" (buffer `{buffer}` removed)" if buffer else "")
-                      + (f"; rotary embeddings applied to q and k in {len(sites)} attention(s); "
-                         "the model needs fine-tuning" if index == 0 else ""),
+                      + (f"; {self._target()} in {len(sites)} attention(s); the model needs fine-tuning"
+                         if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
                       maybe_unused_imports=[("math", None, None)])
 

@@ -75,9 +75,9 @@ def test_plan_drops_the_persistent_table_only() -> None:
 
 
 def test_other_positions_option_refuses() -> None:
-    rule = select_rules(["TFM401"])[0]({"positions": "alibi"})
+    rule = select_rules(["TFM401"])[0]({"positions": "learned"})
     result = migrate_source((ROPE / "pe_module_einsum.before.py").read_text(), "a.py", [rule])
-    assert not result.edits and "alibi" in result.refusals[0].reason
+    assert not result.edits and "learned" in result.refusals[0].reason
 
 
 def test_base_option_reaches_the_helper() -> None:
@@ -186,3 +186,57 @@ def test_cached_decoding_matches_the_full_sequence(codes, tmp_path: Path) -> Non
         longer, _ = model(torch.randint(0, 50, (1, 100)))  # the old table held 64 positions
     torch.testing.assert_close(step, full[:, 6:], atol=1e-5, rtol=1e-4)
     assert torch.isfinite(longer).all()
+
+
+# --- ALiBi (option positions = "alibi") -------------------------------------------------------
+
+def _alibi(text: str, path: str = "x.py"):
+    rule = select_rules(["TFM401"])[0]({"positions": "alibi"})
+    result = migrate_source(text, path, [rule])
+    assert not result.errors, result.errors
+    return result
+
+
+def test_alibi_needs_sdpa_and_says_so() -> None:
+    result = _alibi((MODELS / "einsum_gpt.py").read_text())
+    assert not result.edits and "TFM101" in result.refusals[0].hint
+
+
+def test_alibi_slopes_and_bias() -> None:
+    torch = pytest.importorskip("torch")
+    import libcst as cst
+
+    from tf_migrate import alibi
+
+    namespace = {"torch": torch}
+    exec(cst.Module(body=alibi.helper_statements("torch")).code, namespace)
+    slopes, bias = namespace["_alibi_slopes"], namespace["alibi_bias"]
+    assert slopes(8) == [2 ** -n for n in range(1, 9)]
+    assert slopes(6) == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]  # the paper's non-power-of-two rule
+    q, k = torch.zeros(2, 4, 5, 8), torch.zeros(2, 4, 7, 8)  # 5 new queries after 2 cached keys
+    plain = bias(q, k)  # (H, T, S)
+    assert plain[0, 4, 6] == 0 and plain[0, 0, 0] == -2 * 2 ** -2 and plain[1, 0, 0] == -2 * 2 ** -4
+    padding = torch.tensor([True] * 6 + [False])[None, None, None, :].expand(2, 1, 1, 7)  # True = visible
+    folded = bias(q, k, attn_mask=padding)
+    assert folded.shape == (2, 4, 5, 7) and torch.isinf(folded[..., 6]).all() and torch.isfinite(folded[..., :6]).all()
+    square = k[:, :, :5]
+    hidden = torch.ones(5, 5, dtype=torch.bool).tril().logical_not()
+    torch.testing.assert_close(bias(q, square, is_causal=True), bias(q, square).masked_fill(hidden, float("-inf")))
+
+
+@pytest.mark.parametrize("build", ["EinsumGPT(vocab_size=100, d_model=32, n_heads=4, n_layers=2)",
+                                   "EinsumGPT(vocab_size=100, d_model=48, n_heads=6, n_layers=2)"])
+def test_alibi_model_after_tfm101_loads_runs_and_extrapolates(build: str, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    source = MODELS / "einsum_gpt.py"
+    result = _alibi(_in_order(source.read_text(), source.name, "TFM101"), source.name)
+    assert any("ALiBi" in e.message for e in result.edits), result.refusals
+    path = tmp_path / source.name
+    path.write_text(result.migrated)
+    before = eval(build, {**vars(load_module(source)), "torch": torch})
+    after = eval(build, {**vars(load_module(path)), "torch": torch})
+    state = {k: v for k, v in before.state_dict().items() if not k.endswith("pos.pe")}
+    after.load_state_dict(state, strict=True)
+    after(torch.randint(0, 100, (2, 20))).pow(2).mean().backward()
+    with torch.no_grad():
+        assert torch.isfinite(after.eval()(torch.randint(0, 100, (1, 300)))).all()
