@@ -11,7 +11,7 @@ are not absolute token positions and are not recognised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
@@ -47,7 +47,6 @@ class Addition:
     statement: cst.SimpleStatementLine
     other: cst.BaseExpression
     table: Table
-    removed: list[cst.CSTNode] = field(default_factory=list)
 
 
 def find_additions(ctx: "FileContext") -> Iterator[Addition]:
