@@ -117,6 +117,19 @@ class AttentionMatcher:
                 if statement is not None:
                     yield node, statement
 
+    def score_operands(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention | None:
+        """q and k of a `q @ k^T`-style scores product (with k's transpose undone), else None.
+
+        Only the product itself is read, so this works where the rest of the chain is too tangled
+        for `match` (other rules that only need q and k use it).
+        """
+        found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
+        try:
+            _Chain(self, found)._qk(product, statement, -1)
+        except (NotAttention, Refused):
+            return None
+        return found
+
     def match(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention:
         """Raises NotAttention or Refused; returns the chain otherwise."""
         kind, probs, v, spec = _product_operands(self.ctx, product)

@@ -43,5 +43,15 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
     if needs_add:
         module = AddImportsVisitor(context).transform_module(module)
     if needs_remove:
-        module = RemoveImportsVisitor(context).transform_module(module)
+        module = _no_blank_start(RemoveImportsVisitor(context).transform_module(module))
+    return module
+
+
+def _no_blank_start(module: cst.Module) -> cst.Module:
+    """A removed first import must not leave its successor's blank lines at the top of the file."""
+    if any(line.comment is not None for line in module.header):
+        return module  # the blank line separates the header comments from the code
+    if module.body and module.body[0].leading_lines and all(
+            line.comment is None for line in module.body[0].leading_lines):
+        return module.with_changes(body=[module.body[0].with_changes(leading_lines=[]), *module.body[1:]])
     return module

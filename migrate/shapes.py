@@ -22,11 +22,22 @@ _LENGTH_KEEPING = ("view", "reshape", "transpose", "permute", "contiguous", "spl
                    "unbind", "unsqueeze", "float", "half", "bfloat16", "to", "type_as", "clone")
 _LENGTH_KEEPING_MODULES = ("torch.nn.Linear", "torch.nn.Dropout", "torch.nn.LayerNorm",
                            "torch.nn.Identity")
+# Module-level helpers other rules insert that keep their first argument's shape (TFM401's rotary).
+_SHAPE_KEEPING_HELPERS = ("apply_rotary",)
 
 
 class Shapes:
     def __init__(self, ctx: "FileContext", cls: "ModuleClass", flow: FunctionFlow) -> None:
         self.ctx, self.cls, self.flow = ctx, cls, flow
+
+    def kept_argument(self, expr: cst.BaseExpression) -> cst.BaseExpression | None:
+        """x in `apply_rotary(x, ...)`, when this file defines that helper at module level."""
+        if not (isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.args
+                and expr.func.value in _SHAPE_KEEPING_HELPERS and expr.args[0].keyword is None):
+            return None
+        defined = any(isinstance(s, cst.FunctionDef) and s.name.value == expr.func.value
+                      for s in self.ctx.module.body)
+        return expr.args[0].value if defined else None
 
     def peek(self, expr: cst.BaseExpression, at: cst.BaseStatement, unpack: bool = True
              ) -> tuple[cst.BaseExpression, cst.BaseStatement] | None:
@@ -75,7 +86,7 @@ class Shapes:
         peeked = self.peek(expr, at)
         if peeked is not None:
             return peeked
-        receiver = method_call(expr, *_LENGTH_KEEPING)
+        receiver = method_call(expr, *_LENGTH_KEEPING) or self.kept_argument(expr)
         if receiver is not None:
             return receiver, at
         if isinstance(expr, cst.Subscript) and len(expr.slice) == 1:
@@ -130,7 +141,7 @@ class Shapes:
                 if all(arg.keyword is None and not arg.star for arg in expr.args):
                     return len(expr.args)
                 return None
-            receiver = method_call(expr, "transpose", "contiguous", "permute")
+            receiver = method_call(expr, "transpose", "contiguous", "permute") or self.kept_argument(expr)
             if receiver is None:
                 return None
             expr = receiver
@@ -153,7 +164,7 @@ class Shapes:
                     return None
                 expr = transposed
                 continue
-            kept = method_call(expr, "contiguous")
+            kept = method_call(expr, "contiguous") or self.kept_argument(expr)
             if kept is None:
                 return None
             expr = kept
