@@ -70,8 +70,9 @@ class ResultCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tag = self.folder / "CACHEDIR.TAG"
-            if not tag.exists():
+            if not tag.exists():  # like pytest's and ruff's caches: ignored by git and backups
                 tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n")
+                (self.folder / ".gitignore").write_text("# created by tf-migrate\n*\n")
             write_atomic(self._path(key), json.dumps(_to_json(result)))
         except OSError:
             pass  # a read-only or full disk costs speed, never the run
