@@ -49,8 +49,20 @@ class _Imports(cst.CSTVisitor):
 
 def torch_bindings(module: cst.Module) -> dict[str, set[str]]:
     visitor = _Imports()
-    module.visit(visitor)
+    _visit_imports(module, visitor)
     return visitor.bound
+
+
+def _visit_imports(node: cst.CSTNode, visitor: _Imports) -> None:
+    """Imports are statements: expressions (most of a large file) are never entered."""
+    for child in node.children:
+        if isinstance(child, cst.Import):
+            visitor.visit_Import(child)
+        elif isinstance(child, cst.ImportFrom):
+            visitor.visit_ImportFrom(child)
+        elif not isinstance(child, (cst.BaseExpression, cst.Expr, cst.Assign, cst.AugAssign,
+                                    cst.AnnAssign, cst.Return)):
+            _visit_imports(child, visitor)
 
 
 def may_be_torch_nn(base: cst.BaseExpression, bindings: dict[str, set[str]]) -> bool:
