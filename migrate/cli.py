@@ -32,7 +32,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; write nothing.")
 @click.option("--write", is_flag=True, help="Rewrite the files in place (atomically).")
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -45,14 +45,25 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="TFM301's gated FFN (same as --option swiglu.ffn=...).")
 @click.option("--ffn-hidden", type=click.Choice(["same", "param-matched"]),
               help="TFM301's hidden size policy (same as --option swiglu.hidden=...).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
+              help="sarif: SARIF 2.1.0 with fixes; github: GitHub Actions annotations.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the checkpoint plan (JSON) to this file.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="pyproject.toml to read [tool.tf-migrate] from (default: the nearest one).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Worker processes (default: one per core).")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Result cache folder (default: .tf-migrate-cache beside the nearest pyproject.toml).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache.")
+@click.option("--allow-empty", is_flag=True,
+              help="With no PATHS, do nothing and exit 0 (for hooks that pass file names).")
 def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, fmt, plan_path,
-            config_path, ffn=None, ffn_hidden=None) -> None:
+            config_path, jobs, cache_dir, no_cache, allow_empty, ffn=None, ffn_hidden=None) -> None:
     """Report (default), diff, or apply the migrations to PATHS."""
+    if not paths:
+        if allow_empty:
+            sys.exit(0)
+        raise click.UsageError("Missing argument 'PATHS...'.")
     from tf_migrate.run import RunOptions, UsageError, run
 
     rule_options += tuple(f"swiglu.{key}={value}" for key, value in
@@ -62,6 +73,7 @@ def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, f
         paths=list(paths), diff=show_diff, write=write, output_dir=output_dir,
         select=_split(select), ignore=_split(ignore), rule_options=list(rule_options),
         fmt=fmt, plan_path=plan_path, config_path=config_path,
+        jobs=jobs, cache_dir=cache_dir, use_cache=not no_cache,
     )
     try:
         code = run(options, sys.stdout)

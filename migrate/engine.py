@@ -66,12 +66,15 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     except cst.ParserSyntaxError as exc:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return result
+    code = text  # printing a large module costs as much as parsing it: only after a fix
     for rule in active:
         try:
-            ctx = FileContext(module, path, module.code, rule.settings)
+            ctx = FileContext(module, path, code, rule.settings)
             findings = list(rule.check(ctx))
             fixes = [f for f in findings if isinstance(f, Fix)]
-            module = apply_fixes(ctx.module, fixes)
+            if fixes:
+                module = apply_fixes(ctx.module, fixes)
+                code = module.code
         except Exception as exc:  # a rule bug must not damage the file or stop the run
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
@@ -81,7 +84,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
             Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
         result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
-    result.migrated = module.code
+    result.migrated = code
     _check_output(result)
     return result
 

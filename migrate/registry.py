@@ -41,8 +41,9 @@ def _matches(rule: type[Rule], selector: str) -> bool:
     return rule.code.startswith(selector.upper()) or rule.name == selector
 
 
-def select_rules(select: Iterable[str], ignore: Iterable[str] = ()) -> list[type[Rule]]:
-    rules = all_rules()
+def select_rules(select: Iterable[str], ignore: Iterable[str] = (), rules: list | None = None) -> list:
+    """Rule classes, or the given stand-ins (anything with .code, .name, .equivalence)."""
+    rules = all_rules() if rules is None else rules
     select, ignore = list(select), list(ignore)
     for selector in select + ignore:
         if not any(_matches(rule, selector) for rule in rules):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -11,10 +12,10 @@ from typing import Any, TextIO
 from tf_migrate import report
 from tf_migrate.config import Config, ConfigError, load_config
 from tf_migrate.discovery import iter_python_files
-from tf_migrate.engine import FileResult, migrate_file
+from tf_migrate.engine import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.registry import SelectionError, select_rules
-from tf_migrate.rule import Rule
+from tf_migrate.ruleindex import LazyRule, RuleInfo, rule_index
 from tf_migrate.source import write_atomic
 
 
@@ -34,6 +35,9 @@ class RunOptions:
     fmt: str = "text"
     plan_path: Path | None = None
     config_path: Path | None = None
+    jobs: int | None = None  # None: one per core
+    cache_dir: Path | None = None  # None: .tf-migrate-cache beside the nearest pyproject.toml
+    use_cache: bool = True
 
 
 def _config(options: RunOptions) -> Config:
@@ -54,27 +58,26 @@ def _config(options: RunOptions) -> Config:
     return config
 
 
-def build_rules(config: Config) -> list[Rule]:
+def build_rules(config: Config) -> list[LazyRule]:
+    """The selected rules, as stand-ins that import the real rule only when a file needs it."""
+    index = rule_index()
     try:
-        classes = select_rules(config.select, config.ignore)
+        classes = select_rules(config.select, config.ignore, index)
     except SelectionError as exc:
         raise UsageError(str(exc)) from None
     by_name = {cls.name: cls for cls in classes}
     for name, values in config.rule_options.items():
-        from tf_migrate.registry import find_rule
-
-        try:
-            rule = find_rule(name)
-        except SelectionError as exc:
-            raise UsageError(str(exc)) from None
+        rule = next((r for r in index if name in (r.name, r.code)), None)
+        if rule is None:
+            raise UsageError(f"unknown rule {name!r} (see `tf-migrate rules`)")
         unknown = set(values) - set(rule.options)
         if unknown:
             raise UsageError(f"rule {rule.name} has no option {sorted(unknown)[0]!r} "
                              f"(options: {', '.join(rule.options) or 'none'})")
-    return [cls(_coerce(cls, config.options_for(cls.name))) for cls in by_name.values()]
+    return [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
 
 
-def _coerce(rule: type[Rule], values: dict[str, Any]) -> dict[str, Any]:
+def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:
     """Command-line values arrive as strings: give them the type of the option's default."""
     coerced = {}
     for key, value in values.items():
@@ -99,9 +102,9 @@ def run(options: RunOptions, out: TextIO) -> int:
     config = _config(options)
     rules = build_rules(config)
     files = list(iter_python_files(options.paths, config.exclude))
-    results: list[FileResult] = [migrate_file(path, rules) for path in files]
+    results = _process(options, config, rules, files, out)
     _write(options, files, results)
-    _print(options, results, out)
+    _print_end(options, results, out)
     if options.plan_path is not None:
         document = plan_document(p for r in results for p in r.plans)
         write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
@@ -124,19 +127,65 @@ def _write(options: RunOptions, files: list[Path], results: list[FileResult]) ->
             write_atomic(target, result.migrated, result.encoding)
 
 
-def _print(options: RunOptions, results: list[FileResult], out: TextIO) -> None:
+def _process(options: RunOptions, config: Config, rules: list[LazyRule], files: list[Path],
+             out: TextIO) -> list[FileResult]:
+    """Results in input order; each file's lines are printed as soon as its turn comes."""
+    from tf_migrate.parallel import default_jobs, in_order, process
+    from tf_migrate.progress import Progress
+
+    jobs = options.jobs or default_jobs()
+    progress = Progress(len(files), _stderr())
+    results: list[FileResult] = []
+    try:
+        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config)),
+                                               progress), len(files)):
+            results.append(result)
+            _print_file(options, result, out)
+    finally:
+        progress.close()
+    return results
+
+
+def _counted(pairs, progress):
+    for pair in pairs:
+        progress.advance()
+        yield pair
+
+
+def _cache(options: RunOptions, config: Config):
+    if not options.use_cache:
+        return None
+    from tf_migrate.cache import ResultCache, default_location
+
+    start = options.config_path or (options.paths[0] if options.paths else Path.cwd())
+    folder = options.cache_dir or default_location(start)
+    return ResultCache(folder, config.fingerprint())
+
+
+def _print_file(options: RunOptions, result: FileResult, out: TextIO) -> None:
+    if options.fmt == "github":
+        from tf_migrate.ci_formats import github_lines
+
+        out.writelines(line + "\n" for line in github_lines(result))
+        return
+    if options.fmt != "text":
+        return
+    if options.diff:
+        out.write(report.diff(result))
+    for line in report.text_lines(result):
+        (out if not options.diff else _stderr()).write(line + "\n")
+
+
+def _print_end(options: RunOptions, results: list[FileResult], out: TextIO) -> None:
     if options.fmt == "json":
         out.write(report.json_document(results) + "\n")
-        return
-    for result in results:
-        if options.diff:
-            out.write(report.diff(result))
-        for line in report.text_lines(result):
-            (out if not options.diff else _stderr()).write(line + "\n")
-    _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
+    elif options.fmt == "sarif":
+        from tf_migrate.ci_formats import sarif_document
+
+        out.write(sarif_document(results) + "\n")
+    else:
+        _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
 
 
 def _stderr() -> TextIO:
-    import sys
-
     return sys.stderr

@@ -23,6 +23,10 @@ class SourceFile:
 
 
 def read_source(path: Path) -> SourceFile:
+    return decode_source(path, read_raw(path))
+
+
+def read_raw(path: Path) -> bytes:
     if path.is_dir():
         raise SourceError("is a directory, not a Python file")
     try:
@@ -31,6 +35,10 @@ def read_source(path: Path) -> SourceFile:
         raise SourceError("no such file or directory") from None
     except OSError as exc:
         raise SourceError(f"cannot read: {exc.strerror or exc}") from None
+    return raw
+
+
+def decode_source(path: Path, raw: bytes) -> SourceFile:
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
     except SyntaxError as exc:

@@ -16,3 +16,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def regen(request: pytest.FixtureRequest) -> bool:
     return request.config.getoption("--regen-goldens")
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

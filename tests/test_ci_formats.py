@@ -1,0 +1,48 @@
+"""SARIF 2.1.0 and GitHub annotations: structure, and the fixes rebuild the migrated file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tf_migrate.ci_formats import github_lines, sarif_document
+from tf_migrate.engine import Diagnostic, FileResult, migrate_file
+from tf_migrate.run import build_rules
+from tf_migrate.config import Config
+
+SDPA = Path(__file__).resolve().parent.parent / "fixtures" / "sdpa"
+
+
+def _apply(text: str, replacements: list[dict]) -> str:
+    lines = text.splitlines(keepends=True)
+    for change in sorted(replacements, key=lambda r: -r["deletedRegion"]["startLine"]):
+        region = change["deletedRegion"]
+        assert region["startColumn"] == region["endColumn"] == 1
+        lines[region["startLine"] - 1:region["endLine"] - 1] = [change["insertedContent"]["text"]]
+    return "".join(lines)
+
+
+def test_sarif_results_carry_fixes_that_rebuild_the_migrated_file():
+    rules = build_rules(Config(select=["all"]))
+    changed = migrate_file(SDPA / "mingpt_tril_buffer.before.py", rules)
+    refused = migrate_file(SDPA / "returns_probs.noop.py", rules)
+    broken = FileResult("bad.py", errors=["syntax error at line 1, column 1: nope"])
+    document = json.loads(sarif_document([changed, refused, broken]))
+    assert document["version"] == "2.1.0" and document["$schema"].endswith("sarif-2.1.0.json")
+    run = document["runs"][0]
+    assert {r["id"] for r in run["tool"]["driver"]["rules"]} == {"TFM101", "TFM000"}
+    levels = [(r["ruleId"], r["level"]) for r in run["results"]]
+    assert levels == [("TFM101", "warning"), ("TFM101", "note"), ("TFM000", "error")]
+    edit = run["results"][0]
+    assert edit["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith(
+        "mingpt_tril_buffer.before.py")
+    replacements = [r for fix in edit["fixes"] for c in fix["artifactChanges"] for r in c["replacements"]]
+    assert _apply(changed.original, replacements) == changed.migrated
+    assert "fixes" not in run["results"][1]
+
+
+def test_github_annotations_escape_their_fields():
+    result = FileResult("a,b:c.py", original="", migrated="",
+                        refusals=[Diagnostic("TFM101", 3, "50% of\nit", "do x")])
+    assert list(github_lines(result)) == [
+        "::notice file=a%2Cb%3Ac.py,line=3,title=TFM101 refused::50%25 of%0Ait (hint: do x)"]

@@ -1,0 +1,95 @@
+"""Pre-filter without libcst, parallel runs in input order, and the result cache."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tf_migrate import parallel
+from tf_migrate.registry import all_rules
+from tf_migrate.ruleindex import rule_index
+from tf_migrate.run import RunOptions, run
+
+ROOT = Path(__file__).resolve().parent.parent
+SDPA = ROOT / "fixtures" / "sdpa"
+CASES = ["mingpt_tril_buffer.before.py", "returns_probs.noop.py", "one_expression.before.py"]
+
+
+def _tree(tmp_path: Path) -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in CASES:
+        shutil.copy(SDPA / name, folder / name)
+    for i in range(3):
+        (folder / f"plain{i}.py").write_text(f"x = {i}\n")
+    return folder
+
+
+def _run(**kwargs) -> tuple[int, str]:
+    out = io.StringIO()
+    return run(RunOptions(**kwargs), out), out.getvalue()
+
+
+def test_no_candidate_run_imports_neither_libcst_nor_torch(tmp_path):
+    for i in range(10):
+        (tmp_path / f"f{i}.py").write_text(f"def f():\n    return {i}\n")
+    code = ("import io, sys\nfrom pathlib import Path\nfrom tf_migrate.cli import main\n"
+            "from tf_migrate.run import RunOptions, run\n"
+            f"rc = run(RunOptions([Path({str(tmp_path)!r})], select=['all']), io.StringIO())\n"
+            "print(rc, 'libcst' in sys.modules, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "False", "False"]
+
+
+def test_rule_index_agrees_with_the_imported_rules():
+    index = {info.code: info for info in rule_index()}
+    for rule in all_rules():
+        info = index[rule.code]
+        assert (info.name, info.equivalence, info.summary, info.triggers, dict(info.options)) == (
+            rule.name, rule.equivalence, rule.summary, tuple(rule.triggers), dict(rule.options))
+
+
+def test_two_jobs_print_the_same_as_one_in_input_order(tmp_path):
+    folder = _tree(tmp_path)
+    one = _run(paths=[folder], jobs=1, use_cache=False, select=["all"])
+    two = _run(paths=[folder], jobs=2, use_cache=False, select=["all"])
+    assert one == two
+    printed = [line.split(":")[0] for line in one[1].splitlines()]
+    assert printed == sorted(printed) and len(printed) == 3
+
+
+def test_the_cache_serves_unchanged_files_without_parsing(tmp_path, monkeypatch):
+    folder, cache = _tree(tmp_path), tmp_path / "cache"
+    first = _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json")
+    assert list(cache.glob("*/*.json"))
+
+    def boom(*args):
+        raise AssertionError("parsed a cached file")
+
+    monkeypatch.setattr(parallel, "_work", boom)
+    assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json") == first
+    with pytest.raises(AssertionError):  # another configuration is another key
+        _run(paths=[folder], jobs=1, cache_dir=cache, select=["TFM101"])
+
+
+def test_a_cached_rewrite_is_written_like_a_fresh_one(tmp_path):
+    folder, cache = _tree(tmp_path), tmp_path / "cache"
+    _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"])
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], output_dir=out_a)
+    _run(paths=[folder], jobs=1, use_cache=False, select=["all"], output_dir=out_b)
+    for name in CASES:
+        assert (out_a / name).read_bytes() == (out_b / name).read_bytes()
+    assert (out_a / CASES[0]).read_bytes() != (folder / CASES[0]).read_bytes()
+
+
+def test_without_paths_allow_empty_is_a_quiet_success():
+    exe = [sys.executable, "-m", "tf_migrate"]
+    done = subprocess.run(exe + ["--allow-empty", "--write"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert subprocess.run(exe + ["migrate"], capture_output=True).returncode == 2
