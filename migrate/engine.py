@@ -56,6 +56,10 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:
         return result
+    from tf_migrate.nn_bases import may_define_modules
+
+    if not may_define_modules(text):  # every rule works inside nn.Module classes
+        return result
     import libcst as cst
 
     from tf_migrate.context import FileContext

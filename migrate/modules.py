@@ -12,7 +12,6 @@ import libcst as cst
 
 from tf_migrate.names import argument, self_attribute
 from tf_migrate.nodes import find
-from tf_migrate.nn_bases import may_be_torch_nn, torch_bindings
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -61,13 +60,10 @@ class ModuleClass:
         return iter(find(self.node, lambda node: self_attribute(node) == attribute))
 
 
-def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str],
-                     bindings: dict[str, set[str]]) -> bool:
+def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str]) -> bool:
     for base in node.bases:
         if isinstance(base.value, cst.Name) and base.value.value in known:
             return True
-        if not may_be_torch_nn(base.value, bindings):
-            continue
         name = ctx.names.imported(base.value)
         if name in _MODULE_BASES or (name or "").startswith("torch.nn."):
             return True
@@ -127,13 +123,12 @@ def _read_register_buffer(cls: ModuleClass, call: cst.Call, statement: cst.Simpl
 def find_module_classes(ctx: "FileContext") -> list[ModuleClass]:
     found: list[ModuleClass] = []
     known: set[str] = set()
-    bindings = torch_bindings(ctx.module)
 
     def visit(body: list[cst.CSTNode], prefix: str) -> None:
         for statement in body:
             if isinstance(statement, cst.ClassDef):
                 qualname = prefix + statement.name.value
-                if _is_module_class(ctx, statement, known, bindings):
+                if _is_module_class(ctx, statement, known):
                     known.add(statement.name.value)
                     found.append(_analyse(ctx, statement, qualname))
                 visit(list(statement.body.body), qualname + ".")

@@ -1,78 +1,50 @@
-"""A cheap necessary condition for "this class base resolves to torch.nn.*", from imports alone.
+"""A cheap necessary condition for "this file defines an nn.Module subclass", from `ast` alone.
 
-Full name resolution (libcst's scope analysis) costs seconds on a large file: 15 s of the 16 s
-spent on torch/_inductor/utils.py. A base can resolve to `torch.nn.X` only through an import of
-`torch...`, so when no base of any class can, the resolver is never built. This only filters:
-the resolver still decides every base that passes.
+Every rule works inside `nn.Module` classes, and a class base can resolve to `torch.nn.X` only
+through an import of `torch...`. Python's own parser is an order of magnitude faster than
+libcst's parse plus scope analysis (15 s of the 16 s spent on torch/_inductor/utils.py went to
+name resolution), so files where no class base can be `torch.nn.*` are never given to libcst.
+This only filters: libcst's name resolution still decides every class that passes.
 """
 
 from __future__ import annotations
 
-import libcst as cst
+import ast
 
 _TARGET = "torch.nn."
 
 
-def _dotted(node: cst.BaseExpression) -> str | None:
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
         inner = _dotted(node.value)
-        return f"{inner}.{node.attr.value}" if inner else None
+        return f"{inner}.{node.attr}" if inner else None
     return None
 
 
-class _Imports(cst.CSTVisitor):
-    """Bound name -> the absolute `torch...` paths it may stand for."""
-
-    def __init__(self) -> None:
-        self.bound: dict[str, set[str]] = {}
-
-    def visit_Import(self, node: cst.Import) -> None:
-        for alias in node.names:
-            path = _dotted(alias.name) or ""
-            if path.split(".")[0] == "torch":
-                name = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else None
-                self.bound.setdefault(name or path.split(".")[0], set()).add(path if name else "torch")
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        module = _dotted(node.module) if node.module is not None else None
-        if node.relative or not module or module.split(".")[0] != "torch":
-            return
-        if isinstance(node.names, cst.ImportStar):
-            self.bound.setdefault("*", set()).add(module)
-            return
-        for alias in node.names:
-            name = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else alias.name.value
-            self.bound.setdefault(name, set()).add(f"{module}.{_dotted(alias.name)}")
+def _torch_bindings(tree: ast.Module) -> dict[str, set[str]]:
+    """Bound name -> the absolute `torch...` paths it may stand for ("*" for a star import)."""
+    bound: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "torch":
+                    name = alias.asname or "torch"
+                    bound.setdefault(name, set()).add(alias.name if alias.asname else "torch")
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] != "torch":
+                continue
+            for alias in node.names:
+                name = "*" if alias.name == "*" else alias.asname or alias.name
+                bound.setdefault(name, set()).add(f"{node.module}.{alias.name}")
+    return bound
 
 
-def torch_bindings(module: cst.Module) -> dict[str, set[str]]:
-    visitor = _Imports()
-    _visit_imports(module, visitor)
-    return visitor.bound
-
-
-def _visit_imports(node: cst.CSTNode, visitor: _Imports) -> None:
-    """Imports are statements: expressions (most of a large file) are never entered."""
-    for child in node.children:
-        if isinstance(child, cst.Import):
-            visitor.visit_Import(child)
-        elif isinstance(child, cst.ImportFrom):
-            visitor.visit_ImportFrom(child)
-        elif not isinstance(child, (cst.BaseExpression, cst.Expr, cst.Assign, cst.AugAssign,
-                                    cst.AnnAssign, cst.Return)):
-            _visit_imports(child, visitor)
-
-
-def may_be_torch_nn(base: cst.BaseExpression, bindings: dict[str, set[str]]) -> bool:
-    if "*" in bindings:
-        return True
+def _may_be_torch_nn(base: ast.expr, bindings: dict[str, set[str]]) -> bool:
     dotted = _dotted(base)
     if dotted is None:  # a subscript, a call...: any torch-bound name inside keeps it
-        finder = _Names()
-        base.visit(finder)
-        return bool(finder.names & bindings.keys())
+        return any(isinstance(n, ast.Name) and n.id in bindings for n in ast.walk(base))
     root, _, rest = dotted.partition(".")
     for path in bindings.get(root, ()):
         full = f"{path}.{rest}" if rest else path
@@ -81,9 +53,16 @@ def may_be_torch_nn(base: cst.BaseExpression, bindings: dict[str, set[str]]) -> 
     return False
 
 
-class _Names(cst.CSTVisitor):
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
+def may_define_modules(text: str) -> bool:
+    """False only when no class in `text` can derive from `torch.nn.*`."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return True  # let libcst report it, with its own message
+    bindings = _torch_bindings(tree)
+    if "*" in bindings:
+        return True
+    return any(
+        _may_be_torch_nn(base, bindings)
+        for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for base in node.bases
+    )
