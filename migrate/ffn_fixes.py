@@ -115,7 +115,7 @@ class FixWriter:
             copy = renamed_copy(statement, {old: new}).with_changes(leading_lines=())
             replacements[statement] = cst.FlattenSentinel([statement, copy])
             value = cls.submodules[old].call
-            plan.new.append(NewKey(new, f"as {old}: {code_of(value)}", parameter_shape(value)))
+            plan.new.append(NewKey(new, "default", parameter_shape(value), f"as {old}: {code_of(value)}"))
         return replacements, renamed_copy(ffn.first.node, names)
 
     def _unused_activation_module(self, cls, ffn: FeedForward) -> dict:

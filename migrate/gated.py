@@ -7,7 +7,7 @@ import libcst as cst
 from tf_migrate.names import argument, self_attribute
 from tf_migrate.plan import NewKey
 
-LINEAR_INIT = "nn.Linear default (kaiming_uniform), or the model's own init if it re-initialises"
+LINEAR_NOTE = "nn.Linear's own init (kaiming_uniform), or the model's if it re-initialises"
 HELPER_NAMES = {"swiglu": "SwiGLUFeedForward", "geglu": "GeGLUFeedForward"}
 GATE_FUNCTIONS = {"swiglu": "silu", "geglu": "gelu"}
 
@@ -74,9 +74,9 @@ def matched_hidden(hidden: str, multiple: int) -> str:
 
 
 def linear_keys(prefix: str, in_: str, out: str, bias: bool) -> list[NewKey]:
-    keys = [NewKey(f"{prefix}weight", LINEAR_INIT, [out, in_])]
+    keys = [NewKey(f"{prefix}weight", "default", [out, in_], LINEAR_NOTE)]
     if bias:
-        keys.append(NewKey(f"{prefix}bias", LINEAR_INIT, [out]))
+        keys.append(NewKey(f"{prefix}bias", "default", [out], LINEAR_NOTE))
     return keys
 
 

@@ -6,8 +6,29 @@ plan under any prefix (`blocks.3.attn.`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+# The one vocabulary of NewKey.init, shared by every rule, the converter and the verifier.
+INITS = {
+    "ones": "all ones",
+    "zeros": "all zeros",
+    "identity": "the identity matrix (all ones for a norm's scale vector)",
+    "normal(std=X)": "normal(0, X), seeded",
+    "default": "the migrated module's own initialisation, taken from a freshly built migrated model",
+}
+_NORMAL = re.compile(r"normal\(std=([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\)")
+
+
+def parse_init(init: str) -> tuple[str, float | None]:
+    """("ones" | "zeros" | "identity" | "default", None) or ("normal", std); ValueError otherwise."""
+    if init in ("ones", "zeros", "identity", "default"):
+        return init, None
+    normal = _NORMAL.fullmatch(init)
+    if normal:
+        return "normal", float(normal[1])
+    raise ValueError(f"unknown init {init!r} (known: {', '.join(INITS)})")
 
 
 @dataclass
@@ -20,8 +41,16 @@ class Concatenation:
 @dataclass
 class NewKey:
     key: str
-    init: str  # "ones", "zeros", "identity", "normal(std=0.02)", ...
+    init: str  # one of INITS; anything else is a bug in the rule, or a hand-edited plan
     shape: list[str] | None = None
+    note: str = ""  # for people: where the value comes from in the model's source
+
+    def __post_init__(self) -> None:
+        parse_init(self.init)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"key": self.key, "init": self.init, "shape": self.shape}
+        return {**data, "note": self.note} if self.note else data
 
 
 @dataclass
@@ -51,7 +80,7 @@ class ClassPlan:
             "renamed": self.renamed,
             "concatenated": [vars(c) for c in self.concatenated],
             "dropped": self.dropped,
-            "new": [vars(n) for n in self.new],
+            "new": [n.to_json() for n in self.new],
         }
 
     @classmethod

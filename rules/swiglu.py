@@ -38,7 +38,8 @@ class FeedForwardToSwiGLU(Rule):
     Checkpoint: with `hidden = "same"` (default) the first and second projections keep their
     names, shapes and keys (they map unchanged) and the gate projection is new: named `fc3` next
     to `fc1`/`fc2` (`w_3` next to `w_1`/`w_2`), otherwise `<first>_gate`, built like the first
-    projection (nn.Linear's default init, or the model's own init). An `nn.Sequential` FFN becomes
+    projection (plan init `default`: `tf-migrate convert --check-build` copies it from a freshly
+    built migrated model, so nn.Linear's init or the model's own). An `nn.Sequential` FFN becomes
     a small `SwiGLUFeedForward` module inserted once per file, with `w1`/`w2`/`w3` children, so
     `mlp.0.*` is renamed to `mlp.w1.*` and `mlp.3.*` to `mlp.w2.*` (with a trailing Dropout the
     module is wrapped as `nn.Sequential(SwiGLUFeedForward(...), nn.Dropout(p))`: keys

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from tf_migrate.convert.errors import ConvertError
-from tf_migrate.plan import ClassPlan, merge_plans
+from tf_migrate.plan import ClassPlan, NewKey, merge_plans, parse_init
+
+NEEDS_TARGET = ("pass --check-build EXPR --source AFTER.py (the migrated model's build expression and "
+                "file) so they are read off a freshly built migrated model")
 
 
 @dataclass
@@ -31,6 +34,12 @@ class Instance:
     prefix: str
     plan: ClassPlan
     changes: list[str] = field(default_factory=list)
+    owned: set[str] = field(default_factory=set)  # the new keys this instance writes
+    also: list[str] = field(default_factory=list)  # other classes whose plan adds the same keys here
+
+    @property
+    def label(self) -> str:
+        return " or ".join([self.plan.qualname, *self.also])
 
 
 @dataclass
@@ -59,7 +68,8 @@ def find_instances(plans: Sequence[ClassPlan], keys: Sequence[str],
     for plan in plans:
         anchors = _anchors(plan)
         if not anchors:
-            continue  # only new keys: nothing in the old checkpoint says where the class is
+            found.extend(_new_only_instances(plan, present, target))
+            continue
         weak = _weakly_anchored(plan)
         if weak and target is None:
             raise ConvertError(
@@ -73,6 +83,18 @@ def find_instances(plans: Sequence[ClassPlan], keys: Sequence[str],
                 continue  # the migrated model still has this key: not an instance of the class
             found.append(Instance(prefix, plan))
     return found
+
+
+def _new_only_instances(plan: ClassPlan, present: set[str],
+                        target: Mapping[str, tuple] | None) -> list[Instance]:
+    """Instances of a plan that only adds keys: prefixes where the MIGRATED model has them all."""
+    added = [n.key for n in plan.new]
+    if target is None:
+        raise ConvertError(
+            f"the plan for {plan.qualname} ({plan.file}) only adds keys ({', '.join(added)}): "
+            f"nothing in the old checkpoint says where its instances are; {NEEDS_TARGET}")
+    return [Instance(prefix, plan) for prefix in _prefixes(list(target), added[0])
+            if all(prefix + k in target and prefix + k not in present for k in added)]
 
 
 def _prefixes(keys: Sequence[str], relative: str) -> list[str]:
@@ -92,29 +114,42 @@ def build_mapping(plans: Sequence[ClassPlan], keys: Sequence[str],
         raise ConvertError(f"no key of the checkpoint matches a migrated class: {classes}")
     ops: dict[str, Op] = {}
     claimed: dict[str, str] = {}
+    owners: dict[str, Instance] = {}
     for instance in instances:
-        _instance_ops(instance, shape_of, target, ops, claimed)
+        _instance_ops(instance, shape_of, target, ops, claimed, owners)
+    instances = [i for i in instances if i.changes]
     untouched = [k for k in keys if k not in claimed]
     placed: dict[str, list[str]] = {}
     for instance in instances:
-        _place(instance, ops, placed)
+        _place(instance, ops, placed, keys)
     for key in untouched:
         if key in ops:
             raise ConvertError(f"output key {key} would be written twice (it is also an untouched key)")
         ops[key] = Op("copy", [key])
-        placed[key] = [key]
+        placed[key] = [key, *placed.get(key, [])]  # new keys may be placed beside it
     return KeyMap(ops, instances, untouched, placed)
 
 
-def _place(instance: Instance, ops: dict[str, Op], placed: dict[str, list[str]]) -> None:
+def _place(instance: Instance, ops: dict[str, Op], placed: dict[str, list[str]],
+           keys: Sequence[str]) -> None:
     p, plan = instance.prefix, instance.plan
-    anchor = p + _anchors(plan)[0]
     for cat in plan.concatenated:
         placed.setdefault(p + cat.sources[0], []).append(p + cat.target)
     for old, new in plan.renamed.items():
         placed.setdefault(p + old, []).append(p + new)
+    anchor = _new_key_anchor(instance, keys)
     for new in plan.new:
-        placed.setdefault(anchor, []).append(p + new.key)
+        if p + new.key in instance.owned:
+            placed.setdefault(anchor, []).append(p + new.key)
+
+
+def _new_key_anchor(instance: Instance, keys: Sequence[str]) -> str:
+    """New keys are written beside the instance's first anchor, or its module's last old key."""
+    anchors = _anchors(instance.plan)
+    if anchors:
+        return instance.prefix + anchors[0]
+    inside = [k for k in keys if k.startswith(instance.prefix)]
+    return (inside or list(keys))[-1]
 
 
 def _claim(claimed: dict[str, str], key: str, prefix: str) -> None:
@@ -123,7 +158,7 @@ def _claim(claimed: dict[str, str], key: str, prefix: str) -> None:
     claimed[key] = prefix
 
 
-def _instance_ops(instance: Instance, shape_of, target, ops: dict[str, Op], claimed) -> None:
+def _instance_ops(instance: Instance, shape_of, target, ops: dict[str, Op], claimed, owners) -> None:
     p, plan = instance.prefix, instance.plan
     for cat in plan.concatenated:
         sources = [p + s for s in cat.sources]
@@ -140,9 +175,30 @@ def _instance_ops(instance: Instance, shape_of, target, ops: dict[str, Op], clai
         _claim(claimed, p + key, p)
         instance.changes.append(f"dropped {key}")
     for new in plan.new:
-        shape = _new_shape(p + new.key, new.shape, target)
-        ops[p + new.key] = Op("new", init=new.init, shape=shape)
-        instance.changes.append(f"new {new.key} {list(shape)} init={new.init}")
+        _new_op(instance, new, target, ops, owners)
+
+
+def _new_op(instance: Instance, new: NewKey, target, ops: dict[str, Op], owners) -> None:
+    key = instance.prefix + new.key
+    if parse_init(new.init)[0] == "default" and target is None:
+        raise ConvertError(f"new key {key} starts as the migrated model's own initialisation "
+                           f"(init 'default'); {NEEDS_TARGET}")
+    if target is not None and key not in target:
+        raise ConvertError(f"the plan adds {key} ({instance.plan.qualname}) but the migrated model has no such key")
+    op = Op("new", init=new.init, shape=_new_shape(key, new.shape, target))
+    if key in ops:
+        if ops[key] != op:  # two classes claim the same new key with different inits
+            raise ConvertError(f"new key {key} is claimed by two plans with different inits "
+                               f"({ops[key].init} and {op.init})")
+        # e.g. Encoder and Decoder both add `final_norm`: keys alone cannot tell them apart, and
+        # either plan writes the same tensor
+        if instance.plan.qualname not in (owner := owners[key]).also + [owner.plan.qualname]:
+            owner.also.append(instance.plan.qualname)
+        return
+    ops[key] = op
+    owners[key] = instance
+    instance.owned.add(key)
+    instance.changes.append(f"new {new.key} {list(op.shape)} init={new.init}")
 
 
 def _check_cat(sources: list[str], dim: int, shape_of) -> None:

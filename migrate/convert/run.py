@@ -72,7 +72,8 @@ def _write(options: ConvertOptions, ckpt: Checkpoint, keymap: KeyMap, model) -> 
 
     stage = staging(options.out)
     try:
-        produced = write_all(ckpt, output_shards(ckpt, keymap), options.out, stage)
+        fresh = model.state_dict() if model is not None else None
+        produced = write_all(ckpt, output_shards(ckpt, keymap, fresh), options.out, stage)
         if model is not None:
             _check_load(model, ckpt, produced)
         commit(produced, options.out, options.force)
@@ -94,7 +95,7 @@ def _check_load(model, ckpt: Checkpoint, produced: Path) -> None:
 def _report(ckpt: Checkpoint, keymap: KeyMap, options: ConvertOptions, out: TextIO) -> None:
     for instance in keymap.instances:
         where = instance.prefix.rstrip(".") or "(top level)"
-        out.write(f"converted {where} [{instance.plan.qualname}]: {'; '.join(instance.changes)}\n")
+        out.write(f"converted {where} [{instance.label}]: {'; '.join(instance.changes)}\n")
     untouched = group_pattern(keymap.untouched)
     out.write(f"untouched: {len(keymap.untouched)} key(s)\n")
     out.writelines(f"  {line}\n" for line in untouched)

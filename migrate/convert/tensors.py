@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from tf_migrate.convert.errors import ConvertError
-from tf_migrate.convert.mapping import KeyMap, Op
+from tf_migrate.convert.mapping import NEEDS_TARGET, KeyMap, Op
 from tf_migrate.convert.reading import Checkpoint
+from tf_migrate.plan import parse_init
 
 
-def output_shards(ckpt: Checkpoint, keymap: KeyMap) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(shard index, {key: tensor}) for each input shard, holding at most one shard at a time."""
+def output_shards(ckpt: Checkpoint, keymap: KeyMap,
+                  fresh: Mapping[str, Any] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(shard index, {key: tensor}) for each input shard, holding at most one shard at a time.
+
+    `fresh` is a freshly built migrated model's state_dict: where new keys with init "default"
+    get their values.
+    """
     for index, shard in enumerate(ckpt.shards):
         out: dict[str, Any] = {}
         for key in shard.keys:
             for target in keymap.placed.get(key, []):
-                out[target] = _produce(ckpt, keymap.ops[target], target, out)
+                out[target] = _produce(ckpt, keymap.ops[target], target, out, fresh)
                 ckpt.release(keep=index)  # a group's sources from other shards: unmap them now
         yield index, out
         ckpt.release()
 
 
-def _produce(ckpt: Checkpoint, op: Op, key: str, siblings: dict[str, Any]) -> Any:
+def _produce(ckpt: Checkpoint, op: Op, key: str, siblings: dict[str, Any], fresh) -> Any:
     import torch
 
     if op.kind == "copy":
@@ -30,25 +35,31 @@ def _produce(ckpt: Checkpoint, op: Op, key: str, siblings: dict[str, Any]) -> An
     if op.kind == "cat":
         return torch.cat([ckpt.get(s) for s in op.sources], dim=op.dim)
     dtype = next((t.dtype for t in siblings.values() if t.is_floating_point()), torch.float32)
-    return _initial(op.init, op.shape, dtype, key)
+    if parse_init(op.init)[0] == "default":
+        if fresh is None or key not in fresh:
+            raise ConvertError(f"new key {key} (init 'default') needs the migrated model's fresh "
+                               f"state_dict; {NEEDS_TARGET}")
+        return fresh[key].detach().to(dtype=dtype, copy=True)
+    return initial_value(op.init, op.shape, dtype)
 
 
-def _initial(init: str, shape: tuple[int, ...], dtype, key: str) -> Any:
+def initial_value(init: str, shape: tuple[int, ...], dtype) -> Any:
+    """The tensor a deterministic or seeded init (not "default") gives; ValueError if unknown."""
     import torch
 
-    if init == "ones":
+    kind, std = parse_init(init)
+    if kind == "ones":
         return torch.ones(shape, dtype=dtype)
-    if init == "zeros":
+    if kind == "zeros":
         return torch.zeros(shape, dtype=dtype)
-    if init == "identity":
+    if kind == "identity":
         if len(shape) == 2 and shape[0] == shape[1]:
             return torch.eye(shape[0], dtype=dtype)
         return torch.ones(shape, dtype=dtype)  # a norm's scale: identity means weight 1
-    normal = re.fullmatch(r"normal\(std=([0-9.eE+-]+)\)", init)
-    if normal:
+    if kind == "normal":
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).mul_(float(normal[1])).to(dtype)
-    raise ConvertError(f"new key {key}: unknown init {init!r} (ones, zeros, identity, normal(std=...))")
+        return torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std).to(dtype)
+    raise ValueError(f"init {init!r} has no value of its own (it is the migrated model's)")
 
 
 def unshared(state: dict[str, Any]) -> dict[str, Any]:

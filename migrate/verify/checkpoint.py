@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tf_migrate.plan import ClassPlan
+from tf_migrate.plan import ClassPlan, parse_init
 from torch import nn
 
 
@@ -26,7 +26,7 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        bad_init = [k for k, v in self.new_keys.items() if v != "ok" and not v.startswith("not checked")]
+        bad_init = [k for k, v in self.new_keys.items() if not v.startswith(("ok", "not checked"))]
         return not (self.missing or self.unexpected or self.plan_errors or self.error or bad_init)
 
 
@@ -96,9 +96,13 @@ def _apply(plan: ClassPlan, prefix: str, state: dict, fresh: dict, report: LoadR
 
 
 def _check_init(value: torch.Tensor, init: str) -> str:
-    expected = {"ones": torch.ones_like, "zeros": torch.zeros_like}.get(init)
-    if init == "identity" and value.dim() == 2 and value.shape[0] == value.shape[1]:
-        expected = lambda v: torch.eye(v.shape[0], dtype=v.dtype)
-    if expected is None:
-        return f"not checked (init {init!r})"
-    return "ok" if torch.equal(value, expected(value)) else f"not {init} as the plan declares"
+    """`value` is the fresh migrated model's: does it start as the plan's init says?"""
+    from tf_migrate.convert.tensors import initial_value
+
+    kind, _ = parse_init(init)  # from_json already refused an unknown init
+    if kind == "default":
+        return "ok (default: the fresh migrated model's own value, by definition)"
+    if kind == "normal":
+        return f"not checked (random init {init!r})"
+    expected = initial_value(init, tuple(value.shape), value.dtype)
+    return "ok" if torch.equal(value, expected) else f"not {init} as the plan declares"
