@@ -46,7 +46,7 @@ class SinusoidalToRotary(Rule):
     name = "rope"
     equivalence = Equivalence.COMPATIBLE
     summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
-    triggers = ("sin",)
+    triggers = ("sin(", "sin_(")  # torch.sin(, .sin(), math.sin(, .sin_()
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
         "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
