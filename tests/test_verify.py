@@ -202,3 +202,19 @@ def test_compatible_rule_checks_new_keys_and_sane_outputs(tmp_path, monkeypatch)
         assert result.verified is verified, result.failures
         assert list(result.load.new_keys) == ["gate"]
         assert result.comparisons if verified else not result.comparisons
+
+
+def test_structural_evidence_for_fused_qkv_and_swiglu(tmp_path):
+    """TFM102 leaves fewer linear projections in the attention; TFM301 adds the gate multiply."""
+    select = ["TFM101", "TFM102", "TFM301"]
+    source = MODELS / "mingpt_style.py"
+    rules = [find_rule(code)() for code in select]
+    result = migrate_source(source.read_text(), source.name, rules)
+    after = tmp_path / source.name
+    after.write_text(result.migrated)
+    entry = MANIFEST["mingpt_style"]
+    run = CliRunner().invoke(main, ["verify", str(source), str(after), "--build", entry["build"],
+                                    "--input", entry["inputs"][0], "--select", ",".join(select)])
+    assert run.exit_code == 0, run.output
+    assert "ok  blocks.0.attn: linear 4->2" in run.output
+    assert "ok  blocks.0.mlp: mul 0->1" in run.output

@@ -26,6 +26,14 @@ EXPECTATIONS: dict[str, Expectation] = {
         added=("scaled_dot_product_attention",),
         summary="softmax/matmul/einsum/bmm gone, scaled_dot_product_attention added",
     ),
+    "TFM102": Expectation(
+        gone=("linear",),
+        summary="fewer linear projections (three q/k/v projections become one)",
+    ),
+    "TFM301": Expectation(
+        added=("mul",),
+        summary="gate multiply added (silu/gelu of one projection times another)",
+    ),
 }
 
 
@@ -65,8 +73,9 @@ def rule_evidence(rule: str, paths: list[str], before: list[Op], after: list[Op]
     names = expectation.gone + expectation.added
     for path in paths:
         old, new = _counts(before, path, names), _counts(after, path, names)
-        gone_ok = (sum(new[n] for n in expectation.gone) < sum(old[n] for n in expectation.gone)
-                   and all(new[n] <= old[n] for n in expectation.gone))
+        gone_ok = not expectation.gone or (
+            sum(new[n] for n in expectation.gone) < sum(old[n] for n in expectation.gone)
+            and all(new[n] <= old[n] for n in expectation.gone))
         added_ok = all(new[n] > old[n] for n in expectation.added)
         evidence.paths.append(PathEvidence(rule, path, _dense(old, names), _dense(new, names),
                                            gone_ok and added_ok))
