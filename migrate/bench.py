@@ -73,7 +73,7 @@ def _inputs_at(specs, loaded, length: int) -> tuple[list, list[str]]:
         try:
             arg = make_inputs(spec, model, module, length)
             step(model, arg, "forward")  # can this model take this length at all?
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means the model cannot take this length
             arg, why = None, reason(exc)
         else:
             why = ""

@@ -9,8 +9,8 @@ def ratio_table(measurements: list[Measurement], base: str, other: str) -> list[
     """One row per (length, mode): times, peaks, and base/other ratios (> 1: `other` is faster/leaner)."""
     by_key = {(m.label, m.length, m.mode): m for m in measurements}
     keys = list(dict.fromkeys((m.length, m.mode) for m in measurements if m.label == base))
-    lines = [f"| T | pass | {base} ms | {other} ms | time {base}/{other} "
-             f"| {base} peak MiB | {other} peak MiB | memory {base}/{other} |",
+    lines = [(f"| T | pass | {base} ms | {other} ms | time {base}/{other} "
+              f"| {base} peak MiB | {other} peak MiB | memory {base}/{other} |"),
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     notes: list[str] = []
     for length, mode in keys:
