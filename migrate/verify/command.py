@@ -8,6 +8,15 @@ from pathlib import Path
 import click
 
 
+def _lengths(ctx, param, value: str) -> list[int]:
+    from tf_migrate.bench import parse_lengths
+
+    try:
+        return parse_lengths(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("verify")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -22,7 +31,12 @@ import click
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="float32 relative tolerance.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="float32 absolute tolerance.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def verify_command(before, after, build, inputs, plan, entry, select, rtol, atol, fmt) -> None:
+@click.option("--bench", is_flag=True, help="Also time both models and measure their peak memory.")
+@click.option("--bench-lengths", default="128,512,1024", show_default=True, metavar="T,T,...", callback=_lengths,
+              help="Sequence lengths for --bench (lengths a model cannot take are skipped).")
+@click.option("--bench-input", metavar="EXPR", help="Forward arguments for --bench with `T` (length) and `B` bound.")
+def verify_command(before, after, build, inputs, plan, entry, select, rtol, atol, fmt,
+                   bench, bench_lengths, bench_input) -> None:
     """Prove that AFTER (migrated) computes what BEFORE did, and that the checkpoint maps across.
 
     Exit status: 0 verified, 1 not verified (an exact rule is not equivalent, the checkpoint does
@@ -43,5 +57,10 @@ def verify_command(before, after, build, inputs, plan, entry, select, rtol, atol
         sys.exit(2)
     from tf_migrate.verify import report
 
-    click.echo(report.json_document(result) if fmt == "json" else "\n".join(report.text_lines(result)))
+    document = report.json_document(result) if fmt == "json" else "\n".join(report.text_lines(result))
+    if bench:
+        from tf_migrate.bench_report import bench_pair
+
+        document = bench_pair(document, fmt, before, after, build, entry, bench_lengths, bench_input)
+    click.echo(document)
     sys.exit(0 if result.verified else 1)
