@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
-import sys
-import tomllib
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from helpers import load_module, manifest  # noqa: F401  (re-exported for the convert tests)
 from tf_migrate.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
-_counter = itertools.count()
-
-
-def manifest() -> dict:
-    return tomllib.loads((MODELS / "manifest.toml").read_text())
-
-
-def load_module(path: Path):
-    name = f"_tfm_convert_test_{path.stem}_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build(module, expression: str):

@@ -33,6 +33,17 @@ def manifest() -> dict:
     return tomllib.loads((MODELS / "manifest.toml").read_text())
 
 
+def tensors(value) -> list:
+    """The tensors of a forward result: a tensor, or nested tuples/lists of them (y, (k, v))."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in tensors(item)]
+    return []
+
+
 def load_module(path: Path) -> ModuleType:
     """Import a file under a fresh name, so a file and its migrated copy can live side by side."""
     name = f"_tfm_test_{path.stem}_{next(_counter)}"

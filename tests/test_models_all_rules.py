@@ -9,20 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import MODELS, load_module, manifest  # noqa: E402
+from helpers import MODELS, load_module, manifest, tensors  # noqa: E402
 from tf_migrate.convert.state_dict import convert_state_dict  # noqa: E402
 from tf_migrate.engine import migrate_source  # noqa: E402
 from tf_migrate.registry import select_rules  # noqa: E402
 
 SPECS = manifest()
-
-
-def _tensors(result) -> list:
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, (tuple, list)):
-        return [t for item in result for t in _tensors(item)]
-    return []
 
 
 @pytest.mark.parametrize("stem", sorted(SPECS))
@@ -47,7 +39,7 @@ def test_all_rules_model_loads_and_trains(stem: str, tmp_path: Path) -> None:
     torch.manual_seed(1)
     args = eval(spec["inputs"][-1], {**vars(before_module), "torch": torch})
     args = args if isinstance(args, tuple) else (args,)
-    outputs = [t for t in _tensors(after(*args)) if t.is_floating_point()]
+    outputs = [t for t in tensors(after(*args)) if t.is_floating_point()]
     assert outputs and all(torch.isfinite(t).all() for t in outputs)
     sum(t.float().sum() for t in outputs).backward()
     grads = [p.grad for p in after.parameters() if p.requires_grad]

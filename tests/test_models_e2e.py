@@ -9,20 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import MODELS, load_module, manifest  # noqa: E402
+from helpers import MODELS, load_module, manifest, tensors  # noqa: E402
 from tf_migrate.convert.state_dict import convert_state_dict  # noqa: E402
 from tf_migrate.engine import migrate_source  # noqa: E402
 from tf_migrate.registry import select_rules  # noqa: E402
 
 SPECS = manifest()
-
-
-def _outputs(result) -> list:
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, (tuple, list)):
-        return [t for item in result for t in _outputs(item)]
-    return []
 
 
 def _migrate(stem: str, tmp_path: Path, select: list[str]):
@@ -55,7 +47,7 @@ def test_exact_rules_keep_the_function(stem: str, tmp_path: Path) -> None:
         args = eval(expression, namespace(before_module))
         args = args if isinstance(args, tuple) else (args,)
         with torch.no_grad():
-            expected, got = _outputs(before(*args)), _outputs(after(*args))
+            expected, got = tensors(before(*args)), tensors(after(*args))
         assert len(expected) == len(got)
         for e, g in zip(expected, got):
             torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)

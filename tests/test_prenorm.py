@@ -4,23 +4,20 @@ through the plan (strict except exactly the plan's new keys), and run forward an
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from helpers import load_module, manifest, tensors
 from tf_migrate.engine import migrate_source
 from tf_migrate.registry import select_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "fixtures" / "prenorm"
 MODELS = ROOT / "fixtures" / "models"
-SPECS = tomllib.loads((MODELS / "manifest.toml").read_text())
-_counter = itertools.count()
+SPECS = manifest()
 
 
 def _run(text: str, path: str, select=("TFM201",)):
@@ -79,15 +76,6 @@ def test_manifest_expectation(stem: str) -> None:
         assert applied or refused
 
 
-def _load(path: Path):
-    name = f"_tfm_prenorm_{path.stem}_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _plan_keys(model, plans, field: str) -> set[str]:
     """Plan keys (relative to a class) made absolute for every instance of that class."""
     keys = set()
@@ -99,16 +87,6 @@ def _plan_keys(model, plans, field: str) -> set[str]:
     return keys
 
 
-def _tensors(value) -> list:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
-    return []
-
-
 @pytest.mark.parametrize("select", [("TFM201",), ("TFM101", "TFM201")], ids="+".join)
 @pytest.mark.parametrize("stem", sorted(SPECS))
 def test_migrated_model_loads_and_trains(stem: str, select, tmp_path: Path) -> None:
@@ -117,7 +95,7 @@ def test_migrated_model_loads_and_trains(stem: str, select, tmp_path: Path) -> N
     result = _run(source.read_text(), source.name, select)
     migrated = tmp_path / source.name
     migrated.write_text(result.migrated)
-    before_module, after_module = _load(source), _load(migrated)
+    before_module, after_module = load_module(source), load_module(migrated)
     namespace = lambda m: {**vars(m), "torch": torch}  # noqa: E731
     torch.manual_seed(0)
     before = eval(spec["build"], namespace(before_module))
@@ -140,7 +118,7 @@ def test_migrated_model_loads_and_trains(stem: str, select, tmp_path: Path) -> N
         args = eval(expression, namespace(before_module))
         args = args if isinstance(args, tuple) else (args,)
         after.zero_grad()
-        outputs = [t for t in _tensors(after(*args)) if t.requires_grad]
+        outputs = [t for t in tensors(after(*args)) if t.requires_grad]
         sum(t.float().sum() for t in outputs).backward()
         grads = [p.grad for p in after.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import FIXTURES, load_module
+from helpers import FIXTURES, load_module, tensors
 
 SDPA = FIXTURES / "sdpa"
 B, T, C = 2, 5, 16  # batch, sequence length, model width (4 heads of 4 unless noted)
@@ -77,13 +77,6 @@ def _disk_cases() -> set[str]:
     return {p.name.removesuffix(".before.py") for p in SDPA.glob("*.before.py")}
 
 
-def _tensors(out) -> list[torch.Tensor]:
-    """Flatten a forward result (a tensor or nested tuples of tensors, e.g. (y, (k, v)))."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for item in out for t in _tensors(item)]
-
-
 def _build(case: str, stage: str) -> torch.nn.Module:
     cls_name, args, kwargs, _ = CASES[case]
     module = load_module(SDPA / f"{case}.{stage}.py")
@@ -125,7 +118,7 @@ def test_sdpa_pair_matches(case: str) -> None:
     shapes = []
     with torch.no_grad():
         for i, inputs in enumerate(calls):
-            want, got = _tensors(before(*inputs)), _tensors(after(*inputs))
+            want, got = tensors(before(*inputs)), tensors(after(*inputs))
             assert len(want) == len(got)
             shapes.append([t.shape for t in got])
             for w, g in zip(want, got):
@@ -136,6 +129,6 @@ def test_sdpa_pair_matches(case: str) -> None:
     # train mode: dropout inside SDPA must run and give finite output of the same shape
     after.train()
     for inputs, want_shapes in zip(calls, shapes):
-        outs = _tensors(after(*inputs))
+        outs = tensors(after(*inputs))
         assert [t.shape for t in outs] == want_shapes
         assert all(torch.isfinite(t).all() for t in outs)
