@@ -218,3 +218,17 @@ def test_structural_evidence_for_fused_qkv_and_swiglu(tmp_path):
     assert run.exit_code == 0, run.output
     assert "ok  blocks.0.attn: linear 4->2" in run.output
     assert "ok  blocks.0.mlp: mul 0->1" in run.output
+
+
+def test_structural_evidence_for_prenorm_and_rope(tmp_path):
+    """Model-wide checks: TFM201 adds a final norm, TFM401 adds the rotation to the attentions."""
+    source = MODELS / "einsum_gpt.py"
+    result = migrate_source(source.read_text(), source.name, [find_rule(c)() for c in ("TFM201", "TFM401")])
+    after = tmp_path / source.name
+    after.write_text(result.migrated)
+    entry = MANIFEST["einsum_gpt"]
+    run = CliRunner().invoke(main, ["verify", str(source), str(after), "--build", entry["build"],
+                                    "--input", entry["inputs"][0], "--select", "TFM201,TFM401"])
+    assert run.exit_code == 0, run.output
+    assert "ok  <root>: layer_norm 4->5" in run.output
+    assert "ok  <root>: neg 0->4" in run.output

@@ -18,6 +18,9 @@ class Expectation:
     gone: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
     summary: str = ""
+    # Count over the whole model instead of per changed class: for rules whose change spans
+    # several classes (the positions leave the embedding, the rotation enters every attention).
+    whole_model: bool = False
 
 
 EXPECTATIONS: dict[str, Expectation] = {
@@ -33,6 +36,16 @@ EXPECTATIONS: dict[str, Expectation] = {
     "TFM301": Expectation(
         added=("mul",),
         summary="gate multiply added (silu/gelu of one projection times another)",
+    ),
+    "TFM201": Expectation(
+        added=("layer_norm",),
+        summary="a final norm added after the stack (norm placement itself is not checked)",
+        whole_model=True,
+    ),
+    "TFM401": Expectation(
+        added=("neg",),
+        summary="rotary embeddings applied (the half-rotation's neg) in the model",
+        whole_model=True,
     ),
 }
 
@@ -68,6 +81,8 @@ def rule_evidence(rule: str, paths: list[str], before: list[Op], after: list[Op]
     if expectation is None:
         return RuleEvidence(rule, "", note="no structural check declared for this rule")
     evidence = RuleEvidence(rule, expectation.summary)
+    if expectation.whole_model and paths:
+        paths = [""]
     if not paths:
         evidence.note = "MISSING: no module of the built model is an instance of a class this rule changed"
     names = expectation.gone + expectation.added
