@@ -10,7 +10,7 @@ import libcst as cst
 from tf_migrate import masks, scale
 from tf_migrate.attention import Attention, Mask, Operand, Refused
 from tf_migrate.dataflow import Binding
-from tf_migrate.imports import imports_bound_by
+from tf_migrate.imports import imports_bound_by, reference
 from tf_migrate.nodes import walk
 
 
@@ -22,6 +22,7 @@ class SdpaCall:
     is_causal: bool = False
     buffers: list[str] = field(default_factory=list)  # causal buffers the call no longer reads
     mask_bindings: list[Binding] = field(default_factory=list)  # local masks it no longer reads
+    imports: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def arguments(self) -> list[str]:
@@ -77,14 +78,14 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     if len(terms) == 1 and terms[0].guard is None and _causal(ctx, found, terms[0], call):
         call.is_causal = True
         return
-    kinds = {term.kind for term in terms}
-    if "add" in kinds and len(terms) > 1:
-        raise Refused(ctx.line(terms[0].at), "an additive mask is combined with another mask",
-                      "merge the masks into one before the softmax")
     for term in terms:
         if term.kind == "add" and term.scaled_after:
             raise Refused(ctx.line(term.at), "the additive mask is scaled together with the scores; "
                           "SDPA adds the mask after scaling", "add the mask after scaling")
+    added = [t for t in terms if t.kind == "add"]
+    if added and len(terms) > 1:
+        _bias_with_fills(ctx, found, call, added, [t for t in terms if t.kind == "fill"])
+        return
     guarded = [t for t in terms if t.guard is not None]
     if len(guarded) > 1:
         raise Refused(ctx.line(guarded[1].at), "more than one mask is applied under a condition", "")
@@ -95,6 +96,29 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = " & ".join(_paren(p, len(plain) > 1) for p in plain)
+
+
+def _bias_with_fills(ctx, found: Attention, call: SdpaCall, added: list[Mask], fills: list[Mask]) -> None:
+    """A float bias plus hiding masks (relative-position bias with padding): one float mask,
+    -inf where hidden and the bias elsewhere, as `torch.where(hidden, -inf, bias)`."""
+    guarded = [t for t in fills if t.guard is not None]
+    if len(added) > 1 or added[0].guard is not None or len(guarded) > 1:
+        raise Refused(ctx.line(added[0].at), "an additive mask is combined with other masks under "
+                      "conditions", "merge the masks into one before the softmax")
+    torch, needed = reference(ctx, "torch", "torch")
+    call.imports.extend([needed] if needed else [])
+    bias = _allowed(ctx, added[0], found)
+
+    def where(hiding: list[Mask]) -> str:
+        if not hiding:
+            return bias
+        hidden = " | ".join(_paren(ctx.code(t.expr), len(hiding) > 1) for t in hiding)
+        return f'{torch}.where({hidden}, float("-inf"), {bias})'
+
+    plain = [t for t in fills if t.guard is None]
+    call.attn_mask = where(fills)
+    if guarded:
+        call.attn_mask = f"{where(fills)} if {ctx.code(guarded[0].guard)} else {where(plain)}"
 
 
 def _allowed(ctx, term: Mask, found: Attention) -> str:

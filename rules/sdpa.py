@@ -106,7 +106,7 @@ class EinsumAttentionToSdpa(Rule):
                     f"; {n}" for n in call.notes + notes),
                 replacements=replacements,
                 plans=[plan],
-                imports=[needed] if needed else [],
+                imports=([needed] if needed else []) + call.imports,
                 maybe_unused_imports=call.freed_imports(),
             )
 

@@ -196,7 +196,7 @@ def test_compatible_rule_checks_new_keys_and_sane_outputs(tmp_path, monkeypatch)
     monkeypatch.setattr(session, "_equivalence", lambda code: "compatible")
     for init, verified in (("ones", True), ("zeros", False)):
         plan = tmp_path / f"{init}.json"
-        plan.write_text(json.dumps({"version": 1, "classes": [{"file": "tiny.py", "class": "Model", "rules": ["TFM201"],
+        plan.write_text(json.dumps({"version": 1, "classes": [{"file": "tiny.py", "class": "Model", "rules": ["TFM299"],
                                                                 "new": [{"key": "gate", "init": init}]}]}))
         result = verify(VerifyOptions(before, after, "Model()", plan=plan))
         assert result.verified is verified, result.failures
