@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import libcst as cst
 from libcst.metadata import ParentNodeProvider, PositionProvider
@@ -16,12 +16,11 @@ if TYPE_CHECKING:
 
 
 class FileContext:
-    def __init__(self, module: cst.Module, path: str, text: str,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, module: cst.Module, path: str, text: str) -> None:
         self.path = path
         self.wrapper = cst.MetadataWrapper(module, unsafe_skip_copy=True)
         self.module = self.wrapper.module
-        self.options = options or {}
+        self._memo: dict[str, Any] = {}
         self._skips = suppress.skip_comments(text)
 
     @cached_property
@@ -41,6 +40,12 @@ class FileContext:
         from tf_migrate.modules import find_module_classes
 
         return find_module_classes(self)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A per-file analysis computed once: rules share the context until one changes the file."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def line(self, node: cst.CSTNode) -> int:
         position = self._positions.get(node)

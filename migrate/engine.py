@@ -71,14 +71,16 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return result
     code = text  # printing a large module costs as much as parsing it: only after a fix
+    ctx = None  # shared by rules until one changes the module: name resolution is the costly part
     for rule in active:
         try:
-            ctx = FileContext(module, path, code, rule.settings)
+            ctx = ctx or FileContext(module, path, code)
             findings = list(rule.check(ctx))
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes)
                 code = module.code
+                ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text

@@ -12,13 +12,16 @@ Only FFNs that sit in a transformer block count (`in_block`): see there for the 
 
 from __future__ import annotations
 
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
 
+
 from tf_migrate.dataflow import Binding, FunctionFlow
 from tf_migrate.names import argument, self_attribute
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -311,22 +314,15 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     name = cls.node.name.value
     if name in attention or _instantiates(cls.node, attention):
         return True
-    for function in _functions(ctx.module):
-        built = _instantiates(function, attention | {name})
-        if name in built and built & attention:
-            return True
-    return False
+    called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
+    return any(name in called and called & attention for called in called_by_function)
 
 
-def _functions(module: cst.Module) -> list[cst.FunctionDef]:
-    found: list[cst.FunctionDef] = []
-
-    class _Defs(cst.CSTVisitor):
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-            found.append(node)
-
-    module.visit(_Defs())
-    return found
+def _called_names(ctx: "FileContext") -> list[set[str]]:
+    """Per function of the file, the plain names it calls."""
+    functions = find(ctx.module, lambda node: isinstance(node, cst.FunctionDef))
+    return [{c.func.value for c in _calls_and_ops(f) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)}
+            for f in functions]
 
 
 def builtin_layers(ctx: "FileContext") -> Iterator[cst.Call]:
