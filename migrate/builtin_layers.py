@@ -10,6 +10,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import Binding, FunctionFlow
 from tf_migrate.names import argument, self_attribute
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -29,7 +30,7 @@ class BuiltinLayer:
 
 def builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinLayer]:
     flow = FunctionFlow(ctx, function)
-    calls = _calls(function)
+    calls = find(function, lambda node: isinstance(node, cst.Call))
     for call in calls:
         stack_name = LAYERS.get(ctx.names.callee(call))
         if stack_name is None:
@@ -53,17 +54,6 @@ def _stacks(ctx, flow: FunctionFlow, stack: cst.Call, layer: cst.Call) -> bool:
         definition = flow.definition(first.value, flow.statement_of(stack))
         return isinstance(definition, Binding) and definition.value is layer
     return False
-
-
-def _calls(function: cst.FunctionDef) -> list[cst.Call]:
-    found: list[cst.Call] = []
-
-    class _Visitor(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            found.append(node)
-
-    function.visit(_Visitor())
-    return found
 
 
 def with_norm_first(call: cst.Call) -> cst.Call:

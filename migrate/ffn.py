@@ -169,17 +169,7 @@ class _Tracer:
 
 
 def _calls_and_ops(node: cst.CSTNode) -> list[cst.BaseExpression]:
-    found: list[cst.BaseExpression] = []
-
-    class _Collect(cst.CSTVisitor):
-        def visit_Call(self, n: cst.Call) -> None:
-            found.append(n)
-
-        def visit_BinaryOperation(self, n: cst.BinaryOperation) -> None:
-            found.append(n)
-
-    node.visit(_Collect())
-    return found
+    return find(node, lambda n: isinstance(n, (cst.Call, cst.BinaryOperation)))
 
 
 def feed_forwards(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[FeedForward]:

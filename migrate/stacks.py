@@ -12,6 +12,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import loads
 from tf_migrate.names import argument, self_attribute
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -108,7 +109,7 @@ def find_run(stack: Stack) -> StackRun | None:
         return None
     for statement in forward.body.body:
         if isinstance(statement, cst.For) and statement.orelse is None \
-                and any(self_attribute(n) == stack.attr for n in _attributes(statement.iter)):
+                and any(self_attribute(n) == stack.attr for n in find(statement.iter, lambda node: isinstance(node, cst.Attribute))):
             variable = _loop_carried(statement)
             return StackRun(statement, variable) if variable else None
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
@@ -118,17 +119,6 @@ def find_run(stack: Stack) -> StackRun | None:
                     and isinstance(small.targets[0].target, cst.Name):
                 return StackRun(statement, small.targets[0].target.value)
     return None
-
-
-def _attributes(expr: cst.BaseExpression) -> list[cst.Attribute]:
-    found: list[cst.Attribute] = []
-
-    class _Visitor(cst.CSTVisitor):
-        def visit_Attribute(self, node: cst.Attribute) -> None:
-            found.append(node)
-
-    expr.visit(_Visitor())
-    return found
 
 
 def _loop_carried(loop: cst.For) -> str | None:
