@@ -90,12 +90,16 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     if len(guarded) > 1:
         raise Refused(ctx.line(guarded[1].at), "more than one mask is applied under a condition", "")
     plain = [_allowed(ctx, t, found) for t in terms if t.guard is None]
+
+    def all_of(parts: list[str]) -> str:  # `&` binds tighter than `!=`: parenthesise each part
+        return " & ".join(_paren(p, len(parts) > 1) for p in parts)
+
     if guarded:
-        both = " & ".join([_allowed(ctx, guarded[0], found)] + plain)
-        otherwise = " & ".join(plain) if plain else "None"
+        both = all_of([_allowed(ctx, guarded[0], found)] + plain)
+        otherwise = all_of(plain) if plain else "None"
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
-        call.attn_mask = " & ".join(_paren(p, len(plain) > 1) for p in plain)
+        call.attn_mask = all_of(plain)
 
 
 def _bias_with_fills(ctx, found: Attention, call: SdpaCall, added: list[Mask], fills: list[Mask]) -> None:

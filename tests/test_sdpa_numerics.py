@@ -58,6 +58,7 @@ CASES = {
     "no_functional_import": ("GlobalTokenMixer", (8, 2, 0.1), {}, lambda: [(torch.randn(B, 8, 3, 4),)]),
     "method_forms": ("MethodFormAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T))]),
     "relative_bias_padding": ("BiasedSelfAttention", (C, 4), {}, lambda: [(_x(), _keep()), (_x(),)]),
+    "causal_and_optional_padding": ("DecoderSelfAttention", (C, 4), {}, lambda: [(_x(), _keep()), (_x(),)]),
     "no_scaling": ("DotProductSelfAttention", (C,), {}, lambda: [(_x(),)]),
     "one_expression": ("CompactAttention", (C, 4), {}, lambda: [(_x(),)]),
     # cross-attention: 5 queries over 7 keys, padded keys in sample 0
