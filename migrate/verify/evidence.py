@@ -18,6 +18,7 @@ class Expectation:
     gone: tuple[str, ...] = ()
     added: tuple[str, ...] = ()
     summary: str = ""
+    added_any: tuple[str, ...] = ()  # at least one of these must appear more often
     # Count over the whole model instead of per changed class: for rules whose change spans
     # several classes (the positions leave the embedding, the rotation enters every attention).
     whole_model: bool = False
@@ -34,8 +35,8 @@ EXPECTATIONS: dict[str, Expectation] = {
         summary="fewer linear projections (three q/k/v projections become one)",
     ),
     "TFM301": Expectation(
-        added=("mul",),
-        summary="gate multiply added (silu/gelu of one projection times another)",
+        added_any=("silu", "gelu", "mul"),
+        summary="gate added (silu/gelu of one projection times another)",
     ),
     "TFM201": Expectation(
         added=("layer_norm",),
@@ -85,13 +86,14 @@ def rule_evidence(rule: str, paths: list[str], before: list[Op], after: list[Op]
         paths = [""]
     if not paths:
         evidence.note = "MISSING: no module of the built model is an instance of a class this rule changed"
-    names = expectation.gone + expectation.added
+    names = expectation.gone + expectation.added + expectation.added_any
     for path in paths:
         old, new = _counts(before, path, names), _counts(after, path, names)
         gone_ok = not expectation.gone or (
             sum(new[n] for n in expectation.gone) < sum(old[n] for n in expectation.gone)
             and all(new[n] <= old[n] for n in expectation.gone))
-        added_ok = all(new[n] > old[n] for n in expectation.added)
+        added_ok = all(new[n] > old[n] for n in expectation.added) and (
+            not expectation.added_any or any(new[n] > old[n] for n in expectation.added_any))
         evidence.paths.append(PathEvidence(rule, path, _dense(old, names), _dense(new, names),
                                            gone_ok and added_ok))
     return evidence

@@ -8,6 +8,7 @@ Both sources give the same data, a list of `Op(path, name)` with names normalise
 from __future__ import annotations
 
 import inspect
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,19 @@ class Op:
 
 class TraceFailure(Exception):
     pass
+
+
+# Activation modules whose functional twins' names the generic conversion below cannot guess.
+_MODULE_FUNCTIONS = {"SiLU": "silu", "ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu",
+                     "PReLU": "prelu", "GELU": "gelu", "ELU": "elu", "SELU": "selu", "CELU": "celu"}
+
+
+def _module_op(class_name: str) -> str:
+    """A module's class name as its functional twin is called: LayerNorm -> layer_norm."""
+    if class_name in _MODULE_FUNCTIONS:
+        return _MODULE_FUNCTIONS[class_name]
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", class_name)
+    return _normalise(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name))
 
 
 def _normalise(name: str) -> str:
@@ -59,7 +73,7 @@ def _node_path(node: fx.Node) -> str:
 
 def _node_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return _normalise(type(modules[node.target]).__name__)
+        return _module_op(type(modules[node.target]).__name__)
     if node.op == "call_method":
         return _normalise(node.target)
     return _normalise(getattr(node.target, "__name__", str(node.target)))
