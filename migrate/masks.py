@@ -14,6 +14,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import Binding
 from tf_migrate.names import argument, int_value, method_call, number_value, self_attribute
+from tf_migrate.nodes import atom_code
 
 if TYPE_CHECKING:
     from tf_migrate.shapes import Shapes
@@ -213,11 +214,5 @@ def allowed(ctx, hidden: cst.BaseExpression) -> str:
         return ctx.code(hidden.expression)  # masked_fill demands bool, so `~m` hid where m was False
     receiver = method_call(hidden, "bool")
     if receiver is not None:
-        return f"{_atom(ctx, receiver)} == 0"
-    return f"{_atom(ctx, hidden)}.logical_not()"
-
-
-def _atom(ctx, expr: cst.BaseExpression) -> str:
-    code = ctx.code(expr)
-    simple = (cst.Name, cst.Attribute, cst.Subscript, cst.Call)
-    return code if isinstance(expr, simple) or expr.lpar else f"({code})"
+        return f"{atom_code(ctx, receiver)} == 0"
+    return f"{atom_code(ctx, hidden)}.logical_not()"

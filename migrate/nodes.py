@@ -22,6 +22,15 @@ def find(node: cst.CSTNode, predicate: Callable[[cst.CSTNode], bool],
     return [n for n in walk(node, into_scopes) if predicate(n)]
 
 
+def atom_code(ctx, expr: cst.BaseExpression, numbers: bool = False) -> str:
+    """An expression's code, parenthesised unless it is already atomic, so that an operator or a
+    method call can follow it. Number literals count as atoms only where `numbers` says so (an
+    arithmetic operand): `1.to(...)` would not parse."""
+    atomic = (cst.Name, cst.Attribute, cst.Subscript, cst.Call) + ((cst.Integer, cst.Float) if numbers else ())
+    code = ctx.code(expr)
+    return code if isinstance(expr, atomic) or expr.lpar else f"({code})"
+
+
 def body_nodes(function: cst.FunctionDef) -> Iterator[cst.CSTNode]:
     """The nodes of a function's own body, without nested functions, classes or lambdas."""
     return walk(function.body, into_scopes=False)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import libcst as cst
 
+from tf_migrate.nodes import find
 from tf_migrate.plan import NewKey
 from tf_migrate.residual import PostNorm
 
@@ -78,13 +79,7 @@ def _rebinds_own_argument(post: PostNorm) -> bool:
 
 
 def _free_name(method: cst.FunctionDef) -> str:
-    used: set[str] = set()
-
-    class _Names(cst.CSTVisitor):
-        def visit_Name(self, node: cst.Name) -> None:
-            used.add(node.value)
-
-    method.visit(_Names())
+    used = {node.value for node in find(method, lambda node: isinstance(node, cst.Name))}
     return next(n for n in _TEMPORARIES + tuple(f"h{i}" for i in range(100)) if n not in used)
 
 

@@ -8,6 +8,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import Binding
 from tf_migrate.names import method_call, number_value
+from tf_migrate.nodes import atom_code
 
 if TYPE_CHECKING:
     from tf_migrate.attention import Attention
@@ -66,17 +67,10 @@ def is_default(ctx, found: "Attention") -> bool:
     return dim is not None and _is_head_dim(ctx, found, dim, at)
 
 
-def _atom(ctx, expr: cst.BaseExpression) -> str:
-    code = ctx.code(expr)
-    if isinstance(expr, (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)) or expr.lpar:
-        return code
-    return f"({code})"
-
-
 def spelled(ctx, found: "Attention") -> str:
     """The `scale=` value: the product of the factors (1.0 when the chain does not scale)."""
-    top = [_atom(ctx, f) for op, f, _ in found.scale if op == "*"]
-    bottom = [_atom(ctx, f) for op, f, _ in found.scale if op == "/"]
+    top = [atom_code(ctx, f, numbers=True) for op, f, _ in found.scale if op == "*"]
+    bottom = [atom_code(ctx, f, numbers=True) for op, f, _ in found.scale if op == "/"]
     numerator = " * ".join(top) or "1"
     if not bottom:
         return numerator if top else "1.0"

@@ -11,7 +11,7 @@ from tf_migrate import masks, scale
 from tf_migrate.attention import Attention, Mask, Operand, Refused
 from tf_migrate.dataflow import Binding
 from tf_migrate.imports import imports_bound_by, reference
-from tf_migrate.nodes import walk
+from tf_migrate.nodes import atom_code, walk
 
 
 @dataclass
@@ -130,19 +130,14 @@ def _allowed(ctx, term: Mask, found: Attention) -> str:
         return masks.allowed(ctx, term.expr)
     # `scores + mask` promotes to the wider dtype; SDPA needs the mask in the query's dtype
     # (torch 2.13 CPU silently miscomputes a float32 mask against float64 inputs).
-    return f"{_atom_code(ctx, term.expr)}.to({_dtype_source(ctx, found)}.dtype)"
+    return f"{atom_code(ctx, term.expr)}.to({_dtype_source(ctx, found)}.dtype)"
 
 
 def _dtype_source(ctx, found: Attention) -> str:
     for operand in (found.query, found.key, found.value):
         if isinstance(operand.expr, (cst.Name, cst.Attribute)):
             return ctx.code(operand.expr)
-    return _atom_code(ctx, found.query.expr)
-
-
-def _atom_code(ctx, expr: cst.BaseExpression) -> str:
-    code = ctx.code(expr)
-    return code if isinstance(expr, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)) else f"({code})"
+    return atom_code(ctx, found.query.expr)
 
 
 def _atomic(code: str) -> bool:

@@ -81,16 +81,11 @@ def _param_position(cls: "ModuleClass", param: str) -> int | None:
 
 
 def _constructed_with(ctx, cls: "ModuleClass", position: int, keyword: str, name: str) -> bool:
-    found: list[bool] = []
     target = cls.node.name.value
-
-    class _Calls(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            if _is_call_of(node, target):
-                value = argument(node, position, keyword)
-                found.append(value is not None and _instances_of(value, name))
-
-    ctx.module.visit(_Calls())
+    found = [
+        (value := argument(node, position, keyword)) is not None and _instances_of(value, name)
+        for node in find(ctx.module, lambda node: isinstance(node, cst.Call) and _is_call_of(node, target))
+    ]
     return bool(found) and all(found)
 
 
