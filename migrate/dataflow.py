@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
+from tf_migrate.nodes import children
+
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
 
@@ -222,7 +224,7 @@ def binds(node: cst.CSTNode, name: str) -> bool:
 
 def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
     """The indented blocks directly owned by a compound statement (elif/else/except included)."""
-    for child in node.children:
+    for child in children(node):
         if isinstance(child, cst.IndentedBlock):
             yield child
         elif isinstance(child, (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler,

@@ -2,19 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import ast
+import inspect
+import textwrap
+from functools import lru_cache
+from operator import attrgetter
+from typing import Callable, Iterator, Sequence
 
 import libcst as cst
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 
 
+@lru_cache(maxsize=None)
+def _child_fields(kind: type) -> Callable[[cst.CSTNode], tuple]:
+    """The fields of a node type in the order libcst visits them, which is source order.
+
+    Read once per type from the type's own `_visit_and_replace_children`: libcst's `children`
+    property runs a visitor for every call, several times slower than reading the fields."""
+    source = textwrap.dedent(inspect.getsource(kind._visit_and_replace_children))
+    fields: list[str] = []
+    for call in ast.walk(ast.parse(source)):
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id.startswith("visit_") and isinstance(call.args[1], ast.Constant)
+                and call.args[1].value not in fields):
+            fields.append(call.args[1].value)
+    if not fields:
+        return lambda node: ()
+    read = attrgetter(*fields)
+    return read if len(fields) > 1 else (lambda node: (read(node),))
+
+
+def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
+    """The same nodes, in the same order, as libcst's `node.children`."""
+    found: list[cst.CSTNode] = []
+    for value in _child_fields(type(node))(node):
+        if isinstance(value, cst.CSTNode):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found.extend(item for item in value if isinstance(item, cst.CSTNode))
+    return found
+
+
+def parent_map(root: cst.CSTNode) -> dict[cst.CSTNode, cst.CSTNode]:
+    parents: dict[cst.CSTNode, cst.CSTNode] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in children(node):
+            parents[child] = node
+            stack.append(child)
+    return parents
+
+
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
-    yield node
-    for child in node.children:
-        if into_scopes or not isinstance(child, _SCOPES):
-            yield from walk(child, into_scopes)
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        below = children(current)
+        if not into_scopes:
+            below = [child for child in below if not isinstance(child, _SCOPES)]
+        stack.extend(reversed(below))
 
 
 def find(node: cst.CSTNode, predicate: Callable[[cst.CSTNode], bool],
