@@ -6,10 +6,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import libcst as cst
-from libcst.metadata import ParentNodeProvider, PositionProvider
+from libcst.metadata import PositionProvider
 
 from tf_migrate import suppress
 from tf_migrate.names import NameResolver
+from tf_migrate.nodes import parent_map
+from tf_migrate.scopes import Scopes
 
 if TYPE_CHECKING:
     from tf_migrate.modules import ModuleClass
@@ -22,10 +24,11 @@ class FileContext:
         self.module = self.wrapper.module
         self._memo: dict[str, Any] = {}
         self._skips = suppress.skip_comments(text)
+        self.text = text
 
     @cached_property
     def names(self) -> NameResolver:
-        return NameResolver(self.wrapper)
+        return NameResolver(Scopes(self.module, self.parents, self.text))
 
     @cached_property
     def _positions(self) -> Mapping[cst.CSTNode, Any]:
@@ -33,7 +36,7 @@ class FileContext:
 
     @cached_property
     def parents(self) -> Mapping[cst.CSTNode, cst.CSTNode]:
-        return self.wrapper.resolve(ParentNodeProvider)
+        return parent_map(self.module)
 
     @cached_property
     def module_classes(self) -> list["ModuleClass"]:

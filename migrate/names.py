@@ -1,4 +1,4 @@
-"""Name resolution on top of libcst's QualifiedNameProvider.
+"""Name resolution on top of the lazy scope analysis in `scopes`.
 
 `F.softmax`, `torch.nn.functional.softmax` and `from torch.nn.functional import softmax as sm`
 all resolve to `torch.nn.functional.softmax`; a local function called `softmax` resolves to nothing.
@@ -7,7 +7,8 @@ all resolve to `torch.nn.functional.softmax`; a local function called `softmax` 
 from __future__ import annotations
 
 import libcst as cst
-from libcst.metadata import QualifiedNameProvider, QualifiedNameSource
+
+from tf_migrate.scopes import Scopes, Source
 
 # Canonical spellings: the same function reachable under several module paths.
 _ALIASES = {
@@ -20,30 +21,30 @@ _ALIASES = {
 }
 
 
-class NameResolver:
-    def __init__(self, wrapper: cst.MetadataWrapper) -> None:
-        self._names = wrapper.resolve(QualifiedNameProvider)
+def canonical(qualified: str) -> str:
+    return _ALIASES.get(qualified, qualified)
 
-    def _lookup(self, node: cst.CSTNode) -> set:
-        names = self._names.get(node, set())
-        return names() if callable(names) else names
+
+class NameResolver:
+    def __init__(self, scopes: Scopes) -> None:
+        self._scopes = scopes
 
     def imported(self, node: cst.CSTNode) -> str | None:
         """The fully qualified name of an expression that refers to something imported, else None.
 
         Ambiguous names (imported and also bound locally) resolve to None.
         """
-        names = self._lookup(node)
+        names = self._scopes.resolve(node)
         if len(names) != 1:
             return None
         (name,) = names
-        if name.source is not QualifiedNameSource.IMPORT:
+        if name.source is not Source.IMPORT:
             return None
-        return _ALIASES.get(name.name, name.name)
+        return canonical(name.name)
 
     def builtin(self, node: cst.CSTNode) -> str | None:
-        names = self._lookup(node)
-        if len(names) == 1 and next(iter(names)).source is QualifiedNameSource.BUILTIN:
+        names = self._scopes.resolve(node)
+        if len(names) == 1 and next(iter(names)).source is Source.BUILTIN:
             return next(iter(names)).name
         return None
 
