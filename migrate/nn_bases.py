@@ -10,6 +10,7 @@ This only filters: libcst's name resolution still decides every class that passe
 from __future__ import annotations
 
 import ast
+from typing import Iterator
 
 _TARGET = "torch.nn."
 
@@ -23,10 +24,22 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _torch_bindings(tree: ast.Module) -> dict[str, set[str]]:
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement, nested ones included, without visiting expressions (most of a tree)."""
+    stack = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(node, name, None)
+            if isinstance(inner, list):
+                stack.extend(reversed(inner))
+
+
+def _torch_bindings(statements: list[ast.stmt]) -> dict[str, set[str]]:
     """Bound name -> the absolute `torch...` paths it may stand for ("*" for a star import)."""
     bound: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
+    for node in statements:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "torch":
@@ -59,10 +72,11 @@ def may_define_modules(text: str) -> bool:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return True  # let libcst report it, with its own message
-    bindings = _torch_bindings(tree)
+    statements = list(_statements(tree.body))
+    bindings = _torch_bindings(statements)
     if "*" in bindings:
         return True
     return any(
         _may_be_torch_nn(base, bindings)
-        for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for base in node.bases
+        for node in statements if isinstance(node, ast.ClassDef) for base in node.bases
     )

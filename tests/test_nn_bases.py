@@ -46,3 +46,14 @@ def test_unparseable_text_is_left_to_libcst():
 def test_one_module_class_among_others_is_enough():
     source = "import torch.nn as nn\nclass A:\n    pass\nclass B(nn.Module):\n    pass\n"
     assert may_define_modules(source)
+
+
+@pytest.mark.parametrize("source", [
+    "import torch.nn as nn\ntry:\n    pass\nexcept ImportError:\n    class A(nn.Module):\n        pass\n",
+    "import torch.nn as nn\ndef build():\n    if True:\n        class A(nn.Module):\n            pass\n",
+    "import torch.nn as nn\nfor _ in range(2):\n    pass\nelse:\n    with open('f'):\n        class A(nn.Module):\n            pass\n",
+    "import torch.nn as nn\n@decorate\nclass A(nn.Module):\n    pass\n",
+])
+def test_nested_classes_are_found(source):
+    assert may_define_modules(source)
+
