@@ -316,6 +316,8 @@ def _called_names(ctx: "FileContext") -> list[set[str]]:
 
 
 def builtin_layers(ctx: "FileContext") -> Iterator[cst.Call]:
+    if not any(name.rsplit(".", 1)[1] in ctx.text for name in BUILTIN_LAYERS):
+        return  # no spelling of these classes, aliased or not, can avoid naming them
     for call in _calls_and_ops(ctx.module):
         if isinstance(call, cst.Call) and ctx.names.callee(call) in BUILTIN_LAYERS:
             yield call
