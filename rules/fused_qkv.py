@@ -6,10 +6,9 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.dataflow import read_names
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.projections import ROLES, Triple, application, linear_arguments, same_input, triples
-from tf_migrate.qkv_split import Blocked, forward_edits
+from tf_migrate.qkv_split import Blocked, forward_edits, split_suffix, total_size
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -77,7 +76,8 @@ class SeparateQkvToFused(Rule):
         arguments = [linear_arguments(s) for s in subs]
         outs = [ctx.code(a["out_features"]) for a in arguments]
         bias = _bias_code(ctx, arguments[0])
-        replacements = forward_edits(ctx, triple, apps, _split_suffix(outs))
+        fused = f"self.{triple.fused_name}({ctx.code(apps[0].input)})"
+        replacements = forward_edits(ctx, apps, fused + split_suffix(outs))
         replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         params = ["weight"] + (["bias"] if bias != "False" else [])
@@ -117,26 +117,9 @@ def _bias_code(ctx, arguments) -> str:
     return "True" if value is None else ctx.code(value)
 
 
-def _split_suffix(outs: list[str]) -> str:
-    """`.split(...)` that reproduces the three outputs, with sizes readable inside forward."""
-    readable = all(read_names(cst.parse_expression(o)) <= {"self"} for o in outs)
-    if readable:
-        sizes = outs[0] if len(set(outs)) == 1 else f"[{', '.join(outs)}]"
-        return f".split({sizes}, dim=-1)"
-    if len(set(outs)) == 1:
-        return ".chunk(3, dim=-1)"
-    raise Blocked(f"output sizes ({', '.join(outs)}) differ and are not readable in forward")
-
-
 def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
     statements = sorted((s.statement for s in subs), key=ctx.line)
-    if len(set(outs)) == 1:
-        single = cst.parse_expression(outs[0])
-        total = outs[0] if isinstance(single, (cst.Name, cst.Attribute, cst.Integer)) else f"({outs[0]})"
-        total = f"3 * {total}"
-    else:
-        total = " + ".join(f"({o})" if isinstance(cst.parse_expression(o), cst.BinaryOperation) else o
-                           for o in outs)
+    total = total_size(outs)
     func = ctx.code(subs[0].call.func)
     bias_text = ", bias=False" if bias == "False" else ""
     text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total}{bias_text})"
