@@ -87,3 +87,13 @@ def total_size(outs: list[str]) -> str:
         single = cst.parse_expression(outs[0])
         return f"3 * {outs[0]}" if isinstance(single, (cst.Name, cst.Attribute, cst.Integer)) else f"3 * ({outs[0]})"
     return " + ".join(f"({o})" if isinstance(cst.parse_expression(o), cst.BinaryOperation) else o for o in outs)
+
+
+def constructor_edits(ctx, statements: list[cst.SimpleStatementLine], text: str) -> dict:
+    """The first of the three constructor statements becomes `text`; the other two go."""
+    if len({id(ctx.parents.get(s)) for s in statements}) != 1:
+        raise Blocked("the three are built in different blocks of __init__")
+    ordered = sorted(statements, key=ctx.line)
+    edits: dict = {ordered[0]: ordered[0].with_changes(body=[cst.parse_statement(text).body[0]])}
+    edits.update({s: cst.RemoveFromParent() for s in ordered[1:]})
+    return edits

@@ -7,11 +7,13 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.projections import ROLES, Triple, application, linear_arguments, same_input, triples
-from tf_migrate.qkv_split import Blocked, forward_edits, split_suffix, total_size
+from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples
+from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.raw_qkv import raw_fusion
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
+_PARAMETER = "torch.nn.Parameter"
 
 
 class SeparateQkvToFused(Rule):
@@ -55,22 +57,29 @@ class SeparateQkvToFused(Rule):
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
         subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
-        line = ctx.line(subs[0].statement)
-        blocked = _constructor_problem(ctx, cls, triple, subs)
-        apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
-        blocked = blocked or next((a for a in apps if isinstance(a, str)), None)
-        if blocked is None and not same_input(ctx, apps):
-            blocked = ("the projections are not provably applied to the same tensor ("
-                       + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
-                       + "): cross-attention, a class used for both, or an input rebound between")
-        if blocked is None:
-            try:
-                yield self._fix(ctx, cls, triple, subs, apps)
-            except Blocked as exc:
-                blocked = str(exc)
-        if blocked is not None:
-            yield Refusal(line, f"q/k/v projections not fused: {blocked}",
+        try:
+            if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
+                    or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
+                raise Blocked(f"the class already has `{triple.fused_name}`")
+            raw = all(s.callee == _PARAMETER for s in subs)
+            yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
+        except Blocked as exc:
+            yield Refusal(ctx.line(subs[0].statement), f"q/k/v projections not fused: {exc}",
                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+
+    def _linear(self, ctx, cls, triple, subs) -> Fix:
+        apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
+        blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
+        blocked = blocked or different_inputs(ctx, apps)
+        if blocked is not None:
+            raise Blocked(blocked)
+        return self._fix(ctx, cls, triple, subs, apps)
+
+    def _raw(self, ctx, cls, triple, subs) -> Fix:
+        fusion = raw_fusion(ctx, cls, triple, subs)
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+        plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
+        return self._made(ctx, triple, subs, fusion.replacements, plan)
 
     def _fix(self, ctx, cls, triple, subs, apps) -> Fix:
         arguments = [linear_arguments(s) for s in subs]
@@ -84,16 +93,15 @@ class SeparateQkvToFused(Rule):
         for param in params:
             plan.concatenated.append(Concatenation(
                 f"{triple.fused_name}.{param}", [f"{triple.attributes[r]}.{param}" for r in ROLES], 0))
+        return self._made(ctx, triple, subs, replacements, plan)
+
+    def _made(self, ctx, triple, subs, replacements, plan) -> Fix:
         return Fix(line=ctx.line(subs[0].statement),
                    message=f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split",
                    replacements=replacements, plans=[plan])
 
 
-def _constructor_problem(ctx, cls, triple: Triple, subs) -> str | None:
-    if triple.fused_name in cls.submodules or triple.fused_name in cls.methods:
-        return f"the class already has `{triple.fused_name}`"
-    if all(s.callee == "torch.nn.Parameter" for s in subs):
-        return "raw nn.Parameter q/k/v weights are not fused yet (only nn.Linear triples)"
+def _constructor_problem(ctx, subs) -> str | None:
     if any(s.callee != _LINEAR for s in subs):
         kinds = ", ".join(f"{s.name}: {s.callee or '?'}" for s in subs)
         return f"not all nn.Linear ({kinds}); Conv1D-style weights are stored transposed"
@@ -118,11 +126,7 @@ def _bias_code(ctx, arguments) -> str:
 
 
 def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
-    statements = sorted((s.statement for s in subs), key=ctx.line)
-    total = total_size(outs)
     func = ctx.code(subs[0].call.func)
     bias_text = ", bias=False" if bias == "False" else ""
-    text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total}{bias_text})"
-    edits: dict = {statements[0]: statements[0].with_changes(body=[cst.parse_statement(text).body[0]])}
-    edits.update({s: cst.RemoveFromParent() for s in statements[1:]})
-    return edits
+    text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total_size(outs)}{bias_text})"
+    return constructor_edits(ctx, [s.statement for s in subs], text)
