@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import libcst as cst
 
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples

@@ -248,3 +248,17 @@ def test_every_model_verifies_after_all_rules(stem, tmp_path):
         args += ["--input", expression]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
+
+
+def test_structural_evidence_for_raw_parameter_fusion(tmp_path):
+    """Einsum-style raw q/k/v weights: two of the three einsum products go, one chunk comes."""
+    source = MODELS / "einsum_gpt.py"
+    result = migrate_source(source.read_text(), source.name, [find_rule("TFM102")()])
+    after = tmp_path / source.name
+    after.write_text(result.migrated)
+    entry = MANIFEST["einsum_gpt"]
+    run = CliRunner().invoke(main, ["verify", str(source), str(after), "--build", entry["build"],
+                                    "--input", entry["inputs"][0], "--select", "TFM102"])
+    assert run.exit_code == 0, run.output
+    assert "ok  layers.0.attn: einsum 6->4, chunk 0->1" in run.output
+    assert "max abs 0," in run.output
