@@ -16,30 +16,36 @@ _PARAMETER = "torch.nn.Parameter"
 
 
 class SeparateQkvToFused(Rule):
-    """Fuse separate `nn.Linear` q, k and v projections of one tensor into one Linear and a split.
+    """Fuse separate q, k and v projections of one tensor (`nn.Linear`s, or raw `nn.Parameter`
+    weights applied with einsum/@/matmul/F.linear) into one projection and a split.
 
     Why: one (d -> dq + dk + dv) matmul instead of three small ones: fewer kernel launches and a
     better-shaped GEMM; it is also the layout modern code and checkpoints use.
 
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
-    in q, k, v order computes exactly the three projections. Applied only when the three Linears
-    take the same `in_features`, agree on bias, and forward calls each exactly once, on the same
-    binding of the same local name (so every caller passes the same tensor to all three).
+    in q, k, v order computes exactly the three projections. Applied only when the three take the
+    same input size, agree on bias, and forward applies each exactly once, on the same binding of
+    the same local name (so every caller passes the same tensor to all three). Raw weights must be
+    applied by the same product (same einsum spec); the `nn.init` calls that initialised them are
+    pointed at the slices of the stacked weight, so each slice keeps its distribution.
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
-    the old keys disappear.
+    raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
-    cannot be read in the method; the names the split binds would clash. Raw `nn.Parameter`
-    triples are not handled yet (left alone).
+    cannot be read in the method; the names the split binds would clash. Raw weights: any use but
+    one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
+    object's attribute); products spelled differently; raw biases added (not fused yet); the
+    weights differ in more than their output size.
     """
 
     code = "TFM102"
     name = "fused-qkv"
     equivalence = Equivalence.EXACT
-    summary = "separate q/k/v nn.Linear projections of the same input -> one Linear and a split"
+    summary = "separate q/k/v projections (nn.Linear or raw nn.Parameter) of one input -> one and a split"
     triggers = ("Linear", "Parameter", "Conv1D")
     example_before = (
         "self.query = nn.Linear(d, d)\nself.key = nn.Linear(d, d)\nself.value = nn.Linear(d, d)\n"
