@@ -106,6 +106,7 @@ RAW = {
     "raw_einsum_xavier_loop": ("NotebookAttention", (16, 4), (2, 5, 16)),
     "raw_matmul_normal_init": ("Head", (16, 8), (2, 5, 16)),
     "raw_linear_grouped": ("GroupedRawAttention", (16, 4, 2), (2, 5, 16)),
+    "raw_einsum_out_first": ("Projections", (16, 24), (2, 3, 5, 16)),
 }
 
 
@@ -132,9 +133,10 @@ def test_raw_plans_stack_along_the_output_dimension() -> None:
         dims[stem] = (cat.target, cat.sources, cat.dim)
     assert dims == {
         "raw_einsum": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
-        "raw_einsum_xavier_loop": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
+        "raw_einsum_xavier_loop": ("wqkv", ["wq", "wk", "wv"], 1),
         "raw_matmul_normal_init": ("W_qkv", ["W_q", "W_k", "W_v"], 1),
         "raw_linear_grouped": ("wqkv", ["wq", "wk", "wv"], 0),
+        "raw_einsum_out_first": ("to_qkv", ["to_q", "to_k", "to_v"], 0),
     }
 
 
@@ -154,9 +156,10 @@ def test_raw_goldens_are_exact_through_the_converter(stem: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("stem", ["raw_einsum_xavier_loop", "raw_linear_grouped"])
+@pytest.mark.parametrize("stem", ["raw_einsum_xavier_loop", "raw_linear_grouped", "raw_einsum_out_first"])
 def test_raw_init_gives_each_slice_the_same_values(stem: str) -> None:
-    """Uniform inits fill a strided slice in order: the same seed gives the same weights."""
+    """Uniform inits fill a strided slice in order, any init fills a contiguous (dim 0) slice in
+    order: the same seed gives the same weights."""
     from tf_migrate.convert.state_dict import convert_state_dict
 
     torch, plan, old, new = _raw_pair(stem)
