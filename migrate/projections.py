@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ROLES = ("q", "k", "v")
 _LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
 # `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`: one role word with a shared affix.
-_NAME = re.compile(r"^(?P<pre>(?:w|to|linear|lin|proj)?_?)(?P<role>query|key|value|q|k|v)"
+_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)(?P<role>query|key|value|q|k|v)"
                    r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
 
 
@@ -48,9 +48,9 @@ def triples(names: list[str]) -> Iterator[Triple]:
 
 @dataclass
 class Application:
-    """`self.<attribute>(<input>)`, the only use of a projection outside `__init__`."""
+    """`self.<attribute>(<input>)` (or `<input> @ self.<weight>` ...), the projection's one application."""
 
-    call: cst.Call
+    call: cst.BaseExpression  # the call, or the whole product of a raw weight
     method: cst.FunctionDef
     statement: cst.BaseStatement
     input: cst.BaseExpression
@@ -66,11 +66,17 @@ def application(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> Appli
     if not (isinstance(call, cst.Call) and call.func is uses[0] and len(call.args) == 1
             and call.args[0].keyword is None and not call.args[0].star):
         return f"`self.{attribute}` is not called with one positional tensor"
-    method = next((m for m in cls.methods.values() if _inside(ctx, call, m)), None)
+    return applied(ctx, cls, attribute, call, call.args[0].value)
+
+
+def applied(ctx: "FileContext", cls: "ModuleClass", attribute: str, node: cst.BaseExpression,
+            input: cst.BaseExpression) -> Application | str:
+    """`node` (a projection's application) with the method and statement it sits in."""
+    method = next((m for m in cls.methods.values() if _inside(ctx, node, m)), None)
     if method is None:
         return f"`self.{attribute}` is applied outside a method"
-    statement = FunctionFlow(ctx, method).statement_of(call)
-    return Application(call, method, statement, call.args[0].value)
+    statement = FunctionFlow(ctx, method).statement_of(node)
+    return Application(node, method, statement, input)
 
 
 def _inside(ctx: "FileContext", node: cst.CSTNode, ancestor: cst.CSTNode | None) -> bool:
@@ -96,6 +102,15 @@ def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
     if "in_features" not in found or "out_features" not in found:
         return None
     return found
+
+
+def different_inputs(ctx: "FileContext", apps: list[Application]) -> str | None:
+    """Why the three applications are not provably of one tensor; None when they are."""
+    if same_input(ctx, apps):
+        return None
+    return ("the projections are not provably applied to the same tensor ("
+            + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
+            + "): cross-attention, a class used for both, or an input rebound between")
 
 
 def same_input(ctx: "FileContext", apps: list[Application]) -> bool:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import libcst as cst
 
-from tf_migrate.dataflow import binds, loads
-from tf_migrate.projections import ROLES, Application, Triple
+from tf_migrate.dataflow import binds, loads, read_names
+from tf_migrate.projections import ROLES, Application
 
 
 class Blocked(Exception):
     """The fusion cannot be written safely here; the message says why."""
 
 
-def forward_edits(ctx, triple: Triple, apps: list[Application], suffix: str) -> dict:
-    """Bind the three outputs with one split before the first use; each call becomes a name."""
+def forward_edits(ctx, apps: list[Application], value: str) -> dict:
+    """Bind the three outputs to `value` (the fused product, split) before the first use; each
+    application becomes the name it binds."""
     statements = [a.statement for a in apps]
     block = ctx.parents.get(statements[0])
     if any(ctx.parents.get(s) is not block for s in statements):
@@ -29,8 +30,7 @@ def forward_edits(ctx, triple: Triple, apps: list[Application], suffix: str) -> 
         raise Blocked("the projections' outputs would need the same name")
     for app, name in zip(apps, names):
         _check_free(body, first, app.statement, name)
-    split = cst.parse_statement(
-        f"{', '.join(names)} = self.{triple.fused_name}({ctx.code(apps[0].input)}){suffix}")
+    split = cst.parse_statement(f"{', '.join(names)} = {value}")
     edits: dict = {}
     for app, name in zip(apps, names):
         plain = _plain_binding(app) is not None
@@ -68,3 +68,32 @@ def _check_free(body, first, statement, name: str) -> None:
     if not binds(statement, name):
         raise Blocked(f"the split would leave `{name}` bound where the code did not bind it")
 
+
+
+def split_suffix(outs: list[str], dim: int = -1) -> str:
+    """`.split(...)` that reproduces the three outputs, with sizes readable inside a method."""
+    readable = all(read_names(cst.parse_expression(o)) <= {"self"} for o in outs)
+    if readable:
+        sizes = outs[0] if len(set(outs)) == 1 else f"[{', '.join(outs)}]"
+        return f".split({sizes}, dim={dim})"
+    if len(set(outs)) == 1:
+        return f".chunk(3, dim={dim})"
+    raise Blocked(f"output sizes ({', '.join(outs)}) differ and are not readable in forward")
+
+
+def total_size(outs: list[str]) -> str:
+    """The fused output size: `3 * d` for equal sizes, else their sum."""
+    if len(set(outs)) == 1:
+        single = cst.parse_expression(outs[0])
+        return f"3 * {outs[0]}" if isinstance(single, (cst.Name, cst.Attribute, cst.Integer)) else f"3 * ({outs[0]})"
+    return " + ".join(f"({o})" if isinstance(cst.parse_expression(o), cst.BinaryOperation) else o for o in outs)
+
+
+def constructor_edits(ctx, statements: list[cst.SimpleStatementLine], text: str) -> dict:
+    """The first of the three constructor statements becomes `text`; the other two go."""
+    if len({id(ctx.parents.get(s)) for s in statements}) != 1:
+        raise Blocked("the three are built in different blocks of __init__")
+    ordered = sorted(statements, key=ctx.line)
+    edits: dict = {ordered[0]: ordered[0].with_changes(body=[cst.parse_statement(text).body[0]])}
+    edits.update({s: cst.RemoveFromParent() for s in ordered[1:]})
+    return edits

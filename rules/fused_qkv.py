@@ -4,42 +4,48 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import libcst as cst
 
-from tf_migrate.dataflow import read_names
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.projections import ROLES, Triple, application, linear_arguments, same_input, triples
-from tf_migrate.qkv_split import Blocked, forward_edits
+from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples
+from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.raw_qkv import raw_fusion
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
+_PARAMETER = "torch.nn.Parameter"
 
 
 class SeparateQkvToFused(Rule):
-    """Fuse separate `nn.Linear` q, k and v projections of one tensor into one Linear and a split.
+    """Fuse separate q, k and v projections of one tensor (`nn.Linear`s, or raw `nn.Parameter`
+    weights applied with einsum/@/matmul/F.linear) into one projection and a split.
 
     Why: one (d -> dq + dk + dv) matmul instead of three small ones: fewer kernel launches and a
     better-shaped GEMM; it is also the layout modern code and checkpoints use.
 
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
-    in q, k, v order computes exactly the three projections. Applied only when the three Linears
-    take the same `in_features`, agree on bias, and forward calls each exactly once, on the same
-    binding of the same local name (so every caller passes the same tensor to all three).
+    in q, k, v order computes exactly the three projections. Applied only when the three take the
+    same input size, agree on bias, and forward applies each exactly once, on the same binding of
+    the same local name (so every caller passes the same tensor to all three). Raw weights must be
+    applied by the same product (same einsum spec); the `nn.init` calls that initialised them are
+    pointed at the slices of the stacked weight, so each slice keeps its distribution.
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
-    the old keys disappear.
+    raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
-    cannot be read in the method; the names the split binds would clash. Raw `nn.Parameter`
-    triples are not handled yet (left alone).
+    cannot be read in the method; the names the split binds would clash. Raw weights: any use but
+    one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
+    object's attribute); products spelled differently; raw biases added (not fused yet); the
+    weights differ in more than their output size.
     """
 
     code = "TFM102"
     name = "fused-qkv"
     equivalence = Equivalence.EXACT
-    summary = "separate q/k/v nn.Linear projections of the same input -> one Linear and a split"
+    summary = "separate q/k/v projections (nn.Linear or raw nn.Parameter) of one input -> one and a split"
     triggers = ("Linear", "Parameter", "Conv1D")
     example_before = (
         "self.query = nn.Linear(d, d)\nself.key = nn.Linear(d, d)\nself.value = nn.Linear(d, d)\n"
@@ -56,44 +62,51 @@ class SeparateQkvToFused(Rule):
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
         subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
-        line = ctx.line(subs[0].statement)
-        blocked = _constructor_problem(ctx, cls, triple, subs)
-        apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
-        blocked = blocked or next((a for a in apps if isinstance(a, str)), None)
-        if blocked is None and not same_input(ctx, apps):
-            blocked = ("the projections are not provably applied to the same tensor ("
-                       + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
-                       + "): cross-attention, a class used for both, or an input rebound between")
-        if blocked is None:
-            try:
-                yield self._fix(ctx, cls, triple, subs, apps)
-            except Blocked as exc:
-                blocked = str(exc)
-        if blocked is not None:
-            yield Refusal(line, f"q/k/v projections not fused: {blocked}",
+        try:
+            if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
+                    or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
+                raise Blocked(f"the class already has `{triple.fused_name}`")
+            raw = all(s.callee == _PARAMETER for s in subs)
+            yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
+        except Blocked as exc:
+            yield Refusal(ctx.line(subs[0].statement), f"q/k/v projections not fused: {exc}",
                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+
+    def _linear(self, ctx, cls, triple, subs) -> Fix:
+        apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
+        blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
+        blocked = blocked or different_inputs(ctx, apps)
+        if blocked is not None:
+            raise Blocked(blocked)
+        return self._fix(ctx, cls, triple, subs, apps)
+
+    def _raw(self, ctx, cls, triple, subs) -> Fix:
+        fusion = raw_fusion(ctx, cls, triple, subs)
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+        plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
+        return self._made(ctx, triple, subs, fusion.replacements, plan)
 
     def _fix(self, ctx, cls, triple, subs, apps) -> Fix:
         arguments = [linear_arguments(s) for s in subs]
         outs = [ctx.code(a["out_features"]) for a in arguments]
         bias = _bias_code(ctx, arguments[0])
-        replacements = forward_edits(ctx, triple, apps, _split_suffix(outs))
+        fused = f"self.{triple.fused_name}({ctx.code(apps[0].input)})"
+        replacements = forward_edits(ctx, apps, fused + split_suffix(outs))
         replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         params = ["weight"] + (["bias"] if bias != "False" else [])
         for param in params:
             plan.concatenated.append(Concatenation(
                 f"{triple.fused_name}.{param}", [f"{triple.attributes[r]}.{param}" for r in ROLES], 0))
+        return self._made(ctx, triple, subs, replacements, plan)
+
+    def _made(self, ctx, triple, subs, replacements, plan) -> Fix:
         return Fix(line=ctx.line(subs[0].statement),
                    message=f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split",
                    replacements=replacements, plans=[plan])
 
 
-def _constructor_problem(ctx, cls, triple: Triple, subs) -> str | None:
-    if triple.fused_name in cls.submodules or triple.fused_name in cls.methods:
-        return f"the class already has `{triple.fused_name}`"
-    if all(s.callee == "torch.nn.Parameter" for s in subs):
-        return "raw nn.Parameter q/k/v weights are not fused yet (only nn.Linear triples)"
+def _constructor_problem(ctx, subs) -> str | None:
     if any(s.callee != _LINEAR for s in subs):
         kinds = ", ".join(f"{s.name}: {s.callee or '?'}" for s in subs)
         return f"not all nn.Linear ({kinds}); Conv1D-style weights are stored transposed"
@@ -117,29 +130,8 @@ def _bias_code(ctx, arguments) -> str:
     return "True" if value is None else ctx.code(value)
 
 
-def _split_suffix(outs: list[str]) -> str:
-    """`.split(...)` that reproduces the three outputs, with sizes readable inside forward."""
-    readable = all(read_names(cst.parse_expression(o)) <= {"self"} for o in outs)
-    if readable:
-        sizes = outs[0] if len(set(outs)) == 1 else f"[{', '.join(outs)}]"
-        return f".split({sizes}, dim=-1)"
-    if len(set(outs)) == 1:
-        return ".chunk(3, dim=-1)"
-    raise Blocked(f"output sizes ({', '.join(outs)}) differ and are not readable in forward")
-
-
 def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
-    statements = sorted((s.statement for s in subs), key=ctx.line)
-    if len(set(outs)) == 1:
-        single = cst.parse_expression(outs[0])
-        total = outs[0] if isinstance(single, (cst.Name, cst.Attribute, cst.Integer)) else f"({outs[0]})"
-        total = f"3 * {total}"
-    else:
-        total = " + ".join(f"({o})" if isinstance(cst.parse_expression(o), cst.BinaryOperation) else o
-                           for o in outs)
     func = ctx.code(subs[0].call.func)
     bias_text = ", bias=False" if bias == "False" else ""
-    text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total}{bias_text})"
-    edits: dict = {statements[0]: statements[0].with_changes(body=[cst.parse_statement(text).body[0]])}
-    edits.update({s: cst.RemoveFromParent() for s in statements[1:]})
-    return edits
+    text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total_size(outs)}{bias_text})"
+    return constructor_edits(ctx, [s.statement for s in subs], text)

@@ -79,7 +79,8 @@ def test_verify_bench_adds_the_table(tmp_path):
     source = MODELS / "einsum_gpt.py"
     after = tmp_path / "einsum_gpt.py"
     after.write_text(migrate_source(source.read_text(), source.name, [find_rule("TFM101")({})]).migrated)
-    args = ["verify", str(source), str(after), "--build", TINY, "--bench", "--bench-lengths", "16,512"]
+    args = ["verify", str(source), str(after), "--build", TINY, "--select", "TFM101", "--bench",
+            "--bench-lengths", "16,512"]
     result = CliRunner().invoke(main, args + ["--format", "json"])
     assert result.exit_code == 0, result.output
     bench = json.loads(result.output)["bench"]

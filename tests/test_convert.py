@@ -14,8 +14,8 @@ pytest.importorskip("safetensors")
 from convert_support import (MODELS, build, convert, inputs, load_module, manifest, migrate,  # noqa: E402
                              outputs_close, save_sharded)
 
-# Legacy models whose TFM101+TFM102 plan changes checkpoint keys.
-KEYED = ["mingpt_style", "bert_style"]
+# Legacy models whose TFM101+TFM102 plan changes checkpoint keys (einsum_gpt: raw weights, cat along dim 1).
+KEYED = ["mingpt_style", "bert_style", "einsum_gpt"]
 
 
 def _old_model(stem: str):
@@ -64,7 +64,8 @@ def test_old_checkpoint_converts_and_matches(stem: str, fmt: str, tmp_path: Path
     out = tmp_path / {"pt": "new.pt", "safetensors": "new.safetensors", "sharded": "new_sharded"}[fmt]
     result = convert(source, out, "--plan", plan, "--check-build", entry["build"], "--source", after)
     assert result.exit_code == 0, result.output
-    assert "converted blocks.0.attn" in result.output or "converted encoder.layer.0" in result.output
+    assert any(f"converted {path}" in result.output
+               for path in ("blocks.0.attn", "encoder.layer.0", "layers.0.attn")), result.output
     assert "loads strictly" in result.output
     new = build(load_module(after), entry["build"]).eval()
     new.load_state_dict(_read(out), strict=True)
@@ -74,7 +75,7 @@ def test_old_checkpoint_converts_and_matches(stem: str, fmt: str, tmp_path: Path
             assert outputs_close(old(*args), new(*args))
 
 
-@pytest.mark.parametrize("stem", ["einsum_gpt", "kv_cache_gpt"])
+@pytest.mark.parametrize("stem", ["kv_cache_gpt"])
 def test_plan_without_key_changes_is_said_and_old_checkpoint_loads(stem: str, tmp_path: Path) -> None:
     entry = manifest()[stem]
     _, old = _old_model(stem)
@@ -235,3 +236,18 @@ def test_in_memory_conversion_matches_outputs(stem: str, tmp_path: Path) -> None
     with torch.no_grad():
         for args in inputs(module, entry["inputs"]):
             assert outputs_close(old(*args), new(*args))
+
+
+def test_concatenation_along_dim_1() -> None:
+    """Raw (in, out) weights stack along their output dimension, 1: shapes say which dim was used."""
+    from tf_migrate.convert.state_dict import convert_state_dict
+    from tf_migrate.plan import ClassPlan, Concatenation
+
+    plan = ClassPlan("m.py", "Attn", ["TFM102"])
+    plan.concatenated.append(Concatenation("w_qkv", ["w_q", "w_k", "w_v"], 1))
+    state = {f"layers.{i}.attn.w_{r}": torch.randn(4, n) for i in range(2) for r, n in zip("qkv", (6, 2, 2))}
+    converted, keymap = convert_state_dict(state, [plan])
+    assert sorted(converted) == ["layers.0.attn.w_qkv", "layers.1.attn.w_qkv"] and len(keymap.instances) == 2
+    fused = converted["layers.1.attn.w_qkv"]
+    assert fused.shape == (4, 10)
+    assert torch.equal(fused, torch.cat([state[f"layers.1.attn.w_{r}"] for r in "qkv"], dim=1))

@@ -53,13 +53,14 @@ def test_exact_rules_keep_the_function(stem: str, tmp_path: Path) -> None:
             torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("code", ["TFM101", "TFM102"])
 @pytest.mark.parametrize("stem", sorted(SPECS))
-def test_expected_tfm101_behaviour(stem: str, tmp_path: Path) -> None:
-    """What the manifest says TFM101 must do on each model: apply, refuse or leave alone."""
-    expected = SPECS[stem].get("expect", {}).get("TFM101")
-    _, _, result = _migrate(stem, tmp_path, ["TFM101"])
-    applied = any(e.code == "TFM101" for e in result.edits)
-    refused = any(r.code == "TFM101" for r in result.refusals)
+def test_expected_exact_rule_behaviour(stem: str, code: str, tmp_path: Path) -> None:
+    """What the manifest says each exact rule must do on each model: apply, refuse or leave alone."""
+    expected = SPECS[stem].get("expect", {}).get(code)
+    _, _, result = _migrate(stem, tmp_path, [code])
+    applied = any(e.code == code for e in result.edits)
+    refused = any(r.code == code for r in result.refusals)
     if expected == "apply":
         assert applied
     elif expected == "refuse":

@@ -204,34 +204,38 @@ def test_compatible_rule_checks_new_keys_and_sane_outputs(tmp_path, monkeypatch)
         assert result.comparisons if verified else not result.comparisons
 
 
-def test_structural_evidence_for_fused_qkv_and_swiglu(tmp_path):
-    """TFM102 leaves fewer linear projections in the attention; TFM301 adds the gate multiply."""
-    select = ["TFM101", "TFM102", "TFM301"]
-    source = MODELS / "mingpt_style.py"
-    rules = [find_rule(code)() for code in select]
-    result = migrate_source(source.read_text(), source.name, rules)
+def _verified_structure(stem: str, select: list[str], tmp_path) -> str:
+    """Migrate a legacy model with `select`, verify it on its first input, return the report."""
+    source = MODELS / f"{stem}.py"
+    result = migrate_source(source.read_text(), source.name, [find_rule(code)() for code in select])
     after = tmp_path / source.name
     after.write_text(result.migrated)
-    entry = MANIFEST["mingpt_style"]
+    entry = MANIFEST[stem]
     run = CliRunner().invoke(main, ["verify", str(source), str(after), "--build", entry["build"],
                                     "--input", entry["inputs"][0], "--select", ",".join(select)])
     assert run.exit_code == 0, run.output
-    assert "ok  blocks.0.attn: linear 4->2" in run.output
-    assert "ok  blocks.0.mlp: silu 0->1, gelu 1->0, mul 0->1" in run.output
+    return run.output
+
+
+def test_structural_evidence_for_fused_qkv_and_swiglu(tmp_path):
+    """TFM102 leaves fewer linear projections in the attention; TFM301 adds the gate multiply."""
+    output = _verified_structure("mingpt_style", ["TFM101", "TFM102", "TFM301"], tmp_path)
+    assert "ok  blocks.0.attn: linear 4->2" in output
+    assert "ok  blocks.0.mlp: silu 0->1, gelu 1->0, mul 0->1" in output
 
 
 def test_structural_evidence_for_prenorm_and_rope(tmp_path):
     """Model-wide checks: TFM201 adds a final norm, TFM401 adds the rotation to the attentions."""
-    source = MODELS / "einsum_gpt.py"
-    result = migrate_source(source.read_text(), source.name, [find_rule(c)() for c in ("TFM201", "TFM401")])
-    after = tmp_path / source.name
-    after.write_text(result.migrated)
-    entry = MANIFEST["einsum_gpt"]
-    run = CliRunner().invoke(main, ["verify", str(source), str(after), "--build", entry["build"],
-                                    "--input", entry["inputs"][0], "--select", "TFM201,TFM401"])
-    assert run.exit_code == 0, run.output
-    assert "ok  <root>: layer_norm 4->5" in run.output
-    assert "ok  <root>: neg 0->4" in run.output
+    output = _verified_structure("einsum_gpt", ["TFM201", "TFM401"], tmp_path)
+    assert "ok  <root>: layer_norm 4->5" in output
+    assert "ok  <root>: neg 0->4" in output
+
+
+def test_structural_evidence_for_raw_parameter_fusion(tmp_path):
+    """Einsum-style raw q/k/v weights: two of the three einsum products go, one chunk comes."""
+    output = _verified_structure("einsum_gpt", ["TFM102"], tmp_path)
+    assert "ok  layers.0.attn: einsum 6->4, chunk 0->1" in output
+    assert "max abs 0," in output
 
 
 @pytest.mark.parametrize("stem", sorted(MANIFEST))
@@ -248,3 +252,4 @@ def test_every_model_verifies_after_all_rules(stem, tmp_path):
         args += ["--input", expression]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
+

@@ -31,8 +31,11 @@ EXPECTATIONS: dict[str, Expectation] = {
         summary="softmax/matmul/einsum/bmm gone, scaled_dot_product_attention added",
     ),
     "TFM102": Expectation(
-        gone=("linear",),
-        summary="fewer linear projections (three q/k/v projections become one)",
+        # Raw-parameter triples are applied with einsum, @/matmul or F.linear: one product of
+        # the three goes, whichever spelling it has, and no spelling gains one.
+        gone=("linear", "einsum", "matmul"),
+        added_any=("split", "chunk"),
+        summary="fewer projection products (three q/k/v linear/einsum/matmul products become one) and a split",
     ),
     "TFM301": Expectation(
         added_any=("silu", "gelu", "mul"),
