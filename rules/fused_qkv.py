@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-
+from tf_migrate import fan_inits
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples
 from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
@@ -27,7 +27,9 @@ class SeparateQkvToFused(Rule):
     same input size, agree on bias, and forward applies each exactly once, on the same binding of
     the same local name (so every caller passes the same tensor to all three). Raw weights must be
     applied by the same product (same einsum spec); the `nn.init` calls that initialised them are
-    pointed at the slices of the stacked weight, so each slice keeps its distribution.
+    pointed at the slices of the stacked weight, so each slice keeps its distribution. A generic
+    initialiser that reads the shape (`for p in model.parameters(): xavier_uniform_(p)`) would
+    see the stacked weight: the fix then says that fresh models initialise differently.
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
     raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
@@ -84,7 +86,7 @@ class SeparateQkvToFused(Rule):
         fusion = raw_fusion(ctx, cls, triple, subs)
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
-        return self._made(ctx, triple, subs, fusion.replacements, plan)
+        return self._made(ctx, triple, subs, fusion.replacements, plan, fusion.dim)
 
     def _fix(self, ctx, cls, triple, subs, apps) -> Fix:
         arguments = [linear_arguments(s) for s in subs]
@@ -98,11 +100,12 @@ class SeparateQkvToFused(Rule):
         for param in params:
             plan.concatenated.append(Concatenation(
                 f"{triple.fused_name}.{param}", [f"{triple.attributes[r]}.{param}" for r in ROLES], 0))
-        return self._made(ctx, triple, subs, replacements, plan)
+        return self._made(ctx, triple, subs, replacements, plan, 0)  # nn.Linear weights are (out, in)
 
-    def _made(self, ctx, triple, subs, replacements, plan) -> Fix:
-        return Fix(line=ctx.line(subs[0].statement),
-                   message=f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split",
+    def _made(self, ctx, triple, subs, replacements, plan, stacked_dim: int) -> Fix:
+        message = f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split"
+        inits = fan_inits.generic_shape_inits(ctx, stacked_dim)
+        return Fix(line=ctx.line(subs[0].statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
                    replacements=replacements, plans=[plan])
 
 

@@ -178,3 +178,35 @@ def test_raw_normal_init_keeps_each_slice_distribution() -> None:
         assert part.shape == weight.shape
         assert abs(part.std().item() - std) < 0.1 * std and abs(weight.std().item() - std) < 0.1 * std
         assert abs(part.mean().item()) < 0.1 * std
+
+
+_LINEAR_TRIPLE = FOLDER / "mingpt_separate.before.py"
+_RAW_TRIPLE = FOLDER / "raw_einsum.before.py"  # stacked along dim 1: fan_in grows
+
+
+@pytest.mark.parametrize("path, init, warned", [
+    (_LINEAR_TRIPLE, "nn.init.xavier_uniform_(p)", True),
+    (_LINEAR_TRIPLE, "nn.init.orthogonal_(p)", True),
+    (_RAW_TRIPLE, "torch.nn.init.orthogonal_(p)", True),
+    (_LINEAR_TRIPLE, "nn.init.kaiming_uniform_(p)", False),  # fan_in: the Linear's in_features stay
+    (_LINEAR_TRIPLE, "nn.init.kaiming_normal_(p, mode='fan_out')", True),
+    (_LINEAR_TRIPLE, "nn.init.normal_(p, std=0.02)", False),
+    (_RAW_TRIPLE, "nn.init.kaiming_uniform_(p)", True),
+    (_RAW_TRIPLE, "nn.init.kaiming_normal_(p, 0, 'fan_out')", False),
+    (_RAW_TRIPLE, "xavier_uniform_(p)", False),  # a local function of that name, not torch's
+])
+def test_generic_shape_dependent_inits_are_reported(path: Path, init: str, warned: bool) -> None:
+    text = path.read_text() + (
+        "\n\ndef xavier_uniform_(p):\n    return p\n\n\n"
+        f"def init_all(model):\n    for p in model.parameters():\n        if p.dim() > 1:\n            {init}\n")
+    [edit] = _run(path, text).edits
+    assert ("fresh models initialise differently" in edit.message) == warned, edit.message
+    if warned:
+        assert f"line(s) {text.count(chr(10))} " in edit.message
+
+
+def test_an_init_of_one_named_weight_is_the_rules_business() -> None:
+    text = _RAW_TRIPLE.read_text() + "\n\ndef init_out(model):\n    torch.nn.init.xavier_uniform_(model.w_o)\n"
+    text = text.replace("model.w_o", "self.w_o").replace("def init_out(model)", "def init_out(self)")
+    [edit] = _run(_RAW_TRIPLE, text).edits
+    assert "initialise differently" not in edit.message
