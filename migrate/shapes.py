@@ -224,7 +224,7 @@ class Shapes:
             return all(self.is_number(b, at, depth + 1) for b in branches)
         if isinstance(expr, cst.Call):
             callee = self.ctx.names.callee(expr) or self.ctx.names.builtin(expr.func) or ""
-            if callee.startswith("math.") or callee in ("int", "float"):
+            if callee.startswith("math.") or callee in ("builtins.int", "builtins.float"):
                 return True  # these return Python numbers whatever they are given
             return callee.startswith("numpy.") and all(self.is_number(a.value, at, depth + 1) for a in expr.args)
         attribute = self_attribute(expr)

@@ -45,6 +45,7 @@ CASES = {
     "aliased_imports": ("AliasAttention", (C, 4), {"attn_p": 0.1}, lambda: [(_x(),)]),
     "bert_additive_mask": ("BertSelfAttention", (C, 4, 0.1), {}, lambda: [
         (_x(), (1.0 - _keep()[:, None, None, :].float()) * -10000.0), (_x(),)]),
+    "builtin_float_scale": ("FloatScaledAttention", (C, 4), {}, lambda: [(_x(),)]),
     "bmm_heads_in_batch": ("FoldedHeadAttention", (C, 4, 0.1), {}, lambda: [(torch.randn(T, B, C),)]),  # time-first
     "bool_mask_neg_inf": ("PaddedSelfAttention", (C, 4), {}, lambda: [(_x(), _keep() == 0), (_x(),)]),
     "causal_arange": ("CausalHead", (C, 8, 0.1), {}, lambda: [(_x(),)]),
