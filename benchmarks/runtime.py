@@ -99,9 +99,9 @@ def markdown(results: dict, notes: list[str], repeats: int) -> str:
     lines = ["# Legacy vs migrated: time and peak memory", "",
              (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
              f"batch 1, float32, eval mode; median of {repeats} interleaved runs after 1 warm-up; peak = "
-             "RSS high-water mark above the built model and inputs, one fresh process per cell. The machine "
-             "was shared with other jobs while this ran: absolute times are noisy, ratios less so "
-             "(the models take turns within each round)."), ""]
+             "RSS high-water mark above the built model and inputs, one fresh process per cell. Absolute "
+             "times depend on what else the machine runs; ratios less so (the models take turns within "
+             "each round)."), ""]
     lines += [f"- {note}" for note in notes]
     for stem, measurements in results.items():
         labels = list(dict.fromkeys(m.label for m in measurements))
