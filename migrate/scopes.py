@@ -19,10 +19,9 @@ from typing import Iterator, Mapping
 
 import libcst as cst
 
-from tf_migrate.nodes import children
+from tf_migrate.nodes import children, walk
 
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
-_SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda) + _COMPREHENSIONS
 _BUILTINS = frozenset(dir(builtins))
 _DECLARATIONS = re.compile(r"\b(global|nonlocal)\b")
 
@@ -132,14 +131,6 @@ def _dotted(node: cst.CSTNode) -> list[str] | None:
     return None
 
 
-def _all_nodes(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(children(node))
-
-
 def _statement_nodes(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node but those inside expressions (which hold no statements)."""
     stack = [root]
@@ -169,7 +160,7 @@ def _collect(scope: cst.CSTNode) -> _Bindings:
             local(node.name.value)
             continue
         if isinstance(node, (cst.Lambda, *_COMPREHENSIONS)):
-            stack.extend(n for n in _all_nodes(node) if isinstance(n, cst.NamedExpr))  # walrus binds here
+            stack.extend(n for n in walk(node) if isinstance(n, cst.NamedExpr))  # walrus binds here
             continue
         _bind(node, found, local)
         stack.extend(children(node))
