@@ -76,6 +76,8 @@ class ResidualFinder:
         if found.post and found.plain:
             raise Unprovable(found.plain[0], "this residual has no norm while others in the block "
                              "are post-norm: the block's layout is not one this rule knows")
+        if found.post or found.pre:
+            self._refuse_conditional_norms()
         self._check_norms_accounted(found)
         if found.post:
             self._check_every_norm_placed(found)
@@ -302,6 +304,19 @@ class ResidualFinder:
                     continue
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
+
+    def _refuse_conditional_norms(self) -> None:
+        """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
+        decided at run time, so neither reading of the block is the model."""
+        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            node = self.ctx.parents.get(call)
+            while node is not None and node is not self.method:
+                if isinstance(node, (cst.If, cst.IfExp)):
+                    raise Unprovable(self.ctx.line(call), (
+                        f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
+                        "the block is pre- or post-norm is decided at run time (a "
+                        "`normalize_before`-style flag)"))
+                node = self.ctx.parents.get(node)
 
     def _check_every_norm_placed(self, found: Sublayers) -> None:
         """Every sublayer of a block is rewritten or none is: a norm applied to anything this
