@@ -127,9 +127,11 @@ def find_run(stack: Stack) -> StackRun | None:
     forward = stack.cls.methods.get("forward")
     if forward is None or not isinstance(forward.body, cst.IndentedBlock):
         return None
+    if len(find(forward, lambda node: self_attribute(node) == stack.attr)) != 1:
+        return None  # run in parts (`self.blocks[:k]`, then `[k:]`) or read again: no single end
     for statement in forward.body.body:
         if isinstance(statement, cst.For) and statement.orelse is None \
-                and any(self_attribute(n) == stack.attr for n in find(statement.iter, lambda node: isinstance(node, cst.Attribute))):
+                and _iterates_whole(statement.iter, stack.attr):
             variable = _loop_carried(statement)
             return StackRun(statement, variable) if variable else None
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
@@ -139,6 +141,15 @@ def find_run(stack: Stack) -> StackRun | None:
                     and isinstance(small.targets[0].target, cst.Name):
                 return StackRun(statement, small.targets[0].target.value)
     return None
+
+
+def _iterates_whole(iterable: cst.BaseExpression, attr: str) -> bool:
+    """`self.blocks`, `enumerate(self.blocks)`, `zip(self.blocks, ...)`; not a slice of it."""
+    if self_attribute(iterable) == attr:
+        return True
+    return isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) \
+        and iterable.func.value in ("enumerate", "zip") \
+        and any(self_attribute(arg.value) == attr for arg in iterable.args)
 
 
 def _loop_carried(loop: cst.For) -> str | None:

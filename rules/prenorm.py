@@ -88,9 +88,10 @@ class PostNormToPreNorm(Rule):
             runs = [find_run(stack) for stack in stacks]
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
-                    f"{cls.qualname} is post-norm, but the stack of blocks that holds it (and its "
-                    "loop in forward) was not found, so the final norm cannot be placed"),
-                    "build the blocks in an nn.ModuleList and run them in a for loop")
+                    f"{cls.qualname} is post-norm, but the stack of blocks that holds it (a "
+                    "container of these blocks only, run whole by one loop in forward) was not "
+                    "found, so the final norm cannot be placed"),
+                    "build the blocks in an nn.ModuleList and run them in one for loop")
                 continue
             blocks[id(cls)] = (cls, forward, found)
             for stack, run in zip(stacks, runs):
