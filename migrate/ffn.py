@@ -226,8 +226,12 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
         return False
     width_in = argument(cls.submodules[first.weight].call, 0, "in_features")
     width_out = argument(cls.submodules[second.weight].call, 1, "out_features")
-    return width_in is not None and width_out is not None \
-        and ctx.code(width_in).replace(" ", "") != ctx.code(width_out).replace(" ", "")
+    return width_in is not None and width_out is not None and _width(ctx, width_in) != _width(ctx, width_out)
+
+
+def _width(ctx, size: cst.BaseExpression) -> str:
+    """A size's spelling, with `self.d_model` read as `d_model` (set from it in __init__)."""
+    return ctx.code(size).replace(" ", "").replace("self.", "")
 
 
 def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
