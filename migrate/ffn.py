@@ -175,24 +175,32 @@ def _calls_and_ops(node: cst.CSTNode) -> list[cst.BaseExpression]:
 def feed_forwards(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[FeedForward]:
     """Every `second(drop(act(first(x))))` chain in `method`; raises Refused for unsafe ones."""
     flow = FunctionFlow(ctx, method)
-    for node in _calls_and_ops(method.body):
-        second = projection(ctx, cls, node)
-        if second is None:
-            continue
-        tracer = _Tracer(ctx, flow)
-        found = _chain(ctx, cls, tracer, second)
-        if found is not None:
+    for found, tracer in _chains(ctx, cls, flow, method):
+        if not _changes_width(ctx, cls, found.first, found.second):
             tracer.check_single_use()
             _check_input(ctx, flow, found)
             yield found
 
 
+def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
+    for node in _calls_and_ops(method.body):
+        second = projection(ctx, cls, node)
+        if second is not None:
+            tracer = _Tracer(ctx, flow)
+            found = _chain(ctx, cls, tracer, second)
+            if found is not None:
+                yield found, tracer
+
+
 def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[cst.Call]:
-    """Activations of a Linear's output with no second projection in this method."""
+    """Activations of a Linear's output with no second projection in this method (an MLP head's
+    activation has one, which changes the width)."""
     flow = FunctionFlow(ctx, method)
+    heads = {id(found.activation) for found, _ in _chains(ctx, cls, flow, method)
+             if _changes_width(ctx, cls, found.first, found.second)}
     for node in _calls_and_ops(method.body):
         argument_ = _activation_argument(ctx, cls, node)
-        if argument_ is not None:
+        if argument_ is not None and id(node) not in heads:
             first = projection(ctx, cls, _Tracer(ctx, flow).back(argument_))
             if first is not None:
                 yield node
@@ -209,6 +217,21 @@ def _chain(ctx, cls, tracer: _Tracer, second: Projection) -> FeedForward | None:
     if first is None or first.weight == second.weight or first.raw != second.raw:
         return None
     return FeedForward(cls, first, second, value, gate_input)
+
+
+def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
+    """`Linear(d, h)` then `Linear(h, n_classes)`: an MLP head, not a feed-forward that maps the
+    residual stream back to its own width."""
+    if first.raw:
+        return False
+    width_in = argument(cls.submodules[first.weight].call, 0, "in_features")
+    width_out = argument(cls.submodules[second.weight].call, 1, "out_features")
+    return width_in is not None and width_out is not None and _width(ctx, width_in) != _width(ctx, width_out)
+
+
+def _width(ctx, size: cst.BaseExpression) -> str:
+    """A size's spelling, with `self.d_model` read as `d_model` (set from it in __init__)."""
+    return ctx.code(size).replace(" ", "").replace("self.", "")
 
 
 def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
@@ -305,14 +328,25 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     if name in attention or _instantiates(cls.node, attention):
         return True
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
-    return any(name in called and called & attention for called in called_by_function)
+    return any(name in called and (called & attention or _BUILDS_MHA in called)
+               for called in called_by_function)
+
+
+# Stands for a built `nn.MultiheadAttention` among the names a function calls (never a real name).
+_BUILDS_MHA = "<nn.MultiheadAttention>"
 
 
 def _called_names(ctx: "FileContext") -> list[set[str]]:
-    """Per function of the file, the plain names it calls."""
-    functions = find(ctx.module, lambda node: isinstance(node, cst.FunctionDef))
-    return [{c.func.value for c in _calls_and_ops(f) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)}
-            for f in functions]
+    """Per function of the file, the plain names it calls (and whether it builds torch's
+    `nn.MultiheadAttention`, an attention under any alias)."""
+    found = []
+    for function in find(ctx.module, lambda node: isinstance(node, cst.FunctionDef)):
+        calls = [c for c in _calls_and_ops(function) if isinstance(c, cst.Call)]
+        names = {c.func.value for c in calls if isinstance(c.func, cst.Name)}
+        if any(ctx.names.callee(c) == "torch.nn.MultiheadAttention" for c in calls):
+            names.add(_BUILDS_MHA)
+        found.append(names)
+    return found
 
 
 def builtin_layers(ctx: "FileContext") -> Iterator[cst.Call]:

@@ -81,10 +81,20 @@ def _unwrap(ctx: "FileContext", expr: cst.BaseExpression) -> cst.BaseExpression:
             expr = receiver
         elif isinstance(expr, cst.Call) and expr.args and (ctx.names.callee(expr) or "").endswith(".Variable"):
             expr = expr.args[0].value
-        elif isinstance(expr, cst.Subscript):
+        elif isinstance(expr, cst.Subscript) and all(_positional(e.slice) for e in expr.slice):
             expr = expr.value
         else:
             return expr
+
+
+def _positional(index: cst.BaseSlice) -> bool:
+    """`[:T]`, `[start:start + T]`, `[0]`, `[None]`, `[...]` read rows in position order; a tensor
+    index (`table[t]` with diffusion timesteps, `table[positions]`) looks rows up by value."""
+    if isinstance(index, cst.Slice):
+        return True
+    value = index.value
+    return isinstance(value, (cst.Integer, cst.Ellipsis)) or (
+        isinstance(value, cst.Name) and value.value == "None")
 
 
 def _table_of(ctx, cls, method, expr) -> Table | None:

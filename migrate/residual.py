@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Hashable
 import libcst as cst
 
 from tf_migrate.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -48,6 +49,7 @@ class PostNorm:
 class Sublayers:
     post: list[PostNorm] = field(default_factory=list)
     pre: list[int] = field(default_factory=list)  # lines of pre-norm residual adds
+    pre_norms: list[cst.Call] = field(default_factory=list)  # the norms of pre-norm inputs
     plain: list[int] = field(default_factory=list)  # lines of residual adds with no norm at all
 
 
@@ -74,7 +76,11 @@ class ResidualFinder:
         if found.post and found.plain:
             raise Unprovable(found.plain[0], "this residual has no norm while others in the block "
                              "are post-norm: the block's layout is not one this rule knows")
+        if found.post or found.pre:
+            self._refuse_conditional_norms()
         self._check_norms_accounted(found)
+        if found.post:
+            self._check_every_norm_placed(found)
         return found
 
     def origin(self, name: str, at: cst.BaseStatement) -> Hashable:
@@ -113,6 +119,8 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(statement), "the sublayer is normalised both before "
                                  "and after (sandwich norm)")
             found.pre.append(self.ctx.line(statement))
+            found.pre_norms.extend(self.ctx.parents[self.ctx.parents[n]]
+                                   for n in branch.inputs if self._normed(n))
             return None
         norm_call, norm_statement, inline = self._norm_of(add, statement)
         if norm_call is None:
@@ -145,16 +153,29 @@ class ResidualFinder:
                 continue
             origin = self.origin(core.value, statement)
             branch_core, branch_scaled = _unscaled(branch)
+            where = "" if branch_scaled or not self._scaled_in_binding(branch_core, statement) \
+                else f"; `{self.ctx.code(branch_core)}` is scaled where it is bound"
+            branch_scaled = branch_scaled or bool(where)
             found = _Branch()
             self._expand(branch_core, statement, origin, found)
             if found.inputs:
                 if scaled or branch_scaled:
                     raise Unprovable(self.ctx.line(statement),
                                      "the residual or its branch is scaled "
-                                     f"(`{self.ctx.code(add)}`): not a plain residual sublayer")
+                                     f"(`{self.ctx.code(add)}`{where}): not a plain residual sublayer")
                 return core, found
         self._refuse_split_residual(add, statement)
         return None
+
+    def _scaled_in_binding(self, expr, statement) -> bool:
+        """`a = f(x) * alpha; x = norm(x + a)`: the branch is scaled in the statement binding it."""
+        if not isinstance(expr, cst.Name):
+            return False
+        definition = self.flow.definition(expr.value, statement)
+        if not isinstance(definition, Binding):
+            return False
+        core, scaled = _unscaled(definition.value)
+        return scaled or self._scaled_in_binding(core, definition.statement)
 
     def _expand(self, expr, statement, origin, found: _Branch) -> None:
         for name in loads(expr, None):
@@ -283,6 +304,31 @@ class ResidualFinder:
                     continue
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
+
+    def _refuse_conditional_norms(self) -> None:
+        """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
+        decided at run time, so neither reading of the block is the model."""
+        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            node = self.ctx.parents.get(call)
+            while node is not None and node is not self.method:
+                if isinstance(node, (cst.If, cst.IfExp)):
+                    raise Unprovable(self.ctx.line(call), (
+                        f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
+                        "the block is pre- or post-norm is decided at run time (a "
+                        "`normalize_before`-style flag)"))
+                node = self.ctx.parents.get(node)
+
+    def _check_every_norm_placed(self, found: Sublayers) -> None:
+        """Every sublayer of a block is rewritten or none is: a norm applied to anything this
+        analysis did not read as a residual sublayer (a residual scaled in a temporary, a sum
+        built with `+=`, parallel branches) would stay post-norm beside rewritten ones."""
+        known = {id(post.call) for post in found.post} | {id(call) for call in found.pre_norms}
+        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            if id(call) not in known:
+                raise Unprovable(self.ctx.line(call), (
+                    f"the norm `{self.ctx.code(call)}` is not part of a residual sublayer this "
+                    "rule can read, while others in the block are post-norm: a block is migrated "
+                    "whole or not at all"))
 
     def _norm_name(self, call: cst.Call) -> str:
         return call.func.attr.value

@@ -12,7 +12,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import loads
 from tf_migrate.names import argument, self_attribute
-from tf_migrate.nodes import find
+from tf_migrate.nodes import find, walk
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -34,7 +34,8 @@ def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> lis
     name = block.node.name.value
     found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
              for cls in ctx.module_classes for sub in cls.submodules.values()
-             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)]
+             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)
+             and not _changed_later(ctx, cls, sub)]
     if depth >= 3:
         return found
     for cls in ctx.module_classes:
@@ -46,15 +47,39 @@ def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> lis
 
 
 def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
-    """The container is built from instances of `name`, or from an __init__ parameter that the
-    file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`)."""
-    for arg in container.args:
-        if _instances_of(arg.value, name):
+    """The container is built from instances of `name` only, or from an __init__ parameter that
+    the file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`): with anything
+    else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
+    return bool(container.args) and all(
+        _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        for arg in container.args)
+
+
+def _filled_with(ctx, cls: "ModuleClass", value: cst.BaseExpression, name: str) -> bool:
+    if isinstance(value, cst.StarredElement):
+        value = value.value
+    if not isinstance(value, cst.Name):
+        return False
+    position = _param_position(cls, value.value)
+    return position is not None and _constructed_with(ctx, cls, position, value.value, name)
+
+
+_MUTATORS = ("append", "extend", "insert", "add_module", "register_module", "pop")
+
+
+def _changed_later(ctx, cls: "ModuleClass", sub) -> bool:
+    """`self.blocks.append(nn.Linear(...))`, `self.blocks[-1] = ...`, `self.blocks += ...`, a
+    second `self.blocks = ...`: the stack's items are not only the blocks it was built from."""
+    built = {id(node) for node in walk(sub.statement)}
+    for reference in cls.self_references(sub.name):
+        if id(reference) in built:
+            continue
+        parent = ctx.parents.get(reference)
+        if isinstance(parent, cst.Attribute) and parent.attr.value in _MUTATORS:
             return True
-        if isinstance(arg.value, cst.Name):
-            position = _param_position(cls, arg.value.value)
-            if position is not None and _constructed_with(ctx, cls, position, arg.value.value, name):
-                return True
+        if isinstance(parent, (cst.AugAssign, cst.AssignTarget)) or (
+                isinstance(parent, cst.Subscript) and isinstance(ctx.parents.get(parent), cst.AssignTarget)):
+            return True
     return False
 
 
@@ -102,9 +127,11 @@ def find_run(stack: Stack) -> StackRun | None:
     forward = stack.cls.methods.get("forward")
     if forward is None or not isinstance(forward.body, cst.IndentedBlock):
         return None
+    if len(find(forward, lambda node: self_attribute(node) == stack.attr)) != 1:
+        return None  # run in parts (`self.blocks[:k]`, then `[k:]`) or read again: no single end
     for statement in forward.body.body:
         if isinstance(statement, cst.For) and statement.orelse is None \
-                and any(self_attribute(n) == stack.attr for n in find(statement.iter, lambda node: isinstance(node, cst.Attribute))):
+                and _iterates_whole(statement.iter, stack.attr):
             variable = _loop_carried(statement)
             return StackRun(statement, variable) if variable else None
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
@@ -114,6 +141,15 @@ def find_run(stack: Stack) -> StackRun | None:
                     and isinstance(small.targets[0].target, cst.Name):
                 return StackRun(statement, small.targets[0].target.value)
     return None
+
+
+def _iterates_whole(iterable: cst.BaseExpression, attr: str) -> bool:
+    """`self.blocks`, `enumerate(self.blocks)`, `zip(self.blocks, ...)`; not a slice of it."""
+    if self_attribute(iterable) == attr:
+        return True
+    return isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) \
+        and iterable.func.value in ("enumerate", "zip") \
+        and any(self_attribute(arg.value) == attr for arg in iterable.args)
 
 
 def _loop_carried(loop: cst.For) -> str | None:

@@ -39,7 +39,9 @@ class PostNormToPreNorm(Rule):
     and `final_norm.bias` (zeros) on the class that holds the stack, or `<stack>.norm.weight` /
     `.bias` for a built-in `nn.TransformerEncoder` / `Decoder` given `norm=`.
 
-    Refuses when: the residual or its branch is scaled; an intermediate of the sublayer or the
+    Refuses when: the residual or its branch is scaled (also in the statement binding it); a
+    norm is applied under an `if` (a `normalize_before` flag); a norm of a post-norm block is not
+    part of a sublayer the rule can read (`+=` sums, a residual scaled in a temporary); an intermediate of the sublayer or the
     norm's output is read outside the residual stream; the norm is not the whole value of its
     statement; the residual comes in from the caller (the sublayer lives in another module, as
     in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
@@ -86,9 +88,10 @@ class PostNormToPreNorm(Rule):
             runs = [find_run(stack) for stack in stacks]
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
-                    f"{cls.qualname} is post-norm, but the stack of blocks that holds it (and its "
-                    "loop in forward) was not found, so the final norm cannot be placed"),
-                    "build the blocks in an nn.ModuleList and run them in a for loop")
+                    f"{cls.qualname} is post-norm, but the stack of blocks that holds it (a "
+                    "container of these blocks only, run whole by one loop in forward) was not "
+                    "found, so the final norm cannot be placed"),
+                    "build the blocks in an nn.ModuleList and run them in one for loop")
                 continue
             blocks[id(cls)] = (cls, forward, found)
             for stack, run in zip(stacks, runs):

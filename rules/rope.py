@@ -140,7 +140,11 @@ class SinusoidalToRotary(Rule):
                       + (f"; {self._target()} in {len(sites)} attention(s); the model needs fine-tuning"
                          if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
-                      maybe_unused_imports=[("math", None, None)])
+                      maybe_unused_imports=_TABLE_IMPORTS)
+
+
+# What a removed table may have been the last user of (removed only when nothing reads it).
+_TABLE_IMPORTS = [("math", None, None), ("numpy", None, None), ("numpy", None, "np")]
 
 
 def _check_table_reads(ctx, addition: Addition, additions: list[Addition]) -> None:

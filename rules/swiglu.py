@@ -31,8 +31,10 @@ class FeedForwardToSwiGLU(Rule):
     Only FFNs in a transformer block are rewritten: the class holding the FFN holds an attention
     itself, or some function of the file builds it next to an attention (a block's `__init__`,
     a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
-    or a class named for attention that holds one. MLP heads built next to an encoder stack are
-    left alone; an MLP head built directly next to an attention layer would be taken for an FFN
+    or a class named for attention that holds one, or a built `nn.MultiheadAttention`. MLP heads
+    built next to an encoder stack are left alone, and so are chains whose second Linear does
+    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`); an MLP
+    head of width d -> d built directly next to an attention layer would be taken for an FFN
     (mark it `# tf-migrate: skip[TFM301]`).
 
     Checkpoint: with `hidden = "same"` (default) the first and second projections keep their
