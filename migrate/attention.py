@@ -410,9 +410,15 @@ class _Chain:
         moved = self.moves + [(o.expr, o.at) for o in operands if o is not None]
         for expr, at in moved:
             for name in read_names(expr) - {"self"}:
-                if self.m.flow.contains(at) and self._reaching(name, at) is not self._reaching(name, target):
+                if not self.m.flow.contains(at):
+                    continue
+                if self._reaching(name, at) is not self._reaching(name, target):
                     raise Refused(self.ctx.line(at), f"`{name}` is rebound between the scores and the "
                                   "product", "")
+                changed = self.m.flow.mutation_between(name, at, target)
+                if changed is not None:
+                    raise Refused(self.ctx.line(changed), f"`{name}` is changed in place at line "
+                                  f"{self.ctx.line(changed)}, between the scores and the product", "")
 
     def _reaching(self, name: str, at):
         """The statement whose binding of `name` reaches `at` once the chain's statements are gone."""

@@ -110,7 +110,8 @@ def different_inputs(ctx: "FileContext", apps: list[Application]) -> str | None:
         return None
     return ("the projections are not provably applied to the same tensor ("
             + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
-            + "): cross-attention, a class used for both, or an input rebound between")
+            + "): cross-attention, a class used for both, or an input rebound or changed in place "
+            "between")
 
 
 def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
@@ -122,5 +123,8 @@ def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
         return False
     flow = FunctionFlow(ctx, first.method)
     reaching = {id(getattr(flow.definition(a.input.value, a.statement), "statement", None)) for a in apps}
-    return len(reaching) == 1 and all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps)
+    if len(reaching) != 1 or not all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps):
+        return False
+    ordered = sorted((a.statement for a in apps), key=ctx.line)
+    return flow.mutation_between(first.input.value, ordered[0], ordered[-1]) is None  # `x.mul_()` between
 

@@ -52,6 +52,13 @@ def test_refusals_say_why(case: str, words: list[str]) -> None:
     assert all(w in result.refusals[0].reason for w in words), result.refusals[0].reason
 
 
+def test_input_changed_in_place_between_is_refused() -> None:
+    path = FOLDER / "input_mutated_in_place.noop.py"
+    result = _run(path, path.read_text())
+    assert len(result.refusals) == 2
+    assert all("changed in place" in r.reason for r in result.refusals)
+
+
 def test_plan_concatenates_in_qkv_order() -> None:
     path = FOLDER / "mingpt_separate.before.py"  # declared key, query, value: the plan still says q, k, v
     [plan] = _run(path, path.read_text()).plans
