@@ -325,14 +325,17 @@ class _Chain:
             parsed = einsum.scores(spec)
             if parsed is None:
                 raise NotAttention
-            rank = len(spec.output)
+            rank = proven = None if einsum.has_ellipsis(spec) else len(spec.output)
             self.found.query = Operand(q, at_q, _suffix(parsed.q_order))
             self.found.key = Operand(k, at, _suffix(parsed.k_order))
         else:
-            rank = 3 if kind == "bmm" else self.m.shapes.rank(q, at) or self.m.shapes.rank(k, at)
+            ranks = (3, 3) if kind == "bmm" else (self.m.shapes.rank(q, at), self.m.shapes.rank(k, at))
+            rank = ranks[0] or ranks[1]
+            # matmul broadcasts: the scores' rank is proven only when both operands have it
+            proven = ranks[0] if ranks[0] == ranks[1] else None
             self.found.query = Operand(q, at_q)
             self.found.key = self._key(k, at, kind, rank)
-        if dim is None or not (dim == -1 or (rank is not None and dim == rank - 1)):
+        if dim is None or not (dim == -1 or (proven is not None and dim == proven - 1)):
             raise NotAttention
         self.found.rank = rank
 

@@ -138,6 +138,8 @@ class Shapes:
             if receiver is not None and isinstance(expr, cst.Call):
                 if len(expr.args) == 1 and isinstance(expr.args[0].value, (cst.Tuple, cst.List)):
                     return len(expr.args[0].value.elements)
+                if len(expr.args) == 1 and int_value(expr.args[0].value) is None:
+                    return None  # `view(new_shape)`: a shape held in a variable, of unknown length
                 if all(arg.keyword is None and not arg.star for arg in expr.args):
                     return len(expr.args)
                 return None
