@@ -8,7 +8,7 @@ from tf_migrate import fan_inits
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples
 from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
-from tf_migrate.raw_qkv import raw_fusion
+from tf_migrate.raw_qkv import raw_fusion, refuse_foreign_attributes
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -80,6 +80,7 @@ class SeparateQkvToFused(Rule):
         blocked = blocked or different_inputs(ctx, apps)
         if blocked is not None:
             raise Blocked(blocked)
+        refuse_foreign_attributes(ctx, cls, [triple.attributes[r] for r in ROLES])
         return self._fix(ctx, cls, triple, subs, apps)
 
     def _raw(self, ctx, cls, triple, subs) -> Fix:
