@@ -276,7 +276,7 @@ class _Chain:
         receiver = method_call(expr, "masked_fill")
         if receiver is not None and len(expr.args) == 2:
             condition, value = expr.args[0].value, expr.args[1].value
-            if not self._hiding_value(value):
+            if not (self._hiding_value(value) or self._hiding_name(value, at)):
                 raise Refused(self.line(expr, at), f"mask fill value `{self.ctx.code(value)}` is not "
                               "-inf or a large negative number", "fill with float('-inf') or -1e9")
             self.found.followed.update(id(n) for n in find(value, _is_name))  # the fill value goes away
@@ -301,10 +301,26 @@ class _Chain:
         self.moves.append((factor, at))
         return scores, True
 
+    def _hiding_name(self, value: cst.BaseExpression, at) -> bool:
+        """`neg = -torch.finfo(s.dtype).max` bound just for the fill: the binding goes with it."""
+        if not (isinstance(value, cst.Name) and self.m.flow.contains(at)):
+            return False
+        definition = self.m.flow.definition(value.value, at)
+        if not (isinstance(definition, Binding) and self._hiding_value(definition.value)):
+            return False
+        if {id(u) for u in self.m.flow.uses(definition)} == {id(value)}:  # else it stays, and must
+            self.found.consumed.append(definition)  # not read what the chain removes
+            self.found.followed.update(id(n) for n in find(definition.value, _is_name))
+        return True
+
     def _hiding_value(self, value: cst.BaseExpression) -> bool:
         number = number_value(value)
         if number is not None:
             return number <= -1e4
+        if isinstance(value, cst.UnaryOperation) and isinstance(value.operator, cst.Minus):
+            top = value.expression  # -finfo(dtype).max is finfo(dtype).min
+            if isinstance(top, cst.Attribute) and top.attr.value == "max" and isinstance(top.value, cst.Call):
+                return self.ctx.names.is_call(top.value, "torch.finfo")
         code = self.ctx.code(value).replace(" ", "").replace('"', "'")
         if code in ("float('-inf')", "-float('inf')", "-math.inf", "-torch.inf", "-np.inf",
                     "-numpy.inf", "float('-infinity')"):

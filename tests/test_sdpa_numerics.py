@@ -57,6 +57,7 @@ CASES = {
     "kv_cache_bottom_right": ("CachedCausalAttention", (C, 4, 16), {}, _kv_cache_inputs),
     "mingpt_tril_buffer": ("CausalSelfAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "nanogpt_nonpersistent_mask": ("MaskedSelfAttention", (C, 4, 8, 0.1), {}, lambda: [(_x(),)]),
+    "neg_finfo_max_name": ("FoldedPaddingAttention", (C,), {}, lambda: [(_x(), _keep() == 1)]),
     "nn_softmax_finfo": ("EncoderAttention", (C, 4, 0.1), {}, lambda: [(_x(), _keep())]),
     "no_functional_import": ("GlobalTokenMixer", (8, 2, 0.1), {}, lambda: [(torch.randn(B, 8, 3, 4),)]),
     "method_forms": ("MethodFormAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T))]),

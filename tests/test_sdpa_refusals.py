@@ -21,6 +21,7 @@ def _refusals(case: str):
 
 @pytest.mark.parametrize("case, line, words", [
     ("query_mutated_in_place", 20, ["`q` is changed in place at line 20"]),
+    ("fill_value_name_reused", 18, ["`att` are read again at line 18"]),
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
