@@ -72,6 +72,9 @@ CASES = {
     "pretransposed_keys": ("PreTransposedKeyAttention", (C, 4), {}, lambda: [(_x(),)]),
     # the rewritten class itself, with a temperature that is not the default sqrt(head_dim)
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
+    # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
+    "t5_augassign_bias": ("UnscaledBiasAttention", (C, 4, 4, 0.1), {}, lambda: [
+        (_x(), torch.randn(1, 4, T, T) + (1 - _keep()[:, None, None, :].float()) * -1e9)]),
     "timm_self_scale": ("Attention", (C, 4), {"qk_scale": 0.3, "attn_drop": 0.1}, lambda: [(_x(),)]),  # non-default
 }
 
