@@ -50,6 +50,7 @@ CASES = {
     "bool_mask_neg_inf": ("PaddedSelfAttention", (C, 4), {}, lambda: [(_x(), _keep() == 0), (_x(),)]),
     "causal_arange": ("CausalHead", (C, 8, 0.1), {}, lambda: [(_x(),)]),
     "causal_triu_forward": ("DecoderSelfAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
+    "edited_causal_masks": ("GlobalTokenCausal", (C, 4, 8), {}, lambda: [(_x(),)]),
     "einsum_permute_bthd": ("TimeMajorAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
