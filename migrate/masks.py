@@ -195,7 +195,7 @@ class MaskReader:
             return Triangle("j>i", self.ctx.code(size)) if size is not None else None
         if isinstance(expr, cst.Name):
             peeked = self.shapes.flow.definition(expr.value, at) if self.shapes.flow.contains(at) else None
-            if isinstance(peeked, Binding):
+            if isinstance(peeked, Binding) and not self.shapes.flow.mutation_between(expr.value, peeked.statement, at):
                 found = self.additive_causal(peeked.value, peeked.statement)
                 if found:
                     found.bindings.append(peeked)

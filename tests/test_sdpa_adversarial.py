@@ -33,7 +33,8 @@ def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
 
 
 @pytest.mark.parametrize("cls, edit", [("PrefixLMAttention", lambda m: m.open_prefix(3)),
-                                       ("LastRowSeesAll", lambda m: None)])
+                                       ("LastRowSeesAll", lambda m: None),
+                                       ("SummaryColumnAdditive", lambda m: None)])
 def test_edited_triangles_keep_their_meaning(cls: str, edit) -> None:
     """A triangle changed in place after it was made is not `is_causal` (the golden passes it)."""
     torch = pytest.importorskip("torch")
