@@ -414,8 +414,15 @@ class _Chain:
 
     def check_uses(self) -> None:
         """Every binding the chain removes must be read by the chain alone."""
+        escaping = _escaping_names(self.ctx, self.m.function)
         for definition in self.found.consumed:
             binding = definition.binding if isinstance(definition, GuardedBinding) else definition
+            if binding.name in escaping or "locals()" in escaping:
+                what = "the function reads `locals()`" if "locals()" in escaping else \
+                    f"`{binding.name}` is declared global or nonlocal"
+                raise Refused(self.ctx.line(binding.statement), f"{what}: the attention probabilities "
+                              "(or scores) may be read outside this function",
+                              "SDPA does not return the attention probabilities")
             for use in self.m.flow.uses(binding):
                 if id(use) not in self.found.followed:
                     raise Refused(self.ctx.line(use), _describe_use(self.ctx, self.m.flow, use, binding.name),
@@ -460,6 +467,18 @@ def _arithmetic(expr: cst.CSTNode):
     if receiver is not None and len(expr.args) == 1 and expr.args[0].keyword is None:
         return _METHODS[expr.func.attr.value], receiver, expr.args[0].value
     return None
+
+
+def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
+    """Names another scope can read: `global`/`nonlocal` ones, and "locals()" if the function
+    hands out its whole namespace (`locals()`, `vars()`)."""
+    found: set[str] = set()
+    for node in body_nodes(function):
+        if isinstance(node, (cst.Global, cst.Nonlocal)):
+            found.update(item.name.value for item in node.names)
+        elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:
+            found.add("locals()")
+    return found
 
 
 def _is_name(node: cst.CSTNode) -> bool:

@@ -32,6 +32,13 @@ def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     assert all(w in refusals[0].reason for w in words), refusals[0].reason
 
 
+def test_probabilities_leaving_the_scope_are_refused() -> None:
+    reasons = [r.reason for r in _refusals("probs_escape_scope")]
+    assert len(reasons) == 2
+    assert "`LAST_ATTENTION` is declared global" in reasons[0]
+    assert "reads `locals()`" in reasons[1]
+
+
 @pytest.mark.parametrize("cls, edit", [("PrefixLMAttention", lambda m: m.open_prefix(3)),
                                        ("LastRowSeesAll", lambda m: None),
                                        ("SummaryColumnAdditive", lambda m: None)])
