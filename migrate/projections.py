@@ -88,6 +88,17 @@ def _inside(ctx: "FileContext", node: cst.CSTNode, ancestor: cst.CSTNode | None)
     return False
 
 
+def other_init_uses(ctx: "FileContext", cls: "ModuleClass", subs: list["Submodule"]) -> str | None:
+    """`nn.init.zeros_(self.k.bias)` and the like in `__init__`: they would name a module that is gone."""
+    init = cls.methods.get("__init__")
+    for sub in subs:
+        for ref in cls.self_references(sub.name):
+            if _inside(ctx, ref, init) and not _inside(ctx, ref, sub.statement):
+                return (f"`self.{sub.name}` is used in __init__ on line {ctx.line(ref)} besides its "
+                        "construction (an init or a freeze of one projection)")
+    return None
+
+
 def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
     """in/out/bias of `nn.Linear(in, out, bias=...)`; None when other arguments are passed."""
     names = ("in_features", "out_features", "bias")

@@ -44,6 +44,7 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("raw_weight_tied", ["`self.w_v` on line 19 is used other than in one product"]),
     ("raw_init_in_place", ["`self.w_q` on line 13", "nn.init calls"]),
     ("raw_bias", ["`self.b_q` is a raw bias", "not fused yet"]),
+    ("init_touches_one_projection", ["`self.k` is used in __init__ on line 12"]),
     ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
 ])
 def test_refusals_say_why(case: str, words: list[str]) -> None:
