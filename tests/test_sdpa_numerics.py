@@ -71,6 +71,7 @@ CASES = {
         (_x(), (kv := _x(7)), kv, _keep(7))]),
     "prescaled_q": ("PrescaledAttention", (C, 4), {"qk_scale": 0.7}, lambda: [(_x(),)]),  # non-default
     "pretransposed_keys": ("PreTransposedKeyAttention", (C, 4), {}, lambda: [(_x(),)]),
+    "scale_read_before_head_split": ("ModelWidthScaledAttention", (C, 4), {}, lambda: [(_x(),)]),  # non-default
     # the rewritten class itself, with a temperature that is not the default sqrt(head_dim)
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
     # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
