@@ -359,7 +359,10 @@ class _Chain:
         """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""
         if isinstance(q, cst.Name) and self.m.flow.contains(at):
             definition = self.m.flow.definition(q.value, at)
-            if (isinstance(definition, Binding) and self._scaling(definition.value, definition.statement, q.value)
+            # `q *= s` scales in place a tensor other names may share (a view of qkv): it stays
+            in_place = isinstance(definition, Binding) and isinstance(definition.statement.body[0], cst.AugAssign)
+            if (isinstance(definition, Binding) and not in_place
+                    and self._scaling(definition.value, definition.statement, q.value)
                     and {id(u) for u in self.m.flow.uses(definition)} == {id(q)}):
                 self.found.followed.add(id(q))
                 self.found.consumed.append(definition)
