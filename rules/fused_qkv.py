@@ -39,7 +39,9 @@ class SeparateQkvToFused(Rule):
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
-    cannot be read in the method; the names the split binds would clash. Raw weights: any use but
+    cannot be read in the method; the names the split binds would clash; the input is changed in
+    place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
+    after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
     object's attribute); products spelled differently; raw biases added (not fused yet); the
     weights differ in more than their output size.
