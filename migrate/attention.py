@@ -276,7 +276,7 @@ class _Chain:
         receiver = method_call(expr, "masked_fill")
         if receiver is not None and len(expr.args) == 2:
             condition, value = expr.args[0].value, expr.args[1].value
-            if not self._hiding_value(value):
+            if not (self._hiding_value(value) or self._hiding_name(value, at)):
                 raise Refused(self.line(expr, at), f"mask fill value `{self.ctx.code(value)}` is not "
                               "-inf or a large negative number", "fill with float('-inf') or -1e9")
             self.found.followed.update(id(n) for n in find(value, _is_name))  # the fill value goes away
@@ -301,10 +301,26 @@ class _Chain:
         self.moves.append((factor, at))
         return scores, True
 
+    def _hiding_name(self, value: cst.BaseExpression, at) -> bool:
+        """`neg = -torch.finfo(s.dtype).max` bound just for the fill: the binding goes with it."""
+        if not (isinstance(value, cst.Name) and self.m.flow.contains(at)):
+            return False
+        definition = self.m.flow.definition(value.value, at)
+        if not (isinstance(definition, Binding) and self._hiding_value(definition.value)):
+            return False
+        if {id(u) for u in self.m.flow.uses(definition)} == {id(value)}:  # else it stays, and must
+            self.found.consumed.append(definition)  # not read what the chain removes
+            self.found.followed.update(id(n) for n in find(definition.value, _is_name))
+        return True
+
     def _hiding_value(self, value: cst.BaseExpression) -> bool:
         number = number_value(value)
         if number is not None:
             return number <= -1e4
+        if isinstance(value, cst.UnaryOperation) and isinstance(value.operator, cst.Minus):
+            top = value.expression  # -finfo(dtype).max is finfo(dtype).min
+            if isinstance(top, cst.Attribute) and top.attr.value == "max" and isinstance(top.value, cst.Call):
+                return self.ctx.names.is_call(top.value, "torch.finfo")
         code = self.ctx.code(value).replace(" ", "").replace('"', "'")
         if code in ("float('-inf')", "-float('inf')", "-math.inf", "-torch.inf", "-np.inf",
                     "-numpy.inf", "float('-infinity')"):
@@ -325,14 +341,17 @@ class _Chain:
             parsed = einsum.scores(spec)
             if parsed is None:
                 raise NotAttention
-            rank = len(spec.output)
+            rank = proven = None if einsum.has_ellipsis(spec) else len(spec.output)
             self.found.query = Operand(q, at_q, _suffix(parsed.q_order))
             self.found.key = Operand(k, at, _suffix(parsed.k_order))
         else:
-            rank = 3 if kind == "bmm" else self.m.shapes.rank(q, at) or self.m.shapes.rank(k, at)
+            ranks = (3, 3) if kind == "bmm" else (self.m.shapes.rank(q, at), self.m.shapes.rank(k, at))
+            rank = ranks[0] or ranks[1]
+            # matmul broadcasts: the scores' rank is proven only when both operands have it
+            proven = ranks[0] if ranks[0] == ranks[1] else None
             self.found.query = Operand(q, at_q)
             self.found.key = self._key(k, at, kind, rank)
-        if dim is None or not (dim == -1 or (rank is not None and dim == rank - 1)):
+        if dim is None or not (dim == -1 or (proven is not None and dim == proven - 1)):
             raise NotAttention
         self.found.rank = rank
 
@@ -340,7 +359,10 @@ class _Chain:
         """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""
         if isinstance(q, cst.Name) and self.m.flow.contains(at):
             definition = self.m.flow.definition(q.value, at)
-            if (isinstance(definition, Binding) and self._scaling(definition.value, definition.statement, q.value)
+            # `q *= s` scales in place a tensor other names may share (a view of qkv): it stays
+            in_place = isinstance(definition, Binding) and isinstance(definition.statement.body[0], cst.AugAssign)
+            if (isinstance(definition, Binding) and not in_place
+                    and self._scaling(definition.value, definition.statement, q.value)
                     and {id(u) for u in self.m.flow.uses(definition)} == {id(q)}):
                 self.found.followed.add(id(q))
                 self.found.consumed.append(definition)
@@ -395,8 +417,15 @@ class _Chain:
 
     def check_uses(self) -> None:
         """Every binding the chain removes must be read by the chain alone."""
+        escaping = _escaping_names(self.ctx, self.m.function)
         for definition in self.found.consumed:
             binding = definition.binding if isinstance(definition, GuardedBinding) else definition
+            if binding.name in escaping or "locals()" in escaping:
+                what = "the function reads `locals()`" if "locals()" in escaping else \
+                    f"`{binding.name}` is declared global or nonlocal"
+                raise Refused(self.ctx.line(binding.statement), f"{what}: the attention probabilities "
+                              "(or scores) may be read outside this function",
+                              "SDPA does not return the attention probabilities")
             for use in self.m.flow.uses(binding):
                 if id(use) not in self.found.followed:
                     raise Refused(self.ctx.line(use), _describe_use(self.ctx, self.m.flow, use, binding.name),
@@ -410,9 +439,15 @@ class _Chain:
         moved = self.moves + [(o.expr, o.at) for o in operands if o is not None]
         for expr, at in moved:
             for name in read_names(expr) - {"self"}:
-                if self.m.flow.contains(at) and self._reaching(name, at) is not self._reaching(name, target):
+                if not self.m.flow.contains(at):
+                    continue
+                if self._reaching(name, at) is not self._reaching(name, target):
                     raise Refused(self.ctx.line(at), f"`{name}` is rebound between the scores and the "
                                   "product", "")
+                changed = self.m.flow.mutation_between(name, at, target)
+                if changed is not None:
+                    raise Refused(self.ctx.line(changed), f"`{name}` is changed in place at line "
+                                  f"{self.ctx.line(changed)}, between the scores and the product", "")
 
     def _reaching(self, name: str, at):
         """The statement whose binding of `name` reaches `at` once the chain's statements are gone."""
@@ -435,6 +470,18 @@ def _arithmetic(expr: cst.CSTNode):
     if receiver is not None and len(expr.args) == 1 and expr.args[0].keyword is None:
         return _METHODS[expr.func.attr.value], receiver, expr.args[0].value
     return None
+
+
+def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
+    """Names another scope can read: `global`/`nonlocal` ones, and "locals()" if the function
+    hands out its whole namespace (`locals()`, `vars()`)."""
+    found: set[str] = set()
+    for node in body_nodes(function):
+        if isinstance(node, (cst.Global, cst.Nonlocal)):
+            found.update(item.name.value for item in node.names)
+        elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:
+            found.add("locals()")
+    return found
 
 
 def _is_name(node: cst.CSTNode) -> bool:

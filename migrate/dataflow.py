@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.nodes import children
+from tf_migrate.nodes import body_nodes, children
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -288,6 +288,16 @@ class FunctionFlow:
                 return GuardedBinding(name, statement.test, inner, statement, previous)
         return OpaqueBinding(name, statement)
 
+    def mutation_between(self, name: str, start: cst.BaseStatement, end: cst.BaseStatement) -> cst.CSTNode | None:
+        """A node after `start` and before `end` (source order) that changes the tensor `name` holds
+        in place without rebinding it: `name.mul_(...)` (torch's trailing-underscore methods) or
+        `name[...] = ...`. Moving a read of `name` across it would read the changed values."""
+        after, before = self.ctx.lines(start).stop, self.ctx.line(end)
+        for node in body_nodes(self.function):
+            if _mutates(node, name) and after <= self.ctx.line(node) < before:
+                return node
+        return None
+
     def uses(self, binding: Binding) -> list[cst.Name]:
         """Every read that `binding` may reach (conservative around loops)."""
         name = binding.name
@@ -324,3 +334,16 @@ def _simple_binding(name: str, statement: cst.CSTNode) -> Binding | None:
             # The target node itself stands for the old value, so uses() and the chain agree.
             return Binding(name, cst.BinaryOperation(small.target, operator, small.value), statement)
     return None
+
+
+def _mutates(node: cst.CSTNode, name: str) -> bool:
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        method = node.func.attr.value
+        return (_is_name(node.func.value, name) and method.endswith("_")
+                and not method.startswith("_"))
+    targets = [node.target] if isinstance(node, (cst.AssignTarget, cst.AugAssign)) else []
+    return any(isinstance(t, (cst.Subscript, cst.Attribute)) and _is_name(t.value, name) for t in targets)
+
+
+def _is_name(node: cst.CSTNode, name: str) -> bool:
+    return isinstance(node, cst.Name) and node.value == name

@@ -53,9 +53,10 @@ def scores(spec: Spec) -> Scores | None:
     if set(q) != set(batch) | {query, contracted[0]} or set(k) != set(batch) | {key, contracted[0]}:
         return None
     dim = contracted[0]
-    return Scores(batch, query, key, dim,
-                  tuple(q.index(c) for c in batch + query + dim),
-                  tuple(k.index(c) for c in batch + key + dim))
+    found = Scores(batch, query, key, dim,
+                   tuple(q.index(c) for c in batch + query + dim),
+                   tuple(k.index(c) for c in batch + key + dim))
+    return None if _moves_ellipsis(spec, found.q_order, found.k_order) else found
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,19 @@ def product(spec: Spec, probs_rank: int) -> Product | None:
     canonical = batch + query + extra[0]
     if sorted(out) != sorted(canonical):
         return None
-    return Product(tuple(v.index(c) for c in batch + key + extra[0]),
-                   tuple(canonical.index(c) for c in out))
+    found = Product(tuple(v.index(c) for c in batch + key + extra[0]),
+                    tuple(canonical.index(c) for c in out))
+    return None if _moves_ellipsis(spec, found.v_order, found.out_order) else found
+
+
+def has_ellipsis(spec: Spec) -> bool:
+    """`...` stands for any number of dimensions: positions in the spec are not tensor dims."""
+    return any("." in term for term in (*spec.inputs, spec.output))
+
+
+def _moves_ellipsis(spec: Spec, *orders: tuple[int, ...]) -> bool:
+    """A permutation written for one `.` symbol would be wrong for the real number of dims."""
+    return has_ellipsis(spec) and not all(is_identity(order) for order in orders)
 
 
 def is_identity(order: tuple[int, ...]) -> bool:

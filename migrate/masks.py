@@ -46,14 +46,14 @@ class MaskReader:
         names = self.ctx.names
         if isinstance(expr, cst.Name):
             peeked = self.shapes.flow.definition(expr.value, at) if self.shapes.flow.contains(at) else None
-            if isinstance(peeked, Binding):
+            if isinstance(peeked, Binding) and not self.shapes.flow.mutation_between(expr.value, peeked.statement, at):
                 found = self.triangle(peeked.value, peeked.statement)
                 if found:
                     found.bindings.append(peeked)
                 return found
-            return None
+            return None  # `m[:, 0] = 1` after the tril: no longer a triangle
         buffer = self_attribute(expr)
-        if buffer in self.shapes.cls.buffers:
+        if buffer in self.shapes.cls.buffers and not _buffer_changed(self.ctx, self.shapes.cls, buffer):
             registered = self.shapes.cls.buffers[buffer]
             found = self._in_init().triangle(registered.value, registered.statement)
             if found:
@@ -195,12 +195,27 @@ class MaskReader:
             return Triangle("j>i", self.ctx.code(size)) if size is not None else None
         if isinstance(expr, cst.Name):
             peeked = self.shapes.flow.definition(expr.value, at) if self.shapes.flow.contains(at) else None
-            if isinstance(peeked, Binding):
+            if isinstance(peeked, Binding) and not self.shapes.flow.mutation_between(expr.value, peeked.statement, at):
                 found = self.additive_causal(peeked.value, peeked.statement)
                 if found:
                     found.bindings.append(peeked)
                 return found
         return None
+
+
+def _buffer_changed(ctx, cls, name: str) -> bool:
+    """`self.<name>[...] = ...`, `self.<name>.fill_(...)` or `self.<name> = ...` anywhere in the
+    class: the registered value no longer says what the buffer holds."""
+    for ref in cls.self_references(name):
+        node, parent = ref, ctx.parents.get(ref)
+        while isinstance(parent, (cst.Subscript, cst.Attribute)) and parent.value is node:
+            if isinstance(parent, cst.Attribute) and parent.attr.value.endswith("_") \
+                    and not parent.attr.value.startswith("_") and isinstance(ctx.parents.get(parent), cst.Call):
+                return True  # an in-place method
+            node, parent = parent, ctx.parents.get(parent)
+        if isinstance(parent, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign)) and parent.target is node:
+            return True
+    return False
 
 
 def allowed(ctx, hidden: cst.BaseExpression) -> str:

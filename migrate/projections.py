@@ -88,6 +88,17 @@ def _inside(ctx: "FileContext", node: cst.CSTNode, ancestor: cst.CSTNode | None)
     return False
 
 
+def other_init_uses(ctx: "FileContext", cls: "ModuleClass", subs: list["Submodule"]) -> str | None:
+    """`nn.init.zeros_(self.k.bias)` and the like in `__init__`: they would name a module that is gone."""
+    init = cls.methods.get("__init__")
+    for sub in subs:
+        for ref in cls.self_references(sub.name):
+            if _inside(ctx, ref, init) and not _inside(ctx, ref, sub.statement):
+                return (f"`self.{sub.name}` is used in __init__ on line {ctx.line(ref)} besides its "
+                        "construction (an init or a freeze of one projection)")
+    return None
+
+
 def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
     """in/out/bias of `nn.Linear(in, out, bias=...)`; None when other arguments are passed."""
     names = ("in_features", "out_features", "bias")
@@ -110,7 +121,8 @@ def different_inputs(ctx: "FileContext", apps: list[Application]) -> str | None:
         return None
     return ("the projections are not provably applied to the same tensor ("
             + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
-            + "): cross-attention, a class used for both, or an input rebound between")
+            + "): cross-attention, a class used for both, or an input rebound or changed in place "
+            "between")
 
 
 def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
@@ -122,5 +134,8 @@ def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
         return False
     flow = FunctionFlow(ctx, first.method)
     reaching = {id(getattr(flow.definition(a.input.value, a.statement), "statement", None)) for a in apps}
-    return len(reaching) == 1 and all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps)
+    if len(reaching) != 1 or not all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps):
+        return False
+    ordered = sorted((a.statement for a in apps), key=ctx.line)
+    return flow.mutation_between(first.input.value, ordered[0], ordered[-1]) is None  # `x.mul_()` between
 

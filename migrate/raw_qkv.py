@@ -111,14 +111,21 @@ def _loop_sequence(sequence, refs: dict[int, cst.Attribute], parts: str) -> cst.
 
 def _refuse_foreign_uses(ctx, cls, names: list[str]) -> None:
     """Another object's `.w_q`, a subclass's `self.w_q`, or a "w_q" key string would dangle."""
-    own = {id(ref) for name in names for ref in cls.self_references(name)}
-    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value in names):
-        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
-            raise Blocked(f"`{ctx.code(node)}` on line {ctx.line(node)} reaches a weight from outside its class")
+    refuse_foreign_attributes(ctx, cls, names)
     for node in find(ctx.module, lambda n: isinstance(n, cst.SimpleString)):
         value = node.evaluated_value
         if isinstance(value, str) and any(value == n or value.endswith("." + n) for n in names):
             raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")
+
+
+def refuse_foreign_attributes(ctx, cls, names: list[str]) -> None:
+    """Another object's `.q`, or `self.q` in a subclass (which may replace or call it), would
+    dangle once the class no longer has it."""
+    own = {id(ref) for name in names for ref in cls.self_references(name)}
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value in names):
+        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
+            raise Blocked(f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
+                          "outside its class (a subclass or another object)")
 
 
 def _own_attribute_elsewhere(ctx, cls, node: cst.Attribute) -> bool:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from tf_migrate.dataflow import Binding
+from tf_migrate.dataflow import Binding, read_names
 from tf_migrate.names import method_call, number_value
 from tf_migrate.nodes import atom_code
 
@@ -43,14 +43,26 @@ def _resolved(found: "Attention", expr: cst.BaseExpression, at) -> tuple[cst.Bas
     return expr, at
 
 
+def _same_tensor(ctx, found: "Attention", expr: cst.BaseExpression, at, operand) -> bool:
+    """`expr` at `at` is the operand: same code, and every name in it bound by the same statement
+    (`d = q.size(-1)` read before `q = q.view(...)` is another tensor's size)."""
+    if ctx.code(expr) != ctx.code(operand.expr):
+        return False
+    flow = found.flow
+    if not (flow.contains(at) and flow.contains(operand.at)):
+        return False
+    return all(getattr(flow.definition(n, at), "statement", None) is getattr(flow.definition(n, operand.at), "statement", None)
+               for n in read_names(expr) - {"self"})
+
+
 def _is_head_dim(ctx, found: "Attention", dim: cst.BaseExpression, at) -> bool:
     dim, at = _resolved(found, dim, at)
     for operand in (found.query, found.key):
         receiver = method_call(dim, "size")
-        if receiver is not None and ctx.code(dim.args[0].value) == "-1" and ctx.code(receiver) == ctx.code(operand.expr):
+        if receiver is not None and ctx.code(dim.args[0].value) == "-1" and _same_tensor(ctx, found, receiver, at, operand):
             return not operand.suffix
         if isinstance(dim, cst.Subscript) and isinstance(dim.value, cst.Attribute) and dim.value.attr.value == "shape":
-            if ctx.code(dim.slice[0].slice) == "-1" and ctx.code(dim.value.value) == ctx.code(operand.expr):
+            if ctx.code(dim.slice[0].slice) == "-1" and _same_tensor(ctx, found, dim.value.value, at, operand):
                 return not operand.suffix
         last = found.shapes.last_dim(operand.expr, operand.at)
         if last is not None and last == ctx.code(dim):

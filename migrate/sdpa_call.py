@@ -75,6 +75,7 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     terms = found.masks
     if not terms:
         return
+    _refuse_empty_rows(ctx, found, terms)
     if len(terms) == 1 and terms[0].guard is None and _causal(ctx, found, terms[0], call):
         call.is_causal = True
         return
@@ -100,6 +101,19 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = all_of(plain)
+
+
+def _refuse_empty_rows(ctx, found: Attention, terms: list[Mask]) -> None:
+    """A triangle that hides the diagonal too leaves the first (or last) query with no key at all,
+    for every input: the original averages v there (or gives NaN), SDPA gives zeros."""
+    reader = masks.MaskReader(found.shapes)
+    for term in terms:
+        triangle = reader.triangle(term.expr, term.at) if term.kind == "fill" else None
+        if triangle is not None and triangle.region in ("j>=i", "i>=j"):
+            row = "first" if triangle.region == "j>=i" else "last"
+            raise Refused(ctx.line(term.at), f"the mask `{ctx.code(term.expr)}` hides the diagonal too: "
+                          f"the {row} query sees no key, where SDPA returns zeros and the original "
+                          "does not", "keep this attention, or let each query see itself")
 
 
 def _bias_with_fills(ctx, found: Attention, call: SdpaCall, added: list[Mask], fills: list[Mask]) -> None:

@@ -138,6 +138,8 @@ class Shapes:
             if receiver is not None and isinstance(expr, cst.Call):
                 if len(expr.args) == 1 and isinstance(expr.args[0].value, (cst.Tuple, cst.List)):
                     return len(expr.args[0].value.elements)
+                if len(expr.args) == 1 and int_value(expr.args[0].value) is None:
+                    return None  # `view(new_shape)`: a shape held in a variable, of unknown length
                 if all(arg.keyword is None and not arg.star for arg in expr.args):
                     return len(expr.args)
                 return None
@@ -194,8 +196,10 @@ class Shapes:
             return self._size_read(definition.value, definition.statement)
         if isinstance(definition, OpaqueBinding) and isinstance(definition.statement, cst.SimpleStatementLine):
             small = definition.statement.body[0]
-            if isinstance(small, cst.Assign) and isinstance(small.targets[0].target, (cst.Tuple, cst.List)):
-                names = [getattr(e.value, "value", None) for e in small.targets[0].target.elements]
+            target = small.targets[0].target if isinstance(small, cst.Assign) else None
+            if isinstance(target, (cst.Tuple, cst.List)) and not any(
+                    isinstance(e, cst.StarredElement) for e in target.elements):  # `*batch, T, C = ...`
+                names = [getattr(e.value, "value", None) for e in target.elements]
                 value = small.value
                 source = method_call(value, "size")
                 if source is None and isinstance(value, cst.Attribute) and value.attr.value == "shape":
@@ -234,6 +238,8 @@ class Shapes:
             definition = self.flow.definition(expr.value, at)
             if isinstance(definition, Binding):
                 return self.is_number(definition.value, definition.statement, depth + 1)
+            if isinstance(definition, OpaqueBinding) and self._size_read(expr, at) is not None:
+                return True  # `B, T, C = x.shape`: sizes are Python ints
             # Constructor arguments are configuration (sizes, rates), taken as numbers.
             return definition is None and self.flow.function.name.value == "__init__"
         return False

@@ -6,9 +6,10 @@ from typing import Iterator
 
 from tf_migrate import fan_inits
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.projections import ROLES, Triple, application, different_inputs, linear_arguments, triples
+from tf_migrate.projections import (ROLES, Triple, application, different_inputs, linear_arguments,
+                                    other_init_uses, triples)
 from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
-from tf_migrate.raw_qkv import raw_fusion
+from tf_migrate.raw_qkv import raw_fusion, refuse_foreign_attributes
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -38,7 +39,9 @@ class SeparateQkvToFused(Rule):
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
-    cannot be read in the method; the names the split binds would clash. Raw weights: any use but
+    cannot be read in the method; the names the split binds would clash; the input is changed in
+    place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
+    after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
     object's attribute); products spelled differently; raw biases added (not fused yet); the
     weights differ in more than their output size.
@@ -77,9 +80,10 @@ class SeparateQkvToFused(Rule):
     def _linear(self, ctx, cls, triple, subs) -> Fix:
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
-        blocked = blocked or different_inputs(ctx, apps)
+        blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
         if blocked is not None:
             raise Blocked(blocked)
+        refuse_foreign_attributes(ctx, cls, [triple.attributes[r] for r in ROLES])
         return self._fix(ctx, cls, triple, subs, apps)
 
     def _raw(self, ctx, cls, triple, subs) -> Fix:

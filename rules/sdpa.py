@@ -25,7 +25,8 @@ class EinsumAttentionToSdpa(Rule):
     keeps which keys are visible (`masked_fill(mask == 0, ...)` becomes `attn_mask=mask != 0`), an
     additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
     chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
-    provable lower triangle over query and key lengths computed from the same tensor; otherwise
+    provable lower triangle (not edited in place afterwards) over query and key lengths computed
+    from the same tensor; otherwise
     the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
     additive mask is cast to the query's dtype, as `scores + mask` would promote it. Rows whose
     keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
@@ -38,7 +39,11 @@ class EinsumAttentionToSdpa(Rule):
     Refuses when: the probabilities are used for anything but the product with v (returned,
     stored, appended, passed to a hook, read later); the mask fill value is not -inf-like; the
     scale is not provably a number; the softmax upcasts with `dtype=`; the probabilities pass
-    through a module other than dropout; a name in the chain is rebound before the product.
+    through a module other than dropout; a name in the chain is rebound or changed in place
+    (`q.mul_()`) before the product; the probabilities can leave the function unseen (a `global`
+    name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
+    every input). Silent (not attention) when a positive softmax dim is not provably the keys'
+    axis (a `...` einsum, operands of different or unknown rank).
     """
 
     code = "TFM101"

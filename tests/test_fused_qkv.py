@@ -44,12 +44,21 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("raw_weight_tied", ["`self.w_v` on line 19 is used other than in one product"]),
     ("raw_init_in_place", ["`self.w_q` on line 13", "nn.init calls"]),
     ("raw_bias", ["`self.b_q` is a raw bias", "not fused yet"]),
+    ("init_touches_one_projection", ["`self.k` is used in __init__ on line 12"]),
+    ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
 ])
 def test_refusals_say_why(case: str, words: list[str]) -> None:
     path = FOLDER / f"{case}.noop.py"
     result = _run(path, path.read_text())
     assert len(result.refusals) == 1
     assert all(w in result.refusals[0].reason for w in words), result.refusals[0].reason
+
+
+def test_input_changed_in_place_between_is_refused() -> None:
+    path = FOLDER / "input_mutated_in_place.noop.py"
+    result = _run(path, path.read_text())
+    assert len(result.refusals) == 2
+    assert all("changed in place" in r.reason for r in result.refusals)
 
 
 def test_plan_concatenates_in_qkv_order() -> None:

@@ -50,11 +50,16 @@ CASES = {
     "bool_mask_neg_inf": ("PaddedSelfAttention", (C, 4), {}, lambda: [(_x(), _keep() == 0), (_x(),)]),
     "causal_arange": ("CausalHead", (C, 8, 0.1), {}, lambda: [(_x(),)]),
     "causal_triu_forward": ("DecoderSelfAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
+    "edited_causal_masks": ("GlobalTokenCausal", (C, 4, 8), {}, lambda: [(_x(),)]),
     "einsum_permute_bthd": ("TimeMajorAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
+    "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
+        (torch.randn(T, B, C),)]),  # time-first
+    "inplace_prescale_view": ("CachedQkvAttention", (C, 4), {}, lambda: [(_x(),)]),
     "kv_cache_bottom_right": ("CachedCausalAttention", (C, 4, 16), {}, _kv_cache_inputs),
     "mingpt_tril_buffer": ("CausalSelfAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "nanogpt_nonpersistent_mask": ("MaskedSelfAttention", (C, 4, 8, 0.1), {}, lambda: [(_x(),)]),
+    "neg_finfo_max_name": ("FoldedPaddingAttention", (C,), {}, lambda: [(_x(), _keep() == 1)]),
     "nn_softmax_finfo": ("EncoderAttention", (C, 4, 0.1), {}, lambda: [(_x(), _keep())]),
     "no_functional_import": ("GlobalTokenMixer", (8, 2, 0.1), {}, lambda: [(torch.randn(B, 8, 3, 4),)]),
     "method_forms": ("MethodFormAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T))]),
@@ -67,8 +72,12 @@ CASES = {
         (_x(), (kv := _x(7)), kv, _keep(7))]),
     "prescaled_q": ("PrescaledAttention", (C, 4), {"qk_scale": 0.7}, lambda: [(_x(),)]),  # non-default
     "pretransposed_keys": ("PreTransposedKeyAttention", (C, 4), {}, lambda: [(_x(),)]),
+    "scale_read_before_head_split": ("ModelWidthScaledAttention", (C, 4), {}, lambda: [(_x(),)]),  # non-default
     # the rewritten class itself, with a temperature that is not the default sqrt(head_dim)
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
+    # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
+    "t5_augassign_bias": ("UnscaledBiasAttention", (C, 4, 4, 0.1), {}, lambda: [
+        (_x(), torch.randn(1, 4, T, T) + (1 - _keep()[:, None, None, :].float()) * -1e9)]),
     "timm_self_scale": ("Attention", (C, 4), {"qk_scale": 0.3, "attn_drop": 0.1}, lambda: [(_x(),)]),  # non-default
 }
 

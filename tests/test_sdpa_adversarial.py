@@ -1,0 +1,61 @@
+"""TFM101 on code outside the common spellings: refusals name the real reason and line; rewrites of
+masks that only look causal keep their meaning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tf_migrate.engine import migrate_source
+from tf_migrate.rules.sdpa import EinsumAttentionToSdpa
+
+FOLDER = Path(__file__).resolve().parent.parent / "fixtures" / "sdpa"
+
+
+def _refusals(case: str):
+    path = FOLDER / f"{case}.noop.py"
+    result = migrate_source(path.read_text(), f"sdpa/{path.name}", [EinsumAttentionToSdpa()])
+    assert not result.errors and not result.edits
+    return result.refusals
+
+
+@pytest.mark.parametrize("case, line, words", [
+    ("query_mutated_in_place", 20, ["`q` is changed in place at line 20"]),
+    ("fill_value_name_reused", 18, ["`att` are read again at line 18"]),
+    ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
+])
+def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
+    refusals = _refusals(case)
+    assert len(refusals) == 1
+    assert refusals[0].line == line
+    assert all(w in refusals[0].reason for w in words), refusals[0].reason
+
+
+def test_probabilities_leaving_the_scope_are_refused() -> None:
+    reasons = [r.reason for r in _refusals("probs_escape_scope")]
+    assert len(reasons) == 2
+    assert "`LAST_ATTENTION` is declared global" in reasons[0]
+    assert "reads `locals()`" in reasons[1]
+
+
+@pytest.mark.parametrize("cls, edit", [("PrefixLMAttention", lambda m: m.open_prefix(3)),
+                                       ("LastRowSeesAll", lambda m: None),
+                                       ("SummaryColumnAdditive", lambda m: None)])
+def test_edited_triangles_keep_their_meaning(cls: str, edit) -> None:
+    """A triangle changed in place after it was made is not `is_causal` (the golden passes it)."""
+    torch = pytest.importorskip("torch")
+    from helpers import load_module
+
+    before, after = (getattr(load_module(FOLDER / f"edited_causal_masks.{stage}.py"), cls)
+                     for stage in ("before", "after"))
+    torch.manual_seed(0)
+    old = before(16, 4, 8) if cls == "PrefixLMAttention" else before(16, 4)
+    new = after(16, 4, 8) if cls == "PrefixLMAttention" else after(16, 4)
+    new.load_state_dict(old.state_dict())
+    edit(old)
+    edit(new)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    old, new = old.double().eval(), new.double().eval()
+    with torch.no_grad():
+        assert torch.allclose(old(x), new(x), atol=1e-12)
