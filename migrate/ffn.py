@@ -21,7 +21,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import Binding, FunctionFlow
 from tf_migrate.names import argument, self_attribute
-from tf_migrate.nodes import find
+from tf_migrate.nodes import children, find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -337,15 +337,23 @@ _BUILDS_MHA = "<nn.MultiheadAttention>"
 
 
 def _called_names(ctx: "FileContext") -> list[set[str]]:
-    """Per function of the file, the plain names it calls (and whether it builds torch's
-    `nn.MultiheadAttention`, an attention under any alias)."""
-    found = []
-    for function in find(ctx.module, lambda node: isinstance(node, cst.FunctionDef)):
-        calls = [c for c in _calls_and_ops(function) if isinstance(c, cst.Call)]
-        names = {c.func.value for c in calls if isinstance(c.func, cst.Name)}
-        if any(ctx.names.callee(c) == "torch.nn.MultiheadAttention" for c in calls):
-            names.add(_BUILDS_MHA)
-        found.append(names)
+    """Per function of the file, the plain names it calls, nested functions' calls included (and
+    whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). One walk."""
+    found: list[set[str]] = []
+    mha_named = "MultiheadAttention" in ctx.text  # else no call can resolve to it: skip resolving
+    stack: list[tuple[cst.CSTNode, tuple[set[str], ...]]] = [(ctx.module, ())]
+    while stack:
+        node, owners = stack.pop()
+        if isinstance(node, cst.FunctionDef):
+            found.append(set())
+            owners = owners + (found[-1],)
+        elif isinstance(node, cst.Call) and owners:
+            called = {node.func.value} if isinstance(node.func, cst.Name) else set()
+            if mha_named and ctx.names.callee(node) == "torch.nn.MultiheadAttention":
+                called.add(_BUILDS_MHA)
+            for names in owners:
+                names |= called
+        stack.extend((child, owners) for child in children(node))
     return found
 
 
