@@ -117,6 +117,10 @@ class AttentionMatcher:
                 if statement is not None:
                     yield node, statement
 
+    def product(self, node: cst.CSTNode):
+        """(kind, left, right, einsum spec) when `node` is a matrix product, else None."""
+        return _product_operands(self.ctx, node)
+
     def score_operands(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention | None:
         """q and k of a `q @ k^T`-style scores product (with k's transpose undone), else None.
 

@@ -7,6 +7,7 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.attention import SDPA, AttentionMatcher, NotAttention, Refused
+from tf_migrate.loose_attention import unfollowed_softmax
 from tf_migrate.imports import FUNCTIONAL, reference
 from tf_migrate.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
@@ -83,6 +84,7 @@ class EinsumAttentionToSdpa(Rule):
                 found = matcher.match(product, statement)
                 call = build_call(ctx, found)
             except NotAttention:
+                yield from _unfollowed(matcher, product, statement)
                 continue
             except Refused as refusal:
                 yield Refusal(refusal.line, refusal.reason, refusal.hint)
@@ -114,6 +116,20 @@ class EinsumAttentionToSdpa(Rule):
                 imports=([needed] if needed else []) + call.imports,
                 maybe_unused_imports=call.freed_imports(),
             )
+
+
+def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
+    """A product of softmax probabilities with v that the matcher could not follow: say so."""
+    lines = unfollowed_softmax(matcher, product, statement)
+    if lines is not None:
+        softmax, scores = lines
+        yield Refusal(matcher.ctx.line(statement), (
+            f"attention (scores at line {scores}, softmax at line {softmax}, product with v here) is "
+            "spelled with a step tf-migrate cannot fold into SDPA: a cast around the softmax, a "
+            "head mask or other change to the probabilities, a softmax that is not over the keys, "
+            "or an unusual mask or softmax form"),
+            "write it as dropout(softmax(mask(scale(q @ k^T)))) @ v, or call "
+            "F.scaled_dot_product_attention by hand")
 
 
 def _unused_buffers(ctx, cls, calls: list[SdpaCall]) -> list[str]:

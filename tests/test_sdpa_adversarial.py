@@ -24,12 +24,21 @@ def _refusals(case: str):
     ("query_mutated_in_place", 20, ["`q` is changed in place at line 20"]),
     ("fill_value_name_reused", 18, ["`att` are read again at line 18"]),
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
+    # chains the matcher cannot follow are refused, not skipped silently
+    ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18"]),
+    ("cast_softmax_guarded_view", 27, ["scores at line 21", "softmax at line 26"]),
+    ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26", "head mask"]),
+    ("softmax_fp32_upcast", 28, ["scores at line 24", "softmax at line 27", "cast"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     refusals = _refusals(case)
     assert len(refusals) == 1
     assert refusals[0].line == line
     assert all(w in refusals[0].reason for w in words), refusals[0].reason
+
+
+def test_softmax_without_scores_product_is_not_attention() -> None:
+    assert _refusals("router_softmax_mixture") == []
 
 
 def test_probabilities_leaving_the_scope_are_refused() -> None:
