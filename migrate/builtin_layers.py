@@ -1,5 +1,6 @@
 """Built-in `nn.TransformerEncoderLayer` / `DecoderLayer` and the `nn.TransformerEncoder` /
-`Decoder` that stacks them, found inside one function (usually a model's `__init__`)."""
+`Decoder` that stacks them, and whole `nn.Transformer`s, found inside one function (usually a
+model's `__init__`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 LAYERS = {"torch.nn.TransformerEncoderLayer": "torch.nn.TransformerEncoder",
           "torch.nn.TransformerDecoderLayer": "torch.nn.TransformerDecoder"}
 NORM_FIRST_POSITION = 7  # d_model, nhead, dim_feedforward, dropout, activation, eps, batch_first
+TRANSFORMER = "torch.nn.Transformer"
+# d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, activation,
+# custom_encoder, custom_decoder, layer_norm_eps, batch_first, norm_first
+_TRANSFORMER_NORM_FIRST, _CUSTOM_ENCODER, _CUSTOM_DECODER = 11, 7, 8
 
 
 @dataclass
@@ -44,6 +49,22 @@ def builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[Bu
             if isinstance(small, cst.Assign) and small.value is stack and len(small.targets) == 1:
                 attr = self_attribute(small.targets[0].target)
         yield BuiltinLayer(call, argument(call, NORM_FIRST_POSITION, "norm_first"), stack, attr)
+
+
+@dataclass
+class BuiltinTransformer:
+    call: cst.Call
+    norm_first: cst.BaseExpression | None
+    custom: cst.BaseExpression | None  # custom_encoder= or custom_decoder=, when given
+
+
+def builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinTransformer]:
+    """`nn.Transformer(...)` calls: their encoder and decoder always end in a norm of their own."""
+    for call in find(function, lambda node: isinstance(node, cst.Call)):
+        if ctx.names.callee(call) == TRANSFORMER:
+            custom = argument(call, _CUSTOM_ENCODER, "custom_encoder") or argument(
+                call, _CUSTOM_DECODER, "custom_decoder")
+            yield BuiltinTransformer(call, argument(call, _TRANSFORMER_NORM_FIRST, "norm_first"), custom)
 
 
 def _stacks(ctx, flow: FunctionFlow, stack: cst.Call, layer: cst.Call) -> bool:

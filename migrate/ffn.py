@@ -39,7 +39,7 @@ _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
     "torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
 )
-BUILTIN_LAYERS = ("torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoderLayer")
+BUILTIN_LAYERS = ("torch.nn.TransformerEncoderLayer", "torch.nn.TransformerDecoderLayer", "torch.nn.Transformer")
 
 
 class NotFeedForward(Exception):

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.builtin_layers import builtin_layers, stack_with_norm, with_norm_first
+from tf_migrate.builtin_layers import builtin_layers, builtin_transformers, stack_with_norm, with_norm_first
 from tf_migrate.imports import reference
 from tf_migrate.names import argument
 from tf_migrate.plan import ClassPlan
@@ -17,6 +17,10 @@ from tf_migrate.stacks import find_run, find_stacks
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
+
+
+def _literal(expr, value: str) -> bool:
+    return isinstance(expr, cst.Name) and expr.value == value
 
 
 class PostNormToPreNorm(Rule):
@@ -45,14 +49,15 @@ class PostNormToPreNorm(Rule):
     norm's output is read outside the residual stream; the norm is not the whole value of its
     statement; the residual comes in from the caller (the sublayer lives in another module, as
     in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
-    run the blocks in a plain loop; a built-in layer is not stacked in the same function.
+    run the blocks in a plain loop; a built-in layer is not stacked in the same function; the model is a post-norm
+    `nn.Transformer` (only its flag would change; the refusal says to set it by hand).
     """
 
     code = "TFM201"
     name = "prenorm"
     equivalence = Equivalence.COMPATIBLE
     summary = "post-norm residual sublayers -> pre-norm, plus one final norm per stack (fine-tune after)"
-    triggers = ("LayerNorm", "RMSNorm", "TransformerEncoderLayer", "TransformerDecoderLayer")
+    triggers = ("LayerNorm", "RMSNorm", "Transformer")
     example_before = (
         "x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask)))\n"
         "x = self.norm2(x + self.dropout2(self.feed_forward(x)))\n"
@@ -137,6 +142,22 @@ class PostNormToPreNorm(Rule):
         for method in cls.methods.values():
             for layer in builtin_layers(ctx, method):
                 yield from self._builtin_layer(ctx, cls, layer)
+            for model in builtin_transformers(ctx, method):
+                yield from self._builtin_transformer(ctx, model)
+
+    def _builtin_transformer(self, ctx, model) -> Iterator[Finding]:
+        line = ctx.line(model.call)
+        if _literal(model.norm_first, "True"):
+            yield Note(line, "nn.Transformer already has norm_first=True; left alone")
+        elif model.norm_first is not None and not _literal(model.norm_first, "False"):
+            yield Refusal(line, f"norm_first={ctx.code(model.norm_first)} is not a literal")
+        else:
+            # Only the flag changes (the final norms exist): nothing in the plan or in the traced
+            # ops would show the migration, so `verify` could not tell it happened. Say what to do.
+            yield Refusal(line, "nn.Transformer is post-norm (norm_first=False); its layers are built "
+                          "inside torch, and its encoder and decoder already end in a final norm",
+                          "pass norm_first=True by hand (no key changes; fine-tune afterwards)"
+                          if model.custom is None else "migrate the custom encoder/decoder it is given")
 
     def _builtin_layer(self, ctx, cls, layer) -> Iterator[Finding]:
         line = ctx.line(layer.call)

@@ -50,7 +50,7 @@ class FeedForwardToSwiGLU(Rule):
     up to a multiple of `multiple-of` (default 8): nothing maps, every old FFN key is dropped and
     every new one listed with its shape.
 
-    Refuses when: the FFN is a built-in `nn.TransformerEncoderLayer`/`DecoderLayer` (no gated
+    Refuses when: the FFN is a built-in `nn.TransformerEncoderLayer`/`DecoderLayer` or `nn.Transformer` (no gated
     FFN; activation="glu" is not SwiGLU); the FFN input is an expression or is rebound before the
     activation; an intermediate value is read twice; a Linear's bias is not a literal; the
     sizes of the two projections disagree; the projections live in two modules; raw parameters
@@ -61,7 +61,7 @@ class FeedForwardToSwiGLU(Rule):
     name = "swiglu"
     equivalence = Equivalence.RETRAIN
     summary = "ReLU/GELU feed-forward -> SwiGLU (or GeGLU); the model must be retrained"
-    triggers = ("Linear", "Parameter", "TransformerEncoderLayer", "TransformerDecoderLayer")
+    triggers = ("Linear", "Parameter", "Transformer")
     options = {"ffn": "swiglu", "hidden": "same", "multiple-of": 8}
     example_before = "return self.fc2(self.drop(F.relu(self.fc1(x))))\n"
     example_after = (

@@ -52,6 +52,12 @@ def test_scaled_residual_is_refused_with_reason() -> None:
     assert any("scaled" in r.reason for r in result.refusals), result.refusals
 
 
+def test_post_norm_builtin_transformer_is_refused_with_hint() -> None:
+    name = "builtin_transformer.noop.py"
+    (refusal,) = _run((FOLDER / name).read_text(), name).refusals
+    assert "nn.Transformer is post-norm" in refusal.reason and "norm_first=True" in refusal.hint
+
+
 def test_explain_says_fine_tune() -> None:
     out = subprocess.run([sys.executable, "-m", "tf_migrate", "explain", "TFM201"],
                          capture_output=True, text=True, check=True).stdout

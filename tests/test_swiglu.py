@@ -49,6 +49,11 @@ def test_builtin_layer_refused_with_reason() -> None:
     assert "no gated feed-forward" in refusal.reason and 'glu' in refusal.reason
 
 
+def test_builtin_transformer_refused_with_reason() -> None:
+    (refusal,) = _run(FIXTURES / "builtin_transformer.noop.py").refusals
+    assert refusal.reason.startswith("nn.Transformer has no gated feed-forward")
+
+
 def test_plan_same_maps_w1_w2_and_lists_w3() -> None:
     plans = _run(FIXTURES / "attribute_relu.before.py").plans
     (plan,) = plans
