@@ -23,6 +23,11 @@ class _Replace(cst.CSTTransformer):
         return updated_node
 
 
+def replace_nodes(node: cst.CSTNode, replacements: Mapping[Any, Any]) -> Any:
+    """`node` with every (original) node in `replacements` swapped at once."""
+    return node.visit(_Replace(replacements))
+
+
 def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
     fixes = list(fixes)
     replacements: dict[Any, Any] = {}

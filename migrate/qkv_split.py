@@ -9,6 +9,7 @@ from __future__ import annotations
 import libcst as cst
 
 from tf_migrate.dataflow import binds, loads, read_names
+from tf_migrate.edits import replace_nodes
 from tf_migrate.projections import ROLES, Application
 
 
@@ -28,14 +29,18 @@ def forward_edits(ctx, apps: list[Application], value: str) -> dict:
     names = [_output_name(a, role) for a, role in zip(apps, ROLES)]
     if len(set(names)) != 3:
         raise Blocked("the projections' outputs would need the same name")
+    function = _function_of(ctx, block)
     for app, name in zip(apps, names):
-        _check_free(body, first, app.statement, name)
+        _check_free(body, first, app.statement, name, function)
     split = cst.parse_statement(f"{', '.join(names)} = {value}")
     edits: dict = {}
+    calls: dict = {}  # several projections may share one statement (`q, k = self.q(x), self.k(x)`)
     for app, name in zip(apps, names):
-        plain = _plain_binding(app) is not None
-        new = cst.RemoveFromParent() if plain else app.statement.deep_replace(app.call, cst.Name(name))
-        edits[app.statement] = new
+        if _plain_binding(app) is not None:
+            edits[app.statement] = cst.RemoveFromParent()
+        else:
+            calls.setdefault(app.statement, {})[app.call] = cst.Name(name)
+    edits.update({statement: replace_nodes(statement, swaps) for statement, swaps in calls.items()})
     kept = edits[first]
     split = split.with_changes(leading_lines=first.leading_lines)
     if isinstance(kept, cst.RemovalSentinel):
@@ -58,16 +63,23 @@ def _output_name(app, role: str) -> str:
     return _plain_binding(app) or role
 
 
-def _check_free(body, first, statement, name: str) -> None:
-    """The split binds `name` early: nothing between may read or bind it, and the old use may not read it."""
+def _function_of(ctx, node):
+    while node is not None and not isinstance(node, cst.FunctionDef):
+        node = ctx.parents.get(node)
+    return node
+
+
+def _check_free(body, first, statement, name: str, function) -> None:
+    """The split binds `name` early: nothing between may read or bind it, and the old use may not
+    read it. A name the old use did not bind (`q` for `h = self.shape(self.query(x))`) is new to
+    the function: nothing else in it may mention it."""
     between = body[body.index(first):body.index(statement)]
     if any(loads(s, name) or binds(s, name) for s in between):
         raise Blocked(f"`{name}` is used between the projections")
     if loads(statement, name):
         raise Blocked(f"`{name}` is read where a projection is applied")
-    if not binds(statement, name):
-        raise Blocked(f"the split would leave `{name}` bound where the code did not bind it")
-
+    if not binds(statement, name) and (function is None or loads(function, name) or binds(function, name)):
+        raise Blocked(f"the split would bind `{name}`, a name this function already uses elsewhere")
 
 
 def split_suffix(outs: list[str], dim: int = -1) -> str:

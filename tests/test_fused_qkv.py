@@ -46,6 +46,7 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("raw_bias", ["`self.b_q` is a raw bias", "not fused yet"]),
     ("init_touches_one_projection", ["`self.k` is used in __init__ on line 12"]),
     ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
+    ("helper_name_taken", ["the split would bind `k`", "already uses elsewhere"]),
 ])
 def test_refusals_say_why(case: str, words: list[str]) -> None:
     path = FOLDER / f"{case}.noop.py"
@@ -68,6 +69,23 @@ def test_plan_concatenates_in_qkv_order() -> None:
         ("qkv.weight", ["query.weight", "key.weight", "value.weight"], 0),
         ("qkv.bias", ["query.bias", "key.bias", "value.bias"], 0),
     ]
+
+
+@pytest.mark.parametrize("stem, build", [
+    ("wrapped_in_helper", "SelfAttention(32, 4)"), ("tuple_of_projections", "Attention(32)")])
+def test_new_split_names_are_exact(stem: str, build: str) -> None:
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    torch.manual_seed(0)
+    old = eval(build, vars(load_module(FOLDER / f"{stem}.before.py"))).eval()
+    new = eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))).eval()
+    [plan] = _run(FOLDER / f"{stem}.before.py", (FOLDER / f"{stem}.before.py").read_text()).plans
+    new.load_state_dict(convert_state_dict(old.state_dict(), [plan])[0], strict=True)
+    x = torch.randn(2, 5, 32)
+    for a, b in zip(old(x), new(x)):
+        assert torch.equal(a, b)
 
 
 def test_gqa_sizes_are_exact(tmp_path: Path) -> None:
