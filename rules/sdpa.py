@@ -43,8 +43,10 @@ class EinsumAttentionToSdpa(Rule):
     through a module other than dropout; a name in the chain is rebound or changed in place
     (`q.mul_()`) before the product; the probabilities can leave the function unseen (a `global`
     name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
-    every input). Silent (not attention) when a positive softmax dim is not provably the keys'
-    axis (a `...` einsum, operands of different or unknown rank).
+    every input); a softmax of a scores product reaches the product with v through a step not
+    listed above (a cast around the softmax, a head mask, `nn.Softmax(dim)(x)` built inline, a
+    mask inside an `if` block, a softmax dim not provably the keys' axis). Silent (not attention)
+    when no scores product lies behind the softmax (router weights mixing expert outputs).
     """
 
     code = "TFM101"
