@@ -10,6 +10,7 @@ import libcst as cst
 
 from tf_migrate.dataflow import binds, loads, read_names
 from tf_migrate.edits import replace_nodes
+from tf_migrate.nodes import find
 from tf_migrate.projections import ROLES, Application
 
 
@@ -78,8 +79,14 @@ def _check_free(body, first, statement, name: str, function) -> None:
         raise Blocked(f"`{name}` is used between the projections")
     if loads(statement, name):
         raise Blocked(f"`{name}` is read where a projection is applied")
-    if not binds(statement, name) and (function is None or loads(function, name) or binds(function, name)):
+    if not binds(statement, name) and (function is None or _mentions(function, name)):
         raise Blocked(f"the split would bind `{name}`, a name this function already uses elsewhere")
+
+
+def _mentions(function, name: str) -> bool:
+    declared = find(function, lambda n: isinstance(n, (cst.Global, cst.Nonlocal)) and any(
+        item.name.value == name for item in n.names))  # `global q`: binding q would write the global
+    return bool(declared) or bool(loads(function, name)) or binds(function, name)
 
 
 def split_suffix(outs: list[str], dim: int = -1) -> str:
