@@ -174,14 +174,15 @@ class PostNormToPreNorm(Rule):
             return
         new_layer = with_norm_first(layer.call)
         replacements = {layer.call: new_layer}
-        plans, imports = [], []
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code])  # keyless when the stack has its norm
+        imports = []
         if argument(layer.stack, 2, "norm") is None:
             nn, needed = reference(ctx, "torch.nn", "nn")
             imports = [needed] if needed else []
             if any(a.value is layer.call for a in layer.stack.args):
                 del replacements[layer.call]  # nested: the new stack call carries the new layer
             replacements[layer.stack] = stack_with_norm(ctx, layer, nn, new_layer)
-            keys = norm_keys("LayerNorm", {}, f"{layer.stack_attr}.norm")
-            plans = [ClassPlan(ctx.path, cls.qualname, [self.code], new=keys)]
-        yield Fix(line, "built-in layer -> norm_first=True, final norm on its stack; " + _FINE_TUNE,
-                  replacements, plans=plans, imports=imports)
+            plan.new = norm_keys("LayerNorm", {}, f"{layer.stack_attr}.norm")
+        stack_note = "final norm on its stack" if plan.new else "its stack already ends in a norm"
+        yield Fix(line, f"built-in layer -> norm_first=True, {stack_note}; " + _FINE_TUNE,
+                  replacements, plans=[plan], imports=imports)

@@ -216,3 +216,12 @@ def test_own_norm_class_is_refused() -> None:
     result = _run((FOLDER / name).read_text(), name)
     assert any("own class `LayerNorm`" in r.reason for r in result.refusals), result.refusals
     assert result.notes  # the pre-norm block beside it is recognised
+
+
+def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class() -> None:
+    name = "builtin_stack_with_norm.before.py"
+    result = _run((FOLDER / name).read_text(), name)
+    (edit,) = result.edits
+    assert "already ends in a norm" in edit.message
+    (plan,) = result.plans  # verify and convert learn which class TFM201 changed, though no key moves
+    assert plan.qualname == "TextClassifier" and plan.rules == ["TFM201"] and not plan.new
