@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from tf_migrate import __version__
 from tf_migrate.engine import FileResult
+from tf_migrate.source import split_lines
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -43,8 +44,7 @@ def github_lines(result: FileResult) -> Iterable[str]:
 
 def _hunks(result: FileResult) -> list[tuple[int, int, str]]:
     """(first line, lines replaced, new text) per changed region, lines 1-based."""
-    old = result.original.splitlines(keepends=True)
-    new = result.migrated.splitlines(keepends=True)
+    old, new = split_lines(result.original), split_lines(result.migrated)
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     return [(i1 + 1, i2 - i1, "".join(new[j1:j2]))
             for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]

@@ -70,6 +70,10 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     except cst.ParserSyntaxError as exc:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return result
+    if "\0" in text:  # libcst parses it, but Python cannot compile or import such a file
+        result.errors.append(f"null byte at offset {text.index(chr(0))}: not Python source")
+        return result
+    parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: name resolution is the costly part
     for rule in active:
@@ -91,6 +95,13 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
         result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
     result.migrated = code
+    if code != text and parsed.code != text:
+        # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
+        # (`\r`-only line ends lose the last one), the untouched parts would change too.
+        result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
+                             "endings?); left untouched")
+        result.migrated, result.edits, result.plans = text, [], []
+        return result
     _check_output(result)
     return result
 

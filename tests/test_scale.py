@@ -88,6 +88,23 @@ def test_a_cached_rewrite_is_written_like_a_fresh_one(tmp_path):
     assert (out_a / CASES[0]).read_bytes() != (folder / CASES[0]).read_bytes()
 
 
+def test_a_cached_result_keeps_its_notes(tmp_path):
+    folder, cache = tmp_path / "src", tmp_path / "cache"
+    folder.mkdir()
+    shutil.copy(ROOT / "fixtures" / "prenorm" / "already_prenorm.noop.py", folder / "block.py")
+    cold = _run(paths=[folder], jobs=1, cache_dir=cache, select=["TFM201"], fmt="json")
+    assert '"notes": []' not in cold[1]
+    assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["TFM201"], fmt="json") == cold
+
+
+def test_a_damaged_cache_entry_is_a_miss(tmp_path):
+    folder, cache = _tree(tmp_path), tmp_path / "cache"
+    first = _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json")
+    for i, entry in enumerate(cache.glob("*/*.json")):
+        entry.write_text(['{"path": 1', '[]', '{"migrated": 3}', ''][i % 4])
+    assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json") == first
+
+
 def test_without_paths_allow_empty_is_a_quiet_success():
     exe = [sys.executable, "-m", "tf_migrate"]
     done = subprocess.run(exe + ["--allow-empty", "--write"], capture_output=True, text=True)
