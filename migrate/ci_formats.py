@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from typing import Any, Iterable, Sequence
+from urllib.parse import quote
 
 from tf_migrate import __version__
 from tf_migrate.engine import FileResult
@@ -65,8 +66,13 @@ def _fixes_by_edit(result: FileResult) -> dict[int, list[dict[str, Any]]]:
     return by_edit
 
 
+def _uri(path: str) -> str:
+    """A URI reference, as SARIF requires: spaces, non-ASCII and undecodable bytes percent-encoded."""
+    return quote(path.replace("\\", "/"), safe="/", errors="surrogateescape")
+
+
 def _location(path: str, line: int) -> dict[str, Any]:
-    return {"physicalLocation": {"artifactLocation": {"uri": path.replace("\\", "/")},
+    return {"physicalLocation": {"artifactLocation": {"uri": _uri(path)},
                                  "region": {"startLine": max(line, 1)}}}
 
 
@@ -78,7 +84,7 @@ def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
         if i in fixes:
             entry["fixes"] = [{
                 "description": {"text": edit.message},
-                "artifactChanges": [{"artifactLocation": {"uri": result.path.replace("\\", "/")},
+                "artifactChanges": [{"artifactLocation": {"uri": _uri(result.path)},
                                      "replacements": fixes[i]}],
             }]
         yield entry

@@ -53,6 +53,13 @@ def test_sarif_line_numbers_do_not_count_form_feeds(tmp_path):
     assert _apply(changed.original, replacements) == changed.migrated
 
 
+def test_sarif_uris_are_percent_encoded():
+    result = FileResult("my dir/mödel\udcff.py", original="", migrated="",
+                        refusals=[Diagnostic("TFM101", 3, "why")])
+    location = json.loads(sarif_document([result]))["runs"][0]["results"][0]["locations"][0]
+    assert location["physicalLocation"]["artifactLocation"]["uri"] == "my%20dir/m%C3%B6del%FF.py"
+
+
 def test_github_annotations_escape_their_fields():
     result = FileResult("a,b:c.py", original="", migrated="",
                         refusals=[Diagnostic("TFM101", 3, "50% of\nit", "do x")])
