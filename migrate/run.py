@@ -79,7 +79,11 @@ def build_rules(config: Config) -> list[LazyRule]:
                              f"(options: {', '.join(rule.options) or 'none'})")
         by_rule.setdefault(rule.name, {}).update(values)
     config.rule_options = by_rule
-    return [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
+    rules = [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
+    for rule in rules:
+        if config.options_for(rule.name):
+            rule.real()  # a rule checks its options when built: a bad value stops the run here, once
+    return rules
 
 
 def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:

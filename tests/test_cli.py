@@ -295,3 +295,8 @@ def test_rule_option_by_code_is_applied(tmp_path: Path) -> None:
     by_name = run(ffn, "--select", "TFM301", "--option", "swiglu.ffn=geglu", "--diff", "--no-cache")
     by_code = run(ffn, "--select", "TFM301", "--option", "TFM301.ffn=geglu", "--diff", "--no-cache")
     assert "gelu" in by_name.stdout and by_code.stdout == by_name.stdout
+
+
+def test_bad_option_value_is_one_usage_error_even_without_candidates(project: Path) -> None:
+    result = run(project / "src" / "modern.py", "--select", "all", "--option", "swiglu.ffn=nonsense")
+    assert result.exit_code == 2 and "nonsense" in result.output and "internal error" not in result.output
