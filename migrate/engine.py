@@ -65,13 +65,14 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     from tf_migrate.context import FileContext
     from tf_migrate.edits import apply_fixes
 
+    rejected = _python_rejects(text)
+    if rejected:
+        result.errors.append(rejected)
+        return result
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
-        return result
-    if "\0" in text:  # libcst parses it, but Python cannot compile or import such a file
-        result.errors.append(f"null byte at offset {text.index(chr(0))}: not Python source")
         return result
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
@@ -104,6 +105,22 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         return result
     _check_output(result)
     return result
+
+
+def _python_rejects(text: str) -> str | None:
+    """Why Python itself cannot parse `text`, if it cannot. libcst's native parser must not see such
+    files: nesting too deep for Python's parser (`1 + 1 + ...` thousands long) crashes it (SIGSEGV)."""
+    if "\0" in text:
+        return f"null byte at offset {text.index(chr(0))}: not Python source"
+    import ast
+
+    try:
+        ast.parse(text)
+    except SyntaxError as exc:
+        return f"syntax error at line {exc.lineno}, column {exc.offset}: {exc.msg}"
+    except (RecursionError, MemoryError, ValueError) as exc:
+        return f"Python cannot parse this file ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _check_output(result: FileResult) -> None:

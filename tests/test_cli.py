@@ -300,3 +300,14 @@ def test_rule_option_by_code_is_applied(tmp_path: Path) -> None:
 def test_bad_option_value_is_one_usage_error_even_without_candidates(project: Path) -> None:
     result = run(project / "src" / "modern.py", "--select", "all", "--option", "swiglu.ffn=nonsense")
     assert result.exit_code == 2 and "nonsense" in result.output and "internal error" not in result.output
+
+
+@pytest.mark.parametrize("tail", ["x = " + "(" * 300 + "1" + ")" * 300, "x = 1" + " + 1" * 10000],
+                         ids=["nested-parens", "long-chain"])
+def test_source_too_deep_for_python_is_an_error_not_a_crash(project: Path, tail: str) -> None:
+    # libcst's native parser dies with SIGSEGV on these: it must never see them.
+    (project / "src" / "deep.py").write_text(LEGACY.read_text() + tail + "\n")
+    result = run(project / "src" / "deep.py", project / "src" / "gpt.py", "--no-cache")
+    assert result.exit_code == 2, result.output
+    assert "deep.py: error:" in result.output and "internal error" not in result.output
+    assert "gpt.py:" in result.output

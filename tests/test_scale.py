@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +106,24 @@ def test_a_damaged_cache_entry_is_a_miss(tmp_path):
     for i, entry in enumerate(cache.glob("*/*.json")):
         entry.write_text(['{"path": 1', '[]', '{"migrated": 3}', ''][i % 4])
     assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json") == first
+
+
+def _work_crashing_on_crash_py(display, text, encoding):
+    if display.endswith("crash.py"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _real_work(display, text, encoding)
+
+
+_real_work = parallel._work
+
+
+def test_a_crashed_worker_is_an_error_of_its_files_not_of_the_run(tmp_path, monkeypatch):
+    folder = _tree(tmp_path)
+    shutil.copy(SDPA / CASES[0], folder / "crash.py")
+    monkeypatch.setattr(parallel, "_work", _work_crashing_on_crash_py)
+    code, printed = _run(paths=[folder], jobs=2, use_cache=False, select=["all"], fmt="json")
+    files = {Path(f["path"]).name: f for f in json.loads(printed)["files"]}
+    assert code == 2 and files["crash.py"]["errors"] and len(files) == 7
 
 
 def test_without_paths_allow_empty_is_a_quiet_success():
