@@ -119,7 +119,10 @@ def run(options: RunOptions, out: TextIO) -> int:
     _print_end(options, results, out)
     if options.plan_path is not None:
         document = plan_document(p for r in results for p in r.plans)
-        write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+        try:
+            write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--plan {options.plan_path}: cannot write ({exc.strerror or exc})") from None
     if any(r.errors for r in results):
         return 2
     return 1 if any(r.changed for r in results) else 0

@@ -311,3 +311,9 @@ def test_source_too_deep_for_python_is_an_error_not_a_crash(project: Path, tail:
     assert result.exit_code == 2, result.output
     assert "deep.py: error:" in result.output and "internal error" not in result.output
     assert "gpt.py:" in result.output
+
+
+def test_unwritable_plan_is_a_clear_error(project: Path) -> None:
+    (project / "afile").write_text("")
+    result = run(project / "src", "--plan", project / "afile" / "plan.json", "--no-cache")
+    assert result.exit_code == 2 and "--plan" in result.output and "Traceback" not in result.output
