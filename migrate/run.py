@@ -100,8 +100,13 @@ def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:
     return coerced
 
 
+def _absolute(path: Path) -> Path:
+    """Absolute, but symlinks kept: a linked file is mirrored where its link is, not where it points."""
+    return Path(os.path.abspath(path))
+
+
 def _mirror_root(paths: list[Path]) -> Path:
-    folders = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+    folders = [_absolute(p) if p.is_dir() else _absolute(p).parent for p in paths]
     return Path(os.path.commonpath(folders))
 
 
@@ -144,7 +149,7 @@ def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
     if options.output_dir is None:
         return [None] * len(files)
     root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
-    targets = [options.output_dir / path.resolve().relative_to(root) for path in files]
+    targets = [options.output_dir / _absolute(path).relative_to(root) for path in files]
     for path, target in zip(files, targets):
         if target.resolve() == path.resolve():
             raise UsageError(f"--output-dir {options.output_dir} would overwrite the input {path} "

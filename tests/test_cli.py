@@ -317,3 +317,12 @@ def test_unwritable_plan_is_a_clear_error(project: Path) -> None:
     (project / "afile").write_text("")
     result = run(project / "src", "--plan", project / "afile" / "plan.json", "--no-cache")
     assert result.exit_code == 2 and "--plan" in result.output and "Traceback" not in result.output
+
+
+def test_output_dir_mirrors_a_symlink_pointing_outside_the_tree(project: Path) -> None:
+    (project / "elsewhere").mkdir()
+    shutil.copy(LEGACY, project / "elsewhere" / "x.py")
+    (project / "src" / "link.py").symlink_to(project / "elsewhere" / "x.py")
+    result = run(project / "src", "--output-dir", project / "out", "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert "scaled_dot_product_attention" in (project / "out" / "link.py").read_text()
