@@ -86,6 +86,7 @@ def _to_json(result: FileResult) -> dict[str, Any]:
         "edits": [[e.code, e.line, e.message] for e in result.edits],
         "refusals": [[d.code, d.line, d.reason, d.hint] for d in result.refusals],
         "plans": [p.to_json() for p in result.plans],
+        "notes": [[n.code, n.line, n.message] for n in result.notes],
     }
 
 
@@ -97,4 +98,5 @@ def _from_json(data: dict[str, Any], text: str) -> FileResult:
         edits=[Edit(*e) for e in data["edits"]],
         refusals=[Diagnostic(*d) for d in data["refusals"]],
         plans=[ClassPlan.from_json(p) for p in data["plans"]],
+        notes=[Edit(*n) for n in data["notes"]],
     )

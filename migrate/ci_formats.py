@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import json
 from typing import Any, Iterable, Sequence
+from urllib.parse import quote
 
 from tf_migrate import __version__
 from tf_migrate.engine import FileResult
+from tf_migrate.source import split_lines
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -43,8 +45,7 @@ def github_lines(result: FileResult) -> Iterable[str]:
 
 def _hunks(result: FileResult) -> list[tuple[int, int, str]]:
     """(first line, lines replaced, new text) per changed region, lines 1-based."""
-    old = result.original.splitlines(keepends=True)
-    new = result.migrated.splitlines(keepends=True)
+    old, new = split_lines(result.original), split_lines(result.migrated)
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     return [(i1 + 1, i2 - i1, "".join(new[j1:j2]))
             for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
@@ -65,8 +66,13 @@ def _fixes_by_edit(result: FileResult) -> dict[int, list[dict[str, Any]]]:
     return by_edit
 
 
+def _uri(path: str) -> str:
+    """A URI reference, as SARIF requires: spaces, non-ASCII and undecodable bytes percent-encoded."""
+    return quote(path.replace("\\", "/"), safe="/", errors="surrogateescape")
+
+
 def _location(path: str, line: int) -> dict[str, Any]:
-    return {"physicalLocation": {"artifactLocation": {"uri": path.replace("\\", "/")},
+    return {"physicalLocation": {"artifactLocation": {"uri": _uri(path)},
                                  "region": {"startLine": max(line, 1)}}}
 
 
@@ -78,7 +84,7 @@ def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
         if i in fixes:
             entry["fixes"] = [{
                 "description": {"text": edit.message},
-                "artifactChanges": [{"artifactLocation": {"uri": result.path.replace("\\", "/")},
+                "artifactChanges": [{"artifactLocation": {"uri": _uri(result.path)},
                                      "replacements": fixes[i]}],
             }]
         yield entry

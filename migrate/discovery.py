@@ -31,7 +31,15 @@ def iter_python_files(paths: Iterable[Path], exclude: Iterable[str] = ()) -> Ite
 
     A path that does not exist is yielded too, so the engine reports it as an error.
     """
-    exclude = list(exclude)
+    seen: set[Path] = set()
+    for path in _walk(paths, list(exclude)):
+        key = path.resolve()
+        if key not in seen:  # `src src/a.py`, or a file named twice: one result, one write
+            seen.add(key)
+            yield path
+
+
+def _walk(paths: Iterable[Path], exclude: list[str]) -> Iterator[Path]:
     for root in paths:
         if not root.is_dir():
             yield root

@@ -65,11 +65,16 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     from tf_migrate.context import FileContext
     from tf_migrate.edits import apply_fixes
 
+    rejected = _python_rejects(text)
+    if rejected:
+        result.errors.append(rejected)
+        return result
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return result
+    parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: name resolution is the costly part
     for rule in active:
@@ -91,8 +96,31 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
         result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
     result.migrated = code
+    if code != text and parsed.code != text:
+        # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
+        # (`\r`-only line ends lose the last one), the untouched parts would change too.
+        result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
+                             "endings?); left untouched")
+        result.migrated, result.edits, result.plans = text, [], []
+        return result
     _check_output(result)
     return result
+
+
+def _python_rejects(text: str) -> str | None:
+    """Why Python itself cannot parse `text`, if it cannot. libcst's native parser must not see such
+    files: nesting too deep for Python's parser (`1 + 1 + ...` thousands long) crashes it (SIGSEGV)."""
+    if "\0" in text:
+        return f"null byte at offset {text.index(chr(0))}: not Python source"
+    import ast
+
+    try:
+        ast.parse(text)
+    except SyntaxError as exc:
+        return f"syntax error at line {exc.lineno}, column {exc.offset}: {exc.msg}"
+    except (RecursionError, MemoryError, ValueError) as exc:
+        return f"Python cannot parse this file ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _check_output(result: FileResult) -> None:

@@ -70,8 +70,8 @@ def may_define_modules(text: str) -> bool:
     """False only when no class in `text` can derive from `torch.nn.*`."""
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return True  # let libcst report it, with its own message
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True  # let the engine report it
     statements = list(_statements(tree.body))
     bindings = _torch_bindings(statements)
     if "*" in bindings:

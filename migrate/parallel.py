@@ -101,7 +101,12 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
-                yield futures.pop(future), future.result()
+                item = futures.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # a worker killed by a crash (BrokenProcessPool): report, go on
+                    result = FileResult(item.display, errors=[f"internal error: worker crashed ({exc!r})"])
+                yield item, result
 
 
 def in_order(results: Iterator[tuple[int, FileResult]], count: int) -> Iterator[FileResult]:

@@ -8,14 +8,17 @@ from typing import Iterable, Sequence
 
 from tf_migrate.engine import FileResult
 from tf_migrate.plan import plan_document
+from tf_migrate.source import split_lines
 
 
 def diff(result: FileResult) -> str:
     if not result.changed:
         return ""
-    return "".join(difflib.unified_diff(
-        result.original.splitlines(keepends=True), result.migrated.splitlines(keepends=True),
-        fromfile=f"a/{result.path}", tofile=f"b/{result.path}"))
+    lines = difflib.unified_diff(split_lines(result.original), split_lines(result.migrated),
+                                 fromfile=f"a/{result.path}", tofile=f"b/{result.path}")
+    # A last line without its newline gets the marker patch and git expect, not glued to the next.
+    return "".join(line if line.endswith(("\n", "\r")) else line + "\n\\ No newline at end of file\n"
+                   for line in lines)
 
 
 def text_lines(result: FileResult) -> Iterable[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ def build_rules(config: Config) -> list[LazyRule]:
     except SelectionError as exc:
         raise UsageError(str(exc)) from None
     by_name = {cls.name: cls for cls in classes}
+    by_rule: dict[str, dict[str, Any]] = {}  # options given by code (TFM301.ffn) count as by name
     for name, values in config.rule_options.items():
         rule = next((r for r in index if name in (r.name, r.code)), None)
         if rule is None:
@@ -74,7 +77,13 @@ def build_rules(config: Config) -> list[LazyRule]:
         if unknown:
             raise UsageError(f"rule {rule.name} has no option {sorted(unknown)[0]!r} "
                              f"(options: {', '.join(rule.options) or 'none'})")
-    return [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
+        by_rule.setdefault(rule.name, {}).update(values)
+    config.rule_options = by_rule
+    rules = [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
+    for rule in rules:
+        if config.options_for(rule.name):
+            rule.real()  # a rule checks its options when built: a bad value stops the run here, once
+    return rules
 
 
 def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:
@@ -91,8 +100,13 @@ def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:
     return coerced
 
 
+def _absolute(path: Path) -> Path:
+    """Absolute, but symlinks kept: a linked file is mirrored where its link is, not where it points."""
+    return Path(os.path.abspath(path))
+
+
 def _mirror_root(paths: list[Path]) -> Path:
-    folders = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+    folders = [_absolute(p) if p.is_dir() else _absolute(p).parent for p in paths]
     return Path(os.path.commonpath(folders))
 
 
@@ -102,29 +116,61 @@ def run(options: RunOptions, out: TextIO) -> int:
     config = _config(options)
     rules = build_rules(config)
     files = list(iter_python_files(options.paths, config.exclude))
+    if options.output_dir is not None:
+        files = _without_earlier_output(options.output_dir.resolve(), options.paths, files)
+    targets = _targets(options, files)
     results = _process(options, config, rules, files, out)
-    _write(options, files, results)
+    _write(options, targets, results)
     _print_end(options, results, out)
     if options.plan_path is not None:
         document = plan_document(p for r in results for p in r.plans)
-        write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+        try:
+            write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--plan {options.plan_path}: cannot write ({exc.strerror or exc})") from None
     if any(r.errors for r in results):
         return 2
     return 1 if any(r.changed for r in results) else 0
 
 
-def _write(options: RunOptions, files: list[Path], results: list[FileResult]) -> None:
+def _without_earlier_output(out_dir: Path, paths: list[Path], files: list[Path]) -> list[Path]:
+    """An --output-dir inside a walked folder holds the last run's copies: they are not inputs."""
+    roots = [p.resolve() for p in paths]
+    if any(out_dir == r or out_dir in r.parents for r in roots):
+        return files  # the output folder holds the inputs: _targets decides whether that is safe
+    return [f for f in files if out_dir not in f.resolve().parents]
+
+
+def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
+    """Where each file's result goes (None: nowhere); an --output-dir that maps a file onto itself
+    would overwrite the inputs that option promises to leave alone."""
     if options.write:
-        for path, result in zip(files, results):
-            if result.changed:
-                write_atomic(path, result.migrated, result.encoding)
-    elif options.output_dir is not None:
-        root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
-        for path, result in zip(files, results):
-            if result.errors or result.migrated is None:
-                continue
-            target = options.output_dir / path.resolve().relative_to(root)
+        return list(files)
+    if options.output_dir is None:
+        return [None] * len(files)
+    root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
+    targets = [options.output_dir / _absolute(path).relative_to(root) for path in files]
+    for path, target in zip(files, targets):
+        if target.resolve() == path.resolve():
+            raise UsageError(f"--output-dir {options.output_dir} would overwrite the input {path} "
+                             "(use --write to migrate in place)")
+    return targets
+
+
+def _write(options: RunOptions, targets: list[Path | None], results: list[FileResult]) -> None:
+    """Write each result; a file that cannot be written is an error of that file, not of the run."""
+    for target, result in zip(targets, results):
+        if target is None or result.errors or result.migrated is None:
+            continue
+        if options.write and not result.changed:
+            continue
+        try:
+            if options.write and not stat.S_IMODE(target.stat().st_mode) & 0o222:
+                raise PermissionError(errno.EACCES, "the file is read-only")
             write_atomic(target, result.migrated, result.encoding)
+        except OSError as exc:
+            result.errors.append(f"not written to {target}: {exc.strerror or exc}")
+            _stderr().write(f"{result.path}: error: {result.errors[-1]}\n")
 
 
 def _process(options: RunOptions, config: Config, rules: list[LazyRule], files: list[Path],

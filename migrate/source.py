@@ -54,8 +54,19 @@ def decode_source(path: Path, raw: bytes) -> SourceFile:
     return SourceFile(path, text, encoding)
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines as Python counts them (ends kept): `str.splitlines` also breaks at form feeds and
+    other separators that are whitespace inside a line of code, which corrupts diffs and line numbers."""
+    return io.StringIO(text, newline="").readlines()
+
+
 def write_atomic(path: Path, text: str, encoding: str = "utf-8") -> None:
-    """Write via a temporary file in the same folder and rename it into place, keeping the mode."""
+    """Write via a temporary file in the same folder and rename it into place, keeping the mode.
+
+    A symlink is written through (its target is replaced), so the link itself survives.
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ SDPA = Path(__file__).resolve().parent.parent / "fixtures" / "sdpa"
 
 
 def _apply(text: str, replacements: list[dict]) -> str:
-    lines = text.splitlines(keepends=True)
+    lines = io.StringIO(text, newline="").readlines()  # SARIF lines end at CR, LF or CRLF only
     for change in sorted(replacements, key=lambda r: -r["deletedRegion"]["startLine"]):
         region = change["deletedRegion"]
         assert region["startColumn"] == region["endColumn"] == 1
@@ -39,6 +40,24 @@ def test_sarif_results_carry_fixes_that_rebuild_the_migrated_file():
     replacements = [r for fix in edit["fixes"] for c in fix["artifactChanges"] for r in c["replacements"]]
     assert _apply(changed.original, replacements) == changed.migrated
     assert "fixes" not in run["results"][1]
+
+
+def test_sarif_line_numbers_do_not_count_form_feeds(tmp_path):
+    text = (SDPA / "mingpt_tril_buffer.before.py").read_text().replace("\nclass ", "\n\x0c\nclass ", 1)
+    (tmp_path / "ff.py").write_text(text)
+    changed = migrate_file(tmp_path / "ff.py", build_rules(Config(select=["TFM101"])))
+    assert changed.changed
+    run = json.loads(sarif_document([changed]))["runs"][0]
+    replacements = [r for res in run["results"] for fix in res.get("fixes", [])
+                    for c in fix["artifactChanges"] for r in c["replacements"]]
+    assert _apply(changed.original, replacements) == changed.migrated
+
+
+def test_sarif_uris_are_percent_encoded():
+    result = FileResult("my dir/mödel\udcff.py", original="", migrated="",
+                        refusals=[Diagnostic("TFM101", 3, "why")])
+    location = json.loads(sarif_document([result]))["runs"][0]["results"][0]["locations"][0]
+    assert location["physicalLocation"]["artifactLocation"]["uri"] == "my%20dir/m%C3%B6del%FF.py"
 
 
 def test_github_annotations_escape_their_fields():

@@ -208,3 +208,121 @@ def test_rewrite_run_does_not_import_torch(project: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(project / "src")],
                           capture_output=True, text=True)
     assert done.stdout.strip().endswith("ok"), done.stderr
+
+
+# --- bytes the tool must not damage, and writes it must get right ---
+
+def _legacy_variant(path: Path, transform) -> bytes:
+    data = transform(LEGACY.read_bytes())
+    path.write_bytes(data)
+    return data
+
+
+def test_bytes_libcst_cannot_reproduce_are_an_error_not_a_loss(tmp_path: Path) -> None:
+    # A form feed in an indentation and `\r`-only line ends: libcst's printing drops them.
+    ff = _legacy_variant(tmp_path / "ff.py", lambda b: b.replace(b"        return", b"\x0c        return", 1))
+    cr = _legacy_variant(tmp_path / "cr.py", lambda b: b.replace(b"\n", b"\r"))
+    result = run(tmp_path, "--write")
+    assert result.exit_code == 2 and result.output.count("byte for byte") == 2, result.output
+    assert (tmp_path / "ff.py").read_bytes() == ff and (tmp_path / "cr.py").read_bytes() == cr
+
+
+def test_null_byte_is_named_not_blamed_on_the_rewrite(tmp_path: Path) -> None:
+    _legacy_variant(tmp_path / "nul.py", lambda b: b.replace(b"import", b"# \x00\nimport", 1))
+    result = run(tmp_path / "nul.py")
+    assert result.exit_code == 2 and "null byte" in result.output and "rewrite" not in result.output
+
+
+@pytest.mark.parametrize("transform", [
+    lambda b: b.replace(b"\n", b"\r\n"),
+    lambda b: b"\xef\xbb\xbf" + b,
+    lambda b: b.replace(b"\n", b"\r\n").rstrip(b"\r\n"),
+], ids=["crlf", "bom", "crlf-no-final-newline"])
+def test_line_ends_and_bom_survive_a_rewrite(tmp_path: Path, transform) -> None:
+    data = _legacy_variant(tmp_path / "m.py", transform)
+    assert run(tmp_path / "m.py", "--write").exit_code == 1
+    written = (tmp_path / "m.py").read_bytes()
+    assert b"scaled_dot_product_attention" in written
+    assert written.startswith(b"\xef\xbb\xbf") == data.startswith(b"\xef\xbb\xbf")
+    assert (b"\r\n" in data) == (b"\n" in written and b"\n" not in written.replace(b"\r\n", b""))
+    assert written.endswith(b"\n") == data.endswith(b"\n")
+
+
+def test_diff_of_a_file_without_final_newline_or_with_a_form_feed_applies(tmp_path: Path) -> None:
+    _legacy_variant(tmp_path / "a.py", lambda b: b.rstrip(b"\n"))
+    _legacy_variant(tmp_path / "b.py", lambda b: b.replace(b"\nclass ", b"\n\x0c\nclass ", 1))
+    result = run("a.py", "b.py", "--diff", "--no-cache", cwd=tmp_path)
+    assert result.exit_code == 1 and "\\ No newline at end of file\n" in result.stdout
+    (tmp_path / "d.patch").write_text(result.stdout)
+    subprocess.run(["git", "apply", "d.patch"], cwd=tmp_path, check=True)
+    assert run("a.py", "b.py", "--no-cache", cwd=tmp_path).exit_code == 0  # the patch is the rewrite
+
+
+def test_write_goes_through_symlinks_and_refuses_read_only_files(project: Path) -> None:
+    real = project / "src" / "gpt.py"
+    (project / "links").mkdir()
+    (project / "links" / "gpt.py").symlink_to(real)
+    shutil.copy(LEGACY, project / "src" / "locked.py")
+    (project / "src" / "locked.py").chmod(0o444)
+    result = run(project / "links", project / "src", "--write", "--no-cache")
+    assert result.exit_code == 2 and "read-only" in result.output
+    assert (project / "links" / "gpt.py").is_symlink()
+    assert "scaled_dot_product_attention" in real.read_text()
+    assert (project / "src" / "locked.py").read_text() == LEGACY.read_text()
+    assert result.output.count("gpt.py:") == 1  # the link and its target: one file
+
+
+def test_same_file_twice_is_one_file(project: Path) -> None:
+    gpt = project / "src" / "gpt.py"
+    result = run(gpt, project / "src", gpt, "--no-cache", "--format", "json")
+    paths = [entry["path"] for entry in json.loads(result.stdout)["files"]]
+    assert paths == [str(gpt), str(project / "src" / "modern.py")]
+
+
+def test_output_dir_never_overwrites_or_rereads_inputs(project: Path) -> None:
+    before = (project / "src" / "gpt.py").read_text()
+    result = run(project / "src", "--output-dir", project / "src", "--no-cache")
+    assert result.exit_code == 2 and "--write" in result.output
+    assert (project / "src" / "gpt.py").read_text() == before
+    for _ in range(2):  # the second run must not pick up the first run's copies as inputs
+        result = run(project / "src", "--output-dir", project / "src" / "out", "--no-cache")
+        assert result.exit_code == 1 and "out/" not in result.output, result.output
+    assert (project / "src" / "out" / "gpt.py").is_file()
+
+
+def test_rule_option_by_code_is_applied(tmp_path: Path) -> None:
+    ffn = next((FIXTURES / "swiglu").glob("*.before.py"))
+    by_name = run(ffn, "--select", "TFM301", "--option", "swiglu.ffn=geglu", "--diff", "--no-cache")
+    by_code = run(ffn, "--select", "TFM301", "--option", "TFM301.ffn=geglu", "--diff", "--no-cache")
+    assert "gelu" in by_name.stdout and by_code.stdout == by_name.stdout
+
+
+def test_bad_option_value_is_one_usage_error_even_without_candidates(project: Path) -> None:
+    result = run(project / "src" / "modern.py", "--select", "all", "--option", "swiglu.ffn=nonsense")
+    assert result.exit_code == 2 and "nonsense" in result.output and "internal error" not in result.output
+
+
+@pytest.mark.parametrize("tail", ["x = " + "(" * 300 + "1" + ")" * 300, "x = 1" + " + 1" * 10000],
+                         ids=["nested-parens", "long-chain"])
+def test_source_too_deep_for_python_is_an_error_not_a_crash(project: Path, tail: str) -> None:
+    # libcst's native parser dies with SIGSEGV on these: it must never see them.
+    (project / "src" / "deep.py").write_text(LEGACY.read_text() + tail + "\n")
+    result = run(project / "src" / "deep.py", project / "src" / "gpt.py", "--no-cache")
+    assert result.exit_code == 2, result.output
+    assert "deep.py: error:" in result.output and "internal error" not in result.output
+    assert "gpt.py:" in result.output
+
+
+def test_unwritable_plan_is_a_clear_error(project: Path) -> None:
+    (project / "afile").write_text("")
+    result = run(project / "src", "--plan", project / "afile" / "plan.json", "--no-cache")
+    assert result.exit_code == 2 and "--plan" in result.output and "Traceback" not in result.output
+
+
+def test_output_dir_mirrors_a_symlink_pointing_outside_the_tree(project: Path) -> None:
+    (project / "elsewhere").mkdir()
+    shutil.copy(LEGACY, project / "elsewhere" / "x.py")
+    (project / "src" / "link.py").symlink_to(project / "elsewhere" / "x.py")
+    result = run(project / "src", "--output-dir", project / "out", "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert "scaled_dot_product_attention" in (project / "out" / "link.py").read_text()

@@ -251,3 +251,58 @@ def test_concatenation_along_dim_1() -> None:
     fused = converted["layers.1.attn.w_qkv"]
     assert fused.shape == (4, 10)
     assert torch.equal(fused, torch.cat([state[f"layers.1.attn.w_{r}"] for r in "qkv"], dim=1))
+
+
+def test_out_holding_or_among_the_inputs_is_refused(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    (tmp_path / "ckpt").mkdir()
+    torch.save(state, tmp_path / "ckpt" / "old.pt")
+    # --force on a folder above IN would have deleted IN along with the old OUT.
+    _fails(tmp_path, [tmp_path / "ckpt" / "old.pt", tmp_path / "ckpt", "--plan", plan, "--force"],
+           "overwrite the input")
+    assert (tmp_path / "ckpt" / "old.pt").is_file()
+    index = save_sharded(state, tmp_path / "sharded")
+    shard = tmp_path / "sharded" / "model-00001-of-00003.safetensors"
+    before = shard.read_bytes()
+    _fails(tmp_path, [index, shard, "--plan", plan, "--force"], "overwrite the input")
+    assert shard.read_bytes() == before
+
+
+def test_index_naming_a_missing_shard(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    index = save_sharded(state, tmp_path / "sharded")
+    (tmp_path / "sharded" / "model-00002-of-00003.safetensors").unlink()
+    _fails(tmp_path, [index, tmp_path / "new", "--plan", plan], "model-00002-of-00003.safetensors",
+           "not in")
+
+
+def test_unwritable_out_is_an_error_not_a_traceback(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    (tmp_path / "afile").write_text("x")
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "afile" / "new.pt", "--plan", plan],
+           "afile", "cannot write")
+
+
+def test_planned_class_absent_from_the_checkpoint_is_reported(mingpt) -> None:
+    tmp_path, _, plan = mingpt
+    document = json.loads(plan.read_text())
+    ghost = dict(document["classes"][0], **{"class": "Ghost", "concatenated": [],
+                                           "renamed": {"a.weight": "b.weight"}, "dropped": []})
+    document["classes"].append(ghost)
+    (tmp_path / "ghost.json").write_text(json.dumps(document))
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", tmp_path / "ghost.json")
+    assert result.exit_code == 0, result.output
+    assert "no instance in this checkpoint: Ghost" in result.output
+
+
+def test_force_replaces_a_folder_out_even_after_an_interrupted_run(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    index = save_sharded(state, tmp_path / "sharded")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "stale.txt").write_text("old output")
+    (tmp_path / ".new.replaced").mkdir()  # what an interrupted replace left behind before
+    (tmp_path / ".new.replaced" / "x").write_text("x")
+    result = convert(index, tmp_path / "new", "--plan", plan, "--force")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "new" / "stale.txt").exists()
+    assert (tmp_path / "new" / "model.safetensors.index.json").is_file()

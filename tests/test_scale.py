@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +89,41 @@ def test_a_cached_rewrite_is_written_like_a_fresh_one(tmp_path):
     for name in CASES:
         assert (out_a / name).read_bytes() == (out_b / name).read_bytes()
     assert (out_a / CASES[0]).read_bytes() != (folder / CASES[0]).read_bytes()
+
+
+def test_a_cached_result_keeps_its_notes(tmp_path):
+    folder, cache = tmp_path / "src", tmp_path / "cache"
+    folder.mkdir()
+    shutil.copy(ROOT / "fixtures" / "prenorm" / "already_prenorm.noop.py", folder / "block.py")
+    cold = _run(paths=[folder], jobs=1, cache_dir=cache, select=["TFM201"], fmt="json")
+    assert '"notes": []' not in cold[1]
+    assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["TFM201"], fmt="json") == cold
+
+
+def test_a_damaged_cache_entry_is_a_miss(tmp_path):
+    folder, cache = _tree(tmp_path), tmp_path / "cache"
+    first = _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json")
+    for i, entry in enumerate(cache.glob("*/*.json")):
+        entry.write_text(['{"path": 1', '[]', '{"migrated": 3}', ''][i % 4])
+    assert _run(paths=[folder], jobs=1, cache_dir=cache, select=["all"], fmt="json") == first
+
+
+def _work_crashing_on_crash_py(display, text, encoding):
+    if display.endswith("crash.py"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _real_work(display, text, encoding)
+
+
+_real_work = parallel._work
+
+
+def test_a_crashed_worker_is_an_error_of_its_files_not_of_the_run(tmp_path, monkeypatch):
+    folder = _tree(tmp_path)
+    shutil.copy(SDPA / CASES[0], folder / "crash.py")
+    monkeypatch.setattr(parallel, "_work", _work_crashing_on_crash_py)
+    code, printed = _run(paths=[folder], jobs=2, use_cache=False, select=["all"], fmt="json")
+    files = {Path(f["path"]).name: f for f in json.loads(printed)["files"]}
+    assert code == 2 and files["crash.py"]["errors"] and len(files) == 7
 
 
 def test_without_paths_allow_empty_is_a_quiet_success():

@@ -49,6 +49,7 @@ class KeyMap:
     untouched: list[str]
     # input key -> the output keys written where it stood (keeps order and shard placement)
     placed: dict[str, list[str]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)  # planned classes with no instance here
 
 
 def _anchors(plan: ClassPlan) -> list[str]:
@@ -117,6 +118,8 @@ def build_mapping(plans: Sequence[ClassPlan], keys: Sequence[str],
     owners: dict[str, Instance] = {}
     for instance in instances:
         _instance_ops(instance, shape_of, target, ops, claimed, owners)
+    found = {name for i in instances for name in (i.plan.qualname, *i.also)}
+    unmatched = [f"{p.qualname} ({p.file})" for p in plans if p.qualname not in found]
     instances = [i for i in instances if i.changes]
     untouched = [k for k in keys if k not in claimed]
     placed: dict[str, list[str]] = {}
@@ -127,7 +130,7 @@ def build_mapping(plans: Sequence[ClassPlan], keys: Sequence[str],
             raise ConvertError(f"output key {key} would be written twice (it is also an untouched key)")
         ops[key] = Op("copy", [key])
         placed[key] = [key, *placed.get(key, [])]  # new keys may be placed beside it
-    return KeyMap(ops, instances, untouched, placed)
+    return KeyMap(ops, instances, untouched, placed, unmatched)
 
 
 def _place(instance: Instance, ops: dict[str, Op], placed: dict[str, list[str]],

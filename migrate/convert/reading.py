@@ -177,6 +177,9 @@ def _read_sharded(path: Path) -> Checkpoint:
     except (ValueError, KeyError, TypeError) as exc:
         raise ConvertError(f"{index_path}: not a sharded checkpoint index ({_first_line(exc)})") from None
     files = list(dict.fromkeys(weight_map.values()))
+    missing = [name for name in files if not (index_path.parent / name).is_file()]
+    if missing:
+        raise ConvertError(f"{index_path}: lists shard {missing[0]}, which is not in {index_path.parent}")
     shards = [_safetensors_shard(index_path.parent / name) for name in files]
     for shard in shards:
         listed = {k for k, f in weight_map.items() if f == shard.path.name}

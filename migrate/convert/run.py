@@ -51,11 +51,19 @@ def _check_paths(options: ConvertOptions) -> None:
     if options.check_build and options.model_source is None:
         raise ConvertError("--check-build needs --source AFTER.py (the migrated model's file)")
     source, out = options.source.resolve(), options.out.resolve()
-    inputs = {source, source.parent} if source.name.endswith(".index.json") else {source}
-    if out in inputs or source in out.parents:
+    # OUT may not be an input, hold one (a folder above it: --force would delete it), or lie in one.
+    if any(out == p or out in p.parents for p in _inputs(source)) or source in out.parents:
         raise ConvertError(f"{options.out}: would overwrite the input {options.source}; pick another OUT")
     if options.out.exists() and not options.force:
         raise ConvertError(f"{options.out} exists; pass --force to replace it")
+
+
+def _inputs(source: Path) -> set[Path]:
+    """The files a conversion reads: a sharded checkpoint's folder and every shard and index in it."""
+    if not (source.is_dir() or source.name.endswith(".index.json")):
+        return {source}
+    folder = source if source.is_dir() else source.parent
+    return {source, folder, *folder.glob("*.safetensors"), *folder.glob("*.index.json")}
 
 
 def _target_model(options: ConvertOptions):
@@ -67,6 +75,15 @@ def _target_model(options: ConvertOptions):
 
 
 def _write(options: ConvertOptions, ckpt: Checkpoint, keymap: KeyMap, model) -> None:
+    try:
+        _stage_and_commit(options, ckpt, keymap, model)
+    except OSError as exc:
+        where = exc.filename or options.out
+        raise ConvertError(f"{where}: cannot write the converted checkpoint ({exc.strerror or exc}); "
+                           "nothing was written") from None
+
+
+def _stage_and_commit(options: ConvertOptions, ckpt: Checkpoint, keymap: KeyMap, model) -> None:
     from tf_migrate.convert.tensors import output_shards
     from tf_migrate.convert.writing import commit, staging, write_all
 
@@ -96,6 +113,8 @@ def _report(ckpt: Checkpoint, keymap: KeyMap, options: ConvertOptions, out: Text
     for instance in keymap.instances:
         where = instance.prefix.rstrip(".") or "(top level)"
         out.write(f"converted {where} [{instance.label}]: {'; '.join(instance.changes)}\n")
+    if keymap.unmatched:
+        out.write(f"no instance in this checkpoint: {', '.join(keymap.unmatched)}\n")
     untouched = group_pattern(keymap.untouched)
     out.write(f"untouched: {len(keymap.untouched)} key(s)\n")
     out.writelines(f"  {line}\n" for line in untouched)

@@ -65,12 +65,17 @@ def _write_sharded(ckpt: Checkpoint, shards, stage: Path) -> Path:
 
 def commit(produced: Path, out: Path, force: bool) -> None:
     """Move the finished output into place; an existing OUT (with --force) goes only at the end."""
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise FileExistsError(out)
-        doomed = out.with_name(f".{out.name}.replaced")
-        os.replace(out, doomed)
+    if not (out.exists() or out.is_symlink()):
         os.replace(produced, out)
-        shutil.rmtree(doomed) if doomed.is_dir() else doomed.unlink()
-    else:
-        os.replace(produced, out)
+        return
+    if not force:
+        raise FileExistsError(out)
+    if produced.is_file() and out.is_file() and not out.is_symlink():
+        os.replace(produced, out)  # a file over a file: one atomic step
+        return
+    # A folder cannot replace another in one step: move the old one aside (into a fresh temporary
+    # folder, so no leftover of an interrupted run is in the way), then delete it.
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced.", dir=out.parent))
+    os.replace(out, aside / out.name)
+    os.replace(produced, out)
+    shutil.rmtree(aside)
