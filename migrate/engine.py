@@ -8,11 +8,14 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rule import Fix, Note, Refusal, Rule
 from tf_migrate.source import SourceError, read_source
+
+if TYPE_CHECKING:
+    import ast
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,17 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         return result
     from tf_migrate.nn_bases import may_define_modules
 
-    if not may_define_modules(text):  # every rule works inside nn.Module classes
+    tree = _python_tree(text)
+    if isinstance(tree, str):
+        result.errors.append(tree)
+        return result
+    if not may_define_modules(tree):  # every rule works inside nn.Module classes
         return result
     import libcst as cst
 
     from tf_migrate.context import FileContext
     from tf_migrate.edits import apply_fixes
 
-    rejected = _python_rejects(text)
-    if rejected:
-        result.errors.append(rejected)
-        return result
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
@@ -107,20 +110,19 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     return result
 
 
-def _python_rejects(text: str) -> str | None:
-    """Why Python itself cannot parse `text`, if it cannot. libcst's native parser must not see such
-    files: nesting too deep for Python's parser (`1 + 1 + ...` thousands long) crashes it (SIGSEGV)."""
+def _python_tree(text: str) -> "ast.Module | str":
+    """Python's own parse of `text`, or why it cannot parse it. libcst's native parser must not see
+    such files: nesting too deep for Python's parser (`1 + 1 + ...` thousands long) crashes it (SIGSEGV)."""
     if "\0" in text:
         return f"null byte at offset {text.index(chr(0))}: not Python source"
     import ast
 
     try:
-        ast.parse(text)
+        return ast.parse(text)
     except SyntaxError as exc:
         return f"syntax error at line {exc.lineno}, column {exc.offset}: {exc.msg}"
     except (RecursionError, MemoryError, ValueError) as exc:
         return f"Python cannot parse this file ({type(exc).__name__}: {exc})"
-    return None
 
 
 def _check_output(result: FileResult) -> None:

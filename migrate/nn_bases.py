@@ -66,10 +66,10 @@ def _may_be_torch_nn(base: ast.expr, bindings: dict[str, set[str]]) -> bool:
     return False
 
 
-def may_define_modules(text: str) -> bool:
-    """False only when no class in `text` can derive from `torch.nn.*`."""
+def may_define_modules(source: str | ast.Module) -> bool:
+    """False only when no class in `source` (text, or its parse) can derive from `torch.nn.*`."""
     try:
-        tree = ast.parse(text)
+        tree = ast.parse(source) if isinstance(source, str) else source
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return True  # let the engine report it
     statements = list(_statements(tree.body))
