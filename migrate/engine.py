@@ -79,7 +79,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         return result
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
-    ctx = None  # shared by rules until one changes the module: name resolution is the costly part
+    ctx = None  # shared by rules until one changes the module: its analyses are computed once
     for rule in active:
         try:
             ctx = ctx or FileContext(module, path, code)
