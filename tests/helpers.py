@@ -33,6 +33,14 @@ def manifest() -> dict:
     return tomllib.loads((MODELS / "manifest.toml").read_text())
 
 
+def meets_expectation(expected: str | None, result, code: str) -> bool:
+    """Whether a FileResult does what a manifest `[stem.expect]` entry says rule `code` must do."""
+    applied = any(e.code == code for e in result.edits)
+    refused = any(r.code == code for r in result.refusals)
+    return {"apply": applied, "refuse": refused and not applied, "noop": not applied and not refused,
+            "apply-or-refuse": applied or refused}.get(expected, True)
+
+
 def tensors(value) -> list:
     """The tensors of a forward result: a tensor, or nested tuples/lists of them (y, (k, v))."""
     import torch
