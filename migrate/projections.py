@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.dataflow import FunctionFlow
+from tf_migrate.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.context import FileContext
@@ -139,3 +140,34 @@ def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
     ordered = sorted((a.statement for a in apps), key=ctx.line)
     return flow.mutation_between(first.input.value, ordered[0], ordered[-1]) is None  # `x.mul_()` between
 
+
+
+def foreign_attribute(ctx: "FileContext", cls, names: list[str]) -> str | None:
+    """Why fusing would leave a reference dangling: another object's `.q`, or `self.q` in a
+    subclass (which may replace or call it). None when only the class itself reaches them."""
+    own = {id(ref) for name in names for ref in cls.self_references(name)}
+    by_name = ctx.memo("projections.attributes", lambda: _attributes_by_name(ctx))
+    for node in sorted((n for name in names for n in by_name.get(name, ())), key=ctx.line):  # first in the file
+        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
+            return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
+                    "outside its class (a subclass or another object)")
+    return None
+
+
+def _attributes_by_name(ctx: "FileContext") -> dict[str, list[cst.Attribute]]:
+    found: dict[str, list[cst.Attribute]] = {}
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute)):
+        found.setdefault(node.attr.value, []).append(node)
+    return found
+
+
+def _own_attribute_elsewhere(ctx: "FileContext", cls, node: cst.Attribute) -> bool:
+    """`self.w_q` inside another class that does not inherit from this one: its own attribute."""
+    if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
+        return False
+    owner = ctx.parents.get(node)
+    while owner is not None and not isinstance(owner, cst.ClassDef):
+        owner = ctx.parents.get(owner)
+    if owner is None or owner is cls.node:
+        return False
+    return not any(isinstance(b.value, cst.Name) and b.value.value == cls.node.name.value for b in owner.bases)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from tf_migrate.nodes import atom_code, find
-from tf_migrate.projections import ROLES, Triple, applied, different_inputs
+from tf_migrate.projections import ROLES, Triple, applied, different_inputs, foreign_attribute
 from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.raw_weights import Product, init_site, product, shape
 
@@ -111,30 +111,10 @@ def _loop_sequence(sequence, refs: dict[int, cst.Attribute], parts: str) -> cst.
 
 def _refuse_foreign_uses(ctx, cls, names: list[str]) -> None:
     """Another object's `.w_q`, a subclass's `self.w_q`, or a "w_q" key string would dangle."""
-    refuse_foreign_attributes(ctx, cls, names)
+    blocked = foreign_attribute(ctx, cls, names)
+    if blocked:
+        raise Blocked(blocked)
     for node in find(ctx.module, lambda n: isinstance(n, cst.SimpleString)):
         value = node.evaluated_value
         if isinstance(value, str) and any(value == n or value.endswith("." + n) for n in names):
             raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")
-
-
-def refuse_foreign_attributes(ctx, cls, names: list[str]) -> None:
-    """Another object's `.q`, or `self.q` in a subclass (which may replace or call it), would
-    dangle once the class no longer has it."""
-    own = {id(ref) for name in names for ref in cls.self_references(name)}
-    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value in names):
-        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
-            raise Blocked(f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
-                          "outside its class (a subclass or another object)")
-
-
-def _own_attribute_elsewhere(ctx, cls, node: cst.Attribute) -> bool:
-    """`self.w_q` inside another class that does not inherit from this one: its own attribute."""
-    if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
-        return False
-    owner = ctx.parents.get(node)
-    while owner is not None and not isinstance(owner, cst.ClassDef):
-        owner = ctx.parents.get(owner)
-    if owner is None or owner is cls.node:
-        return False
-    return not any(isinstance(b.value, cst.Name) and b.value.value == cls.node.name.value for b in owner.bases)

@@ -6,10 +6,10 @@ from typing import Iterator
 
 from tf_migrate import fan_inits
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.projections import (ROLES, Triple, application, different_inputs, linear_arguments,
-                                    other_init_uses, triples)
+from tf_migrate.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
+                                    linear_arguments, other_init_uses, triples)
 from tf_migrate.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
-from tf_migrate.raw_qkv import raw_fusion, refuse_foreign_attributes
+from tf_migrate.raw_qkv import raw_fusion
 from tf_migrate.rule import Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -81,9 +81,9 @@ class SeparateQkvToFused(Rule):
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
         blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
+        blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
             raise Blocked(blocked)
-        refuse_foreign_attributes(ctx, cls, [triple.attributes[r] for r in ROLES])
         return self._fix(ctx, cls, triple, subs, apps)
 
     def _raw(self, ctx, cls, triple, subs) -> Fix:
