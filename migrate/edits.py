@@ -35,7 +35,7 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
         replacements.update(fix.replacements)
     if not replacements:
         return module
-    module = module.visit(_Replace(replacements))
+    module = replace_nodes(module, replacements)
     context = CodemodContext()
     needs_add = needs_remove = False
     for fix in fixes:
