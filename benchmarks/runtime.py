@@ -58,7 +58,7 @@ def migrate(stem: str, select: str, out: Path) -> Path | None:
 
 
 def specs_for(stem: str, tmp: Path, notes: list[str]) -> list:
-    from tf_migrate.bench_setup import ModelSpec, load
+    from tf_migrate.bench.setup import ModelSpec, load
 
     build, _, inputs = CONFIGS[stem]
     specs = [ModelSpec("legacy", str(MODELS / f"{stem}.py"), build, inputs=inputs)]
@@ -94,7 +94,7 @@ def run(stems: list[str], lengths: list[int] | None, repeats: int, tmp: Path) ->
 
 def markdown(results: dict, notes: list[str], repeats: int) -> str:
     import torch
-    from tf_migrate.bench_report import ratio_table
+    from tf_migrate.bench.report import ratio_table
 
     lines = ["# Legacy vs migrated: time and peak memory", "",
              (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "

@@ -64,7 +64,7 @@ def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, f
         if allow_empty:
             sys.exit(0)
         raise click.UsageError("Missing argument 'PATHS...'.")
-    from tf_migrate.run import RunOptions, UsageError, run
+    from tf_migrate.engine.run import RunOptions, UsageError, run
 
     rule_options += tuple(f"swiglu.{key}={value}" for key, value in
                           (("ffn", ffn), ("hidden", ffn_hidden)) if value)
@@ -86,7 +86,7 @@ def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, f
 @main.command("rules")
 def list_rules() -> None:
     """List the rules: code, name, equivalence class, summary."""
-    from tf_migrate.registry import all_rules
+    from tf_migrate.engine.registry import all_rules
 
     for rule in all_rules():
         click.echo(f"{rule.code}  {rule.name:<12} {rule.equivalence.value:<11} {rule.summary}")
@@ -96,7 +96,7 @@ def list_rules() -> None:
 @click.argument("code")
 def explain(code: str) -> None:
     """Show a rule's documentation with a before/after example."""
-    from tf_migrate.registry import SelectionError, find_rule
+    from tf_migrate.engine.registry import SelectionError, find_rule
 
     try:
         rule = find_rule(code)

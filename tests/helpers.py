@@ -9,8 +9,8 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-from tf_migrate.registry import all_rules
-from tf_migrate.rule import Rule
+from tf_migrate.engine.registry import all_rules
+from tf_migrate.engine.rule import Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

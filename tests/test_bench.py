@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner
 from helpers import MODELS, load_module, manifest
 from tf_migrate.bench import BenchOptions, measure, parse_lengths
-from tf_migrate.bench_report import ratio_table
-from tf_migrate.bench_setup import ModelSpec
+from tf_migrate.bench.report import ratio_table
+from tf_migrate.bench.setup import ModelSpec
 from tf_migrate.cli import main
-from tf_migrate.engine import migrate_source
-from tf_migrate.registry import find_rule
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import find_rule
 
 REFERENCE = MODELS / "reference" / "einsum_gpt_modern.py"
 TINY = "EinsumGPT(vocab_size=50, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=256)"

@@ -6,10 +6,10 @@ import io
 import json
 from pathlib import Path
 
-from tf_migrate.ci_formats import github_lines, sarif_document
-from tf_migrate.engine import Diagnostic, FileResult, migrate_file
-from tf_migrate.run import build_rules
-from tf_migrate.config import Config
+from tf_migrate.engine.ci_formats import github_lines, sarif_document
+from tf_migrate.engine.file import Diagnostic, FileResult, migrate_file
+from tf_migrate.engine.run import build_rules
+from tf_migrate.engine.config import Config
 
 SDPA = Path(__file__).resolve().parent.parent / "fixtures" / "sdpa"
 

@@ -221,8 +221,8 @@ def test_plan_known_only_by_a_bias_buffer_needs_the_model(tmp_path: Path) -> Non
 @pytest.mark.parametrize("stem", KEYED)
 def test_in_memory_conversion_matches_outputs(stem: str, tmp_path: Path) -> None:
     from tf_migrate.convert.state_dict import convert_state_dict
-    from tf_migrate.engine import migrate_source
-    from tf_migrate.registry import select_rules
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import select_rules
 
     entry = manifest()[stem]
     module, old = _old_model(stem)

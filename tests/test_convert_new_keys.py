@@ -16,9 +16,9 @@ from convert_support import (MODELS, build, convert, load_module, manifest, migr
                              save_sharded)
 from tf_migrate.convert.errors import ConvertError  # noqa: E402
 from tf_migrate.convert.state_dict import convert_state_dict  # noqa: E402
-from tf_migrate.engine import migrate_source  # noqa: E402
+from tf_migrate.engine.file import migrate_source  # noqa: E402
 from tf_migrate.plan import ClassPlan, NewKey, parse_init  # noqa: E402
-from tf_migrate.registry import select_rules  # noqa: E402
+from tf_migrate.engine.registry import select_rules  # noqa: E402
 
 
 def _all_rules(stem: str, tmp_path: Path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tf_migrate.engine import migrate_source
+from tf_migrate.engine.file import migrate_source
 from tf_migrate.rules.fused_qkv import SeparateQkvToFused
 
 FOLDER = Path(__file__).resolve().parent.parent / "fixtures" / "fused_qkv"

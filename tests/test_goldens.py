@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers import FIXTURES, rule_folders, rule_for_folder
-from tf_migrate.engine import migrate_source
-from tf_migrate.registry import all_rules
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import all_rules
 
 
 def _cases(suffix: str) -> list[Path]:

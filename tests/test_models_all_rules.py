@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from helpers import MODELS, load_module, manifest, tensors  # noqa: E402
 from tf_migrate.convert.state_dict import convert_state_dict  # noqa: E402
-from tf_migrate.engine import migrate_source  # noqa: E402
-from tf_migrate.registry import select_rules  # noqa: E402
+from tf_migrate.engine.file import migrate_source  # noqa: E402
+from tf_migrate.engine.registry import select_rules  # noqa: E402
 
 SPECS = manifest()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tf_migrate.nn_bases import may_define_modules
+from tf_migrate.analysis.nn_bases import may_define_modules
 
 
 def _bases(source: str) -> list[bool]:

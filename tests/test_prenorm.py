@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import load_module, manifest, meets_expectation, tensors
-from tf_migrate.engine import migrate_source
-from tf_migrate.registry import select_rules
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import select_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "fixtures" / "prenorm"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hypothesmith
 from hypothesis import HealthCheck, given, settings
 
-from tf_migrate.config import Config
-from tf_migrate.engine import has_candidates, migrate_source
-from tf_migrate.run import build_rules
+from tf_migrate.engine.config import Config
+from tf_migrate.engine.file import has_candidates, migrate_source
+from tf_migrate.engine.run import build_rules
 
 RULES = build_rules(Config(select=["all"]))
 TRIGGERS = sorted({word for rule in RULES for word in rule.triggers})

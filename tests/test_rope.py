@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from helpers import FIXTURES, MODELS, load_module, manifest, meets_expectation
 from tf_migrate.cli import main
-from tf_migrate.engine import migrate_source
-from tf_migrate.registry import select_rules
-from tf_migrate.rotary_code import helper_statements
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import select_rules
+from tf_migrate.rules.rope.rotary_code import helper_statements
 
 SPECS = manifest()
 ROPE = FIXTURES / "rope"
@@ -203,7 +203,7 @@ def test_alibi_slopes_and_bias() -> None:
     torch = pytest.importorskip("torch")
     import libcst as cst
 
-    from tf_migrate import alibi
+    from tf_migrate.rules.rope import alibi
 
     namespace = {"torch": torch}
     exec(cst.Module(body=alibi.helper_statements("torch")).code, namespace)

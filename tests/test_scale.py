@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tf_migrate import parallel
-from tf_migrate.registry import all_rules
-from tf_migrate.ruleindex import rule_index
-from tf_migrate.run import RunOptions, run
+from tf_migrate.engine import parallel
+from tf_migrate.engine.registry import all_rules
+from tf_migrate.engine.ruleindex import rule_index
+from tf_migrate.engine.run import RunOptions, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SDPA = ROOT / "fixtures" / "sdpa"
@@ -42,7 +42,7 @@ def test_no_candidate_run_imports_neither_libcst_nor_torch(tmp_path):
     for i in range(10):
         (tmp_path / f"f{i}.py").write_text(f"def f():\n    return {i}\n")
     code = ("import io, sys\nfrom pathlib import Path\nfrom tf_migrate.cli import main\n"
-            "from tf_migrate.run import RunOptions, run\n"
+            "from tf_migrate.engine.run import RunOptions, run\n"
             f"rc = run(RunOptions([Path({str(tmp_path)!r})], select=['all']), io.StringIO())\n"
             "print(rc, 'libcst' in sys.modules, 'torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,9 +15,9 @@ import pytest
 from libcst.metadata import QualifiedNameProvider, QualifiedNameSource
 
 from helpers import FIXTURES
-from tf_migrate.names import NameResolver, canonical
-from tf_migrate.nodes import children, parent_map
-from tf_migrate.scopes import Scopes
+from tf_migrate.analysis.names import NameResolver, canonical
+from tf_migrate.analysis.nodes import children, parent_map
+from tf_migrate.analysis.scopes import Scopes
 
 CORNERS = '''
 from . import sibling

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tf_migrate.engine import migrate_source
+from tf_migrate.engine.file import migrate_source
 from tf_migrate.rules.sdpa import EinsumAttentionToSdpa
 
 FOLDER = Path(__file__).resolve().parent.parent / "fixtures" / "sdpa"

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from helpers import load_module, manifest, meets_expectation
 from tf_migrate.cli import main
-from tf_migrate.engine import migrate_source
-from tf_migrate.registry import select_rules
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import select_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "swiglu"

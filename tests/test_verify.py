@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner
 from tf_migrate.cli import main
-from tf_migrate.engine import migrate_source
+from tf_migrate.engine.file import migrate_source
 from tf_migrate.plan import plan_document
-from tf_migrate.registry import find_rule, select_rules
+from tf_migrate.engine.registry import find_rule, select_rules
 from tf_migrate.verify.session import VerifyOptions, verify
 
 MODELS = Path(__file__).parent.parent / "fixtures" / "models"

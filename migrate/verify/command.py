@@ -59,7 +59,7 @@ def verify_command(before, after, build, inputs, plan, entry, select, rtol, atol
 
     document = report.json_document(result) if fmt == "json" else "\n".join(report.text_lines(result))
     if bench:
-        from tf_migrate.bench_report import bench_pair
+        from tf_migrate.bench.report import bench_pair
 
         document = bench_pair(document, fmt, before, after, build, entry, bench_lengths, bench_input)
     click.echo(document)

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tf_migrate.config import Config
-from tf_migrate.engine import migrate_source
+from tf_migrate.engine.config import Config
+from tf_migrate.engine.file import migrate_source
 from tf_migrate.plan import ClassPlan, merge_plans
-from tf_migrate.source import SourceError, read_source
+from tf_migrate.engine.source import SourceError, read_source
 from tf_migrate.verify.loading import LoadError, Source
 
 
@@ -30,7 +30,7 @@ def read_plan(path: Path) -> PlanSource:
 
 
 def recompute_plan(before: Source, after: Source, select: list[str]) -> PlanSource:
-    from tf_migrate.run import UsageError, build_rules
+    from tf_migrate.engine.run import UsageError, build_rules
 
     try:
         rules = build_rules(Config(select=select))

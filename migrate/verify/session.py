@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tf_migrate.registry import SelectionError, find_rule
-from tf_migrate.rule import Equivalence
+from tf_migrate.engine.registry import SelectionError, find_rule
+from tf_migrate.engine.rule import Equivalence
 from tf_migrate.verify import numerics
 from tf_migrate.verify.building import as_args, build_model, evaluate
 from tf_migrate.verify.checkpoint import LoadReport, map_and_load, planned_instances

@@ -1,0 +1,510 @@
+"""Recognition of hand-written softmax attention inside the methods of an nn.Module.
+
+    probs = dropout(softmax(mask(scale(q @ k^T)), dim=-1));  out = probs @ v
+
+The chain may be one expression or spread over statements (names are followed back through their
+bindings, `if mask is not None:` guards included). The result says what q, k, v, scale, masks
+and dropout are, which statements the chain consumed, and, if it cannot be rewritten, why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+import libcst as cst
+
+from tf_migrate.analysis import einsum
+from tf_migrate.analysis.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, read_names
+from tf_migrate.analysis.nodes import body_nodes, find
+from tf_migrate.analysis.names import argument, int_value, method_call, number_value, self_attribute
+from tf_migrate.analysis.shapes import Shapes
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.analysis.modules import ModuleClass
+
+SDPA = "torch.nn.functional.scaled_dot_product_attention"
+_SOFTMAX = ("torch.nn.functional.softmax", "torch.softmax")
+_DROPOUT = ("torch.nn.functional.dropout", "torch.dropout")
+
+
+class NotAttention(Exception):
+    """The expression is not a softmax-attention chain at all: say nothing."""
+
+
+class Refused(Exception):
+    """An attention chain that cannot be rewritten safely; `line` is what blocked it."""
+
+    def __init__(self, line: int, reason: str, hint: str = "") -> None:
+        super().__init__(reason)
+        self.line, self.reason, self.hint = line, reason, hint
+
+
+@dataclass
+class Operand:
+    expr: cst.BaseExpression
+    at: cst.BaseStatement  # where the expression is evaluated in the original code
+    suffix: str = ""  # `.transpose(1, 2)` etc. that SDPA's (batch..., seq, dim) layout needs
+
+
+@dataclass
+class Mask:
+    kind: str  # "fill" (expr is True where hidden) or "add" (expr is added to the scores)
+    expr: cst.BaseExpression
+    at: cst.BaseStatement
+    guard: cst.BaseExpression | None = None
+    scaled_after: bool = False
+
+
+@dataclass
+class Dropout:
+    p: str  # code
+    training: str | None  # code of the training flag; None when dropout always applies
+
+
+@dataclass
+class Attention:
+    cls: "ModuleClass"
+    function: cst.FunctionDef
+    flow: FunctionFlow
+    shapes: Shapes
+    product: cst.BaseExpression
+    statement: cst.BaseStatement
+    query: Operand | None = None
+    key: Operand | None = None
+    value: Operand | None = None
+    output_suffix: str = ""
+    scale: list[tuple[str, cst.BaseExpression, cst.BaseStatement]] = field(default_factory=list)
+    masks: list[Mask] = field(default_factory=list)
+    dropout: Dropout | None = None
+    rank: int | None = None
+    consumed: list[Definition] = field(default_factory=list)
+    followed: set[int] = field(default_factory=set)
+
+
+def _product_operands(ctx: "FileContext", node: cst.CSTNode):
+    """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `einsum(s, a, b)`."""
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
+        return "matmul", node.left, node.right, None
+    if not isinstance(node, cst.Call) or any(a.star for a in node.args):
+        return None
+    callee = ctx.names.callee(node)
+    values = [a.value for a in node.args if a.keyword is None]
+    if callee in ("torch.matmul", "torch.bmm") and len(values) == 2:
+        return callee.split(".")[-1], values[0], values[1], None
+    if callee == "torch.einsum" and len(values) == 3 and isinstance(values[0], cst.SimpleString):
+        spec = einsum.parse(values[0].evaluated_value)
+        if spec is not None:
+            return "einsum", values[1], values[2], spec
+    return None
+
+
+class AttentionMatcher:
+    """Finds the attention chains of one method."""
+
+    def __init__(self, ctx: "FileContext", cls: "ModuleClass", function: cst.FunctionDef) -> None:
+        self.ctx = ctx
+        self.cls = cls
+        self.function = function
+        self.flow = FunctionFlow(ctx, function)
+        self.shapes = Shapes(ctx, cls, self.flow)
+
+    def candidates(self) -> Iterator[tuple[cst.BaseExpression, cst.BaseStatement]]:
+        for node in body_nodes(self.function):
+            if _product_operands(self.ctx, node) is not None:
+                statement = self.flow.statement_of(node)
+                if statement is not None:
+                    yield node, statement
+
+    def product(self, node: cst.CSTNode):
+        """(kind, left, right, einsum spec) when `node` is a matrix product, else None."""
+        return _product_operands(self.ctx, node)
+
+    def score_operands(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention | None:
+        """q and k of a `q @ k^T`-style scores product (with k's transpose undone), else None.
+
+        Only the product itself is read, so this works where the rest of the chain is too tangled
+        for `match` (other rules that only need q and k use it).
+        """
+        found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
+        try:
+            _Chain(self, found)._qk(product, statement, -1)
+        except (NotAttention, Refused):
+            return None
+        return found
+
+    def match(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention:
+        """Raises NotAttention or Refused; returns the chain otherwise."""
+        kind, probs, v, spec = _product_operands(self.ctx, product)
+        found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
+        chain = _Chain(self, found)
+        probs, at = chain.follow(probs, statement)
+        probs, at = chain.dropout(probs, at)
+        scores, at, dim = chain.softmax(probs, at)
+        chain.scores(scores, at, dim)
+        chain.product(kind, v, spec, statement)
+        chain.check_uses()
+        chain.check_moves()
+        return found
+
+
+class _Chain:
+    """Walks one chain from the product back to q and k, filling in an `Attention`."""
+
+    def __init__(self, matcher: AttentionMatcher, found: Attention) -> None:
+        self.m = matcher
+        self.ctx = matcher.ctx
+        self.found = found
+        self.moves: list[tuple[cst.BaseExpression, cst.BaseStatement]] = []
+
+    def line(self, node: cst.CSTNode, fallback: cst.CSTNode | None = None) -> int:
+        return self.ctx.line(node) or self.ctx.line(fallback or self.found.statement)
+
+    def follow(self, expr: cst.BaseExpression, at: cst.BaseStatement, strict: bool = False):
+        """Step from a local name to the expression bound to it (recording the binding).
+
+        `strict`: past the softmax, a binding that cannot be followed is a refusal, not silence.
+        """
+        while isinstance(expr, cst.Name):
+            definition = self.m.flow.definition(expr.value, at)
+            if isinstance(definition, Binding):
+                self.found.followed.add(id(expr))
+                self.found.consumed.append(definition)
+                expr, at = definition.value, definition.statement
+            elif isinstance(definition, GuardedBinding):
+                self.found.followed.add(id(expr))
+                return definition, at
+            elif strict and isinstance(definition, OpaqueBinding) and not isinstance(
+                    definition.statement, cst.SimpleStatementLine):
+                raise Refused(self.ctx.line(definition.statement), f"`{expr.value}` is rebound inside a "
+                              f"block at line {self.ctx.line(definition.statement)} in a way tf-migrate "
+                              "cannot follow", "compute the mask and the scores in plain statements")
+            else:
+                break
+        return expr, at
+
+    def dropout(self, expr, at):
+        if isinstance(expr, GuardedBinding):
+            return expr, at
+        names = self.ctx.names
+        if isinstance(expr, cst.Call) and expr.args:
+            sub = self.m.cls.submodule_of(expr.func)
+            if sub is not None and sub.callee == "torch.nn.Dropout":
+                self.found.dropout = Dropout(f"{self.ctx.code(expr.func)}.p", "self.training")
+                return self.follow(expr.args[0].value, at)
+            if names.is_call(expr, *_DROPOUT):
+                self.found.dropout = self._functional_dropout(expr, at)
+                return self.follow(expr.args[0].value, at)
+            if sub is not None and sub.callee not in ("torch.nn.Softmax",):
+                inner, _ = self.follow(expr.args[0].value, at) if len(expr.args) == 1 else (None, None)
+                if self._is_softmax(inner):
+                    raise Refused(self.line(expr, at), f"the attention probabilities pass through "
+                                  f"`{self.ctx.code(expr.func)}`, which is not a dropout",
+                                  "SDPA can only fold a dropout on the probabilities")
+        return expr, at
+
+    def _functional_dropout(self, call: cst.Call, at) -> Dropout:
+        p = argument(call, 1, "p")
+        training = argument(call, 2, "training" if self.ctx.names.callee(call) != "torch.dropout" else "train")
+        self.moves.extend((e, at) for e in (p, training) if e is not None)
+        return Dropout(self.ctx.code(p) if p is not None else "0.5",
+                       self.ctx.code(training) if training is not None else None)
+
+    def _is_softmax(self, expr) -> bool:
+        try:
+            self._softmax_parts(expr)
+            return True
+        except (NotAttention, Refused):
+            return False
+
+    def _softmax_parts(self, expr):
+        """(input, dim expression) of a softmax call, or NotAttention."""
+        if not isinstance(expr, cst.Call):
+            raise NotAttention
+        names = self.ctx.names
+        if names.is_call(expr, *_SOFTMAX) and expr.args:
+            extra = argument(expr, 3 if names.callee(expr) == "torch.nn.functional.softmax" else 2, "dtype")
+            if extra is not None:
+                raise Refused(self.line(expr), "the softmax upcasts with dtype=, SDPA computes in the "
+                              "input dtype", "drop the dtype argument if the model runs in float32")
+            return expr.args[0].value, argument(expr, 1, "dim")
+        sub = self.m.cls.submodule_of(expr.func, "torch.nn.Softmax")
+        if sub is not None and len(expr.args) == 1:
+            return expr.args[0].value, argument(sub.call, 0, "dim")
+        receiver = method_call(expr, "softmax")
+        is_self = isinstance(receiver, cst.Name) and receiver.value == "self"
+        if receiver is not None and not is_self and names.imported(expr.func) is None:
+            return receiver, argument(expr, 0, "dim")
+        raise NotAttention
+
+    def softmax(self, expr, at):
+        if isinstance(expr, GuardedBinding):
+            raise NotAttention
+        inner, dim = self._softmax_parts(expr)
+        inner, at = self.follow(inner, at, strict=True)
+        return inner, at, int_value(dim)
+
+    def scores(self, expr, at, dim: int | None) -> None:
+        """Peel masks and scales off the scores until the q·k product."""
+        scaled = False
+        while True:
+            if isinstance(expr, GuardedBinding):
+                expr, at = self._guarded_mask(expr, scaled)
+                continue
+            step = self._modifier(expr, at, scaled)
+            if step is None:
+                break
+            expr, scaled_now = step
+            scaled = scaled or scaled_now
+            expr, at = self.follow(expr, at, strict=True)
+        self._qk(expr, at, dim)
+
+    def _guarded_mask(self, guarded: GuardedBinding, scaled: bool):
+        self.found.consumed.append(guarded)
+        value, at = guarded.binding.value, guarded.binding.statement
+        step = self._modifier(value, at, scaled)
+        if step is None or not self.found.masks or self.found.masks[-1].at is not at:
+            raise Refused(self.ctx.line(guarded.statement), "the scores are changed under a condition "
+                          "in a way that is not a mask", "")
+        self.found.masks[-1].guard = guarded.test
+        self.moves.append((guarded.test, guarded.statement))
+        base, _ = step
+        if not (isinstance(base, cst.Name) and base.value == guarded.name):
+            raise NotAttention
+        self.found.followed.add(id(base))
+        return self.follow(base, at, strict=True)
+
+    def _modifier(self, expr, at, scaled: bool):
+        """One mask or scale step: returns (the scores it applies to, whether it scales)."""
+        receiver = method_call(expr, "masked_fill")
+        if receiver is not None and len(expr.args) == 2:
+            condition, value = expr.args[0].value, expr.args[1].value
+            if not (self._hiding_value(value) or self._hiding_name(value, at)):
+                raise Refused(self.line(expr, at), f"mask fill value `{self.ctx.code(value)}` is not "
+                              "-inf or a large negative number", "fill with float('-inf') or -1e9")
+            self.found.followed.update(id(n) for n in find(value, _is_name))  # the fill value goes away
+            self.found.masks.append(Mask("fill", condition, at, scaled_after=scaled))
+            self.moves.append((condition, at))
+            return receiver, False
+        arithmetic = _arithmetic(expr)
+        if arithmetic is None:
+            return None
+        operator, left, right = arithmetic
+        if operator == "+":
+            self.found.masks.append(Mask("add", right, at, scaled_after=scaled))
+            self.moves.append((right, at))
+            return left, False
+        scores, factor = left, right
+        if operator == "*" and self._scalar(left, at) and not self._scalar(right, at):
+            scores, factor = right, left
+        if not self._scalar(factor, at):
+            raise Refused(self.line(expr, at), f"`{self.ctx.code(factor)}` scales the scores but is "
+                          "not provably a Python number", "SDPA's scale must be a float")
+        self.found.scale.append((operator, factor, at))
+        self.moves.append((factor, at))
+        return scores, True
+
+    def _hiding_name(self, value: cst.BaseExpression, at) -> bool:
+        """`neg = -torch.finfo(s.dtype).max` bound just for the fill: the binding goes with it."""
+        if not (isinstance(value, cst.Name) and self.m.flow.contains(at)):
+            return False
+        definition = self.m.flow.definition(value.value, at)
+        if not (isinstance(definition, Binding) and self._hiding_value(definition.value)):
+            return False
+        if {id(u) for u in self.m.flow.uses(definition)} == {id(value)}:  # else it stays, and must
+            self.found.consumed.append(definition)  # not read what the chain removes
+            self.found.followed.update(id(n) for n in find(definition.value, _is_name))
+        return True
+
+    def _hiding_value(self, value: cst.BaseExpression) -> bool:
+        number = number_value(value)
+        if number is not None:
+            return number <= -1e4
+        if isinstance(value, cst.UnaryOperation) and isinstance(value.operator, cst.Minus):
+            top = value.expression  # -finfo(dtype).max is finfo(dtype).min
+            if isinstance(top, cst.Attribute) and top.attr.value == "max" and isinstance(top.value, cst.Call):
+                return self.ctx.names.is_call(top.value, "torch.finfo")
+        code = self.ctx.code(value).replace(" ", "").replace('"', "'")
+        if code in ("float('-inf')", "-float('inf')", "-math.inf", "-torch.inf", "-np.inf",
+                    "-numpy.inf", "float('-infinity')"):
+            return True
+        receiver = value.value if isinstance(value, cst.Attribute) and value.attr.value == "min" else None
+        return isinstance(receiver, cst.Call) and self.ctx.names.is_call(receiver, "torch.finfo")
+
+    def _scalar(self, expr: cst.BaseExpression, at) -> bool:
+        return self.m.shapes.is_number(expr, at)
+
+    def _qk(self, expr, at, dim: int | None) -> None:
+        operands = _product_operands(self.ctx, expr)
+        if operands is None:
+            raise NotAttention
+        kind, q, k, spec = operands
+        q, at_q = self._prescaled(q, at)
+        if kind == "einsum":
+            parsed = einsum.scores(spec)
+            if parsed is None:
+                raise NotAttention
+            rank = proven = None if einsum.has_ellipsis(spec) else len(spec.output)
+            self.found.query = Operand(q, at_q, _suffix(parsed.q_order))
+            self.found.key = Operand(k, at, _suffix(parsed.k_order))
+        else:
+            ranks = (3, 3) if kind == "bmm" else (self.m.shapes.rank(q, at), self.m.shapes.rank(k, at))
+            rank = ranks[0] or ranks[1]
+            # matmul broadcasts: the scores' rank is proven only when both operands have it
+            proven = ranks[0] if ranks[0] == ranks[1] else None
+            self.found.query = Operand(q, at_q)
+            self.found.key = self._key(k, at, kind, rank)
+        if dim is None or not (dim == -1 or (proven is not None and dim == proven - 1)):
+            raise NotAttention
+        self.found.rank = rank
+
+    def _prescaled(self, q, at):
+        """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""
+        if isinstance(q, cst.Name) and self.m.flow.contains(at):
+            definition = self.m.flow.definition(q.value, at)
+            # `q *= s` scales in place a tensor other names may share (a view of qkv): it stays
+            in_place = isinstance(definition, Binding) and isinstance(definition.statement.body[0], cst.AugAssign)
+            if (isinstance(definition, Binding) and not in_place
+                    and self._scaling(definition.value, definition.statement, q.value)
+                    and {id(u) for u in self.m.flow.uses(definition)} == {id(q)}):
+                self.found.followed.add(id(q))
+                self.found.consumed.append(definition)
+                q, at = definition.value, definition.statement
+        scaling = self._scaling(q, at)
+        if scaling is not None:
+            operator, tensor, factor = scaling
+            self.found.scale.append((operator, factor, at))
+            self.moves.append((factor, at))
+            return tensor, at
+        return q, at
+
+    def _scaling(self, expr, at, name: str | None = None):
+        """(operator, tensor, number) of `x * number` or `x / number` (x named `name`, if given)."""
+        arithmetic = _arithmetic(expr)
+        if arithmetic is None or arithmetic[0] == "+":
+            return None
+        operator, tensor, factor = arithmetic
+        if name is not None and not (isinstance(tensor, cst.Name) and tensor.value == name):
+            return None
+        if self._scalar(factor, at) and not self._scalar(tensor, at):
+            return operator, tensor, factor
+        return None
+
+    def _key(self, k, at, kind: str, rank: int | None) -> Operand:
+        """k as SDPA wants it, (batch..., seq, dim), undoing the transpose of `q @ k^T`."""
+        if isinstance(k, cst.Attribute) and k.attr.value == "mT":
+            return Operand(k.value, at)
+        receiver = method_call(k, "transpose")
+        if receiver is not None and len(k.args) == 2:
+            dims = {int_value(a.value) for a in k.args}
+            last_two = {frozenset({-2, -1})}
+            if kind == "bmm":
+                last_two.add(frozenset({1, 2}))
+            if kind == "matmul" and rank in (None, 4):
+                last_two.add(frozenset({2, 3}))  # matmul attention with transpose(2, 3) is 4-D
+            if rank is not None:
+                last_two.add(frozenset({rank - 2, rank - 1}))
+            if frozenset(dims) in last_two:
+                return Operand(receiver, at)
+        return Operand(k, at, ".transpose(-2, -1)")
+
+    def product(self, kind: str, v, spec, statement) -> None:
+        if kind == "einsum":
+            parsed = einsum.product(spec, self.found.rank or len(spec.inputs[0]))
+            if parsed is None:
+                raise NotAttention
+            self.found.value = Operand(v, statement, _suffix(parsed.v_order))
+            self.found.output_suffix = _suffix(parsed.out_order)
+        else:
+            self.found.value = Operand(v, statement)
+
+    def check_uses(self) -> None:
+        """Every binding the chain removes must be read by the chain alone."""
+        escaping = _escaping_names(self.ctx, self.m.function)
+        for definition in self.found.consumed:
+            binding = definition.binding if isinstance(definition, GuardedBinding) else definition
+            if binding.name in escaping or "locals()" in escaping:
+                what = "the function reads `locals()`" if "locals()" in escaping else \
+                    f"`{binding.name}` is declared global or nonlocal"
+                raise Refused(self.ctx.line(binding.statement), f"{what}: the attention probabilities "
+                              "(or scores) may be read outside this function",
+                              "SDPA does not return the attention probabilities")
+            for use in self.m.flow.uses(binding):
+                if id(use) not in self.found.followed:
+                    raise Refused(self.ctx.line(use), _describe_use(self.ctx, self.m.flow, use, binding.name),
+                                  "SDPA does not return the attention probabilities; keep this "
+                                  "attention as it is, or stop using them there")
+
+    def check_moves(self) -> None:
+        """Expressions moved into the SDPA call must mean the same at the call."""
+        target = self.found.statement
+        operands = [self.found.query, self.found.key]
+        moved = self.moves + [(o.expr, o.at) for o in operands if o is not None]
+        for expr, at in moved:
+            for name in read_names(expr) - {"self"}:
+                if not self.m.flow.contains(at):
+                    continue
+                if self._reaching(name, at) is not self._reaching(name, target):
+                    raise Refused(self.ctx.line(at), f"`{name}` is rebound between the scores and the "
+                                  "product", "")
+                changed = self.m.flow.mutation_between(name, at, target)
+                if changed is not None:
+                    raise Refused(self.ctx.line(changed), f"`{name}` is changed in place at line "
+                                  f"{self.ctx.line(changed)}, between the scores and the product", "")
+
+    def _reaching(self, name: str, at):
+        """The statement whose binding of `name` reaches `at` once the chain's statements are gone."""
+        removed = {id(d.statement) for d in self.found.consumed}
+        definition = self.m.flow.definition(name, at)
+        while definition is not None and id(definition.statement) in removed:
+            definition = self.m.flow.definition(name, definition.statement)
+        return None if definition is None else definition.statement
+
+
+_OPERATORS = {cst.Add: "+", cst.Multiply: "*", cst.Divide: "/"}
+_METHODS = {"add": "+", "mul": "*", "div": "/"}
+
+
+def _arithmetic(expr: cst.CSTNode):
+    """(operator, left, right) of `a + b`, `a * b`, `a / b` and of `a.add(b)`, `a.mul(b)`, `a.div(b)`."""
+    if isinstance(expr, cst.BinaryOperation) and type(expr.operator) in _OPERATORS:
+        return _OPERATORS[type(expr.operator)], expr.left, expr.right
+    receiver = method_call(expr, *_METHODS)
+    if receiver is not None and len(expr.args) == 1 and expr.args[0].keyword is None:
+        return _METHODS[expr.func.attr.value], receiver, expr.args[0].value
+    return None
+
+
+def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
+    """Names another scope can read: `global`/`nonlocal` ones, and "locals()" if the function
+    hands out its whole namespace (`locals()`, `vars()`)."""
+    found: set[str] = set()
+    for node in body_nodes(function):
+        if isinstance(node, (cst.Global, cst.Nonlocal)):
+            found.update(item.name.value for item in node.names)
+        elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:
+            found.add("locals()")
+    return found
+
+
+def _is_name(node: cst.CSTNode) -> bool:
+    return isinstance(node, cst.Name)
+
+
+def _suffix(order: tuple[int, ...]) -> str:
+    return "" if einsum.is_identity(order) else einsum.as_method(order)
+
+
+def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: str) -> str:
+    statement = flow.statement_of(use)
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
+    if isinstance(small, cst.Return):
+        what = "returned"
+    elif isinstance(small, cst.Assign) and any(self_attribute(t.target) for t in small.targets):
+        what = "stored on self"
+    elif "append(" in ctx.code(statement) or "extend(" in ctx.code(statement):
+        what = "appended to a list"
+    else:
+        what = "read again"
+    return f"the attention probabilities (or scores) `{name}` are {what} at line {ctx.line(use)}"

@@ -1,0 +1,349 @@
+"""Def-use facts inside one function body.
+
+Enough flow analysis for rewriting straight-line tensor code: which statement last bound a local
+name before a point (following `if guard: x = ...` without else), and every place a binding can
+be read from. When the code is more tangled than that (loops that rebind, tuple targets, `with
+... as`), the answer is an `OpaqueBinding`, and rules treat the name as an opaque leaf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Union
+
+import libcst as cst
+
+from tf_migrate.analysis.nodes import body_nodes, children
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+
+_AUGMENTED = {
+    cst.AddAssign: cst.Add, cst.SubtractAssign: cst.Subtract, cst.MultiplyAssign: cst.Multiply,
+    cst.DivideAssign: cst.Divide, cst.MatrixMultiplyAssign: cst.MatrixMultiply,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    """`name = value` (or `name op= value`) alone on its line."""
+
+    name: str
+    value: cst.BaseExpression
+    statement: cst.SimpleStatementLine
+
+
+@dataclass(frozen=True, eq=False)
+class GuardedBinding:
+    """`if test: name = value` with no else: `binding` when `test` holds, `previous` otherwise."""
+
+    name: str
+    test: cst.BaseExpression
+    binding: Binding
+    statement: cst.If
+    previous: "Definition | None"
+
+
+@dataclass(frozen=True, eq=False)
+class OpaqueBinding:
+    """A binding this analysis does not look through."""
+
+    name: str
+    statement: cst.BaseStatement
+
+
+Definition = Union[Binding, GuardedBinding, OpaqueBinding]
+_Place = tuple[tuple[cst.BaseStatement, ...], int, cst.CSTNode]
+
+
+class _Loads(cst.CSTVisitor):
+    """Collects the `Name` nodes that read `name` (not targets, attributes or keywords).
+
+    With `name=None`, every read name.
+    """
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.found: list[cst.Name] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if self.name is None or node.value == self.name:
+            self.found.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
+        _visit_target(node.target, self)
+        return False
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
+        _visit_target(node.target, self)
+        node.annotation.visit(self)
+        if node.value is not None:
+            node.value.visit(self)
+        return False
+
+    def visit_For(self, node: cst.For) -> bool:
+        _visit_target(node.target, self)
+        for child in (node.iter, node.body, node.orelse):
+            if child is not None:
+                child.visit(self)
+        return False
+
+    def visit_CompFor(self, node: cst.CompFor) -> bool:
+        _visit_target(node.target, self)
+        node.iter.visit(self)
+        for condition in node.ifs:
+            condition.visit(self)
+        if node.inner_for_in is not None:
+            node.inner_for_in.visit(self)
+        return False
+
+    def visit_AsName(self, node: cst.AsName) -> bool:
+        return False
+
+    def visit_Param(self, node: cst.Param) -> bool:
+        if node.default is not None:
+            node.default.visit(self)
+        return False
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        node.params.visit(self)
+        node.body.visit(self)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        node.body.visit(self)
+        return False
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Global(self, node: cst.Global) -> bool:
+        return False
+
+    def visit_Nonlocal(self, node: cst.Nonlocal) -> bool:
+        return False
+
+
+def _visit_target(target: cst.BaseExpression, visitor: _Loads) -> None:
+    """Targets bind plain names; subscripts and attributes in them read their base."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            _visit_target(element.value, visitor)
+    elif isinstance(target, cst.StarredElement):
+        _visit_target(target.value, visitor)
+    elif not isinstance(target, cst.Name):
+        target.visit(visitor)
+
+
+class _Binds(cst.CSTVisitor):
+    """Whether a statement binds `name` anywhere in this scope."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found = False
+
+    def _check(self, target: cst.CSTNode | None) -> None:
+        if isinstance(target, cst.Name) and target.value == self.name:
+            self.found = True
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._check(element.value)
+        elif isinstance(target, cst.StarredElement):
+            self._check(target.value)
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self._check(node.target)
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        self._check(node.target)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self._check(node.target)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._check(node.target)
+
+    def visit_AsName(self, node: cst.AsName) -> None:
+        self._check(node.name)
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+        self._check(node.target)
+
+    def visit_ExceptHandler(self, node: cst.ExceptHandler) -> None:
+        if node.name is not None:
+            self._check(node.name.name)
+
+    def visit_Del(self, node: cst.Del) -> None:
+        self._check(node.target)
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self._check(node.name)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        self._check(node.name)
+        return False
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return False
+
+    def visit_CompFor(self, node: cst.CompFor) -> bool:
+        return False
+
+
+def loads(node: cst.CSTNode, name: str | None) -> list[cst.Name]:
+    visitor = _Loads(name)
+    node.visit(visitor)
+    return visitor.found
+
+
+def read_names(node: cst.CSTNode) -> set[str]:
+    return {name.value for name in loads(node, None)}
+
+
+def binds(node: cst.CSTNode, name: str) -> bool:
+    visitor = _Binds(name)
+    node.visit(visitor)
+    return visitor.found
+
+
+def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
+    """The indented blocks directly owned by a compound statement (elif/else/except included)."""
+    for child in children(node):
+        if isinstance(child, cst.IndentedBlock):
+            yield child
+        elif isinstance(child, (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler,
+                                cst.Finally, cst.MatchCase)):
+            yield from _blocks(child)
+
+
+class FunctionFlow:
+    def __init__(self, ctx: "FileContext", function: cst.FunctionDef) -> None:
+        self.ctx = ctx
+        self.function = function
+        self._where: dict[cst.CSTNode, _Place] = {}
+        if isinstance(function.body, cst.IndentedBlock):
+            self._index(function.body, function)
+
+    def _index(self, block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
+        statements = tuple(block.body)
+        for position, statement in enumerate(statements):
+            self._where[statement] = (statements, position, owner)
+            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+                continue
+            for inner in _blocks(statement):
+                self._index(inner, statement)
+
+    def statement_of(self, node: cst.CSTNode) -> cst.BaseStatement | None:
+        """The innermost statement of this function that contains `node`."""
+        current: cst.CSTNode | None = node
+        while current is not None and current not in self._where:
+            current = self.ctx.parents.get(current)
+        return current  # type: ignore[return-value]
+
+    def contains(self, statement: cst.CSTNode) -> bool:
+        return statement in self._where
+
+    def definition(self, name: str, at: cst.BaseStatement) -> Definition | None:
+        """The binding of `name` that reaches the start of statement `at` (None: a parameter)."""
+        block, position, owner = self._where[at]
+        for previous in reversed(block[:position]):
+            found = self._definition_in(name, previous)
+            if found is not None:
+                return found
+        if owner is self.function:
+            return None
+        if not isinstance(owner, cst.If) and binds(owner, name):
+            return OpaqueBinding(name, owner)  # loop-carried, or bound by `with ... as`
+        return self.definition(name, owner)
+
+    def _definition_in(self, name: str, statement: cst.BaseStatement) -> Definition | None:
+        if not binds(statement, name):
+            return None
+        if isinstance(statement, cst.SimpleStatementLine):
+            return _simple_binding(name, statement) or OpaqueBinding(name, statement)
+        if (
+            isinstance(statement, cst.If) and statement.orelse is None
+            and isinstance(statement.body, cst.IndentedBlock) and len(statement.body.body) == 1
+            and isinstance(statement.body.body[0], cst.SimpleStatementLine)
+        ):
+            inner = _simple_binding(name, statement.body.body[0])
+            if inner is not None:
+                previous = self.definition(name, statement)
+                return GuardedBinding(name, statement.test, inner, statement, previous)
+        return OpaqueBinding(name, statement)
+
+    def mutation_between(self, name: str, start: cst.BaseStatement, end: cst.BaseStatement) -> cst.CSTNode | None:
+        """A node after `start` and before `end` (source order) that changes the tensor `name` holds
+        in place without rebinding it: `name.mul_(...)` (torch's trailing-underscore methods) or
+        `name[...] = ...`. Moving a read of `name` across it would read the changed values."""
+        after, before = self.ctx.lines(start).stop, self.ctx.line(end)
+        for node in body_nodes(self.function):
+            if _mutates(node, name) and after <= self.ctx.line(node) < before:
+                return node
+        return None
+
+    def uses(self, binding: Binding) -> list[cst.Name]:
+        """Every read that `binding` may reach (conservative around loops)."""
+        name = binding.name
+        found: list[cst.Name] = []
+        block, position, owner = self._where[binding.statement]
+        while True:
+            for statement in block[position + 1:]:
+                found.extend(loads(statement, name))
+                if _simple_binding(name, statement) is not None:
+                    return found
+            if owner is self.function:
+                return found
+            if isinstance(owner, (cst.For, cst.While)):
+                inside = set(map(id, loads(binding.statement, name)))
+                found.extend(n for n in loads(owner, name) if id(n) not in inside)
+            block, position, owner = self._where[owner]
+
+
+
+def _simple_binding(name: str, statement: cst.CSTNode) -> Binding | None:
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    small = statement.body[0]
+    if isinstance(small, cst.Assign) and len(small.targets) == 1:
+        target = small.targets[0].target
+        if isinstance(target, cst.Name) and target.value == name:
+            return Binding(name, small.value, statement)
+    elif isinstance(small, cst.AnnAssign) and small.value is not None:
+        if isinstance(small.target, cst.Name) and small.target.value == name:
+            return Binding(name, small.value, statement)
+    elif isinstance(small, cst.AugAssign) and type(small.operator) in _AUGMENTED:
+        if isinstance(small.target, cst.Name) and small.target.value == name:
+            operator = _AUGMENTED[type(small.operator)]()
+            # The target node itself stands for the old value, so uses() and the chain agree.
+            return Binding(name, cst.BinaryOperation(small.target, operator, small.value), statement)
+    return None
+
+
+def _mutates(node: cst.CSTNode, name: str) -> bool:
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        method = node.func.attr.value
+        return (_is_name(node.func.value, name) and method.endswith("_")
+                and not method.startswith("_"))
+    targets = [node.target] if isinstance(node, (cst.AssignTarget, cst.AugAssign)) else []
+    return any(isinstance(t, (cst.Subscript, cst.Attribute)) and _is_name(t.value, name) for t in targets)
+
+
+def _is_name(node: cst.CSTNode, name: str) -> bool:
+    return isinstance(node, cst.Name) and node.value == name

@@ -1,0 +1,112 @@
+"""Name resolution on top of the lazy scope analysis in `scopes`.
+
+`F.softmax`, `torch.nn.functional.softmax` and `from torch.nn.functional import softmax as sm`
+all resolve to `torch.nn.functional.softmax`; a local function called `softmax` resolves to nothing.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from tf_migrate.analysis.scopes import Scopes, Source
+
+# Canonical spellings: the same function reachable under several module paths.
+_ALIASES = {
+    "torch.nn.modules.module.Module": "torch.nn.Module",
+    "torch.functional.einsum": "torch.einsum",
+    "torch.special.softmax": "torch.softmax",
+    "torch.nn.modules.dropout.Dropout": "torch.nn.Dropout",
+    "torch.nn.modules.activation.Softmax": "torch.nn.Softmax",
+    "torch.nn.modules.linear.Linear": "torch.nn.Linear",
+}
+
+
+def canonical(qualified: str) -> str:
+    return _ALIASES.get(qualified, qualified)
+
+
+class NameResolver:
+    def __init__(self, scopes: Scopes) -> None:
+        self._scopes = scopes
+
+    def imported(self, node: cst.CSTNode) -> str | None:
+        """The fully qualified name of an expression that refers to something imported, else None.
+
+        Ambiguous names (imported and also bound locally) resolve to None.
+        """
+        names = self._scopes.resolve(node)
+        if len(names) != 1:
+            return None
+        (name,) = names
+        if name.source is not Source.IMPORT:
+            return None
+        return canonical(name.name)
+
+    def builtin(self, node: cst.CSTNode) -> str | None:
+        names = self._scopes.resolve(node)
+        if len(names) == 1 and next(iter(names)).source is Source.BUILTIN:
+            return next(iter(names)).name
+        return None
+
+    def callee(self, node: cst.CSTNode) -> str | None:
+        if isinstance(node, cst.Call):
+            return self.imported(node.func)
+        return None
+
+    def is_call(self, node: cst.CSTNode, *names: str) -> bool:
+        return self.callee(node) in names
+
+
+def method_call(node: cst.CSTNode, *methods: str) -> cst.BaseExpression | None:
+    """The receiver of `receiver.method(...)` when the call is a method call on a value."""
+    if (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value in methods
+    ):
+        return node.func.value
+    return None
+
+
+def self_attribute(node: cst.CSTNode) -> str | None:
+    """`self.name` -> "name"."""
+    if (
+        isinstance(node, cst.Attribute)
+        and isinstance(node.value, cst.Name)
+        and node.value.value == "self"
+    ):
+        return node.attr.value
+    return None
+
+
+def argument(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | None:
+    """The argument passed by keyword or at a position (counting positional args only)."""
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == keyword:
+            return arg.value
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    if position < len(positional):
+        return positional[position].value
+    return None
+
+
+def int_value(node: cst.CSTNode | None) -> int | None:
+    """The value of an integer literal, including a unary minus."""
+    if isinstance(node, cst.Integer):
+        return int(node.value, 0)
+    if (
+        isinstance(node, cst.UnaryOperation)
+        and isinstance(node.operator, cst.Minus)
+        and isinstance(node.expression, cst.Integer)
+    ):
+        return -int(node.expression.value, 0)
+    return None
+
+
+def number_value(node: cst.CSTNode | None) -> float | None:
+    if isinstance(node, (cst.Integer, cst.Float)):
+        return float(node.value.replace("_", ""))
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+        inner = number_value(node.expression)
+        return None if inner is None else -inner
+    return None

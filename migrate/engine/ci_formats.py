@@ -1,0 +1,121 @@
+"""Output for CI systems: SARIF 2.1.0 (code scanning) and GitHub Actions workflow annotations.
+
+Edits are warnings, refusals notes, errors errors. In SARIF each edit carries the rewrite as a fix:
+the changed lines of the file, each hunk given to the edit nearest to it, so applying every fix of
+a file gives exactly the migrated file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Iterable, Sequence
+from urllib.parse import quote
+
+from tf_migrate import __version__
+from tf_migrate.engine.file import FileResult
+from tf_migrate.engine.source import split_lines
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _annotation(kind: str, path: str, line: int, title: str, message: str) -> str:
+    return (f"::{kind} file={_escape_property(path)},line={max(line, 1)},"
+            f"title={_escape_property(title)}::{_escape_data(message)}")
+
+
+def github_lines(result: FileResult) -> Iterable[str]:
+    for error in result.errors:
+        yield _annotation("error", result.path, 1, "tf-migrate error", error.splitlines()[0])
+    for edit in sorted(result.edits, key=lambda e: e.line):
+        yield _annotation("warning", result.path, edit.line, edit.code, edit.message)
+    for refusal in sorted(result.refusals, key=lambda r: r.line):
+        hint = f" (hint: {refusal.hint})" if refusal.hint else ""
+        yield _annotation("notice", result.path, refusal.line, f"{refusal.code} refused",
+                          refusal.reason + hint)
+
+
+def _hunks(result: FileResult) -> list[tuple[int, int, str]]:
+    """(first line, lines replaced, new text) per changed region, lines 1-based."""
+    old, new = split_lines(result.original), split_lines(result.migrated)
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    return [(i1 + 1, i2 - i1, "".join(new[j1:j2]))
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+
+
+def _replacement(start: int, count: int, text: str) -> dict[str, Any]:
+    region = {"startLine": start, "startColumn": 1, "endLine": start + count, "endColumn": 1}
+    return {"deletedRegion": region, "insertedContent": {"text": text}}
+
+
+def _fixes_by_edit(result: FileResult) -> dict[int, list[dict[str, Any]]]:
+    if not result.changed or not result.edits:
+        return {}
+    by_edit: dict[int, list[dict[str, Any]]] = {}
+    for start, count, text in _hunks(result):
+        nearest = min(range(len(result.edits)), key=lambda i: abs(result.edits[i].line - start))
+        by_edit.setdefault(nearest, []).append(_replacement(start, count, text))
+    return by_edit
+
+
+def _uri(path: str) -> str:
+    """A URI reference, as SARIF requires: spaces, non-ASCII and undecodable bytes percent-encoded."""
+    return quote(path.replace("\\", "/"), safe="/", errors="surrogateescape")
+
+
+def _location(path: str, line: int) -> dict[str, Any]:
+    return {"physicalLocation": {"artifactLocation": {"uri": _uri(path)},
+                                 "region": {"startLine": max(line, 1)}}}
+
+
+def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
+    fixes = _fixes_by_edit(result)
+    for i, edit in enumerate(result.edits):
+        entry = {"ruleId": edit.code, "level": "warning", "message": {"text": edit.message},
+                 "locations": [_location(result.path, edit.line)]}
+        if i in fixes:
+            entry["fixes"] = [{
+                "description": {"text": edit.message},
+                "artifactChanges": [{"artifactLocation": {"uri": _uri(result.path)},
+                                     "replacements": fixes[i]}],
+            }]
+        yield entry
+    for refusal in result.refusals:
+        text = f"refused: {refusal.reason}" + (f" (hint: {refusal.hint})" if refusal.hint else "")
+        yield {"ruleId": refusal.code, "level": "note", "message": {"text": text},
+               "locations": [_location(result.path, refusal.line)]}
+    for error in result.errors:
+        yield {"ruleId": "TFM000", "level": "error", "message": {"text": error.splitlines()[0]},
+               "locations": [_location(result.path, 1)]}
+
+
+def _rule_descriptors(codes: set[str]) -> list[dict[str, Any]]:
+    from tf_migrate.engine.ruleindex import rule_index
+
+    known = {info.code: info for info in rule_index()}
+    descriptors = []
+    for code in sorted(codes):
+        info = known.get(code)
+        descriptor = {"id": code, "name": info.name if info else "error",
+                      "shortDescription": {"text": info.summary if info else "file could not be migrated"}}
+        descriptors.append(descriptor)
+    return descriptors
+
+
+def sarif_document(results: Sequence[FileResult]) -> str:
+    entries = [entry for result in results for entry in _file_results(result)]
+    run = {
+        "tool": {"driver": {"name": "tf-migrate", "version": __version__,
+                            "informationUri": "https://pypi.org/project/tf-migrate/",
+                            "rules": _rule_descriptors({e["ruleId"] for e in entries})}},
+        "results": entries,
+    }
+    return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2)

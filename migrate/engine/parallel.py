@@ -1,0 +1,121 @@
+"""Runs the engine over many files: pre-filter and cache in this process, parsing in a pool.
+
+Reading a file and looking for its rules' trigger words is cheap, so the parent does it for every
+file; only files that can hold a candidate and are not in the cache go to worker processes.
+Results are yielded as they finish, tagged with their input index.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from tf_migrate.engine.cache import ResultCache
+from tf_migrate.engine.file import FileResult, has_candidates, migrate_source
+from tf_migrate.engine.source import SourceError, decode_source, read_raw
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Pending:
+    index: int
+    display: str
+    text: str
+    encoding: str
+    key: str | None
+
+
+_worker_rules: Sequence = ()
+
+
+def _init_worker(rules: Sequence) -> None:
+    global _worker_rules
+    _worker_rules = rules
+
+
+def _work(display: str, text: str, encoding: str) -> FileResult:
+    try:
+        result = migrate_source(text, display, _worker_rules)
+    except Exception as exc:  # e.g. RecursionError in the parser: report, never stop the run
+        import traceback
+
+        return FileResult(display, errors=[f"internal error: {exc!r}\n{traceback.format_exc()}"])
+    result.encoding = encoding
+    return result
+
+
+def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) -> FileResult | _Pending:
+    display = str(path)
+    try:
+        raw = read_raw(path)
+        source = decode_source(path, raw)
+    except SourceError as exc:
+        return FileResult(display, errors=[str(exc)])
+    if not has_candidates(source.text, rules):
+        return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
+    key = cache.key(display, raw) if cache else None
+    hit = cache.get(key, source.text) if cache else None
+    return hit or _Pending(index, display, source.text, source.encoding, key)
+
+
+def process(files: Sequence[Path], rules: Sequence, jobs: int,
+            cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+    pending: list[_Pending] = []
+    for index, path in enumerate(files):
+        outcome = _triage(index, path, rules, cache)
+        if isinstance(outcome, _Pending):
+            pending.append(outcome)
+        else:
+            yield index, outcome
+    for item, result in _run(pending, rules, jobs):
+        if cache and item.key:
+            cache.put(item.key, result)
+        yield item.index, result
+
+
+def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[_Pending, FileResult]]:
+    if jobs <= 1 or len(pending) <= 1:
+        _init_worker(rules)
+        for item in pending:
+            yield item, _work(item.display, item.text, item.encoding)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Longest files first, so no worker is left with a big file at the end.
+    pending = sorted(pending, key=lambda item: -len(item.text))
+    with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
+                             initargs=(rules,)) as pool:
+        futures: dict[Future, _Pending] = {
+            pool.submit(_work, item.display, item.text, item.encoding): item for item in pending}
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = futures.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # a worker killed by a crash (BrokenProcessPool): report, go on
+                    result = FileResult(item.display, errors=[f"internal error: worker crashed ({exc!r})"])
+                yield item, result
+
+
+def in_order(results: Iterator[tuple[int, FileResult]], count: int) -> Iterator[FileResult]:
+    """Re-order (index, result) pairs into input order, yielding each as soon as it can."""
+    waiting: dict[int, FileResult] = {}
+    following = 0
+    for index, result in results:
+        waiting[index] = result
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+    assert following == count and not waiting

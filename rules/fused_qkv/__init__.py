@@ -1,0 +1,149 @@
+"""TFM102: three projections of the same input -> one fused projection and a split.
+
+The package holds the rule (here) and its private machinery: `projections` finds q/k/v triples,
+`qkv_split` writes the fused projection and the split, `raw_qkv`/`raw_weights` handle raw
+`nn.Parameter` triples, `fan_inits` checks initialisers. It imports `tf_migrate.analysis`, `engine.rule` and `plan`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from tf_migrate.rules.fused_qkv import fan_inits
+from tf_migrate.plan import ClassPlan, Concatenation
+from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
+                                    linear_arguments, other_init_uses, triples)
+from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
+from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+
+_LINEAR = "torch.nn.Linear"
+_PARAMETER = "torch.nn.Parameter"
+
+
+class SeparateQkvToFused(Rule):
+    """Fuse separate q, k and v projections of one tensor (`nn.Linear`s, or raw `nn.Parameter`
+    weights applied with einsum/@/matmul/F.linear) into one projection and a split.
+
+    Why: one (d -> dq + dk + dv) matmul instead of three small ones: fewer kernel launches and a
+    better-shaped GEMM; it is also the layout modern code and checkpoints use.
+
+    Safety: exact. Concatenating the weights along the output dimension and splitting the output
+    in q, k, v order computes exactly the three projections. Applied only when the three take the
+    same input size, agree on bias, and forward applies each exactly once, on the same binding of
+    the same local name (so every caller passes the same tensor to all three). Raw weights must be
+    applied by the same product (same einsum spec); the `nn.init` calls that initialised them are
+    pointed at the slices of the stacked weight, so each slice keeps its distribution. A generic
+    initialiser that reads the shape (`for p in model.parameters(): xavier_uniform_(p)`) would
+    see the stacked weight: the fix then says that fresh models initialise differently.
+
+    Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
+    raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear.
+
+    Refuses when: the projections read different tensors (cross-attention, or a class used for
+    both); bias presence differs; `in_features` differ; a projection is used anywhere but one
+    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
+    cannot be read in the method; the names the split binds would clash; the input is changed in
+    place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
+    after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
+    one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
+    object's attribute); products spelled differently; raw biases added (not fused yet); the
+    weights differ in more than their output size.
+    """
+
+    code = "TFM102"
+    name = "fused-qkv"
+    equivalence = Equivalence.EXACT
+    summary = "separate q/k/v projections (nn.Linear or raw nn.Parameter) of one input -> one and a split"
+    triggers = ("Linear", "Parameter", "Conv1D")
+    example_before = (
+        "self.query = nn.Linear(d, d)\nself.key = nn.Linear(d, d)\nself.value = nn.Linear(d, d)\n"
+        "...\nq = self.query(x)\nk = self.key(x)\nv = self.value(x)\n"
+    )
+    example_after = "self.qkv = nn.Linear(d, 3 * d)\n...\nq, k, v = self.qkv(x).split(self.d, dim=-1)\n"
+
+    def check(self, ctx) -> Iterator[Finding]:
+        for cls in ctx.module_classes:
+            if ctx.suppressed(self.code, cls.node):
+                continue
+            for triple in triples(list(cls.submodules)):
+                yield from self._triple(ctx, cls, triple)
+
+    def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
+        subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
+        try:
+            if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
+                    or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
+                raise Blocked(f"the class already has `{triple.fused_name}`")
+            raw = all(s.callee == _PARAMETER for s in subs)
+            yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
+        except Blocked as exc:
+            yield Refusal(ctx.line(subs[0].statement), f"q/k/v projections not fused: {exc}",
+                          "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+
+    def _linear(self, ctx, cls, triple, subs) -> Fix:
+        apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
+        blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
+        blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
+        blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
+        if blocked is not None:
+            raise Blocked(blocked)
+        return self._fix(ctx, cls, triple, subs, apps)
+
+    def _raw(self, ctx, cls, triple, subs) -> Fix:
+        fusion = raw_fusion(ctx, cls, triple, subs)
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+        plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
+        return self._made(ctx, triple, subs, fusion.replacements, plan, fusion.dim)
+
+    def _fix(self, ctx, cls, triple, subs, apps) -> Fix:
+        arguments = [linear_arguments(s) for s in subs]
+        outs = [ctx.code(a["out_features"]) for a in arguments]
+        bias = _bias_code(ctx, arguments[0])
+        fused = f"self.{triple.fused_name}({ctx.code(apps[0].input)})"
+        replacements = forward_edits(ctx, apps, fused + split_suffix(outs))
+        replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+        params = ["weight"] + (["bias"] if bias != "False" else [])
+        for param in params:
+            plan.concatenated.append(Concatenation(
+                f"{triple.fused_name}.{param}", [f"{triple.attributes[r]}.{param}" for r in ROLES], 0))
+        return self._made(ctx, triple, subs, replacements, plan, 0)  # nn.Linear weights are (out, in)
+
+    def _made(self, ctx, triple, subs, replacements, plan, stacked_dim: int) -> Fix:
+        message = f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split"
+        inits = fan_inits.generic_shape_inits(ctx, stacked_dim)
+        return Fix(line=ctx.line(subs[0].statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
+                   replacements=replacements, plans=[plan])
+
+
+def _constructor_problem(ctx, subs) -> str | None:
+    if any(s.callee != _LINEAR for s in subs):
+        kinds = ", ".join(f"{s.name}: {s.callee or '?'}" for s in subs)
+        return f"not all nn.Linear ({kinds}); Conv1D-style weights are stored transposed"
+    arguments = [linear_arguments(s) for s in subs]
+    if any(a is None for a in arguments):
+        return "a projection passes arguments other than in_features, out_features, bias"
+    ins = {ctx.code(a["in_features"]) for a in arguments}
+    if len(ins) != 1:
+        return f"in_features differ ({', '.join(sorted(ins))})"
+    biases = [_bias_code(ctx, a) for a in arguments]
+    if len(set(biases)) != 1:
+        detail = ", ".join(f"{s.name} bias={b} (line {ctx.line(s.statement)})" for s, b in zip(subs, biases))
+        return f"bias presence differs: {detail}"
+    if biases[0] not in ("True", "False"):
+        return f"bias={biases[0]} is not a literal; cannot tell whether the fused Linear has one"
+    return None
+
+
+def _bias_code(ctx, arguments) -> str:
+    value = arguments.get("bias")
+    return "True" if value is None else ctx.code(value)
+
+
+def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
+    func = ctx.code(subs[0].call.func)
+    bias_text = ", bias=False" if bias == "False" else ""
+    text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total_size(outs)}{bias_text})"
+    return constructor_edits(ctx, [s.statement for s in subs], text)

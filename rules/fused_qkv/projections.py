@@ -1,0 +1,173 @@
+"""Recognising separate query/key/value projections of one attention class.
+
+Shared by the fusion rule and anything else that needs to know which attributes of a class are
+its q, k and v projections, and where `forward` applies them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import libcst as cst
+
+from tf_migrate.analysis.dataflow import FunctionFlow
+from tf_migrate.analysis.nodes import find
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.analysis.modules import ModuleClass, Submodule
+
+ROLES = ("q", "k", "v")
+_LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
+# `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`: one role word with a shared affix.
+_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)(?P<role>query|key|value|q|k|v)"
+                   r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
+
+
+@dataclass
+class Triple:
+    """Three attributes that play q, k and v, named alike (`query`/`key`/`value`, `q_proj`, ...)."""
+
+    attributes: dict[str, str]  # role -> attribute name
+    fused_name: str  # what the fused attribute is called: `qkv`, `qkv_proj`, `w_qkv`
+
+
+def triples(names: list[str]) -> Iterator[Triple]:
+    """Every complete q/k/v triple among attribute names, grouped by their shared affix."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for name in names:
+        match = _NAME.match(name)
+        if match:
+            affix = (match["pre"], match["post"])
+            groups.setdefault(affix, {})[_LONG[match["role"]]] = name
+    for (pre, post), roles in groups.items():
+        if len(roles) == 3:
+            yield Triple(roles, f"{pre}qkv{post}")
+
+
+@dataclass
+class Application:
+    """`self.<attribute>(<input>)` (or `<input> @ self.<weight>` ...), the projection's one application."""
+
+    call: cst.BaseExpression  # the call, or the whole product of a raw weight
+    method: cst.FunctionDef
+    statement: cst.BaseStatement
+    input: cst.BaseExpression
+
+
+def application(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> Application | str:
+    """Where forward applies a projection, or why that cannot be pinned down."""
+    init = cls.methods.get("__init__")
+    uses = [ref for ref in cls.self_references(attribute) if not _inside(ctx, ref, init)]
+    if len(uses) != 1:
+        return f"`self.{attribute}` is used {len(uses)} times outside __init__ (fusion needs exactly one call)"
+    call = ctx.parents.get(uses[0])
+    if not (isinstance(call, cst.Call) and call.func is uses[0] and len(call.args) == 1
+            and call.args[0].keyword is None and not call.args[0].star):
+        return f"`self.{attribute}` is not called with one positional tensor"
+    return applied(ctx, cls, attribute, call, call.args[0].value)
+
+
+def applied(ctx: "FileContext", cls: "ModuleClass", attribute: str, node: cst.BaseExpression,
+            input: cst.BaseExpression) -> Application | str:
+    """`node` (a projection's application) with the method and statement it sits in."""
+    method = next((m for m in cls.methods.values() if _inside(ctx, node, m)), None)
+    if method is None:
+        return f"`self.{attribute}` is applied outside a method"
+    statement = FunctionFlow(ctx, method).statement_of(node)
+    return Application(node, method, statement, input)
+
+
+def _inside(ctx: "FileContext", node: cst.CSTNode, ancestor: cst.CSTNode | None) -> bool:
+    current: cst.CSTNode | None = node
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = ctx.parents.get(current)
+    return False
+
+
+def other_init_uses(ctx: "FileContext", cls: "ModuleClass", subs: list["Submodule"]) -> str | None:
+    """`nn.init.zeros_(self.k.bias)` and the like in `__init__`: they would name a module that is gone."""
+    init = cls.methods.get("__init__")
+    for sub in subs:
+        for ref in cls.self_references(sub.name):
+            if _inside(ctx, ref, init) and not _inside(ctx, ref, sub.statement):
+                return (f"`self.{sub.name}` is used in __init__ on line {ctx.line(ref)} besides its "
+                        "construction (an init or a freeze of one projection)")
+    return None
+
+
+def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
+    """in/out/bias of `nn.Linear(in, out, bias=...)`; None when other arguments are passed."""
+    names = ("in_features", "out_features", "bias")
+    found: dict[str, cst.BaseExpression] = {}
+    for position, arg in enumerate(sub.call.args):
+        if arg.star:
+            return None
+        key = arg.keyword.value if arg.keyword is not None else (names[position] if position < 3 else None)
+        if key not in names:
+            return None
+        found[key] = arg.value
+    if "in_features" not in found or "out_features" not in found:
+        return None
+    return found
+
+
+def different_inputs(ctx: "FileContext", apps: list[Application]) -> str | None:
+    """Why the three applications are not provably of one tensor; None when they are."""
+    if same_input(ctx, apps):
+        return None
+    return ("the projections are not provably applied to the same tensor ("
+            + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
+            + "): cross-attention, a class used for both, or an input rebound or changed in place "
+            "between")
+
+
+def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
+    """All three calls read the same binding of the same local name, in one method."""
+    first = apps[0]
+    if not all(isinstance(a.input, cst.Name) and a.method is first.method for a in apps):
+        return False
+    if len({a.input.value for a in apps}) != 1:
+        return False
+    flow = FunctionFlow(ctx, first.method)
+    reaching = {id(getattr(flow.definition(a.input.value, a.statement), "statement", None)) for a in apps}
+    if len(reaching) != 1 or not all(isinstance(a.statement, cst.SimpleStatementLine) for a in apps):
+        return False
+    ordered = sorted((a.statement for a in apps), key=ctx.line)
+    return flow.mutation_between(first.input.value, ordered[0], ordered[-1]) is None  # `x.mul_()` between
+
+
+
+def foreign_attribute(ctx: "FileContext", cls, names: list[str]) -> str | None:
+    """Why fusing would leave a reference dangling: another object's `.q`, or `self.q` in a
+    subclass (which may replace or call it). None when only the class itself reaches them."""
+    own = {id(ref) for name in names for ref in cls.self_references(name)}
+    by_name = ctx.memo("projections.attributes", lambda: _attributes_by_name(ctx))
+    for node in sorted((n for name in names for n in by_name.get(name, ())), key=ctx.line):  # first in the file
+        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
+            return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
+                    "outside its class (a subclass or another object)")
+    return None
+
+
+def _attributes_by_name(ctx: "FileContext") -> dict[str, list[cst.Attribute]]:
+    found: dict[str, list[cst.Attribute]] = {}
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute)):
+        found.setdefault(node.attr.value, []).append(node)
+    return found
+
+
+def _own_attribute_elsewhere(ctx: "FileContext", cls, node: cst.Attribute) -> bool:
+    """`self.w_q` inside another class that does not inherit from this one: its own attribute."""
+    if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
+        return False
+    owner = ctx.parents.get(node)
+    while owner is not None and not isinstance(owner, cst.ClassDef):
+        owner = ctx.parents.get(owner)
+    if owner is None or owner is cls.node:
+        return False
+    return not any(isinstance(b.value, cst.Name) and b.value.value == cls.node.name.value for b in owner.bases)

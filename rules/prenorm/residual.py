@@ -1,0 +1,397 @@
+"""Residual sublayers inside one method of a block: post-norm `x = norm(x + f(x))`, pre-norm
+`x = x + f(norm(x))`, each in one expression or spread over statements.
+
+A sublayer is found from its residual add `r + b`: `r` is a name, and `b` (the branch), read
+back through the statements that compute it, reads the same value as `r`. The reads of that
+value inside the branch are the sublayer's inputs: pre-norm when they pass through a norm,
+post-norm when the add itself goes straight into a norm. Anything less clear is `Unprovable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Hashable
+
+import libcst as cst
+
+from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
+from tf_migrate.analysis.nodes import find
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.analysis.modules import ModuleClass
+
+NORMS = (
+    "torch.nn.LayerNorm", "torch.nn.RMSNorm",
+    "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
+)
+
+
+class Unprovable(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+@dataclass
+class PostNorm:
+    norm: str  # attribute of the norm module: self.<norm>
+    call: cst.Call  # self.<norm>(...)
+    statement: cst.SimpleStatementLine  # where the norm is applied
+    add: cst.BinaryOperation  # the residual add
+    inline: bool  # the add is the norm's argument itself (else a name bound to it)
+    inputs: list[cst.Name]  # reads of the sublayer input inside the branch
+    statements: list[cst.SimpleStatementLine]  # every statement of the sublayer
+
+
+@dataclass
+class Sublayers:
+    post: list[PostNorm] = field(default_factory=list)
+    pre: list[int] = field(default_factory=list)  # lines of pre-norm residual adds
+    pre_norms: list[cst.Call] = field(default_factory=list)  # the norms of pre-norm inputs
+    plain: list[int] = field(default_factory=list)  # lines of residual adds with no norm at all
+
+
+@dataclass
+class _Branch:
+    inputs: list[cst.Name] = field(default_factory=list)
+    through: list[tuple[Binding, cst.Name]] = field(default_factory=list)
+
+
+class ResidualFinder:
+    def __init__(self, ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionDef) -> None:
+        self.ctx, self.cls, self.method = ctx, cls, method
+        self.flow = FunctionFlow(ctx, method)
+
+    def find(self) -> Sublayers:
+        found = Sublayers()
+        for add in _adds(self.method):
+            statement = self.flow.statement_of(add)
+            if not isinstance(statement, cst.SimpleStatementLine):
+                continue
+            post = self._classify(add, statement, found)
+            if post is not None:
+                found.post.append(post)
+        if found.post and found.plain:
+            raise Unprovable(found.plain[0], "this residual has no norm while others in the block "
+                             "are post-norm: the block's layout is not one this rule knows")
+        if found.post or found.pre:
+            self._refuse_conditional_norms()
+        self._check_norms_accounted(found)
+        if found.post:
+            self._check_every_norm_placed(found)
+        return found
+
+    def origin(self, name: str, at: cst.BaseStatement) -> Hashable:
+        """What value a name holds at a statement, looking through plain aliases (`r = x`)."""
+        definition = self.flow.definition(name, at)
+        if definition is None:
+            return ("param", name)
+        if isinstance(definition, Binding) and isinstance(definition.value, cst.Name):
+            return self.origin(definition.value.value, definition.statement)
+        return ("bound", id(definition.statement), name)
+
+    def is_norm(self, node: cst.CSTNode) -> bool:
+        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None
+
+    def _own_norm(self, node: cst.CSTNode) -> str | None:
+        """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
+        sub = self.cls.submodule_of(node)
+        func = sub.call.func if sub is not None else None
+        if isinstance(func, cst.Name) and func.value.lower().endswith(("layernorm", "rmsnorm")) \
+                and any(c.node.name.value == func.value for c in self.ctx.module_classes):
+            return func.value
+        return None
+
+    def _classify(self, add, statement, found: Sublayers) -> PostNorm | None:
+        try:
+            split = self._split(add, statement)
+        except Unprovable:
+            if self._norm_of(add, statement, strict=False)[0] is None:
+                return None  # not a post-norm candidate: what it is does not matter here
+            raise
+        if split is None:
+            return None
+        residual, branch = split
+        if any(self._normed(name) for name in branch.inputs):
+            if self._norm_of(add, statement, strict=False)[0] is not None:
+                raise Unprovable(self.ctx.line(statement), "the sublayer is normalised both before "
+                                 "and after (sandwich norm)")
+            found.pre.append(self.ctx.line(statement))
+            found.pre_norms.extend(self.ctx.parents[self.ctx.parents[n]]
+                                   for n in branch.inputs if self._normed(n))
+            return None
+        norm_call, norm_statement, inline = self._norm_of(add, statement)
+        if norm_call is None:
+            found.plain.append(self.ctx.line(statement))
+            return None
+        if self._own_norm(norm_call.func):
+            raise Unprovable(self.ctx.line(norm_statement), (
+                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`: its "
+                "parameters and identity init for the final norm are unknown"))
+        self._check_branch(branch, statement, norm_statement)
+        chain = self._aliases(residual, statement) + [b.statement for b, _ in branch.through]
+        chain.append(statement)
+        if norm_statement is not statement:
+            chain.append(norm_statement)
+        return PostNorm(self._norm_name(norm_call), norm_call, norm_statement, add, inline,
+                        branch.inputs, _unique(chain))
+
+    def _aliases(self, name: cst.Name, statement) -> list[cst.SimpleStatementLine]:
+        """The `residual = x` statements the residual name is read through."""
+        definition = self.flow.definition(name.value, statement)
+        if isinstance(definition, Binding) and isinstance(definition.value, cst.Name):
+            return [definition.statement] + self._aliases(definition.value, definition.statement)
+        return []
+
+    def _split(self, add, statement) -> tuple[cst.Name, _Branch] | None:
+        """Which operand is the residual and which the branch; None when this is no residual."""
+        for residual, branch in ((add.left, add.right), (add.right, add.left)):
+            core, scaled = _unscaled(residual)
+            if not isinstance(core, cst.Name):
+                continue
+            origin = self.origin(core.value, statement)
+            branch_core, branch_scaled = _unscaled(branch)
+            where = "" if branch_scaled or not self._scaled_in_binding(branch_core, statement) \
+                else f"; `{self.ctx.code(branch_core)}` is scaled where it is bound"
+            branch_scaled = branch_scaled or bool(where)
+            found = _Branch()
+            self._expand(branch_core, statement, origin, found)
+            if found.inputs:
+                if scaled or branch_scaled:
+                    raise Unprovable(self.ctx.line(statement),
+                                     "the residual or its branch is scaled "
+                                     f"(`{self.ctx.code(add)}`{where}): not a plain residual sublayer")
+                return core, found
+        self._refuse_split_residual(add, statement)
+        return None
+
+    def _scaled_in_binding(self, expr, statement) -> bool:
+        """`a = f(x) * alpha; x = norm(x + a)`: the branch is scaled in the statement binding it."""
+        if not isinstance(expr, cst.Name):
+            return False
+        definition = self.flow.definition(expr.value, statement)
+        if not isinstance(definition, Binding):
+            return False
+        core, scaled = _unscaled(definition.value)
+        return scaled or self._scaled_in_binding(core, definition.statement)
+
+    def _expand(self, expr, statement, origin, found: _Branch) -> None:
+        for name in loads(expr, None):
+            if self.origin(name.value, statement) == origin:
+                found.inputs.append(name)
+                continue
+            for binding in self._bindings(name, statement, origin):
+                inner = _Branch()
+                self._expand(binding.value, binding.statement, origin, inner)
+                if inner.inputs:
+                    found.inputs.extend(inner.inputs)
+                    found.through.extend(inner.through + [(binding, name)])
+
+    def _bindings(self, name: cst.Name, statement, origin) -> list[Binding]:
+        """The bindings a read may come from; refuses when one the analysis cannot follow
+        depends on the sublayer input."""
+        definition = self.flow.definition(name.value, statement)
+        if isinstance(definition, GuardedBinding):
+            previous = [] if definition.previous is None else self._bindings_of(definition.previous)
+            return [definition.binding] + previous
+        bindings = self._bindings_of(definition) if definition is not None else []
+        if isinstance(definition, OpaqueBinding) and not bindings and any(
+                self.origin(n.value, definition.statement) == origin
+                for n in loads(definition.statement, None) if self.flow.contains(definition.statement)):
+            raise Unprovable(self.ctx.line(definition.statement), f"`{name.value}` is bound by a "
+                             "statement this analysis cannot follow, and it reads the sublayer input")
+        return [b for b in bindings if not isinstance(b.value, cst.Name)]
+
+    def _bindings_of(self, definition) -> list[Binding]:
+        if isinstance(definition, Binding):
+            return [definition]
+        if isinstance(definition, OpaqueBinding):
+            unpacked = _unpacked(definition.statement, definition.name)
+            return [unpacked] if unpacked else []
+        return []
+
+    def _normed(self, name: cst.Name) -> bool:
+        parent = self.ctx.parents.get(name)
+        call = self.ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
+        return isinstance(call, cst.Call) and self.is_norm(call.func)
+
+    def _norm_of(self, add, statement, strict: bool = True):
+        """The norm applied to the add: directly, or to the one name the add is bound to."""
+        arg = self.ctx.parents.get(add)
+        call = self.ctx.parents.get(arg) if isinstance(arg, cst.Arg) else None
+        if isinstance(call, cst.Call) and self.is_norm(call.func):
+            if strict:
+                self._check_whole_value(call, statement)
+            return call, statement, True
+        binding = _bound_to(statement, add)
+        if binding is None:
+            return None, None, False
+        uses = self.flow.uses(binding)
+        if len(uses) != 1:
+            return None, None, False
+        arg = self.ctx.parents.get(uses[0])
+        call = self.ctx.parents.get(arg) if isinstance(arg, cst.Arg) else None
+        if not (isinstance(call, cst.Call) and self.is_norm(call.func)):
+            return None, None, False
+        norm_statement = self.flow.statement_of(call)
+        if strict:
+            self._check_whole_value(call, norm_statement)
+        return call, norm_statement, False
+
+    def _check_whole_value(self, call: cst.Call, statement) -> None:
+        small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
+        ok = len(statement.body) == 1 and (
+            (isinstance(small, cst.Assign) and len(small.targets) == 1
+             and isinstance(small.targets[0].target, cst.Name) and small.value is call)
+            or (isinstance(small, cst.Return) and small.value is call))
+        if not ok or len(call.args) != 1 or call.args[0].keyword or call.args[0].star:
+            raise Unprovable(self.ctx.line(statement),
+                             f"the norm `{self.ctx.code(call)}` is not the whole value of an "
+                             "assignment to a name or of a return")
+
+    def _check_branch(self, branch: _Branch, statement, norm_statement) -> None:
+        block = self.ctx.parents.get(norm_statement)
+        through = {id(name) for _, name in branch.through}
+        for binding, name in branch.through:
+            if not self._within(binding.statement, block):
+                raise Unprovable(self.ctx.line(binding.statement),
+                                 "the sublayer is computed in another block than its residual add")
+            for use in self.flow.uses(binding):
+                if id(use) not in through:
+                    raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
+                                     f"`{binding.name}` is also read outside the sublayer")
+        if self.ctx.parents.get(statement) is not block:
+            raise Unprovable(self.ctx.line(statement), "the residual add and its norm are in "
+                             "different blocks")
+
+    def _within(self, statement, block) -> bool:
+        node = statement
+        while node is not None and node is not self.method:
+            if self.ctx.parents.get(node) is block:
+                return isinstance(node, cst.SimpleStatementLine) or (
+                    isinstance(node, cst.If) and node.orelse is None)
+            node = self.ctx.parents.get(node)
+        return False
+
+    def _refuse_split_residual(self, add, statement) -> None:
+        """`norm(h + input_tensor)` where both come from the caller: the sublayer is elsewhere."""
+        arg = self.ctx.parents.get(add)
+        call = self.ctx.parents.get(arg) if isinstance(arg, cst.Arg) else None
+        if not (isinstance(call, cst.Call) and self.is_norm(call.func)):
+            return
+        params = {p.name.value for p in self.method.params.params} - {"self"}
+        for operand in (add.left, add.right):
+            if isinstance(operand, cst.Name) and operand.value in params \
+                    and self.flow.definition(operand.value, statement) is None:
+                raise Unprovable(self.ctx.line(statement), (
+                    f"post-norm `{self.ctx.code(call)}` adds `{operand.value}`, which the caller "
+                    "passes in: the sublayer this residual wraps is computed in another module, "
+                    "so the norm cannot be moved in front of it from here"))
+
+    def _check_norms_accounted(self, found: Sublayers) -> None:
+        """A post-norm's output must only feed the next sublayer or be returned."""
+        statements = {id(s) for post in found.post for s in post.statements}
+        for post in found.post:
+            small = post.statement.body[0]
+            if not isinstance(small, cst.Assign):
+                continue
+            binding = Binding(small.targets[0].target.value, small.value, post.statement)
+            for use in self.flow.uses(binding):
+                where = self.flow.statement_of(use)
+                if id(where) in statements or _is_return(where):
+                    continue
+                raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
+                                 "is also read outside the residual stream")
+
+    def _refuse_conditional_norms(self) -> None:
+        """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
+        decided at run time, so neither reading of the block is the model."""
+        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            node = self.ctx.parents.get(call)
+            while node is not None and node is not self.method:
+                if isinstance(node, (cst.If, cst.IfExp)):
+                    raise Unprovable(self.ctx.line(call), (
+                        f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
+                        "the block is pre- or post-norm is decided at run time (a "
+                        "`normalize_before`-style flag)"))
+                node = self.ctx.parents.get(node)
+
+    def _check_every_norm_placed(self, found: Sublayers) -> None:
+        """Every sublayer of a block is rewritten or none is: a norm applied to anything this
+        analysis did not read as a residual sublayer (a residual scaled in a temporary, a sum
+        built with `+=`, parallel branches) would stay post-norm beside rewritten ones."""
+        known = {id(post.call) for post in found.post} | {id(call) for call in found.pre_norms}
+        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            if id(call) not in known:
+                raise Unprovable(self.ctx.line(call), (
+                    f"the norm `{self.ctx.code(call)}` is not part of a residual sublayer this "
+                    "rule can read, while others in the block are post-norm: a block is migrated "
+                    "whole or not at all"))
+
+    def _norm_name(self, call: cst.Call) -> str:
+        return call.func.attr.value
+
+
+def _adds(method: cst.FunctionDef) -> list[cst.BinaryOperation]:
+    found: list[cst.BinaryOperation] = []
+
+    class _Visitor(cst.CSTVisitor):
+        def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+            if isinstance(node.operator, cst.Add):
+                found.append(node)
+
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is method
+
+        def visit_Lambda(self, node: cst.Lambda) -> bool:
+            return False
+
+    method.visit(_Visitor())
+    return found
+
+
+def _unscaled(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
+    """`a * s`, `s * a`, `a / s` -> (a, True); anything else -> (expr, False)."""
+    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, (cst.Multiply, cst.Divide)):
+        for side in (expr.left, expr.right):
+            if isinstance(side, (cst.Name, cst.Call)):
+                return side, True
+    return expr, False
+
+
+def _bound_to(statement: cst.SimpleStatementLine, add: cst.BinaryOperation) -> Binding | None:
+    small = statement.body[0] if len(statement.body) == 1 else None
+    if isinstance(small, cst.Assign) and small.value is add and len(small.targets) == 1 \
+            and isinstance(small.targets[0].target, cst.Name):
+        return Binding(small.targets[0].target.value, add, statement)
+    if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
+            and isinstance(small.target, cst.Name):
+        return Binding(small.target.value, add, statement)
+    return None
+
+
+def _unpacked(statement, name: str) -> Binding | None:
+    """`k, v = expr` read as a binding of `k` (and of `v`) to `expr`."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    small = statement.body[0]
+    if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+            and isinstance(small.targets[0].target, cst.Tuple) and all(
+                isinstance(e.value, cst.Name) for e in small.targets[0].target.elements) \
+            and name in {e.value.value for e in small.targets[0].target.elements}:
+        return Binding(name, small.value, statement)
+    return None
+
+
+def _is_return(statement) -> bool:
+    return isinstance(statement, cst.SimpleStatementLine) and any(
+        isinstance(s, cst.Return) for s in statement.body)
+
+
+def _unique(statements: list) -> list:
+    seen: dict[int, cst.CSTNode] = {}
+    for statement in statements:
+        seen.setdefault(id(statement), statement)
+    return list(seen.values())

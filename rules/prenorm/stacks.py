@@ -1,0 +1,172 @@
+"""Where a block class is stacked: the model class whose `nn.ModuleList` / `nn.Sequential` holds
+its instances (directly, or through a holder such as a layer class that owns the block), and
+where that model's forward runs the stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from tf_migrate.analysis.dataflow import loads
+from tf_migrate.analysis.names import argument, self_attribute
+from tf_migrate.analysis.nodes import find, walk
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.analysis.modules import ModuleClass
+
+_CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
+
+
+@dataclass
+class Stack:
+    cls: "ModuleClass"
+    attr: str  # self.<attr> holds the blocks
+    statement: cst.SimpleStatementLine  # the __init__ statement that builds the stack
+    path: str  # from the stack class to one block instance: "self.layers[-1].ff"
+
+
+def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> list[Stack]:
+    """Every stack holding instances of `block` (an encoder and a decoder may share a layer)."""
+    name = block.node.name.value
+    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+             for cls in ctx.module_classes for sub in cls.submodules.values()
+             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)
+             and not _changed_later(ctx, cls, sub)]
+    if depth >= 3:
+        return found
+    for cls in ctx.module_classes:
+        for sub in cls.submodules.values():
+            if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name and cls is not block:
+                found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
+                             for outer in find_stacks(ctx, cls, depth + 1))
+    return found
+
+
+def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
+    """The container is built from instances of `name` only, or from an __init__ parameter that
+    the file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`): with anything
+    else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
+    return bool(container.args) and all(
+        _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        for arg in container.args)
+
+
+def _filled_with(ctx, cls: "ModuleClass", value: cst.BaseExpression, name: str) -> bool:
+    if isinstance(value, cst.StarredElement):
+        value = value.value
+    if not isinstance(value, cst.Name):
+        return False
+    position = _param_position(cls, value.value)
+    return position is not None and _constructed_with(ctx, cls, position, value.value, name)
+
+
+_MUTATORS = ("append", "extend", "insert", "add_module", "register_module", "pop")
+
+
+def _changed_later(ctx, cls: "ModuleClass", sub) -> bool:
+    """`self.blocks.append(nn.Linear(...))`, `self.blocks[-1] = ...`, `self.blocks += ...`, a
+    second `self.blocks = ...`: the stack's items are not only the blocks it was built from."""
+    built = {id(node) for node in walk(sub.statement)}
+    for reference in cls.self_references(sub.name):
+        if id(reference) in built:
+            continue
+        parent = ctx.parents.get(reference)
+        if isinstance(parent, cst.Attribute) and parent.attr.value in _MUTATORS:
+            return True
+        if isinstance(parent, (cst.AugAssign, cst.AssignTarget)) or (
+                isinstance(parent, cst.Subscript) and isinstance(ctx.parents.get(parent), cst.AssignTarget)):
+            return True
+    return False
+
+
+def _instances_of(expr: cst.BaseExpression, name: str) -> bool:
+    if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
+        return _is_call_of(expr.elt, name)
+    if isinstance(expr, (cst.List, cst.Tuple)):
+        return bool(expr.elements) and all(_is_call_of(e.value, name) for e in expr.elements)
+    if isinstance(expr, cst.StarredElement):
+        return _instances_of(expr.value, name)
+    return False
+
+
+def _is_call_of(expr: cst.BaseExpression, name: str) -> bool:
+    return isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == name
+
+
+def _param_position(cls: "ModuleClass", param: str) -> int | None:
+    init = cls.methods.get("__init__")
+    if init is None:
+        return None
+    names = [p.name.value for p in init.params.params][1:]
+    return names.index(param) if param in names else None
+
+
+def _constructed_with(ctx, cls: "ModuleClass", position: int, keyword: str, name: str) -> bool:
+    target = cls.node.name.value
+    found = [
+        (value := argument(node, position, keyword)) is not None and _instances_of(value, name)
+        for node in find(ctx.module, lambda node: isinstance(node, cst.Call) and _is_call_of(node, target))
+    ]
+    return bool(found) and all(found)
+
+
+@dataclass
+class StackRun:
+    """Where the stack's output is ready: after `statement`, in the variable `variable`."""
+
+    statement: cst.BaseStatement
+    variable: str
+
+
+def find_run(stack: Stack) -> StackRun | None:
+    """`for layer in self.layers: x = layer(x, ...)`, or `x = self.blocks(x)` for a Sequential."""
+    forward = stack.cls.methods.get("forward")
+    if forward is None or not isinstance(forward.body, cst.IndentedBlock):
+        return None
+    if len(find(forward, lambda node: self_attribute(node) == stack.attr)) != 1:
+        return None  # run in parts (`self.blocks[:k]`, then `[k:]`) or read again: no single end
+    for statement in forward.body.body:
+        if isinstance(statement, cst.For) and statement.orelse is None \
+                and _iterates_whole(statement.iter, stack.attr):
+            variable = _loop_carried(statement)
+            return StackRun(statement, variable) if variable else None
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+            small = statement.body[0]
+            if isinstance(small, cst.Assign) and isinstance(small.value, cst.Call) \
+                    and self_attribute(small.value.func) == stack.attr \
+                    and isinstance(small.targets[0].target, cst.Name):
+                return StackRun(statement, small.targets[0].target.value)
+    return None
+
+
+def _iterates_whole(iterable: cst.BaseExpression, attr: str) -> bool:
+    """`self.blocks`, `enumerate(self.blocks)`, `zip(self.blocks, ...)`; not a slice of it."""
+    if self_attribute(iterable) == attr:
+        return True
+    return isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name) \
+        and iterable.func.value in ("enumerate", "zip") \
+        and any(self_attribute(arg.value) == attr for arg in iterable.args)
+
+
+def _loop_carried(loop: cst.For) -> str | None:
+    """The name each iteration feeds to the block and rebinds: `x = layer(x, ...)`."""
+    if not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    targets = [e.value for e in loop.target.elements] if isinstance(loop.target, cst.Tuple) \
+        else [loop.target]
+    blocks = {t.value for t in targets if isinstance(t, cst.Name)}
+    for statement in loop.body.body:
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+            small = statement.body[0]
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name) \
+                    and isinstance(small.value, cst.Call) \
+                    and isinstance(small.value.func, cst.Name) and small.value.func.value in blocks:
+                variable = small.targets[0].target.value
+                if any(n.value == variable for n in loads(small.value, variable)):
+                    return variable
+    return None

@@ -1,0 +1,175 @@
+"""TFM401: sinusoidal absolute positions -> rotary embeddings on q and k.
+
+The package holds the rule (here) and its private machinery: `positions` and `position_models`
+find sinusoidal tables and where they are added, `rotary` places the rotation in attention,
+`rotary_code` is the inserted helper, `alibi` the ALiBi alternative. It imports `tf_migrate.analysis`,
+`engine.rule` and `plan`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from tf_migrate.rules.rope.alibi import alibi_sites
+from tf_migrate.analysis.attention import Refused
+from tf_migrate.analysis.dataflow import FunctionFlow
+from tf_migrate.analysis.imports import reference
+from tf_migrate.analysis.model_graph import model_parts, outside_users
+from tf_migrate.analysis.nodes import walk
+from tf_migrate.plan import ClassPlan
+from tf_migrate.rules.rope.position_models import model_of
+from tf_migrate.rules.rope.positions import Addition, find_additions
+from tf_migrate.rules.rope.rotary import RotarySite, sites_in, sources
+from tf_migrate.rules.rope.rotary_code import alibi_insertions, insertions, remove_addition
+from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+
+
+class SinusoidalToRotary(Rule):
+    """Remove an additive sinusoidal position table and rotate q and k in every self-attention.
+
+    Why: rotary embeddings encode relative positions inside attention, extrapolate past the old
+    table's length, and are what current models use.
+
+    Safety: compatible, NOT equivalent: the model computes a different function and needs
+    fine-tuning (or retraining) after the migration. No weight changes shape; every old weight
+    keeps its place. Dropout after the positions is kept. Learned position embeddings are left.
+
+    Checkpoint: the table's persistent buffer (`pe`) is dropped. No new keys: the cos/sin cache is
+    plain Python state of the inserted helper.
+
+    Refuses when: the table's module is not a submodule built in a class's `__init__` of this file;
+    the positions are not added to token embeddings; the model uses built-in transformer layers
+    or classes imported from other files; an attention's q and k cannot be found, or its keys come
+    from another argument than its queries (possible cross-attention); keys are concatenated with
+    a cache after the scores; option `positions` is neither `rope` nor `alibi`.
+
+    With `positions = "alibi"`, no rotary: each SDPA call gets `attn_mask=alibi_bias(q, k, ...)`
+    (per-head geometric slopes, the call's mask and `is_causal` folded in). Hand-written attention
+    is refused there: run TFM101 first.
+    """
+
+    code = "TFM401"
+    name = "rope"
+    equivalence = Equivalence.COMPATIBLE
+    summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
+    triggers = ("sin(", "sin_(")  # torch.sin(, .sin(), math.sin(, .sin_()
+    options = {"positions": "rope", "base": 10000.0}
+    example_before = (
+        "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
+        "scores = torch.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(self.head_dim)\n"
+    )
+    example_after = (
+        "x = self.pos(self.embed(tokens))  # PositionalEncoding: dropout only\n"
+        "q = apply_rotary(q, seq_dim=1)\n"
+        "k = apply_rotary(k, seq_dim=1)\n"
+        "scores = torch.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(self.head_dim)\n"
+    )
+
+    def check(self, ctx) -> Iterator[Finding]:
+        additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
+        if not additions:
+            return
+        if self.settings["positions"] not in ("rope", "alibi"):
+            yield Refusal(ctx.line(additions[0].statement), f"positions={self.settings['positions']!r} "
+                          "is not one of 'rope', 'alibi'", "use positions = \"rope\"")
+            return
+        try:
+            base = float(self.settings["base"])
+        except (TypeError, ValueError):
+            yield Refusal(ctx.line(additions[0].statement), f"option base={self.settings['base']!r} is "
+                          "not a number", "e.g. --option rope.base=10000")
+            return
+        sites: list[RotarySite] = []
+        try:
+            for addition in additions:
+                _check_table_reads(ctx, addition, additions)
+                model = model_of(ctx, addition)
+                sites.extend(s for s in self._sites(ctx, model) if s not in sites)
+            torch, needed = reference(ctx, "torch", "torch")
+            if self.settings["positions"] == "alibi":
+                inserted = alibi_insertions(ctx, sites, torch)
+            else:
+                inserted = insertions(ctx, sites, torch, base)
+        except Refused as refusal:  # all or nothing: never rewrite half a model
+            yield Refusal(refusal.line, refusal.reason, refusal.hint)
+            return
+        yield from self._fixes(ctx, additions, sites, inserted, needed)
+
+    def _target(self) -> str:
+        if self.settings["positions"] == "alibi":
+            return "ALiBi bias passed as the SDPA attn_mask"
+        return "rotary embeddings applied to q and k"
+
+    def _sites(self, ctx, model) -> list[RotarySite]:
+        parts = model_parts(ctx, model)
+        for name, line in parts.builtin:
+            raise Refused(line, f"`{model.qualname}` uses built-in `{name}`: rotary embeddings cannot be "
+                          "inserted into built-in attention", "write the attention by hand, then migrate")
+        for name, line in parts.foreign:
+            raise Refused(line, f"`{model.qualname}` is built from `{name}`, defined in another file: "
+                          "tf-migrate cannot see the attention that consumes the positions", "")
+        sites = []
+        for cls in parts.classes:
+            if self.settings["positions"] == "alibi":
+                found = alibi_sites(ctx, cls)
+                if found and outside_users(ctx, cls, parts.classes):
+                    raise Refused(ctx.line(cls.node), f"attention class `{cls.qualname}` is also used outside "
+                                  f"`{model.qualname}`", "give the two models separate attention classes")
+                sites.extend(found)
+                continue
+            found = sites_in(ctx, cls)
+            elsewhere = outside_users(ctx, cls, parts.classes) if found else []
+            if elsewhere:
+                raise Refused(elsewhere[0], f"attention class `{cls.qualname}` is also used outside "
+                              f"`{model.qualname}` (line {elsewhere[0]}), by code whose positions stay as they are",
+                              "give the two models separate attention classes")
+            for site in found:
+                _check_self_attention(ctx, cls, site)
+                sites.append(site)
+        if not sites:
+            raise Refused(ctx.line(model.node), f"no attention found in the classes `{model.qualname}` is "
+                          "built from", "")
+        return sites
+
+    def _fixes(self, ctx, additions: list[Addition], sites: list[RotarySite], inserted: dict,
+               needed) -> Iterator[Fix]:
+        for index, addition in enumerate(additions):
+            replacements = remove_addition(addition)
+            plan = ClassPlan(ctx.path, addition.cls.qualname, [self.code])
+            buffer = addition.table.buffer
+            if buffer is not None and addition.cls.buffers[buffer].persistent:
+                plan.dropped.append(buffer)
+            if index == 0:
+                replacements.update(inserted)
+            yield Fix(ctx.line(addition.statement),
+                      "sinusoidal positions removed" + (f" (buffer `{buffer}` removed)" if buffer else "")
+                      + (f"; {self._target()} in {len(sites)} attention(s); the model needs fine-tuning"
+                         if index == 0 else ""),
+                      replacements, plans=[plan], imports=[needed] if needed else [],
+                      maybe_unused_imports=_TABLE_IMPORTS)
+
+
+# What a removed table may have been the last user of (removed only when nothing reads it).
+_TABLE_IMPORTS = [("math", None, None), ("numpy", None, None), ("numpy", None, "np")]
+
+
+def _check_table_reads(ctx, addition: Addition, additions: list[Addition]) -> None:
+    """The buffer goes away: nothing but the additions being removed may read it."""
+    buffer = addition.table.buffer
+    if buffer is None:
+        return
+    allowed = {id(n) for a in additions if a.cls is addition.cls for n in walk(a.node)}
+    allowed |= {id(n) for n in walk(addition.cls.buffers[buffer].statement)}
+    for ref in addition.cls.self_references(buffer):
+        if id(ref) not in allowed:
+            raise Refused(ctx.line(ref), f"the position table `self.{buffer}` is also read at line "
+                          f"{ctx.line(ref)}, which would break once the table is gone", "")
+
+
+def _check_self_attention(ctx, cls, site: RotarySite) -> None:
+    flow = FunctionFlow(ctx, site.method)
+    query, key = sources(ctx, flow, site.query, site.scores), sources(ctx, flow, site.key, site.key_at)
+    if not query or query != key:
+        raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, keys come from {sorted(key)} and queries "
+                      f"from {sorted(query)}: this may be cross-attention, whose keys must not be rotated",
+                      "give self-attention its own class that takes one input")

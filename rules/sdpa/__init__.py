@@ -1,0 +1,153 @@
+"""TFM101: hand-written softmax attention -> F.scaled_dot_product_attention.
+
+The package holds the rule (here) and its private machinery: `sdpa_call` writes the call, `masks`
+and `scale` read the mask and scale of a matched chain, `loose_attention` finds chains the matcher
+cannot follow so that they are refused. It imports `tf_migrate.analysis`, `engine.rule` and `plan`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import libcst as cst
+
+from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
+from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
+from tf_migrate.analysis.imports import FUNCTIONAL, reference
+from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.plan import ClassPlan
+from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
+
+
+class EinsumAttentionToSdpa(Rule):
+    """Replace a hand-written attention chain with one `F.scaled_dot_product_attention` call.
+
+    Why: SDPA dispatches to fused kernels (flash, memory-efficient) that never materialise the
+    (T x T) score matrix: faster, and attention memory grows linearly with the sequence instead
+    of quadratically. Same weights, same function.
+
+    Safety: exact. Scale, masks and dropout are carried over with their meaning: a boolean mask
+    keeps which keys are visible (`masked_fill(mask == 0, ...)` becomes `attn_mask=mask != 0`), an
+    additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
+    chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
+    provable lower triangle (not edited in place afterwards) over query and key lengths computed
+    from the same tensor; otherwise
+    the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
+    additive mask is cast to the query's dtype, as `scores + mask` would promote it. Rows whose
+    keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
+    `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
+    rank is not known from a `view`; any other transpose of k is kept and undone explicitly.
+
+    Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
+    is dropped. No weight changes.
+
+    Refuses when: the probabilities are used for anything but the product with v (returned,
+    stored, appended, passed to a hook, read later); the mask fill value is not -inf-like; the
+    scale is not provably a number; the softmax upcasts with `dtype=`; the probabilities pass
+    through a module other than dropout; a name in the chain is rebound or changed in place
+    (`q.mul_()`) before the product; the probabilities can leave the function unseen (a `global`
+    name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
+    every input); a softmax of a scores product reaches the product with v through a step not
+    listed above (a cast around the softmax, a head mask, `nn.Softmax(dim)(x)` built inline, a
+    mask inside an `if` block, a softmax dim not provably the keys' axis). Silent (not attention)
+    when no scores product lies behind the softmax (router weights mixing expert outputs).
+    """
+
+    code = "TFM101"
+    name = "sdpa"
+    equivalence = Equivalence.EXACT
+    summary = "hand-written softmax(q k^T) v attention -> F.scaled_dot_product_attention"
+    triggers = ("softmax", "Softmax")
+    example_before = (
+        "att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))\n"
+        "att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))\n"
+        "att = F.softmax(att, dim=-1)\n"
+        "att = self.attn_drop(att)\n"
+        "y = att @ v\n"
+    )
+    example_after = (
+        "y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training "
+        "else 0.0, is_causal=True)\n"
+    )
+
+    def check(self, ctx) -> Iterator[Finding]:
+        for cls in ctx.module_classes:
+            calls: list[SdpaCall] = []
+            for method in cls.methods.values():
+                yield from self._method(ctx, cls, method, calls)
+            if calls:
+                yield from self._fixes(ctx, cls, calls)
+
+    def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
+        matcher = AttentionMatcher(ctx, cls, method)
+        if any(ctx.names.callee(node) == SDPA for node in body_nodes(method)):
+            return  # already has an SDPA path (often beside a manual fallback): leave it alone
+        claimed: set[int] = set()
+        for product, statement in matcher.candidates():
+            if id(product) in claimed or ctx.suppressed(self.code, statement):
+                continue
+            try:
+                found = matcher.match(product, statement)
+                call = build_call(ctx, found)
+            except NotAttention:
+                yield from _unfollowed(matcher, product, statement)
+                continue
+            except Refused as refusal:
+                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                continue
+            if any(ctx.suppressed(self.code, d.statement) for d in found.consumed):
+                continue
+            claimed.update(id(n) for n in call.removed_nodes())
+            calls.append(call)
+
+    def _fixes(self, ctx, cls, calls: list[SdpaCall]) -> Iterator[Fix]:
+        functional, needed = reference(ctx, FUNCTIONAL, "F")
+        removed_buffers = _unused_buffers(ctx, cls, calls)
+        for index, call in enumerate(calls):
+            replacements = call.replacements(functional)
+            plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+            notes = []
+            if index == len(calls) - 1:
+                for buffer in removed_buffers:
+                    replacements[cls.buffers[buffer].statement] = cst.RemoveFromParent()
+                    notes.append(f"unused buffer `{buffer}` removed")
+                    if cls.buffers[buffer].persistent:
+                        plan.dropped.append(buffer)
+            yield Fix(
+                line=ctx.line(call.found.statement),
+                message="attention -> F.scaled_dot_product_attention" + "".join(
+                    f"; {n}" for n in call.notes + notes),
+                replacements=replacements,
+                plans=[plan],
+                imports=([needed] if needed else []) + call.imports,
+                maybe_unused_imports=call.freed_imports(),
+            )
+
+
+def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
+    """A product of softmax probabilities with v that the matcher could not follow: say so."""
+    lines = unfollowed_softmax(matcher, product, statement)
+    if lines is not None:
+        softmax, scores = lines
+        yield Refusal(matcher.ctx.line(statement), (
+            f"attention (scores at line {scores}, softmax at line {softmax}, product with v here) is "
+            "spelled with a step tf-migrate cannot fold into SDPA: a cast around the softmax, a "
+            "head mask or other change to the probabilities, a softmax that is not over the keys, "
+            "or an unusual mask or softmax form"),
+            "write it as dropout(softmax(mask(scale(q @ k^T)))) @ v, or call "
+            "F.scaled_dot_product_attention by hand")
+
+
+def _unused_buffers(ctx, cls, calls: list[SdpaCall]) -> list[str]:
+    """Mask buffers that no code reads once the rewritten chains are gone."""
+    removed = {id(n) for call in calls for n in call.removed_subtree_nodes()}
+    unused = []
+    for buffer in {b for call in calls for b in call.buffers}:
+        statement = cls.buffers[buffer].statement
+        block = ctx.parents.get(statement)
+        if isinstance(block, cst.IndentedBlock) and len(block.body) == 1:
+            continue  # the only statement of its block: removing it would leave an empty block
+        if all(id(ref) in removed for ref in cls.self_references(buffer)):
+            unused.append(buffer)
+    return sorted(unused)

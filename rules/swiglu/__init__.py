@@ -1,0 +1,135 @@
+"""TFM301: ReLU/GELU feed-forward -> SwiGLU (or GeGLU).
+
+The package holds the rule (here) and its private machinery: `ffn_fixes` writes the gated FFN,
+`gated` decides what cannot be gated. FFN recognition itself is shared (`tf_migrate.analysis.ffn`).
+It imports `tf_migrate.analysis`, `engine.rule` and `plan`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import libcst as cst
+
+from tf_migrate.analysis import ffn as recognise
+from tf_migrate.rules.swiglu.ffn_fixes import FixWriter
+from tf_migrate.rules.swiglu.gated import Unsupported
+from tf_migrate.engine.rule import Equivalence, Finding, Refusal, Rule
+
+_BUILTIN_REASON = (
+    "{name} has no gated feed-forward: its FFN is linear1 -> activation -> linear2 inside torch, "
+    "and activation='glu' is not SwiGLU (GLU halves the width, so linear2's shapes break)")
+
+
+class FeedForwardToSwiGLU(Rule):
+    """Replace a `lin2(drop(act(lin1(x))))` feed-forward with SwiGLU, `w2(drop(silu(w1(x)) * w3(x)))`.
+
+    THE MODEL MUST BE FINE-TUNED OR RETRAINED AFTERWARDS: the new gate projection w3 starts from
+    random weights, so the migrated model computes a different function from the old checkpoint.
+
+    Why: gated linear units (SwiGLU in PaLM and LLaMA, GeGLU in T5 v1.1) train to a lower loss than
+    ReLU/GELU feed-forwards at the same compute. `--ffn geglu` writes `gelu` instead of `silu`.
+
+    Safety: retrain. Only the activation changes in `forward`: `act(lin1(x))` becomes
+    `silu(lin1(x)) * lin3(x)`, so dropout and the second projection stay where they were. The
+    FFN input is read twice, so it must be a plain name (or `self.x`) that still holds the value.
+    Only FFNs in a transformer block are rewritten: the class holding the FFN holds an attention
+    itself, or some function of the file builds it next to an attention (a block's `__init__`,
+    a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
+    or a class named for attention that holds one, or a built `nn.MultiheadAttention`. MLP heads
+    built next to an encoder stack are left alone, and so are chains whose second Linear does
+    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`); an MLP
+    head of width d -> d built directly next to an attention layer would be taken for an FFN
+    (mark it `# tf-migrate: skip[TFM301]`).
+
+    Checkpoint: with `hidden = "same"` (default) the first and second projections keep their
+    names, shapes and keys (they map unchanged) and the gate projection is new: named `fc3` next
+    to `fc1`/`fc2` (`w_3` next to `w_1`/`w_2`), otherwise `<first>_gate`, built like the first
+    projection (plan init `default`: `tf-migrate convert --check-build` copies it from a freshly
+    built migrated model, so nn.Linear's init or the model's own). An `nn.Sequential` FFN becomes
+    a small `SwiGLUFeedForward` module inserted once per file, with `w1`/`w2`/`w3` children, so
+    `mlp.0.*` is renamed to `mlp.w1.*` and `mlp.3.*` to `mlp.w2.*` (with a trailing Dropout the
+    module is wrapped as `nn.Sequential(SwiGLUFeedForward(...), nn.Dropout(p))`: keys
+    `mlp.0.w1.*`). Raw parameters get a copy of the first weight's (and bias's) constructor.
+    With `hidden = "param-matched"` the hidden size becomes 2/3 of the old one (truncated), rounded
+    up to a multiple of `multiple-of` (default 8): nothing maps, every old FFN key is dropped and
+    every new one listed with its shape.
+
+    Refuses when: the FFN is a built-in `nn.TransformerEncoderLayer`/`DecoderLayer` or `nn.Transformer` (no gated
+    FFN; activation="glu" is not SwiGLU); the FFN input is an expression or is rebound before the
+    activation; an intermediate value is read twice; a Linear's bias is not a literal; the
+    sizes of the two projections disagree; the projections live in two modules; raw parameters
+    with `param-matched`.
+    """
+
+    code = "TFM301"
+    name = "swiglu"
+    equivalence = Equivalence.RETRAIN
+    summary = "ReLU/GELU feed-forward -> SwiGLU (or GeGLU); the model must be retrained"
+    triggers = ("Linear", "Parameter", "Transformer")
+    options = {"ffn": "swiglu", "hidden": "same", "multiple-of": 8}
+    example_before = "return self.fc2(self.drop(F.relu(self.fc1(x))))\n"
+    example_after = (
+        "# __init__: self.fc3 = nn.Linear(d_model, d_ff)   (new, random init)\n"
+        "return self.fc2(self.drop(F.silu(self.fc1(x)) * self.fc3(x)))\n"
+    )
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        problems = []
+        if self.settings["ffn"] not in ("swiglu", "geglu"):
+            problems.append(f"ffn must be swiglu or geglu, not {self.settings['ffn']!r}")
+        if self.settings["hidden"] not in ("same", "param-matched"):
+            problems.append(f"hidden must be same or param-matched, not {self.settings['hidden']!r}")
+        if not isinstance(self.settings["multiple-of"], int) or self.settings["multiple-of"] < 1:
+            problems.append("multiple-of must be a positive integer")
+        if problems:
+            from tf_migrate.engine.run import UsageError
+
+            raise UsageError("option swiglu." + "; ".join(problems))
+
+    def check(self, ctx) -> Iterator[Finding]:
+        for call in recognise.builtin_layers(ctx):
+            if not ctx.suppressed(self.code, call):
+                name = ctx.names.callee(call).replace("torch.", "", 1)
+                yield Refusal(ctx.line(call), _BUILTIN_REASON.format(name=name),
+                              "write the block by hand (attention + FFN), then rerun TFM301")
+        attention = recognise.attention_classes(ctx)
+        writer = FixWriter(ctx, self.code, self.settings)
+        for cls in ctx.module_classes:
+            if ctx.suppressed(self.code, cls.node) or not recognise.in_block(ctx, cls, attention):
+                continue
+            yield from self._class(ctx, cls, writer)
+
+    def _class(self, ctx, cls, writer: "FixWriter") -> Iterator[Finding]:
+        claimed: set[int] = set()
+        for method in cls.methods.values():
+            try:
+                found = list(recognise.feed_forwards(ctx, cls, method))
+            except recognise.Refused as refusal:
+                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                continue
+            for ffn in found:
+                claimed.add(id(ffn.activation))
+                if not ctx.suppressed(self.code, ffn.activation):
+                    yield self._guard(ctx, lambda: writer.chain(cls, ffn), ffn.activation)
+            yield from self._split(ctx, cls, method, claimed)
+        for attribute in list(cls.submodules):
+            sequential = recognise.sequential_feed_forward(ctx, cls, attribute)
+            if sequential is not None and not ctx.suppressed(self.code, sequential.call):
+                yield self._guard(ctx, lambda: writer.sequential(sequential), sequential.call)
+
+    def _split(self, ctx, cls, method, claimed: set[int]) -> Iterator[Refusal]:
+        for act in recognise.split_activations(ctx, cls, method):
+            if id(act) not in claimed and not ctx.suppressed(self.code, act):
+                yield Refusal(ctx.line(act), "an activation of a Linear with no second projection "
+                              "in this module: the FFN's projections live in two modules",
+                              "move both projections of the FFN into one module, then rerun")
+
+    @staticmethod
+    def _guard(ctx, build, node: cst.CSTNode) -> Finding:
+        try:
+            return build()
+        except (Unsupported, recognise.Refused) as exc:
+            return Refusal(ctx.line(node), str(exc) if isinstance(exc, Unsupported) else exc.reason,
+                           "" if isinstance(exc, Unsupported) else exc.hint)
