@@ -65,3 +65,22 @@ def test_github_annotations_escape_their_fields():
                         refusals=[Diagnostic("TFM101", 3, "50% of\nit", "do x")])
     assert list(github_lines(result)) == [
         "::notice file=a%2Cb%3Ac.py,line=3,title=TFM101 refused::50%25 of%0Ait (hint: do x)"]
+
+
+def test_sarif_is_valid_against_the_official_2_1_0_schema(tmp_path):
+    """tests/data/sarif-schema-2.1.0.json: the OASIS schema (errata 01), vendored as test data."""
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
+    rules = build_rules(Config(select=["all"]))
+    (tmp_path / "skips.py").write_text("import torch.nn as nn\n\n\nclass A(nn.Module):  # tf-migrate: skip[sdpa]\n"
+                                       "    def forward(self, x):\n        return x.softmax(-1)\n")
+    results = [migrate_file(SDPA / "mingpt_tril_buffer.before.py", rules),
+               migrate_file(SDPA / "returns_probs.noop.py", rules),
+               migrate_file(tmp_path / "skips.py", rules),
+               FileResult("bad.py", errors=["syntax error at line 3, column 7: nope"])]
+    assert results[2].warnings  # an unused suppression is in the document too
+    document = json.loads(sarif_document(results))
+    jsonschema.Draft4Validator(schema).validate(document)
+    kinds = {r["ruleId"] for r in document["runs"][0]["results"]}
+    assert {"TFM101", "TFM000", "TFM001"} <= kinds

@@ -85,7 +85,7 @@ def test_json_document_and_plan(project: Path, tmp_path: Path) -> None:
     document = json.loads(result.output)
     files = {Path(f["path"]).name: f for f in document["files"]}
     assert files["gpt.py"]["changed"] and files["gpt.py"]["edits"][0]["code"] == "TFM101"
-    assert set(files["gpt.py"]) == {"path", "changed", "edits", "refusals", "notes", "errors"}
+    assert set(files["gpt.py"]) == {"path", "changed", "edits", "refusals", "notes", "errors", "warnings"}
     classes = json.loads(plan.read_text())["classes"]
     assert classes == document["plan"]["classes"]
     assert classes[0]["class"] == "CausalSelfAttention" and classes[0]["dropped"] == ["bias"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,38 @@ class ResultCache:
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder = folder
         self._salt = f"{__version__}\0{fingerprint}\0{_code_stamp()}\0".encode()
+        self._parses: set[str] | None = None
+        self._new_parses: list[str] = []
+
+    # Files no rule looks at are only syntax-checked; the verdict depends on the bytes and Python.
+    _SYNTAX = "parses.txt"
+
+    def syntax_key(self, raw: bytes) -> str:
+        digest = hashlib.sha256(f"{sys.version_info[:2]}\0".encode())
+        digest.update(raw)
+        return digest.hexdigest()[:32]
+
+    def parses(self, key: str) -> bool:
+        if self._parses is None:
+            try:
+                self._parses = set((self.folder / self._SYNTAX).read_text(encoding="ascii").split())
+            except (OSError, ValueError):
+                self._parses = set()
+        return key in self._parses
+
+    def remember_parses(self, key: str) -> None:
+        self._new_parses.append(key)
+
+    def flush(self) -> None:
+        if not self._new_parses:
+            return
+        try:
+            self._tag()
+            with open(self.folder / self._SYNTAX, "a", encoding="ascii") as handle:
+                handle.write("".join(key + "\n" for key in self._new_parses))
+        except OSError:
+            pass
+        self._new_parses = []
 
     def key(self, display: str, raw: bytes) -> str:
         digest = hashlib.sha256(self._salt)
@@ -67,14 +100,17 @@ class ResultCache:
         if result.errors:
             return  # retried on the next run rather than remembered
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tag = self.folder / "CACHEDIR.TAG"
-            if not tag.exists():  # like pytest's and ruff's caches: ignored by git and backups
-                tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n")
-                (self.folder / ".gitignore").write_text("# created by tf-migrate\n*\n")
+            self._tag()
             write_atomic(self._path(key), json.dumps(_to_json(result)))
         except OSError:
             pass  # a read-only or full disk costs speed, never the run
+
+    def _tag(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tag = self.folder / "CACHEDIR.TAG"
+        if not tag.exists():  # like pytest's and ruff's caches: ignored by git and backups
+            tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n")
+            (self.folder / ".gitignore").write_text("# created by tf-migrate\n*\n")
 
 
 def _to_json(result: FileResult) -> dict[str, Any]:
@@ -82,10 +118,11 @@ def _to_json(result: FileResult) -> dict[str, Any]:
         "path": result.path,
         "encoding": result.encoding,
         "migrated": result.migrated if result.changed else None,
-        "edits": [[e.code, e.line, e.message] for e in result.edits],
-        "refusals": [[d.code, d.line, d.reason, d.hint] for d in result.refusals],
+        "edits": [[e.code, e.line, e.message, e.column] for e in result.edits],
+        "refusals": [[d.code, d.line, d.reason, d.hint, d.column] for d in result.refusals],
         "plans": [p.to_json() for p in result.plans],
-        "notes": [[n.code, n.line, n.message] for n in result.notes],
+        "notes": [[n.code, n.line, n.message, n.column] for n in result.notes],
+        "warnings": [[w.code, w.line, w.message, w.column] for w in result.warnings],
     }
 
 
@@ -98,4 +135,5 @@ def _from_json(data: dict[str, Any], text: str) -> FileResult:
         refusals=[Diagnostic(*d) for d in data["refusals"]],
         plans=[ClassPlan.from_json(p) for p in data["plans"]],
         notes=[Edit(*n) for n in data["notes"]],
+        warnings=[Edit(*w) for w in data.get("warnings", [])],
     )

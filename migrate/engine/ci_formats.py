@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
 from tf_migrate import __version__
 from tf_migrate.engine.file import FileResult
+from tf_migrate.engine.suppress import UNUSED
 from tf_migrate.engine.source import split_lines
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -27,20 +29,37 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _annotation(kind: str, path: str, line: int, title: str, message: str) -> str:
-    return (f"::{kind} file={_escape_property(path)},line={max(line, 1)},"
+_POSITION = re.compile(r"\bat line (\d+)(?:, column (\d+))?")
+
+
+def error_position(error: str) -> tuple[int, int]:
+    """(line, column) an error message names (`syntax error at line 3, column 7`), else (1, 0)."""
+    match = _POSITION.search(error.splitlines()[0] if error else "")
+    if not match:
+        return 1, 0
+    return max(int(match.group(1)), 1), int(match.group(2) or 0)
+
+
+def _annotation(kind: str, path: str, line: int, column: int, title: str, message: str) -> str:
+    col = f",col={column}" if column else ""
+    return (f"::{kind} file={_escape_property(path)},line={max(line, 1)}{col},"
             f"title={_escape_property(title)}::{_escape_data(message)}")
 
 
 def github_lines(result: FileResult) -> Iterable[str]:
     for error in result.errors:
-        yield _annotation("error", result.path, 1, "tf-migrate error", error.splitlines()[0])
-    for edit in sorted(result.edits, key=lambda e: e.line):
-        yield _annotation("warning", result.path, edit.line, edit.code, edit.message)
-    for refusal in sorted(result.refusals, key=lambda r: r.line):
+        line, column = error_position(error)
+        yield _annotation("error", result.path, line, column, "tf-migrate error", error.splitlines()[0])
+    found = []
+    for edit in result.edits:
+        found.append((edit.line, edit.column, 0, "warning", edit.code, edit.message))
+    for refusal in result.refusals:
         hint = f" (hint: {refusal.hint})" if refusal.hint else ""
-        yield _annotation("notice", result.path, refusal.line, f"{refusal.code} refused",
-                          refusal.reason + hint)
+        found.append((refusal.line, refusal.column, 1, "notice", f"{refusal.code} refused", refusal.reason + hint))
+    for warning in result.warnings:
+        found.append((warning.line, warning.column, 2, "warning", warning.code, warning.message))
+    for line, column, _, kind, title, message in sorted(found, key=lambda f: f[:3]):
+        yield _annotation(kind, result.path, line, column, title, message)
 
 
 def _hunks(result: FileResult) -> list[tuple[int, int, str]]:
@@ -71,16 +90,18 @@ def _uri(path: str) -> str:
     return quote(path.replace("\\", "/"), safe="/", errors="surrogateescape")
 
 
-def _location(path: str, line: int) -> dict[str, Any]:
-    return {"physicalLocation": {"artifactLocation": {"uri": _uri(path)},
-                                 "region": {"startLine": max(line, 1)}}}
+def _location(path: str, line: int, column: int = 0) -> dict[str, Any]:
+    region: dict[str, Any] = {"startLine": max(line, 1)}
+    if column:
+        region["startColumn"] = column
+    return {"physicalLocation": {"artifactLocation": {"uri": _uri(path)}, "region": region}}
 
 
 def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
     fixes = _fixes_by_edit(result)
     for i, edit in enumerate(result.edits):
         entry = {"ruleId": edit.code, "level": "warning", "message": {"text": edit.message},
-                 "locations": [_location(result.path, edit.line)]}
+                 "locations": [_location(result.path, edit.line, edit.column)]}
         if i in fixes:
             entry["fixes"] = [{
                 "description": {"text": edit.message},
@@ -91,10 +112,16 @@ def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
     for refusal in result.refusals:
         text = f"refused: {refusal.reason}" + (f" (hint: {refusal.hint})" if refusal.hint else "")
         yield {"ruleId": refusal.code, "level": "note", "message": {"text": text},
-               "locations": [_location(result.path, refusal.line)]}
+               "locations": [_location(result.path, refusal.line, refusal.column)]}
+    for warning in result.warnings:
+        yield {"ruleId": warning.code, "level": "warning", "message": {"text": warning.message},
+               "locations": [_location(result.path, warning.line, warning.column)]}
     for error in result.errors:
         yield {"ruleId": "TFM000", "level": "error", "message": {"text": error.splitlines()[0]},
-               "locations": [_location(result.path, 1)]}
+               "locations": [_location(result.path, *error_position(error))]}
+
+
+_OWN_CODES = {UNUSED: ("unused-suppression", "a tf-migrate skip comment that turns off nothing")}
 
 
 def _rule_descriptors(codes: set[str]) -> list[dict[str, Any]]:
@@ -104,8 +131,9 @@ def _rule_descriptors(codes: set[str]) -> list[dict[str, Any]]:
     descriptors = []
     for code in sorted(codes):
         info = known.get(code)
-        descriptor = {"id": code, "name": info.name if info else "error",
-                      "shortDescription": {"text": info.summary if info else "file could not be migrated"}}
+        name, text = _OWN_CODES.get(code, ("error", "file could not be migrated"))
+        descriptor = {"id": code, "name": info.name if info else name,
+                      "shortDescription": {"text": info.summary if info else text}}
         descriptors.append(descriptor)
     return descriptors
 

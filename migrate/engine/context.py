@@ -24,6 +24,7 @@ class FileContext:
         self.module = self.wrapper.module
         self._memo: dict[str, Any] = {}
         self._skips = suppress.skip_comments(text)
+        self.used_skips: set[int] = set()  # lines of skip comments that turned a rule off
         self.text = text
 
     @cached_property
@@ -69,8 +70,10 @@ class FileContext:
         """Whether a skip comment turns `code` off for `node` (its lines or an enclosing def)."""
         if not self._skips:
             return False
-        if any(suppress.covers(self._skips.get(n, frozenset()), code) for n in self.lines(node)):
-            return True
+        for n in self.lines(node):
+            if suppress.covers(self._skips.get(n, frozenset()), code):
+                self.used_skips.add(n)
+                return True
         current: cst.CSTNode | None = node
         while current is not None:
             if isinstance(current, (cst.FunctionDef, cst.ClassDef)):
@@ -78,6 +81,7 @@ class FileContext:
                 first = min([self.line(d) for d in current.decorators] + [header])
                 for n in range(first - 1, header + 1):
                     if suppress.covers(self._skips.get(n, frozenset()), code):
+                        self.used_skips.add(n)
                         return True
             current = self.parents.get(current)
         return False

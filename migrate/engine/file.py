@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
+from tf_migrate.engine import suppress
+from tf_migrate.engine.positions import Positions
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
 from tf_migrate.engine.source import SourceError, read_source
 
@@ -21,8 +23,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Edit:
     code: str
-    line: int
+    line: int  # of the input file, also when an earlier rule changed the text first
     message: str
+    column: int = 0  # 1-based: where the code on that line starts; 0 unknown
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Diagnostic:
     line: int
     reason: str
     hint: str = ""
+    column: int = 0
 
 
 @dataclass
@@ -44,6 +48,7 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    warnings: list[Edit] = field(default_factory=list)  # about the file's own comments (suppressions)
 
     @property
     def changed(self) -> bool:
@@ -57,13 +62,19 @@ def has_candidates(text: str, rules: Sequence[Rule]) -> bool:
 def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     result = FileResult(path, original=text, migrated=text)
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
-    if not active:
+    if not active:  # no rule looks at it, but a file Python cannot parse is still an error
+        error = syntax_error(text)
+        if error:
+            result.errors.append(error)
         return result
     from tf_migrate.analysis.nn_bases import may_define_modules
 
     tree = _python_tree(text)
     if isinstance(tree, str):
         result.errors.append(tree)
+        return result
+    active = suppress.without_skipped_file(text, active)
+    if not active:
         return result
     if not may_define_modules(tree):  # every rule works inside nn.Module classes
         return result
@@ -80,10 +91,15 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
+    where = Positions(text)
+    used_skips: set[int] = set()
     for rule in active:
         try:
             ctx = ctx or FileContext(module, path, code)
             findings = list(rule.check(ctx))
+            # Findings are placed in the text this rule saw; report them in the input's lines.
+            at = where.mapped(code)
+            used_skips.update(at(n)[0] for n in ctx.used_skips)
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes)
@@ -93,11 +109,14 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
             return result
-        result.edits.extend(Edit(rule.code, f.line, f.message) for f in fixes)
-        result.refusals.extend(
-            Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
+        result.edits.extend(Edit(rule.code, *_placed(at, f.line, f.message)) for f in fixes)
+        result.refusals.extend(Diagnostic(rule.code, *_placed(at, f.line, f.reason, f.hint))
+                               for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
-        result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
+        result.notes.extend(Edit(rule.code, *_placed(at, f.line, f.message))
+                            for f in findings if isinstance(f, Note))
+    result.warnings.extend(Edit(suppress.UNUSED, line, message, where.column(line))
+                           for line, message in suppress.unused(text, used_skips, active))
     result.migrated = code
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
@@ -108,6 +127,12 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         return result
     _check_output(result)
     return result
+
+
+def _placed(at, line: int, *texts: str) -> tuple:
+    """(line, *texts, column): a finding's fields in the input's coordinates."""
+    original, column = at(line)
+    return (original, *texts, column)
 
 
 def _python_tree(text: str) -> "ast.Module | str":
@@ -123,6 +148,22 @@ def _python_tree(text: str) -> "ast.Module | str":
         return f"syntax error at line {exc.lineno}, column {exc.offset}: {exc.msg}"
     except (RecursionError, MemoryError, ValueError) as exc:
         return f"Python cannot parse this file ({type(exc).__name__}: {exc})"
+
+
+def syntax_error(text: str) -> str | None:
+    """Why Python cannot compile `text`, or None. For files no rule looks at: the symbol table pass
+    parses the file without building Python objects for the tree, about twice as fast as `ast`."""
+    if "\0" in text:
+        return f"null byte at offset {text.index(chr(0))}: not Python source"
+    import symtable
+
+    try:
+        symtable.symtable(text, "<file>", "exec")
+    except SyntaxError as exc:
+        return f"syntax error at line {exc.lineno}, column {exc.offset}: {exc.msg}"
+    except (RecursionError, MemoryError, ValueError) as exc:
+        return f"Python cannot parse this file ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _check_output(result: FileResult) -> None:

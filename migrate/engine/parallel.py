@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from tf_migrate.engine.cache import ResultCache
-from tf_migrate.engine.file import FileResult, has_candidates, migrate_source
+from tf_migrate.engine.file import FileResult, has_candidates, migrate_source, syntax_error
 from tf_migrate.engine.source import SourceError, decode_source, read_raw
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class _Pending:
     text: str
     encoding: str
     key: str | None
+    syntax_only: bool = False  # no rule looks at the file: only whether Python can parse it
 
 
 _worker_rules: Sequence = ()
@@ -44,7 +45,11 @@ def _init_worker(rules: Sequence) -> None:
     _worker_rules = rules
 
 
-def _work(display: str, text: str, encoding: str) -> FileResult:
+def _work(display: str, text: str, encoding: str, syntax_only: bool = False) -> FileResult:
+    if syntax_only:
+        error = syntax_error(text)
+        return FileResult(display, original=text, migrated=text, encoding=encoding,
+                          errors=[error] if error else [])
     try:
         result = migrate_source(text, display, _worker_rules)
     except Exception as exc:  # e.g. RecursionError in the parser: report, never stop the run
@@ -63,7 +68,10 @@ def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) 
     except SourceError as exc:
         return FileResult(display, errors=[str(exc)])
     if not has_candidates(source.text, rules):
-        return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
+        key = cache.syntax_key(raw) if cache else None
+        if key and cache.parses(key):
+            return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
+        return _Pending(index, display, source.text, source.encoding, key, syntax_only=True)
     key = cache.key(display, raw) if cache else None
     hit = cache.get(key, source.text) if cache else None
     return hit or _Pending(index, display, source.text, source.encoding, key)
@@ -78,8 +86,24 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int,
             pending.append(outcome)
         else:
             yield index, outcome
-    for item, result in _run(pending, rules, jobs):
-        if cache and item.key:
+    light = [item for item in pending if item.syntax_only]
+    if sum(len(item.text) for item in light) < _IN_PROCESS_SYNTAX_CHARS:  # not worth a worker's start
+        pending = [item for item in pending if not item.syntax_only]
+        yield from _record(((item, _work(item.display, item.text, item.encoding, True)) for item in light), cache)
+    yield from _record(_run(pending, rules, jobs), cache)
+    if cache:
+        cache.flush()
+
+
+_IN_PROCESS_SYNTAX_CHARS = 2_000_000
+
+
+def _record(done: Iterator[tuple[_Pending, FileResult]], cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+    for item, result in done:
+        if cache and item.key and item.syntax_only:
+            if not result.errors:
+                cache.remember_parses(item.key)
+        elif cache and item.key:
             cache.put(item.key, result)
         yield item.index, result
 
@@ -88,7 +112,7 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
     if jobs <= 1 or len(pending) <= 1:
         _init_worker(rules)
         for item in pending:
-            yield item, _work(item.display, item.text, item.encoding)
+            yield item, _work(item.display, item.text, item.encoding, item.syntax_only)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -97,7 +121,8 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
                              initargs=(rules,)) as pool:
         futures: dict[Future, _Pending] = {
-            pool.submit(_work, item.display, item.text, item.encoding): item for item in pending}
+            pool.submit(_work, item.display, item.text, item.encoding, item.syntax_only): item
+            for item in pending}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:

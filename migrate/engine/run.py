@@ -7,18 +7,18 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from tf_migrate.engine import report
-from tf_migrate.engine.config import Config, ConfigError, load_config
-from tf_migrate.engine.discovery import iter_python_files
+from tf_migrate.engine.config import Config, ConfigError, Overrides, Resolver
+from tf_migrate.engine.discovery import Excludes, iter_python_files
 from tf_migrate.engine.file import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import SelectionError, select_rules
 from tf_migrate.engine.ruleindex import LazyRule, RuleInfo, rule_index
-from tf_migrate.engine.source import write_atomic
+from tf_migrate.engine.source import write_atomic, write_atomic_bytes
 
 
 class UsageError(Exception):
@@ -31,8 +31,9 @@ class RunOptions:
     diff: bool = False
     write: bool = False
     output_dir: Path | None = None
-    select: list[str] = field(default_factory=list)
+    select: list[str] = field(default_factory=list)  # empty: the configuration's
     ignore: list[str] = field(default_factory=list)
+    extend_select: list[str] = field(default_factory=list)
     rule_options: list[str] = field(default_factory=list)
     fmt: str = "text"
     plan_path: Path | None = None
@@ -40,34 +41,55 @@ class RunOptions:
     jobs: int | None = None  # None: one per core
     cache_dir: Path | None = None  # None: .tf-migrate-cache beside the nearest pyproject.toml
     use_cache: bool = True
+    exclude: list[str] | None = None  # None: the configuration's
+    extend_exclude: list[str] = field(default_factory=list)
+    respect_gitignore: bool = True
+    force_exclude: bool = False
+    stdin_filename: str | None = None
+    exit_zero: bool = False
+    exit_non_zero_on_refusal: bool = False
+    exit_non_zero_on_fix: bool = True  # `check --fix` exits 0 once everything is fixed, like ruff
+    fixes_only_exact: bool = False  # `check --fix` without --unsafe-fixes
+    color: bool | None = None  # None: on a terminal unless NO_COLOR
 
 
-def _config(options: RunOptions) -> Config:
-    start = options.config_path or (options.paths[0] if options.paths else Path.cwd())
-    try:
-        config = load_config(start)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    if options.select:  # an explicit selection replaces the file's selection, ignores included
-        config.select, config.ignore = options.select, []
-    config.ignore = config.ignore + options.ignore
+def _overrides(options: RunOptions) -> Overrides:
+    rule_options = []
     for item in options.rule_options:
         key, sep, value = item.partition("=")
         rule_name, dot, option = key.partition(".")
         if not sep or not dot:
             raise UsageError(f"--option {item!r}: expected RULE.KEY=VALUE")
-        config.rule_options.setdefault(rule_name, {})[option] = value
-    return config
+        rule_options.append((rule_name, option, value))
+    return Overrides(select=options.select or None, extend_select=options.extend_select,
+                     ignore=options.ignore, exclude=options.exclude, rule_options=rule_options)
 
 
-def build_rules(config: Config) -> list[LazyRule]:
-    """The selected rules, as stand-ins that import the real rule only when a file needs it."""
+def _resolver(options: RunOptions) -> Resolver:
+    try:
+        return Resolver(_overrides(options), options.config_path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def build_rules(config: Config, only_exact: bool = False) -> list[LazyRule]:
+    """The selected rules, as stand-ins that import the real rule only when a file needs it.
+
+    Every rule's options are checked, selected or not: a typo must not wait for the day the rule
+    is selected. With `only_exact` (`check --fix` without --unsafe-fixes) the rules that change the
+    model's function are left out, with a note.
+    """
     index = rule_index()
     try:
-        classes = select_rules(config.select, config.ignore, index)
+        classes = select_rules(config.select + config.extend_select, config.ignore, index)
     except SelectionError as exc:
         raise UsageError(str(exc)) from None
-    by_name = {cls.name: cls for cls in classes}
+    if only_exact:
+        unsafe = [cls for cls in classes if cls.equivalence.value != "exact"]
+        if unsafe:
+            _stderr().write("tf-migrate: note: not applied without --unsafe-fixes (they change the "
+                            f"model's function): {', '.join(f'{c.code} ({c.equivalence.value})' for c in unsafe)}\n")
+        classes = [cls for cls in classes if cls.equivalence.value == "exact"]
     by_rule: dict[str, dict[str, Any]] = {}  # options given by code (TFM301.ffn) count as by name
     for name, values in config.rule_options.items():
         rule = next((r for r in index if name in (r.name, r.code)), None)
@@ -79,11 +101,10 @@ def build_rules(config: Config) -> list[LazyRule]:
                              f"(options: {', '.join(rule.options) or 'none'})")
         by_rule.setdefault(rule.name, {}).update(values)
     config.rule_options = by_rule
-    rules = [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in by_name.values()]
-    for rule in rules:
-        if config.options_for(rule.name):
-            rule.real()  # a rule checks its options when built: a bad value stops the run here, once
-    return rules
+    for info in index:
+        if info.name in by_rule:  # a rule checks its options when built: a bad value stops the run here, once
+            LazyRule(info, _coerce(info, by_rule[info.name])).real()
+    return [LazyRule(info, _coerce(info, config.options_for(info.name))) for info in classes]
 
 
 def _coerce(rule: RuleInfo, values: dict[str, Any]) -> dict[str, Any]:
@@ -110,27 +131,109 @@ def _mirror_root(paths: list[Path]) -> Path:
     return Path(os.path.commonpath(folders))
 
 
-def run(options: RunOptions, out: TextIO) -> int:
+def _check_usage(options: RunOptions) -> None:
     if options.write and options.output_dir:
         raise UsageError("--write and --output-dir cannot be used together")
-    config = _config(options)
-    rules = build_rules(config)
-    files = list(iter_python_files(options.paths, config.exclude))
+    if options.diff and (options.write or options.output_dir):
+        raise UsageError("--diff only shows the changes and never writes: drop --diff, or drop "
+                         + ("--fix/--write" if options.write else "--output-dir"))
+    if any(str(p) == "-" for p in options.paths) and len(options.paths) > 1:
+        raise UsageError("`-` (standard input) cannot be combined with other paths")
+    if options.stdin_filename and [str(p) for p in options.paths] != ["-"]:
+        raise UsageError("--stdin-filename applies to `-` (standard input) only")
+    if options.output_dir and [str(p) for p in options.paths] == ["-"]:
+        raise UsageError("--output-dir cannot be used with `-`: the result goes to standard output")
+
+
+def run(options: RunOptions, out: TextIO) -> int:
+    _check_usage(options)
+    resolver = _resolver(options)
+    rules_of = _RulesByConfig(options.fixes_only_exact)
+    rules_of(resolver.fixed or resolver.default())  # a bad selection or option stops the run up front
+    if [str(p) for p in options.paths] == ["-"]:
+        return _run_stdin(options, resolver, rules_of, out)
+    files = list(iter_python_files(options.paths, resolver, respect_gitignore=options.respect_gitignore,
+                                   force_exclude=options.force_exclude,
+                                   extend_exclude=options.extend_exclude))
     if options.output_dir is not None:
         files = _without_earlier_output(options.output_dir.resolve(), options.paths, files)
+    configs = [resolver.for_file(path) for path in files]
     targets = _targets(options, files)
-    results = _process(options, config, rules, files, out)
+    results = _process(options, configs, rules_of, files)
     _write(options, targets, results)
-    _print_end(options, results, out)
+    _copy_failed(options, files, targets, results)
+    _print(options, results, out)
     if options.plan_path is not None:
         document = plan_document(p for r in results for p in r.plans)
         try:
             write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
         except OSError as exc:
             raise UsageError(f"--plan {options.plan_path}: cannot write ({exc.strerror or exc})") from None
+    return _exit_code(options, results, wrote=options.write)
+
+
+def _exit_code(options: RunOptions, results: list[FileResult], wrote: bool) -> int:
     if any(r.errors for r in results):
         return 2
-    return 1 if any(r.changed for r in results) else 0
+    if options.exit_zero:
+        return 0
+    if any(r.changed for r in results) and (not wrote or options.exit_non_zero_on_fix):
+        return 1
+    if options.exit_non_zero_on_refusal and any(r.refusals for r in results):
+        return 1
+    return 0
+
+
+class _RulesByConfig:
+    """One list of rules per distinct configuration (each file has the one of its folder)."""
+
+    def __init__(self, only_exact: bool) -> None:
+        self.only_exact = only_exact
+        self._built: dict[int, tuple[Config, list[LazyRule]]] = {}
+
+    def __call__(self, config: Config) -> list[LazyRule]:
+        if id(config) not in self._built:
+            self._built[id(config)] = (config, build_rules(config, self.only_exact))
+        return self._built[id(config)][1]
+
+
+def _run_stdin(options: RunOptions, resolver: Resolver, rules_of: _RulesByConfig, out: TextIO) -> int:
+    """`tf-migrate check [--fix|--diff] - [--stdin-filename PATH]`: for editors. With --fix/--write the
+    result (the input itself when nothing changes or the file fails) goes to standard output and
+    the findings to standard error."""
+    from tf_migrate.engine.file import has_candidates, migrate_source, syntax_error
+    from tf_migrate.engine.source import SourceError, decode_source
+
+    display = options.stdin_filename or "-"
+    config = resolver.for_file(Path(display))
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    raw = stream.read()
+    raw = raw.encode("utf-8") if isinstance(raw, str) else raw
+    excluded = options.force_exclude and options.stdin_filename and Excludes(options.extend_exclude).excluded(
+        config, Path(display), False)
+    try:
+        source = decode_source(Path(display), raw)
+    except SourceError as exc:
+        result = FileResult(display, errors=[str(exc)])
+    else:
+        rules = [] if excluded else rules_of(config)
+        if has_candidates(source.text, rules):
+            result = migrate_source(source.text, display, rules)
+        else:
+            error = None if excluded else syntax_error(source.text)
+            result = FileResult(display, original=source.text, migrated=source.text,
+                                errors=[error] if error else [])
+        result.encoding = source.encoding
+    if options.write:
+        body = raw if result.errors or result.migrated is None else result.migrated.encode(result.encoding)
+        out.flush()
+        target = getattr(out, "buffer", None)
+        target.write(body) if target is not None else out.write(body.decode(result.encoding))
+        out.flush()
+        _print(replace(options, write=False), [result], _stderr(), findings_only=True)
+    else:
+        _print(options, [result], out)
+    return _exit_code(options, [result], wrote=options.write)
 
 
 def _without_earlier_output(out_dir: Path, paths: list[Path], files: list[Path]) -> list[Path]:
@@ -173,29 +276,28 @@ def _write(options: RunOptions, targets: list[Path | None], results: list[FileRe
             _stderr().write(f"{result.path}: error: {result.errors[-1]}\n")
 
 
-def _process(options: RunOptions, config: Config, rules: list[LazyRule], files: list[Path],
-             out: TextIO) -> list[FileResult]:
-    """Results in input order; each file's lines are printed as soon as its turn comes."""
-    from tf_migrate.engine.parallel import default_jobs, in_order, process
+def _process(options: RunOptions, configs: list[Config], rules_of: _RulesByConfig,
+             files: list[Path]) -> list[FileResult]:
+    """Results in input order. Files are grouped by configuration; each group runs with its rules."""
+    from tf_migrate.engine.parallel import default_jobs, process
     from tf_migrate.engine.progress import Progress
 
     jobs = options.jobs or default_jobs()
+    groups: dict[int, list[int]] = {}
+    for index, config in enumerate(configs):
+        groups.setdefault(id(config), []).append(index)
     progress = Progress(len(files), _stderr())
-    results: list[FileResult] = []
+    results: list[FileResult | None] = [None] * len(files)
     try:
-        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config)),
-                                               progress), len(files)):
-            results.append(result)
-            _print_file(options, result, out)
+        for indices in groups.values():
+            config = configs[indices[0]]
+            done = process([files[i] for i in indices], rules_of(config), jobs, _cache(options, config))
+            for local, result in done:
+                results[indices[local]] = result
+                progress.advance()
     finally:
-        progress.close()
-    return results
-
-
-def _counted(pairs, progress):
-    for pair in pairs:
-        progress.advance()
-        yield pair
+        progress.close()  # cleared before anything is printed
+    return results  # type: ignore[return-value]
 
 
 def _cache(options: RunOptions, config: Config):
@@ -208,29 +310,44 @@ def _cache(options: RunOptions, config: Config):
     return ResultCache(folder, config.fingerprint())
 
 
-def _print_file(options: RunOptions, result: FileResult, out: TextIO) -> None:
+def _copy_failed(options: RunOptions, files: list[Path], targets: list[Path | None],
+                 results: list[FileResult]) -> None:
+    """--output-dir mirrors the whole tree: a file that failed is copied as it is, its error kept."""
+    if options.output_dir is None:
+        return
+    for path, target, result in zip(files, targets, results):
+        if target is None or not result.errors or target.exists():
+            continue
+        try:
+            raw = path.read_bytes()
+            write_atomic_bytes(target, raw)
+        except OSError as exc:
+            result.errors.append(f"not copied to {target}: {exc.strerror or exc}")
+
+
+def _print(options: RunOptions, results: list[FileResult], out: TextIO, findings_only: bool = False) -> None:
+    """Findings sorted by file, then by line and column; the summary on stderr."""
+    ordered = sorted(results, key=lambda r: report.path_key(r.path))
     if options.fmt == "github":
         from tf_migrate.engine.ci_formats import github_lines
 
-        out.writelines(line + "\n" for line in github_lines(result))
-        return
-    if options.fmt != "text":
-        return
-    if options.diff:
-        out.write(report.diff(result))
-    for line in report.text_lines(result):
-        (out if not options.diff else _stderr()).write(line + "\n")
-
-
-def _print_end(options: RunOptions, results: list[FileResult], out: TextIO) -> None:
-    if options.fmt == "json":
-        out.write(report.json_document(results) + "\n")
+        out.writelines(line + "\n" for result in ordered for line in github_lines(result))
+    elif options.fmt == "json":
+        out.write(report.json_document(ordered) + "\n")
     elif options.fmt == "sarif":
         from tf_migrate.engine.ci_formats import sarif_document
 
-        out.write(sarif_document(results) + "\n")
+        out.write(sarif_document(ordered) + "\n")
     else:
-        _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
+        color = report.use_color(out) if options.color is None else options.color
+        findings = out if not options.diff else _stderr()
+        for result in ordered:
+            if options.diff:
+                out.write(report.diff(result))
+            for line in report.text_lines(result, color=color and findings is out):
+                findings.write(line + "\n")
+        if not findings_only:
+            _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
 
 
 def _stderr() -> TextIO:
