@@ -146,6 +146,13 @@ def _check_usage(options: RunOptions) -> None:
 
 
 def run(options: RunOptions, out: TextIO) -> int:
+    try:
+        return _run(options, out)
+    except ConfigError as exc:  # a configuration file met on the way (each folder may have its own)
+        raise UsageError(str(exc)) from None
+
+
+def _run(options: RunOptions, out: TextIO) -> int:
     _check_usage(options)
     resolver = _resolver(options)
     rules_of = _RulesByConfig(options.fixes_only_exact)

@@ -8,6 +8,8 @@ find sinusoidal tables and where they are added, `rotary` places the rotation in
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterator
 
 from tf_migrate.rules.rope.alibi import alibi_sites
@@ -64,6 +66,23 @@ class SinusoidalToRotary(Rule):
         "k = apply_rotary(k, seq_dim=1)\n"
         "scores = torch.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(self.head_dim)\n"
     )
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        problems = []
+        if self.settings["positions"] not in ("rope", "alibi"):
+            problems.append(f"positions must be rope or alibi, not {self.settings['positions']!r}")
+        try:
+            base = float(self.settings["base"])
+        except (TypeError, ValueError):
+            base = None
+        if base is None or not math.isfinite(base) or base <= 1:
+            # base <= 0 gives NaN frequencies, base 1 one frequency for every pair, (0, 1) rising ones
+            problems.append(f"base must be a finite number above 1 (e.g. 10000), not {self.settings['base']!r}")
+        if problems:
+            from tf_migrate.engine.run import UsageError
+
+            raise UsageError("option rope." + "; ".join(problems))
 
     def check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
