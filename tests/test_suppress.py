@@ -66,6 +66,6 @@ def test_the_suppression_warning_reaches_the_text_report(tmp_path) -> None:
     from click.testing import CliRunner
     from tf_migrate.cli import main
 
-    (tmp_path / "m.py").write_text(LEGACY.replace("import torch\n", "import torch  # tf-migrate: skip\n", 1))
+    (tmp_path / "m.py").write_text(LEGACY.replace("import torch\n", "import torch  # tf-migrate: skip[sdpa]\n", 1))
     output = CliRunner().invoke(main, [str(tmp_path / "m.py"), "--no-cache"]).stdout
     assert "TFM001 warning: unused suppression" in output
