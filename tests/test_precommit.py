@@ -50,3 +50,29 @@ def test_hook_rewrites_a_legacy_file_fails_the_commit_then_passes(tmp_path, env)
     second = _git(repo, "commit", "-qm", "legacy model, migrated", env=env, check=False)
     assert second.returncode == 0, second.stdout + second.stderr
     assert _git(repo, "status", "--porcelain", env=env).stdout == ""
+
+
+def test_hook_keeps_the_projects_ignore_and_exclude_and_shows_refusals(tmp_path, env):
+    """`ignore` in pyproject still applies (the hook passes no --select), `exclude` applies to the
+    files pre-commit names (--force-exclude), and a refusal is shown although the hook passes."""
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    repo = tmp_path / "project"
+    (repo / "vendor").mkdir(parents=True)
+    _git(repo, "init", "-q", env=env)
+    (repo / ".pre-commit-config.yaml").write_text(
+        f"repos:\n- repo: {ROOT}\n  rev: {rev}\n  hooks:\n  - id: tf-migrate\n")
+    (repo / "pyproject.toml").write_text('[tool.tf-migrate]\nignore = ["TFM101"]\nexclude = ["vendor/"]\n')
+    shutil.copy(LEGACY, repo / "model.py")  # TFM101 would rewrite it
+    shutil.copy(LEGACY, repo / "vendor" / "gpt.py")
+    # TFM101 would rewrite this one too; TFM102 refuses its projections (bias presence differs)
+    shutil.copy(ROOT / "fixtures" / "models" / "kv_cache_gpt.py", repo / "refused.py")
+    _git(repo, "add", ".", env=env)
+    before = {p: (repo / p).read_bytes() for p in ("model.py", "vendor/gpt.py", "refused.py")}
+
+    result = subprocess.run(["pre-commit", "run", "--all-files"], cwd=repo, env=env, capture_output=True,
+                            text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert {p: (repo / p).read_bytes() for p in before} == before
+    assert "refused.py:" in output and "TFM102 refused" in output  # visible without --verbose
