@@ -188,7 +188,9 @@ class Resolver:
     def for_folder(self, folder: Path) -> Config:
         if self.fixed is not None:
             return self.fixed
-        folder = _resolved(folder)
+        if folder in self._by_folder:  # as spelled: most lookups are for the same few folders
+            return self._by_folder[folder]
+        spelled, folder = folder, _resolved(folder)
         if folder not in self._by_folder:
             found = _config_in(folder)
             if found is not None:
@@ -197,6 +199,7 @@ class Resolver:
                 self._by_folder[folder] = self.for_folder(folder.parent)
             else:
                 self._by_folder[folder] = self.default()
+        self._by_folder[spelled] = self._by_folder[folder]
         return self._by_folder[folder]
 
     def for_file(self, path: Path) -> Config:

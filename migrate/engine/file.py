@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine import suppress
-from tf_migrate.engine.positions import Positions
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
 from tf_migrate.engine.source import SourceError, read_source
 
@@ -82,6 +81,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
 
     from tf_migrate.engine.context import FileContext
     from tf_migrate.engine.edits import apply_fixes
+    from tf_migrate.engine.positions import Positions
 
     try:
         module = cst.parse_module(text)
