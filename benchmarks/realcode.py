@@ -546,12 +546,21 @@ def report(repos: list[dict], label: str, tool_commit: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tool_commit() -> str:
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=30).stdout.strip() or "unknown"
+        return subprocess.run(["git", "-C", str(PROJECT), *args], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        return ""
+
+
+def tool_commit() -> str:
+    """HEAD of the project, and the last commit that touched the tool's own code if it differs."""
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    code = _git("log", "-1", "--format=%h", "--", "migrate", "rules", "pyproject.toml")
+    dirty = _git("status", "--porcelain", "--", "migrate", "rules")
+    text = head if not code or code == head else f"{head} (tool code at {code})"
+    return text + (" + uncommitted changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
