@@ -436,6 +436,7 @@ class Result:
     tool_line: int | None
     tool_reason: str
     all_outcomes: list[str]
+    expected: str = ""
 
 
 def score_repo(cmd: list[str], manifest: Manifest, repo_dir: Path, numeric: bool) -> dict:
@@ -462,7 +463,7 @@ def score_repo(cmd: list[str], manifest: Manifest, repo_dir: Path, numeric: bool
                               score(row.verdict, best.outcome if best else None),
                               best.outcome if best else None, best.start if best else None,
                               best.reason if best else "",
-                              [f"{it.outcome}@{it.start}" for it in its]))
+                              [f"{it.outcome}@{it.start}" for it in its], row.reason))
     if numeric and manifest.build and any(r.score == "migrated" and r.rule in EXACT_RULES for r in results):
         status, detail = numeric_check(cmd, repo_dir, manifest.build)
         info["numeric"] = {"status": status, "detail": detail}
@@ -533,10 +534,12 @@ def report(repos: list[dict], label: str, tool_commit: str) -> str:
     errs = [(i["repo"], e) for i in repos for e in i["errors"]]
     if errs:
         lines += ["Tool errors:", ""] + [f"- {repo}: {_cell(e, 200)}" for repo, e in errs] + [""]
-    lines += ["| repo | id | rule | verdict | outcome | tool line | tool reason |", "|---|---|---|---|---|---|---|"]
+    lines += ["Per component (the ground truth's reason beside the tool's, to check refusals by hand):", "",
+              "| repo | id | rule | verdict | outcome | tool line | tool reason | ground truth |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['repo']} | {r['id']} | {r['rule']} | {r['verdict']} | {r['score']} | "
-                     f"{r['tool_line'] or ''} | {_cell(r['tool_reason'])} |")
+                     f"{r['tool_line'] or ''} | {_cell(r['tool_reason'])} | {_cell(r.get('expected', ''), 100)} |")
     unlisted = [(i["repo"], u) for i in repos for u in i["unlisted"]]
     if unlisted:
         lines += ["", "Unlisted tool outcomes (a false positive, or a gap in the ground truth):", "",
