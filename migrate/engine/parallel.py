@@ -34,24 +34,28 @@ class _Pending:
     text: str
     encoding: str
     key: str | None
+    path: str
     syntax_only: bool = False  # no rule looks at the file: only whether Python can parse it
 
 
 _worker_rules: Sequence = ()
+_worker_project = None
 
 
-def _init_worker(rules: Sequence) -> None:
-    global _worker_rules
-    _worker_rules = rules
+def _init_worker(rules: Sequence, project) -> None:
+    """Each worker gets the rules and the project index: pickling the index sends only its root
+    and file list, and the worker summarises the files its questions reach."""
+    global _worker_rules, _worker_project
+    _worker_rules, _worker_project = rules, project
 
 
-def _work(display: str, text: str, encoding: str, syntax_only: bool = False) -> FileResult:
+def _work(display: str, text: str, encoding: str, path: str, syntax_only: bool = False) -> FileResult:
     if syntax_only:
         error = syntax_error(text)
         return FileResult(display, original=text, migrated=text, encoding=encoding,
                           errors=[error] if error else [])
     try:
-        result = migrate_source(text, display, _worker_rules)
+        result = migrate_source(text, display, _worker_rules, _worker_project, path)
     except Exception as exc:  # e.g. RecursionError in the parser: report, never stop the run
         import traceback
 
@@ -71,14 +75,18 @@ def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) 
         key = cache.syntax_key(raw) if cache else None
         if key and cache.parses(key):
             return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
-        return _Pending(index, display, source.text, source.encoding, key, syntax_only=True)
+        return _Pending(index, display, source.text, source.encoding, key, str(path), syntax_only=True)
     key = cache.key(display, raw) if cache else None
     hit = cache.get(key, source.text) if cache else None
-    return hit or _Pending(index, display, source.text, source.encoding, key)
+    return hit or _Pending(index, display, source.text, source.encoding, key, str(path))
 
 
-def process(files: Sequence[Path], rules: Sequence, jobs: int,
-            cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCache | None,
+            project=None) -> Iterator[tuple[int, FileResult]]:
+    """`project`: the run's whole-tree index, when `files` are one of several groups of a run."""
+    from tf_migrate.analysis.project import ProjectIndex
+
+    project = project or ProjectIndex.for_files(files)
     pending: list[_Pending] = []
     for index, path in enumerate(files):
         outcome = _triage(index, path, rules, cache)
@@ -89,8 +97,9 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int,
     light = [item for item in pending if item.syntax_only]
     if sum(len(item.text) for item in light) < _IN_PROCESS_SYNTAX_CHARS:  # not worth a worker's start
         pending = [item for item in pending if not item.syntax_only]
-        yield from _record(((item, _work(item.display, item.text, item.encoding, True)) for item in light), cache)
-    yield from _record(_run(pending, rules, jobs), cache)
+        yield from _record(((item, _work(item.display, item.text, item.encoding, item.path, True))
+                            for item in light), cache)
+    yield from _record(_run(pending, rules, jobs, project), cache)
     if cache:
         cache.flush()
 
@@ -108,20 +117,20 @@ def _record(done: Iterator[tuple[_Pending, FileResult]], cache: ResultCache | No
         yield item.index, result
 
 
-def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[_Pending, FileResult]]:
+def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterator[tuple[_Pending, FileResult]]:
     if jobs <= 1 or len(pending) <= 1:
-        _init_worker(rules)
+        _init_worker(rules, project)
         for item in pending:
-            yield item, _work(item.display, item.text, item.encoding, item.syntax_only)
+            yield item, _work(item.display, item.text, item.encoding, item.path, item.syntax_only)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # Longest files first, so no worker is left with a big file at the end.
     pending = sorted(pending, key=lambda item: -len(item.text))
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
-                             initargs=(rules,)) as pool:
+                             initargs=(rules, project)) as pool:
         futures: dict[Future, _Pending] = {
-            pool.submit(_work, item.display, item.text, item.encoding, item.syntax_only): item
+            pool.submit(_work, item.display, item.text, item.encoding, item.path, item.syntax_only): item
             for item in pending}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)

@@ -293,12 +293,17 @@ def _process(options: RunOptions, configs: list[Config], rules_of: _RulesByConfi
     groups: dict[int, list[int]] = {}
     for index, config in enumerate(configs):
         groups.setdefault(id(config), []).append(index)
+    project = None
+    if len(groups) > 1:  # one whole-tree index for the run, whatever configuration each file has
+        from tf_migrate.analysis.project import ProjectIndex
+
+        project = ProjectIndex.for_files(files)
     progress = Progress(len(files), _stderr())
     results: list[FileResult | None] = [None] * len(files)
     try:
         for indices in groups.values():
             config = configs[indices[0]]
-            done = process([files[i] for i in indices], rules_of(config), jobs, _cache(options, config))
+            done = process([files[i] for i in indices], rules_of(config), jobs, _cache(options, config), project)
             for local, result in done:
                 results[indices[local]] = result
                 progress.advance()
