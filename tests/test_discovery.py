@@ -133,3 +133,11 @@ def test_real_git_repository(tmp_path: Path) -> None:
     (tmp_path / "generated").mkdir()
     shutil.copy(LEGACY, tmp_path / "generated" / "gpt.py")
     assert run(".", "--no-cache", cwd=tmp_path).exit_code == 0
+
+
+def test_a_named_folder_that_an_ignore_file_above_leaves_out_is_walked(repo: Path) -> None:
+    # e.g. site-packages inside a git-managed ~/.pyenv whose .gitignore says `versions/`
+    assert _files(repo / "gen") == [(repo / "gen" / "keep_me.py").as_posix()]  # not ignored itself
+    (repo / ".gitignore").write_text("gen/\n")
+    assert _files(repo / "gen") == sorted((repo / "gen" / n).as_posix() for n in ("keep_me.py", "out.py"))
+    assert _files(repo) == [(repo / n).as_posix() for n in ("keep.py", "scratch.py")]

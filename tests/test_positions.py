@@ -26,7 +26,8 @@ def _places(result) -> dict[str, list[tuple[int, int]]]:
 
 # Models where an earlier rule's edit moves the lines a later rule reports (checked: with the
 # positions of the partly rewritten text, every one of these disagrees).
-@pytest.mark.parametrize("model", ["mingpt_style.py", "einsum_gpt.py", "bert_style.py"])
+@pytest.mark.parametrize("model", ["mingpt_style.py", pytest.param("einsum_gpt.py", marks=pytest.mark.slow),
+                                   pytest.param("bert_style.py", marks=pytest.mark.slow)])
 def test_each_rule_reports_the_lines_it_reports_alone(model: str) -> None:
     path = MODELS / model
     together = migrate_file(path, build_rules(Config(select=["all"])))

@@ -89,6 +89,8 @@ def _ancestor_ignores(root: Path) -> list[_IgnoreFile]:
     folders = [root.parent, *root.parent.parents] if root != git_root else []
     for folder in reversed([f for f in folders if f == git_root or git_root in f.parents]):
         found.extend(reversed(_read_ignore_files(folder, IGNORE_FILES)))
+    if found and _ignored(found, root, True):
+        return []  # a folder named on purpose is walked although they leave it out (as ripgrep does)
     return found
 
 
