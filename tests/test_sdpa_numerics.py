@@ -74,6 +74,8 @@ CASES = {
     "pretransposed_keys": ("PreTransposedKeyAttention", (C, 4), {}, lambda: [(_x(),)]),
     "scale_read_before_head_split": ("ModelWidthScaledAttention", (C, 4), {}, lambda: [(_x(),)]),  # non-default
     # the rewritten class itself, with a temperature that is not the default sqrt(head_dim)
+    # two attentions: sqrt(head_dim) and sqrt(7) kept on self as call results (math / numpy)
+    "scale_attribute_from_call": ("SqrtAttributeAttention", (C, 4, 7), {}, lambda: [(_x(),)]),
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
     # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
     "t5_augassign_bias": ("UnscaledBiasAttention", (C, 4, 4, 0.1), {}, lambda: [
