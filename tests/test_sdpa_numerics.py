@@ -55,6 +55,7 @@ CASES = {
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
         (torch.randn(T, B, C),)]),  # time-first
+    "inline_softmax_built": ("SplitKeyAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "inplace_prescale_view": ("CachedQkvAttention", (C, 4), {}, lambda: [(_x(),)]),
     "kv_cache_bottom_right": ("CachedCausalAttention", (C, 4, 16), {}, _kv_cache_inputs),
     "mingpt_tril_buffer": ("CausalSelfAttention", (C, 4, 8), {}, lambda: [(_x(),)]),

@@ -232,6 +232,8 @@ class _Chain:
         sub = self.m.cls.submodule_of(expr.func, "torch.nn.Softmax")
         if sub is not None and len(expr.args) == 1:
             return expr.args[0].value, argument(sub.call, 0, "dim")
+        if isinstance(expr.func, cst.Call) and names.is_call(expr.func, "torch.nn.Softmax") and len(expr.args) == 1:
+            return expr.args[0].value, argument(expr.func, 0, "dim")  # `nn.Softmax(dim=-1)(w)` built inline
         receiver = method_call(expr, "softmax")
         is_self = isinstance(receiver, cst.Name) and receiver.value == "self"
         if receiver is not None and not is_self and names.imported(expr.func) is None:
