@@ -49,7 +49,7 @@ class EinsumAttentionToSdpa(Rule):
     (`q.mul_()`) before the product; the probabilities can leave the function unseen (a `global`
     name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
     every input); a softmax of a scores product reaches the product with v through a step not
-    listed above (a cast around the softmax, a head mask, `nn.Softmax(dim)(x)` built inline, a
+    listed above (a cast around the softmax, a head mask, `nn.Softmax()(x)` built inline without a dim, a
     mask inside an `if` block, a softmax dim not provably the keys' axis). Silent (not attention)
     when no scores product lies behind the softmax (router weights mixing expert outputs).
     """
