@@ -30,7 +30,9 @@ class EinsumAttentionToSdpa(Rule):
     Safety: exact. Scale, masks and dropout are carried over with their meaning: a boolean mask
     keeps which keys are visible (`masked_fill(mask == 0, ...)` becomes `attn_mask=mask != 0`), an
     additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
-    chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
+    chain without scaling gets `scale=1.0`. A mask applied in place (`scores.masked_fill_(m, v)`
+    alone on its line) is the same step as `scores = scores.masked_fill(m, v)`; if another name
+    still holds the unmasked scores, the chain is refused. `is_causal=True` is used only when the mask is a
     provable lower triangle (not edited in place afterwards) over query and key lengths computed
     from the same tensor; otherwise
     the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
