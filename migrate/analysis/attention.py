@@ -84,7 +84,8 @@ class Attention:
 
 
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
-    """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `einsum(s, a, b)`."""
+    """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `a.matmul(b)`,
+    `a.bmm(b)`, `einsum(s, a, b)`."""
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
         return "matmul", node.left, node.right, None
     if not isinstance(node, cst.Call) or any(a.star for a in node.args):
@@ -93,6 +94,9 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     values = [a.value for a in node.args if a.keyword is None]
     if callee in ("torch.matmul", "torch.bmm") and len(values) == 2:
         return callee.split(".")[-1], values[0], values[1], None
+    receiver = method_call(node, "matmul", "bmm")
+    if receiver is not None and callee is None and len(node.args) == 1 and len(values) == 1:
+        return node.func.attr.value, receiver, values[0], None  # `a.matmul(b)`, `a.bmm(b)`
     if callee == "torch.einsum" and len(values) == 3 and isinstance(values[0], cst.SimpleString):
         spec = einsum.parse(values[0].evaluated_value)
         if spec is not None:
