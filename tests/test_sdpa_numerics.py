@@ -43,6 +43,8 @@ def _kv_cache_inputs():
 # The builder returns a list of positional-argument tuples; each tuple is one forward call.
 CASES = {
     "aliased_imports": ("AliasAttention", (C, 4), {"attn_p": 0.1}, lambda: [(_x(),)]),
+    # cross-attention, heads folded into the batch: 5 queries over 7 context tokens of width 12
+    "baddbmm_beta_zero": ("FoldedCrossHeads", (C, 12, 4, 4), {}, lambda: [(_x(), torch.randn(B, 7, 12))]),
     "bert_additive_mask": ("BertSelfAttention", (C, 4, 0.1), {}, lambda: [
         (_x(), (1.0 - _keep()[:, None, None, :].float()) * -10000.0), (_x(),)]),
     "builtin_float_scale": ("FloatScaledAttention", (C, 4), {}, lambda: [(_x(),)]),

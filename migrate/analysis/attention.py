@@ -94,6 +94,8 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     values = [a.value for a in node.args if a.keyword is None]
     if callee in ("torch.matmul", "torch.bmm") and len(values) == 2:
         return callee.split(".")[-1], values[0], values[1], None
+    if callee == "torch.baddbmm" and len(values) == 3:
+        return "baddbmm", values[1], values[2], None  # beta * input + alpha * (b1 @ b2): see _Chain._baddbmm
     receiver = method_call(node, "matmul", "bmm")
     if receiver is not None and callee is None and len(node.args) == 1 and len(values) == 1:
         return node.func.attr.value, receiver, values[0], None  # `a.matmul(b)`, `a.bmm(b)`
@@ -141,6 +143,8 @@ class AttentionMatcher:
     def match(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention:
         """Raises NotAttention or Refused; returns the chain otherwise."""
         kind, probs, v, spec = _product_operands(self.ctx, product)
+        if kind == "baddbmm":
+            raise NotAttention  # a product with v never adds a bias to itself
         found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
         chain = _Chain(self, found)
         probs, at = chain.follow(probs, statement)
@@ -346,6 +350,9 @@ class _Chain:
         if operands is None:
             raise NotAttention
         kind, q, k, spec = operands
+        if kind == "baddbmm":
+            self._baddbmm(expr, at)
+            kind = "bmm"
         q, at_q = self._prescaled(q, at)
         if kind == "einsum":
             parsed = einsum.scores(spec)
@@ -364,6 +371,30 @@ class _Chain:
         if dim is None or not (dim == -1 or (proven is not None and dim == proven - 1)):
             raise NotAttention
         self.found.rank = rank
+
+    def _baddbmm(self, call: cst.Call, at) -> None:
+        """`torch.baddbmm(empty, q, k^T, beta=0, alpha=s)` is `s * (q @ k^T)`: with beta 0 the first
+        argument is never read (not even its NaNs), so it may go when it is only an allocation."""
+        keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+        beta, alpha = keywords.pop("beta", None), keywords.pop("alpha", None)
+        if keywords or beta is None or number_value(beta) != 0:
+            raise NotAttention  # beta != 0 adds the first argument (a bias): not a plain product
+        if not self._allocation(call.args[0].value):
+            raise Refused(self.line(call, at), f"the scores add `{self.ctx.code(call.args[0].value)}` "
+                          "with beta=0; tf-migrate drops it only when it is a plain allocation",
+                          "pass torch.empty(...) as baddbmm's first argument")
+        if alpha is not None and number_value(alpha) != 1:
+            if not self._scalar(alpha, at):
+                raise Refused(self.line(call, at), f"baddbmm's alpha `{self.ctx.code(alpha)}` scales the "
+                              "scores but is not provably a Python number", "SDPA's scale must be a float")
+            self.found.scale.append(("*", alpha, at))
+            self.moves.append((alpha, at))
+
+    def _allocation(self, expr) -> bool:
+        if isinstance(expr, (cst.Name, cst.Attribute)):
+            return True
+        return isinstance(expr, cst.Call) and self.ctx.names.is_call(
+            expr, *(f"torch.{f}" for f in ("empty", "zeros", "ones", "empty_like", "zeros_like", "ones_like")))
 
     def _prescaled(self, q, at):
         """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""

@@ -38,7 +38,8 @@ class EinsumAttentionToSdpa(Rule):
     the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
     additive mask is cast to the query's dtype, as `scores + mask` would promote it. Rows whose
     keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
-    `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
+    `torch.baddbmm(alloc, q, k^T, beta=0, alpha=s)` is `s * (q @ k^T)` (beta=0 never reads `alloc`,
+    which must be a plain allocation or a name). `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
     rank is not known from a `view`; any other transpose of k is kept and undone explicitly.
 
     Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
