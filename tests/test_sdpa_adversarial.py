@@ -26,9 +26,8 @@ def _refusals(case: str):
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
     # chains the matcher cannot follow are refused, not skipped silently
     ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18"]),
-    ("cast_softmax_guarded_view", 27, ["scores at line 21", "softmax at line 26"]),
+    ("cast_softmax_guarded_view", 22, ["rebound inside a block"]),  # the float32 round trip is fine
     ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26", "head mask"]),
-    ("softmax_fp32_upcast", 28, ["scores at line 24", "softmax at line 27", "cast"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     refusals = _refusals(case)

@@ -83,6 +83,7 @@ CASES = {
     "scale_attribute_from_call": ("SqrtAttributeAttention", (C, 4, 7), {}, lambda: [(_x(),)]),
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
     # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
+    "softmax_fp32_upcast": ("UpcastAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T)), (_x(),)]),
     "t5_augassign_bias": ("UnscaledBiasAttention", (C, 4, 4, 0.1), {}, lambda: [
         (_x(), torch.randn(1, 4, T, T) + (1 - _keep()[:, None, None, :].float()) * -1e9)]),
     "timm_self_scale": ("Attention", (C, 4), {"qk_scale": 0.3, "attn_drop": 0.1}, lambda: [(_x(),)]),  # non-default
@@ -151,3 +152,23 @@ def test_sdpa_pair_matches(case: str) -> None:
         outs = tensors(after(*inputs))
         assert [t.shape for t in outs] == want_shapes
         assert all(torch.isfinite(t).all() for t in outs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_softmax_cast_back_stays_as_close_in_half_precision(dtype) -> None:
+    """The original computed the softmax in float32 and cast back; SDPA accumulates in float32 too.
+    In bfloat16/float16 the migrated output must be as close to the float64 result as the original
+    (benchmarks/softmax_upcast_precision.py measures the figures quoted in the rule's docstring)."""
+    before, after = _build("softmax_fp32_upcast", "before"), _build("softmax_fp32_upcast", "after")
+    after.load_state_dict(before.state_dict(), strict=True)
+    before.eval()
+    after.eval()
+    torch.manual_seed(2)
+    x = torch.randn(B, 64, C)
+    with torch.no_grad():
+        reference = before.double()(x.double())
+        got_before = before.to(dtype)(x.to(dtype)).double()
+        got_after = after.to(dtype)(x.to(dtype)).double()
+    error_before = (got_before - reference).abs().max().item()
+    error_after = (got_after - reference).abs().max().item()
+    assert error_after <= 1.5 * error_before + 1e-3, (error_before, error_after)

@@ -81,6 +81,8 @@ class Attention:
     rank: int | None = None
     consumed: list[Definition] = field(default_factory=list)
     followed: set[int] = field(default_factory=set)
+    # `softmax(s.float()).type_as(t)`: the code of `t`, whose dtype the probabilities are cast back to
+    softmax_cast_to: str | None = None
 
 
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
@@ -152,6 +154,7 @@ class AttentionMatcher:
         scores, at, dim = chain.softmax(probs, at)
         chain.scores(scores, at, dim)
         chain.product(kind, v, spec, statement)
+        chain.check_cast_back()
         chain.check_uses()
         chain.check_moves()
         return found
@@ -233,9 +236,10 @@ class _Chain:
         names = self.ctx.names
         if names.is_call(expr, *_SOFTMAX) and expr.args:
             extra = argument(expr, 3 if names.callee(expr) == "torch.nn.functional.softmax" else 2, "dtype")
-            if extra is not None:
-                raise Refused(self.line(expr), "the softmax upcasts with dtype=, SDPA computes in the "
-                              "input dtype", "drop the dtype argument if the model runs in float32")
+            if extra is not None and not (self.found.softmax_cast_to is not None and self._is_float32(extra)):
+                raise Refused(self.line(expr), "the softmax computes in another dtype (dtype=) without "
+                              "casting the probabilities back to the scores' dtype",
+                              "cast back with .type_as(scores), or drop the dtype argument")
             return expr.args[0].value, argument(expr, 1, "dim")
         sub = self.m.cls.submodule_of(expr.func, "torch.nn.Softmax")
         if sub is not None and len(expr.args) == 1:
@@ -251,9 +255,57 @@ class _Chain:
     def softmax(self, expr, at):
         if isinstance(expr, GuardedBinding):
             raise NotAttention
+        expr = self._cast_back(expr)
         inner, dim = self._softmax_parts(expr)
+        if self.found.softmax_cast_to is not None:
+            inner = self._upcast(inner)
         inner, at = self.follow(inner, at, strict=True)
         return inner, at, int_value(dim)
+
+    def _cast_back(self, expr):
+        """`softmax(...).type_as(t)`, `.to(t.dtype)`, `.type(t.dtype)`: the softmax, noting `t`."""
+        receiver = method_call(expr, "type_as", "to", "type")
+        if receiver is None or len(expr.args) != 1 or expr.args[0].keyword is not None:
+            return expr
+        target = expr.args[0].value
+        if expr.func.attr.value != "type_as":
+            if not (isinstance(target, cst.Attribute) and target.attr.value == "dtype"):
+                return expr
+            target = target.value
+        self.found.softmax_cast_to = self.ctx.code(target)  # lets the softmax carry dtype=float32
+        if not self._is_softmax(receiver):
+            self.found.softmax_cast_to = None
+            return expr
+        self.found.followed.update(id(n) for n in find(target, _is_name))  # the cast goes away
+        return receiver
+
+    def _upcast(self, expr):
+        """`s.float()`, `s.to(torch.float32)`, `s.type(torch.float32)` -> s; anything else as it is."""
+        receiver = method_call(expr, "float", "to", "type")
+        if receiver is None:
+            return expr
+        if expr.func.attr.value == "float":
+            return receiver if not expr.args else expr
+        if len(expr.args) == 1 and expr.args[0].keyword is None and self._is_float32(expr.args[0].value):
+            return receiver
+        return expr
+
+    def _is_float32(self, expr) -> bool:
+        return self.ctx.names.imported(expr) in ("torch.float32", "torch.float")
+
+    def check_cast_back(self) -> None:
+        """The probabilities must return to the dtype SDPA computes in: that of q, k or v (or of the
+        scores, which is q's): another dtype would change what the product with v sees."""
+        target = self.found.softmax_cast_to
+        if target is None:
+            return
+        scores = {self.ctx.code(d.value) for d in self.found.consumed if isinstance(d, Binding)}
+        scores |= {d.name for d in self.found.consumed if isinstance(d, Binding)}
+        operands = {self.ctx.code(o.expr) for o in (self.found.query, self.found.key, self.found.value)}
+        if target not in operands | scores:
+            raise Refused(self.ctx.line(self.found.statement), f"the softmax is computed in float32 and "
+                          f"cast to the dtype of `{target}`, which is not provably the dtype of q, k and v",
+                          "cast back with .type_as(scores)")
 
     def scores(self, expr, at, dim: int | None) -> None:
         """Peel masks and scales off the scores until the q·k product."""
@@ -261,6 +313,9 @@ class _Chain:
         while True:
             if isinstance(expr, GuardedBinding):
                 expr, at = self._guarded_mask(expr, scaled)
+                continue
+            if self.found.softmax_cast_to is not None and self._upcast(expr) is not expr:
+                expr, at = self.follow(self._upcast(expr), at, strict=True)  # `s = s.float()` before it
                 continue
             step = self._modifier(expr, at, scaled)
             if step is None:

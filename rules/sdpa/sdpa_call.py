@@ -69,6 +69,9 @@ class SdpaCall:
 def build_call(ctx, found: Attention) -> SdpaCall:
     call = SdpaCall(ctx, found)
     _choose_mask(ctx, found, call)
+    if found.softmax_cast_to is not None:
+        call.notes.append("the softmax ran in float32 and was cast back: SDPA accumulates it in float32 "
+                          "too; float16/bfloat16 outputs differ by rounding only (`tf-migrate explain TFM101`)")
     return call
 
 
