@@ -61,6 +61,7 @@ CASES = {
     "inplace_prescale_view": ("CachedQkvAttention", (C, 4), {}, lambda: [(_x(),)]),
     "kv_cache_bottom_right": ("CachedCausalAttention", (C, 4, 16), {}, _kv_cache_inputs),
     "masked_fill_in_place": ("InPlaceMaskedAttention", (C, 4, 0.1), {}, lambda: [(_x(), _keep()), (_x(),)]),
+    "mask_prepared_in_if_block": ("FoldedPadAttention", (C, 4), {}, lambda: [(_x(), _keep()), (_x(),)]),
     "matmul_method_calls": ("MethodProductAttention", (C, 4), {}, lambda: [(_x(),)]),
     "mingpt_tril_buffer": ("CausalSelfAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "nanogpt_nonpersistent_mask": ("MaskedSelfAttention", (C, 4, 8, 0.1), {}, lambda: [(_x(),)]),

@@ -55,6 +55,17 @@ class Mask:
     at: cst.BaseStatement
     guard: cst.BaseExpression | None = None
     scaled_after: bool = False
+    # `if test:` block (with other statements) in which the mask is applied: it stays, and the
+    # mask is computed where it was (`at`) into a name the call reads
+    block: cst.If | None = None
+
+
+@dataclass
+class BlockMask:
+    """`if test: ...; scores = scores.masked_fill(m, v)` where the block does more than mask."""
+
+    statement: cst.If
+    binding: Binding
 
 
 @dataclass
@@ -83,6 +94,7 @@ class Attention:
     followed: set[int] = field(default_factory=set)
     # `softmax(s.float()).type_as(t)`: the code of `t`, whose dtype the probabilities are cast back to
     softmax_cast_to: str | None = None
+    block_bindings: list[Binding] = field(default_factory=list)  # masks set inside a kept `if` block
 
 
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
@@ -188,6 +200,10 @@ class _Chain:
                 return definition, at
             elif strict and isinstance(definition, OpaqueBinding) and not isinstance(
                     definition.statement, cst.SimpleStatementLine):
+                inner = self.m.flow.block_binding(expr.value, definition.statement)
+                if inner is not None:
+                    self.found.followed.add(id(expr))
+                    return BlockMask(definition.statement, inner), at
                 raise Refused(self.ctx.line(definition.statement), f"`{expr.value}` is rebound inside a "
                               f"block at line {self.ctx.line(definition.statement)} in a way tf-migrate "
                               "cannot follow", "compute the mask and the scores in plain statements")
@@ -314,6 +330,9 @@ class _Chain:
             if isinstance(expr, GuardedBinding):
                 expr, at = self._guarded_mask(expr, scaled)
                 continue
+            if isinstance(expr, BlockMask):
+                expr, at = self._block_mask(expr)
+                continue
             if self.found.softmax_cast_to is not None and self._upcast(expr) is not expr:
                 expr, at = self.follow(self._upcast(expr), at, strict=True)  # `s = s.float()` before it
                 continue
@@ -339,6 +358,26 @@ class _Chain:
             raise NotAttention
         self.found.followed.add(id(base))
         return self.follow(base, at, strict=True)
+
+    def _block_mask(self, block: BlockMask):
+        """A fill inside an `if` block that also does other work: the block stays, the fill there
+        becomes the mask's computation (so it reads the names as they are at that point)."""
+        binding = block.binding
+        before = len(self.moves)
+        step = self._modifier(binding.value, binding.statement, False)
+        if step is None or not self.found.masks or self.found.masks[-1].at is not binding.statement \
+                or self.found.masks[-1].kind != "fill":
+            raise Refused(self.ctx.line(binding.statement), f"`{binding.name}` is changed inside the "
+                          f"`if` block at line {self.ctx.line(block.statement)} in a way that is not a "
+                          "masked_fill", "compute the mask and the scores in plain statements")
+        del self.moves[before:]  # the condition is evaluated where it was, not at the call
+        self.found.masks[-1].block = block.statement
+        self.found.block_bindings.append(binding)
+        base, _ = step
+        if not (isinstance(base, cst.Name) and base.value == binding.name):
+            raise NotAttention
+        self.found.followed.add(id(base))
+        return self.follow(base, binding.statement, strict=True)
 
     def _modifier(self, expr, at, scaled: bool):
         """One mask or scale step: returns (the scores it applies to, whether it scales)."""
@@ -514,7 +553,7 @@ class _Chain:
     def check_uses(self) -> None:
         """Every binding the chain removes must be read by the chain alone."""
         escaping = _escaping_names(self.ctx, self.m.function)
-        for definition in self.found.consumed:
+        for definition in self.found.consumed + self.found.block_bindings:
             binding = definition.binding if isinstance(definition, GuardedBinding) else definition
             if binding.name in escaping or "locals()" in escaping:
                 what = "the function reads `locals()`" if "locals()" in escaping else \

@@ -292,6 +292,18 @@ class FunctionFlow:
                 return GuardedBinding(name, statement.test, inner, statement, previous)
         return OpaqueBinding(name, statement)
 
+    def block_binding(self, name: str, statement: cst.BaseStatement) -> Binding | None:
+        """In `if test: <statements>` without else, where the definition analysis stops: the one
+        statement of the block that binds `name`, when it is a plain binding directly in the block
+        and no other statement there binds `name`."""
+        if not (isinstance(statement, cst.If) and statement.orelse is None
+                and isinstance(statement.body, cst.IndentedBlock)):
+            return None
+        binding = [child for child in statement.body.body if binds(child, name)]
+        if len(binding) != 1:
+            return None
+        return _simple_binding(name, binding[0])
+
     def mutation_between(self, name: str, start: cst.BaseStatement, end: cst.BaseStatement) -> cst.CSTNode | None:
         """A node after `start` and before `end` (source order) that changes the tensor `name` holds
         in place without rebinding it: `name.mul_(...)` (torch's trailing-underscore methods) or

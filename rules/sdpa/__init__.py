@@ -32,7 +32,10 @@ class EinsumAttentionToSdpa(Rule):
     additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
     chain without scaling gets `scale=1.0`. A mask applied in place (`scores.masked_fill_(m, v)`
     alone on its line) is the same step as `scores = scores.masked_fill(m, v)`; if another name
-    still holds the unmasked scores, the chain is refused. `is_causal=True` is used only when the mask is a
+    still holds the unmasked scores, the chain is refused. A fill inside an `if` block that also
+    does other work (reshapes the mask first) keeps the block: the fill becomes
+    `attn_mask = <allowed>` where it was, `attn_mask = None` goes before the block, and the call
+    reads that name (it must be the only mask). `is_causal=True` is used only when the mask is a
     provable lower triangle (not edited in place afterwards) over query and key lengths computed
     from the same tensor; otherwise
     the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
@@ -60,7 +63,7 @@ class EinsumAttentionToSdpa(Rule):
     name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
     every input); a softmax of a scores product reaches the product with v through a step not
     listed above (a cast around the softmax other than the float32 round trip, a head mask, `nn.Softmax()(x)` built inline without a dim, a
-    mask inside an `if` block, a softmax dim not provably the keys' axis). Silent (not attention)
+    mask inside an `if` block besides other masks, a softmax dim not provably the keys' axis). Silent (not attention)
     when no scores product lies behind the softmax (router weights mixing expert outputs).
     """
 
