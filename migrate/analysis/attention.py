@@ -429,7 +429,7 @@ class _Chain:
             top = value.expression  # -finfo(dtype).max is finfo(dtype).min
             if isinstance(top, cst.Attribute) and top.attr.value == "max" and isinstance(top.value, cst.Call):
                 return self.ctx.names.is_call(top.value, "torch.finfo")
-        code = self.ctx.code(value).replace(" ", "").replace('"', "'")
+        code = "".join(self.ctx.code(value).split()).replace('"', "'")  # a call split over lines too
         if code in ("float('-inf')", "-float('inf')", "-math.inf", "-torch.inf", "-np.inf",
                     "-numpy.inf", "float('-infinity')"):
             return True
