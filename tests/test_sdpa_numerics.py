@@ -57,6 +57,8 @@ CASES = {
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "fill_value_split_over_lines": ("WrappedFillAttention", (), {}, lambda: [
         (_x(), _x(7), _x(7), torch.tensor([7, 3]))]),  # 5 queries over 7 keys, 3 of them real in sample 1
+    "free_function_optional_dropout": ("HeadsWithFreeAttention", (C, 4, 0.1), {}, lambda: [
+        (_x(), _keep()), (_x(),)]),
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
         (torch.randn(T, B, C),)]),  # time-first
     "inline_softmax_built": ("SplitKeyAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),

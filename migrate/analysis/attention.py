@@ -213,7 +213,7 @@ class _Chain:
 
     def dropout(self, expr, at):
         if isinstance(expr, GuardedBinding):
-            return expr, at
+            return self._optional_dropout(expr, at)
         names = self.ctx.names
         if isinstance(expr, cst.Call) and expr.args:
             sub = self.m.cls.submodule_of(expr.func)
@@ -230,6 +230,27 @@ class _Chain:
                                   f"`{self.ctx.code(expr.func)}`, which is not a dropout",
                                   "SDPA can only fold a dropout on the probabilities")
         return expr, at
+
+    def _optional_dropout(self, guarded: GuardedBinding, at):
+        """`if dropout is not None: p = dropout(p)` with `dropout` a parameter of the function (a
+        dropout module passed in, or None): SDPA drops with its rate only when it is given and in
+        training mode, as the module itself would."""
+        value = guarded.binding.value
+        test = guarded.test
+        module = value.func if isinstance(value, cst.Call) else None
+        if not (isinstance(module, cst.Name) and len(value.args) == 1 and value.args[0].keyword is None
+                and isinstance(value.args[0].value, cst.Name) and value.args[0].value.value == guarded.name
+                and module.value in _parameters(self.m.function)
+                and self.m.flow.definition(module.value, guarded.statement) is None
+                and self.ctx.code(test).replace(" ", "") == f"{module.value}isnotNone"):
+            return guarded, at
+        self.found.consumed.append(guarded)
+        self.found.followed.update({id(module), id(value.args[0].value)})
+        self.found.followed.update(id(n) for n in find(test, _is_name))
+        name = module.value
+        self.found.dropout = Dropout(f"{name}.p", f"{name} is not None and {name}.training")
+        self.moves.append((test, guarded.statement))
+        return self.follow(value.args[0].value, guarded.binding.statement)
 
     def _functional_dropout(self, call: cst.Call, at) -> Dropout:
         p = argument(call, 1, "p")
@@ -617,6 +638,11 @@ def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
         elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:
             found.add("locals()")
     return found
+
+
+def _parameters(function: cst.FunctionDef) -> set[str]:
+    params = function.params
+    return {p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)}
 
 
 def _is_name(node: cst.CSTNode) -> bool:

@@ -14,9 +14,11 @@ import libcst as cst
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
-from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.analysis.modules import ModuleClass
+from tf_migrate.analysis.nodes import body_nodes, find
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
 
@@ -50,6 +52,19 @@ class EinsumAttentionToSdpa(Rule):
     `torch.baddbmm(alloc, q, k^T, beta=0, alpha=s)` is `s * (q @ k^T)` (beta=0 never reads `alloc`,
     which must be a plain allocation or a name). `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
     rank is not known from a `view`; any other transpose of k is kept and undone explicitly.
+
+    Where: every method of an nn.Module class, and module-level functions of the same file
+    (attention written as `attention(q, k, v, mask=None, dropout=None)`). A dropout module passed
+    in as an optional parameter (`if dropout is not None: p = dropout(p)`) becomes
+    `dropout_p=dropout.p if dropout is not None and dropout.training else 0.0`: the module drops
+    only when given and in training mode. A free function that returns the probabilities is
+    refused, naming its callers in the file and what they bind (callers in other files are not
+    followed yet; files without any nn.Module class are not read at all).
+
+    A forward/backward hook registered in the file on the softmax or dropout module the chain
+    calls (`blk.attn.softmax.register_forward_hook(...)`), or hooks registered on modules picked
+    by type (`isinstance(m, nn.Softmax)`), keep that attention as it is: SDPA would not call the
+    module, and the hook would silently stop firing.
 
     Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
     is dropped. No weight changes.
@@ -91,6 +106,13 @@ class EinsumAttentionToSdpa(Rule):
                 yield from self._method(ctx, cls, method, calls)
             if calls:
                 yield from self._fixes(ctx, cls, calls)
+        for function in _module_functions(ctx):
+            calls = []
+            owner = ModuleClass(function, function.name.value)  # no submodules, buffers or methods
+            for finding in self._method(ctx, owner, function, calls):
+                yield _with_callers(ctx, function, finding) if isinstance(finding, Refusal) else finding
+            if calls:
+                yield from self._fixes(ctx, owner, calls, plans=False)
 
     def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
         matcher = AttentionMatcher(ctx, cls, method)
@@ -103,6 +125,7 @@ class EinsumAttentionToSdpa(Rule):
             try:
                 found = matcher.match(product, statement)
                 call = build_call(ctx, found)
+                refuse_hooked(ctx, cls, call)
             except NotAttention:
                 yield from _unfollowed(matcher, product, statement)
                 continue
@@ -114,7 +137,7 @@ class EinsumAttentionToSdpa(Rule):
             claimed.update(id(n) for n in call.removed_nodes())
             calls.append(call)
 
-    def _fixes(self, ctx, cls, calls: list[SdpaCall]) -> Iterator[Fix]:
+    def _fixes(self, ctx, cls, calls: list[SdpaCall], plans: bool = True) -> Iterator[Fix]:
         functional, needed = reference(ctx, FUNCTIONAL, "F")
         removed_buffers = _unused_buffers(ctx, cls, calls)
         for index, call in enumerate(calls):
@@ -132,10 +155,33 @@ class EinsumAttentionToSdpa(Rule):
                 message="attention -> F.scaled_dot_product_attention" + "".join(
                     f"; {n}" for n in call.notes + notes),
                 replacements=replacements,
-                plans=[plan],
+                plans=[plan] if plans else [],
                 imports=([needed] if needed else []) + call.imports,
                 maybe_unused_imports=call.freed_imports(),
             )
+
+
+def _module_functions(ctx) -> list[cst.FunctionDef]:
+    """Functions at the top of the file: attention is often a free function called by classes."""
+    return [node for node in ctx.module.body if isinstance(node, cst.FunctionDef)]
+
+
+def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
+    """A refusal in a free function, with what each caller in this file does with its results."""
+    name = function.name.value
+    calls = [node for node in find(ctx.module, lambda n: isinstance(n, cst.Call))
+             if isinstance(node.func, cst.Name) and node.func.value == name]
+    uses = []
+    for call in calls:
+        parent = ctx.parents.get(call)
+        if isinstance(parent, cst.Assign):
+            uses.append(f"line {ctx.line(call)}, which binds `{' = '.join(ctx.code(t.target) for t in parent.targets)}`")
+        else:
+            uses.append(f"line {ctx.line(call)}")
+    if not uses:
+        return refusal
+    return Refusal(refusal.line, f"{refusal.reason}; `{name}` is called at " + ", ".join(uses)
+                   + " (callers in other files are not followed)", refusal.hint)
 
 
 def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
