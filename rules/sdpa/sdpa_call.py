@@ -75,7 +75,8 @@ def build_call(ctx, found: Attention) -> SdpaCall:
     _choose_mask(ctx, found, call)
     if found.softmax_cast_to is not None:
         call.notes.append("the softmax ran in float32 and was cast back: SDPA accumulates it in float32 "
-                          "too; float16/bfloat16 outputs differ by rounding only (`tf-migrate explain TFM101`)")
+                          "too; float16/bfloat16 outputs differ by rounding only, and float64 inputs now "
+                          "keep float64 instead of a float32 softmax (`tf-migrate explain TFM101`)")
     return call
 
 
