@@ -43,7 +43,8 @@ class SinusoidalToRotary(Rule):
     the positions are not added to token embeddings; the model uses built-in transformer layers
     or classes imported from other files; an attention's q and k cannot be found, or its keys come
     from another argument than its queries (possible cross-attention); keys are concatenated with
-    a cache after the scores; option `positions` is neither `rope` nor `alibi`.
+    a cache after the scores. A bad option (`positions` neither `rope` nor `alibi`, `base` not a
+    finite number above 1) is a usage error before any file is read.
 
     With `positions = "alibi"`, no rotary: each SDPA call gets `attn_mask=alibi_bias(q, k, ...)`
     (per-head geometric slopes, the call's mask and `is_causal` folded in). Hand-written attention
@@ -88,16 +89,7 @@ class SinusoidalToRotary(Rule):
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
         if not additions:
             return
-        if self.settings["positions"] not in ("rope", "alibi"):
-            yield Refusal(ctx.line(additions[0].statement), f"positions={self.settings['positions']!r} "
-                          "is not one of 'rope', 'alibi'", "use positions = \"rope\"")
-            return
-        try:
-            base = float(self.settings["base"])
-        except (TypeError, ValueError):
-            yield Refusal(ctx.line(additions[0].statement), f"option base={self.settings['base']!r} is "
-                          "not a number", "e.g. --option rope.base=10000")
-            return
+        base = float(self.settings["base"])  # checked in __init__
         sites: list[RotarySite] = []
         try:
             for addition in additions:
