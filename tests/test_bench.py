@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner
 from helpers import MODELS, load_module, manifest
-from tf_migrate.bench import BenchOptions, measure, parse_lengths
+from tf_migrate.bench import BenchOptions, Measurement, measure, parse_lengths
 from tf_migrate.bench.report import ratio_table
 from tf_migrate.bench.setup import ModelSpec
 from tf_migrate.cli import main
@@ -68,6 +68,18 @@ def test_peak_memory_comes_from_fresh_processes_and_sees_the_score_matrix():
     assert reference.peak_bytes < legacy.peak_bytes / 2
 
 
+def test_ratio_table_shows_the_spread_and_marks_overlapping_ranges_as_noise():
+    """A 0.12x ratio from one slow run of the same code must read as noise, not as a slow-down."""
+    rows = [Measurement("before", 16, "forward", 0.010, [0.009, 0.010, 0.011]),
+            Measurement("after", 16, "forward", 0.0105, [0.0095, 0.0105, 0.085]),
+            Measurement("before", 64, "forward", 0.040, [0.039, 0.040, 0.041]),
+            Measurement("after", 64, "forward", 0.020, [0.019, 0.020, 0.021])]
+    table = ratio_table(rows, "before", "after")
+    assert table[2].startswith("| 16 | forward | 10.0 (9.0-11.0) | 10.5 (9.5-85.0) | 0.95x* |")
+    assert table[3].startswith("| 64 | forward | 40.0 (39.0-41.0) | 20.0 (19.0-21.0) | 2.00x |")
+    assert table[4].startswith("- * the two min-max ranges overlap")
+
+
 def test_parse_lengths_rejects_garbage():
     assert parse_lengths("128, 512,") == [128, 512]
     for bad in ("", "a,b", "0", "-5"):
@@ -83,7 +95,7 @@ def test_verify_bench_adds_the_table(tmp_path):
             "--bench-lengths", "16,512"]
     result = CliRunner().invoke(main, args + ["--format", "json"])
     assert result.exit_code == 0, result.output
-    bench = json.loads(result.output)["bench"]
+    bench = json.loads(result.stdout)["bench"]
     assert [(m["label"], m["length"]) for m in bench][:2] == [("before", 16), ("after", 16)]
     assert all(m["peak_bytes"] is not None for m in bench if m["length"] == 16)
     assert all(m["skipped"] for m in bench if m["length"] == 512)
