@@ -74,7 +74,8 @@ def verify_command(before, after, build, inputs, plan, entry, select, rtol, atol
     if answer["exit"] == 2:
         if verbose and answer.get("traceback"):
             click.echo(answer["traceback"].rstrip(), err=True)
-        click.echo(f"tf-migrate: error: {answer['error']}", err=True)
+        error = answer["error"].strip()
+        click.echo(f"tf-migrate: error: {error if verbose else (error.splitlines() or [''])[0]}", err=True)
         sys.exit(2)
     click.echo(answer["document"])
     sys.exit(answer["exit"])

@@ -47,10 +47,11 @@ def clone(value):
 
 @torch.no_grad()
 def record_calls(model: nn.Module, paths: list[str], inputs: list[tuple]) -> dict[str, list[Call]]:
-    """path -> the first MAX_CALLS calls of that module per input, with inputs and output cloned."""
+    """path -> its first MAX_CALLS calls per input, inputs and output cloned as the module saw them."""
     modules = dict(model.named_modules())
     calls: dict[str, list[Call]] = {path: [] for path in paths}
     pending: dict[str, list] = {path: [] for path in paths}
+    budget: dict[str, int] = {}
     handles = []
     for path in paths:
         def before(m, args, kwargs, path=path):
@@ -58,12 +59,14 @@ def record_calls(model: nn.Module, paths: list[str], inputs: list[tuple]) -> dic
 
         def after(m, args, kwargs, output, path=path):
             args_, kwargs_ = pending[path].pop()
-            if len(calls[path]) < MAX_CALLS * (index + 1):
+            if budget[path] > 0:
+                budget[path] -= 1
                 calls[path].append(Call(args_, kwargs_, [t.detach().clone() for t in tensors(output)]))
         handles.append(modules[path].register_forward_pre_hook(before, with_kwargs=True))
         handles.append(modules[path].register_forward_hook(after, with_kwargs=True))
     try:
-        for index, args in enumerate(inputs):
+        for args in inputs:
+            budget.update(dict.fromkeys(paths, MAX_CALLS))
             model(*args)
     finally:
         for handle in handles:

@@ -124,7 +124,8 @@ def _structure(result: Verification, before, after, args: tuple, planned: list) 
     if not found.is_graph:
         result.outside_note = "not compared (no graph: the eager record has no shapes)"
     elif whole:
-        result.outside_note = f"not compared ({', '.join(whole)} change the model beyond the classes they name)"
+        verb = "change" if len(whole) > 1 else "changes"
+        result.outside_note = f"not compared ({', '.join(whole)} {verb} the model beyond the classes they name)"
     else:
         result.outside = outside_diff(found.before, found.after, regions)
 
