@@ -257,4 +257,5 @@ def test_every_model_verifies_after_all_rules(stem, tmp_path):
         args += ["--input", expression]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
+    assert "structure: torch.fx graphs of before and after by " in run.output  # a graph, not the eager record
 
