@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
-from tf_migrate.engine.source import SourceError, read_source
+from tf_migrate.engine.source import SourceError, Stamp, read_source
 
 if TYPE_CHECKING:
     import ast
@@ -44,6 +44,8 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    skipped: str = ""  # why the file was not looked at (a FIFO named *.py): not an error
+    stamp: Stamp | None = None  # what was read, for the check before --write replaces the file
 
     @property
     def changed(self) -> bool:

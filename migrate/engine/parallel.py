@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from tf_migrate.engine.cache import ResultCache
 from tf_migrate.engine.file import FileResult, has_candidates, migrate_source
-from tf_migrate.engine.source import SourceError, decode_source, read_raw
+from tf_migrate.engine.source import (DEFAULT_MAX_FILE_SIZE, NotRegularFile, SourceError, Stamp,
+                                      decode_source, read_stamped)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -34,6 +35,7 @@ class _Pending:
     text: str
     encoding: str
     key: str | None
+    stamp: Stamp
 
 
 _worker_rules: Sequence = ()
@@ -55,25 +57,31 @@ def _work(display: str, text: str, encoding: str) -> FileResult:
     return result
 
 
-def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) -> FileResult | _Pending:
+def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None,
+            max_size: int) -> FileResult | _Pending:
     display = str(path)
     try:
-        raw = read_raw(path)
+        raw, stamp = read_stamped(path, max_size)
         source = decode_source(path, raw)
+    except NotRegularFile as exc:
+        return FileResult(display, skipped=str(exc))
     except SourceError as exc:
         return FileResult(display, errors=[str(exc)])
     if not has_candidates(source.text, rules):
         return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
     key = cache.key(display, raw) if cache else None
     hit = cache.get(key, source.text) if cache else None
-    return hit or _Pending(index, display, source.text, source.encoding, key)
+    if hit:
+        hit.stamp = stamp
+        return hit
+    return _Pending(index, display, source.text, source.encoding, key, stamp)
 
 
-def process(files: Sequence[Path], rules: Sequence, jobs: int,
-            cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCache | None,
+            max_size: int = DEFAULT_MAX_FILE_SIZE) -> Iterator[tuple[int, FileResult]]:
     pending: list[_Pending] = []
     for index, path in enumerate(files):
-        outcome = _triage(index, path, rules, cache)
+        outcome = _triage(index, path, rules, cache, max_size)
         if isinstance(outcome, _Pending):
             pending.append(outcome)
         else:
@@ -81,6 +89,7 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int,
     for item, result in _run(pending, rules, jobs):
         if cache and item.key:
             cache.put(item.key, result)
+        result.stamp = item.stamp
         yield item.index, result
 
 

@@ -22,6 +22,8 @@ def diff(result: FileResult) -> str:
 
 
 def text_lines(result: FileResult) -> Iterable[str]:
+    if result.skipped:
+        yield f"{result.path}: {result.skipped}"
     for error in result.errors:
         yield f"{result.path}: error: {error.splitlines()[0]}"
     for edit in sorted(result.edits, key=lambda e: e.line):
@@ -37,10 +39,11 @@ def summary(results: Sequence[FileResult], wrote: bool) -> str:
     changed = sum(r.changed for r in results)
     refusals = sum(len(r.refusals) for r in results)
     errors = sum(bool(r.errors) for r in results)
+    skipped = sum(bool(r.skipped) for r in results)
     verb = "changed" if wrote else "would change"
-    return (f"{changed} file{'s' if changed != 1 else ''} {verb}, {len(results) - changed - errors} "
+    return (f"{changed} file{'s' if changed != 1 else ''} {verb}, {len(results) - changed - errors - skipped} "
             f"unchanged, {refusals} refusal{'s' if refusals != 1 else ''}, {errors} "
-            f"error{'s' if errors != 1 else ''}")
+            f"error{'s' if errors != 1 else ''}" + (f", {skipped} skipped" if skipped else ""))
 
 
 def json_document(results: Sequence[FileResult]) -> str:
@@ -51,6 +54,7 @@ def json_document(results: Sequence[FileResult]) -> str:
         "refusals": [{"code": d.code, "line": d.line, "reason": d.reason, "hint": d.hint}
                      for d in r.refusals],
         "errors": [e.splitlines()[0] for e in r.errors],
+        **({"skipped": r.skipped} if r.skipped else {}),
         "notes": [{"code": n.code, "line": n.line, "message": n.message} for n in r.notes],
     } for r in results]
     plans = plan_document(p for r in results for p in r.plans)

@@ -18,7 +18,7 @@ from tf_migrate.engine.file import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import SelectionError, select_rules
 from tf_migrate.engine.ruleindex import LazyRule, RuleInfo, rule_index
-from tf_migrate.engine.source import write_atomic
+from tf_migrate.engine.source import DEFAULT_MAX_FILE_SIZE, FileChanged, write_atomic
 
 
 class UsageError(Exception):
@@ -40,6 +40,7 @@ class RunOptions:
     jobs: int | None = None  # None: one per core
     cache_dir: Path | None = None  # None: .tf-migrate-cache beside the nearest pyproject.toml
     use_cache: bool = True
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
 
 def _config(options: RunOptions) -> Config:
@@ -167,7 +168,11 @@ def _write(options: RunOptions, targets: list[Path | None], results: list[FileRe
         try:
             if options.write and not stat.S_IMODE(target.stat().st_mode) & 0o222:
                 raise PermissionError(errno.EACCES, "the file is read-only")
-            write_atomic(target, result.migrated, result.encoding)
+            write_atomic(target, result.migrated, result.encoding,
+                         expect=result.stamp if options.write else None)
+        except FileChanged as exc:
+            result.errors.append(str(exc))
+            _stderr().write(f"{result.path}: error: {exc}\n")
         except OSError as exc:
             result.errors.append(f"not written to {target}: {exc.strerror or exc}")
             _stderr().write(f"{result.path}: error: {result.errors[-1]}\n")
@@ -183,7 +188,8 @@ def _process(options: RunOptions, config: Config, rules: list[LazyRule], files: 
     progress = Progress(len(files), _stderr())
     results: list[FileResult] = []
     try:
-        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config)),
+        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config),
+                                                       options.max_file_size),
                                                progress), len(files)):
             results.append(result)
             _print_file(options, result, out)

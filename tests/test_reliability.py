@@ -1,0 +1,115 @@
+"""What tf-migrate promises under hostile conditions (issue 18): files changed during a run, special
+files, size limits, caches, native crashes, exit codes. Each test reproduces one defect."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import FIXTURES
+from tf_migrate.cli import main
+
+LEGACY = FIXTURES / "sdpa" / "mingpt_tril_buffer.before.py"
+USER_EDIT = "\n\ndef added_while_the_run_went_on():\n    return 1\n"
+
+
+def run(*args) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def legacy(tmp_path: Path) -> Path:
+    path = tmp_path / "gpt.py"
+    shutil.copy(LEGACY, path)
+    return path
+
+
+# --- 1. an edit made while the run goes on is never overwritten ---
+
+def test_edit_between_read_and_write_is_kept(legacy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tf_migrate.engine import parallel
+
+    work = parallel._work
+
+    def edit_then_work(display, text, encoding):  # runs after the parent read the file
+        with open(legacy, "a") as handle:
+            handle.write(USER_EDIT)
+        return work(display, text, encoding)
+
+    monkeypatch.setattr(parallel, "_work", edit_then_work)
+    result = run(legacy, "--write", "--no-cache", "-j", "1")
+    assert result.exit_code == 2, result.output
+    assert "changed on disk since it was read" in result.output and "1 error" in result.output
+    assert legacy.read_text() == LEGACY.read_text() + USER_EDIT
+
+
+def _waiting_for_lock(inode: int) -> bool:
+    """Whether some process is blocked on a flock of this inode ('->' lines of /proc/locks)."""
+    return any(line.split()[1] == "->" and line.split()[6].endswith(f":{inode}")
+               for line in Path("/proc/locks").read_text().splitlines() if "->" in line)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_a_concurrent_writer_holding_the_lock_wins(legacy: Path) -> None:
+    """Another run (here: this test) holds the lock and replaces the file; the waiting run must
+    not write its result over the other's."""
+    with open(legacy, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-m", "tf_migrate", str(legacy), "--write", "--no-cache"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not _waiting_for_lock(os.fstat(held.fileno()).st_ino):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()[0]
+            time.sleep(0.05)
+        other = legacy.with_name(".other")
+        other.write_text(LEGACY.read_text() + USER_EDIT)
+        os.replace(other, legacy)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 2 and "changed on disk since it was read" in output, output
+    assert legacy.read_text() == LEGACY.read_text() + USER_EDIT
+
+
+def test_unchanged_file_is_still_written(legacy: Path) -> None:
+    assert run(legacy, "--write", "--no-cache").exit_code == 1
+    assert "scaled_dot_product_attention" in legacy.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_write_keeps_owner_and_group(legacy: Path) -> None:
+    os.chown(legacy, 12345, 23456)
+    assert run(legacy, "--write", "--no-cache").exit_code == 1
+    info = legacy.stat()
+    assert (info.st_uid, info.st_gid) == (12345, 23456)
+    assert "scaled_dot_product_attention" in legacy.read_text()
+
+
+# --- 7. special files and huge files are never read ---
+
+def test_fifo_and_device_named_py_are_skipped_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "zero.py").symlink_to("/dev/zero")
+    shutil.copy(LEGACY, tmp_path / "gpt.py")
+    done = subprocess.run([sys.executable, "-m", "tf_migrate", str(tmp_path), "--no-cache"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "pipe.py: not a regular file (FIFO): skipped" in done.stdout
+    assert "zero.py: not a regular file (character device): skipped" in done.stdout
+    assert "gpt.py:" in done.stdout and "2 skipped" in done.stderr
+
+
+def test_file_over_the_size_limit_is_an_error_the_others_go_on(tmp_path: Path) -> None:
+    shutil.copy(LEGACY, tmp_path / "gpt.py")
+    (tmp_path / "big.py").write_text("x = 1\n" * 500)
+    result = run(tmp_path, "--no-cache", "--max-file-size", "2500")
+    assert result.exit_code == 2, result.output
+    assert "big.py: error: 3000 bytes, larger than --max-file-size (2500 bytes): not read" in result.output
+    assert "gpt.py:41: TFM101" in result.output
+    assert run(tmp_path / "big.py", "--no-cache").exit_code == 0  # the default limit is 10 MiB
