@@ -113,3 +113,37 @@ def test_file_over_the_size_limit_is_an_error_the_others_go_on(tmp_path: Path) -
     assert "big.py: error: 3000 bytes, larger than --max-file-size (2500 bytes): not read" in result.output
     assert "gpt.py:41: TFM101" in result.output
     assert run(tmp_path / "big.py", "--no-cache").exit_code == 0  # the default limit is 10 MiB
+
+
+# --- 4. a cache entry is checked before it is trusted ---
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*.json"))
+
+
+def test_tampered_cache_entry_that_does_not_compile_is_never_written(legacy: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert run(legacy, "--cache-dir", cache).exit_code == 1
+    [entry] = _entries(cache)
+    entry.write_text(entry.read_text().replace("scaled_dot_product_attention(", "scaled_dot_product_attention(("))
+    assert run(legacy, "--write", "--cache-dir", cache).exit_code == 1
+    written = legacy.read_text()
+    compile(written, "gpt.py", "exec")
+    assert "scaled_dot_product_attention(q" in written.replace("\n", "").replace(" ", "")
+
+
+def test_cache_entry_made_from_other_source_is_a_miss(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(LEGACY, tmp_path / "a" / "gpt.py")
+    other = LEGACY.read_text().replace("class ", "class Other", 1)
+    (tmp_path / "b" / "gpt.py").write_text(other)
+    assert run(tmp_path / "a" / "gpt.py", "--cache-dir", cache).exit_code == 1
+    assert run(tmp_path / "b" / "gpt.py", "--cache-dir", cache).exit_code == 1
+    first, second = _entries(cache)
+    shutil.copy(first, second)  # each key now holds the same entry: one of them lies
+    for folder in "ab":
+        assert run(tmp_path / folder / "gpt.py", "--write", "--cache-dir", cache).exit_code == 1
+    assert "class Other" in (tmp_path / "b" / "gpt.py").read_text()
+    assert "class Other" not in (tmp_path / "a" / "gpt.py").read_text()

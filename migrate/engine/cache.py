@@ -3,6 +3,10 @@
 The key covers the file's bytes, its displayed path (plans and messages name it), the tool version,
 the effective configuration, and a stamp of the tool's own sources, so editing a rule in a
 development checkout never serves a stale result. One JSON file per key; a damaged entry is a miss.
+
+An entry is data anyone who can write the folder can change, so it is checked before it is used:
+it names the sha256 of the source it was made from (a copied or renamed entry is a miss), and a
+cached rewrite must parse and compile, or the entry is a miss and the file is migrated afresh.
 """
 
 from __future__ import annotations
@@ -59,8 +63,13 @@ class ResultCache:
     def get(self, key: str, text: str) -> FileResult | None:
         try:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
-            return _from_json(data, text)
-        except (OSError, ValueError, KeyError, TypeError):
+            if data["source_sha256"] != _sha256(text):
+                return None
+            result = _from_json(data, text)
+            if result.changed:
+                compile(result.migrated, result.path, "exec", dont_inherit=True)
+            return result
+        except (OSError, ValueError, KeyError, TypeError, SyntaxError, RecursionError, MemoryError):
             return None
 
     def put(self, key: str, result: FileResult) -> None:
@@ -77,8 +86,13 @@ class ResultCache:
             pass  # a read-only or full disk costs speed, never the run
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _to_json(result: FileResult) -> dict[str, Any]:
     return {
+        "source_sha256": _sha256(result.original or ""),
         "path": result.path,
         "encoding": result.encoding,
         "migrated": result.migrated if result.changed else None,
