@@ -21,6 +21,20 @@ class _DefaultGroup(click.Group):
             args = ["migrate", "--help"]
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context):
+        """An exception nothing expected is a bug of ours: exit 2 (never 1, "would change")."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            click.echo("tf-migrate: internal error: a bug in tf-migrate, not in your files; please report "
+                       "it with the traceback above and the command line", err=True)
+            ctx.exit(2)
+
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tf-migrate")

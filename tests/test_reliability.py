@@ -147,3 +147,90 @@ def test_cache_entry_made_from_other_source_is_a_miss(tmp_path: Path) -> None:
         assert run(tmp_path / folder / "gpt.py", "--write", "--cache-dir", cache).exit_code == 1
     assert "class Other" in (tmp_path / "b" / "gpt.py").read_text()
     assert "class Other" not in (tmp_path / "a" / "gpt.py").read_text()
+
+
+# --- 6. one-line errors with exit 2, never a traceback with exit 1 ---
+
+def test_symlink_loops_are_errors_of_their_path(legacy: Path, tmp_path: Path) -> None:
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "self.py").symlink_to("self.py")
+    result = run(tmp_path / "loop1", tmp_path, "--no-cache")
+    assert result.exit_code == 2, result.output
+    assert "loop1: error: cannot read: Too many levels of symbolic links" in result.output
+    assert "self.py: error: cannot read: Too many levels of symbolic links" in result.output
+    assert "gpt.py:41: TFM101" in result.output and "Traceback" not in result.output
+
+
+def test_unreadable_subdirectory_does_not_stop_the_walk(legacy: Path, monkeypatch) -> None:
+    (legacy.parent / "locked").mkdir()
+    exists = Path.exists
+
+    def denied(self, *args, **kwargs):  # what a folder without x permission gives a non-root user
+        if self.parent.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", denied)
+    result = run(legacy.parent, "--no-cache")
+    assert result.exit_code == 1 and "gpt.py:41: TFM101" in result.output, result.output
+
+
+@pytest.mark.parametrize("toml", ["tool = 3\n", '[tool]\ntf-migrate = "x"\n'])
+def test_malformed_tool_table_is_a_usage_error(legacy: Path, toml: str) -> None:
+    (legacy.parent / "pyproject.toml").write_text(toml)
+    result = run(legacy, "--no-cache")
+    assert result.exit_code == 2 and "must be a table" in result.output, result.output
+    assert not isinstance(result.exception, AttributeError)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_verify_rejects_tolerances_that_are_not_finite_and_positive(legacy: Path, value: str) -> None:
+    result = run("verify", legacy, legacy, "--build", "None", "--rtol", value)
+    assert result.exit_code == 2 and "is not a finite number >= 0" in result.output, result.output
+
+
+def test_verify_entry_outside_the_tree_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    shutil.copy(LEGACY, tmp_path / "x.py")
+    result = run("verify", tmp_path / "a", tmp_path / "b", "--build", "None", "--entry", "../x.py")
+    assert result.exit_code == 2 and "--entry ../x.py: must name a file inside" in result.output, result.output
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_convert_onto_a_full_disk_is_one_line(tmp_path: Path, monkeypatch, suffix: str) -> None:
+    torch = pytest.importorskip("torch")
+    import json
+
+    import safetensors
+    import safetensors.torch
+
+    plan = {"version": 1, "classes": [{"file": "m.py", "class": "M", "rules": ["TFM102"],
+                                       "renamed": {"a.weight": "b.weight"}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    torch.save({"a.weight": torch.zeros(2)}, tmp_path / "old.pt")
+
+    def full(*args, **kwargs):
+        if suffix == ".pt":
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+        raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = run("convert", tmp_path / "old.pt", tmp_path / f"new{suffix}", "--plan", tmp_path / "plan.json")
+    assert result.exit_code == 2, result.output
+    assert "cannot write the converted checkpoint" in result.output and "nothing was written" in result.output
+    assert not (tmp_path / f"new{suffix}").exists()
+
+
+def test_unexpected_exception_is_an_internal_error_with_exit_2(legacy: Path, monkeypatch) -> None:
+    from tf_migrate.engine import run as engine_run
+
+    def bug(options, out):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(engine_run, "run", bug)
+    result = run(legacy, "--no-cache")
+    assert result.exit_code == 2 and "please report" in result.output, result.output

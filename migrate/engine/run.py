@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from tf_migrate.engine import report
 from tf_migrate.engine.config import Config, ConfigError, load_config
-from tf_migrate.engine.discovery import iter_python_files
+from tf_migrate.engine.discovery import iter_python_files, real_path
 from tf_migrate.engine.file import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import SelectionError, select_rules
@@ -118,7 +118,7 @@ def run(options: RunOptions, out: TextIO) -> int:
     rules = build_rules(config)
     files = list(iter_python_files(options.paths, config.exclude))
     if options.output_dir is not None:
-        files = _without_earlier_output(options.output_dir.resolve(), options.paths, files)
+        files = _without_earlier_output(real_path(options.output_dir), options.paths, files)
     targets = _targets(options, files)
     results = _process(options, config, rules, files, out)
     _write(options, targets, results)
@@ -136,10 +136,10 @@ def run(options: RunOptions, out: TextIO) -> int:
 
 def _without_earlier_output(out_dir: Path, paths: list[Path], files: list[Path]) -> list[Path]:
     """An --output-dir inside a walked folder holds the last run's copies: they are not inputs."""
-    roots = [p.resolve() for p in paths]
+    roots = [real_path(p) for p in paths]
     if any(out_dir == r or out_dir in r.parents for r in roots):
         return files  # the output folder holds the inputs: _targets decides whether that is safe
-    return [f for f in files if out_dir not in f.resolve().parents]
+    return [f for f in files if out_dir not in real_path(f).parents]
 
 
 def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
@@ -152,7 +152,7 @@ def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
     root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
     targets = [options.output_dir / _absolute(path).relative_to(root) for path in files]
     for path, target in zip(files, targets):
-        if target.resolve() == path.resolve():
+        if real_path(target) == real_path(path):
             raise UsageError(f"--output-dir {options.output_dir} would overwrite the input {path} "
                              "(use --write to migrate in place)")
     return targets
