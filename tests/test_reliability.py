@@ -234,3 +234,34 @@ def test_unexpected_exception_is_an_internal_error_with_exit_2(legacy: Path, mon
     monkeypatch.setattr(engine_run, "run", bug)
     result = run(legacy, "--no-cache")
     assert result.exit_code == 2 and "please report" in result.output, result.output
+
+
+# --- 9. deep but valid expressions: analysed, or refused with a reason; never a RecursionError ---
+
+ENCODER = FIXTURES / "prenorm" / "annotated_encoder.before.py"
+DEEP = {"sum-400": " + ".join(["x"] * 400), "attributes-500": "x" + ".a" * 500,
+        "calls-500": "f(x)" + ".g()" * 500}
+
+
+@pytest.mark.parametrize("expression", DEEP.values(), ids=DEEP.keys())
+def test_deep_expression_beside_a_block_does_not_stop_prenorm(expression: str) -> None:
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.rules.prenorm import PostNormToPreNorm
+
+    text = ENCODER.read_text() + f"\n\ndef helper(x, f):\n    return {expression}\n"
+    result = migrate_source(text, "deep.py", [PostNormToPreNorm()])
+    assert not result.errors, result.errors[0][:300]
+    assert [e.code for e in result.edits] == ["TFM201", "TFM201"] and result.changed
+    assert result.migrated.endswith(f"return {expression}\n")
+
+
+def test_long_sum_inside_a_block_is_refused_with_its_line() -> None:
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.rules.prenorm import PostNormToPreNorm
+
+    text = ENCODER.read_text().replace("        x = self.norm1(", f"        y = {DEEP['sum-400']}\n"
+                                       "        x = self.norm1(", 1)
+    result = migrate_source(text, "deep.py", [PostNormToPreNorm()])
+    assert not result.errors and not result.changed
+    [refusal] = result.refusals
+    assert "more than 100 additions" in refusal.reason and refusal.line == 16

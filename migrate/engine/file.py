@@ -5,6 +5,8 @@ Nothing here prints or writes: the CLI decides what to do with a `FileResult`.
 
 from __future__ import annotations
 
+import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +65,47 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         return result
     from tf_migrate.analysis.nn_bases import may_define_modules
 
-    tree = _python_tree(text)
+    tree = _python_tree(text)  # under the caller's recursion limit: it bounds what libcst sees
     if isinstance(tree, str):
         result.errors.append(tree)
         return result
     if not may_define_modules(tree):  # every rule works inside nn.Module classes
         return result
+    return _with_deep_stack(_rewrite, result, text, path, active)
+
+
+# libcst's visitors, metadata and printer recurse a few frames per level of nesting: a valid
+# 400-term sum or 500-link call chain exceeds Python's default limit of 1000 frames. The rules
+# run in a thread whose stack and recursion limit hold that; the depth itself stays bounded by
+# Python's parser, which every file passes first with the usual limit.
+_STACK_BYTES = 512 * 1024 * 1024
+_RECURSION_LIMIT = 30_000
+
+
+def _with_deep_stack(function, *args):
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append(exc)
+
+    old_stack, old_limit = threading.stack_size(_STACK_BYTES), sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
+    try:
+        thread = threading.Thread(target=target, name="tf-migrate rules")
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _rewrite(result: FileResult, text: str, path: str, active: Sequence[Rule]) -> FileResult:
     import libcst as cst
 
     from tf_migrate.engine.context import FileContext
