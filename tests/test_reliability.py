@@ -265,3 +265,50 @@ def test_long_sum_inside_a_block_is_refused_with_its_line() -> None:
     assert not result.errors and not result.changed
     [refusal] = result.refusals
     assert "more than 100 additions" in refusal.reason and refusal.line == 16
+
+
+# --- 8. a native crash costs one file, not the run ---
+
+def _abort_on(monkeypatch, name: str) -> None:
+    """Workers are forked from this process: they call this stand-in for the engine, which kills
+    the process (as libcst's parser does on some huge files) when it sees the file `name`."""
+    from tf_migrate.engine import parallel
+
+    migrate_source = parallel.migrate_source
+
+    def crashing(text, path, rules):
+        if path.endswith(name):
+            os.abort()
+        return migrate_source(text, path, rules)
+
+    monkeypatch.setattr(parallel, "migrate_source", crashing)
+
+
+@pytest.fixture
+def four_files(tmp_path: Path) -> Path:
+    for name in ("a.py", "b.py", "crash.py", "d.py"):
+        shutil.copy(LEGACY, tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on forked workers")
+def test_worker_killed_by_one_file_fails_that_file_only(four_files: Path, monkeypatch) -> None:
+    _abort_on(monkeypatch, "crash.py")
+    result = run(four_files, "--no-cache", "-j", "2")
+    assert result.exit_code == 2, result.output
+    assert "crash.py: error: the parser crashed on this file" in result.output
+    for name in ("a.py", "b.py", "d.py"):
+        assert f"{name}:41: TFM101" in result.output, result.output
+    assert "3 files would change, 0 unchanged, 0 refusals, 1 error" in result.output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on forked workers")
+def test_large_file_is_parsed_in_a_child_with_one_job(four_files: Path, monkeypatch) -> None:
+    from tf_migrate.engine import parallel
+
+    _abort_on(monkeypatch, "crash.py")
+    monkeypatch.setattr(parallel, "RISKY_CHARS", len(LEGACY.read_text()) - 1)
+    result = run(four_files, "--no-cache", "-j", "1")
+    assert result.exit_code == 2, result.output
+    assert "crash.py: error: the parser crashed on this file" in result.output
+    assert "3 files would change" in result.output

@@ -93,16 +93,23 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCach
         yield item.index, result
 
 
+# libcst's native parser has aborted (SIGABRT) on multi-megabyte files: such a file is parsed in a
+# child process of its own, so a crash costs that file only, also with --jobs 1.
+RISKY_CHARS = 1_000_000
+
+
 def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[_Pending, FileResult]]:
     if jobs <= 1 or len(pending) <= 1:
         _init_worker(rules)
         for item in pending:
-            yield item, _work(item.display, item.text, item.encoding)
+            risky = len(item.text) > RISKY_CHARS
+            yield item, _alone(item, rules) if risky else _work(item.display, item.text, item.encoding)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # Longest files first, so no worker is left with a big file at the end.
     pending = sorted(pending, key=lambda item: -len(item.text))
+    lost: list[_Pending] = []
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
                              initargs=(rules,)) as pool:
         futures: dict[Future, _Pending] = {
@@ -112,10 +119,23 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
             for future in done:
                 item = futures.pop(future)
                 try:
-                    result = future.result()
-                except Exception as exc:  # a worker killed by a crash (BrokenProcessPool): report, go on
-                    result = FileResult(item.display, errors=[f"internal error: worker crashed ({exc!r})"])
-                yield item, result
+                    yield item, future.result()
+                except Exception:  # a worker died (BrokenProcessPool): every unfinished file is lost
+                    lost.append(item)
+    for item in lost:  # which file killed the worker is unknown: each gets a child of its own
+        yield item, _alone(item, rules)
+
+
+def _alone(item: _Pending, rules: Sequence) -> FileResult:
+    """One file in a disposable child process: if the parser crashes, only this file fails."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(rules,)) as pool:
+        try:
+            return pool.submit(_work, item.display, item.text, item.encoding).result()
+        except Exception as exc:
+            return FileResult(item.display, errors=[
+                f"the parser crashed on this file (its process died: {type(exc).__name__}); left untouched"])
 
 
 def in_order(results: Iterator[tuple[int, FileResult]], count: int) -> Iterator[FileResult]:
