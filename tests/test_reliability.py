@@ -312,3 +312,30 @@ def test_large_file_is_parsed_in_a_child_with_one_job(four_files: Path, monkeypa
     assert result.exit_code == 2, result.output
     assert "crash.py: error: the parser crashed on this file" in result.output
     assert "3 files would change" in result.output
+
+
+# --- 12. valid files: the right message, the file's own newlines, sane diff headers ---
+
+@pytest.mark.parametrize("indent", ["\x0c        return", "    \x0c    return"], ids=["ff-first", "ff-inside"])
+def test_form_feed_in_indentation_is_named_with_its_line(tmp_path: Path, indent: str) -> None:
+    path = tmp_path / "ff.py"
+    text = LEGACY.read_text().replace("        return", indent, 1)
+    path.write_text(text)
+    line = text[:text.index(indent)].count("\n") + 1
+    result = run(path, "--write", "--no-cache")
+    assert result.exit_code == 2
+    assert f"ff.py: error: form feed in indentation at line {line}" in result.output, result.output
+    assert path.read_text() == text
+
+
+def test_inserted_helper_uses_the_files_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "rope.py"
+    path.write_bytes((FIXTURES / "rope" / "pe_module_einsum.before.py").read_bytes().replace(b"\n", b"\r\n"))
+    assert run(path, "--select", "TFM401", "--write", "--no-cache").exit_code == 1
+    written = path.read_bytes()
+    assert b"def apply_rotary" in written and b"\n" not in written.replace(b"\r\n", b"")
+
+
+def test_diff_headers_of_an_absolute_path(legacy: Path) -> None:
+    result = run(legacy, "--diff", "--no-cache")
+    assert f"--- a{legacy}\n+++ b{legacy}\n" in result.stdout, result.stdout[:300]

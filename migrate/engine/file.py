@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
-from tf_migrate.engine.source import SourceError, Stamp, read_source
+from tf_migrate.engine.source import SourceError, Stamp, read_source, split_lines
 
 if TYPE_CHECKING:
     import ast
@@ -114,7 +114,8 @@ def _rewrite(result: FileResult, text: str, path: str, active: Sequence[Rule]) -
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
+        result.errors.append(_form_feed_error(text) or
+                             f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return result
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
@@ -141,12 +142,32 @@ def _rewrite(result: FileResult, text: str, path: str, active: Sequence[Rule]) -
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
         # (`\r`-only line ends lose the last one), the untouched parts would change too.
-        result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
-                             "endings?); left untouched")
+        result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
+                             "for byte (unusual line endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
         return result
+    result.migrated = _file_newlines(text, code)
     _check_output(result)
     return result
+
+
+def _form_feed_error(text: str) -> str | None:
+    """A form feed before code on a line (old editors' page breaks) is valid Python that libcst
+    cannot print back: name it instead of blaming the file's syntax or line ends."""
+    for number, line in enumerate(split_lines(text), 1):
+        indent = line[:len(line) - len(line.lstrip(" \t\f"))]
+        if "\f" in indent and line.strip(" \t\f\r\n"):
+            return (f"form feed in indentation at line {number}: libcst does not reproduce it byte "
+                    "for byte; left untouched (remove the form feed to migrate this file)")
+    return None
+
+
+def _file_newlines(original: str, code: str) -> str:
+    """Code a rule inserts carries `\\n` inside multi-line strings; a file that ends every line with
+    `\\r\\n` gets them too."""
+    if "\r\n" in original and "\n" not in original.replace("\r\n", ""):
+        return code.replace("\r\n", "\n").replace("\n", "\r\n")
+    return code
 
 
 def _python_tree(text: str) -> "ast.Module | str":

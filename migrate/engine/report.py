@@ -15,10 +15,15 @@ def diff(result: FileResult) -> str:
     if not result.changed:
         return ""
     lines = difflib.unified_diff(split_lines(result.original), split_lines(result.migrated),
-                                 fromfile=f"a/{result.path}", tofile=f"b/{result.path}")
+                                 fromfile=f"a/{_relative(result.path)}", tofile=f"b/{_relative(result.path)}")
     # A last line without its newline gets the marker patch and git expect, not glued to the next.
     return "".join(line if line.endswith(("\n", "\r")) else line + "\n\\ No newline at end of file\n"
                    for line in lines)
+
+
+def _relative(path: str) -> str:
+    """`/tmp/x.py` appears as `a/tmp/x.py` (as git writes it), not `a//tmp/x.py`."""
+    return path.lstrip("/")
 
 
 def text_lines(result: FileResult) -> Iterable[str]:
