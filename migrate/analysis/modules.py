@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import children, find
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -132,9 +132,24 @@ def find_module_classes(ctx: "FileContext") -> list[ModuleClass]:
                     known.add(statement.name.value)
                     found.append(_analyse(ctx, statement, qualname))
                 visit(list(statement.body.body), qualname + ".")
+            elif isinstance(statement, _BLOCK_OWNERS):  # `except ImportError: class LayerNorm(...)`
+                visit(list(_block_statements(statement)), prefix)
 
     visit(list(ctx.module.body), "")
     return found
+
+
+_BLOCK_OWNERS = (cst.If, cst.Else, cst.Try, cst.TryStar, cst.ExceptHandler, cst.ExceptStarHandler,
+                 cst.Finally, cst.With)
+
+
+def _block_statements(statement: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """The statements of the blocks an if/try/with owns, elif/else/except/finally included."""
+    for child in children(statement):
+        if isinstance(child, cst.IndentedBlock):
+            yield from child.body
+        elif isinstance(child, _BLOCK_OWNERS):
+            yield from _block_statements(child)
 
 
 def _analyse(ctx: "FileContext", node: cst.ClassDef, qualname: str) -> ModuleClass:
