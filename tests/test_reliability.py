@@ -339,3 +339,34 @@ def test_inserted_helper_uses_the_files_crlf(tmp_path: Path) -> None:
 def test_diff_headers_of_an_absolute_path(legacy: Path) -> None:
     result = run(legacy, "--diff", "--no-cache")
     assert f"--- a{legacy}\n+++ b{legacy}\n" in result.stdout, result.stdout[:300]
+
+
+# --- 3. strings of the file that name what a fix removes: refused with the string's line ---
+
+@pytest.mark.parametrize("fixture, code, expected", [
+    ("fused_qkv/string_plan_names_projection.noop.py", "TFM102",
+     'the string "attention.wq" on line 30 names `wq`, which the fusion removes'),
+    ("swiglu/string_targets_name_ffn.noop.py", "TFM301",
+     'the string "ff.w1" on line 40 names `w1`: the new gate projection would be missing'),
+], ids=["fused-qkv", "swiglu"])
+def test_string_naming_a_changed_attribute_is_refused(fixture: str, code: str, expected: str) -> None:
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import find_rule
+
+    path = FIXTURES / fixture
+    result = migrate_source(path.read_text(), fixture, [find_rule(code)()])
+    assert not result.changed and not result.errors
+    assert [r.code for r in result.refusals] == [code] and expected in result.refusals[0].reason
+
+
+def test_string_references_match_segments_not_prose() -> None:
+    import libcst as cst
+
+    from tf_migrate.analysis.string_refs import naming_strings
+    from tf_migrate.engine.context import FileContext
+
+    text = ('a = {"layers.0.attention.wq.weight": 1}\nb = ["wv"]\nc = f"layers.{i}.wk"\n'
+            'd = "the wq projection"\ne = "wqx.weight"\nf = b"wq"\n')
+    ctx = FileContext(cst.parse_module(text), "t.py", text)
+    assert [(ctx.line(node), name) for node, name in naming_strings(ctx, ["wq", "wk", "wv"])] == [
+        (1, "wq"), (2, "wv"), (3, "wk")]

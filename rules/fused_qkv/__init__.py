@@ -12,7 +12,7 @@ from typing import Iterator
 from tf_migrate.rules.fused_qkv import fan_inits
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, other_init_uses, triples)
+                                    linear_arguments, naming_string, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
@@ -87,6 +87,7 @@ class SeparateQkvToFused(Rule):
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
         blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
+        blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
             raise Blocked(blocked)
         return self._fix(ctx, cls, triple, subs, apps)
