@@ -370,3 +370,19 @@ def test_string_references_match_segments_not_prose() -> None:
     ctx = FileContext(cst.parse_module(text), "t.py", text)
     assert [(ctx.line(node), name) for node, name in naming_strings(ctx, ["wq", "wk", "wv"])] == [
         (1, "wq"), (2, "wv"), (3, "wk")]
+
+
+# --- 11. projections written on one line with `;`: refused, not silently skipped ---
+
+def test_projections_on_one_line_are_refused() -> None:
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.rules.fused_qkv import SeparateQkvToFused
+
+    before = FIXTURES / "fused_qkv" / "gqa_sizes_unbiased.before.py"
+    text = before.read_text().replace(
+        "bias=False)\n        self.k_proj", "bias=False); self.k_proj", 1)
+    assert "; self.k_proj" in text
+    result = migrate_source(text, "semi.py", [SeparateQkvToFused()])
+    assert not result.changed
+    [refusal] = result.refusals
+    assert refusal.line == 12 and "shared with other statements (`;`)" in refusal.reason

@@ -46,6 +46,9 @@ class ModuleClass:
     submodules: dict[str, Submodule] = field(default_factory=dict)
     buffers: dict[str, Buffer] = field(default_factory=dict)
     methods: dict[str, cst.FunctionDef] = field(default_factory=dict)
+    # `self.x = ...` on a line shared with other statements (`a = ...; self.x = ...`): not read as
+    # submodules (an edit of the line would touch its neighbours), kept so rules can say so
+    crowded: dict[str, cst.SimpleStatementLine] = field(default_factory=dict)
 
     def submodule_of(self, node: cst.CSTNode, *callees: str) -> Submodule | None:
         """The submodule `self.x` refers to, if it was built by one of `callees`."""
@@ -96,6 +99,11 @@ def _init_statements(init: cst.FunctionDef) -> list[cst.SimpleStatementLine]:
 def _read_init(ctx: "FileContext", cls: ModuleClass, init: cst.FunctionDef) -> None:
     for statement in _init_statements(init):
         if len(statement.body) != 1:
+            for small in statement.body:
+                if isinstance(small, cst.Assign) and len(small.targets) == 1:
+                    name = self_attribute(small.targets[0].target)
+                    if name:
+                        cls.crowded[name] = statement
             continue
         small = statement.body[0]
         if isinstance(small, cst.Assign) and len(small.targets) == 1:

@@ -67,7 +67,13 @@ class SeparateQkvToFused(Rule):
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node):
                 continue
-            for triple in triples(list(cls.submodules)):
+            for triple in triples(list(cls.submodules) + list(cls.crowded)):
+                crowded = next((cls.crowded[a] for a in triple.attributes.values() if a in cls.crowded), None)
+                if crowded is not None:
+                    yield Refusal(ctx.line(crowded), "q/k/v projections not fused: one of them is "
+                                  "assigned on a line shared with other statements (`;`)",
+                                  "put each projection on its own line, then rerun")
+                    continue
                 yield from self._triple(ctx, cls, triple)
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
