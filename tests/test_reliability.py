@@ -39,10 +39,10 @@ def test_edit_between_read_and_write_is_kept(legacy: Path, monkeypatch: pytest.M
 
     work = parallel._work
 
-    def edit_then_work(display, text, encoding):  # runs after the parent read the file
+    def edit_then_work(*args):  # runs after the parent read the file
         with open(legacy, "a") as handle:
             handle.write(USER_EDIT)
-        return work(display, text, encoding)
+        return work(*args)
 
     monkeypatch.setattr(parallel, "_work", edit_then_work)
     result = run(legacy, "--write", "--no-cache", "-j", "1")
@@ -276,10 +276,10 @@ def _abort_on(monkeypatch, name: str) -> None:
 
     migrate_source = parallel.migrate_source
 
-    def crashing(text, path, rules):
+    def crashing(text, path, *args):
         if path.endswith(name):
             os.abort()
-        return migrate_source(text, path, rules)
+        return migrate_source(text, path, *args)
 
     monkeypatch.setattr(parallel, "migrate_source", crashing)
 

@@ -3,6 +3,8 @@
 The key covers the file's bytes, its displayed path (plans and messages name it), the tool version,
 the effective configuration, and a stamp of the tool's own sources, so editing a rule in a
 development checkout never serves a stale result. One JSON file per key; a damaged entry is a miss.
+A result also depends on the other project files its analysis read (a base class, a factory): the
+entry records their digests, and a hit whose dependencies changed (or vanished) is a miss.
 
 An entry is data anyone who can write the folder can change, so it is checked before it is used:
 it names the sha256 of the source it was made from (a copied or renamed entry is a miss), and a
@@ -65,6 +67,8 @@ class ResultCache:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
             if data["source_sha256"] != _sha256(text):
                 return None
+            if any(_digest(path) != digest for path, digest in data["depends"].items()):
+                return None
             result = _from_json(data, text)
             if result.changed:
                 compile(result.migrated, result.path, "exec", dont_inherit=True)
@@ -90,9 +94,17 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _to_json(result: FileResult) -> dict[str, Any]:
     return {
         "source_sha256": _sha256(result.original or ""),
+        "depends": {path: _digest(path) for path in result.depends},
         "path": result.path,
         "encoding": result.encoding,
         "migrated": result.migrated if result.changed else None,
@@ -112,4 +124,5 @@ def _from_json(data: dict[str, Any], text: str) -> FileResult:
         refusals=[Diagnostic(*d) for d in data["refusals"]],
         plans=[ClassPlan.from_json(p) for p in data["plans"]],
         notes=[Edit(*n) for n in data["notes"]],
+        depends=sorted(data["depends"]),
     )

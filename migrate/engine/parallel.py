@@ -36,19 +36,23 @@ class _Pending:
     encoding: str
     key: str | None
     stamp: Stamp
+    path: str
 
 
 _worker_rules: Sequence = ()
+_worker_project = None
 
 
-def _init_worker(rules: Sequence) -> None:
-    global _worker_rules
-    _worker_rules = rules
+def _init_worker(rules: Sequence, project) -> None:
+    """Each worker gets the rules and the project index: pickling the index sends only its root
+    and file list, and the worker summarises the files its questions reach."""
+    global _worker_rules, _worker_project
+    _worker_rules, _worker_project = rules, project
 
 
-def _work(display: str, text: str, encoding: str) -> FileResult:
+def _work(display: str, text: str, encoding: str, path: str) -> FileResult:
     try:
-        result = migrate_source(text, display, _worker_rules)
+        result = migrate_source(text, display, _worker_rules, _worker_project, path)
     except Exception as exc:  # e.g. RecursionError in the parser: report, never stop the run
         import traceback
 
@@ -74,11 +78,14 @@ def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None,
     if hit:
         hit.stamp = stamp
         return hit
-    return _Pending(index, display, source.text, source.encoding, key, stamp)
+    return _Pending(index, display, source.text, source.encoding, key, stamp, str(path))
 
 
 def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCache | None,
             max_size: int = DEFAULT_MAX_FILE_SIZE) -> Iterator[tuple[int, FileResult]]:
+    from tf_migrate.analysis.project import ProjectIndex
+
+    project = ProjectIndex.for_files(files)
     pending: list[_Pending] = []
     for index, path in enumerate(files):
         outcome = _triage(index, path, rules, cache, max_size)
@@ -86,7 +93,7 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCach
             pending.append(outcome)
         else:
             yield index, outcome
-    for item, result in _run(pending, rules, jobs):
+    for item, result in _run(pending, rules, jobs, project):
         if cache and item.key:
             cache.put(item.key, result)
         result.stamp = item.stamp
@@ -98,12 +105,13 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCach
 RISKY_CHARS = 1_000_000
 
 
-def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[_Pending, FileResult]]:
+def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterator[tuple[_Pending, FileResult]]:
     if jobs <= 1 or len(pending) <= 1:
-        _init_worker(rules)
+        _init_worker(rules, project)
         for item in pending:
             risky = len(item.text) > RISKY_CHARS
-            yield item, _alone(item, rules) if risky else _work(item.display, item.text, item.encoding)
+            yield item, _alone(item, rules, project) if risky else _work(
+                item.display, item.text, item.encoding, item.path)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -111,9 +119,9 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
     pending = sorted(pending, key=lambda item: -len(item.text))
     lost: list[_Pending] = []
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
-                             initargs=(rules,)) as pool:
+                             initargs=(rules, project)) as pool:
         futures: dict[Future, _Pending] = {
-            pool.submit(_work, item.display, item.text, item.encoding): item for item in pending}
+            pool.submit(_work, item.display, item.text, item.encoding, item.path): item for item in pending}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
@@ -123,16 +131,16 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[
                 except Exception:  # a worker died (BrokenProcessPool): every unfinished file is lost
                     lost.append(item)
     for item in lost:  # which file killed the worker is unknown: each gets a child of its own
-        yield item, _alone(item, rules)
+        yield item, _alone(item, rules, project)
 
 
-def _alone(item: _Pending, rules: Sequence) -> FileResult:
+def _alone(item: _Pending, rules: Sequence, project) -> FileResult:
     """One file in a disposable child process: if the parser crashes, only this file fails."""
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(rules,)) as pool:
+    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(rules, project)) as pool:
         try:
-            return pool.submit(_work, item.display, item.text, item.encoding).result()
+            return pool.submit(_work, item.display, item.text, item.encoding, item.path).result()
         except Exception as exc:
             return FileResult(item.display, errors=[
                 f"the parser crashed on this file (its process died: {type(exc).__name__}); left untouched"])
