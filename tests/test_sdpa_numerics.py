@@ -53,6 +53,7 @@ CASES = {
     "edited_causal_masks": ("GlobalTokenCausal", (C, 4, 8), {}, lambda: [(_x(),)]),
     "einsum_permute_bthd": ("TimeMajorAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
+    "fallback_class_under_try": ("DotProductAttention", (C,), {}, lambda: [(_x(),)]),  # the except branch
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
         (torch.randn(T, B, C),)]),  # time-first
     "inplace_prescale_view": ("CachedQkvAttention", (C, 4), {}, lambda: [(_x(),)]),
