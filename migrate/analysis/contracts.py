@@ -26,6 +26,7 @@ HOOKS = frozenset({"register_forward_hook", "register_forward_pre_hook", "regist
                    "register_backward_hook", "register_full_backward_pre_hook"})
 _BY_NAME = frozenset({"getattr", "hasattr", "setattr", "delattr", "get_submodule", "get_parameter", "get_buffer"})
 _WALKS = frozenset({"modules", "named_modules", "children", "named_children"})
+_SMALL_PACKAGE = 200  # files: a project's own package, scanned whole; larger ones only where they name the owner
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class Consumer:
 
 def consumers_of(project: ProjectIndex, owner: Symbol | None, name: str, kinds: frozenset[str] | set[str],
                  module_types: frozenset[str] = frozenset()) -> list[Consumer]:
+    key = ("consumers", owner, name, frozenset(kinds), frozenset(module_types))
+    return project.memo(key, lambda: _consumers(project, owner, name, kinds, module_types))
+
+
+def _consumers(project: ProjectIndex, owner: Symbol | None, name: str, kinds, module_types) -> list[Consumer]:
     found: list[Consumer] = []
     for path in _audience(project, owner, name, set(kinds)):
         summary = project.summary(path)
@@ -57,19 +63,22 @@ def consumers_of(project: ProjectIndex, owner: Symbol | None, name: str, kinds: 
 
 
 def _audience(project: ProjectIndex, owner: Symbol | None, name: str, kinds) -> list[str]:
-    """Files that may reach the owner (its file, its top-level package, files that name its module,
-    package or class) and whose text can hold a consumer of the kinds asked."""
+    """Files that may reach the owner and whose text can hold a consumer of the kinds asked: its
+    file, files that name its module, package or class, and the rest of its top-level package
+    when that package is small (a library the size of torch is not scanned file by file)."""
     files = sorted(project.files | ({owner.path} if owner and owner.path else set()))
-    words = {name} if kinds & {"string", "attribute"} or "key" in kinds else set()
+    words = {name} if kinds & {"string", "attribute", "key"} else set()
     words |= {"register_", "_hook"} if "hook" in kinds else set()
     words |= {"state_dict"} if "key" in kinds else set()
     if owner is None or owner.path is None:
         return [p for p in files if _mentions(project, p, words)]
     package = _top_package(owner.path)
+    inside = [p for p in files if package and p.startswith(package + os.sep)] if package else []
+    whole_package = set(inside) if len(inside) <= _SMALL_PACKAGE else set()
     names = {os.path.splitext(os.path.basename(owner.path))[0], (owner.qualname or "").split(".")[0],
-             os.path.basename(package) if package else ""} - {"", "__init__"}
+             os.path.basename(package) if package and whole_package else ""} - {"", "__init__"}
     return [path for path in files if _mentions(project, path, words) and (
-        path == owner.path or (package and path.startswith(package + os.sep)) or _mentions(project, path, names))]
+        path == owner.path or path in whole_package or _mentions(project, path, names))]
 
 
 def _mentions(project: ProjectIndex, path: str, words: set[str]) -> bool:
@@ -95,12 +104,13 @@ def _owner_lines(owner: Symbol | None, path: str) -> range:
 def _file_consumers(project: ProjectIndex, owner: Symbol | None, path: str, tree: ast.Module, name: str,
                     kinds, module_types):
     text = project.text(path) or ""
+    outer = {id(f) for f in _outer_functions(tree.body)} if "key" in kinds and "assert" in text else set()
     for node in ast.walk(tree):
         if "hook" in kinds and isinstance(node, ast.Call) and _hook_call(node, name):
             yield Consumer(path, node.lineno, f"a hook is registered on `.{name}`")
         elif "hook" in kinds and isinstance(node, (ast.For, ast.comprehension)) and _walks_modules(node):
             yield from _selected_hooks(project, path, node, name, module_types)
-        elif "key" in kinds and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        elif "key" in kinds and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in outer:
             yield from _key_counts(node, path)
         elif "string" in kinds and isinstance(node, (ast.List, ast.Tuple, ast.Set)) and any(
                 isinstance(e, ast.Constant) and e.value == name for e in node.elts):
@@ -127,6 +137,17 @@ def _attribute_uses(project: ProjectIndex, owner: Symbol | None, path: str, body
         for node in ast.walk(statement):
             if isinstance(node, ast.Attribute) and node.attr == name and (inherits or dotted_text(node.value) != "self"):
                 yield Consumer(path, node.lineno, f"`{ast.unparse(node)}` reaches `{name}`")
+
+
+def _outer_functions(body: list[ast.stmt]):
+    """Functions and methods not nested in another function (a nested one is walked with its parent)."""
+    for statement in body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield statement
+        elif isinstance(statement, ast.ClassDef):
+            yield from _outer_functions(statement.body)
+        elif isinstance(statement, (ast.If, ast.Try)):
+            yield from _outer_functions(statement.body + statement.orelse)
 
 
 def _names(text: str, name: str) -> bool:
@@ -184,12 +205,14 @@ def _selected_hooks(project: ProjectIndex, path: str, loop, name: str, module_ty
 
 def _key_counts(function: ast.FunctionDef | ast.AsyncFunctionDef, path: str):
     """`assert len(sd_keys) == len(sd_keys_hf)` in a function that reads a `state_dict()`."""
-    if not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "state_dict"
-               for n in ast.walk(function)):
-        return
+    asserts, reads = [], False
     for node in ast.walk(function):
-        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) \
-                and any(isinstance(op, ast.Eq) for op in node.test.ops):
+        if isinstance(node, ast.Assert):
+            asserts.append(node)
+        elif isinstance(node, ast.Attribute) and node.attr == "state_dict":
+            reads = True
+    for node in asserts if reads else []:
+        if isinstance(node.test, ast.Compare) and any(isinstance(op, ast.Eq) for op in node.test.ops):
             sides = [node.test.left, *node.test.comparators]
             if sum(isinstance(s, ast.Call) and dotted_text(s.func) == "len" for s in sides) >= 2:
                 yield Consumer(path, node.lineno, f"`{function.name}` counts the state_dict keys")
