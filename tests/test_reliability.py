@@ -343,20 +343,19 @@ def test_diff_headers_of_an_absolute_path(legacy: Path) -> None:
 
 # --- 3. strings of the file that name what a fix removes: refused with the string's line ---
 
-@pytest.mark.parametrize("fixture, code, expected", [
-    ("fused_qkv/string_plan_names_projection.noop.py", "TFM102",
-     'the string "attention.wq" on line 30 names `wq`, which the fusion removes'),
-    ("swiglu/string_targets_name_ffn.noop.py", "TFM301",
-     'the string "ff.w1" on line 40 names `w1`: the new gate projection would be missing'),
+@pytest.mark.parametrize("fixture, code, string, line", [
+    ("fused_qkv/string_plan_names_projection.noop.py", "TFM102", "attention.wq", 30),
+    ("swiglu/string_targets_name_ffn.noop.py", "TFM301", "ff.w1", 40),
 ], ids=["fused-qkv", "swiglu"])
-def test_string_naming_a_changed_attribute_is_refused(fixture: str, code: str, expected: str) -> None:
+def test_string_naming_a_changed_attribute_is_refused(fixture: str, code: str, string: str, line: int) -> None:
     from tf_migrate.engine.file import migrate_source
     from tf_migrate.engine.registry import find_rule
 
     path = FIXTURES / fixture
     result = migrate_source(path.read_text(), fixture, [find_rule(code)()])
     assert not result.changed and not result.errors
-    assert [r.code for r in result.refusals] == [code] and expected in result.refusals[0].reason
+    [refusal] = result.refusals
+    assert refusal.code == code and string in refusal.reason and str(line) in refusal.reason, refusal.reason
 
 
 def test_string_references_match_segments_not_prose() -> None:
