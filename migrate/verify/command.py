@@ -7,6 +7,7 @@ The user's files run in the child (verify/child.py); this process never imports 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,12 @@ def _lengths(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(str(exc)) from None
 
 
+def _tolerance(ctx, param, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value} is not a finite number >= 0")
+    return value
+
+
 @click.command("verify")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -38,8 +45,10 @@ def _lengths(ctx, param, value: str) -> list[int]:
               help="Checkpoint plan JSON from `tf-migrate --plan`. Default: recomputed from BEFORE.")
 @click.option("--entry", metavar="RELPATH", help="With directory BEFORE/AFTER: the file that defines the model.")
 @click.option("--select", multiple=True, help="Rules for the recomputed plan (default: exact).")
-@click.option("--rtol", type=float, default=1e-4, show_default=True, help="float32 relative tolerance.")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="float32 absolute tolerance.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, callback=_tolerance,
+              help="float32 relative tolerance.")
+@click.option("--atol", type=float, default=1e-5, show_default=True, callback=_tolerance,
+              help="float32 absolute tolerance.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--bench", is_flag=True, help="Also time both models and measure their peak memory.")
 @click.option("--bench-lengths", default="128,512,1024", show_default=True, metavar="T,T,...", callback=_lengths,

@@ -46,12 +46,12 @@ class Source:
         if not entry:
             raise LoadError(f"{path} is a directory: name the file that defines the model with --entry "
                             "or --build MODULE:EXPR")
-        if Path(entry).is_absolute() or ".." in Path(entry).parts:
-            raise LoadError(f"--entry {entry}: must be a path inside {path}")
-        target = path / entry
+        target = (path / entry).resolve()
+        if path not in target.parents:
+            raise LoadError(f"--entry {entry}: must name a file inside {path}")
         if not target.is_file():
-            raise LoadError(f"{target}: no such file (from --entry {entry})")
-        return cls(path, target.resolve(), False)
+            raise LoadError(f"{path / entry}: no such file (from --entry {entry})")
+        return cls(path, target, False)
 
     def relative(self, file: Path) -> Path:
         return file.resolve().relative_to(self.root)
