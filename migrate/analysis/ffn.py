@@ -2,12 +2,13 @@
 
 Three shapes are recognised inside an `nn.Module` class:
 - attributes: two `nn.Linear` submodules applied in one expression or over several statements,
-  with a functional (`F.relu`, `torch.relu`, `F.gelu`) or module (`self.act = nn.GELU()`)
-  activation and optional dropout (module or `F.dropout`) between them;
+  with an activation (`activations.applied_to`: `F.relu`, `h.relu()`, `self.act = nn.GELU()`,
+  a file-local GELU, `act_layer()`, ...) and optional dropout (module or `F.dropout`) between them;
 - raw parameters: the same chain with `x @ self.w1 (+ self.b1)`, `torch.matmul` or `F.linear`;
 - `nn.Sequential(Linear, ReLU|GELU, [Dropout], Linear, [Dropout])` built in `__init__`.
 
-Only FFNs that sit in a transformer block count (`in_block`): see there for the criterion.
+Only FFNs that sit in a transformer block count (`in_block`): see there for the criterion. An
+attention class computes softmax itself or through a function of the file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 
+from tf_migrate.analysis import activations
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
 from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -30,10 +32,7 @@ if TYPE_CHECKING:
 LINEAR = "torch.nn.Linear"
 PARAMETER = "torch.nn.Parameter"
 DROPOUT = "torch.nn.Dropout"
-ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
-ACTIVATION_FUNCTIONS = (
-    "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
-)
+ACTIVATION_MODULES = activations.MODULES
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
 _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
@@ -73,6 +72,9 @@ class FeedForward:
     # The FFN input is a submodule call such as `self.norm(x)` (a pre-norm block): bind it to a
     # local before this statement, so the gate does not compute it a second time.
     hoist_before: cst.BaseStatement | None = None
+    # The FFN input name is rebound before the activation (`x = self.fc1(x)`, `x = self.act(x)`):
+    # the gate is applied where the first projection is, which still reads the input.
+    gate_at_first: bool = False
 
 
 @dataclass
@@ -125,13 +127,7 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
 
 
 def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
-    if not isinstance(node, cst.Call) or len(node.args) < 1 or node.args[0].keyword:
-        return None
-    if ctx.names.callee(node) in ACTIVATION_FUNCTIONS:
-        return node.args[0].value
-    if len(node.args) == 1 and _self_calls(ctx, node, cls, *ACTIVATION_MODULES):
-        return node.args[0].value
-    return None
+    return activations.applied_to(ctx, cls, node)
 
 
 def _dropout_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
@@ -226,7 +222,23 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
         return False
     width_in = argument(cls.submodules[first.weight].call, 0, "in_features")
     width_out = argument(cls.submodules[second.weight].call, 1, "out_features")
-    return width_in is not None and width_out is not None and _width(ctx, width_in) != _width(ctx, width_out)
+    if width_in is None or width_out is None:
+        return False
+    return _width(ctx, _defaulted(cls, width_in)) != _width(ctx, _defaulted(cls, width_out))
+
+
+def _defaulted(cls, size: cst.BaseExpression) -> cst.BaseExpression:
+    """`out_features` after `out_features = out_features or in_features` in `__init__` (an
+    optional size that defaults to another): the other one."""
+    if not isinstance(size, cst.Name) or "__init__" not in cls.methods:
+        return size
+    values = [s.value for line in find(cls.methods["__init__"], lambda n: isinstance(n, cst.SimpleStatementLine))
+              for s in line.body if isinstance(s, cst.Assign) and len(s.targets) == 1
+              and isinstance(s.targets[0].target, cst.Name) and s.targets[0].target.value == size.value]
+    if len(values) == 1 and isinstance(values[0], cst.BooleanOperation) and isinstance(values[0].operator, cst.Or) \
+            and isinstance(values[0].left, cst.Name) and values[0].left.value == size.value:
+        return values[0].right
+    return size
 
 
 def _width(ctx, size: cst.BaseExpression) -> str:
@@ -251,8 +263,7 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
         if at_first is not at_act:
             before, now = flow.definition(x.value, at_first), flow.definition(x.value, at_act)
             if getattr(before, "statement", None) is not getattr(now, "statement", None):
-                raise Refused(line, f"`{x.value}` is rebound between the first projection and "
-                              "the activation", "apply the activation in the same statement")
+                ffn.gate_at_first = True
 
 
 def _hoistable(cls, x: cst.BaseExpression) -> bool:
@@ -287,14 +298,23 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
                                  trailing, (0, position))
 
 
-def _is_attention(ctx, cls) -> bool:
-    for call in _calls_and_ops(cls.node):
+def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:
+    """`node` calls softmax / SDPA / nn.MultiheadAttention, or a function of the file (`helpers`)
+    that does (`x, self.attn = attention(q, k, v, mask)`)."""
+    for call in _calls_and_ops(node):
         if isinstance(call, cst.Call) and (
             ctx.names.callee(call) in _ATTENTION_CALLS
             or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax")
+            or (isinstance(call.func, cst.Name) and call.func.value in helpers
+                and ctx.names.imported(call.func) is None)
         ):
             return True
     return False
+
+
+def _attention_functions(ctx: "FileContext") -> frozenset[str]:
+    return frozenset(s.name.value for s in ctx.module.body
+                     if isinstance(s, cst.FunctionDef) and _is_attention(ctx, s))
 
 
 def attention_classes(ctx: "FileContext") -> set[str]:
@@ -303,7 +323,8 @@ def attention_classes(ctx: "FileContext") -> set[str]:
     A wrapper must be named for attention (`BertAttention` around `BertSelfAttention`): a block
     also holds an attention, and counting blocks would make every model class look like one.
     """
-    direct = {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c)}
+    helpers = _attention_functions(ctx)
+    direct = {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c.node, helpers)}
     wrappers = {c.node.name.value for c in ctx.module_classes
                 if any(w in c.node.name.value.lower() for w in ("attn", "attention"))
                 and any(isinstance(s.call.func, cst.Name) and s.call.func.value in direct

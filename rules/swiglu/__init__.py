@@ -32,7 +32,11 @@ class FeedForwardToSwiGLU(Rule):
 
     Safety: retrain. Only the activation changes in `forward`: `act(lin1(x))` becomes
     `silu(lin1(x)) * lin3(x)`, so dropout and the second projection stay where they were. The
-    FFN input is read twice, so it must be a plain name (or `self.x`) that still holds the value.
+    FFN input is read twice, so it must be a plain name (or `self.x`); when statements rebind it
+    (`x = self.fc1(x)`, `x = self.act(x)`), the gate goes where the first projection is read and
+    the activation's statement goes. The activation is any spelling `analysis.activations` knows
+    (functions, `h.relu()`, elementwise functions and classes of the file, `act_layer()`, a
+    choice between two, a module-level table by config string).
     Only FFNs in a transformer block are rewritten: the class holding the FFN holds an attention
     itself, or some function of the file builds it next to an attention (a block's `__init__`,
     a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
@@ -56,8 +60,7 @@ class FeedForwardToSwiGLU(Rule):
     every new one listed with its shape.
 
     Refuses when: the FFN is a built-in `nn.TransformerEncoderLayer`/`DecoderLayer` or `nn.Transformer` (no gated
-    FFN; activation="glu" is not SwiGLU); the FFN input is an expression or is rebound before the
-    activation; an intermediate value is read twice; a Linear's bias is not a literal; the
+    FFN; activation="glu" is not SwiGLU); the FFN input is an expression; an intermediate value is read twice; a Linear's bias is not a literal; the
     sizes of the two projections disagree; the projections live in two modules; raw parameters
     with `param-matched`.
     """

@@ -11,7 +11,9 @@ from tf_migrate.rules.swiglu.gated import (
     GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
+from tf_migrate.analysis.activations import setting_line
 from tf_migrate.analysis.dataflow import binds, read_names
+from tf_migrate.analysis.names import self_attribute
 from tf_migrate.analysis.imports import FUNCTIONAL, imports_bound_by, reference
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.engine.rule import Fix
@@ -45,10 +47,16 @@ class FixWriter:
             replacements, gate = self._raw(cls, ffn, plan, taken)
         else:
             replacements, gate = self._linear(cls, ffn, plan, taken)
-        parent = self.ctx.parents.get(ffn.activation)
-        replacements[ffn.activation] = gated_product(
-            ffn.activation, f"{self.functional}.{GATE_FUNCTIONS[self.kind]}", ffn.gate_input, gate,
-            parenthesize=not isinstance(parent, _NO_PARENS))
+        function = f"{self.functional}.{GATE_FUNCTIONS[self.kind]}"
+        if ffn.gate_at_first:
+            parent = self.ctx.parents.get(ffn.first.node)
+            replacements[ffn.first.node] = gated_product(
+                ffn.first.node, function, ffn.first.node, gate, parenthesize=not isinstance(parent, _NO_PARENS))
+            replacements.update(self._activation_dropped(ffn))
+        else:
+            parent = self.ctx.parents.get(ffn.activation)
+            replacements[ffn.activation] = gated_product(
+                ffn.activation, function, ffn.gate_input, gate, parenthesize=not isinstance(parent, _NO_PARENS))
         replacements.update(self._unused_activation_module(cls, ffn))
         replacements.update(hoisting)
         return self._fix(ffn.activation, f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated",
@@ -118,11 +126,22 @@ class FixWriter:
             plan.new.append(NewKey(new, "default", parameter_shape(value), f"as {old}: {code_of(value)}"))
         return replacements, renamed_copy(ffn.first.node, names)
 
+    def _activation_dropped(self, ffn: FeedForward) -> dict:
+        """The activation became part of the first projection's statement: `x = self.act(x)` goes,
+        `h = self.act(x)` becomes `h = x`."""
+        assign = self.ctx.parents.get(ffn.activation)
+        line = self.ctx.parents.get(assign)
+        if (isinstance(assign, cst.Assign) and len(assign.targets) == 1 and isinstance(ffn.gate_input, cst.Name)
+                and isinstance(assign.targets[0].target, cst.Name)
+                and assign.targets[0].target.value == ffn.gate_input.value and len(line.body) == 1):
+            return {line: cst.RemoveFromParent()}
+        return {ffn.activation: ffn.gate_input}
+
     def _unused_activation_module(self, cls, ffn: FeedForward) -> dict:
-        func = ffn.activation.func
-        sub = cls.submodule_of(func)
-        if sub is not None and len(list(cls.self_references(sub.name))) == 2:
-            return {sub.statement: cst.RemoveFromParent()}
+        name = self_attribute(ffn.activation.func)
+        line = setting_line(cls, name) if name else None
+        if line is not None and len(list(cls.self_references(name))) == 2:
+            return {line: cst.RemoveFromParent()}
         return {}
 
     def sequential(self, ffn: SequentialFeedForward) -> Fix:
