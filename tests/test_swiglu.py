@@ -80,6 +80,14 @@ def test_param_matched_refuses_raw_parameters() -> None:
     assert not result.edits and "param-matched" in result.refusals[0].reason
 
 
+def test_pointwise_conv_plan_has_the_kernel_dimension() -> None:
+    (plan,) = _run(FIXTURES / "pointwise_conv_ffn.before.py").plans
+    assert [(k.key, k.shape) for k in plan.new] == [("conv3.weight", ["d_ff", "d_model", "1"]), ("conv3.bias", ["d_ff"])]
+    result = _run(FIXTURES / "pointwise_conv_ffn.before.py", hidden="param-matched")
+    (plan,) = result.plans
+    assert ("conv1.weight", ["(2 * d_ff // 3 + 7) // 8 * 8", "d_model", "1"]) in [(k.key, k.shape) for k in plan.new]
+
+
 def test_geglu_option() -> None:
     result = _run(FIXTURES / "attribute_relu.before.py", ffn="geglu")
     assert "F.gelu(self.fc1(x)) * self.fc3(x)" in result.migrated
@@ -196,6 +204,7 @@ _GOLDEN_BUILDS = {
     "method_relu_attention_helper": "Layer()",
     "file_local_gelu": "Block()",
     "activation_by_config": "Block()",
+    "pointwise_conv_ffn": "EncoderLayer(SelfAttention(32, 4), 32)",
 }
 
 

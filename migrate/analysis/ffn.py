@@ -1,7 +1,7 @@
 """Recognising position-wise feed-forward networks: `lin2(drop(act(lin1(x))))` in its spellings.
 
 Three shapes are recognised inside an `nn.Module` class:
-- attributes: two `nn.Linear` submodules applied in one expression or over several statements,
+- attributes: two `nn.Linear` (or kernel-1 `nn.Conv1d`) submodules applied in one expression or over several statements,
   with an activation (`activations.applied_to`: `F.relu`, `h.relu()`, `self.act = nn.GELU()`,
   a file-local GELU, `act_layer()`, ...) and optional dropout (module or `F.dropout`) between them;
 - raw parameters: the same chain with `x @ self.w1 (+ self.b1)`, `torch.matmul` or `F.linear`;
@@ -22,7 +22,7 @@ import libcst as cst
 
 from tf_migrate.analysis import activations
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
-from tf_migrate.analysis.names import argument, self_attribute
+from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass
 
 LINEAR = "torch.nn.Linear"
+CONV1D = "torch.nn.Conv1d"  # kernel size 1 over channels: a Linear applied per position
 PARAMETER = "torch.nn.Parameter"
 DROPOUT = "torch.nn.Dropout"
 ACTIVATION_MODULES = activations.MODULES
@@ -101,9 +102,19 @@ def _parameter(cls, node: cst.CSTNode) -> str | None:
     return sub.name if sub is not None else None
 
 
+def pointwise_conv(call: cst.Call) -> bool:
+    """`nn.Conv1d(c_in, c_out, kernel_size=1)` with default stride, padding, dilation and groups."""
+    if int_value(argument(call, 2, "kernel_size")) != 1:
+        return False
+    defaults = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (6, 1)}
+    return all(argument(call, i, k) is None or int_value(argument(call, i, k)) == v for k, (i, v) in defaults.items())
+
+
 def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection | None:
     """`node` as one projection application, or None."""
-    name = _self_calls(ctx, node, cls, LINEAR)
+    name = _self_calls(ctx, node, cls, LINEAR, CONV1D)
+    if name is not None and cls.submodules[name].callee == CONV1D and not pointwise_conv(cls.submodules[name].call):
+        name = None
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
     bias = None
@@ -220,11 +231,14 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     residual stream back to its own width."""
     if first.raw:
         return False
-    width_in = argument(cls.submodules[first.weight].call, 0, "in_features")
-    width_out = argument(cls.submodules[second.weight].call, 1, "out_features")
+    width_in = argument(cls.submodules[first.weight].call, 0, _SIZES[cls.submodules[first.weight].callee][0])
+    width_out = argument(cls.submodules[second.weight].call, 1, _SIZES[cls.submodules[second.weight].callee][1])
     if width_in is None or width_out is None:
         return False
     return _width(ctx, _defaulted(cls, width_in)) != _width(ctx, _defaulted(cls, width_out))
+
+
+_SIZES = {LINEAR: ("in_features", "out_features"), CONV1D: ("in_channels", "out_channels")}
 
 
 def _defaulted(cls, size: cst.BaseExpression) -> cst.BaseExpression:
@@ -253,9 +267,10 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
     if _hoistable(ffn.cls, x) and flow.statement_of(ffn.first.node) is flow.statement_of(ffn.activation):
         ffn.hoist_before = flow.statement_of(ffn.activation)
         return
+    x = _viewed(x)
     if not isinstance(x, cst.Name) and self_attribute(x) is None:
-        raise Refused(line, f"the feed-forward input `{ctx.code(x)}` is an expression; the gate "
-                      "projection would compute it a second time",
+        raise Refused(line, f"the feed-forward input `{ctx.code(ffn.first.input)}` is an expression; "
+                      "the gate projection would compute it a second time",
                       "bind the FFN input to a local name first")
     if isinstance(x, cst.Name):
         at_first = flow.statement_of(ffn.first.node)
@@ -264,6 +279,18 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
             before, now = flow.definition(x.value, at_first), flow.definition(x.value, at_act)
             if getattr(before, "statement", None) is not getattr(now, "statement", None):
                 ffn.gate_at_first = True
+
+
+_VIEWS = ("transpose", "permute", "contiguous", "t", "unsqueeze", "squeeze")
+
+
+def _viewed(x: cst.BaseExpression) -> cst.BaseExpression:
+    """The tensor under `y.transpose(-1, 1)` (a chain of views with literal dims: reading it twice
+    costs nothing and gives the same values), else `x` itself."""
+    while (isinstance(x, cst.Call) and isinstance(x.func, cst.Attribute) and x.func.attr.value in _VIEWS
+           and all(a.keyword is None and not a.star and int_value(a.value) is not None for a in x.args)):
+        x = x.func.value
+    return x
 
 
 def _hoistable(cls, x: cst.BaseExpression) -> bool:
@@ -340,17 +367,36 @@ def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
 def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     """Whether an FFN held by `cls` sits in a transformer block.
 
-    True when `cls` itself holds an attention (or is one), or when some function of the file
+    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when some function of the file
     that builds a `cls` also builds an attention in the same body (a block's `__init__`, or a
     `make_model` that passes both to a layer). An MLP head built next to an encoder stack, not
     next to an attention, does not count.
     """
     name = cls.node.name.value
-    if name in attention or _instantiates(cls.node, attention):
+    if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
     return any(name in called and (called & attention or _BUILDS_MHA in called)
                for called in called_by_function)
+
+
+def _injected_attention(cls) -> bool:
+    """`__init__(self, attention, ...)` stores its argument as `self.attention` (any attribute
+    named for attention) and a method calls it: the caller builds the block's attention."""
+    init = cls.methods.get("__init__")
+    if init is None:
+        return False
+    params = {p.name.value for p in init.params.params}
+    for line in find(init, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        for small in line.body:
+            if (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.value, cst.Name)
+                    and small.value.value in params):
+                attribute = self_attribute(small.targets[0].target) or ""
+                if any(w in attribute.lower() for w in ("attn", "attention")) and any(
+                        isinstance(c, cst.Call) and self_attribute(c.func) == attribute
+                        for c in _calls_and_ops(cls.node)):
+                    return True
+    return False
 
 
 # Stands for a built `nn.MultiheadAttention` among the names a function calls (never a real name).

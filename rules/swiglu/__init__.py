@@ -36,7 +36,11 @@ class FeedForwardToSwiGLU(Rule):
     (`x = self.fc1(x)`, `x = self.act(x)`), the gate goes where the first projection is read and
     the activation's statement goes. The activation is any spelling `analysis.activations` knows
     (functions, `h.relu()`, elementwise functions and classes of the file, `act_layer()`, a
-    choice between two, a module-level table by config string).
+    choice between two, a module-level table by config string). The projections are `nn.Linear`
+    or `nn.Conv1d` with kernel size 1 (and default stride, padding, dilation, groups): a Linear
+    per position over channels, gated with a third 1x1 conv; their input may be a view of a name
+    (`y.transpose(-1, 1)`), which the gate reads again. A block's attention may also be handed in
+    by the caller (`self.attention = attention`, called in forward).
     Only FFNs in a transformer block are rewritten: the class holding the FFN holds an attention
     itself, or some function of the file builds it next to an attention (a block's `__init__`,
     a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
@@ -69,7 +73,7 @@ class FeedForwardToSwiGLU(Rule):
     name = "swiglu"
     equivalence = Equivalence.RETRAIN
     summary = "ReLU/GELU feed-forward -> SwiGLU (or GeGLU); the model must be retrained"
-    triggers = ("Linear", "Parameter", "Transformer")
+    triggers = ("Linear", "Conv1d", "Parameter", "Transformer")
     options = {"ffn": "swiglu", "hidden": "same", "multiple-of": 8}
     example_before = "return self.fc2(self.drop(F.relu(self.fc1(x))))\n"
     example_after = (

@@ -8,7 +8,7 @@ import libcst as cst
 
 from tf_migrate.analysis.ffn import FeedForward, SequentialFeedForward
 from tf_migrate.rules.swiglu.gated import (
-    GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
+    CONV1D, GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
 from tf_migrate.analysis.activations import setting_line
@@ -83,13 +83,16 @@ class FixWriter:
 
     def _linear(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         first, second = cls.submodules[ffn.first.weight], cls.submodules[ffn.second.weight]
-        bias, (in_, hidden) = linear_bias(first.call), linear_features(first.call)
-        second_in, _ = linear_features(second.call)
+        conv = first.callee == CONV1D
+        if conv != (second.callee == CONV1D):
+            raise Unsupported(f"`{first.name}` and `{second.name}` are not the same kind of layer")
+        bias, (in_, hidden) = linear_bias(first.call, conv), linear_features(first.call, conv)
+        second_in, _ = linear_features(second.call, conv)
         name = gate_name(first.name, second.name, taken)
         gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
         if self.hidden == "same":
             new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
-            plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), bias)
+            plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), bias, conv)
             return {first.statement: cst.FlattenSentinel([first.statement, new])}, gate
         if code_of(second_in) != code_of(hidden):
             raise Unsupported(f"the hidden sizes of `{first.name}` ({code_of(hidden)}) and "
@@ -102,12 +105,12 @@ class FixWriter:
         new = renamed_copy(resized, {first.name: name}).with_changes(leading_lines=())
         statements = [size_line.with_changes(leading_lines=first.statement.leading_lines),
                       resized.with_changes(leading_lines=()), new]
-        second_bias = linear_bias(second.call)
+        second_bias = linear_bias(second.call, conv)
         plan.dropped = [k.key for k in linear_keys(f"{first.name}.", "", "", bias)
                         + linear_keys(f"{second.name}.", "", "", second_bias)]
-        plan.new = (linear_keys(f"{first.name}.", code_of(in_), size, bias)
-                    + linear_keys(f"{second.name}.", size, code_of(in_), second_bias)
-                    + linear_keys(f"{name}.", code_of(in_), size, bias))
+        plan.new = (linear_keys(f"{first.name}.", code_of(in_), size, bias, conv)
+                    + linear_keys(f"{second.name}.", size, code_of(in_), second_bias, conv)
+                    + linear_keys(f"{name}.", code_of(in_), size, bias, conv))
         return {first.statement: cst.FlattenSentinel(statements), second_in: cst.Name(local)}, gate
 
     def _raw(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
