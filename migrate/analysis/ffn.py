@@ -235,7 +235,25 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     width_out = argument(cls.submodules[second.weight].call, 1, _SIZES[cls.submodules[second.weight].callee][1])
     if width_in is None or width_out is None:
         return False
-    return _width(ctx, _defaulted(cls, width_in)) != _width(ctx, _defaulted(cls, width_out))
+    width_in, width_out = _defaulted(cls, width_in), _defaulted(cls, width_out)
+    return _width(ctx, width_in) != _width(ctx, width_out) and not _equal_at_every_call(ctx, cls, width_in, width_out)
+
+
+def _equal_at_every_call(ctx, cls, a: cst.BaseExpression, b: cst.BaseExpression) -> bool:
+    """`__init__(self, in_dim, hidden, out_dim)` and every call of the class in the file passes
+    the same value for `in_dim` and `out_dim` (`FFN(self.dim, 4 * self.dim, self.dim)`)."""
+    init = cls.methods.get("__init__")
+    if init is None or not isinstance(a, cst.Name) or not isinstance(b, cst.Name):
+        return False
+    names = [p.name.value for p in init.params.params[1:]]
+    if a.value not in names or b.value not in names:
+        return False
+    calls = [c for c in _calls_and_ops(ctx.module) if isinstance(c, cst.Call)
+             and isinstance(c.func, cst.Name) and c.func.value == cls.node.name.value]
+    passed = [(argument(c, names.index(a.value), a.value), argument(c, names.index(b.value), b.value)) for c in calls
+              if not any(arg.star for arg in c.args)]
+    return bool(calls) and len(passed) == len(calls) and all(
+        x is not None and y is not None and _width(ctx, x) == _width(ctx, y) for x, y in passed)
 
 
 _SIZES = {LINEAR: ("in_features", "out_features"), CONV1D: ("in_channels", "out_channels")}
@@ -345,7 +363,8 @@ def _attention_functions(ctx: "FileContext") -> frozenset[str]:
 
 
 def attention_classes(ctx: "FileContext") -> set[str]:
-    """Classes that compute attention, and attention wrappers that directly hold one.
+    """Classes that compute attention, and attention wrappers that build one (also as heads in a
+    ModuleList).
 
     A wrapper must be named for attention (`BertAttention` around `BertSelfAttention`): a block
     also holds an attention, and counting blocks would make every model class look like one.
@@ -354,8 +373,7 @@ def attention_classes(ctx: "FileContext") -> set[str]:
     direct = {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c.node, helpers)}
     wrappers = {c.node.name.value for c in ctx.module_classes
                 if any(w in c.node.name.value.lower() for w in ("attn", "attention"))
-                and any(isinstance(s.call.func, cst.Name) and s.call.func.value in direct
-                        for s in c.submodules.values())}
+                and "__init__" in c.methods and _instantiates(c.methods["__init__"], direct)}
     return direct | wrappers
 
 

@@ -46,7 +46,8 @@ class FeedForwardToSwiGLU(Rule):
     a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
     or a class named for attention that holds one, or a built `nn.MultiheadAttention`. MLP heads
     built next to an encoder stack are left alone, and so are chains whose second Linear does
-    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`); an MLP
+    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`; widths
+    given as two arguments count as one when every call in the file passes the same value); an MLP
     head of width d -> d built directly next to an attention layer would be taken for an FFN
     (mark it `# tf-migrate: skip[TFM301]`).
 
