@@ -11,7 +11,8 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.rules.prenorm.builtin_layers import builtin_layers, builtin_transformers, stack_with_norm, with_norm_first
+from tf_migrate.rules.prenorm.builtin_layers import (builtin_layers, builtin_transformers, stack_with_norm,
+                                                     transformer_subclass_init, with_norm_first)
 from tf_migrate.analysis.imports import reference
 from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
@@ -54,8 +55,9 @@ class PostNormToPreNorm(Rule):
     norm's output is read outside the residual stream; the norm is not the whole value of its
     statement; the residual comes in from the caller (the sublayer lives in another module, as
     in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
-    run the blocks in a plain loop; a built-in layer is not stacked in the same function; the model is a post-norm
-    `nn.Transformer` (only its flag would change; the refusal says to set it by hand).
+    run the blocks in a plain loop; a built-in layer is not stacked in the same function; an
+    `nn.Transformer` is given a custom encoder or decoder. An `nn.Transformer` (instance, or the
+    `super().__init__` of a subclass) gets `norm_first=True`: it owns final norms, so no new key.
     """
 
     code = "TFM201"
@@ -148,21 +150,26 @@ class PostNormToPreNorm(Rule):
             for layer in builtin_layers(ctx, method):
                 yield from self._builtin_layer(ctx, cls, layer)
             for model in builtin_transformers(ctx, method):
-                yield from self._builtin_transformer(ctx, model)
+                yield from self._builtin_transformer(ctx, cls, model)
+        for model in transformer_subclass_init(ctx, cls):
+            yield from self._builtin_transformer(ctx, cls, model)
 
-    def _builtin_transformer(self, ctx, model) -> Iterator[Finding]:
+    def _builtin_transformer(self, ctx, cls, model) -> Iterator[Finding]:
         line = ctx.line(model.call)
         if _literal(model.norm_first, "True"):
             yield Note(line, "nn.Transformer already has norm_first=True; left alone")
         elif model.norm_first is not None and not _literal(model.norm_first, "False"):
             yield Refusal(line, f"norm_first={ctx.code(model.norm_first)} is not a literal")
+        elif model.custom is not None:
+            yield Refusal(line, "nn.Transformer is given a custom encoder/decoder: norm_first does "
+                          "not reach it", "migrate the custom encoder/decoder it is given")
         else:
-            # Only the flag changes (the final norms exist): nothing in the plan or in the traced
-            # ops would show the migration, so `verify` could not tell it happened. Say what to do.
-            yield Refusal(line, "nn.Transformer is post-norm (norm_first=False); its layers are built "
-                          "inside torch, and its encoder and decoder already end in a final norm",
-                          "pass norm_first=True by hand (no key changes; fine-tune afterwards)"
-                          if model.custom is None else "migrate the custom encoder/decoder it is given")
+            # Only the flag changes: its encoder and decoder already end in a norm of their own,
+            # so the plan names the class and adds no key.
+            plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+            yield Fix(line, "nn.Transformer -> norm_first=True; its encoder and decoder already end "
+                      "in a final norm (no new key); " + _FINE_TUNE,
+                      {model.call: with_norm_first(model.call)}, plans=[plan])
 
     def _builtin_layer(self, ctx, cls, layer) -> Iterator[Finding]:
         line = ctx.line(layer.call)
