@@ -76,6 +76,47 @@ def test_builtin_transformer_gets_norm_first_and_a_keyless_plan() -> None:
         assert all(p.grad is not None for p in after.parameters() if p.requires_grad)
 
 
+def test_position_flag_is_noted_and_flip_turns_its_default(tmp_path) -> None:
+    name = "normalize_before_flag.noop.py"
+    text = (FOLDER / name).read_text()
+    (note,) = _run(text, name).notes
+    assert "pre-norm is available" in note.message and "self.normalize_before" in note.message
+    rule = [cls({"flags": "flip"}) for cls in select_rules(("TFM201",))]
+    flipped = migrate_source(text, name, rule)
+    assert flipped.migrated == text.replace("normalize_before=False", "normalize_before=True")
+    (plan,) = flipped.plans
+    assert plan.qualname == "EncoderLayer" and not plan.new
+    torch = pytest.importorskip("torch")
+    target = tmp_path / "flipped.py"
+    target.write_text(flipped.migrated)
+    torch.manual_seed(0)
+    old, new = load_module(FOLDER / name).Encoder(), load_module(target).Encoder()
+    new.load_state_dict(old.state_dict(), strict=True)
+    assert all(layer.normalize_before for layer in new.layers)
+    out = new(torch.randn(2, 5, 32))
+    assert torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+
+
+def test_flag_options_are_checked() -> None:
+    from tf_migrate.engine.run import UsageError
+
+    with pytest.raises(UsageError, match="prenorm.flags"):
+        [cls({"flags": "on"}) for cls in select_rules(("TFM201",))]
+
+
+def test_optional_prenorm_sublayer_is_noted_not_refused() -> None:
+    name = "optional_prenorm_sublayer.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert not result.refusals and len(result.notes) == 3
+
+
+def test_norm_under_another_flag_is_refused() -> None:
+    name = "optional_norm_flag.noop.py"
+    (refusal,) = _run((FOLDER / name).read_text(), name).refusals
+    assert "applied under a condition" in refusal.reason
+
+
 def test_builtin_transformer_with_custom_encoder_is_refused() -> None:
     name = "builtin_transformer_custom_encoder.noop.py"
     (refusal,) = _run((FOLDER / name).read_text(), name).refusals

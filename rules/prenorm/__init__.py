@@ -17,7 +17,8 @@ from tf_migrate.analysis.imports import reference
 from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
-from tf_migrate.rules.prenorm.residual import ResidualFinder, Unprovable
+from tf_migrate.rules.prenorm.flags import flag_finding
+from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Unprovable
 from tf_migrate.engine.rule import Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.stacks import find_run, find_stacks
 
@@ -49,8 +50,15 @@ class PostNormToPreNorm(Rule):
     and `final_norm.bias` (zeros) on the class that holds the stack, or `<stack>.norm.weight` /
     `.bias` for a built-in `nn.TransformerEncoder` / `Decoder` given `norm=`.
 
+    Flags: when one attribute named for the norm position (`self.normalize_before`,
+    `self.pre_norm`) decides every conditional norm, the block already offers pre-norm: a note
+    says so. `--option prenorm.flags=flip` turns its default to True where `__init__` defines it
+    (`normalize_before=False` -> `True`; a keyless plan; no final norm is added: the model's own
+    flag-dependent final norm, if any, must follow). A pre-norm sublayer that is itself optional
+    (`if memory is not None:` around it) is read as pre-norm.
+
     Refuses when: the residual or its branch is scaled (also in the statement binding it); a
-    norm is applied under an `if` (a `normalize_before` flag); a norm of a post-norm block is not
+    norm is applied under an `if` that is no such flag; a norm of a post-norm block is not
     part of a sublayer the rule can read (`+=` sums, a residual scaled in a temporary); an intermediate of the sublayer or the
     norm's output is read outside the residual stream; the norm is not the whole value of its
     statement; the residual comes in from the caller (the sublayer lives in another module, as
@@ -65,6 +73,7 @@ class PostNormToPreNorm(Rule):
     equivalence = Equivalence.COMPATIBLE
     summary = "post-norm residual sublayers -> pre-norm, plus one final norm per stack (fine-tune after)"
     triggers = ("LayerNorm", "RMSNorm", "Transformer")
+    options = {"flags": "keep"}
     example_before = (
         "x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask)))\n"
         "x = self.norm2(x + self.dropout2(self.feed_forward(x)))\n"
@@ -75,6 +84,13 @@ class PostNormToPreNorm(Rule):
         "x = x + self.dropout2(self.feed_forward(self.norm2(x)))\n"
         "# and in the model, after the loop over the blocks: x = self.final_norm(x)\n"
     )
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        if self.settings["flags"] not in ("keep", "flip"):
+            from tf_migrate.engine.run import UsageError
+
+            raise UsageError(f"option prenorm.flags must be keep or flip, not {self.settings['flags']!r}")
 
     def check(self, ctx) -> Iterator[Finding]:
         blocks: dict[int, tuple] = {}  # block class -> (class, forward, sublayers)
@@ -87,6 +103,9 @@ class PostNormToPreNorm(Rule):
                 continue
             try:
                 found = ResidualFinder(ctx, cls, forward).find()
+            except FlagChosen as exc:
+                yield flag_finding(ctx, cls, exc, self.code, flip=self.settings["flags"] == "flip")
+                continue
             except Unprovable as exc:
                 for stack in find_stacks(ctx, cls):
                     refused.setdefault(id(stack.statement), exc.line)
