@@ -2,7 +2,7 @@
 
 Three shapes are recognised inside an `nn.Module` class:
 - attributes: two `nn.Linear` (or kernel-1 `nn.Conv1d`) submodules applied in one expression or over several statements,
-  with an activation (`activations.applied_to`: `F.relu`, `h.relu()`, `self.act = nn.GELU()`,
+  with a ReLU/GELU (`activations.activation_of`: `F.relu`, `h.relu()`, `self.act = nn.GELU()`,
   a file-local GELU, `act_layer()`, ...) and optional dropout (module or `F.dropout`) between them;
 - raw parameters: the same chain with `x @ self.w1 (+ self.b1)`, `torch.matmul` or `F.linear`;
 - `nn.Sequential(Linear, ReLU|GELU, [Dropout], Linear, [Dropout])` built in `__init__`.
@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 
-from tf_migrate.analysis import activations
-from tf_migrate.analysis.dataflow import Binding, FunctionFlow
+from tf_migrate.analysis.activations import activation_of
+from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
+from tf_migrate.analysis.symbols import is_parameter, parameter_default
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
 
@@ -33,7 +34,12 @@ LINEAR = "torch.nn.Linear"
 CONV1D = "torch.nn.Conv1d"  # kernel size 1 over channels: a Linear applied per position
 PARAMETER = "torch.nn.Parameter"
 DROPOUT = "torch.nn.Dropout"
-ACTIVATION_MODULES = activations.MODULES
+ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
+ACTIVATION_FUNCTIONS = (
+    "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
+)
+# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind.
+FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid"})
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
 _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
@@ -138,7 +144,23 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
 
 
 def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
-    return activations.applied_to(ctx, cls, node)
+    if isinstance(node, cst.Call) and not node.args and isinstance(node.func, cst.Attribute):
+        return _other_spelling(ctx, cls, node)  # `x.relu()`
+    if not isinstance(node, cst.Call) or len(node.args) < 1 or node.args[0].keyword:
+        return None
+    if ctx.names.callee(node) in ACTIVATION_FUNCTIONS:
+        return node.args[0].value
+    if len(node.args) == 1 and _self_calls(ctx, node, cls, *ACTIVATION_MODULES):
+        return node.args[0].value
+    return _other_spelling(ctx, cls, node)
+
+
+def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
+    """A ReLU/GELU spelled otherwise: `x.relu()`, a project `gelu(x)`, `ACT2FN[...]`, `act_layer()`..."""
+    found = activation_of(ctx, cls, node)
+    if found is not None and found.argument is not None and found.kinds <= FFN_ACTIVATION_KINDS:
+        return found.argument
+    return None
 
 
 def _dropout_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
@@ -186,7 +208,40 @@ def feed_forwards(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[
         if not _changes_width(ctx, cls, found.first, found.second):
             tracer.check_single_use()
             _check_input(ctx, flow, found)
+            _check_activation_callers(ctx, cls, found)
             yield found
+
+
+def _check_activation_callers(ctx, cls, ffn: FeedForward) -> None:
+    """`self.act = act_layer()` with `act_layer=nn.GELU`: every call of the class in the file must
+    pass an activation class for it (or a parameter of its own function that defaults to one)."""
+    found = activation_of(ctx, cls, ffn.activation)
+    name = found.parameter if found is not None else None
+    init = cls.methods.get("__init__")
+    if name is None or init is None:
+        return
+    positional = [p.name.value for p in init.params.params[1:]]
+    for call in _calls_and_ops(ctx.module):
+        if not (isinstance(call, cst.Call) and isinstance(call.func, cst.Name) and call.func.value == cls.node.name.value):
+            continue
+        passed = argument(call, positional.index(name) if name in positional else 99, name)
+        if passed is not None and not (_activation_class(ctx, passed) or _forwarded_activation(ctx, passed)):
+            raise Refused(ctx.line(call), f"`{name}` is given `{ctx.code(passed)}` here, which is not known "
+                          "to be an activation class: the FFN may not be a ReLU/GELU feed-forward",
+                          f"pass an activation class as `{name}`, or mark the class `# tf-migrate: skip[TFM301]`")
+
+
+def _activation_class(ctx, value: cst.BaseExpression | None) -> bool:
+    found = activation_of(ctx, None, cst.Call(value)) if value is not None else None
+    return found is not None and found.kinds <= FFN_ACTIVATION_KINDS
+
+
+def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
+    """A parameter of the calling function, not rebound, whose default is an activation class."""
+    function = is_parameter(ctx, value)
+    if function is None or binds(function.body, value.value):
+        return False
+    return _activation_class(ctx, parameter_default(function, value.value))
 
 
 def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:

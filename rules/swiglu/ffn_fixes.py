@@ -11,9 +11,9 @@ from tf_migrate.rules.swiglu.gated import (
     CONV1D, GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
-from tf_migrate.analysis.activations import setting_line
 from tf_migrate.analysis.dataflow import binds, read_names
 from tf_migrate.analysis.names import self_attribute
+from tf_migrate.analysis.nodes import find
 from tf_migrate.analysis.imports import FUNCTIONAL, imports_bound_by, reference
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.engine.rule import Fix
@@ -205,3 +205,17 @@ class FixWriter:
                                         updated.with_changes(leading_lines=blank)])
 
         return {top: insert}
+
+
+def setting_line(cls, attribute: str) -> cst.SimpleStatementLine | None:
+    """The `self.<attribute> = value` line of `__init__`, when it is the class's only assignment
+    of the attribute and alone on its line."""
+    init = cls.methods.get("__init__")
+    if init is None:
+        return None
+    lines = lambda node: find(node, lambda n: isinstance(n, cst.SimpleStatementLine))  # noqa: E731
+    everywhere = [small for line in lines(cls.node) for small in line.body if isinstance(small, cst.Assign)
+                  and any(self_attribute(t.target) == attribute for t in small.targets)]
+    in_init = [line for line in lines(init) if len(line.body) == 1 and isinstance(line.body[0], cst.Assign)
+               and len(line.body[0].targets) == 1 and self_attribute(line.body[0].targets[0].target) == attribute]
+    return in_init[0] if len(everywhere) == 1 and len(in_init) == 1 else None
