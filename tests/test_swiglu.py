@@ -245,3 +245,53 @@ def test_gate_applied_where_the_input_is_still_unbound() -> None:
     mlp.double()
     expected = mlp.fc2(Fn.silu(mlp.fc1(x)) * mlp.fc3(x))
     assert torch.allclose(mlp(x), expected, rtol=1e-12, atol=1e-12)
+
+
+CROSS_FILE = FIXTURES / "cross_file"
+
+
+def _migrate_tree(folder: Path) -> dict:
+    from tf_migrate.analysis.project import ProjectIndex
+
+    files = sorted(folder.glob("*.py"))
+    project = ProjectIndex.for_files(files)
+    return {p.name: migrate_source(p.read_text(), str(p), _rules("TFM301"), project=project, source_path=str(p))
+            for p in files}
+
+
+def test_ffn_class_in_another_file_than_its_block() -> None:
+    """The FFN's file holds no block: a function of another file builds it beside an attention
+    whose softmax lives in a third file. Alone, the FFN's file is left alone."""
+    results = _migrate_tree(CROSS_FILE / "before")
+    for name, result in results.items():
+        assert not result.errors and result.migrated == (CROSS_FILE / "after" / name).read_text(), name
+    assert [name for name, r in results.items() if r.edits] == ["sublayers.py"]
+    alone = CROSS_FILE / "before" / "sublayers.py"
+    assert not _run(alone).edits
+
+
+def test_cross_file_golden_converts_and_trains(tmp_path: Path) -> None:
+    import importlib
+    import shutil
+    import sys
+
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    for side in ("before", "after"):
+        shutil.copytree(CROSS_FILE / side, tmp_path / f"crossfile_{side}")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        old_pkg = importlib.import_module("crossfile_before.layers")
+        new_pkg = importlib.import_module("crossfile_after.layers")
+    finally:
+        sys.path.remove(str(tmp_path))
+    plans = [p for r in _migrate_tree(CROSS_FILE / "before").values() for p in r.plans]
+    torch.manual_seed(0)
+    old, new = old_pkg.EncoderLayer(), new_pkg.EncoderLayer()
+    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    assert {k for k in state if k not in old.state_dict()} == {"pos_ffn.w_3.weight", "pos_ffn.w_3.bias"}
+    out = new(torch.randn(2, 5, 32))
+    assert torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert new.pos_ffn.w_3.weight.grad.abs().sum() > 0

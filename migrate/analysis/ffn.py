@@ -14,6 +14,7 @@ attention class computes softmax itself or through a function of the file.
 from __future__ import annotations
 
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -22,7 +23,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
-from tf_migrate.analysis.symbols import is_parameter, parameter_default
+from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
 
@@ -424,12 +425,30 @@ def attention_classes(ctx: "FileContext") -> set[str]:
     A wrapper must be named for attention (`BertAttention` around `BertSelfAttention`): a block
     also holds an attention, and counting blocks would make every model class look like one.
     """
-    helpers = _attention_functions(ctx)
-    direct = {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c.node, helpers)}
+    direct = _direct_attention(ctx)
     wrappers = {c.node.name.value for c in ctx.module_classes
-                if any(w in c.node.name.value.lower() for w in ("attn", "attention"))
-                and "__init__" in c.methods and _instantiates(c.methods["__init__"], direct)}
+                if any(w in c.node.name.value.lower() for w in ("attn", "attention")) and "__init__" in c.methods
+                and (_instantiates(c.methods["__init__"], direct) or _builds_project_attention(ctx, c.methods["__init__"]))}
     return direct | wrappers
+
+
+def _direct_attention(ctx: "FileContext") -> set[str]:
+    def compute() -> set[str]:
+        helpers = _attention_functions(ctx)
+        return {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c.node, helpers)}
+
+    return ctx.memo("ffn.direct_attention", compute)
+
+
+def _builds_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
+    """`__init__` builds a class of another project file that computes attention itself."""
+    for call in _calls_and_ops(init):
+        if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
+            for symbol in symbols_of(ctx, call.func):
+                owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+                if owner is not None and owner is not ctx and symbol.qualname in _direct_attention(owner):
+                    return True
+    return False
 
 
 def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
@@ -440,17 +459,63 @@ def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
 def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     """Whether an FFN held by `cls` sits in a transformer block.
 
-    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when some function of the file
-    that builds a `cls` also builds an attention in the same body (a block's `__init__`, or a
-    `make_model` that passes both to a layer). An MLP head built next to an encoder stack, not
+    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when
+    some function of this file or of another project file that builds a `cls` also builds an
+    attention in the same body (a block's `__init__`, or a `make_model` that passes both to a
+    layer). An MLP head built next to an encoder stack, not
     next to an attention, does not count.
     """
     name = cls.node.name.value
     if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
-    return any(name in called and (called & attention or _BUILDS_MHA in called)
-               for called in called_by_function)
+    if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
+        return True
+    return _built_beside_attention_elsewhere(ctx, cls)
+
+
+def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
+    """A function of another project file builds this class and an attention in one body (the
+    block's `__init__` in `layers.py` building `PositionwiseFeedForward` from `sublayers.py`)."""
+    name, here = cls.node.name.value, os.path.abspath(ctx.source_path)
+    project = ctx.project
+    for path in sorted(project.files):
+        if path == here or name not in (project.text(path) or ""):
+            continue
+        other = project.context(path)
+        if other is None:
+            continue
+        for calls in other.memo("ffn.calls_by_function", lambda o=other: _calls_by_function(o)):
+            ours = [c for c in calls if c.func.value == name and _is_class(other, c.func, here, cls.qualname)]
+            if ours and any(_builds_attention(other, c) for c in calls if c.func.value != name):
+                return True
+    return False
+
+
+def _calls_by_function(ctx: "FileContext") -> list[list[cst.Call]]:
+    """Per function of the file, its calls of a plain name (nested functions' calls included)."""
+    functions = find(ctx.module, lambda n: isinstance(n, cst.FunctionDef))
+    return [[c for c in _calls_and_ops(f) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)]
+            for f in functions]
+
+
+def _is_class(ctx: "FileContext", node: cst.Name, path: str, qualname: str) -> bool:
+    return any(s.kind == "class" and s.path and os.path.abspath(s.path) == path and s.qualname == qualname
+               for s in symbols_of(ctx, node))
+
+
+def _builds_attention(ctx: "FileContext", call: cst.Call) -> bool:
+    """`call` builds an attention: a class of that file or of the project that computes one, or
+    torch's nn.MultiheadAttention."""
+    if ctx.names.callee(call) == "torch.nn.MultiheadAttention":
+        return True
+    if call.func.value in ctx.memo("ffn.attention", lambda: attention_classes(ctx)):
+        return True
+    for symbol in symbols_of(ctx, call.func):
+        owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+        if owner is not None and symbol.qualname in owner.memo("ffn.attention", lambda o=owner: attention_classes(o)):
+            return True
+    return False
 
 
 def _injected_attention(cls) -> bool:

@@ -144,6 +144,7 @@ class FixWriter:
         name = self_attribute(ffn.activation.func)
         line = setting_line(cls, name) if name else None
         if line is not None and len(list(cls.self_references(name))) == 2:
+            self._freed = self._freed + imports_bound_by(self.ctx, [line.body[0].value])
             return {line: cst.RemoveFromParent()}
         return {}
 
