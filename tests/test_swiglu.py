@@ -207,6 +207,7 @@ _GOLDEN_BUILDS = {
     "pointwise_conv_ffn": "EncoderLayer(SelfAttention(32, 4), 32)",
     "attention_heads_in_modulelist": "Block()",
     "widths_equal_at_every_call": "Model()",
+    "linear_factory_and_subclass": "Block()",
 }
 
 

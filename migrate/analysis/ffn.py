@@ -23,6 +23,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
+from tf_migrate.analysis.linear import is_linear_layer
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -104,6 +105,14 @@ def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None
     return None
 
 
+def _linear_like(ctx, cls, attribute: cst.BaseExpression) -> bool:
+    """Built by a Linear factory or a subclass that keeps nn.Linear's forward, called with
+    nn.Linear's arguments (`Linear(d, 4 * d)`): a copy of the call builds the gate."""
+    layer = is_linear_layer(ctx, cls, attribute)
+    return layer is not None and layer.linear_signature and layer.in_features is not None \
+        and layer.out_features is not None
+
+
 def _parameter(cls, node: cst.CSTNode) -> str | None:
     sub = cls.submodule_of(node, PARAMETER)
     return sub.name if sub is not None else None
@@ -122,6 +131,9 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     name = _self_calls(ctx, node, cls, LINEAR, CONV1D)
     if name is not None and cls.submodules[name].callee == CONV1D and not pointwise_conv(cls.submodules[name].call):
         name = None
+    if name is None and isinstance(node, cst.Call) and cls.submodule_of(node.func) is not None \
+            and _linear_like(ctx, cls, node.func):
+        name = self_attribute(node.func)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
     bias = None
@@ -287,8 +299,8 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     residual stream back to its own width."""
     if first.raw:
         return False
-    width_in = argument(cls.submodules[first.weight].call, 0, _SIZES[cls.submodules[first.weight].callee][0])
-    width_out = argument(cls.submodules[second.weight].call, 1, _SIZES[cls.submodules[second.weight].callee][1])
+    width_in = argument(cls.submodules[first.weight].call, 0, _SIZES.get(cls.submodules[first.weight].callee, _SIZES[LINEAR])[0])
+    width_out = argument(cls.submodules[second.weight].call, 1, _SIZES.get(cls.submodules[second.weight].callee, _SIZES[LINEAR])[1])
     if width_in is None or width_out is None:
         return False
     width_in, width_out = _defaulted(cls, width_in), _defaulted(cls, width_out)

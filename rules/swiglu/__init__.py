@@ -37,7 +37,8 @@ class FeedForwardToSwiGLU(Rule):
     the activation's statement goes. The activation is any spelling `analysis.activations` knows
     (functions, `h.relu()`, elementwise functions and classes of the file, `act_layer()`, a
     choice between two, a module-level table by config string). The projections are `nn.Linear`
-    or `nn.Conv1d` with kernel size 1 (and default stride, padding, dilation, groups): a Linear
+    (also built by a Linear factory or a subclass that keeps nn.Linear's forward, called with
+    nn.Linear's arguments: the gate is built by the same callee), or `nn.Conv1d` with kernel size 1 (and default stride, padding, dilation, groups): a Linear
     per position over channels, gated with a third 1x1 conv; their input may be a view of a name
     (`y.transpose(-1, 1)`), which the gate reads again. A block's attention may also be handed in
     by the caller (`self.attention = attention`, called in forward).
