@@ -88,6 +88,18 @@ def test_pointwise_conv_plan_has_the_kernel_dimension() -> None:
     assert ("conv1.weight", ["(2 * d_ff // 3 + 7) // 8 * 8", "d_model", "1"]) in [(k.key, k.shape) for k in plan.new]
 
 
+def test_match_option_gates_gelu_ffns_with_gelu() -> None:
+    gelus = _run(FIXTURES / "file_local_gelu.before.py", ffn="match")
+    assert gelus.migrated.count("F.gelu(") == 2 and "F.silu(" not in gelus.migrated
+    assert all("(geglu," in e.message for e in gelus.edits)
+    mixed = _run(FIXTURES / "activation_by_config.before.py", ffn="match")  # relu or gelu: not a GELU
+    assert mixed.migrated.count("F.silu(") == 2 and all("(swiglu," in e.message for e in mixed.edits)
+    text = (FIXTURES / "attention_heads_in_modulelist.before.py").read_text().replace("nn.ReLU()", "nn.GELU()")
+    sequential = migrate_source(text, "model.py", _rules("TFM301", ffn="match"))
+    assert "class GeGLUFeedForward(nn.Module)" in sequential.migrated
+    assert "SwiGLUFeedForward" not in sequential.migrated
+
+
 def test_geglu_option() -> None:
     result = _run(FIXTURES / "attribute_relu.before.py", ffn="geglu")
     assert "F.gelu(self.fc1(x)) * self.fc3(x)" in result.migrated

@@ -28,7 +28,9 @@ class FeedForwardToSwiGLU(Rule):
     random weights, so the migrated model computes a different function from the old checkpoint.
 
     Why: gated linear units (SwiGLU in PaLM and LLaMA, GeGLU in T5 v1.1) train to a lower loss than
-    ReLU/GELU feed-forwards at the same compute. `--ffn geglu` writes `gelu` instead of `silu`.
+    ReLU/GELU feed-forwards at the same compute. `--ffn geglu` writes `gelu` instead of `silu`;
+    `--ffn match` writes GeGLU where the original applied a GELU (any approximation) and SwiGLU
+    elsewhere (a choice between ReLU and GELU counts as not GELU).
 
     Safety: retrain. Only the activation changes in `forward`: `act(lin1(x))` becomes
     `silu(lin1(x)) * lin3(x)`, so dropout and the second projection stay where they were. The
@@ -86,8 +88,8 @@ class FeedForwardToSwiGLU(Rule):
     def __init__(self, options=None) -> None:
         super().__init__(options)
         problems = []
-        if self.settings["ffn"] not in ("swiglu", "geglu"):
-            problems.append(f"ffn must be swiglu or geglu, not {self.settings['ffn']!r}")
+        if self.settings["ffn"] not in ("swiglu", "geglu", "match"):
+            problems.append(f"ffn must be swiglu, geglu or match, not {self.settings['ffn']!r}")
         if self.settings["hidden"] not in ("same", "param-matched"):
             problems.append(f"hidden must be same or param-matched, not {self.settings['hidden']!r}")
         if not isinstance(self.settings["multiple-of"], int) or self.settings["multiple-of"] < 1:

@@ -11,6 +11,7 @@ from tf_migrate.rules.swiglu.gated import (
     CONV1D, GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
+from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import binds, read_names
 from tf_migrate.analysis.names import self_attribute
 from tf_migrate.analysis.nodes import find
@@ -18,16 +19,25 @@ from tf_migrate.analysis.imports import FUNCTIONAL, imports_bound_by, reference
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.engine.rule import Fix
 
+_GELUS = frozenset({"gelu", "gelu_tanh", "gelu_sigmoid"})
 _NO_PARENS = (cst.Arg, cst.Assign, cst.AnnAssign, cst.Return)
 
 
 class FixWriter:
     def __init__(self, ctx, code: str, settings: Mapping[str, Any]) -> None:
         self.ctx, self.code = ctx, code
-        self.kind, self.hidden, self.multiple = settings["ffn"], settings["hidden"], settings["multiple-of"]
+        self.option, self.hidden, self.multiple = settings["ffn"], settings["hidden"], settings["multiple-of"]
+        self.kind = "geglu" if self.option == "geglu" else "swiglu"  # of the fix being written
         self.functional, self.import_ = reference(ctx, FUNCTIONAL, "F")
-        self.helper_inserted = any(isinstance(s, cst.ClassDef) and s.name.value == HELPER_NAMES[self.kind]
-                                   for s in ctx.module.body)
+        self.helpers_inserted = {kind for kind, name in HELPER_NAMES.items()
+                                 if any(isinstance(s, cst.ClassDef) and s.name.value == name for s in ctx.module.body)}
+
+    def _choose_kind(self, cls, activation: cst.CSTNode) -> None:
+        """`ffn=match`: GeGLU where the original applied a GELU (any approximation), else SwiGLU."""
+        if self.option != "match":
+            return
+        found = activation_of(self.ctx, cls, activation)
+        self.kind = "geglu" if found is not None and found.kinds <= _GELUS else "swiglu"
 
     def _fix(self, node, message: str, replacements, plan: ClassPlan, imports=()) -> Fix:
         details = [f"renamed {len(plan.renamed)} keys"] if plan.renamed else []
@@ -39,6 +49,7 @@ class FixWriter:
 
     def chain(self, cls, ffn: FeedForward) -> Fix:
         """`act(first(x))` -> `silu(first(x)) * gate(x)`, plus the gate's constructor."""
+        self._choose_kind(cls, ffn.activation)
         self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
         plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
         hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
@@ -150,6 +161,7 @@ class FixWriter:
 
     def sequential(self, ffn: SequentialFeedForward) -> Fix:
         """`nn.Sequential(Linear, act, [Dropout], Linear, [Dropout])` -> the gated helper module."""
+        self._choose_kind(ffn.cls, ffn.call.args[ffn.indices[0] + 1].value)
         self._freed = []
         bias = linear_bias(ffn.first)
         if linear_bias(ffn.second) != bias:
@@ -192,9 +204,9 @@ class FixWriter:
 
     def _helper(self, cls, nn: str) -> dict:
         """Insert the helper module once per file, before the first class that uses it."""
-        if self.helper_inserted:
+        if self.kind in self.helpers_inserted:
             return {}
-        self.helper_inserted = True
+        self.helpers_inserted.add(self.kind)
         top = cls.node
         while self.ctx.parents.get(top) is not self.ctx.module:
             top = self.ctx.parents[top]
