@@ -220,6 +220,7 @@ _GOLDEN_BUILDS = {
     "attention_heads_in_modulelist": "Block()",
     "widths_equal_at_every_call": "Model()",
     "linear_factory_and_subclass": "Block()",
+    "sequential_with_leading_norm": "Block()",
 }
 
 

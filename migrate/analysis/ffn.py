@@ -36,6 +36,7 @@ LINEAR = "torch.nn.Linear"
 CONV1D = "torch.nn.Conv1d"  # kernel size 1 over channels: a Linear applied per position
 PARAMETER = "torch.nn.Parameter"
 DROPOUT = "torch.nn.Dropout"
+LAYER_NORM = "torch.nn.LayerNorm"
 ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
 ACTIVATION_FUNCTIONS = (
     "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
@@ -97,6 +98,7 @@ class SequentialFeedForward:
     trailing: cst.Call | None  # a Dropout after the second projection
     indices: tuple[int, int] = (0, 3)
     modules: list[str] = field(default_factory=list)
+    norm: cst.Call | None = None  # a LayerNorm first in the Sequential (pre-norm inside the FFN)
 
 
 def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None:
@@ -388,15 +390,16 @@ def _hoistable(cls, x: cst.BaseExpression) -> bool:
 
 
 def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> SequentialFeedForward | None:
-    """`self.<attribute> = nn.Sequential(Linear, ReLU|GELU, [Dropout], Linear, [Dropout])`."""
+    """`self.<attribute> = nn.Sequential([LayerNorm], Linear, ReLU|GELU, [Dropout], Linear, [Dropout])`."""
     sub = cls.submodules[attribute]
     if sub.callee != "torch.nn.Sequential" or any(a.keyword or a.star for a in sub.call.args):
         return None
     items = [a.value for a in sub.call.args]
     kinds = [ctx.names.callee(i) if isinstance(i, cst.Call) else None for i in items]
-    if len(items) < 3 or kinds[0] != LINEAR or kinds[1] not in ACTIVATION_MODULES:
+    start = 1 if kinds and kinds[0] == LAYER_NORM else 0
+    if len(items) < start + 3 or kinds[start] != LINEAR or kinds[start + 1] not in ACTIVATION_MODULES:
         return None
-    position, dropout = 2, None
+    position, dropout = start + 2, None
     if kinds[position] == DROPOUT:
         dropout = argument(items[position], 0, "p") or cst.Float("0.5")
         position += 1
@@ -407,8 +410,8 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         if position + 2 != len(items) or kinds[position + 1] != DROPOUT:
             return None
         trailing = items[position + 1]
-    return SequentialFeedForward(cls, attribute, sub.call, items[0], items[position], dropout,
-                                 trailing, (0, position))
+    return SequentialFeedForward(cls, attribute, sub.call, items[start], items[position], dropout,
+                                 trailing, (start, position), norm=items[0] if start else None)
 
 
 def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:

@@ -62,7 +62,7 @@ class FeedForwardToSwiGLU(Rule):
     a small `SwiGLUFeedForward` module inserted once per file, with `w1`/`w2`/`w3` children, so
     `mlp.0.*` is renamed to `mlp.w1.*` and `mlp.3.*` to `mlp.w2.*` (with a trailing Dropout the
     module is wrapped as `nn.Sequential(SwiGLUFeedForward(...), nn.Dropout(p))`: keys
-    `mlp.0.w1.*`). Raw parameters get a copy of the first weight's (and bias's) constructor.
+    `mlp.0.w1.*`; a LayerNorm first in the Sequential stays first: `mlp.1.w1.*`). Raw parameters get a copy of the first weight's (and bias's) constructor.
     With `hidden = "param-matched"` the hidden size becomes 2/3 of the old one (truncated), rounded
     up to a multiple of `multiple-of` (default 8): nothing maps, every old FFN key is dropped and
     every new one listed with its shape.

@@ -178,8 +178,10 @@ class FixWriter:
         if not bias:
             args.append("bias=False")
         call = f"{HELPER_NAMES[self.kind]}({', '.join(args)})"
-        if ffn.trailing is not None:
-            call = f"{nn}.Sequential({call}, {code_of(ffn.trailing)})"
+        if ffn.trailing is not None or ffn.norm is not None:
+            parts = [code_of(ffn.norm)] if ffn.norm is not None else []
+            parts += [call] + ([code_of(ffn.trailing)] if ffn.trailing is not None else [])
+            call = f"{nn}.Sequential({', '.join(parts)})"
         replacements = {ffn.call: cst.parse_expression(call)}
         replacements.update(self._helper(ffn.cls, nn))
         plan = self._sequential_plan(ffn, code_of(in_), size, bias)
@@ -189,7 +191,8 @@ class FixWriter:
 
     def _sequential_plan(self, ffn: SequentialFeedForward, in_: str, size: str, bias: bool) -> ClassPlan:
         plan = ClassPlan(self.ctx.path, ffn.cls.qualname, [self.code])
-        base = f"{ffn.attribute}.0." if ffn.trailing is not None else f"{ffn.attribute}."
+        base = f"{ffn.attribute}.{1 if ffn.norm is not None else 0}." \
+            if ffn.trailing is not None or ffn.norm is not None else f"{ffn.attribute}."
         old = [f"{ffn.attribute}.{i}." for i in ffn.indices]
         suffixes = ["weight", "bias"] if bias else ["weight"]
         if self.hidden == "same":
