@@ -486,16 +486,27 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
     if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
         return True
-    return _built_beside_attention_elsewhere(ctx, cls)
+    return _ffn_shaped(ctx, cls) and _built_beside_attention_elsewhere(ctx, cls)
+
+
+def _ffn_shaped(ctx: "FileContext", cls) -> bool:
+    """Holds a projection-activation-projection chain or a Sequential FFN (before asking other
+    files, which costs more)."""
+    return any(True for method in cls.methods.values() for _ in _chains(ctx, cls, FunctionFlow(ctx, method), method)) \
+        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules)
 
 
 def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
     """A function of another project file builds this class and an attention in one body (the
-    block's `__init__` in `layers.py` building `PositionwiseFeedForward` from `sublayers.py`)."""
+    block's `__init__` in `layers.py` building `PositionwiseFeedForward` from `sublayers.py`).
+    Only files that import the class are parsed."""
     name, here = cls.node.name.value, os.path.abspath(ctx.source_path)
     project = ctx.project
     for path in sorted(project.files):
         if path == here or name not in (project.text(path) or ""):
+            continue
+        if not any(s.kind == "class" and s.path and os.path.abspath(s.path) == here and s.qualname == cls.qualname
+                   for s in project.resolve_name(path, name)):
             continue
         other = project.context(path)
         if other is None:
