@@ -107,12 +107,12 @@ def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None
     return None
 
 
-def _linear_like(ctx, cls, attribute: cst.BaseExpression) -> bool:
-    """Built by a Linear factory or a subclass that keeps nn.Linear's forward, called with
-    nn.Linear's arguments (`Linear(d, 4 * d)`): a copy of the call builds the gate."""
-    layer = is_linear_layer(ctx, cls, attribute)
-    return layer is not None and layer.linear_signature and layer.in_features is not None \
-        and layer.out_features is not None
+def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
+    """`self.fc(x)` where fc is built like nn.Linear by a subclass or a factory (`Linear(d, h)`)."""
+    if not isinstance(node, cst.Call) or self_attribute(node.func) not in cls.submodules:
+        return None
+    layer = is_linear_layer(ctx, cls, node.func)
+    return self_attribute(node.func) if layer is not None and layer.linear_signature else None
 
 
 def _parameter(cls, node: cst.CSTNode) -> str | None:
@@ -133,9 +133,7 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     name = _self_calls(ctx, node, cls, LINEAR, CONV1D)
     if name is not None and cls.submodules[name].callee == CONV1D and not pointwise_conv(cls.submodules[name].call):
         name = None
-    if name is None and isinstance(node, cst.Call) and cls.submodule_of(node.func) is not None \
-            and _linear_like(ctx, cls, node.func):
-        name = self_attribute(node.func)
+    name = name or _linear_like(ctx, cls, node)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
     bias = None
