@@ -56,7 +56,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--ignore", multiple=True, help="Rules to leave out (same forms as --select).")
 @click.option("--option", "rule_options", multiple=True, metavar="RULE.KEY=VALUE",
               help="A per-rule option, e.g. swiglu.ffn=geglu.")
-@click.option("--ffn", type=click.Choice(["swiglu", "geglu"]),
+@click.option("--ffn", type=click.Choice(["swiglu", "geglu", "match"]),
               help="TFM301's gated FFN (same as --option swiglu.ffn=...).")
 @click.option("--ffn-hidden", type=click.Choice(["same", "param-matched"]),
               help="TFM301's hidden size policy (same as --option swiglu.hidden=...).")
