@@ -6,11 +6,12 @@ Nothing here prints or writes: the CLI decides what to do with a `FileResult`.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
+from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
 from tf_migrate.engine.source import SourceError, read_source
 
@@ -44,6 +45,9 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    components: list[ComponentOutcome] = field(default_factory=list)
+    # Fixes and refusals that no census component accounts for (message: "fix" or "refusal").
+    outside: list[Edit] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -84,6 +88,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         try:
             ctx = ctx or FileContext(module, path, code)
             findings = list(rule.check(ctx))
+            components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes)
@@ -98,6 +103,10 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
             Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
         result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
+        outcomes, outside = reconcile(components, findings)
+        result.components.extend(outcomes)
+        result.outside.extend(Edit(rule.code, f.line, "fix" if isinstance(f, Fix) else "refusal")
+                              for f in outside)
     result.migrated = code
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
@@ -105,6 +114,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
                              "endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
+        _edits_dropped(result)
         return result
     _check_output(result)
     return result
@@ -139,6 +149,14 @@ def _check_output(result: FileResult) -> None:
         result.migrated = result.original
         result.edits.clear()
         result.plans.clear()
+        _edits_dropped(result)
+
+
+def _edits_dropped(result: FileResult) -> None:
+    """A component whose rewrite was dropped is not migrated: it is refused, with the error."""
+    reason = result.errors[-1].splitlines()[0]
+    result.components = [c if c.outcome != "migrated" else replace(c, outcome="refused", reason=reason)
+                         for c in result.components]
 
 
 def migrate_file(path: Path, rules: Sequence[Rule], display: str | None = None) -> FileResult:

@@ -15,7 +15,7 @@ from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, 
                                     linear_arguments, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
 _PARAMETER = "torch.nn.Parameter"
@@ -62,6 +62,11 @@ class SeparateQkvToFused(Rule):
         "...\nq = self.query(x)\nk = self.key(x)\nv = self.value(x)\n"
     )
     example_after = "self.qkv = nn.Linear(d, 3 * d)\n...\nq, k, v = self.qkv(x).split(self.d, dim=-1)\n"
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.fused_qkv.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:

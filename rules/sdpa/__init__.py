@@ -16,7 +16,7 @@ from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
 
@@ -70,6 +70,11 @@ class EinsumAttentionToSdpa(Rule):
         "y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training "
         "else 0.0, is_causal=True)\n"
     )
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.sdpa.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
