@@ -465,6 +465,7 @@ class Walker:
             if parent is None:
                 continue
             if isinstance(parent, ast.Call) and current is not parent.func:
+                queue.extend(self._stored(parent, function))
                 if follow_call(parent, function):
                     queue.append(parent)
                 continue
@@ -476,6 +477,19 @@ class Walker:
                 continue
             queue.extend(self._assigned(parent, current, function, follow_returns))
         return None
+
+    def _stored(self, call: ast.Call, function: Function) -> list[ast.AST]:
+        """A value handed to `register_buffer("pe", v)`, `setattr(self, "pe", v)` or
+        `self.pe.weight.data.copy_(v)` is read wherever `self.pe` is."""
+        if function.cls is None:
+            return []
+        name = last_name(call.func)
+        attribute = None
+        if name in ("register_buffer", "register_parameter", "setattr") and call.args:
+            attribute = literal_string(call.args[1 if name == "setattr" else 0]) if len(call.args) > 1 else None
+        elif name == "copy_" and isinstance(call.func, ast.Attribute):
+            attribute = self_attribute(_root(call.func.value))
+        return self.attribute_reads(function.cls, attribute) if attribute else []
 
     def _assigned(self, statement: ast.AST, value: ast.AST, function: Function,
                   follow_returns) -> list[ast.AST]:
@@ -719,12 +733,19 @@ def is_norm(node: ast.AST, function: Function) -> bool:
 BUILTIN_LAYERS = ("TransformerEncoderLayer", "TransformerDecoderLayer", "Transformer")
 
 
-def builtin_layers(index: FileIndex) -> Iterator[ast.Call]:
-    """`nn.TransformerEncoderLayer(...)` and its kin, however imported."""
-    for node in ast.walk(index.tree):
-        if isinstance(node, ast.Call) and last_name(node.func) in BUILTIN_LAYERS \
-                and (dotted(node.func).startswith(("nn.", "torch.nn.")) or isinstance(node.func, ast.Name)):
-            yield node
+def builtin_layers(index: FileIndex) -> Iterator[tuple[ast.Call, str, str]]:
+    """(call, enclosing class or '<module>', class name) of each `nn.TransformerEncoderLayer(...)`
+    and its kin, however imported (a class of this file that shares the name is not one)."""
+    for node in index.calls:
+        name = last_name(node.func)
+        if name not in BUILTIN_LAYERS or self_attribute(node.func) is not None:
+            continue
+        if isinstance(node.func, ast.Name) and name in index.class_by_name:
+            continue
+        if isinstance(node.func, ast.Attribute) and not isinstance(node.func.value, (ast.Name, ast.Attribute)):
+            continue
+        cls = enclosing_class(index, node)
+        yield node, cls.qualname if cls else "<module>", name
 
 
 def enclosing_class(index: FileIndex, node: ast.AST) -> ClassInfo | None:
@@ -732,3 +753,14 @@ def enclosing_class(index: FileIndex, node: ast.AST) -> ClassInfo | None:
     while current is not None and not isinstance(current, ast.ClassDef):
         current = index.parents.get(current)
     return next((c for c in index.classes if c.node is current), None) if current is not None else None
+
+
+def unit_projection_class(call: ast.Call | None) -> bool:
+    """A constructor of a position-wise projection: `Linear` (any module's), GPT-2's `Conv1D`,
+    a convolution with kernel size 1, or a factory named for one (`make_linear`, `Dense`)."""
+    if call is None:
+        return False
+    name = last_name(call.func).lower()
+    if "conv" in name:
+        return not _is_non_unit_conv(call)
+    return "linear" in name or "dense" in name

@@ -36,7 +36,8 @@ def _inside(line: int, component: Component) -> bool:
 
 
 def _best(findings: list[Finding], component: Component) -> Finding:
-    return min(findings, key=lambda f: (_PRIORITY[type(f)], abs(f.line - component.start_line)))
+    return min(findings, key=lambda f: (not component.start_line <= f.line <= component.end_line,
+                                        _PRIORITY[type(f)], abs(f.line - component.start_line)))
 
 
 def _outcome(component: Component, finding: Finding | None) -> ComponentOutcome:

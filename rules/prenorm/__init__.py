@@ -17,7 +17,7 @@ from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
 from tf_migrate.rules.prenorm.residual import ResidualFinder, Unprovable
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Note, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.stacks import find_run, find_stacks
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
@@ -73,6 +73,11 @@ class PostNormToPreNorm(Rule):
         "x = x + self.dropout2(self.feed_forward(self.norm2(x)))\n"
         "# and in the model, after the loop over the blocks: x = self.final_norm(x)\n"
     )
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.prenorm.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         blocks: dict[int, tuple] = {}  # block class -> (class, forward, sublayers)
