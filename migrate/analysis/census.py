@@ -193,6 +193,11 @@ class FileIndex:
                 cls: ClassInfo | None) -> None:
         if isinstance(target, ast.Name):
             _bind(function, target.id, line, value)
+        elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+                and len(target.elts) == len(value.elts) \
+                and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
+            for element, part in zip(target.elts, value.elts):  # `q, k = a(x), b(x)`: pairwise
+                self._target(element, part, line, function, cls)
         elif isinstance(target, (ast.Tuple, ast.List)):
             for element in target.elts:
                 self._target(element.value if isinstance(element, ast.Starred) else element,
@@ -583,11 +588,11 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
 
 
 def softmax_input(node: ast.Call) -> ast.AST | None:
-    if node.args:
-        return node.args[0]
-    if isinstance(node.func, ast.Attribute) and not _is_module_path(node.func.value):
-        return node.func.value
-    return None
+    """`x` of `F.softmax(x, -1)`, `self.softmax(x)`, `nn.Softmax(-1)(x)` and `x.softmax(-1)`."""
+    func = node.func
+    if isinstance(func, ast.Attribute) and not _is_module_path(func.value) and self_attribute(func) is None:
+        return func.value
+    return node.args[0] if node.args else None
 
 
 def _built_by(func: ast.AST, function: Function) -> str:

@@ -124,9 +124,14 @@ class SeparateQkvToFused(Rule):
 
 
 def _constructor_problem(ctx, subs) -> str | None:
-    if any(s.callee != _LINEAR for s in subs):
-        kinds = ", ".join(f"{s.name}: {s.callee or '?'}" for s in subs)
-        return f"not all nn.Linear ({kinds}); Conv1D-style weights are stored transposed"
+    other = next((s for s in subs if s.callee != _LINEAR), None)
+    if other is not None:
+        built = ctx.code(other.call.func)
+        if (other.callee or built).rsplit(".", 1)[-1] == "Conv1D":
+            return (f"`{other.name}` is a Conv1D (line {ctx.line(other.statement)}): its weight is stored "
+                    "transposed (in, out), unlike nn.Linear")
+        return (f"`{other.name}` is built by `{built}(...)` (line {ctx.line(other.statement)}), not "
+                "nn.Linear: tf-migrate cannot see which layer it returns")
     arguments = [linear_arguments(s) for s in subs]
     if any(a is None for a in arguments):
         return "a projection passes arguments other than in_features, out_features, bias"

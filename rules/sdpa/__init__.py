@@ -132,14 +132,11 @@ class EinsumAttentionToSdpa(Rule):
 
 def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
     """A product of softmax probabilities with v that the matcher could not follow: say so."""
-    lines = unfollowed_softmax(matcher, product, statement)
-    if lines is not None:
-        softmax, scores = lines
+    found = unfollowed_softmax(matcher, product, statement)
+    if found is not None:
         yield Refusal(matcher.ctx.line(statement), (
-            f"attention (scores at line {scores}, softmax at line {softmax}, product with v here) is "
-            "spelled with a step tf-migrate cannot fold into SDPA: a cast around the softmax, a "
-            "head mask or other change to the probabilities, a softmax that is not over the keys, "
-            "or an unusual mask or softmax form"),
+            f"attention (scores at line {found.scores_line}, softmax at line {found.softmax_line}, "
+            f"product with v here) not folded into SDPA: {found.step}"),
             "write it as dropout(softmax(mask(scale(q @ k^T)))) @ v, or call "
             "F.scaled_dot_product_attention by hand")
 
