@@ -22,13 +22,17 @@ def _refusals(case: str):
 
 @pytest.mark.parametrize("case, line, words", [
     ("query_mutated_in_place", 20, ["`q` is changed in place at line 20"]),
-    ("fill_value_name_reused", 18, ["`att` are read again at line 18"]),
+    ("fill_value_name_reused", 18, ["`att.dtype` is read at line 18, outside the chain"]),
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
     # chains the matcher cannot follow are refused, not skipped silently
-    ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18"]),
-    ("cast_softmax_guarded_view", 27, ["scores at line 21", "softmax at line 26"]),
-    ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26", "head mask"]),
-    ("softmax_fp32_upcast", 28, ["scores at line 24", "softmax at line 27", "cast"]),
+    ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18",
+                                       "built inline as `nn.Softmax(dim=-1)` (line 18)"]),
+    ("cast_softmax_guarded_view", 27, ["scores at line 21", "softmax at line 26",
+                                           "computed in float32 and cast back (line 26)"]),
+    ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26",
+                                "changed by `probs * head_mask` (line 29)"]),
+    ("softmax_fp32_upcast", 28, ["scores at line 24", "softmax at line 27",
+                                     "computed in float32 and cast back (line 27)"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     refusals = _refusals(case)

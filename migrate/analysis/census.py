@@ -121,6 +121,10 @@ class FileIndex:
         self.by_name: dict[str, list[Function]] = {}  # plain function/method name -> functions
         self.class_by_name: dict[str, ClassInfo] = {}
         self.calls: list[ast.Call] = []  # every call of the file, in walk order
+        # names bound by imports (`th`, `Fn`, `tnn`): a receiver named so is a namespace, not a tensor
+        self.modules: frozenset[str] = frozenset(
+            (alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names)
         module = Function(tree, None, "<module>")
         self.functions.append(module)
         self._scan(tree, module, None, "")
@@ -279,7 +283,7 @@ def is_parameter(function: Function, node: ast.AST) -> bool:
     return isinstance(node, ast.arg)
 
 
-def operands(node: ast.AST) -> list[ast.AST]:
+def operands(node: ast.AST, modules: frozenset[str] = frozenset()) -> list[ast.AST]:
     """The value inputs of an expression, not counting reads of shape, dtype or device."""
     if isinstance(node, ast.Call):
         func = node.func
@@ -288,7 +292,7 @@ def operands(node: ast.AST) -> list[ast.AST]:
         if last_name(func) == "len":
             return []
         inner = [func.value] if isinstance(func, ast.Attribute) and not self_attribute(func) \
-            and not _is_module_path(func.value) else []
+            and not _is_module_path(func.value, modules) else []
         return inner + [a.value if isinstance(a, ast.Starred) else a for a in node.args] \
             + [k.value for k in node.keywords if k.arg not in ("dtype", "device", "dim", "out")]
     if isinstance(node, ast.BinOp):
@@ -310,13 +314,18 @@ def operands(node: ast.AST) -> list[ast.AST]:
     return []
 
 
-def _is_module_path(node: ast.AST) -> bool:
-    """`torch`, `F`, `nn.functional`, `np`: a namespace, not a tensor a method is called on."""
+def _is_module_path(node: ast.AST, modules: frozenset[str] = frozenset()) -> bool:
+    """`torch`, `F`, `nn.functional`, `np`, or any imported name: a namespace, not a tensor a
+    method is called on."""
     if not isinstance(node, (ast.Name, ast.Attribute)):
         return False
     name = dotted(node)
-    return bool(name) and name.split(".")[0] in ("torch", "F", "nn", "np", "numpy", "math", "jnp",
-                                                  "functional", "einops", "opt_einsum")
+    root = name.split(".")[0] if name else ""
+    return root in modules or root in _NAMESPACES
+
+
+_NAMESPACES = frozenset({"torch", "F", "nn", "np", "numpy", "math", "jnp", "functional", "einops",
+                         "opt_einsum"})
 
 
 class Walker:
@@ -374,7 +383,7 @@ class Walker:
             return list(function.cls.attributes.get(attribute, ()))[:4]
         if isinstance(node, ast.arg):
             return self.arguments_for(node) if into_functions else []
-        found = operands(node)
+        found = operands(node, self.index.modules)
         if into_functions and isinstance(node, ast.Call):
             for callee in self.local_functions(node, function):
                 found.extend(r.value for r in ast.walk(callee.node)
@@ -587,10 +596,10 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
     return bool(node.args) or isinstance(node.func, ast.Attribute)
 
 
-def softmax_input(node: ast.Call) -> ast.AST | None:
+def softmax_input(node: ast.Call, modules: frozenset[str] = frozenset()) -> ast.AST | None:
     """`x` of `F.softmax(x, -1)`, `self.softmax(x)`, `nn.Softmax(-1)(x)` and `x.softmax(-1)`."""
     func = node.func
-    if isinstance(func, ast.Attribute) and not _is_module_path(func.value) and self_attribute(func) is None:
+    if isinstance(func, ast.Attribute) and not _is_module_path(func.value, modules) and self_attribute(func) is None:
         return func.value
     return node.args[0] if node.args else None
 

@@ -55,7 +55,7 @@ def _sites(walk: Walker) -> Iterator[AttentionSite]:
 
 
 def _site(walk: Walker, function: Function, softmax: ast.Call) -> AttentionSite | None:
-    source = softmax_input(softmax)
+    source = softmax_input(softmax, walk.index.modules)
     if source is None:
         return None
     scores = walk.back(source, hit=_is_scores, stop=_is_barrier, into_functions=True)

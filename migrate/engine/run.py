@@ -237,6 +237,7 @@ def _print_end(options: RunOptions, results: list[FileResult], out: TextIO) -> N
         table = report.census_table(results)
         if table and options.fmt == "text":
             (out if not options.diff else _stderr()).writelines(line + "\n" for line in ["", *table])
+            out.flush()  # the table before the summary line on stderr, in a terminal too
         _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
 
 

@@ -36,7 +36,7 @@ def _step(site: AttentionSite, functions: int) -> str:
     for node, role in ((site.scores, "scores"), (site.output, "product with v")):
         name = last_name(node) if not hasattr(node, "op") else "@"
         if name in ("baddbmm", "mm"):
-            return f"the {role} is `{name}`, which the matcher does not read (einsum, @, matmul, bmm)"
+            return f"the {role} product is `{name}`, which the matcher does not read (einsum, @, matmul, bmm)"
     name = last_name(site.softmax)
     if name not in ("softmax", "Softmax"):
         return f"the softmax is the helper `{name}`, whose body the matcher does not read"

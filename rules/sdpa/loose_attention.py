@@ -43,8 +43,8 @@ def unfollowed_softmax(matcher: "AttentionMatcher", product, statement) -> Unfol
         return None
     node, at = after[0]
     before = _walk(matcher, _softmax_input(matcher, node), at, lambda n: products(n) is not None, products)
-    if before is None:
-        return None
+    if before is None or any(_is_weight(matcher, operand) for operand in products(before[0][0])[1:3]):
+        return None  # `x @ self.w_router`: a projection's logits, not scores (a router mixing experts)
     ctx = matcher.ctx
     softmax_line = ctx.line(node) or ctx.line(at)
     return Unfollowed(softmax_line, ctx.line(before[0][0]) or ctx.line(before[0][1]),
@@ -97,6 +97,8 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
     ctx = matcher.ctx
     casts_out = [n for n, _ in after if method_call(n, *_CASTS) is not None]
     casts_in = [n for n, _ in before if method_call(n, *_CASTS) is not None]
+    if any(a.keyword is not None and a.keyword.value == "dtype" for a in softmax.args):
+        casts_in.append(softmax)  # softmax(x, dtype=torch.float32) computes in float32
     if casts_out and casts_in:
         return (f"the softmax is computed in float32 and cast back (line {softmax_line}): SDPA would "
                 "compute in the input dtype")
@@ -129,6 +131,20 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
         return (f"the scores are changed inside a block at line {ctx.line(guarded[0])} that tf-migrate "
                 "does not follow (only `if cond: scores = ...` with no else)")
     return "a step between them is spelled in a way tf-migrate cannot fold into SDPA"
+
+
+def _is_weight(matcher, node) -> bool:
+    """`self.w` built by nn.Parameter (also `.T`, `.t()`), or a module's `.weight`."""
+    while True:
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in ("t", "transpose"):
+            node = node.func.value
+        elif isinstance(node, cst.Attribute) and node.attr.value in ("T", "mT"):
+            node = node.value
+        else:
+            break
+    if isinstance(node, cst.Attribute) and node.attr.value == "weight":
+        return True
+    return matcher.cls.submodule_of(node, "torch.nn.Parameter") is not None
 
 
 def _softmax_dim(matcher, node: cst.Call) -> str | None:

@@ -76,9 +76,12 @@ def _chains(ctx, blocks: set[str]) -> Iterator[Component]:
         cls = function.cls
         names = [projection_name(n, index.function_of(n), index) for n in (first, second)]
         anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}))
+        known = last_name(act).lower() in ("relu", "gelu")
         yield Component("TFM301", "ffn", cls.qualname, start, end,
                         f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
-                        anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)))
+                        anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
+                        "" if known or self_attribute(act.func) else
+                        f"the activation is `{last_name(act)}`; the matcher knows ReLU and GELU")
     yield from _halves(walk, blocks, seen)
 
 

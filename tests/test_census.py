@@ -1,0 +1,149 @@
+"""The census: every legacy component the broad detectors find ends with exactly one outcome.
+
+Goldens: `fixtures/<rule>/<case>.census.py` with `<case>.census.json` beside it, the expected
+components (`--regen-goldens` rewrites them: review the diff). Look-alikes in those files must
+produce no component.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import MODELS, manifest, rule_folders, rule_for_folder
+from tf_migrate.engine.census import OUTCOMES, reconcile, unsuppressed
+from tf_migrate.engine.config import Config
+from tf_migrate.engine.file import migrate_source
+from tf_migrate.engine.registry import all_rules
+from tf_migrate.engine.report import census_summary, json_document, statistics
+from tf_migrate.engine.rule import Component, Fix, Note, Refusal
+from tf_migrate.engine.run import build_rules
+
+CASES = sorted(p for folder in rule_folders() for p in folder.glob("*.census.py"))
+MODEL_FILES = sorted(p for p in MODELS.glob("*.py"))
+
+
+def _as_json(result) -> list[dict]:
+    return [{"rule": c.rule, "kind": c.kind, "class": c.cls, "lines": [c.start_line, c.end_line],
+             "outcome": c.outcome, "reason": c.reason} for c in result.components]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_census_golden(case: Path, regen: bool) -> None:
+    rule = rule_for_folder(case.parent.name)
+    result = migrate_source(case.read_text(), f"{case.parent.name}/{case.name}", [rule()])
+    assert not result.errors, result.errors
+    golden = case.with_name(case.name.replace(".census.py", ".census.json"))
+    found = _as_json(result)
+    if regen:
+        golden.write_text(json.dumps(found, indent=2) + "\n")
+    assert golden.exists(), f"missing {golden.name} (run pytest --regen-goldens and review)"
+    assert found == json.loads(golden.read_text())
+    assert not result.outside, f"findings no component accounts for: {result.outside}"
+
+
+def test_every_rule_has_census_cases_and_each_golden_has_its_case() -> None:
+    for folder in rule_folders():
+        assert list(folder.glob("*.census.py")), f"{folder.name}: no census case"
+        for golden in folder.glob("*.census.json"):
+            assert golden.with_name(golden.name.replace(".census.json", ".census.py")).exists()
+
+
+@pytest.mark.parametrize("model", MODEL_FILES, ids=lambda p: p.stem)
+def test_every_component_of_the_models_has_an_outcome(model: Path) -> None:
+    result = migrate_source(model.read_text(), model.name, [r() for r in all_rules()])
+    assert not result.errors
+    assert all(c.outcome in OUTCOMES for c in result.components)
+    assert not [c for c in result.components if c.outcome == "not-understood"], result.components
+    # the census is at least as broad as the manifest: a rule expected to act finds a component
+    for code, expected in manifest().get(model.stem, {}).get("expect", {}).items():
+        if expected in ("apply", "refuse", "apply-or-refuse"):
+            assert any(c.rule == code for c in result.components), f"{model.stem}: no {code} component"
+
+
+def _component(start: int, end: int, scopes=(), anchors=()) -> Component:
+    return Component("TFM999", "thing", "C", start, end, "a thing", tuple(anchors), tuple(scopes))
+
+
+def test_reconcile_gives_each_component_one_outcome() -> None:
+    fix, refusal, note = Fix(5, "done", {}), Refusal(20, "because"), Note(31, "modern already")
+    components = [_component(4, 6), _component(18, 22), _component(30, 32), _component(40, 41)]
+    outcomes, outside = reconcile(components, [fix, refusal, note])
+    assert [o.outcome for o in outcomes] == ["migrated", "refused", "modern", "not-understood"]
+    assert outcomes[1].reason == "line 20: because"
+    assert outcomes[3].reason == "a thing (lines 40-41); the matcher did not recognise it and gave no reason"
+    assert outside == []
+
+
+def test_reconcile_falls_back_to_the_enclosing_function_then_counts_the_rest() -> None:
+    returned = Refusal(12, "probabilities returned")
+    elsewhere = Refusal(90, "unrelated")
+    outcomes, outside = reconcile([_component(4, 8, scopes=[(1, 14)])], [returned, elsewhere])
+    assert outcomes[0].outcome == "refused" and "returned" in outcomes[0].reason
+    assert outside == [elsewhere]
+    # a finding a component claimed by its lines does not also serve another by scope
+    claimed, _ = reconcile([_component(4, 8, scopes=[(1, 14)]), _component(10, 11, scopes=[(1, 14)])],
+                           [Refusal(5, "first")])
+    assert [o.outcome for o in claimed] == ["refused", "not-understood"]
+    # a fix within the component's own lines wins over one at an anchor
+    anchored, _ = reconcile([_component(4, 8, anchors=[50])], [Fix(50, "stack", {}), Fix(6, "own", {})])
+    assert anchored[0].reason == "own"
+
+
+def test_skip_comments_silence_components() -> None:
+    components = [_component(4, 8, scopes=[(3, 9)]), _component(20, 22, scopes=[(19, 23)])]
+    assert unsuppressed(components, {3: frozenset({"TFM9"})}) == components[1:]
+    assert unsuppressed(components, {21: frozenset({"*"})}) == components[:1]
+    assert unsuppressed(components, {21: frozenset({"TFM1"})}) == components
+
+
+def test_edits_dropped_turn_migrated_components_into_refused(monkeypatch) -> None:
+    import tf_migrate.engine.file as engine_file
+
+    text = (MODELS / "mingpt_style.py").read_text()
+    monkeypatch.setattr(engine_file, "compile", lambda *a, **k: (_ for _ in ()).throw(SyntaxError("no")),
+                        raising=False)
+    result = migrate_source(text, "m.py", [r() for r in all_rules() if r.code == "TFM101"])
+    assert not result.edits and result.components
+    assert {c.outcome for c in result.components} == {"refused"}
+    assert result.components[0].reason.startswith("the rewrite did not compile")
+
+
+def test_json_and_statistics_carry_components_and_summary() -> None:
+    rules = build_rules(Config(select=["all"]))
+    results = [migrate_source(p.read_text(), p.name, rules) for p in (MODELS / "whisper_encdec.py",
+                                                                     MODELS / "bert_style.py")]
+    document = json.loads(json_document(results))
+    first = document["components"][0]
+    assert set(first) == {"rule", "kind", "file", "class", "lines", "outcome", "reason"}
+    assert document["summary"] == census_summary(results)
+    assert document["summary"]["TFM101"]["found"] == 2
+    lines = statistics(results)
+    assert lines[0].split() == ["rule", "found", "migrated", "refused", "already", "modern", "not",
+                                "understood", "outside", "census"]
+    assert any("TFM201 refused:" in line for line in lines)
+
+
+def test_ordinary_module_gets_no_table_and_no_notes(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.py"
+    plain.write_text("import torch.nn as nn\n\n\nclass Head(nn.Module):\n    def __init__(self):\n"
+                     "        super().__init__()\n        self.proj = nn.Linear(4, 2)\n\n"
+                     "    def forward(self, x):\n        return self.proj(x).softmax(-1)\n")
+    done = subprocess.run([sys.executable, "-m", "tf_migrate", str(plain), "--select", "all", "--no-cache"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "", done.stdout
+    stats = subprocess.run([sys.executable, "-m", "tf_migrate", str(plain), "--statistics", "--no-cache"],
+                           capture_output=True, text=True)
+    assert stats.returncode == 0 and stats.stdout == ""
+
+
+def test_text_output_ends_with_the_table(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tf_migrate", str(MODELS / "whisper_encdec.py"), "--select",
+                           "all", "--no-cache"], capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("total") and lines[-len(lines) + lines.index("") + 1].startswith("rule")
+    assert done.returncode == 1  # exit codes unchanged: something would change
