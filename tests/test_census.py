@@ -147,3 +147,61 @@ def test_text_output_ends_with_the_table(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[-1].startswith("total") and lines[-len(lines) + lines.index("") + 1].startswith("rule")
     assert done.returncode == 1  # exit codes unchanged: something would change
+
+
+_SCORES_CHANGED = '''
+import torch
+import torch.nn as nn
+
+
+def hide_future(scores):
+    n = scores.size(-1)
+    scores[..., torch.triu_indices(n, n, 1)[0], torch.triu_indices(n, n, 1)[1]] = float("-inf")
+
+
+class InPlace(nn.Module):
+    def forward(self, q, k, v, keep):
+        sim = q @ k.transpose(-1, -2)
+        sim.masked_fill_(~keep, float("-inf"))
+        return sim.softmax(dim=-1) @ v
+
+
+class Helper(nn.Module):
+    def forward(self, q, k, v):
+        sim = q @ k.transpose(-1, -2)
+        hide_future(sim)
+        return sim.softmax(dim=-1) @ v
+'''
+
+_CONV1D = '''
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+
+class Heads(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.q = Conv1D(width, width)
+        self.k = Conv1D(width, width)
+        self.v = Conv1D(width, width)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+'''
+
+
+@pytest.mark.parametrize("source, code, expected", [
+    (_SCORES_CHANGED, "TFM101", [
+        (14, "`sim` is changed in place by `sim.masked_fill_(~keep, float(\"-inf\"))` at line 14"),
+        (21, "`sim` is passed to `hide_future(...)` at line 21")]),
+    (_CONV1D, "TFM102", [(9, "`q` is a Conv1D (line 9): its weight is stored transposed")]),
+])
+def test_refusals_name_the_construct_at_its_line(source, code, expected) -> None:
+    rule = next(r for r in all_rules() if r.code == code)
+    result = migrate_source(source, "case.py", [rule()])
+    got = sorted((r.line, r.reason) for r in result.refusals)
+    assert [line for line, _ in got] == [line for line, _ in expected]
+    for (_, reason), (_, words) in zip(got, expected):
+        assert words in reason, reason
+    assert {c.outcome for c in result.components} == {"refused"}
