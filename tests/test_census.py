@@ -205,3 +205,25 @@ def test_refusals_name_the_construct_at_its_line(source, code, expected) -> None
     for (_, reason), (_, words) in zip(got, expected):
         assert words in reason, reason
     assert {c.outcome for c in result.components} == {"refused"}
+
+
+def test_lines_name_the_file_as_written_after_an_earlier_rule_changed_it() -> None:
+    text = (MODELS / "einsum_gpt.py").read_text()
+    rules = {r.code: r for r in all_rules()}
+    together = migrate_source(text, "m.py", [r() for r in rules.values()])
+    for code in ("TFM201", "TFM301", "TFM401"):
+        alone = migrate_source(text, "m.py", [rules[code]()])
+        assert [(e.line, e.message) for e in together.edits if e.code == code] == \
+            [(e.line, e.message) for e in alone.edits]
+        assert [(c.start_line, c.end_line) for c in together.components if c.rule == code] == \
+            [(c.start_line, c.end_line) for c in alone.components]
+
+
+def test_original_lines_and_relabel() -> None:
+    from tf_migrate.engine.lines import identity, original_lines, relabel
+
+    line_of = original_lines("a\nb\nc\nd\ne\n", "a\nB1\nB2\nd\ne\nf\n")
+    assert [line_of(n) for n in range(1, 7)] == [1, 2, 2, 4, 5, 5]  # past the end: the last line
+    assert relabel("scores at line 5, lines 4-5, line(s) 2, 3; dim=-1", line_of) == \
+        "scores at line 5, lines 4-5, line(s) 2, 2; dim=-1"
+    assert original_lines("x\n", "x\n") is identity

@@ -47,7 +47,8 @@ def _sites(walk: Walker) -> Iterator[AttentionSite]:
     seen: set[tuple[int, int]] = set()
     for node in index.calls:
         function = index.function_of(node)
-        if "softmax" in ast.dump(node.func).lower() and is_softmax(node, function):
+        if ("softmax" in last_name(node.func).lower() or self_attribute(node.func) is not None
+                or isinstance(node.func, ast.Call)) and is_softmax(node, function):
             site = _site(walk, function, node)
             if site is not None and (id(site.scores), id(site.output)) not in seen:
                 seen.add((id(site.scores), id(site.output)))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
+from tf_migrate.engine.lines import original_lines, relabel
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
 from tf_migrate.engine.source import SourceError, read_source
 
@@ -85,6 +86,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     for rule in active:
+        seen = code  # the text this rule reads: lines of its findings count there
         try:
             ctx = ctx or FileContext(module, path, code)
             findings = list(rule.check(ctx))
@@ -98,14 +100,18 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
             return result
-        result.edits.extend(Edit(rule.code, f.line, f.message) for f in fixes)
-        result.refusals.extend(
-            Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
+        line_of = original_lines(text, seen)  # reports name the lines of the file as written
+        result.edits.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of)) for f in fixes)
+        result.refusals.extend(Diagnostic(rule.code, line_of(f.line), relabel(f.reason, line_of), f.hint)
+                               for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
-        result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
+        result.notes.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of))
+                            for f in findings if isinstance(f, Note))
         outcomes, outside = reconcile(components, findings)
-        result.components.extend(outcomes)
-        result.outside.extend(Edit(rule.code, f.line, "fix" if isinstance(f, Fix) else "refusal")
+        result.components.extend(
+            replace(c, start_line=line_of(c.start_line), end_line=line_of(c.end_line),
+                    reason=relabel(c.reason, line_of)) for c in outcomes)
+        result.outside.extend(Edit(rule.code, line_of(f.line), "fix" if isinstance(f, Fix) else "refusal")
                               for f in outside)
     result.migrated = code
     if code != text and parsed.code != text:
