@@ -91,8 +91,9 @@ class Function:
     node: ast.AST
     cls: ClassInfo | None
     qualname: str
-    # name -> (line, value) for every binding; a tuple target binds each name to the whole value
-    bindings: dict[str, list[tuple[int, ast.expr]]] = field(default_factory=dict)
+    # name -> (line, value, conditional) for every binding; a tuple target binds each name to the
+    # whole value; conditional: inside an if/while/try/with of this function (it may not run)
+    bindings: dict[str, list[tuple[int, ast.expr, bool]]] = field(default_factory=dict)
     loads: dict[str, list[ast.Name]] = field(default_factory=dict)
     # name -> the iterable of a `for`/comprehension target (`l` in `for l, x in zip(self.ls, ...)`)
     iterated: dict[str, ast.expr] = field(default_factory=dict)
@@ -102,11 +103,16 @@ class Function:
         return (getattr(self.node, "lineno", 1), getattr(self.node, "end_lineno", 1) or 1)
 
     def definitions(self, name: str, line: int) -> list[ast.expr]:
+        """The bindings that may reach `line`: the nearest one before it, and the ones before that
+        while each is conditional (a `for` body counts as run; a loop's later bindings are not
+        followed). A name bound only on or after `line` (a loop) gives its first bindings."""
         found = self.bindings.get(name, [])
-        before = [value for at, value in found if at < line]
-        if before:
-            return before[-3:]  # the nearest few: more is a loop rebinding the same name
-        return [value for at, value in found if at == line] or [v for _, v in found][:3]
+        reaching = []
+        for at, value, conditional in reversed([b for b in found if b[0] < line]):
+            reaching.append(value)
+            if not conditional or len(reaching) == 3:
+                break
+        return reaching or [value for at, value, _ in found if at == line] or [v for _, v, _ in found][:3]
 
 
 class FileIndex:
@@ -121,6 +127,7 @@ class FileIndex:
         self.by_name: dict[str, list[Function]] = {}  # plain function/method name -> functions
         self.class_by_name: dict[str, ClassInfo] = {}
         self.calls: list[ast.Call] = []  # every call of the file, in walk order
+        self._in_branch = False  # whether the statement being recorded may not run
         # names bound by imports (`th`, `Fn`, `tnn`): a receiver named so is a namespace, not a tensor
         self.modules: frozenset[str] = frozenset(
             (alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
@@ -148,14 +155,26 @@ class FileIndex:
                 self.owner[child] = function
                 _bind(function, child.name, child.lineno, child)
                 for arg in _arguments(child.args):
-                    inner.bindings.setdefault(arg.arg, []).append((child.lineno, arg))
+                    inner.bindings.setdefault(arg.arg, []).append((child.lineno, arg, False))
                 self._scan(child, inner, cls, inner.qualname + ".")
                 continue
             self.owner[child] = function
             self._record(child, function, cls)
             self._scan(child, function, cls, prefix)
 
+    def _conditional(self, node: ast.AST, function: Function) -> bool:
+        """Whether `node` sits in an if/while/try/with/match of `function` (a `for` counts as run)."""
+        current = self.parents.get(node)
+        while current is not None and current is not function.node:
+            if isinstance(current, (ast.If, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)) \
+                    or type(current).__name__ == "TryStar":
+                return True
+            current = self.parents.get(current)
+        return False
+
     def _record(self, node: ast.AST, function: Function, cls: ClassInfo | None) -> None:
+        if isinstance(node, (ast.stmt, ast.NamedExpr, ast.comprehension)):
+            self._in_branch = self._conditional(node, function)
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             function.loads.setdefault(node.id, []).append(node)
         elif isinstance(node, ast.Call):
@@ -196,7 +215,7 @@ class FileIndex:
     def _target(self, target: ast.AST, value: ast.expr, line: int, function: Function,
                 cls: ClassInfo | None) -> None:
         if isinstance(target, ast.Name):
-            _bind(function, target.id, line, value)
+            _bind(function, target.id, line, value, self._in_branch)
         elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
                 and len(target.elts) == len(value.elts) \
                 and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
@@ -208,8 +227,8 @@ class FileIndex:
                              value, line, function, cls)
         elif isinstance(target, ast.Subscript):  # `pe[:, 0::2] = sin(...)`: pe holds the value
             root = _root_name(target)
-            if root is not None:
-                _bind(function, root, line, value)
+            if root is not None:  # a partial update: what was there before still reaches
+                _bind(function, root, line, value, conditional=True)
             elif cls is not None and self_attribute(_root(target)):
                 cls.attributes.setdefault(self_attribute(_root(target)), []).append(value)
         elif isinstance(target, ast.Attribute):
@@ -252,8 +271,8 @@ def _arguments(args: ast.arguments) -> list[ast.arg]:
     return every + [a for a in (args.vararg, args.kwarg) if a is not None]
 
 
-def _bind(function: Function, name: str, line: int, value: ast.AST) -> None:
-    function.bindings.setdefault(name, []).append((line, value))
+def _bind(function: Function, name: str, line: int, value: ast.AST, conditional: bool = False) -> None:
+    function.bindings.setdefault(name, []).append((line, value, conditional))
 
 
 def _load_copy(target: ast.AST) -> ast.expr:
@@ -292,7 +311,7 @@ def operands(node: ast.AST, modules: frozenset[str] = frozenset()) -> list[ast.A
         if last_name(func) == "len":
             return []
         inner = [func.value] if isinstance(func, ast.Attribute) and not self_attribute(func) \
-            and not _is_module_path(func.value, modules) else []
+            and not is_namespace(func.value, modules) else []
         return inner + [a.value if isinstance(a, ast.Starred) else a for a in node.args] \
             + [k.value for k in node.keywords if k.arg not in ("dtype", "device", "dim", "out")]
     if isinstance(node, ast.BinOp):
@@ -314,7 +333,7 @@ def operands(node: ast.AST, modules: frozenset[str] = frozenset()) -> list[ast.A
     return []
 
 
-def _is_module_path(node: ast.AST, modules: frozenset[str] = frozenset()) -> bool:
+def is_namespace(node: ast.AST, modules: frozenset[str] = frozenset()) -> bool:
     """`torch`, `F`, `nn.functional`, `np`, or any imported name: a namespace, not a tensor a
     method is called on."""
     if not isinstance(node, (ast.Name, ast.Attribute)):
@@ -568,7 +587,7 @@ def product_operands(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
     if name not in _PRODUCT_CALLS:
         return None
     args = [a for a in node.args if not isinstance(a, ast.Starred)]
-    receiver = node.func.value if isinstance(node.func, ast.Attribute) and not _is_module_path(node.func.value) else None
+    receiver = node.func.value if isinstance(node.func, ast.Attribute) and not is_namespace(node.func.value) else None
     if name == "einsum":
         tensors = [a for a in args if literal_string(a) is None]
         if len(tensors) == 1 and isinstance(tensors[0], (ast.List, ast.Tuple)):
@@ -599,7 +618,7 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
 def softmax_input(node: ast.Call, modules: frozenset[str] = frozenset()) -> ast.AST | None:
     """`x` of `F.softmax(x, -1)`, `self.softmax(x)`, `nn.Softmax(-1)(x)` and `x.softmax(-1)`."""
     func = node.func
-    if isinstance(func, ast.Attribute) and not _is_module_path(func.value, modules) and self_attribute(func) is None:
+    if isinstance(func, ast.Attribute) and not is_namespace(func.value, modules) and self_attribute(func) is None:
         return func.value
     return node.args[0] if node.args else None
 

@@ -118,7 +118,8 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
         if isinstance(node, cst.BinaryOperation) or method_call(node, "mul", "mul_", "div", "add") is not None:
             return (f"the probabilities are changed by `{ctx.code(node)}` (line {ctx.line(node) or ctx.line(at)}) "
                     "before the product with v")
-        if isinstance(node, cst.Call) and method_call(node, *_TENSOR_STEPS) is None:
+        if isinstance(node, cst.Call) and method_call(node, *_TENSOR_STEPS) is None \
+                and "drop" not in ctx.code(node.func).lower():
             return (f"the probabilities pass through `{ctx.code(node.func)}` (line "
                     f"{ctx.line(node) or ctx.line(at)}) before the product with v")
     for node, at in before[1:-1]:
@@ -126,6 +127,11 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
                 and not matcher.ctx.names.is_call(node, "torch.where"):
             return (f"the scores pass through `{ctx.code(node.func)}` (line {ctx.line(node) or ctx.line(at)}) "
                     "before the softmax")
+    block = _enclosing_block(matcher, softmax)
+    if block is not None:
+        kind = type(block).__name__.lower()
+        return (f"the softmax (line {softmax_line}) is computed inside an `{kind}` block at line "
+                f"{ctx.line(block)}; tf-migrate folds straight-line code and `if cond: scores = ...`")
     guarded = [at for _, at in before if isinstance(at, (cst.If, cst.For, cst.While, cst.With, cst.Try))]
     if guarded:
         return (f"the scores are changed inside a block at line {ctx.line(guarded[0])} that tf-migrate "
@@ -145,6 +151,16 @@ def _is_weight(matcher, node) -> bool:
     if isinstance(node, cst.Attribute) and node.attr.value == "weight":
         return True
     return matcher.cls.submodule_of(node, "torch.nn.Parameter") is not None
+
+
+def _enclosing_block(matcher, node):
+    """The innermost if/for/while/with/try inside the method that holds `node`, if any."""
+    current = matcher.ctx.parents.get(node)
+    while current is not None and current is not matcher.function:
+        if isinstance(current, (cst.If, cst.Else, cst.For, cst.While, cst.With, cst.Try)):
+            return matcher.ctx.parents.get(current) if isinstance(current, cst.Else) else current
+        current = matcher.ctx.parents.get(current)
+    return None
 
 
 def _softmax_dim(matcher, node: cst.Call) -> str | None:

@@ -11,6 +11,7 @@ next to no attention is not an FFN. Built-in `nn.Transformer*` layers are compon
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
 from tf_migrate.analysis.census import (
@@ -76,12 +77,10 @@ def _chains(ctx, blocks: set[str]) -> Iterator[Component]:
         cls = function.cls
         names = [projection_name(n, index.function_of(n), index) for n in (first, second)]
         anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}))
-        known = last_name(act).lower() in ("relu", "gelu")
         yield Component("TFM301", "ffn", cls.qualname, start, end,
                         f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
                         anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
-                        "" if known or self_attribute(act.func) else
-                        f"the activation is `{last_name(act)}`; the matcher knows ReLU and GELU")
+                        _activation_step(act, cls))
     yield from _halves(walk, blocks, seen)
 
 
@@ -109,6 +108,23 @@ def _halves(walk, blocks: set[str], seen: set[int]) -> Iterator[Component]:
                         "the second projection is in another module",
                         scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
                         step="the FFN's two projections live in two modules")
+
+
+def _activation_step(act: ast.Call, cls) -> str:
+    """Why the matcher may not know this activation: not ReLU/GELU, or a module built by a name
+    it cannot resolve (`act_layer()`, `ACT2FN[...]`)."""
+    attribute = self_attribute(act.func)
+    if attribute is None:
+        name = last_name(act)
+        return "" if name.lower() in ("relu", "gelu") else \
+            f"the activation is `{name}`; the matcher knows ReLU and GELU"
+    values = cls.attributes.get(attribute, ())
+    built = next((v for v in values), None)
+    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU"):
+        return ""
+    code = ast.unparse(built) if built is not None else "?"
+    return (f"the activation `self.{attribute}` is `{code}` (line {getattr(built, 'lineno', '?')}), "
+            "which the matcher cannot resolve to ReLU or GELU")
 
 
 def _input(projection: ast.AST, function: Function) -> ast.AST | None:
@@ -142,9 +158,8 @@ def _sequentials(index, blocks: set[str], code: str) -> Iterator[Component]:
                  "act" if last_name(a.func).lower() in ACTIVATIONS or "activation" in last_name(a.func).lower()
                  else "drop" if "dropout" in last_name(a.func).lower() else "other" for a in items]
         text = "".join(k[0] for k in kinds)  # l, a, d, o
-        position = text.find("la")
-        if position < 0 or "l" not in text[position + 2:].lstrip("d")[:1]:
-            continue
+        if len(items) != len(call.args) or not re.fullmatch(r"lad*ld*", text):
+            continue  # only projection, activation, [dropout], projection, [dropout]
         yield Component(code, "ffn", cls.qualname, call.lineno, call.end_lineno or call.lineno,
                         "nn.Sequential of a projection, an activation and a projection",
                         scopes=((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),))
