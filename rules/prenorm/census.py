@@ -32,11 +32,12 @@ def components(ctx, code: str) -> Iterator[Component]:
             continue
         add = walk.back(call.args[0], hit=lambda n, f: isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add),
                         stop=lambda n, f: _ends_branch(n, f))
-        if add is None or id(add) in seen or not _becomes_stream(index, call, add, function):
+        if add is None or id(add) in seen:
             continue
-        sublayer = _residual(walk, add, function)
-        if sublayer is None:
+        residual = _residual(walk, add, function)
+        if residual is None or not _becomes_stream(index, call, add, residual[1], function):
             continue
+        sublayer = residual[0]
         seen.add(id(add))
         found.setdefault(function, []).append((call, add, sublayer))
     for function, sites in found.items():
@@ -52,7 +53,7 @@ def components(ctx, code: str) -> Iterator[Component]:
     yield from builtin_components(index, code)
 
 
-def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, function: Function) -> bool:
+def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, function: Function) -> bool:
     """Post-norm: the normed sum replaces the stream (`x = norm(x + f(x))`, or returned). In a
     pre-norm block the previous residual also flows into a norm, but that norm feeds a sublayer."""
     current = index.parents.get(norm)
@@ -65,7 +66,7 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, function: Function) -
     if not (isinstance(current, ast.Assign) and len(current.targets) == 1
             and isinstance(current.targets[0], ast.Name)):
         return False
-    streams = {side.id for side in (add.left, add.right) if isinstance(side, ast.Name)}
+    streams = {stream.id} if isinstance(stream, ast.Name) else set()
     holder = index.statement_of(add)
     if isinstance(holder, ast.Assign):
         streams |= {t.id for t in holder.targets if isinstance(t, ast.Name)}
@@ -119,8 +120,8 @@ def _is_sublayer(node: ast.AST, function: Function) -> bool:
     return False
 
 
-def _residual(walk, add: ast.BinOp, function: Function) -> ast.Call | None:
-    """The sublayer call of a residual add, or None when the add is not one."""
+def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.AST] | None:
+    """(the sublayer call, the stream operand) of a residual add, or None when it is not one."""
     for branch, stream in ((add.right, add.left), (add.left, add.right)):
         sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
         if sublayer is None or walk.back(stream, hit=_embedding, stop=None) is not None:
@@ -130,7 +131,7 @@ def _residual(walk, add: ast.BinOp, function: Function) -> ast.Call | None:
             if sublayer.args or sublayer.keywords else set()
         parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
         if stream_leaves & read or (stream_leaves and stream_leaves <= parameters):
-            return sublayer
+            return sublayer, stream
     return None
 
 

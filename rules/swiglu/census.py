@@ -32,9 +32,23 @@ def components(ctx, code: str) -> Iterator[Component]:
                         f"built-in `nn.{name}`")
 
 
-def _block_classes(ctx) -> set[str]:
+_FFN_NAMES = re.compile(r"feed_?forward|ffn|mlp|positionwise|intermediate", re.IGNORECASE)
+
+
+def _block_classes(ctx) -> dict[str, bool]:
+    """Class -> whether the matcher counts it as a block (else it is named for a block's FFN,
+    `PositionwiseFeedForward`, `Mlp`, and its block is built in another file)."""
     attention = attention_classes(ctx)
-    return {c.qualname for c in ctx.module_classes if in_block(ctx, c, attention)}
+    found = {}
+    for c in ctx.module_classes:
+        if in_block(ctx, c, attention):
+            found[c.qualname] = True
+        elif _FFN_NAMES.search(c.node.name.value):
+            found[c.qualname] = False
+    return found
+
+
+_NOT_A_BLOCK = "the matcher counts an FFN only in a class built next to an attention in this file"
 
 
 def _is_projection(node: ast.AST, function: Function, index) -> bool:
@@ -47,7 +61,7 @@ def _is_projection(node: ast.AST, function: Function, index) -> bool:
     return unit_projection_class(function.cls.constructor_call(attribute))
 
 
-def _chains(ctx, blocks: set[str]) -> Iterator[Component]:
+def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
     walk = walker(ctx)
     index = walk.index
     seen: set[int] = set()
@@ -80,17 +94,19 @@ def _chains(ctx, blocks: set[str]) -> Iterator[Component]:
         yield Component("TFM301", "ffn", cls.qualname, start, end,
                         f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
                         anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
-                        _activation_step(act, cls))
-    yield from _halves(walk, blocks, seen)
+                        _activation_step(act, cls) or ("" if blocks[cls.qualname] else _NOT_A_BLOCK))
+    yield from _halves(walk, blocks, seen, attention_classes(ctx))
 
 
-def _halves(walk, blocks: set[str], seen: set[int]) -> Iterator[Component]:
+def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) -> Iterator[Component]:
     """An activation of a projection that `forward` returns: the FFN's second projection is in
-    another module (BERT's Intermediate/Output pair)."""
+    another module (BERT's Intermediate/Output pair). Not in a class that computes attention (an
+    attention's scoring layer, `tanh(proj(x))`, is no half FFN)."""
     index = walk.index
     for act in index.calls:
         function = index.function_of(act)
         if id(act) in seen or function.cls is None or function.cls.qualname not in blocks \
+                or function.cls.node.name in attending \
                 or getattr(function.node, "name", "") != "forward" or not is_activation(act, function):
             continue
         inner = act.args[0] if act.args else None
@@ -146,7 +162,7 @@ def _gated(walk, source: ast.AST, index) -> bool:
     return walk.back(source, hit=hit, stop=lambda n, f: projection_name(n, f, index) is not None) is not None
 
 
-def _sequentials(index, blocks: set[str], code: str) -> Iterator[Component]:
+def _sequentials(index, blocks: dict[str, bool], code: str) -> Iterator[Component]:
     for call in index.calls:
         if last_name(call.func) != "Sequential" or len(call.args) < 3:
             continue
@@ -162,4 +178,5 @@ def _sequentials(index, blocks: set[str], code: str) -> Iterator[Component]:
             continue  # only projection, activation, [dropout], projection, [dropout]
         yield Component(code, "ffn", cls.qualname, call.lineno, call.end_lineno or call.lineno,
                         "nn.Sequential of a projection, an activation and a projection",
-                        scopes=((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),))
+                        scopes=((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),),
+                        step="" if blocks[cls.qualname] else _NOT_A_BLOCK)
