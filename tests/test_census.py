@@ -227,3 +227,20 @@ def test_original_lines_and_relabel() -> None:
     assert relabel("scores at line 5, lines 4-5, line(s) 2, 3; dim=-1", line_of) == \
         "scores at line 5, lines 4-5, line(s) 2, 2; dim=-1"
     assert original_lines("x\n", "x\n") is identity
+
+
+def test_census_runs_only_where_rules_run(monkeypatch) -> None:
+    calls = []
+
+    def census(self, ctx):
+        calls.append(ctx.path)
+        return ()
+
+    rules = [r() for r in all_rules()]
+    for rule in rules:
+        monkeypatch.setattr(type(rule), "census", census)
+    migrate_source("def softmax(x):\n    return x\n", "no_module.py", rules)  # trigger word, no nn.Module
+    migrate_source("import torch.nn as nn\n\n\nclass A(nn.Module):\n    pass\n", "no_trigger.py", rules)
+    assert calls == []
+    migrate_source((MODELS / "mingpt_style.py").read_text(), "m.py", rules)
+    assert calls and set(calls) == {"m.py"}
