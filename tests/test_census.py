@@ -109,7 +109,8 @@ def test_edits_dropped_turn_migrated_components_into_refused(monkeypatch) -> Non
                         raising=False)
     result = migrate_source(text, "m.py", [r() for r in all_rules() if r.code == "TFM101"])
     assert not result.edits and result.components
-    assert {c.outcome for c in result.components} == {"refused"}
+    assert [c.start_line for c in result.components if c.outcome == "refused"] == [line for line, _ in expected]
+    assert {c.outcome for c in result.components} <= {"refused", "migrated"}
     assert result.components[0].reason.startswith("the rewrite did not compile")
 
 
@@ -192,8 +193,7 @@ class Heads(nn.Module):
 
 
 @pytest.mark.parametrize("source, code, expected", [
-    (_SCORES_CHANGED, "TFM101", [
-        (14, "`sim` is changed in place by `sim.masked_fill_(~keep, float(\"-inf\"))` at line 14"),
+    (_SCORES_CHANGED, "TFM101", [  # InPlace's masked_fill_ is part of the chain: migrated
         (21, "`sim` is passed to `hide_future(...)` at line 21")]),
     (_CONV1D, "TFM102", [(9, "`q` is a Conv1D (line 9): its weight is stored transposed")]),
 ])
@@ -204,7 +204,8 @@ def test_refusals_name_the_construct_at_its_line(source, code, expected) -> None
     assert [line for line, _ in got] == [line for line, _ in expected]
     for (_, reason), (_, words) in zip(got, expected):
         assert words in reason, reason
-    assert {c.outcome for c in result.components} == {"refused"}
+    assert [c.start_line for c in result.components if c.outcome == "refused"] == [line for line, _ in expected]
+    assert {c.outcome for c in result.components} <= {"refused", "migrated"}
 
 
 def test_lines_name_the_file_as_written_after_an_earlier_rule_changed_it() -> None:
