@@ -32,7 +32,7 @@ def components(ctx, code: str) -> Iterator[Component]:
                         f"built-in `nn.{name}`")
 
 
-_FFN_NAMES = re.compile(r"feed_?forward|ffn|mlp|positionwise|intermediate", re.IGNORECASE)
+_FFN_NAMES = re.compile(r"feed_?forward|ffn|positionwise|intermediate", re.IGNORECASE)
 
 
 def _block_classes(ctx) -> dict[str, bool]:
