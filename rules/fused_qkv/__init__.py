@@ -11,11 +11,12 @@ import os
 from typing import Iterator
 
 from tf_migrate.rules.fused_qkv import fan_inits
+from tf_migrate.analysis.contracts import consumers_of
 from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, other_init_uses, triples)
+                                    linear_arguments, naming_string, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
@@ -46,7 +47,9 @@ class SeparateQkvToFused(Rule):
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
-    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
+    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); code elsewhere in
+    the tree hooks a projection, names it (a string, `getattr`, a LoRA target list, another object's
+    attribute) or counts the state_dict keys; the split sizes
     cannot be read in the method; the names the split binds would clash; the input is changed in
     place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
@@ -75,7 +78,13 @@ class SeparateQkvToFused(Rule):
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node):
                 continue
-            for triple in triples(list(cls.submodules)):
+            for triple in triples(list(cls.submodules) + list(cls.crowded)):
+                crowded = next((cls.crowded[a] for a in triple.attributes.values() if a in cls.crowded), None)
+                if crowded is not None:
+                    yield Refusal(ctx.line(crowded), "q/k/v projections not fused: one of them is "
+                                  "assigned on a line shared with other statements (`;`)",
+                                  "put each projection on its own line, then rerun")
+                    continue
                 yield from self._triple(ctx, cls, triple)
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
@@ -84,6 +93,9 @@ class SeparateQkvToFused(Rule):
             if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
                     or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
                 raise Blocked(f"the class already has `{triple.fused_name}`")
+            consumer = _consumer(ctx, cls, triple)
+            if consumer is not None:
+                raise Blocked(consumer)
             raw = all(s.callee == _PARAMETER for s in subs)
             yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
         except Blocked as exc:
@@ -95,6 +107,7 @@ class SeparateQkvToFused(Rule):
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
         blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
+        blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
             raise Blocked(blocked)
         return self._fix(ctx, cls, triple, subs, apps)
@@ -152,6 +165,17 @@ def _constructor_problem(ctx, subs) -> str | None:
         return f"bias presence differs: {detail}"
     if biases[0] not in ("True", "False"):
         return f"bias={biases[0]} is not a literal; cannot tell whether the fused Linear has one"
+    return None
+
+
+def _consumer(ctx, cls, triple: Triple) -> str | None:
+    """Code elsewhere in the tree that names a projection or counts the keys the fusion renames."""
+    owner = ctx.project.class_symbol(ctx.source_path, cls.qualname)
+    for role in ROLES:
+        name = triple.attributes[role]
+        found = consumers_of(ctx.project, owner, name, {"hook", "string", "key", "attribute"})
+        if found:
+            return f"`{name}` is used outside the class: {found[0].describe(ctx.project.root)}"
     return None
 
 
