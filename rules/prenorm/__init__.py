@@ -19,7 +19,7 @@ from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
 from tf_migrate.rules.prenorm.flags import flag_finding
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Unprovable
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Note, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.stacks import find_run, find_stacks
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
@@ -91,6 +91,11 @@ class PostNormToPreNorm(Rule):
             from tf_migrate.engine.run import UsageError
 
             raise UsageError(f"option prenorm.flags must be keep or flip, not {self.settings['flags']!r}")
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.prenorm.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         blocks: dict[int, tuple] = {}  # block class -> (class, forward, sublayers)

@@ -162,6 +162,12 @@ class ResidualFinder:
             return None
         norm_call, norm_statement, inline = self._norm_of(add, statement)
         if norm_call is None:
+            chained = self._chained_norm(statement)
+            if chained is not None:
+                raise Unprovable(self.ctx.line(chained), (
+                    f"the residual sum is normalised in a chained assignment "
+                    f"`{self.ctx.code(chained).strip()}` (line {self.ctx.line(chained)}): tf-migrate "
+                    "rewrites a norm bound to one name"))
             found.plain.append(self.ctx.line(statement))
             return None
         if self._own_norm(norm_call.func):
@@ -175,6 +181,25 @@ class ResidualFinder:
             chain.append(norm_statement)
         return PostNorm(self._norm_name(norm_call), norm_call, norm_statement, add, inline,
                         branch.inputs, _unique(chain))
+
+    def _chained_norm(self, statement) -> cst.SimpleStatementLine | None:
+        """`y = x = norm(x)` right where the sum bound by `statement` is next read."""
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Name)):
+            return None
+        name = small.targets[0].target.value
+        line = self.ctx.line(statement)
+        for later in find(self.method.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+            if self.ctx.line(later) <= line or not later.body or not isinstance(later.body[0], cst.Assign):
+                continue
+            assign = later.body[0]
+            if name in {n.value for n in loads(assign.value, name)}:
+                if len(assign.targets) > 1 and self.is_norm(assign.value.func if isinstance(
+                        assign.value, cst.Call) else assign.value):
+                    return later
+                return None
+        return None
 
     def _aliases(self, name: cst.Name, statement) -> list[cst.SimpleStatementLine]:
         """The `residual = x` statements the residual name is read through."""

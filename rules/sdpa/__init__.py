@@ -18,7 +18,7 @@ from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
 from tf_migrate.analysis.nodes import body_nodes, find
 from tf_migrate.plan import ClassPlan
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
@@ -103,6 +103,11 @@ class EinsumAttentionToSdpa(Rule):
         "y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training "
         "else 0.0, is_causal=True)\n"
     )
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.sdpa.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
@@ -196,14 +201,11 @@ def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
 
 def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
     """A product of softmax probabilities with v that the matcher could not follow: say so."""
-    lines = unfollowed_softmax(matcher, product, statement)
-    if lines is not None:
-        softmax, scores = lines
+    found = unfollowed_softmax(matcher, product, statement)
+    if found is not None:
         yield Refusal(matcher.ctx.line(statement), (
-            f"attention (scores at line {scores}, softmax at line {softmax}, product with v here) is "
-            "spelled with a step tf-migrate cannot fold into SDPA: a cast around the softmax, a "
-            "head mask or other change to the probabilities, a softmax that is not over the keys, "
-            "or an unusual mask or softmax form"),
+            f"attention (scores at line {found.scores_line}, softmax at line {found.softmax_line}, "
+            f"product with v here) not folded into SDPA: {found.step}"),
             "write it as dropout(softmax(mask(scale(q @ k^T)))) @ v, or call "
             "F.scaled_dot_product_attention by hand")
 

@@ -14,7 +14,7 @@ import libcst as cst
 from tf_migrate.analysis import ffn as recognise
 from tf_migrate.rules.swiglu.ffn_fixes import FixWriter
 from tf_migrate.rules.swiglu.gated import Unsupported
-from tf_migrate.engine.rule import Equivalence, Finding, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Refusal, Rule
 
 _BUILTIN_REASON = (
     "{name} has no gated feed-forward: its FFN is linear1 -> activation -> linear2 inside torch, "
@@ -98,6 +98,11 @@ class FeedForwardToSwiGLU(Rule):
             from tf_migrate.engine.run import UsageError
 
             raise UsageError("option swiglu." + "; ".join(problems))
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.swiglu.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for call in recognise.builtin_layers(ctx):
