@@ -111,6 +111,15 @@ def test_refusals_exit_0_unless_asked(tmp_path: Path) -> None:
     assert run("check", tmp_path / "probs.py", "--no-cache", "--exit-non-zero-on-refusal").exit_code == 1
 
 
+def test_not_understood_components_count_as_refusals_for_the_exit_code(tmp_path: Path) -> None:
+    """A census component the matcher did not understand is a candidate left unhandled too."""
+    shutil.copy(FIXTURES / "rope" / "numpy_table_and_lookalikes.census.py", tmp_path / "table.py")
+    plain = run("check", tmp_path / "table.py", "--select", "TFM401", "--no-cache")
+    assert plain.exit_code == 0 and "TFM401 not understood" in plain.stdout and "refused:" not in plain.stdout
+    strict = run("check", tmp_path / "table.py", "--select", "TFM401", "--no-cache", "--exit-non-zero-on-refusal")
+    assert strict.exit_code == 1
+
+
 def test_exit_zero(legacy: Path, tmp_path: Path) -> None:
     assert run("check", legacy, "--exit-zero", "--no-cache").exit_code == 0
     (tmp_path / "bad.py").write_text("def f(:\n")

@@ -29,8 +29,10 @@ def test_findings_are_sorted_by_file_then_line(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REFUSED if name != "a/z.py" else LEGACY, tmp_path / name)
     result = run(tmp_path / "b.py", tmp_path / "a", "--no-cache")  # named in another order
-    paths = [line.split(":")[0] for line in result.stdout.splitlines()]
+    findings, table = result.stdout.split("\n\n")  # the census table follows the findings
+    paths = [line.split(":")[0] for line in findings.splitlines()]
     assert paths == sorted(paths, key=lambda p: p.split("/")) and len(set(paths)) == 3
+    assert table.startswith("rule ")
 
 
 def test_one_file_merges_edits_refusals_and_notes_by_line() -> None:

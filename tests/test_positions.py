@@ -10,7 +10,8 @@ from helpers import MODELS
 from tf_migrate.engine.ci_formats import sarif_document
 from tf_migrate.engine.config import Config
 from tf_migrate.engine.file import migrate_file, migrate_source
-from tf_migrate.engine.positions import Positions
+from tf_migrate.engine.lines import original_lines
+from tf_migrate.engine.positions import Columns
 from tf_migrate.engine.report import json_document, text_lines
 from tf_migrate.engine.run import build_rules
 
@@ -63,10 +64,9 @@ def test_text_json_and_sarif_agree_on_the_input_lines() -> None:
 
 
 def test_a_line_inside_a_rewritten_region_maps_to_the_region_start() -> None:
-    where = Positions("a\nb\nc\nd\n")
-    at = where.mapped("a\nX\nY\nZ\nc\nd\n")
-    assert [at(n)[0] for n in range(1, 7)] == [1, 2, 2, 2, 3, 4]
-    assert where.mapped(where.original)(3) == (3, 1)
+    line_of = original_lines("a\nb\nc\nd\n", "a\nX\nY\nZ\nc\nd\n")
+    assert [line_of(n) for n in range(1, 7)] == [1, 2, 2, 2, 3, 4]
+    assert Columns("a\n  b\n").column(2) == 3 and Columns("a\n").column(5) == 0
 
 
 def test_syntax_errors_sit_at_their_line_in_sarif_and_github() -> None:

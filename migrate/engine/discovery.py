@@ -27,10 +27,16 @@ SKIPPED_DIRS = frozenset({
 IGNORE_FILES = (".ignore", ".gitignore")  # the first wins where both speak (as in ripgrep)
 
 
+def real_path(path: Path) -> Path:
+    """`path` with every symlink resolved; a symlink loop stays as it is instead of raising
+    (Path.resolve raises RuntimeError on loops before Python 3.13), so reading it reports it."""
+    return Path(os.path.realpath(path))
+
+
 def _is_virtualenv(folder: Path) -> bool:
     try:
         return (folder / "pyvenv.cfg").exists()
-    except OSError:
+    except OSError:  # an unreadable folder: walked as any other, its own errors reported there
         return False
 
 
@@ -141,10 +147,7 @@ def iter_python_files(paths: Iterable[Path], resolver: "Resolver", *, respect_gi
         else:
             candidates = iter([root])
         for path in candidates:
-            try:
-                key = path.resolve()
-            except (OSError, RuntimeError):
-                key = Path(os.path.abspath(path))
+            key = real_path(path)
             if key not in seen or str(path) == "-":  # `src src/a.py`: one result, one write
                 seen.add(key)
                 yield path

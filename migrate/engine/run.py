@@ -13,12 +13,12 @@ from typing import Any, TextIO
 
 from tf_migrate.engine import report
 from tf_migrate.engine.config import Config, ConfigError, Overrides, Resolver
-from tf_migrate.engine.discovery import Excludes, iter_python_files
+from tf_migrate.engine.discovery import Excludes, iter_python_files, real_path
 from tf_migrate.engine.file import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import SelectionError, select_rules
 from tf_migrate.engine.ruleindex import LazyRule, RuleInfo, rule_index
-from tf_migrate.engine.source import write_atomic, write_atomic_bytes
+from tf_migrate.engine.source import DEFAULT_MAX_FILE_SIZE, FileChanged, write_atomic, write_atomic_bytes
 
 
 class UsageError(Exception):
@@ -51,6 +51,8 @@ class RunOptions:
     exit_non_zero_on_fix: bool = True  # `check --fix` exits 0 once everything is fixed, like ruff
     fixes_only_exact: bool = False  # `check --fix` without --unsafe-fixes
     color: bool | None = None  # None: on a terminal unless NO_COLOR
+    statistics: bool = False  # print only the census table and its reasons
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
 
 def _overrides(options: RunOptions) -> Overrides:
@@ -163,7 +165,7 @@ def _run(options: RunOptions, out: TextIO) -> int:
                                    force_exclude=options.force_exclude,
                                    extend_exclude=options.extend_exclude))
     if options.output_dir is not None:
-        files = _without_earlier_output(options.output_dir.resolve(), options.paths, files)
+        files = _without_earlier_output(real_path(options.output_dir), options.paths, files)
     configs = [resolver.for_file(path) for path in files]
     targets = _targets(options, files)
     results = _process(options, configs, rules_of, files)
@@ -186,8 +188,8 @@ def _exit_code(options: RunOptions, results: list[FileResult], wrote: bool) -> i
         return 0
     if any(r.changed for r in results) and (not wrote or options.exit_non_zero_on_fix):
         return 1
-    if options.exit_non_zero_on_refusal and any(r.refusals for r in results):
-        return 1
+    if options.exit_non_zero_on_refusal and any(r.refusals or report.not_understood(r) for r in results):
+        return 1  # a census component not understood is a candidate left unhandled too
     return 0
 
 
@@ -245,10 +247,10 @@ def _run_stdin(options: RunOptions, resolver: Resolver, rules_of: _RulesByConfig
 
 def _without_earlier_output(out_dir: Path, paths: list[Path], files: list[Path]) -> list[Path]:
     """An --output-dir inside a walked folder holds the last run's copies: they are not inputs."""
-    roots = [p.resolve() for p in paths]
+    roots = [real_path(p) for p in paths]
     if any(out_dir == r or out_dir in r.parents for r in roots):
         return files  # the output folder holds the inputs: _targets decides whether that is safe
-    return [f for f in files if out_dir not in f.resolve().parents]
+    return [f for f in files if out_dir not in real_path(f).parents]
 
 
 def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
@@ -261,7 +263,7 @@ def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
     root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
     targets = [options.output_dir / _absolute(path).relative_to(root) for path in files]
     for path, target in zip(files, targets):
-        if target.resolve() == path.resolve():
+        if real_path(target) == real_path(path):
             raise UsageError(f"--output-dir {options.output_dir} would overwrite the input {path} "
                              "(use --write to migrate in place)")
     return targets
@@ -277,7 +279,11 @@ def _write(options: RunOptions, targets: list[Path | None], results: list[FileRe
         try:
             if options.write and not stat.S_IMODE(target.stat().st_mode) & 0o222:
                 raise PermissionError(errno.EACCES, "the file is read-only")
-            write_atomic(target, result.migrated, result.encoding)
+            write_atomic(target, result.migrated, result.encoding,
+                         expect=result.stamp if options.write else None)
+        except FileChanged as exc:
+            result.errors.append(str(exc))
+            _stderr().write(f"{result.path}: error: {exc}\n")
         except OSError as exc:
             result.errors.append(f"not written to {target}: {exc.strerror or exc}")
             _stderr().write(f"{result.path}: error: {result.errors[-1]}\n")
@@ -303,7 +309,8 @@ def _process(options: RunOptions, configs: list[Config], rules_of: _RulesByConfi
     try:
         for indices in groups.values():
             config = configs[indices[0]]
-            done = process([files[i] for i in indices], rules_of(config), jobs, _cache(options, config), project)
+            done = process([files[i] for i in indices], rules_of(config), jobs, _cache(options, config), project,
+                           options.max_file_size)
             for local, result in done:
                 results[indices[local]] = result
                 progress.advance()
@@ -344,6 +351,8 @@ def _print(options: RunOptions, results: list[FileResult], out: TextIO, findings
         from tf_migrate.engine.ci_formats import github_lines
 
         out.writelines(line + "\n" for result in ordered for line in github_lines(result))
+    if options.statistics:
+        out.writelines(line + "\n" for line in report.statistics(results))
     elif options.fmt == "json":
         out.write(report.json_document(ordered) + "\n")
     elif options.fmt == "sarif":
@@ -358,6 +367,10 @@ def _print(options: RunOptions, results: list[FileResult], out: TextIO, findings
                 out.write(report.diff(result))
             for line in report.text_lines(result, color=color and findings is out):
                 findings.write(line + "\n")
+        table = report.census_table(results)
+        if table:
+            findings.writelines(line + "\n" for line in ["", *table])
+            findings.flush()  # the table before the summary line on stderr, in a terminal too
         if not findings_only:
             _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
 

@@ -23,7 +23,7 @@ from tf_migrate.rules.rope.position_models import model_of
 from tf_migrate.rules.rope.positions import Addition, find_additions
 from tf_migrate.rules.rope.rotary import RotarySite, sites_in, sources
 from tf_migrate.rules.rope.rotary_code import alibi_insertions, insertions, remove_addition
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 
 class SinusoidalToRotary(Rule):
@@ -84,6 +84,11 @@ class SinusoidalToRotary(Rule):
             from tf_migrate.engine.run import UsageError
 
             raise UsageError("option rope." + "; ".join(problems))
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.rope.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
