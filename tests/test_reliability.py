@@ -298,7 +298,7 @@ def test_worker_killed_by_one_file_fails_that_file_only(four_files: Path, monkey
     assert result.exit_code == 2, result.output
     assert "crash.py: error: the parser crashed on this file" in result.output
     for name in ("a.py", "b.py", "d.py"):
-        assert f"{name}:41: TFM101" in result.output, result.output
+        assert f"{name}:41:9: TFM101" in result.output, result.output
     assert "3 files would change, 0 unchanged, 0 refusals, 1 error" in result.output
 
 
