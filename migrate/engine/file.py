@@ -86,7 +86,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
             findings = list(rule.check(ctx))
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes)
+                module = apply_fixes(ctx.module, fixes, ctx.parents)
                 code = module.code
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import atom_code, find
+from tf_migrate.analysis.nodes import atom_code
 from tf_migrate.rules.fused_qkv.projections import ROLES, Triple, applied, different_inputs, foreign_attribute
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_weights import Product, init_site, product, shape
@@ -114,7 +114,17 @@ def _refuse_foreign_uses(ctx, cls, names: list[str]) -> None:
     blocked = foreign_attribute(ctx, cls, names)
     if blocked:
         raise Blocked(blocked)
-    for node in find(ctx.module, lambda n: isinstance(n, cst.SimpleString)):
+    by_last = ctx.memo("raw_qkv.strings", lambda: _strings_by_last_part(ctx))
+    named = [node for n in names for node in by_last.get(n, ())]  # `n` itself or `<prefix>.n`
+    if named:
+        node = min(named, key=ctx.index.position)  # the first in the file
+        raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")
+
+
+def _strings_by_last_part(ctx) -> dict[str, list[cst.SimpleString]]:
+    found: dict[str, list[cst.SimpleString]] = {}
+    for node in ctx.index.of_type(ctx.module, cst.SimpleString):
         value = node.evaluated_value
-        if isinstance(value, str) and any(value == n or value.endswith("." + n) for n in names):
-            raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")
+        if isinstance(value, str):
+            found.setdefault(value.rsplit(".", 1)[-1], []).append(node)
+    return found
