@@ -1,7 +1,7 @@
 """How tf-migrate's cost grows with the size of one file, against libcst's parse of the same file.
 
     python benchmarks/growth.py [--model fixtures/models/einsum_gpt.py] [--sizes 1,4,16,64,256]
-        [--repeats 5] [--torch-files 5] [--profile-size 64] [--out benchmarks/results/growth]
+        [--repeats 5] [--torch-files 5] [--profile-size 64] [--select all] [--out benchmarks/results/growth]
 
 The N-copies file is the model file's imports once, then its code N times with every top-level
 name suffixed by the copy's number (N independent models, each a migration candidate). Per N, in one
@@ -35,7 +35,7 @@ import libcst as cst
 
 from tf_migrate.analysis import nodes
 from tf_migrate.engine.file import migrate_source
-from tf_migrate.engine.registry import all_rules
+from tf_migrate.engine.registry import select_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,11 +151,12 @@ def profile(text: str, path: str, rules: list, top: int = 15) -> str:
     return out.getvalue()
 
 
-def _table(rows: list[dict], label: str) -> list[str]:
+def _table(rows: list[dict], label: str, growth: bool = True) -> list[str]:
     lines = [f"| {label} | lines | edits | refusals | tf-migrate s | parse s | ratio | slope (time) "
              "| walk steps | slope (steps) | visits |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    steps = slopes(rows, "walk") if all(r["walk"] for r in rows) else [None] * len(rows)
-    for row, slope, step_slope in zip(rows, slopes(rows), steps):
+    times = slopes(rows) if growth else [None] * len(rows)
+    steps = slopes(rows, "walk") if growth and all(r["walk"] for r in rows) else [None] * len(rows)
+    for row, slope, step_slope in zip(rows, times, steps):
         fmt = lambda s: "" if s is None else f"{s:.2f}"  # noqa: E731
         lines.append(f"| {row['label']} | {row['lines']:,} | {row['edits']} | {row['refusals']} | "
                      f"{row['tool_s']:.3f} | {row['parse_s']:.3f} | {row['ratio']:.1f}x | {fmt(slope)} | "
@@ -170,12 +171,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-files", type=int, default=5)
     parser.add_argument("--profile-size", type=int, default=64)
+    parser.add_argument("--select", default="all", help="rule selectors, comma-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rules = [rule() for rule in all_rules()]
+    rules = [rule() for rule in select_rules(args.select.split(","))]
     sizes = [int(n) for n in args.sizes.split(",")]
     base = args.model.read_text()
-    report = [f"Model: {args.model.name}, all rules, {args.repeats} rounds (medians)\n"]
+    report = [f"Model: {args.model.name}, rules: {args.select}, {args.repeats} rounds (medians)\n"]
     rows = []
     for n in sizes:
         row = {"label": f"N={n}", **measure(n_copies(base, n), f"copies_{n}.py", rules, args.repeats)}
@@ -189,7 +191,7 @@ def main() -> None:
         print(f"{path.name}: {row['ratio']:.1f}x parse", file=sys.stderr, flush=True)
     if torch_rows:
         report += ["", "Largest torch files that reach libcst:", ""]
-        report += _table(torch_rows, "file")[:2] + _table(torch_rows, "file")[2:]
+        report += _table(torch_rows, "file", growth=False)
     if args.profile_size:
         report += ["", f"Profile, N={args.profile_size}, top 15 by own time:", "", "```",
                    profile(n_copies(base, args.profile_size), "profile.py", rules).strip(), "```"]
