@@ -114,12 +114,15 @@ FREED = [
     ("import math\nprint(math.pi)\n", True),
     ("import math\n\nclass A:\n    scale = math.pi\n", True),
     ("import numpy as np\n\ndef f():\n    return np.ones(2)\n", True),
+    ("import torch\n\ndef f():\n    return torch.ones(2)\n", True),  # nothing to remove: no `import math`
+    ("import numpy\n\ndef f():\n    return 1\n", False),
 ]
 
 
 @pytest.mark.parametrize("source, used", FREED)
 def test_freed_imports_skip_the_scope_pass_only_when_certainly_read(source, used):
-    removal = ("numpy", None, "np") if "numpy" in source else ("math", None, None)
+    removal = (("numpy", None, "np") if "as np" in source else ("numpy", None, None) if "numpy" in source
+               else ("math", None, None))
     assert still_used(source, [removal]) is used
     context = CodemodContext()
     RemoveImportsVisitor.remove_unused_import(context, *removal)

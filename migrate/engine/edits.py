@@ -113,12 +113,12 @@ def _is_import_line(statement: cst.CSTNode) -> bool:
 
 
 def still_used(code: str, removals: list[tuple[str, str | None, str | None]]) -> bool:
-    """Whether every import the fixes may have freed is certainly still read, so that
-    `RemoveImportsVisitor` (a scope analysis of the whole file) would keep them all.
+    """Whether `RemoveImportsVisitor` (a scope analysis of the whole file) would keep every import
+    the fixes may have freed, so that it need not run.
 
-    Python's symbol tables answer it: the name is imported at module level only, and some scope
-    reads it as a global (or the module itself reads it). Any doubt (a dotted import, a local
-    import, code that does not compile) answers False, and the visitor decides."""
+    Python's symbol tables answer it: no scope imports the name (nothing to remove), or only the
+    module does and some scope reads it as a global (or the module reads it). Any doubt (a dotted
+    import, a local import, code that does not compile) answers False, and the visitor decides."""
     import symtable
 
     try:
@@ -127,37 +127,25 @@ def still_used(code: str, removals: list[tuple[str, str | None, str | None]]) ->
         return False
     for dotted, obj, alias in removals:
         local = alias or obj or dotted
-        if "." in local or not _read_as_global(top, local):
+        if "." in local or not _kept(top, local):
             return False
     return True
 
 
-def _read_as_global(top: "symtable.SymbolTable", name: str) -> bool:
-    try:
-        if not top.lookup(name).is_imported():
-            return False
-    except KeyError:
-        return False
-    read = top.lookup(name).is_referenced()
+def _kept(top: "symtable.SymbolTable", name: str) -> bool:
+    imported_here = _imports(top, name)
+    read = imported_here and top.lookup(name).is_referenced()
     pending = list(top.get_children())
     while pending:
         table = pending.pop()
         pending.extend(table.get_children())
-        try:
-            symbol = table.lookup(name)
-        except KeyError:
-            continue
-        if symbol.is_imported():
+        if _imports(table, name):
             return False  # a local import the visitor may remove
-        read = read or (symbol.is_referenced() and symbol.is_global())
-    return read
+        if imported_here and not read and name in table.get_identifiers():
+            symbol = table.lookup(name)
+            read = symbol.is_referenced() and symbol.is_global()
+    return read or not imported_here
 
 
-def _no_blank_start(module: cst.Module) -> cst.Module:
-    """A removed first import must not leave its successor's blank lines at the top of the file."""
-    if any(line.comment is not None for line in module.header):
-        return module  # the blank line separates the header comments from the code
-    if module.body and module.body[0].leading_lines and all(
-            line.comment is None for line in module.body[0].leading_lines):
-        return module.with_changes(body=[module.body[0].with_changes(leading_lines=[]), *module.body[1:]])
-    return module
+def _imports(table: "symtable.SymbolTable", name: str) -> bool:
+    return name in table.get_identifiers() and table.lookup(name).is_imported()
