@@ -549,19 +549,33 @@ def report(repos: list[dict], label: str, tool_commit: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, where: Path = PROJECT) -> str:
     try:
-        return subprocess.run(["git", "-C", str(PROJECT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True,
                               timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
 
-def tool_commit() -> str:
-    """HEAD of the project, and the last commit that touched the tool's own code if it differs."""
-    head = _git("rev-parse", "--short", "HEAD") or "unknown"
-    code = _git("log", "-1", "--format=%h", "--", "migrate", "rules", "pyproject.toml")
-    dirty = _git("status", "--porcelain", "--", "migrate", "rules")
+def _tool_checkout(cmd: list[str]) -> Path:
+    """The checkout whose tf_migrate the command runs (`--tf-migrate` may name another one)."""
+    if len(cmd) >= 3 and cmd[1:3] == ["-m", "tf_migrate"]:
+        try:
+            found = subprocess.run([cmd[0], "-c", "import tf_migrate; print(tf_migrate.__file__)"],
+                                   capture_output=True, text=True, timeout=60).stdout.strip()
+            if found:
+                return Path(found).resolve().parent.parent
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return PROJECT
+
+
+def tool_commit(cmd: list[str]) -> str:
+    """HEAD of the tool's checkout, and the last commit that touched its own code if it differs."""
+    where = _tool_checkout(cmd)
+    head = _git("rev-parse", "--short", "HEAD", where=where) or "unknown"
+    code = _git("log", "-1", "--format=%h", "--", "migrate", "rules", "pyproject.toml", where=where)
+    dirty = _git("status", "--porcelain", "--", "migrate", "rules", where=where)
     text = head if not code or code == head else f"{head} (tool code at {code})"
     return text + (" + uncommitted changes" if dirty else "")
 
@@ -598,14 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     for m in manifests:
         print(f"realcode: {m.repo} ...", file=sys.stderr, flush=True)
         repos.append(score_repo(cmd, m, corpus / m.folder, not args.no_numeric))
-    text = report(repos, args.label, tool_commit())
+    commit = tool_commit(cmd)
+    text = report(repos, args.label, commit)
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = out.read_text(encoding="utf-8") if out.exists() else "# Real-code benchmark\n\n"
     out.write_text(previous.rstrip("\n") + "\n\n" + text, encoding="utf-8")
     raw = out.with_suffix(".json")
     runs = json.loads(raw.read_text(encoding="utf-8")) if raw.exists() else []
-    runs.append({"label": args.label, "tool_commit": tool_commit(),
+    runs.append({"label": args.label, "tool_commit": commit,
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "summary": recall([r for i in repos for r in i["results"]]), "repos": repos})
     raw.write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")

@@ -306,3 +306,127 @@ def test_force_replaces_a_folder_out_even_after_an_interrupted_run(mingpt) -> No
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "new" / "stale.txt").exists()
     assert (tmp_path / "new" / "model.safetensors.index.json").is_file()
+
+
+# --- checkpoints in the Hugging Face layouts, and what --force may replace ---------------------
+
+def _save_sharded_bin(state: dict, folder: Path, shards: int = 3) -> Path:
+    """`pytorch_model-0000N-of-0000M.bin` shards beside `pytorch_model.bin.index.json`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin" for i in range(shards)]
+    parts: list[dict] = [{} for _ in names]
+    for i, (key, tensor) in enumerate(state.items()):
+        parts[i % shards][key] = tensor.detach().clone()
+    for name, part in zip(names, parts):
+        torch.save(part, folder / name)
+    weight_map = {k: names[i % shards] for i, k in enumerate(state)}
+    index = folder / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index
+
+
+def test_sharded_bin_checkpoint_converts_shard_by_shard(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    index = _save_sharded_bin(state, tmp_path / "bin")
+    result = convert(index, tmp_path / "new", "--plan", plan)
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "new" / "pytorch_model.bin.index.json").read_text())
+    shards = sorted(set(written["weight_map"].values()))
+    assert shards == [f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)]
+    converted = {}
+    for name in shards:
+        part = torch.load(tmp_path / "new" / name, weights_only=True)
+        assert all(written["weight_map"][k] == name for k in part)
+        converted.update(part)
+    assert set(converted) == set(written["weight_map"])
+    fused = converted["blocks.0.attn.qkv.weight"]
+    expected = torch.cat([state[f"blocks.0.attn.{r}.weight"] for r in ("query", "key", "value")])
+    assert torch.equal(fused, expected) and "blocks.0.attn.query.weight" not in converted
+
+
+def test_force_never_deletes_shards_linked_from_a_cache_snapshot(mingpt) -> None:
+    """Hugging Face's cache: snapshots/<sha>/*.safetensors -> ../../blobs/<hash>. OUT = blobs/ held them."""
+    tmp_path, state, plan = mingpt
+    source = tmp_path / "src"
+    index = save_sharded(state, source)
+    blobs, snapshot = tmp_path / "cache" / "blobs", tmp_path / "cache" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, shard in enumerate(sorted(source.iterdir())):
+        (blobs / f"blob{i}").write_bytes(shard.read_bytes())
+        (snapshot / shard.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    before = sorted(p.name for p in blobs.iterdir())
+    for given in (snapshot, snapshot / index.name):
+        result = convert(given, blobs, "--plan", plan, "--force")
+        assert result.exit_code == 2 and "overwrite the input" in result.output, result.output
+        assert sorted(p.name for p in blobs.iterdir()) == before
+    assert all(p.resolve().is_file() for p in snapshot.iterdir())
+
+
+def test_force_replaces_only_the_same_kind(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "keep.txt").write_text("unrelated")
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / "results", "--plan", plan, "--force"],
+           "is a folder", "file path")
+    assert (tmp_path / "results" / "keep.txt").read_text() == "unrelated"
+    index = save_sharded(state, tmp_path / "sharded")
+    (tmp_path / "out.txt").write_text("unrelated")
+    _fails(tmp_path, [index, tmp_path / "out.txt", "--plan", plan, "--force"], "is a file")
+    assert (tmp_path / "out.txt").read_text() == "unrelated"
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_and_a_moved_aside_out_is_restored(mingpt) -> None:
+    tmp_path, state, plan = mingpt
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    staged = tmp_path / f".new.pt.tf-migrate-staging-{dead}-abc"
+    staged.mkdir()
+    (staged / "new.pt").write_text("half written")
+    aside = tmp_path / f".old_out.tf-migrate-replaced-{dead}-xyz"
+    aside.mkdir()
+    (aside / "old_out").mkdir()
+    (aside / "old_out" / "previous.txt").write_text("the only copy")
+    live = tmp_path / f".new.pt.tf-migrate-staging-{os.getpid()}-live"
+    live.mkdir()
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan)
+    assert result.exit_code == 0, result.output
+    assert not staged.exists() and live.exists()
+    assert aside.exists()  # only a run writing to old_out looks after old_out's leftovers
+    # The killed run had moved old_out aside and died before moving the new one in: put it back,
+    # and then it is an existing OUT like any other.
+    result = convert(tmp_path / "old.pt", tmp_path / "old_out", "--plan", plan)
+    assert result.exit_code == 2 and "exists" in result.output, result.output
+    assert (tmp_path / "old_out" / "previous.txt").read_text() == "the only copy" and not aside.exists()
+
+
+def test_projections_of_different_dtypes_are_not_fused_silently(mingpt) -> None:
+    """torch.cat would promote a float16 key weight to float32 and write a fused weight no model has."""
+    tmp_path, state, plan = mingpt
+    mixed = dict(state)
+    mixed["blocks.0.attn.key.weight"] = mixed["blocks.0.attn.key.weight"].half()
+    torch.save(mixed, tmp_path / "mixed.pt")
+    _fails(tmp_path, [tmp_path / "mixed.pt", tmp_path / "new.pt", "--plan", plan],
+           "dtype mismatch", "blocks.0.attn.key.weight float16", "blocks.0.attn.qkv.weight")
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_a_full_disk_is_an_error_not_a_traceback(mingpt, monkeypatch, fmt: str) -> None:
+    tmp_path, _, plan = mingpt
+    import safetensors.torch
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+
+    def full_disk_safetensors(*args, **kwargs):
+        from safetensors import SafetensorError
+
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_safetensors)
+    _fails(tmp_path, [tmp_path / "old.pt", tmp_path / f"new.{fmt}", "--plan", plan],
+           "cannot write the converted checkpoint", "nothing was written")

@@ -238,3 +238,25 @@ def test_an_init_of_one_named_weight_is_the_rules_business() -> None:
     text = text.replace("model.w_o", "self.w_o").replace("def init_out(model)", "def init_out(self)")
     [edit] = _run(_RAW_TRIPLE, text).edits
     assert "initialise differently" not in edit.message
+
+
+@pytest.mark.parametrize("build, shape", [("FoldedHeads(16, 4)", (2, 5, 16)), ("EncoderProjections(16, 2, 8)", (2, 5, 16))])
+def test_plural_role_names_convert_strict_and_compute_the_same(build: str, shape: tuple) -> None:
+    """`tokeys`/`toqueries`/`tovalues` and `w_qs`/`w_ks`/`w_vs`: the plan maps the plural names
+    onto the fused key in q, k, v order (a k, q, v concatenation would swap q and k)."""
+    torch = pytest.importorskip("torch")
+    from helpers import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    before = FOLDER / "plural_role_names.before.py"
+    plans = _run(before, before.read_text()).plans
+    torch.manual_seed(0)
+    old = eval(build, vars(load_module(before))).eval()
+    new = eval(build, vars(load_module(FOLDER / "plural_role_names.after.py"))).eval()
+    new.load_state_dict(convert_state_dict(old.state_dict(), plans)[0], strict=True)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want, got = old(x), new(x)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

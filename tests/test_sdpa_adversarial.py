@@ -26,9 +26,19 @@ def _refusals(case: str):
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
     # chains the matcher cannot follow are refused, not skipped silently
     ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18"]),
-    ("cast_softmax_guarded_view", 27, ["scores at line 21", "softmax at line 26"]),
+    ("cast_softmax_guarded_view", 22, ["rebound inside a block"]),  # the float32 round trip is fine
     ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26", "head mask"]),
-    ("softmax_fp32_upcast", 28, ["scores at line 24", "softmax at line 27", "cast"]),
+    # the hazard twins of the spellings issue 15 added
+    ("scale_attribute_tensor_call", 17, ["`self.norm`", "not provably a Python number"]),
+    ("inline_softmax_no_dim", 10, ["scores at line 8", "softmax at line 9"]),
+    ("masked_fill_in_place_alias", 10, ["`scores` are read again at line 10"]),
+    ("mask_block_reads_scores", 11, ["`scores` are read again at line 11"]),
+    ("baddbmm_adds_bias", 9, ["scores at line 8", "softmax at line 9"]),
+    ("softmax_cast_to_other_dtype", 11, ["cast to the dtype of `memory`"]),
+    ("free_function_returns_probs", 13, ["`probs` are returned at line 13",
+                                         "`attend` is called at line 18, which binds `x, self.last_probs`"]),
+    ("softmax_module_hooked", 26, ["`self.mixer.softmax.register_forward_hook`", "silently stop firing"]),
+    ("dropout_hooked_by_type", 18, ["`isinstance(module, nn.Dropout)`", "registered in this file (line 19)"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     refusals = _refusals(case)

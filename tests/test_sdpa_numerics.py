@@ -43,6 +43,8 @@ def _kv_cache_inputs():
 # The builder returns a list of positional-argument tuples; each tuple is one forward call.
 CASES = {
     "aliased_imports": ("AliasAttention", (C, 4), {"attn_p": 0.1}, lambda: [(_x(),)]),
+    # cross-attention, heads folded into the batch: 5 queries over 7 context tokens of width 12
+    "baddbmm_beta_zero": ("FoldedCrossHeads", (C, 12, 4, 4), {}, lambda: [(_x(), torch.randn(B, 7, 12))]),
     "bert_additive_mask": ("BertSelfAttention", (C, 4, 0.1), {}, lambda: [
         (_x(), (1.0 - _keep()[:, None, None, :].float()) * -10000.0), (_x(),)]),
     "builtin_float_scale": ("FloatScaledAttention", (C, 4), {}, lambda: [(_x(),)]),
@@ -53,10 +55,18 @@ CASES = {
     "edited_causal_masks": ("GlobalTokenCausal", (C, 4, 8), {}, lambda: [(_x(),)]),
     "einsum_permute_bthd": ("TimeMajorAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
+    "fill_value_split_over_lines": ("WrappedFillAttention", (), {}, lambda: [
+        (_x(), _x(7), _x(7), torch.tensor([7, 3]))]),  # 5 queries over 7 keys, 3 of them real in sample 1
+    "free_function_optional_dropout": ("HeadsWithFreeAttention", (C, 4, 0.1), {}, lambda: [
+        (_x(), _keep()), (_x(),)]),
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
         (torch.randn(T, B, C),)]),  # time-first
+    "inline_softmax_built": ("SplitKeyAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "inplace_prescale_view": ("CachedQkvAttention", (C, 4), {}, lambda: [(_x(),)]),
     "kv_cache_bottom_right": ("CachedCausalAttention", (C, 4, 16), {}, _kv_cache_inputs),
+    "masked_fill_in_place": ("InPlaceMaskedAttention", (C, 4, 0.1), {}, lambda: [(_x(), _keep()), (_x(),)]),
+    "mask_prepared_in_if_block": ("FoldedPadAttention", (C, 4), {}, lambda: [(_x(), _keep()), (_x(),)]),
+    "matmul_method_calls": ("MethodProductAttention", (C, 4), {}, lambda: [(_x(),)]),
     "mingpt_tril_buffer": ("CausalSelfAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
     "nanogpt_nonpersistent_mask": ("MaskedSelfAttention", (C, 4, 8, 0.1), {}, lambda: [(_x(),)]),
     "neg_finfo_max_name": ("FoldedPaddingAttention", (C,), {}, lambda: [(_x(), _keep() == 1)]),
@@ -74,8 +84,11 @@ CASES = {
     "pretransposed_keys": ("PreTransposedKeyAttention", (C, 4), {}, lambda: [(_x(),)]),
     "scale_read_before_head_split": ("ModelWidthScaledAttention", (C, 4), {}, lambda: [(_x(),)]),  # non-default
     # the rewritten class itself, with a temperature that is not the default sqrt(head_dim)
+    # two attentions: sqrt(head_dim) and sqrt(7) kept on self as call results (math / numpy)
+    "scale_attribute_from_call": ("SqrtAttributeAttention", (C, 4, 7), {}, lambda: [(_x(),)]),
     "scale_inside_matmul": ("ScaledDotProductAttention", (3.0, 0.1), {}, _scale_inside_matmul_inputs),
     # a float bias broadcast over the batch, with the padded keys of sample 0 pushed to -1e9
+    "softmax_fp32_upcast": ("UpcastAttention", (C, 4), {}, lambda: [(_x(), torch.randn(1, 4, T, T)), (_x(),)]),
     "t5_augassign_bias": ("UnscaledBiasAttention", (C, 4, 4, 0.1), {}, lambda: [
         (_x(), torch.randn(1, 4, T, T) + (1 - _keep()[:, None, None, :].float()) * -1e9)]),
     "timm_self_scale": ("Attention", (C, 4), {"qk_scale": 0.3, "attn_drop": 0.1}, lambda: [(_x(),)]),  # non-default
@@ -144,3 +157,23 @@ def test_sdpa_pair_matches(case: str) -> None:
         outs = tensors(after(*inputs))
         assert [t.shape for t in outs] == want_shapes
         assert all(torch.isfinite(t).all() for t in outs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_softmax_cast_back_stays_as_close_in_half_precision(dtype) -> None:
+    """The original computed the softmax in float32 and cast back; SDPA accumulates in float32 too.
+    In bfloat16/float16 the migrated output must be as close to the float64 result as the original
+    (benchmarks/softmax_upcast_precision.py measures the figures quoted in the rule's docstring)."""
+    before, after = _build("softmax_fp32_upcast", "before"), _build("softmax_fp32_upcast", "after")
+    after.load_state_dict(before.state_dict(), strict=True)
+    before.eval()
+    after.eval()
+    torch.manual_seed(2)
+    x = torch.randn(B, 64, C)
+    with torch.no_grad():
+        reference = before.double()(x.double())
+        got_before = before.to(dtype)(x.to(dtype)).double()
+        got_after = after.to(dtype)(x.to(dtype)).double()
+    error_before = (got_before - reference).abs().max().item()
+    error_after = (got_after - reference).abs().max().item()
+    assert error_after <= 1.5 * error_before + 1e-3, (error_before, error_after)

@@ -55,6 +55,17 @@ class Mask:
     at: cst.BaseStatement
     guard: cst.BaseExpression | None = None
     scaled_after: bool = False
+    # `if test:` block (with other statements) in which the mask is applied: it stays, and the
+    # mask is computed where it was (`at`) into a name the call reads
+    block: cst.If | None = None
+
+
+@dataclass
+class BlockMask:
+    """`if test: ...; scores = scores.masked_fill(m, v)` where the block does more than mask."""
+
+    statement: cst.If
+    binding: Binding
 
 
 @dataclass
@@ -81,10 +92,14 @@ class Attention:
     rank: int | None = None
     consumed: list[Definition] = field(default_factory=list)
     followed: set[int] = field(default_factory=set)
+    # `softmax(s.float()).type_as(t)`: the code of `t`, whose dtype the probabilities are cast back to
+    softmax_cast_to: str | None = None
+    block_bindings: list[Binding] = field(default_factory=list)  # masks set inside a kept `if` block
 
 
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
-    """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `einsum(s, a, b)`."""
+    """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `a.matmul(b)`,
+    `a.bmm(b)`, `einsum(s, a, b)`."""
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
         return "matmul", node.left, node.right, None
     if not isinstance(node, cst.Call) or any(a.star for a in node.args):
@@ -93,6 +108,11 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     values = [a.value for a in node.args if a.keyword is None]
     if callee in ("torch.matmul", "torch.bmm") and len(values) == 2:
         return callee.split(".")[-1], values[0], values[1], None
+    if callee == "torch.baddbmm" and len(values) == 3:
+        return "baddbmm", values[1], values[2], None  # beta * input + alpha * (b1 @ b2): see _Chain._baddbmm
+    receiver = method_call(node, "matmul", "bmm")
+    if receiver is not None and callee is None and len(node.args) == 1 and len(values) == 1:
+        return node.func.attr.value, receiver, values[0], None  # `a.matmul(b)`, `a.bmm(b)`
     if callee == "torch.einsum" and len(values) == 3 and isinstance(values[0], cst.SimpleString):
         spec = einsum.parse(values[0].evaluated_value)
         if spec is not None:
@@ -137,6 +157,8 @@ class AttentionMatcher:
     def match(self, product: cst.BaseExpression, statement: cst.BaseStatement) -> Attention:
         """Raises NotAttention or Refused; returns the chain otherwise."""
         kind, probs, v, spec = _product_operands(self.ctx, product)
+        if kind == "baddbmm":
+            raise NotAttention  # a product with v never adds a bias to itself
         found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
         chain = _Chain(self, found)
         probs, at = chain.follow(probs, statement)
@@ -144,6 +166,7 @@ class AttentionMatcher:
         scores, at, dim = chain.softmax(probs, at)
         chain.scores(scores, at, dim)
         chain.product(kind, v, spec, statement)
+        chain.check_cast_back()
         chain.check_uses()
         chain.check_moves()
         return found
@@ -177,6 +200,10 @@ class _Chain:
                 return definition, at
             elif strict and isinstance(definition, OpaqueBinding) and not isinstance(
                     definition.statement, cst.SimpleStatementLine):
+                inner = self.m.flow.block_binding(expr.value, definition.statement)
+                if inner is not None:
+                    self.found.followed.add(id(expr))
+                    return BlockMask(definition.statement, inner), at
                 raise Refused(self.ctx.line(definition.statement), f"`{expr.value}` is rebound inside a "
                               f"block at line {self.ctx.line(definition.statement)} in a way tf-migrate "
                               "cannot follow", "compute the mask and the scores in plain statements")
@@ -186,7 +213,7 @@ class _Chain:
 
     def dropout(self, expr, at):
         if isinstance(expr, GuardedBinding):
-            return expr, at
+            return self._optional_dropout(expr, at)
         names = self.ctx.names
         if isinstance(expr, cst.Call) and expr.args:
             sub = self.m.cls.submodule_of(expr.func)
@@ -203,6 +230,27 @@ class _Chain:
                                   f"`{self.ctx.code(expr.func)}`, which is not a dropout",
                                   "SDPA can only fold a dropout on the probabilities")
         return expr, at
+
+    def _optional_dropout(self, guarded: GuardedBinding, at):
+        """`if dropout is not None: p = dropout(p)` with `dropout` a parameter of the function (a
+        dropout module passed in, or None): SDPA drops with its rate only when it is given and in
+        training mode, as the module itself would."""
+        value = guarded.binding.value
+        test = guarded.test
+        module = value.func if isinstance(value, cst.Call) else None
+        if not (isinstance(module, cst.Name) and len(value.args) == 1 and value.args[0].keyword is None
+                and isinstance(value.args[0].value, cst.Name) and value.args[0].value.value == guarded.name
+                and module.value in _parameters(self.m.function)
+                and self.m.flow.definition(module.value, guarded.statement) is None
+                and self.ctx.code(test).replace(" ", "") == f"{module.value}isnotNone"):
+            return guarded, at
+        self.found.consumed.append(guarded)
+        self.found.followed.update({id(module), id(value.args[0].value)})
+        self.found.followed.update(id(n) for n in find(test, _is_name))
+        name = module.value
+        self.found.dropout = Dropout(f"{name}.p", f"{name} is not None and {name}.training")
+        self.moves.append((test, guarded.statement))
+        return self.follow(value.args[0].value, guarded.binding.statement)
 
     def _functional_dropout(self, call: cst.Call, at) -> Dropout:
         p = argument(call, 1, "p")
@@ -225,13 +273,16 @@ class _Chain:
         names = self.ctx.names
         if names.is_call(expr, *_SOFTMAX) and expr.args:
             extra = argument(expr, 3 if names.callee(expr) == "torch.nn.functional.softmax" else 2, "dtype")
-            if extra is not None:
-                raise Refused(self.line(expr), "the softmax upcasts with dtype=, SDPA computes in the "
-                              "input dtype", "drop the dtype argument if the model runs in float32")
+            if extra is not None and not (self.found.softmax_cast_to is not None and self._is_float32(extra)):
+                raise Refused(self.line(expr), "the softmax computes in another dtype (dtype=) without "
+                              "casting the probabilities back to the scores' dtype",
+                              "cast back with .type_as(scores), or drop the dtype argument")
             return expr.args[0].value, argument(expr, 1, "dim")
         sub = self.m.cls.submodule_of(expr.func, "torch.nn.Softmax")
         if sub is not None and len(expr.args) == 1:
             return expr.args[0].value, argument(sub.call, 0, "dim")
+        if isinstance(expr.func, cst.Call) and names.is_call(expr.func, "torch.nn.Softmax") and len(expr.args) == 1:
+            return expr.args[0].value, argument(expr.func, 0, "dim")  # `nn.Softmax(dim=-1)(w)` built inline
         receiver = method_call(expr, "softmax")
         is_self = isinstance(receiver, cst.Name) and receiver.value == "self"
         if receiver is not None and not is_self and names.imported(expr.func) is None:
@@ -241,9 +292,57 @@ class _Chain:
     def softmax(self, expr, at):
         if isinstance(expr, GuardedBinding):
             raise NotAttention
+        expr = self._cast_back(expr)
         inner, dim = self._softmax_parts(expr)
+        if self.found.softmax_cast_to is not None:
+            inner = self._upcast(inner)
         inner, at = self.follow(inner, at, strict=True)
         return inner, at, int_value(dim)
+
+    def _cast_back(self, expr):
+        """`softmax(...).type_as(t)`, `.to(t.dtype)`, `.type(t.dtype)`: the softmax, noting `t`."""
+        receiver = method_call(expr, "type_as", "to", "type")
+        if receiver is None or len(expr.args) != 1 or expr.args[0].keyword is not None:
+            return expr
+        target = expr.args[0].value
+        if expr.func.attr.value != "type_as":
+            if not (isinstance(target, cst.Attribute) and target.attr.value == "dtype"):
+                return expr
+            target = target.value
+        self.found.softmax_cast_to = self.ctx.code(target)  # lets the softmax carry dtype=float32
+        if not self._is_softmax(receiver):
+            self.found.softmax_cast_to = None
+            return expr
+        self.found.followed.update(id(n) for n in find(target, _is_name))  # the cast goes away
+        return receiver
+
+    def _upcast(self, expr):
+        """`s.float()`, `s.to(torch.float32)`, `s.type(torch.float32)` -> s; anything else as it is."""
+        receiver = method_call(expr, "float", "to", "type")
+        if receiver is None:
+            return expr
+        if expr.func.attr.value == "float":
+            return receiver if not expr.args else expr
+        if len(expr.args) == 1 and expr.args[0].keyword is None and self._is_float32(expr.args[0].value):
+            return receiver
+        return expr
+
+    def _is_float32(self, expr) -> bool:
+        return self.ctx.names.imported(expr) in ("torch.float32", "torch.float")
+
+    def check_cast_back(self) -> None:
+        """The probabilities must return to the dtype SDPA computes in: that of q, k or v (or of the
+        scores, which is q's): another dtype would change what the product with v sees."""
+        target = self.found.softmax_cast_to
+        if target is None:
+            return
+        scores = {self.ctx.code(d.value) for d in self.found.consumed if isinstance(d, Binding)}
+        scores |= {d.name for d in self.found.consumed if isinstance(d, Binding)}
+        operands = {self.ctx.code(o.expr) for o in (self.found.query, self.found.key, self.found.value)}
+        if target not in operands | scores:
+            raise Refused(self.ctx.line(self.found.statement), f"the softmax is computed in float32 and "
+                          f"cast to the dtype of `{target}`, which is not provably the dtype of q, k and v",
+                          "cast back with .type_as(scores)")
 
     def scores(self, expr, at, dim: int | None) -> None:
         """Peel masks and scales off the scores until the q·k product."""
@@ -251,6 +350,12 @@ class _Chain:
         while True:
             if isinstance(expr, GuardedBinding):
                 expr, at = self._guarded_mask(expr, scaled)
+                continue
+            if isinstance(expr, BlockMask):
+                expr, at = self._block_mask(expr)
+                continue
+            if self.found.softmax_cast_to is not None and self._upcast(expr) is not expr:
+                expr, at = self.follow(self._upcast(expr), at, strict=True)  # `s = s.float()` before it
                 continue
             step = self._modifier(expr, at, scaled)
             if step is None:
@@ -274,6 +379,26 @@ class _Chain:
             raise NotAttention
         self.found.followed.add(id(base))
         return self.follow(base, at, strict=True)
+
+    def _block_mask(self, block: BlockMask):
+        """A fill inside an `if` block that also does other work: the block stays, the fill there
+        becomes the mask's computation (so it reads the names as they are at that point)."""
+        binding = block.binding
+        before = len(self.moves)
+        step = self._modifier(binding.value, binding.statement, False)
+        if step is None or not self.found.masks or self.found.masks[-1].at is not binding.statement \
+                or self.found.masks[-1].kind != "fill":
+            raise Refused(self.ctx.line(binding.statement), f"`{binding.name}` is changed inside the "
+                          f"`if` block at line {self.ctx.line(block.statement)} in a way that is not a "
+                          "masked_fill", "compute the mask and the scores in plain statements")
+        del self.moves[before:]  # the condition is evaluated where it was, not at the call
+        self.found.masks[-1].block = block.statement
+        self.found.block_bindings.append(binding)
+        base, _ = step
+        if not (isinstance(base, cst.Name) and base.value == binding.name):
+            raise NotAttention
+        self.found.followed.add(id(base))
+        return self.follow(base, binding.statement, strict=True)
 
     def _modifier(self, expr, at, scaled: bool):
         """One mask or scale step: returns (the scores it applies to, whether it scales)."""
@@ -325,7 +450,7 @@ class _Chain:
             top = value.expression  # -finfo(dtype).max is finfo(dtype).min
             if isinstance(top, cst.Attribute) and top.attr.value == "max" and isinstance(top.value, cst.Call):
                 return self.ctx.names.is_call(top.value, "torch.finfo")
-        code = self.ctx.code(value).replace(" ", "").replace('"', "'")
+        code = "".join(self.ctx.code(value).split()).replace('"', "'")  # a call split over lines too
         if code in ("float('-inf')", "-float('inf')", "-math.inf", "-torch.inf", "-np.inf",
                     "-numpy.inf", "float('-infinity')"):
             return True
@@ -340,6 +465,9 @@ class _Chain:
         if operands is None:
             raise NotAttention
         kind, q, k, spec = operands
+        if kind == "baddbmm":
+            self._baddbmm(expr, at)
+            kind = "bmm"
         q, at_q = self._prescaled(q, at)
         if kind == "einsum":
             parsed = einsum.scores(spec)
@@ -358,6 +486,30 @@ class _Chain:
         if dim is None or not (dim == -1 or (proven is not None and dim == proven - 1)):
             raise NotAttention
         self.found.rank = rank
+
+    def _baddbmm(self, call: cst.Call, at) -> None:
+        """`torch.baddbmm(empty, q, k^T, beta=0, alpha=s)` is `s * (q @ k^T)`: with beta 0 the first
+        argument is never read (not even its NaNs), so it may go when it is only an allocation."""
+        keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+        beta, alpha = keywords.pop("beta", None), keywords.pop("alpha", None)
+        if keywords or beta is None or number_value(beta) != 0:
+            raise NotAttention  # beta != 0 adds the first argument (a bias): not a plain product
+        if not self._allocation(call.args[0].value):
+            raise Refused(self.line(call, at), f"the scores add `{self.ctx.code(call.args[0].value)}` "
+                          "with beta=0; tf-migrate drops it only when it is a plain allocation",
+                          "pass torch.empty(...) as baddbmm's first argument")
+        if alpha is not None and number_value(alpha) != 1:
+            if not self._scalar(alpha, at):
+                raise Refused(self.line(call, at), f"baddbmm's alpha `{self.ctx.code(alpha)}` scales the "
+                              "scores but is not provably a Python number", "SDPA's scale must be a float")
+            self.found.scale.append(("*", alpha, at))
+            self.moves.append((alpha, at))
+
+    def _allocation(self, expr) -> bool:
+        if isinstance(expr, (cst.Name, cst.Attribute)):
+            return True
+        return isinstance(expr, cst.Call) and self.ctx.names.is_call(
+            expr, *(f"torch.{f}" for f in ("empty", "zeros", "ones", "empty_like", "zeros_like", "ones_like")))
 
     def _prescaled(self, q, at):
         """Fold `q / t` in the product, or a `q = q * s` statement used only here, into the scale."""
@@ -422,7 +574,7 @@ class _Chain:
     def check_uses(self) -> None:
         """Every binding the chain removes must be read by the chain alone."""
         escaping = _escaping_names(self.ctx, self.m.function)
-        for definition in self.found.consumed:
+        for definition in self.found.consumed + self.found.block_bindings:
             binding = definition.binding if isinstance(definition, GuardedBinding) else definition
             if binding.name in escaping or "locals()" in escaping:
                 what = "the function reads `locals()`" if "locals()" in escaping else \
@@ -486,6 +638,11 @@ def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
         elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:
             found.add("locals()")
     return found
+
+
+def _parameters(function: cst.FunctionDef) -> set[str]:
+    params = function.params
+    return {p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)}
 
 
 def _is_name(node: cst.CSTNode) -> bool:

@@ -2,7 +2,7 @@
 
 Enough flow analysis for rewriting straight-line tensor code: which statement last bound a local
 name before a point (following `if guard: x = ...` without else), and every place a binding can
-be read from. When the code is more tangled than that (loops that rebind, tuple targets, `with
+be read from. `x op= y` and an in-place `x.masked_fill_(c, v)` statement count as rebinding `x`. When the code is more tangled than that (loops that rebind, tuple targets, `with
 ... as`), the answer is an `OpaqueBinding`, and rules treat the name as an opaque leaf.
 """
 
@@ -175,6 +175,10 @@ class _Binds(cst.CSTVisitor):
     def visit_AugAssign(self, node: cst.AugAssign) -> None:
         self._check(node.target)
 
+    def visit_Expr(self, node: cst.Expr) -> None:
+        if _in_place_fill(node.value) is not None:
+            self._check(node.value.func.value)
+
     def visit_For(self, node: cst.For) -> None:
         self._check(node.target)
 
@@ -288,6 +292,18 @@ class FunctionFlow:
                 return GuardedBinding(name, statement.test, inner, statement, previous)
         return OpaqueBinding(name, statement)
 
+    def block_binding(self, name: str, statement: cst.BaseStatement) -> Binding | None:
+        """In `if test: <statements>` without else, where the definition analysis stops: the one
+        statement of the block that binds `name`, when it is a plain binding directly in the block
+        and no other statement there binds `name`."""
+        if not (isinstance(statement, cst.If) and statement.orelse is None
+                and isinstance(statement.body, cst.IndentedBlock)):
+            return None
+        binding = [child for child in statement.body.body if binds(child, name)]
+        if len(binding) != 1:
+            return None
+        return _simple_binding(name, binding[0])
+
     def mutation_between(self, name: str, start: cst.BaseStatement, end: cst.BaseStatement) -> cst.CSTNode | None:
         """A node after `start` and before `end` (source order) that changes the tensor `name` holds
         in place without rebinding it: `name.mul_(...)` (torch's trailing-underscore methods) or
@@ -333,6 +349,20 @@ def _simple_binding(name: str, statement: cst.CSTNode) -> Binding | None:
             operator = _AUGMENTED[type(small.operator)]()
             # The target node itself stands for the old value, so uses() and the chain agree.
             return Binding(name, cst.BinaryOperation(small.target, operator, small.value), statement)
+    elif isinstance(small, cst.Expr) and _is_name(_in_place_fill(small.value), name):
+        # `x.masked_fill_(c, v)` alone on its line is `x = x.masked_fill(c, v)`; as above, the
+        # receiver node stands for the old value.
+        call = small.value
+        return Binding(name, call.with_changes(func=call.func.with_changes(attr=cst.Name("masked_fill"))), statement)
+    return None
+
+
+def _in_place_fill(node: cst.CSTNode) -> cst.BaseExpression | None:
+    """The receiver of `receiver.masked_fill_(condition, value)`, else None."""
+    if (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value == "masked_fill_" and len(node.args) == 2
+            and not any(a.star or a.keyword for a in node.args)):
+        return node.func.value
     return None
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 
+from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
 from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -34,6 +35,8 @@ ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
 ACTIVATION_FUNCTIONS = (
     "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
 )
+# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind.
+FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid"})
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
 _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
@@ -125,12 +128,22 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
 
 
 def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
+    if isinstance(node, cst.Call) and not node.args and isinstance(node.func, cst.Attribute):
+        return _other_spelling(ctx, cls, node)  # `x.relu()`
     if not isinstance(node, cst.Call) or len(node.args) < 1 or node.args[0].keyword:
         return None
     if ctx.names.callee(node) in ACTIVATION_FUNCTIONS:
         return node.args[0].value
     if len(node.args) == 1 and _self_calls(ctx, node, cls, *ACTIVATION_MODULES):
         return node.args[0].value
+    return _other_spelling(ctx, cls, node)
+
+
+def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
+    """A ReLU/GELU spelled otherwise: `x.relu()`, a project `gelu(x)`, `ACT2FN[...]`, `act_layer()`..."""
+    found = activation_of(ctx, cls, node)
+    if found is not None and found.argument is not None and found.kinds <= FFN_ACTIVATION_KINDS:
+        return found.argument
     return None
 
 

@@ -60,13 +60,16 @@ class ModuleClass:
         return iter(find(self.node, lambda node: self_attribute(node) == attribute))
 
 
-def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str]) -> bool:
+def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str], qualname: str) -> bool:
     for base in node.bases:
         if isinstance(base.value, cst.Name) and base.value.value in known:
             return True
         name = ctx.names.imported(base.value)
         if name in _MODULE_BASES or (name or "").startswith("torch.nn."):
             return True
+    if node.bases:  # a base from another project file (`class Encoder(BaseAttention)`)
+        symbol = ctx.project.class_symbol(ctx.source_path, qualname)
+        return symbol is not None and ctx.project.is_nn_module(symbol)
     return False
 
 
@@ -128,7 +131,7 @@ def find_module_classes(ctx: "FileContext") -> list[ModuleClass]:
         for statement in body:
             if isinstance(statement, cst.ClassDef):
                 qualname = prefix + statement.name.value
-                if _is_module_class(ctx, statement, known):
+                if _is_module_class(ctx, statement, known, qualname):
                     known.add(statement.name.value)
                     found.append(_analyse(ctx, statement, qualname))
                 visit(list(statement.body.body), qualname + ".")

@@ -42,6 +42,11 @@ class NameResolver:
             return None
         return canonical(name.name)
 
+    def module_level(self, node: cst.CSTNode) -> bool:
+        """Whether a Name (or `a.b.c`'s `a`) reads a module-level binding of the file."""
+        scope = self._scopes.binding_scope(node)
+        return scope is not None and scope is self._scopes.module
+
     def builtin(self, node: cst.CSTNode) -> str | None:
         names = self._scopes.resolve(node)
         if len(names) == 1 and next(iter(names)).source is Source.BUILTIN:

@@ -14,11 +14,11 @@ from typing import Iterator
 _TARGET = "torch.nn."
 
 
-def _dotted(node: ast.AST) -> str | None:
+def dotted_text(node: ast.AST) -> str | None:
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
-        inner = _dotted(node.value)
+        inner = dotted_text(node.value)
         return f"{inner}.{node.attr}" if inner else None
     return None
 
@@ -54,7 +54,7 @@ def _torch_bindings(statements: list[ast.stmt]) -> dict[str, set[str]]:
 
 
 def _may_be_torch_nn(base: ast.expr, bindings: dict[str, set[str]]) -> bool:
-    dotted = _dotted(base)
+    dotted = dotted_text(base)
     if dotted is None:  # a subscript, a call...: any torch-bound name inside keeps it
         return any(isinstance(n, ast.Name) and n.id in bindings for n in ast.walk(base))
     root, _, rest = dotted.partition(".")

@@ -83,6 +83,23 @@ class Scopes:
             current = self._parents.get(current)
         return self.module
 
+    def binding_scope(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        """The scope whose binding of a Name (or a dotted chain's first name) `node` reads."""
+        parts = _dotted(node)
+        if parts is None:
+            return None
+        scope: cst.CSTNode | None = self.scope_of(node)
+        while scope is not None:
+            bindings = self.bindings(scope)
+            if parts[0] in bindings.globals:
+                return self.module
+            if parts[0] in bindings.names and parts[0] not in bindings.nonlocals:
+                return scope
+            scope = self._enclosing(scope)
+            while isinstance(scope, cst.ClassDef):
+                scope = self._enclosing(scope)
+        return None
+
     def _enclosing(self, scope: cst.CSTNode) -> cst.CSTNode | None:
         return None if scope is self.module else self.scope_of(scope)
 

@@ -245,10 +245,11 @@ class Shapes:
         return False
 
     def _number_attribute(self, name: str, depth: int) -> bool:
-        """`self.scale = <number>` made once, unconditionally, in `__init__`."""
+        """`self.scale = <number>` made once, unconditionally, in `__init__` (`math.sqrt(d)` and
+        `np.sqrt(d)` are calls, so the class lists them among its submodules: the value decides)."""
         cls = self.cls
         init = cls.methods.get("__init__")
-        if name in cls.submodules or name in cls.buffers or init is None:
+        if name in cls.buffers or init is None:
             return False
         init_shapes = Shapes(self.ctx, cls, FunctionFlow(self.ctx, init))
         assignments = list(_assignments_to_self(init, name))

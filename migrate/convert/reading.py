@@ -1,4 +1,5 @@
-"""Reading checkpoints: PyTorch pickles (weights only), safetensors, sharded safetensors.
+"""Reading checkpoints: PyTorch pickles (weights only), safetensors, and sharded checkpoints of
+either (`model.safetensors.index.json` or `pytorch_model.bin.index.json` beside its shards).
 
 A checkpoint is a list of shards; each shard lists its keys and loads one tensor at a time, so a
 sharded model never has to be in memory at once.
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 from tf_migrate.convert.errors import ConvertError
 
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
 
 
@@ -88,8 +89,40 @@ def _read_torch(path: Path, unsafe_pickle: bool) -> Checkpoint:
         raise ConvertError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
                            f"({_first_line(exc)})") from None
     state, wrapper_key, left_out = _state_dict(path, loaded, torch)
-    shard = Shard(path, list(state), lambda k: tuple(state[k].shape), state.__getitem__)
-    return Checkpoint("torch", path, [shard], wrapper_key, left_out)
+    return Checkpoint("torch", path, [_in_memory_shard(path, state)], wrapper_key, left_out)
+
+
+def _in_memory_shard(path: Path, state: dict) -> Shard:
+    return Shard(path, list(state), lambda k: tuple(state[k].shape), state.__getitem__)
+
+
+class _LazyTorchShard(Shard):
+    """One `pytorch_model-0000N-of-0000M.bin` shard: a plain state_dict, loaded weights-only
+    (memory-mapped where the file allows) when first read and let go by `release()`, like a
+    safetensors shard, so a sharded .bin checkpoint is not held in memory at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._state = path, None
+        super().__init__(path, list(self._load()), self._shape, self._get)
+        self._state = None
+
+    def _load(self) -> dict:
+        if self._state is None:
+            checkpoint = _read_torch(self.path, unsafe_pickle=False)
+            if checkpoint.wrapper_key is not None:
+                raise ConvertError(f"{self.path}: a shard of a sharded checkpoint must hold a plain "
+                                   f"state_dict, not one wrapped under {checkpoint.wrapper_key!r}")
+            self._state = {k: checkpoint.shards[0].get(k) for k in checkpoint.shards[0].keys}
+        return self._state
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._load()[key].shape)
+
+    def _get(self, key: str):
+        return self._load()[key]
+
+    def release(self) -> None:
+        self._state = None
 
 
 def _torch_load(torch, path: Path, weights_only: bool):
@@ -164,6 +197,10 @@ class _LazySafetensors(Shard):
         self._handle = None
 
 
+def _shard(path: Path) -> Shard:
+    return _safetensors_shard(path) if path.suffix == ".safetensors" else _LazyTorchShard(path)
+
+
 def _read_sharded(path: Path) -> Checkpoint:
     index_path = path
     if path.is_dir():
@@ -180,7 +217,7 @@ def _read_sharded(path: Path) -> Checkpoint:
     missing = [name for name in files if not (index_path.parent / name).is_file()]
     if missing:
         raise ConvertError(f"{index_path}: lists shard {missing[0]}, which is not in {index_path.parent}")
-    shards = [_safetensors_shard(index_path.parent / name) for name in files]
+    shards = [_shard(index_path.parent / name) for name in files]
     for shard in shards:
         listed = {k for k, f in weight_map.items() if f == shard.path.name}
         if listed != set(shard.keys):

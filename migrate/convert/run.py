@@ -10,7 +10,8 @@ from typing import TextIO
 
 from tf_migrate.convert.errors import ConvertError
 from tf_migrate.convert.mapping import KeyMap, build_mapping, group_pattern
-from tf_migrate.convert.reading import Checkpoint, read_checkpoint
+from tf_migrate.convert.reading import TORCH_SUFFIXES, Checkpoint, read_checkpoint
+from tf_migrate.convert.writing import remove_stale
 from tf_migrate.plan import ClassPlan
 
 
@@ -50,20 +51,45 @@ def convert(options: ConvertOptions, out: TextIO) -> None:
 def _check_paths(options: ConvertOptions) -> None:
     if options.check_build and options.model_source is None:
         raise ConvertError("--check-build needs --source AFTER.py (the migrated model's file)")
-    source, out = options.source.resolve(), options.out.resolve()
+    out = options.out.resolve()
+    inputs = _inputs(options.source)
     # OUT may not be an input, hold one (a folder above it: --force would delete it), or lie in one.
-    if any(out == p or out in p.parents for p in _inputs(source)) or source in out.parents:
+    # Inputs are compared where their links point: Hugging Face's cache links every shard of
+    # snapshots/<sha>/ into blobs/, and an OUT of blobs/ would delete them all.
+    if any(out == p or out in p.parents or (p.is_dir() and p in out.parents) for p in inputs):
         raise ConvertError(f"{options.out}: would overwrite the input {options.source}; pick another OUT")
-    if options.out.exists() and not options.force:
-        raise ConvertError(f"{options.out} exists; pass --force to replace it")
+    remove_stale(options.out)
+    if options.out.exists() or options.out.is_symlink():
+        if not options.force:
+            raise ConvertError(f"{options.out} exists; pass --force to replace it")
+        _check_same_kind(options)
 
 
 def _inputs(source: Path) -> set[Path]:
-    """The files a conversion reads: a sharded checkpoint's folder and every shard and index in it."""
-    if not (source.is_dir() or source.name.endswith(".index.json")):
-        return {source}
-    folder = source if source.is_dir() else source.parent
-    return {source, folder, *folder.glob("*.safetensors"), *folder.glob("*.index.json")}
+    """Every file and folder a conversion reads, as given and where its links point: a single
+    checkpoint file, or a sharded checkpoint's folder with every shard and index in it."""
+    if source.is_dir() or source.name.endswith(".index.json"):
+        folder = source if source.is_dir() else source.parent
+        given = {source, folder, *(p for p in folder.iterdir() if _is_checkpoint_part(p))}
+    else:
+        given = {source}
+    return given | {p.resolve() for p in given}
+
+
+def _is_checkpoint_part(path: Path) -> bool:
+    return path.name.endswith((".safetensors", ".index.json", *TORCH_SUFFIXES))
+
+
+def _check_same_kind(options: ConvertOptions) -> None:
+    """--force replaces a file with a file and a folder with a folder, never one with the other:
+    a folder OUT for a single-file checkpoint is far more likely a typo than something to delete."""
+    sharded = options.source.is_dir() or options.source.name.endswith(".index.json")
+    if sharded and not options.out.is_dir():
+        raise ConvertError(f"{options.out} is a file, but a sharded checkpoint is written as a folder; "
+                           "--force replaces only a folder here: pick another OUT")
+    if not sharded and options.out.is_dir():
+        raise ConvertError(f"{options.out} is a folder, but the output is one file; --force replaces "
+                           "only a file here: pick a file path for OUT")
 
 
 def _target_model(options: ConvertOptions):
@@ -81,6 +107,18 @@ def _write(options: ConvertOptions, ckpt: Checkpoint, keymap: KeyMap, model) -> 
         where = exc.filename or options.out
         raise ConvertError(f"{where}: cannot write the converted checkpoint ({exc.strerror or exc}); "
                            "nothing was written") from None
+    except Exception as exc:
+        # torch.save and safetensors report a full disk or a failed write as RuntimeError /
+        # SafetensorError, not OSError; ConvertError (a failed strict load) passes through.
+        if isinstance(exc, ConvertError) or not _is_write_failure(exc):
+            raise
+        raise ConvertError(f"{options.out}: cannot write the converted checkpoint "
+                           f"({str(exc).strip().splitlines()[0][:200]}); nothing was written") from None
+
+
+def _is_write_failure(exc: Exception) -> bool:
+    return type(exc).__name__ == "SafetensorError" or (
+        isinstance(exc, RuntimeError) and any(w in str(exc) for w in ("write", "No space", "file")))
 
 
 def _stage_and_commit(options: ConvertOptions, ckpt: Checkpoint, keymap: KeyMap, model) -> None:

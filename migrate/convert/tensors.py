@@ -33,7 +33,13 @@ def _produce(ckpt: Checkpoint, op: Op, key: str, siblings: dict[str, Any], fresh
     if op.kind == "copy":
         return ckpt.get(op.sources[0])
     if op.kind == "cat":
-        return torch.cat([ckpt.get(s) for s in op.sources], dim=op.dim)
+        parts = [ckpt.get(s) for s in op.sources]
+        dtypes = {part.dtype for part in parts}
+        if len(dtypes) > 1:  # torch.cat would promote them silently: the fused weight changes dtype
+            found = ", ".join(f"{s} {part.dtype}".replace("torch.", "") for s, part in zip(op.sources, parts))
+            raise ConvertError(f"dtype mismatch: cannot fuse {found} into {key}; cast the checkpoint "
+                               "to one dtype first")
+        return torch.cat(parts, dim=op.dim)
     dtype = next((t.dtype for t in siblings.values() if t.is_floating_point()), torch.float32)
     if parse_init(op.init)[0] == "default":
         if fresh is None or key not in fresh:

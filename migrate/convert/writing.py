@@ -13,10 +13,49 @@ from tf_migrate.convert.reading import Checkpoint
 from tf_migrate.convert.tensors import unshared
 
 
-def staging(out: Path) -> Path:
-    """A temporary directory beside OUT (same filesystem, so the final move is atomic)."""
+_STAGING, _REPLACED = "tf-migrate-staging", "tf-migrate-replaced"
+
+
+def _temporary_folder(out: Path, kind: str) -> Path:
+    """A folder beside OUT (same filesystem, so moves are atomic), named for what it is and for
+    the process that made it, so a later run can tell a killed run's leftovers from a live one's."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+def staging(out: Path) -> Path:
+    return _temporary_folder(out, _STAGING)
+
+
+def remove_stale(out: Path) -> None:
+    """Clean up what a killed run left beside OUT: its staging folders, and a replaced OUT that
+    was moved aside (put back where OUT is missing, deleted where the new OUT made it)."""
+    if not out.parent.is_dir():
+        return
+    for leftover in out.parent.glob(f".{glob_escape(out.name)}.tf-migrate-*-*-*"):
+        kind, _, rest = leftover.name[len(out.name) + 2:].rpartition("-")[0].rpartition("-")
+        if kind not in (_STAGING, _REPLACED) or not rest.isdigit() or _alive(int(rest)):
+            continue
+        old = leftover / out.name
+        if kind == _REPLACED and (old.exists() or old.is_symlink()) and not (out.exists() or out.is_symlink()):
+            os.replace(old, out)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_all(ckpt: Checkpoint, shards: Iterator[tuple[int, dict[str, Any]]], out: Path,
@@ -29,10 +68,14 @@ def write_all(ckpt: Checkpoint, shards: Iterator[tuple[int, dict[str, Any]]], ou
     if out.suffix == ".safetensors":
         _save_safetensors(unshared(state), target, ckpt.shards[0].metadata)
     else:
-        import torch
-
-        torch.save({ckpt.wrapper_key: state} if ckpt.wrapper_key else state, target)
+        _save_torch({ckpt.wrapper_key: state} if ckpt.wrapper_key else state, target)
     return target
+
+
+def _save_torch(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    torch.save(state, path)
 
 
 def _save_safetensors(state: dict[str, Any], path: Path, metadata: dict[str, str] | None) -> None:
@@ -52,7 +95,10 @@ def _write_sharded(ckpt: Checkpoint, shards, stage: Path) -> Path:
     for index, state in shards:
         name = ckpt.shards[index].path.name
         state = unshared(state)
-        _save_safetensors(state, folder / name, ckpt.shards[index].metadata)
+        if name.endswith(".safetensors"):
+            _save_safetensors(state, folder / name, ckpt.shards[index].metadata)
+        else:
+            _save_torch(state, folder / name)
         weight_map.update({k: name for k in state})
         total += sum(t.numel() * t.element_size() for t in state.values())
         del state
@@ -75,7 +121,7 @@ def commit(produced: Path, out: Path, force: bool) -> None:
         return
     # A folder cannot replace another in one step: move the old one aside (into a fresh temporary
     # folder, so no leftover of an interrupted run is in the way), then delete it.
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced.", dir=out.parent))
+    aside = _temporary_folder(out, _REPLACED)
     os.replace(out, aside / out.name)
     os.replace(produced, out)
     shutil.rmtree(aside)

@@ -3,6 +3,8 @@
 The key covers the file's bytes, its displayed path (plans and messages name it), the tool version,
 the effective configuration, and a stamp of the tool's own sources, so editing a rule in a
 development checkout never serves a stale result. One JSON file per key; a damaged entry is a miss.
+A result also depends on the other project files its analysis read (a base class, a factory): the
+entry records their digests, and a hit whose dependencies changed (or vanished) is a miss.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class ResultCache:
     def get(self, key: str, text: str) -> FileResult | None:
         try:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
+            if any(_digest(path) != digest for path, digest in data["depends"].items()):
+                return None
             return _from_json(data, text)
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -77,8 +81,16 @@ class ResultCache:
             pass  # a read-only or full disk costs speed, never the run
 
 
+def _digest(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _to_json(result: FileResult) -> dict[str, Any]:
     return {
+        "depends": {path: _digest(path) for path in result.depends},
         "path": result.path,
         "encoding": result.encoding,
         "migrated": result.migrated if result.changed else None,
@@ -98,4 +110,5 @@ def _from_json(data: dict[str, Any], text: str) -> FileResult:
         refusals=[Diagnostic(*d) for d in data["refusals"]],
         plans=[ClassPlan.from_json(p) for p in data["plans"]],
         notes=[Edit(*n) for n in data["notes"]],
+        depends=sorted(data["depends"]),
     )

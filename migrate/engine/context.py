@@ -15,11 +15,15 @@ from tf_migrate.analysis.scopes import Scopes
 
 if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass
+    from tf_migrate.analysis.project import ProjectIndex
 
 
 class FileContext:
-    def __init__(self, module: cst.Module, path: str, text: str) -> None:
+    def __init__(self, module: cst.Module, path: str, text: str, project: "ProjectIndex | None" = None,
+                 source_path: str | None = None) -> None:
         self.path = path
+        self.source_path = source_path or path  # the file on disk, as the project index knows it
+        self._project = project
         self.wrapper = cst.MetadataWrapper(module, unsafe_skip_copy=True)
         self.module = self.wrapper.module
         self._memo: dict[str, Any] = {}
@@ -29,6 +33,25 @@ class FileContext:
     @cached_property
     def names(self) -> NameResolver:
         return NameResolver(Scopes(self.module, self.parents, self.text))
+
+    @property
+    def project(self) -> "ProjectIndex":
+        """The run's whole-tree index (a single-file one when the context was made without it)."""
+        if self._project is None:
+            from tf_migrate.analysis.project import ProjectIndex
+
+            self._project = ProjectIndex.for_files([self.source_path])
+            self._project.add(self.source_path, self.text)
+        if self._project.make_context is None:
+            self._project.make_context = _other_file_context
+        return self._project
+
+    @property
+    def project_key(self) -> str:
+        """The file's key in the project index (its absolute path)."""
+        from tf_migrate.analysis.project.index import absolute
+
+        return absolute(self.source_path)
 
     @cached_property
     def _positions(self) -> Mapping[cst.CSTNode, Any]:
@@ -86,3 +109,12 @@ class FileContext:
                         return True
             current = self.parents.get(current)
         return False
+
+
+def _other_file_context(project: "ProjectIndex", path: str, text: str) -> "FileContext | None":
+    """The context of another project file, for a question that follows a call or a base there."""
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError:
+        return None
+    return FileContext(module, path, text, project, path)

@@ -17,6 +17,8 @@ from tf_migrate.engine.source import SourceError, read_source
 if TYPE_CHECKING:
     import ast
 
+    from tf_migrate.analysis.project import ProjectIndex
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -44,6 +46,7 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    depends: list[str] = field(default_factory=list)  # other files the analysis read (the cache keys on them)
 
     @property
     def changed(self) -> bool:
@@ -54,19 +57,42 @@ def has_candidates(text: str, rules: Sequence[Rule]) -> bool:
     return any(word in text for rule in rules for word in rule.triggers)
 
 
-def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
+def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "ProjectIndex | None" = None,
+                   source_path: str | None = None) -> FileResult:
+    """Run `rules` over one file's text. `project` is the run's whole-tree index (a single-file one
+    rooted where `source_path`, else `path`, lies when not given); `source_path` is the file on disk
+    when `path` is only how it is displayed."""
     result = FileResult(path, original=text, migrated=text)
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:
         return result
-    from tf_migrate.analysis.nn_bases import may_define_modules
-
     tree = _python_tree(text)
     if isinstance(tree, str):
         result.errors.append(tree)
         return result
-    if not may_define_modules(tree):  # every rule works inside nn.Module classes
-        return result
+    from tf_migrate.analysis.nn_bases import may_define_modules
+
+    key = source_path or path
+    project = project or _single_file_project(key)
+    project.add(key, text, tree)
+    with project.analysing(key):
+        # Every rule works inside nn.Module classes; a base may be one through another project file.
+        if may_define_modules(tree) or project.defines_modules(key):
+            _run_rules(result, text, path, active, project, key)
+        result.depends = sorted(project.reads)
+    return result
+
+
+def _single_file_project(path: str) -> "ProjectIndex":
+    import os
+
+    from tf_migrate.analysis.project import ProjectIndex
+
+    return ProjectIndex.for_files([path]) if os.path.isfile(path) else ProjectIndex(os.path.dirname(os.path.abspath(path)))
+
+
+def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule], project: "ProjectIndex",
+               source_path: str) -> None:
     import libcst as cst
 
     from tf_migrate.engine.context import FileContext
@@ -76,23 +102,24 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
         result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
-        return result
+        return
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     for rule in active:
         try:
-            ctx = ctx or FileContext(module, path, code)
+            ctx = ctx or FileContext(module, path, code, project, source_path)
             findings = list(rule.check(ctx))
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes, ctx.parents)
                 code = module.code
+                project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
-            return result
+            return
         result.edits.extend(Edit(rule.code, f.line, f.message) for f in fixes)
         result.refusals.extend(
             Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
@@ -105,9 +132,8 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule]) -> FileResult:
         result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
                              "endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
-        return result
+        return
     _check_output(result)
-    return result
 
 
 def _python_tree(text: str) -> "ast.Module | str":

@@ -34,19 +34,23 @@ class _Pending:
     text: str
     encoding: str
     key: str | None
+    path: str
 
 
 _worker_rules: Sequence = ()
+_worker_project = None
 
 
-def _init_worker(rules: Sequence) -> None:
-    global _worker_rules
-    _worker_rules = rules
+def _init_worker(rules: Sequence, project) -> None:
+    """Each worker gets the rules and the project index: pickling the index sends only its root
+    and file list, and the worker summarises the files its questions reach."""
+    global _worker_rules, _worker_project
+    _worker_rules, _worker_project = rules, project
 
 
-def _work(display: str, text: str, encoding: str) -> FileResult:
+def _work(display: str, text: str, encoding: str, path: str) -> FileResult:
     try:
-        result = migrate_source(text, display, _worker_rules)
+        result = migrate_source(text, display, _worker_rules, _worker_project, path)
     except Exception as exc:  # e.g. RecursionError in the parser: report, never stop the run
         import traceback
 
@@ -66,11 +70,14 @@ def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) 
         return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
     key = cache.key(display, raw) if cache else None
     hit = cache.get(key, source.text) if cache else None
-    return hit or _Pending(index, display, source.text, source.encoding, key)
+    return hit or _Pending(index, display, source.text, source.encoding, key, str(path))
 
 
 def process(files: Sequence[Path], rules: Sequence, jobs: int,
             cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+    from tf_migrate.analysis.project import ProjectIndex
+
+    project = ProjectIndex.for_files(files)
     pending: list[_Pending] = []
     for index, path in enumerate(files):
         outcome = _triage(index, path, rules, cache)
@@ -78,26 +85,26 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int,
             pending.append(outcome)
         else:
             yield index, outcome
-    for item, result in _run(pending, rules, jobs):
+    for item, result in _run(pending, rules, jobs, project):
         if cache and item.key:
             cache.put(item.key, result)
         yield item.index, result
 
 
-def _run(pending: list[_Pending], rules: Sequence, jobs: int) -> Iterator[tuple[_Pending, FileResult]]:
+def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterator[tuple[_Pending, FileResult]]:
     if jobs <= 1 or len(pending) <= 1:
-        _init_worker(rules)
+        _init_worker(rules, project)
         for item in pending:
-            yield item, _work(item.display, item.text, item.encoding)
+            yield item, _work(item.display, item.text, item.encoding, item.path)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # Longest files first, so no worker is left with a big file at the end.
     pending = sorted(pending, key=lambda item: -len(item.text))
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
-                             initargs=(rules,)) as pool:
+                             initargs=(rules, project)) as pool:
         futures: dict[Future, _Pending] = {
-            pool.submit(_work, item.display, item.text, item.encoding): item for item in pending}
+            pool.submit(_work, item.display, item.text, item.encoding, item.path): item for item in pending}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:

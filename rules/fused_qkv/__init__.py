@@ -7,9 +7,12 @@ The package holds the rule (here) and its private machinery: `projections` finds
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 from tf_migrate.rules.fused_qkv import fan_inits
+from tf_migrate.analysis.linear import linear_construction
+from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
                                     linear_arguments, other_init_uses, triples)
@@ -119,9 +122,14 @@ class SeparateQkvToFused(Rule):
 
 
 def _constructor_problem(ctx, subs) -> str | None:
-    if any(s.callee != _LINEAR for s in subs):
-        kinds = ", ".join(f"{s.name}: {s.callee or '?'}" for s in subs)
-        return f"not all nn.Linear ({kinds}); Conv1D-style weights are stored transposed"
+    layers = [s.callee == _LINEAR or linear_construction(ctx, s.call) for s in subs]
+    if not all(getattr(layer, "linear_signature", layer) for layer in layers):
+        kinds = ", ".join(f"{s.name}: {s.callee or ctx.code(s.call.func)}" for s in subs)
+        return f"not all nn.Linear ({kinds}); " + (_overriding_subclass(ctx, subs) or
+                                                   "Conv1D-style weights are stored transposed")
+    if len({ctx.code(s.call.func) for s in subs}) != 1:  # the fused layer is built with one of them
+        return "the projections are built by different callables (" + \
+            ", ".join(f"{s.name}: {ctx.code(s.call.func)}" for s in subs) + ")"
     arguments = [linear_arguments(s) for s in subs]
     if any(a is None for a in arguments):
         return "a projection passes arguments other than in_features, out_features, bias"
@@ -134,6 +142,19 @@ def _constructor_problem(ctx, subs) -> str | None:
         return f"bias presence differs: {detail}"
     if biases[0] not in ("True", "False"):
         return f"bias={biases[0]} is not a literal; cannot tell whether the fused Linear has one"
+    return None
+
+
+def _overriding_subclass(ctx, subs) -> str | None:
+    """Why a project subclass of nn.Linear is not one here: its forward or __init__ differs."""
+    for sub in subs:
+        for symbol in symbols_of(ctx, sub.call.func):
+            if symbol.kind == "class" and ctx.project.derives_from(symbol, _LINEAR):
+                changed = ctx.project.method(symbol, "forward") or ctx.project.method(symbol, "__init__")
+                if changed is not None:
+                    owner, method = changed
+                    return (f"`{symbol.qualname}` derives from nn.Linear but defines its own {method.name} "
+                            f"({os.path.basename(owner.path)}:{method.lineno})")
     return None
 
 

@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass, Submodule
 
 ROLES = ("q", "k", "v")
-_LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
-# `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`: one role word with a shared affix.
-_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)(?P<role>query|key|value|q|k|v)"
+_LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v",
+         "queries": "q", "keys": "k", "values": "v", "qs": "q", "ks": "k", "vs": "v"}
+_PLURAL = frozenset({"queries", "keys", "values", "qs", "ks", "vs"})
+# `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`, and plurals (`tokeys`, `w_qs`): one
+# role word with a shared affix.
+_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)"
+                   r"(?P<role>queries|query|keys|key|values|value|qs|ks|vs|q|k|v)"
                    r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
 
 
@@ -34,14 +38,15 @@ class Triple:
 
 
 def triples(names: list[str]) -> Iterator[Triple]:
-    """Every complete q/k/v triple among attribute names, grouped by their shared affix."""
-    groups: dict[tuple[str, str], dict[str, str]] = {}
+    """Every complete q/k/v triple among attribute names, grouped by their shared affix (plural
+    role words form their own triples: `keys` never pairs with `query`)."""
+    groups: dict[tuple[str, str, bool], dict[str, str]] = {}
     for name in names:
         match = _NAME.match(name)
         if match:
-            affix = (match["pre"], match["post"])
+            affix = (match["pre"], match["post"], match["role"] in _PLURAL)
             groups.setdefault(affix, {})[_LONG[match["role"]]] = name
-    for (pre, post), roles in groups.items():
+    for (pre, post, _), roles in groups.items():
         if len(roles) == 3:
             yield Triple(roles, f"{pre}qkv{post}")
 

@@ -14,9 +14,11 @@ import libcst as cst
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
-from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.analysis.modules import ModuleClass
+from tf_migrate.analysis.nodes import body_nodes, find
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
 
@@ -30,27 +32,55 @@ class EinsumAttentionToSdpa(Rule):
     Safety: exact. Scale, masks and dropout are carried over with their meaning: a boolean mask
     keeps which keys are visible (`masked_fill(mask == 0, ...)` becomes `attn_mask=mask != 0`), an
     additive float mask is passed as it is, a non-default scale is passed with `scale=`, and a
-    chain without scaling gets `scale=1.0`. `is_causal=True` is used only when the mask is a
+    chain without scaling gets `scale=1.0`. A mask applied in place (`scores.masked_fill_(m, v)`
+    alone on its line) is the same step as `scores = scores.masked_fill(m, v)`; if another name
+    still holds the unmasked scores, the chain is refused. A fill inside an `if` block that also
+    does other work (reshapes the mask first) keeps the block: the fill becomes
+    `attn_mask = <allowed>` where it was, `attn_mask = None` goes before the block, and the call
+    reads that name (it must be the only mask). `is_causal=True` is used only when the mask is a
     provable lower triangle (not edited in place afterwards) over query and key lengths computed
     from the same tensor; otherwise
     the original mask is passed explicitly (KV caches keep their bottom-right alignment). An
     additive mask is cast to the query's dtype, as `scores + mask` would promote it. Rows whose
     keys are all masked differ (the original averages v or yields NaN, SDPA yields zeros).
-    `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
+    A softmax computed in float32 and cast back (`softmax(s.float()).type_as(s)`,
+    `softmax(s, dtype=torch.float32).type_as(q)`, `s = s.float()` then `.to(q.dtype)`) is migrated
+    with a note: SDPA accumulates the softmax in float32 as well. Measured on CPU (torch 2.13,
+    width 256, 4 heads, T = 256; benchmarks/softmax_upcast_precision.py): max |error| against
+    float64 is 1.2e-3 before and 1.2e-3 after in bfloat16, 4.4e-4 before and 4.6e-4 after in
+    float16 (before vs after: 2.0e-3 and 2.4e-4); float32 agrees to 1e-7. In float64 the original
+    DOWNcasts its softmax to float32 and SDPA does not, so `verify`'s float64 pass reports a
+    difference of float32 rounding size (about 1e-7) for such models; its float32 pass agrees.
+    `torch.baddbmm(alloc, q, k^T, beta=0, alpha=s)` is `s * (q @ k^T)` (beta=0 never reads `alloc`,
+    which must be a plain allocation or a name). `matmul(q, k.transpose(2, 3))` is read as the usual (batch, heads, seq, dim) layout when the
     rank is not known from a `view`; any other transpose of k is kept and undone explicitly.
+
+    Where: every method of an nn.Module class, and module-level functions of the same file
+    (attention written as `attention(q, k, v, mask=None, dropout=None)`). A dropout module passed
+    in as an optional parameter (`if dropout is not None: p = dropout(p)`) becomes
+    `dropout_p=dropout.p if dropout is not None and dropout.training else 0.0`: the module drops
+    only when given and in training mode. A free function that returns the probabilities is
+    refused, naming its callers in the file and what they bind (callers in other files are not
+    followed yet; files without any nn.Module class are not read at all).
+
+    A forward/backward hook registered in the file on the softmax or dropout module the chain
+    calls (`blk.attn.softmax.register_forward_hook(...)`), or hooks registered on modules picked
+    by type (`isinstance(m, nn.Softmax)`), keep that attention as it is: SDPA would not call the
+    module, and the hook would silently stop firing.
 
     Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
     is dropped. No weight changes.
 
     Refuses when: the probabilities are used for anything but the product with v (returned,
     stored, appended, passed to a hook, read later); the mask fill value is not -inf-like; the
-    scale is not provably a number; the softmax upcasts with `dtype=`; the probabilities pass
+    scale is not provably a number; the softmax computes in another dtype and is not cast back
+    to the dtype of q, k, v or the scores (`.type_as(other)`); the probabilities pass
     through a module other than dropout; a name in the chain is rebound or changed in place
     (`q.mul_()`) before the product; the probabilities can leave the function unseen (a `global`
     name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
     every input); a softmax of a scores product reaches the product with v through a step not
-    listed above (a cast around the softmax, a head mask, `nn.Softmax(dim)(x)` built inline, a
-    mask inside an `if` block, a softmax dim not provably the keys' axis). Silent (not attention)
+    listed above (a cast around the softmax other than the float32 round trip, a head mask, `nn.Softmax()(x)` built inline without a dim, a
+    mask inside an `if` block besides other masks, a softmax dim not provably the keys' axis). Silent (not attention)
     when no scores product lies behind the softmax (router weights mixing expert outputs).
     """
 
@@ -78,6 +108,13 @@ class EinsumAttentionToSdpa(Rule):
                 yield from self._method(ctx, cls, method, calls)
             if calls:
                 yield from self._fixes(ctx, cls, calls)
+        for function in _module_functions(ctx):
+            calls = []
+            owner = ModuleClass(function, function.name.value)  # no submodules, buffers or methods
+            for finding in self._method(ctx, owner, function, calls):
+                yield _with_callers(ctx, function, finding) if isinstance(finding, Refusal) else finding
+            if calls:
+                yield from self._fixes(ctx, owner, calls, plans=False)
 
     def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
         matcher = AttentionMatcher(ctx, cls, method)
@@ -90,6 +127,7 @@ class EinsumAttentionToSdpa(Rule):
             try:
                 found = matcher.match(product, statement)
                 call = build_call(ctx, found)
+                refuse_hooked(ctx, cls, call)
             except NotAttention:
                 yield from _unfollowed(matcher, product, statement)
                 continue
@@ -101,7 +139,7 @@ class EinsumAttentionToSdpa(Rule):
             claimed.update(id(n) for n in call.removed_nodes())
             calls.append(call)
 
-    def _fixes(self, ctx, cls, calls: list[SdpaCall]) -> Iterator[Fix]:
+    def _fixes(self, ctx, cls, calls: list[SdpaCall], plans: bool = True) -> Iterator[Fix]:
         functional, needed = reference(ctx, FUNCTIONAL, "F")
         removed_buffers = _unused_buffers(ctx, cls, calls)
         for index, call in enumerate(calls):
@@ -119,10 +157,33 @@ class EinsumAttentionToSdpa(Rule):
                 message="attention -> F.scaled_dot_product_attention" + "".join(
                     f"; {n}" for n in call.notes + notes),
                 replacements=replacements,
-                plans=[plan],
+                plans=[plan] if plans else [],
                 imports=([needed] if needed else []) + call.imports,
                 maybe_unused_imports=call.freed_imports(),
             )
+
+
+def _module_functions(ctx) -> list[cst.FunctionDef]:
+    """Functions at the top of the file: attention is often a free function called by classes."""
+    return [node for node in ctx.module.body if isinstance(node, cst.FunctionDef)]
+
+
+def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
+    """A refusal in a free function, with what each caller in this file does with its results."""
+    name = function.name.value
+    calls = [node for node in find(ctx.module, lambda n: isinstance(n, cst.Call))
+             if isinstance(node.func, cst.Name) and node.func.value == name]
+    uses = []
+    for call in calls:
+        parent = ctx.parents.get(call)
+        if isinstance(parent, cst.Assign):
+            uses.append(f"line {ctx.line(call)}, which binds `{' = '.join(ctx.code(t.target) for t in parent.targets)}`")
+        else:
+            uses.append(f"line {ctx.line(call)}")
+    if not uses:
+        return refusal
+    return Refusal(refusal.line, f"{refusal.reason}; `{name}` is called at " + ", ".join(uses)
+                   + " (callers in other files are not followed)", refusal.hint)
 
 
 def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:

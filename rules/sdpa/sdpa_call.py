@@ -25,6 +25,8 @@ class SdpaCall:
     mask_bindings: list[Binding] = field(default_factory=list)  # local masks it no longer reads
     imports: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (mask term set in a kept `if` block, the name it is computed into, its boolean code)
+    block_mask: tuple[Mask, str, str] | None = None
 
     def arguments(self) -> list[str]:
         found, ctx = self.found, self.ctx
@@ -47,6 +49,8 @@ class SdpaCall:
         changes: dict[Any, Any] = {self.found.product: replacement}
         for statement in self._removed_statements():
             changes[statement] = cst.RemoveFromParent()
+        if self.block_mask is not None:
+            changes.update(_block_mask_edits(*self.block_mask))
         return changes
 
     def _removed_statements(self) -> Iterator[cst.BaseStatement]:
@@ -69,12 +73,26 @@ class SdpaCall:
 def build_call(ctx, found: Attention) -> SdpaCall:
     call = SdpaCall(ctx, found)
     _choose_mask(ctx, found, call)
+    if found.softmax_cast_to is not None:
+        call.notes.append("the softmax ran in float32 and was cast back: SDPA accumulates it in float32 "
+                          "too; float16/bfloat16 outputs differ by rounding only, and float64 inputs now "
+                          "keep float64 instead of a float32 softmax (`tf-migrate explain TFM101`)")
     return call
 
 
 def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     terms = found.masks
     if not terms:
+        return
+    blocked = [t for t in terms if t.block is not None]
+    if blocked:
+        if len(terms) > 1:
+            raise Refused(ctx.line(blocked[0].at), "a mask applied inside an `if` block that does other "
+                          "work, together with other masks", "combine the masks into one before the scores")
+        _refuse_empty_rows(ctx, found, terms)
+        name = _fresh_name(found.function, "attn_mask")
+        call.block_mask = (blocked[0], name, masks.allowed(ctx, blocked[0].expr))
+        call.attn_mask = name
         return
     _refuse_empty_rows(ctx, found, terms)
     if len(terms) == 1 and terms[0].guard is None and _causal(ctx, found, terms[0], call):
@@ -102,6 +120,28 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = all_of(plain)
+
+
+def _fresh_name(function: cst.FunctionDef, stem: str) -> str:
+    taken = {n.value for n in walk(function) if isinstance(n, cst.Name)}
+    name, number = stem, 1
+    while name in taken:
+        number += 1
+        name = f"{stem}_{number}"
+    return name
+
+
+def _block_mask_edits(term: Mask, name: str, allowed: str) -> dict[Any, Any]:
+    """`if test: ...; s = s.masked_fill(m, v)` -> `name = None` before the block, `name = <allowed>`
+    in place of the fill: the mask reads the block's names where the fill read them."""
+    inner = term.at
+    assigned = inner.with_changes(body=[cst.parse_statement(f"{name} = {allowed}\n").body[0]])
+
+    def before(updated: cst.If):
+        unset = cst.parse_statement(f"{name} = None\n").with_changes(leading_lines=updated.leading_lines)
+        return cst.FlattenSentinel([unset, updated.with_changes(leading_lines=[])])
+
+    return {inner: assigned, term.block: before}
 
 
 def _refuse_empty_rows(ctx, found: Attention, terms: list[Mask]) -> None:

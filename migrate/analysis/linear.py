@@ -1,0 +1,212 @@
+"""Is this an `nn.Linear`? Under any alias, a subclass that computes what Linear does, a factory
+function that returns one (in any project file), or an element of a list of them.
+
+Answers what is known about the layer (`LinearLayer`): its in/out features and bias as
+expressions of the file being migrated (None when not known) and which construct built it.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from tf_migrate.analysis.helpers import bind_arguments
+from tf_migrate.analysis.names import int_value, self_attribute
+from tf_migrate.analysis.project import Symbol
+from tf_migrate.analysis.project.facts import LINEAR_ARGUMENTS, clones_function, forward_passes_through, returned_call
+from tf_migrate.analysis.symbols import externals, init_values, symbols_of
+
+if TYPE_CHECKING:
+    from tf_migrate.analysis.modules import ModuleClass
+    from tf_migrate.engine.context import FileContext
+
+LINEAR = "torch.nn.Linear"
+
+
+@dataclass
+class LinearLayer:
+    construct: str  # "nn.Linear", "subclass MyLinear", "factory Linear", ...
+    call: cst.Call  # the construction in this file (the Linear, the factory or subclass call)
+    in_features: cst.BaseExpression | None
+    out_features: cst.BaseExpression | None
+    bias: cst.BaseExpression | None  # None: not passed (True)
+    # Called as `construct(in, out, bias=...)` it builds a layer computing what nn.Linear(in, out,
+    # bias) does: a fused or resized copy may be built with the same callee.
+    linear_signature: bool = False
+
+
+@dataclass
+class LinearList:
+    """A ModuleList / list whose every element is a Linear: `construct` says how it was built."""
+
+    construct: str  # "comprehension", "clones", "deepcopy comprehension", "list"
+    elements: list[LinearLayer]  # one per element when listed, else one shared description
+    count: int | None  # None when the count is not a literal
+
+    def element(self, index: int) -> LinearLayer | None:
+        if len(self.elements) > 1:
+            return self.elements[index] if -len(self.elements) <= index < len(self.elements) else None
+        if self.count is not None and not -self.count <= index < self.count:
+            return None
+        return self.elements[0] if self.elements else None
+
+
+def is_linear_layer(ctx: "FileContext", cls: "ModuleClass", node: cst.CSTNode) -> LinearLayer | None:
+    """`node`: a construction call, `self.attr` (built in `__init__`) or `self.attr[i]`."""
+    if isinstance(node, cst.Call):
+        return linear_construction(ctx, node)
+    attribute = self_attribute(node)
+    if attribute is not None:
+        values = init_values(cls, attribute)
+        layers = [linear_construction(ctx, v) if isinstance(v, cst.Call) else None for v in values]
+        return layers[0] if layers and all(layers) else None
+    if isinstance(node, cst.Subscript) and len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        index = int_value(node.slice[0].slice.value)
+        listed = linear_elements(ctx, cls, self_attribute(node.value) or "")
+        return listed.element(index) if listed is not None and index is not None else None
+    return None
+
+
+def linear_construction(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
+    symbols = symbols_of(ctx, call.func)
+    layers = [_from_symbol(ctx, call, symbol) for symbol in symbols]
+    return layers[0] if layers and all(layers) else None
+
+
+def _from_symbol(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLayer | None:
+    if symbol.kind == "external":
+        return _layer("nn.Linear", call, _linear_args(call), True) if symbol.qualified == LINEAR else None
+    if symbol.kind == "class" and forward_passes_through(ctx.project, symbol, LINEAR):
+        # Its own __init__ may take other arguments: then in/out/bias are not known from the call.
+        own_init = ctx.project.method(symbol, "__init__") is not None
+        return _layer(f"subclass {symbol.qualname}", call, {} if own_init else _linear_args(call), not own_init)
+    if symbol.kind == "function":
+        return _factory(ctx, call, symbol)
+    return None
+
+
+def _layer(construct: str, call: cst.Call, args: dict[str, cst.BaseExpression] | None,
+           signature: bool) -> LinearLayer | None:
+    if args is None:
+        return None
+    return LinearLayer(construct, call, args.get("in_features"), args.get("out_features"), args.get("bias"), signature)
+
+
+def _linear_args(call: cst.Call) -> dict[str, cst.BaseExpression] | None:
+    found: dict[str, cst.BaseExpression] = {}
+    for position, arg in enumerate(call.args):
+        if arg.star:
+            return {}
+        key = arg.keyword.value if arg.keyword is not None else (
+            LINEAR_ARGUMENTS[position] if position < 3 else None)
+        if key in LINEAR_ARGUMENTS:
+            found[key] = arg.value
+    return found
+
+
+def _factory(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLayer | None:
+    """`def Linear(i, o, bias=True): m = nn.Linear(i, o, bias); init(m); return m`."""
+    returned = returned_call(ctx.project, symbol)
+    if returned is None or not returned.callee:
+        return None
+    if not all(s.qualified == LINEAR or (s.kind == "class" and forward_passes_through(ctx.project, s, LINEAR))
+               for s in returned.callee):
+        return None
+    bound = bind_arguments(symbol.node, call) if isinstance(symbol.node, ast.FunctionDef) else None
+    inner: dict[str, cst.BaseExpression] = {}
+    for position, arg in enumerate(returned.call.args):
+        _inner_argument(inner, LINEAR_ARGUMENTS[position] if position < 3 else "", str(position), arg, returned, bound)
+    for keyword in returned.call.keywords:
+        _inner_argument(inner, keyword.arg or "", keyword.arg or "", keyword.value, returned, bound)
+    return LinearLayer(f"factory {symbol.qualname}", call, inner.get("in_features"), inner.get("out_features"),
+                       inner.get("bias"), _factory_signature(symbol.node, returned))
+
+
+def _factory_signature(function: ast.FunctionDef, returned) -> bool:
+    """`def f(a, b, bias=True)` passing a, b, bias to the Linear as they come: a call `f(in, out,
+    bias=...)` means what `nn.Linear(in, out, bias=...)` does (its own init aside)."""
+    params = [a.arg for a in function.args.posonlyargs + function.args.args]
+    if function.args.vararg or function.args.kwarg or function.args.kwonlyargs or not 2 <= len(params) <= 3:
+        return False
+    passed = {LINEAR_ARGUMENTS[int(k)] if k.isdigit() and int(k) < 3 else k: v for k, v in returned.params.items()}
+    expected = dict(zip(LINEAR_ARGUMENTS, params))
+    return passed == expected and len(returned.call.args) + len(returned.call.keywords) == len(params) \
+        and params[2:] in ([], ["bias"])
+
+
+def _inner_argument(inner: dict, name: str, key: str, arg: ast.expr, returned, bound) -> None:
+    if name not in LINEAR_ARGUMENTS:
+        return
+    param = returned.params.get(key)
+    if param is not None:
+        if bound is not None and param in bound:
+            inner[name] = bound[param]
+    elif isinstance(arg, ast.Constant):
+        inner[name] = cst.parse_expression(ast.unparse(arg))
+
+
+def linear_elements(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> LinearList | None:
+    """`self.<attribute>` as a list of Linears: `nn.ModuleList([nn.Linear(d, d) for _ in range(4)])`,
+    `clones(nn.Linear(d, d), 4)`, `[copy.deepcopy(lin) for _ in range(N)]`, a list literal."""
+    values = init_values(cls, attribute)
+    if len(values) != 1:
+        return None
+    value = values[0]
+    if isinstance(value, cst.Call) and externals(symbols_of(ctx, value.func)) == {"torch.nn.ModuleList"}:
+        if len(value.args) != 1 or value.args[0].keyword is not None:
+            return None
+        value = value.args[0].value
+    if isinstance(value, cst.Call):
+        return _clones(ctx, cls, value)
+    if isinstance(value, cst.List):
+        layers = [linear_construction(ctx, e.value) if isinstance(e.value, cst.Call) else None for e in value.elements]
+        return LinearList("list", layers, len(layers)) if layers and all(layers) else None
+    if isinstance(value, cst.ListComp):
+        return _comprehension(ctx, cls, value)
+    return None
+
+
+def _comprehension(ctx: "FileContext", cls: "ModuleClass", node: cst.ListComp) -> LinearList | None:
+    loop = node.for_in
+    if loop.inner_for_in is not None or loop.ifs or not isinstance(loop.iter, cst.Call) \
+            or ctx.names.builtin(loop.iter.func) != "builtins.range" or len(loop.iter.args) != 1:
+        return None
+    count = int_value(loop.iter.args[0].value)
+    element = node.elt
+    construct = "comprehension"
+    if isinstance(element, cst.Call) and externals(symbols_of(ctx, element.func)) == {"copy.deepcopy"} \
+            and len(element.args) == 1:
+        element = _local_value(cls, element.args[0].value)
+        construct = "deepcopy comprehension"
+    layer = linear_construction(ctx, element) if isinstance(element, cst.Call) else None
+    return LinearList(construct, [layer], count) if layer else None
+
+
+def _local_value(cls: "ModuleClass", node: cst.BaseExpression) -> cst.BaseExpression | None:
+    """The one value `__init__` assigns to a local name (None when assigned more than once)."""
+    from tf_migrate.analysis.nodes import find
+
+    if isinstance(node, cst.Call):
+        return node
+    init = cls.methods.get("__init__")
+    if not isinstance(node, cst.Name) or init is None:
+        return None
+    values = [a.value for a in find(init, lambda n: isinstance(n, cst.Assign))
+              if any(isinstance(t.target, cst.Name) and t.target.value == node.value for t in a.targets)]
+    return values[0] if len(values) == 1 else None
+
+
+def _clones(ctx: "FileContext", cls: "ModuleClass", call: cst.Call) -> LinearList | None:
+    symbols = symbols_of(ctx, call.func)
+    if len(symbols) != 1 or not isinstance(symbols[0].node, ast.FunctionDef):
+        return None
+    params = clones_function(ctx.project, symbols[0])
+    bound = bind_arguments(symbols[0].node, call) if params else None
+    if not params or bound is None or params[0] not in bound or params[1] not in bound:
+        return None
+    element = _local_value(cls, bound[params[0]])
+    layer = linear_construction(ctx, element) if isinstance(element, cst.Call) else None
+    return LinearList(f"clones ({symbols[0].qualname})", [layer], int_value(bound[params[1]])) if layer else None

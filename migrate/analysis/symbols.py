@@ -1,0 +1,84 @@
+"""From an expression in the file being migrated (libcst) to what it stands for in the project.
+
+The bridge between a rule's libcst nodes and the whole-tree index: `symbols_of` resolves a name
+or dotted chain read at module level (a local variable resolves to nothing), `init_values` finds
+what `__init__` assigns to `self.<attribute>`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from tf_migrate.analysis.names import self_attribute
+from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.project import Symbol
+
+if TYPE_CHECKING:
+    from tf_migrate.analysis.modules import ModuleClass
+    from tf_migrate.engine.context import FileContext
+
+
+def dotted(node: cst.CSTNode) -> str | None:
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        inner = dotted(node.value)
+        return f"{inner}.{node.attr.value}" if inner else None
+    return None
+
+
+def symbols_of(ctx: "FileContext", node: cst.CSTNode) -> list[Symbol]:
+    """What a name or dotted chain may stand for ([] for locals, parameters, unknown names)."""
+    text = dotted(node)
+    if text is None or not ctx.names.module_level(node):
+        return []
+    return ctx.project.resolve_dotted(ctx.source_path, text)
+
+
+def externals(symbols: list[Symbol]) -> set[str]:
+    return {s.qualified for s in symbols if s.kind == "external"}
+
+
+def init_values(cls: "ModuleClass", attribute: str) -> list[cst.BaseExpression]:
+    """Every value `__init__` assigns to `self.<attribute>` (both branches of an `if` included)."""
+    init = cls.methods.get("__init__")
+    if init is None:
+        return []
+    values = []
+    for node in find(init, lambda n: isinstance(n, cst.Assign)):
+        if any(self_attribute(t.target) == attribute for t in node.targets):
+            values.append(node.value)
+    return values
+
+
+def enclosing_function(ctx: "FileContext", node: cst.CSTNode) -> cst.FunctionDef | None:
+    current = ctx.parents.get(node)
+    while current is not None and not isinstance(current, cst.FunctionDef):
+        current = ctx.parents.get(current)
+    return current
+
+
+def parameter_default(function: cst.FunctionDef, name: str) -> cst.BaseExpression | None:
+    params = function.params
+    for param in [*params.posonly_params, *params.params, *params.kwonly_params]:
+        if param.name.value == name:
+            return param.default
+    return None
+
+
+def is_parameter(ctx: "FileContext", node: cst.CSTNode) -> cst.FunctionDef | None:
+    """The function whose parameter the Name `node` reads, if it is one."""
+    if not isinstance(node, cst.Name):
+        return None
+    function = enclosing_function(ctx, node)
+    if function is None:
+        return None
+    params = function.params
+    names = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
+    if node.value not in names:
+        return None
+    assigned = [n for n in find(function.body, lambda n: isinstance(n, (cst.AssignTarget, cst.AugAssign)))
+                if isinstance(getattr(n, "target", None), cst.Name) and n.target.value == node.value]
+    return None if assigned else function
