@@ -149,3 +149,13 @@ def _kept(top: "symtable.SymbolTable", name: str) -> bool:
 
 def _imports(table: "symtable.SymbolTable", name: str) -> bool:
     return name in table.get_identifiers() and table.lookup(name).is_imported()
+
+
+def _no_blank_start(module: cst.Module) -> cst.Module:
+    """A removed first import must not leave its successor's blank lines at the top of the file."""
+    if any(line.comment is not None for line in module.header):
+        return module  # the blank line separates the header comments from the code
+    if module.body and module.body[0].leading_lines and all(
+            line.comment is None for line in module.body[0].leading_lines):
+        return module.with_changes(body=[module.body[0].with_changes(leading_lines=[]), *module.body[1:]])
+    return module
