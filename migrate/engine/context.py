@@ -30,6 +30,11 @@ class FileContext:
         self._skips = suppress.skip_comments(text)
         self.text = text
 
+    @property
+    def skips(self) -> dict[int, frozenset[str]]:
+        """Line -> the codes a `# tf-migrate: skip` comment on it turns off."""
+        return self._skips
+
     @cached_property
     def names(self) -> NameResolver:
         return NameResolver(Scopes(self.module, self.parents, self.text))

@@ -5,14 +5,18 @@ Nothing here prints or writes: the CLI decides what to do with a `FileResult`.
 
 from __future__ import annotations
 
+import sys
+import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
+from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
+from tf_migrate.engine.lines import original_lines, relabel
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
-from tf_migrate.engine.source import SourceError, read_source
+from tf_migrate.engine.source import SourceError, Stamp, read_source, split_lines
 
 if TYPE_CHECKING:
     import ast
@@ -46,7 +50,12 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    components: list[ComponentOutcome] = field(default_factory=list)
+    # Fixes and refusals that no census component accounts for (message: "fix" or "refusal").
+    outside: list[Edit] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)  # other files the analysis read (the cache keys on them)
+    skipped: str = ""  # why the file was not looked at (a FIFO named *.py): not an error
+    stamp: Stamp | None = None  # what was read, for the check before --write replaces the file
 
     @property
     def changed(self) -> bool:
@@ -66,7 +75,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:
         return result
-    tree = _python_tree(text)
+    tree = _python_tree(text)  # under the caller's recursion limit: it bounds what libcst sees
     if isinstance(tree, str):
         result.errors.append(tree)
         return result
@@ -78,9 +87,41 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     with project.analysing(key):
         # Every rule works inside nn.Module classes; a base may be one through another project file.
         if may_define_modules(tree) or project.defines_modules(key):
-            _run_rules(result, text, path, active, project, key)
+            _with_deep_stack(_run_rules, result, text, path, active, project, key)
         result.depends = sorted(project.reads)
+    project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker
     return result
+
+
+# libcst's visitors, metadata and printer recurse a few frames per level of nesting: a valid
+# 400-term sum or 500-link call chain exceeds Python's default limit of 1000 frames. The rules
+# run in a thread whose stack and recursion limit hold that; the depth itself stays bounded by
+# Python's parser, which every file passes first with the usual limit.
+_STACK_BYTES = 512 * 1024 * 1024
+_RECURSION_LIMIT = 30_000
+
+
+def _with_deep_stack(function, *args):
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append(exc)
+
+    old_stack, old_limit = threading.stack_size(_STACK_BYTES), sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
+    try:
+        thread = threading.Thread(target=target, name="tf-migrate rules")
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _single_file_project(path: str) -> "ProjectIndex":
@@ -101,15 +142,18 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
+        result.errors.append(_form_feed_error(text) or
+                             f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     for rule in active:
+        seen = code  # the text this rule reads: lines of its findings count there
         try:
             ctx = ctx or FileContext(module, path, code, project, source_path)
             findings = list(rule.check(ctx))
+            components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes, ctx.parents)
@@ -120,20 +164,49 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
             return
-        result.edits.extend(Edit(rule.code, f.line, f.message) for f in fixes)
-        result.refusals.extend(
-            Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
+        line_of = original_lines(text, seen)  # reports name the lines of the file as written
+        result.edits.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of)) for f in fixes)
+        result.refusals.extend(Diagnostic(rule.code, line_of(f.line), relabel(f.reason, line_of), f.hint)
+                               for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
-        result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
+        result.notes.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of))
+                            for f in findings if isinstance(f, Note))
+        outcomes, outside = reconcile(components, findings)
+        result.components.extend(
+            replace(c, start_line=line_of(c.start_line), end_line=line_of(c.end_line),
+                    reason=relabel(c.reason, line_of)) for c in outcomes)
+        result.outside.extend(Edit(rule.code, line_of(f.line), "fix" if isinstance(f, Fix) else "refusal")
+                              for f in outside)
     result.migrated = code
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
         # (`\r`-only line ends lose the last one), the untouched parts would change too.
-        result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
-                             "endings?); left untouched")
+        result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
+                             "for byte (unusual line endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
+        _edits_dropped(result)
         return
+    result.migrated = _file_newlines(text, code)
     _check_output(result)
+
+
+def _form_feed_error(text: str) -> str | None:
+    """A form feed before code on a line (old editors' page breaks) is valid Python that libcst
+    cannot print back: name it instead of blaming the file's syntax or line ends."""
+    for number, line in enumerate(split_lines(text), 1):
+        indent = line[:len(line) - len(line.lstrip(" \t\f"))]
+        if "\f" in indent and line.strip(" \t\f\r\n"):
+            return (f"form feed in indentation at line {number}: libcst does not reproduce it byte "
+                    "for byte; left untouched (remove the form feed to migrate this file)")
+    return None
+
+
+def _file_newlines(original: str, code: str) -> str:
+    """Code a rule inserts carries `\\n` inside multi-line strings; a file that ends every line with
+    `\\r\\n` gets them too."""
+    if "\r\n" in original and "\n" not in original.replace("\r\n", ""):
+        return code.replace("\r\n", "\n").replace("\n", "\r\n")
+    return code
 
 
 def _python_tree(text: str) -> "ast.Module | str":
@@ -165,6 +238,14 @@ def _check_output(result: FileResult) -> None:
         result.migrated = result.original
         result.edits.clear()
         result.plans.clear()
+        _edits_dropped(result)
+
+
+def _edits_dropped(result: FileResult) -> None:
+    """A component whose rewrite was dropped is not migrated: it is refused, with the error."""
+    reason = result.errors[-1].splitlines()[0]
+    result.components = [c if c.outcome != "migrated" else replace(c, outcome="refused", reason=reason)
+                         for c in result.components]
 
 
 def migrate_file(path: Path, rules: Sequence[Rule], display: str | None = None) -> FileResult:

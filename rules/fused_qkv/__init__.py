@@ -11,14 +11,15 @@ import os
 from typing import Iterator
 
 from tf_migrate.rules.fused_qkv import fan_inits
+from tf_migrate.analysis.contracts import consumers_of
 from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, other_init_uses, triples)
+                                    linear_arguments, naming_string, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
 _PARAMETER = "torch.nn.Parameter"
@@ -46,7 +47,9 @@ class SeparateQkvToFused(Rule):
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
-    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
+    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); code elsewhere in
+    the tree hooks a projection, names it (a string, `getattr`, a LoRA target list, another object's
+    attribute) or counts the state_dict keys; the split sizes
     cannot be read in the method; the names the split binds would clash; the input is changed in
     place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
@@ -66,11 +69,22 @@ class SeparateQkvToFused(Rule):
     )
     example_after = "self.qkv = nn.Linear(d, 3 * d)\n...\nq, k, v = self.qkv(x).split(self.d, dim=-1)\n"
 
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.fused_qkv.census import components
+
+        return components(ctx, self.code)
+
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node):
                 continue
-            for triple in triples(list(cls.submodules)):
+            for triple in triples(list(cls.submodules) + list(cls.crowded)):
+                crowded = next((cls.crowded[a] for a in triple.attributes.values() if a in cls.crowded), None)
+                if crowded is not None:
+                    yield Refusal(ctx.line(crowded), "q/k/v projections not fused: one of them is "
+                                  "assigned on a line shared with other statements (`;`)",
+                                  "put each projection on its own line, then rerun")
+                    continue
                 yield from self._triple(ctx, cls, triple)
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
@@ -79,6 +93,9 @@ class SeparateQkvToFused(Rule):
             if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
                     or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
                 raise Blocked(f"the class already has `{triple.fused_name}`")
+            consumer = _consumer(ctx, cls, triple)
+            if consumer is not None:
+                raise Blocked(consumer)
             raw = all(s.callee == _PARAMETER for s in subs)
             yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
         except Blocked as exc:
@@ -90,6 +107,7 @@ class SeparateQkvToFused(Rule):
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
         blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
+        blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
             raise Blocked(blocked)
         return self._fix(ctx, cls, triple, subs, apps)
@@ -123,10 +141,15 @@ class SeparateQkvToFused(Rule):
 
 def _constructor_problem(ctx, subs) -> str | None:
     layers = [s.callee == _LINEAR or linear_construction(ctx, s.call) for s in subs]
-    if not all(getattr(layer, "linear_signature", layer) for layer in layers):
-        kinds = ", ".join(f"{s.name}: {s.callee or ctx.code(s.call.func)}" for s in subs)
-        return f"not all nn.Linear ({kinds}); " + (_overriding_subclass(ctx, subs) or
-                                                   "Conv1D-style weights are stored transposed")
+    other = next((s for s, layer in zip(subs, layers) if not getattr(layer, "linear_signature", layer)), None)
+    if other is not None:
+        built = ctx.code(other.call.func)
+        if (other.callee or built).rsplit(".", 1)[-1] == "Conv1D":
+            return (f"`{other.name}` is a Conv1D (line {ctx.line(other.statement)}): its weight is stored "
+                    "transposed (in, out), unlike nn.Linear")
+        return _overriding_subclass(ctx, subs) or (
+            f"`{other.name}` is built by `{built}(...)` (line {ctx.line(other.statement)}), which "
+            "tf-migrate cannot show returns a plain nn.Linear")
     if len({ctx.code(s.call.func) for s in subs}) != 1:  # the fused layer is built with one of them
         return "the projections are built by different callables (" + \
             ", ".join(f"{s.name}: {ctx.code(s.call.func)}" for s in subs) + ")"
@@ -142,6 +165,17 @@ def _constructor_problem(ctx, subs) -> str | None:
         return f"bias presence differs: {detail}"
     if biases[0] not in ("True", "False"):
         return f"bias={biases[0]} is not a literal; cannot tell whether the fused Linear has one"
+    return None
+
+
+def _consumer(ctx, cls, triple: Triple) -> str | None:
+    """Code elsewhere in the tree that names a projection or counts the keys the fusion renames."""
+    owner = ctx.project.class_symbol(ctx.source_path, cls.qualname)
+    for role in ROLES:
+        name = triple.attributes[role]
+        found = consumers_of(ctx.project, owner, name, {"hook", "string", "key", "attribute"})
+        if found:
+            return f"`{name}` is used outside the class: {found[0].describe(ctx.project.root)}"
     return None
 
 

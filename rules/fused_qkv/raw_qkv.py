@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from tf_migrate.analysis.nodes import atom_code
-from tf_migrate.rules.fused_qkv.projections import ROLES, Triple, applied, different_inputs, foreign_attribute
+from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, applied, different_inputs, foreign_attribute,
+                                                   naming_string)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_weights import Product, init_site, product, shape
 
@@ -111,20 +112,6 @@ def _loop_sequence(sequence, refs: dict[int, cst.Attribute], parts: str) -> cst.
 
 def _refuse_foreign_uses(ctx, cls, names: list[str]) -> None:
     """Another object's `.w_q`, a subclass's `self.w_q`, or a "w_q" key string would dangle."""
-    blocked = foreign_attribute(ctx, cls, names)
+    blocked = foreign_attribute(ctx, cls, names) or naming_string(ctx, names)
     if blocked:
         raise Blocked(blocked)
-    by_last = ctx.memo("raw_qkv.strings", lambda: _strings_by_last_part(ctx))
-    named = [node for n in names for node in by_last.get(n, ())]  # `n` itself or `<prefix>.n`
-    if named:
-        node = min(named, key=ctx.index.position)  # the first in the file
-        raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")
-
-
-def _strings_by_last_part(ctx) -> dict[str, list[cst.SimpleString]]:
-    found: dict[str, list[cst.SimpleString]] = {}
-    for node in ctx.index.of_type(ctx.module, cst.SimpleString):
-        value = node.evaluated_value
-        if isinstance(value, str):
-            found.setdefault(value.rsplit(".", 1)[-1], []).append(node)
-    return found
