@@ -171,7 +171,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
             used_skips.update(ctx.used_skips)  # lines of `seen`: mapped below
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes)
+                module = apply_fixes(ctx.module, fixes, ctx.parents)
                 code = module.code
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None

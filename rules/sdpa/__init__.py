@@ -16,7 +16,7 @@ from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consum
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
-from tf_migrate.analysis.nodes import body_nodes, find
+from tf_migrate.analysis.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
@@ -184,8 +184,7 @@ def _module_functions(ctx) -> list[cst.FunctionDef]:
 def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
     """A refusal in a free function, with what each caller in this file does with its results."""
     name = function.name.value
-    calls = [node for node in find(ctx.module, lambda n: isinstance(n, cst.Call))
-             if isinstance(node.func, cst.Name) and node.func.value == name]
+    calls = ctx.index.calls_of(ctx.module, name)
     uses = []
     for call in calls:
         parent = ctx.parents.get(call)
