@@ -260,3 +260,91 @@ def test_plural_role_names_convert_strict_and_compute_the_same(build: str, shape
     want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
     for a, b in zip(want, got):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+# q/k/v as elements 0-2 of a list of four Linears (element 3: the output projection), zipped.
+LISTED = FOLDER / "listed_projections_zip.before.py"
+
+
+@pytest.mark.parametrize("case, words", [
+    ("listed_projections_cross_call", ["`self.mix(x, memory, memory)` on line 47", "cross-attention"]),
+    ("listed_projections_init_loop", ["`self.linears` is used in __init__ on line 18"]),
+])
+def test_listed_refusals_name_the_cause(case: str, words: list[str]) -> None:
+    path = FOLDER / f"{case}.noop.py"
+    [refusal] = _run(path, path.read_text()).refusals
+    assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_listed_plan_concatenates_three_elements_and_renames_the_fourth() -> None:
+    [plan] = _run(LISTED, LISTED.read_text()).plans
+    assert plan.qualname == "HeadedAttention"
+    assert [(c.target, c.sources, c.dim) for c in plan.concatenated] == [
+        ("qkv.weight", ["linears.0.weight", "linears.1.weight", "linears.2.weight"], 0),
+        ("qkv.bias", ["linears.0.bias", "linears.1.bias", "linears.2.bias"], 0),
+    ]
+    assert plan.renamed == {"linears.3.weight": "out.weight", "linears.3.bias": "out.bias"}
+
+
+@pytest.mark.parametrize("change, words", [
+    (("(h, h, h)", "(h)"), ["passes h, ?, ?"]),  # defaults decide: not provably one tensor
+    (("b = query.size(0)", "key = key * 1\n        b = query.size(0)"), ["`key` is rebound in forward"]),
+    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["used other than in the zip", "(line 25)"]),
+    (("replicate(nn.Linear(width, width), 4)",
+      "nn.ModuleList([nn.Linear(width, width)] * 3 + [nn.Linear(width, width, bias=False)])"), None),
+    (("self.attention = HeadedAttention(width, heads)", "self.attention = make(HeadedAttention, width)"),
+     ["`HeadedAttention` on line 32 is used other than as `self.<name> = HeadedAttention(...)`"]),
+    (("return x + self.attention(h, h, h)", "return x + self.attention.forward(h, h, h)"),
+     ["`self.attention` on line 36 is used other than called"]),
+])
+def test_listed_hazards_are_refused(change: tuple[str, str], words: list[str] | None) -> None:
+    text = LISTED.read_text()
+    assert change[0] in text
+    result = _run(LISTED, text.replace(*change))
+    assert result.migrated == text.replace(*change) and not result.edits
+    if words is not None:
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_listed_without_any_caller_is_refused() -> None:
+    text = LISTED.read_text().split("class Block")[0]
+    [refusal] = _run(LISTED, text).refusals
+    assert "no call of a `HeadedAttention` in the tree" in refusal.reason
+
+
+def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
+    text = LISTED.read_text().split("class Block")[0]
+    result = _run(LISTED, text.replace("(query, key, value)", "(query, query, query)"))
+    assert not result.refusals and "for t in self.qkv(query).chunk(3, dim=-1)]" in result.migrated
+
+
+def test_listed_instances_built_in_another_file_are_refused(tmp_path: Path) -> None:
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"attn.py": LISTED.read_text(),
+                                       "decoder.py": "from attn import HeadedAttention\n"})
+    path = tmp_path / "attn.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    [refusal] = result.refusals
+    assert "`HeadedAttention` is named in" in refusal.reason and "decoder.py" in refusal.reason
+
+
+def test_listed_converts_strict_and_computes_the_same() -> None:
+    """The whole Block (the attention under `attention.`): checkpoint through the plan, strict load."""
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    torch.manual_seed(0)
+    old = load_module(LISTED).Block(32, 4).eval()
+    new = load_module(FOLDER / "listed_projections_zip.after.py").Block(32, 4).eval()
+    [plan] = _run(LISTED, LISTED.read_text()).plans
+    converted = convert_state_dict(old.state_dict(), [plan])[0]
+    assert "attention.linears.0.weight" in old.state_dict() and "attention.out.bias" in converted
+    new.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the check can fail: a wrong element order breaks it
+        new.attention.out.weight.add_(1e-3)
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)

@@ -17,6 +17,7 @@ from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
                                     linear_arguments, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
 
@@ -72,6 +73,8 @@ class SeparateQkvToFused(Rule):
                 continue
             for triple in triples(list(cls.submodules)):
                 yield from self._triple(ctx, cls, triple)
+            for attribute in listed_candidates(ctx, cls):
+                yield self._listed(ctx, cls, attribute)
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
         subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
@@ -84,6 +87,19 @@ class SeparateQkvToFused(Rule):
         except Blocked as exc:
             yield Refusal(ctx.line(subs[0].statement), f"q/k/v projections not fused: {exc}",
                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+
+    def _listed(self, ctx, cls, attribute: str) -> Finding:
+        statement = cls.submodules[attribute].statement
+        try:
+            fusion = listed_fusion(ctx, cls, attribute)
+        except Blocked as exc:
+            return Refusal(ctx.line(statement), f"q/k/v projections in `self.{attribute}` not fused: {exc}",
+                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+        fusion.plan.rules.append(self.code)
+        inits = fan_inits.generic_shape_inits(ctx, 0)
+        message = f"{attribute}[0..2] -> fused `qkv` + split, {attribute}[3] -> `out`"
+        return Fix(line=ctx.line(statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
+                   replacements=fusion.replacements, plans=[fusion.plan])
 
     def _linear(self, ctx, cls, triple, subs) -> Fix:
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]

@@ -1,0 +1,238 @@
+"""q/k/v held as elements 0-2 of a list of four Linears whose element 3 is the output projection
+(`clones(nn.Linear(d, d), 4)`), applied as
+`q, k, v = [l(x).view(...) for l, x in zip(self.linears, (query, key, value))]`.
+
+query/key/value are then parameters of forward: whether they are one tensor is decided by the
+callers, so every call of every instance of the class is read (`callers`). The list becomes
+`self.qkv` (elements 0-2 concatenated) and `self.out` (element 3 renamed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import libcst as cst
+
+from tf_migrate.analysis.dataflow import binds, loads
+from tf_migrate.analysis.linear import linear_elements
+from tf_migrate.analysis.names import int_value, self_attribute
+from tf_migrate.analysis.nodes import find
+from tf_migrate.engine.edits import replace_nodes
+from tf_migrate.plan import ClassPlan, Concatenation
+from tf_migrate.rules.fused_qkv.projections import _inside
+from tf_migrate.rules.fused_qkv.qkv_split import Blocked, split_suffix
+
+FUSED, OUT = "qkv", "out"
+
+
+@dataclass
+class ListedFusion:
+    attribute: str
+    replacements: dict
+    plan: ClassPlan
+    statement: cst.SimpleStatementLine
+
+
+def listed_candidates(ctx, cls) -> list[str]:
+    """Attributes built as a list of exactly four Linears and read by a `zip` in a method."""
+    found = []
+    for name, sub in cls.submodules.items():
+        listed = linear_elements(ctx, cls, name)
+        if listed is not None and listed.count == 4 and _zip_uses(ctx, cls, name):
+            found.append(name)
+    return found
+
+
+def _zip_uses(ctx, cls, name: str) -> list[cst.Call]:
+    return [ctx.parents.get(ctx.parents.get(ref)) for ref in cls.self_references(name)
+            if isinstance(ctx.parents.get(ref), cst.Arg)
+            and isinstance(ctx.parents.get(ctx.parents.get(ref)), cst.Call)
+            and ctx.names.builtin(ctx.parents.get(ctx.parents.get(ref)).func) == "builtins.zip"]
+
+
+def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
+    """The edits and plan fusing elements 0-2 of `self.<attribute>`; Blocked says why not."""
+    sub = cls.submodules[attribute]
+    if FUSED in cls.submodules or OUT in cls.submodules or any(
+            next(cls.self_references(n), None) is not None or n in cls.methods for n in (FUSED, OUT)):
+        raise Blocked(f"the class already has `{FUSED}` or `{OUT}`")
+    listed = linear_elements(ctx, cls, attribute)
+    if len({ctx.code(e.call) for e in listed.elements}) != 1:
+        raise Blocked(f"the four elements of `self.{attribute}` are built differently")
+    layer = listed.element(0)
+    if not layer.linear_signature or layer.in_features is None or layer.out_features is None \
+            or not _inside(ctx, layer.call, sub.statement):
+        raise Blocked(f"the elements of `self.{attribute}` are not built in its statement as "
+                      "`Linear(in, out[, bias])`")
+    bias = "True" if layer.bias is None else ctx.code(layer.bias)
+    if bias not in ("True", "False"):
+        raise Blocked(f"bias={bias} is not a literal")
+    init = cls.methods.get("__init__")
+    uses = [r for r in cls.self_references(attribute) if not _inside(ctx, r, init)]
+    zips = _zip_uses(ctx, cls, attribute)
+    if len(zips) != 1:
+        raise Blocked(f"`self.{attribute}` is zipped {len(zips)} times (fusion needs one)")
+    for ref in cls.self_references(attribute):
+        if _inside(ctx, ref, init) and not _inside(ctx, ref, sub.statement):
+            raise Blocked(f"`self.{attribute}` is used in __init__ on line {ctx.line(ref)} besides its construction "
+                          f"(an init over the elements would see a ({FUSED}) layer of another shape)")
+    comprehension, inputs, projection = _comprehension(ctx, zips[0], attribute)
+    out_calls = [r for r in uses if _output_call(ctx, r)]
+    if len(uses) != 1 + len(out_calls) or not out_calls:
+        others = [r for r in uses if not _inside(ctx, r, zips[0]) and not _output_call(ctx, r)]
+        where = f"line {ctx.line(others[0])}" if others else "nowhere"
+        raise Blocked(f"`self.{attribute}` is used other than in the zip and as `self.{attribute}[3](...)` "
+                      f"({where})")
+    method = next(m for m in cls.methods.values() if _inside(ctx, comprehension, m))
+    source = _same_tensor(ctx, cls, method, inputs, comprehension)
+    width = ctx.code(layer.out_features)
+    fused_call = f"self.{FUSED}({source}){split_suffix([width] * 3)}"
+    replacements = {comprehension: _rewritten(comprehension, projection, fused_call)}
+    for ref in out_calls:
+        replacements[ctx.parents.get(ref)] = cst.parse_expression(f"self.{OUT}")
+    func, in_code = ctx.code(layer.call.func), ctx.code(layer.in_features)
+    bias_text = ", bias=False" if bias == "False" else ""
+    three = f"3 * {width}" if isinstance(layer.out_features, (cst.Name, cst.Attribute, cst.Integer)) \
+        else f"3 * ({width})"
+    built = [cst.parse_statement(f"self.{FUSED} = {func}({in_code}, {three}{bias_text})"),
+             cst.parse_statement(f"self.{OUT} = {func}({in_code}, {width}{bias_text})")]
+    built[0] = built[0].with_changes(leading_lines=sub.statement.leading_lines)
+    replacements[sub.statement] = cst.FlattenSentinel(built)
+    plan = ClassPlan(ctx.path, cls.qualname, [])
+    for param in ["weight"] + (["bias"] if bias == "True" else []):
+        plan.concatenated.append(Concatenation(f"{FUSED}.{param}", [f"{attribute}.{i}.{param}" for i in range(3)], 0))
+        plan.renamed[f"{attribute}.3.{param}"] = f"{OUT}.{param}"
+    return ListedFusion(attribute, replacements, plan, sub.statement)
+
+
+def _output_call(ctx, ref) -> bool:
+    """`self.linears[3](...)` or `self.linears[-1](...)`."""
+    subscript = ctx.parents.get(ref)
+    call = ctx.parents.get(subscript)
+    if not (isinstance(subscript, cst.Subscript) and isinstance(call, cst.Call) and call.func is subscript
+            and len(subscript.slice) == 1 and isinstance(subscript.slice[0].slice, cst.Index)):
+        return False
+    return int_value(subscript.slice[0].slice.value) in (3, -1)
+
+
+def _comprehension(ctx, zipped: cst.Call, attribute: str):
+    """`[<elt using l(x) once> for l, x in zip(self.<attribute>, (a, b, c))]`: the comprehension,
+    the names a, b, c and the projection call `l(x)`."""
+    loop = ctx.parents.get(zipped)
+    comprehension = ctx.parents.get(loop)
+    shape = f"`[... l(x) ... for l, x in zip(self.{attribute}, (query, key, value))]`"
+    if not (isinstance(loop, cst.CompFor) and loop.iter is zipped and isinstance(comprehension, (cst.ListComp,
+            cst.GeneratorExp)) and loop.inner_for_in is None and not loop.ifs and loop.asynchronous is None):
+        raise Blocked(f"`self.{attribute}` is zipped outside a comprehension {shape}")
+    target = loop.target
+    args = zipped.args
+    if not (isinstance(target, cst.Tuple) and len(target.elements) == 2
+            and all(isinstance(e.value, cst.Name) for e in target.elements)
+            and len(args) == 2 and self_attribute(args[0].value) == attribute
+            and isinstance(args[1].value, (cst.Tuple, cst.List)) and len(args[1].value.elements) == 3
+            and all(isinstance(e.value, cst.Name) and not isinstance(e, cst.StarredElement)
+                    for e in args[1].value.elements)):
+        raise Blocked(f"the zip is not of the form {shape}")
+    layer_name, tensor_name = (e.value.value for e in target.elements)
+    calls = find(comprehension.elt, lambda n: isinstance(n, cst.Call) and isinstance(n.func, cst.Name)
+                 and n.func.value == layer_name)
+    if not (len(calls) == 1 and len(calls[0].args) == 1 and isinstance(calls[0].args[0].value, cst.Name)
+            and calls[0].args[0].value.value == tensor_name and calls[0].args[0].keyword is None
+            and not calls[0].args[0].star and len(loads(comprehension.elt, layer_name)) == 1
+            and len(loads(comprehension.elt, tensor_name)) == 1):
+        raise Blocked(f"the comprehension does more with `{layer_name}`/`{tensor_name}` than `{layer_name}"
+                      f"({tensor_name})` once")
+    return comprehension, [e.value.value for e in args[1].value.elements], calls[0]
+
+
+def _rewritten(comprehension, projection: cst.Call, fused_call: str):
+    """`[f(l(x)) for l, x in zip(...)]` -> `[f(x) for x in <fused>.split(...)]`."""
+    tensor = projection.args[0].value
+    loop = comprehension.for_in.with_changes(target=tensor, iter=cst.parse_expression(fused_call))
+    return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
+
+
+def _same_tensor(ctx, cls, method: cst.FunctionDef, inputs: list[str], comprehension) -> str:
+    """The one tensor the three inputs are: one local name, or three parameters of forward that
+    every call of every instance passes the same name for. Blocked (naming the call) otherwise."""
+    if len(set(inputs)) == 1:
+        return inputs[0]  # `(x, x, x)`: one tuple display, one object
+    bound = next((name for name in inputs if binds(method.body, name)), None)
+    if bound is not None:
+        raise Blocked(f"`{bound}` is rebound in {method.name.value}: it may not be what the caller passed")
+    if method.name.value != "forward":
+        raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
+    params = [p.name.value for p in method.params.params]
+    if any(name not in params for name in inputs) or method.params.posonly_params:
+        raise Blocked(f"the zipped names ({', '.join(inputs)}) are not all parameters of forward")
+    positions = [params.index(name) - 1 for name in inputs]  # without self
+    inner = find(cls.node, lambda n: self_attribute(n) == "forward" or (
+        isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
+    if inner:
+        raise Blocked(f"`{ctx.code(inner[0])}` on line {ctx.line(inner[0])} calls forward from inside the class")
+    calls = callers(ctx, cls)
+    if not calls:
+        raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
+                      f"{', '.join(inputs)} are one tensor")
+    for call in calls:
+        passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
+        if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
+            raise Blocked(f"`{ctx.code(call)}` on line {ctx.line(call)} passes "
+                          f"{', '.join(ctx.code(p) if p is not None else '?' for p in passed)} as "
+                          f"{', '.join(inputs)}: cross-attention, not one tensor")
+    return inputs[0]
+
+
+def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
+    if any(a.star for a in call.args):
+        return None
+    positional = [a for a in call.args if a.keyword is None]
+    if position < len(positional):
+        return positional[position].value
+    return next((a.value for a in call.args if a.keyword is not None and a.keyword.value == name), None)
+
+
+def callers(ctx, cls) -> list[cst.Call]:
+    """Every call of an instance of `cls`: each instance is built as `self.<holder> = Cls(...)` in
+    an `__init__` of this file and only called through `self.<holder>(...)` in its class. Blocked
+    when an instance is built or reached any other way (here or in another file of the tree)."""
+    name = cls.node.name.value
+    holders = []
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Name) and n.value == name):
+        parent = ctx.parents.get(node)
+        if parent is cls.node:
+            continue
+        statement = ctx.parents.get(ctx.parents.get(parent)) if isinstance(parent, cst.Call) else None
+        assign = ctx.parents.get(parent) if isinstance(parent, cst.Call) else None
+        holder = self_attribute(assign.targets[0].target) if isinstance(assign, cst.Assign) \
+            and len(assign.targets) == 1 and assign.value is parent and parent.func is node else None
+        owner = next((c for c in ctx.module_classes if c.submodules.get(holder or "") is not None
+                      and c.submodules[holder].statement is statement), None)
+        if owner is None:
+            raise Blocked(f"`{name}` on line {ctx.line(node)} is used other than as `self.<name> = {name}(...)` "
+                          "in a module's __init__: the calls of its instances are not followed")
+        holders.append((owner, holder))
+    word = re.compile(rf"\b{re.escape(name)}\b")
+    for path in sorted(ctx.project.files):
+        text = ctx.project.text(path)
+        if path != ctx.project_key and text is not None and word.search(text):
+            raise Blocked(f"`{name}` is named in {path}: the calls of instances built there are not followed")
+    found = []
+    for owner, holder in holders:
+        for ref in owner.self_references(holder):
+            parent = ctx.parents.get(ref)
+            if isinstance(parent, cst.Call) and parent.func is ref:
+                found.append(parent)
+            elif not (isinstance(parent, cst.AssignTarget) and _inside(ctx, ref, owner.submodules[holder].statement)):
+                raise Blocked(f"`self.{holder}` on line {ctx.line(ref)} is used other than called")
+        for reference in ctx.project.references(holder):
+            if reference.path != ctx.project_key and reference.kind == "attribute":
+                raise Blocked(f"`.{holder}` is reached in {reference.path}:{reference.line}")
+        owners = [o.node for o, h in holders if h == holder]
+        outside = [n for n in find(ctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value == holder)
+                   if not (self_attribute(n) == holder and any(_inside(ctx, n, o) for o in owners))]
+        if outside:
+            raise Blocked(f"`{ctx.code(outside[0])}` on line {ctx.line(outside[0])} reaches an instance from "
+                          "outside its holder")
+    return found
