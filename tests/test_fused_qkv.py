@@ -289,7 +289,7 @@ def test_listed_plan_concatenates_three_elements_and_renames_the_fourth() -> Non
 @pytest.mark.parametrize("change, words", [
     (("(h, h, h)", "(h)"), ["passes h, ?, ?"]),  # defaults decide: not provably one tensor
     (("b = query.size(0)", "key = key * 1\n        b = query.size(0)"), ["`key` is rebound in forward"]),
-    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["used other than in the zip", "(line 25)"]),
+    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["not used exactly as q/k/v", "line 25: self.linears[2](mixed)"]),
     (("replicate(nn.Linear(width, width), 4)",
       "nn.ModuleList([nn.Linear(width, width)] * 3 + [nn.Linear(width, width, bias=False)])"), None),
     (("self.attention = HeadedAttention(width, heads)", "self.attention = make(HeadedAttention, width)"),
@@ -330,21 +330,37 @@ def test_listed_instances_built_in_another_file_are_refused(tmp_path: Path) -> N
     assert "`HeadedAttention` is named in" in refusal.reason and "decoder.py" in refusal.reason
 
 
-def test_listed_converts_strict_and_computes_the_same() -> None:
-    """The whole Block (the attention under `attention.`): checkpoint through the plan, strict load."""
+def test_listed_elements_called_by_index_refuse_cross_attention() -> None:
+    path = FOLDER / "listed_projections_indexed.before.py"
+    text = path.read_text().replace("self.mixer(x, x, x)", "self.mixer(x, x, y)").replace(
+        "def forward(self, x):\n        x = x + self.mixer", "def forward(self, x, y):\n        x = x + self.mixer")
+    result = _run(path, text)
+    assert result.migrated == text
+    [refusal] = result.refusals
+    assert "`self.mixer(x, x, y)` on line 29 passes x, x, y as query, key, value" in refusal.reason
+
+
+@pytest.mark.parametrize("stem, build, keys", [
+    ("listed_projections_zip", "Block(32, 4)", ["attention.linears.0.weight", "attention.out.bias"]),
+    ("listed_projections_indexed", "Stack(32, 4, 2)", ["layers.1.mixer.maps.3.weight", "layers.1.mixer.qkv.weight"]),
+])
+def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, keys: list[str]) -> None:
+    """The whole model (the attention under a prefix): checkpoint through the plan, strict load."""
     torch = pytest.importorskip("torch")
     from convert_support import load_module
     from tf_migrate.convert.state_dict import convert_state_dict
 
     torch.manual_seed(0)
-    old = load_module(LISTED).Block(32, 4).eval()
-    new = load_module(FOLDER / "listed_projections_zip.after.py").Block(32, 4).eval()
-    [plan] = _run(LISTED, LISTED.read_text()).plans
+    before = FOLDER / f"{stem}.before.py"
+    old = eval(build, vars(load_module(before))).eval()
+    new = eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))).eval()
+    [plan] = _run(before, before.read_text()).plans
     converted = convert_state_dict(old.state_dict(), [plan])[0]
-    assert "attention.linears.0.weight" in old.state_dict() and "attention.out.bias" in converted
+    assert keys[0] in old.state_dict() and keys[1] in converted
     new.load_state_dict(converted, strict=True)
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+    out = next(m for name, m in new.named_modules() if name.endswith(".out"))
     with torch.no_grad():  # the check can fail: a wrong element order breaks it
-        new.attention.out.weight.add_(1e-3)
+        out.weight.add_(1e-3)
     assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)

@@ -20,8 +20,8 @@ from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.nodes import find
 from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.rules.fused_qkv.projections import _inside
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, split_suffix
+from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_inputs, same_input
+from tf_migrate.rules.fused_qkv.qkv_split import Blocked, forward_edits, split_suffix
 
 FUSED, OUT = "qkv", "out"
 
@@ -35,11 +35,11 @@ class ListedFusion:
 
 
 def listed_candidates(ctx, cls) -> list[str]:
-    """Attributes built as a list of exactly four Linears and read by a `zip` in a method."""
+    """Attributes built as a list of exactly four Linears, zipped or called by index in a method."""
     found = []
-    for name, sub in cls.submodules.items():
+    for name in cls.submodules:
         listed = linear_elements(ctx, cls, name)
-        if listed is not None and listed.count == 4 and _zip_uses(ctx, cls, name):
+        if listed is not None and listed.count == 4 and (_zip_uses(ctx, cls, name) or _indexed(ctx, cls, name)):
             found.append(name)
     return found
 
@@ -49,6 +49,16 @@ def _zip_uses(ctx, cls, name: str) -> list[cst.Call]:
             if isinstance(ctx.parents.get(ref), cst.Arg)
             and isinstance(ctx.parents.get(ctx.parents.get(ref)), cst.Call)
             and ctx.names.builtin(ctx.parents.get(ctx.parents.get(ref)).func) == "builtins.zip"]
+
+
+def _indexed(ctx, cls, name: str) -> dict[int, list[cst.Call]]:
+    """index -> the calls `self.<name>[index](...)` (-1 counted as 3)."""
+    found: dict[int, list[cst.Call]] = {}
+    for ref in cls.self_references(name):
+        index = _call_index(ctx, ref)
+        if index is not None:
+            found.setdefault(3 if index == -1 else index, []).append(ctx.parents.get(ctx.parents.get(ref)))
+    return found
 
 
 def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
@@ -69,28 +79,29 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
     if bias not in ("True", "False"):
         raise Blocked(f"bias={bias} is not a literal")
     init = cls.methods.get("__init__")
-    uses = [r for r in cls.self_references(attribute) if not _inside(ctx, r, init)]
-    zips = _zip_uses(ctx, cls, attribute)
-    if len(zips) != 1:
-        raise Blocked(f"`self.{attribute}` is zipped {len(zips)} times (fusion needs one)")
     for ref in cls.self_references(attribute):
         if _inside(ctx, ref, init) and not _inside(ctx, ref, sub.statement):
             raise Blocked(f"`self.{attribute}` is used in __init__ on line {ctx.line(ref)} besides its construction "
                           f"(an init over the elements would see a ({FUSED}) layer of another shape)")
-    comprehension, inputs, projection = _comprehension(ctx, zips[0], attribute)
-    out_calls = [r for r in uses if _output_call(ctx, r)]
-    if len(uses) != 1 + len(out_calls) or not out_calls:
-        others = [r for r in uses if not _inside(ctx, r, zips[0]) and not _output_call(ctx, r)]
-        where = f"line {ctx.line(others[0])}" if others else "nowhere"
-        raise Blocked(f"`self.{attribute}` is used other than in the zip and as `self.{attribute}[3](...)` "
-                      f"({where})")
-    method = next(m for m in cls.methods.values() if _inside(ctx, comprehension, m))
-    source = _same_tensor(ctx, cls, method, inputs, comprehension)
+    uses = [r for r in cls.self_references(attribute) if not _inside(ctx, r, init)]
+    indexed = _indexed(ctx, cls, attribute)
+    zips = _zip_uses(ctx, cls, attribute)
+    expected = len(zips) + sum(len(calls) for calls in indexed.values())
+    if len(uses) != expected or not indexed.get(3) or (len(zips), sorted(indexed)) not in ((1, [3]), (0, [0, 1, 2, 3])) \
+            or any(len(indexed[i]) != 1 for i in range(3) if i in indexed):
+        raise Blocked(f"`self.{attribute}` is not used exactly as q/k/v (one zip, or `[0]`, `[1]`, `[2]` called "
+                      f"once each) and output (`[3]`/`[-1]` called): "
+                      + ", ".join(f"line {ctx.line(r)}: {ctx.code(_enclosing_call(ctx, r))}" for r in uses))
     width = ctx.code(layer.out_features)
-    fused_call = f"self.{FUSED}({source}){split_suffix([width] * 3)}"
-    replacements = {comprehension: _rewritten(comprehension, projection, fused_call)}
-    for ref in out_calls:
-        replacements[ctx.parents.get(ref)] = cst.parse_expression(f"self.{OUT}")
+    split = split_suffix([width] * 3)
+    if zips:
+        replacements = _zip_edits(ctx, cls, attribute, zips[0], split)
+    else:
+        replacements = _index_edits(ctx, cls, attribute, [indexed[i][0] for i in range(3)], split)
+    for call in indexed[3]:
+        if any(_inside(ctx, call, node) for node in replacements):
+            raise Blocked(f"the output projection is applied where q, k or v are (line {ctx.line(call)})")
+        replacements[call.func] = cst.parse_expression(f"self.{OUT}")
     func, in_code = ctx.code(layer.call.func), ctx.code(layer.in_features)
     bias_text = ", bias=False" if bias == "False" else ""
     three = f"3 * {width}" if isinstance(layer.out_features, (cst.Name, cst.Attribute, cst.Integer)) \
@@ -106,14 +117,51 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
     return ListedFusion(attribute, replacements, plan, sub.statement)
 
 
-def _output_call(ctx, ref) -> bool:
-    """`self.linears[3](...)` or `self.linears[-1](...)`."""
+def _zip_edits(ctx, cls, attribute: str, zipped: cst.Call, split: str) -> dict:
+    comprehension, inputs, projection = _comprehension(ctx, zipped, attribute)
+    method = next(m for m in cls.methods.values() if _inside(ctx, comprehension, m))
+    # `(x, x, x)` is one tuple display: one object, whatever x is
+    source = inputs[0] if len(set(inputs)) == 1 else _same_parameters(ctx, cls, method, inputs)
+    return {comprehension: _rewritten(comprehension, projection, f"self.{FUSED}({source}){split}")}
+
+
+def _index_edits(ctx, cls, attribute: str, calls: list[cst.Call], split: str) -> dict:
+    for index, call in enumerate(calls):
+        if not (len(call.args) == 1 and call.args[0].keyword is None and not call.args[0].star
+                and isinstance(call.args[0].value, cst.Name)):
+            raise Blocked(f"`self.{attribute}[{index}]` is not called with one tensor name (line {ctx.line(call)})")
+    apps = [applied(ctx, cls, f"{attribute}[{i}]", call, call.args[0].value) for i, call in enumerate(calls)]
+    blocked = next((a for a in apps if isinstance(a, str)), None)
+    if blocked is not None:
+        raise Blocked(blocked)
+    inputs = [a.input.value for a in apps]
+    if len(set(inputs)) == 1:
+        if not same_input(ctx, apps):
+            raise Blocked(different_inputs(ctx, apps))
+        source = inputs[0]
+    else:
+        if any(a.method is not apps[0].method for a in apps):
+            raise Blocked("the three elements are applied in different methods")
+        source = _same_parameters(ctx, cls, apps[0].method, inputs)
+    return forward_edits(ctx, apps, f"self.{FUSED}({source}){split}")
+
+
+def _enclosing_call(ctx, node) -> cst.CSTNode:
+    """The call a use of the list sits in (`zip(self.linears, ...)`, `self.linears[2](h)`)."""
+    current = ctx.parents.get(node)
+    while current is not None and not isinstance(current, cst.Call):
+        current = ctx.parents.get(current)
+    return current or node
+
+
+def _call_index(ctx, ref) -> int | None:
+    """i for `self.linears[i](...)` with a literal i."""
     subscript = ctx.parents.get(ref)
     call = ctx.parents.get(subscript)
     if not (isinstance(subscript, cst.Subscript) and isinstance(call, cst.Call) and call.func is subscript
             and len(subscript.slice) == 1 and isinstance(subscript.slice[0].slice, cst.Index)):
-        return False
-    return int_value(subscript.slice[0].slice.value) in (3, -1)
+        return None
+    return int_value(subscript.slice[0].slice.value)
 
 
 def _comprehension(ctx, zipped: cst.Call, attribute: str):
@@ -153,11 +201,9 @@ def _rewritten(comprehension, projection: cst.Call, fused_call: str):
     return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
 
 
-def _same_tensor(ctx, cls, method: cst.FunctionDef, inputs: list[str], comprehension) -> str:
-    """The one tensor the three inputs are: one local name, or three parameters of forward that
-    every call of every instance passes the same name for. Blocked (naming the call) otherwise."""
-    if len(set(inputs)) == 1:
-        return inputs[0]  # `(x, x, x)`: one tuple display, one object
+def _same_parameters(ctx, cls, method: cst.FunctionDef, inputs: list[str]) -> str:
+    """The first of three parameters of forward that every call of every instance passes the same
+    name for. Blocked (naming the call) otherwise."""
     bound = next((name for name in inputs if binds(method.body, name)), None)
     if bound is not None:
         raise Blocked(f"`{bound}` is rebound in {method.name.value}: it may not be what the caller passed")
@@ -165,7 +211,7 @@ def _same_tensor(ctx, cls, method: cst.FunctionDef, inputs: list[str], comprehen
         raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
     params = [p.name.value for p in method.params.params]
     if any(name not in params for name in inputs) or method.params.posonly_params:
-        raise Blocked(f"the zipped names ({', '.join(inputs)}) are not all parameters of forward")
+        raise Blocked(f"the names ({', '.join(inputs)}) are not all parameters of forward")
     positions = [params.index(name) - 1 for name in inputs]  # without self
     inner = find(cls.node, lambda n: self_attribute(n) == "forward" or (
         isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
