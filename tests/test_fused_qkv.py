@@ -307,6 +307,16 @@ def test_listed_hazards_are_refused(change: tuple[str, str], words: list[str] | 
         assert all(w in refusal.reason for w in words), refusal.reason
 
 
+def test_listed_three_plan_has_no_output_and_negative_index_is_the_value() -> None:
+    path = FOLDER / "listed_three_zip.before.py"
+    [plan] = _run(path, path.read_text()).plans
+    assert plan.renamed == {} and [c.sources for c in plan.concatenated][0] == [
+        "input_maps.0.weight", "input_maps.1.weight", "input_maps.2.weight"]
+    text = path.read_text().replace("self.merge(", "self.input_maps[-1](")  # element 2 (v) again: not an output
+    result = _run(path, text)
+    assert result.migrated == text and "line 24: self.input_maps[-1](" in result.refusals[0].reason
+
+
 def test_listed_without_any_caller_is_refused() -> None:
     text = LISTED.read_text().split("class Block")[0]
     [refusal] = _run(LISTED, text).refusals
@@ -343,6 +353,7 @@ def test_listed_elements_called_by_index_refuse_cross_attention() -> None:
 @pytest.mark.parametrize("stem, build, keys", [
     ("listed_projections_zip", "Block(32, 4)", ["attention.linears.0.weight", "attention.out.bias"]),
     ("listed_projections_indexed", "Stack(32, 4, 2)", ["layers.1.mixer.maps.3.weight", "layers.1.mixer.qkv.weight"]),
+    ("listed_three_zip", "EncoderBlock(32, 4)", ["attention.input_maps.2.bias", "attention.qkv.bias"]),
 ])
 def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, keys: list[str]) -> None:
     """The whole model (the attention under a prefix): checkpoint through the plan, strict load."""
@@ -353,6 +364,9 @@ def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, key
     torch.manual_seed(0)
     before = FOLDER / f"{stem}.before.py"
     old = eval(build, vars(load_module(before))).eval()
+    with torch.no_grad():  # deep copies of one Linear start equal: make every element tell
+        for param in old.parameters():
+            param.copy_(torch.randn_like(param) * 0.3)
     new = eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))).eval()
     [plan] = _run(before, before.read_text()).plans
     converted = convert_state_dict(old.state_dict(), [plan])[0]
@@ -360,7 +374,7 @@ def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, key
     new.load_state_dict(converted, strict=True)
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
-    out = next(m for name, m in new.named_modules() if name.endswith(".out"))
-    with torch.no_grad():  # the check can fail: a wrong element order breaks it
-        out.weight.add_(1e-3)
+    qkv = next(m for name, m in new.named_modules() if name.endswith(".qkv"))
+    with torch.no_grad():  # the check can fail: swapping q and k breaks it
+        qkv.weight.copy_(qkv.weight.view(3, -1, 32)[[1, 0, 2]].reshape(-1, 32))
     assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)

@@ -32,6 +32,10 @@ class SeparateQkvToFused(Rule):
     Why: one (d -> dq + dk + dv) matmul instead of three small ones: fewer kernel launches and a
     better-shaped GEMM; it is also the layout modern code and checkpoints use.
 
+    Also q/k/v as elements 0-2 of a list of equal Linears (`clones(nn.Linear(d, d), 4)`, a
+    ModuleList comprehension of 3 or 4; element 3 the output projection), zipped with
+    `(query, key, value)` or called by index: they become `self.qkv` (and `self.out`).
+
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
     in q, k, v order computes exactly the three projections. Applied only when the three take the
     same input size, agree on bias, and forward applies each exactly once, on the same binding of
@@ -43,7 +47,8 @@ class SeparateQkvToFused(Rule):
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
     raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
-    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear.
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear. Lists:
+    `qkv.* = cat(linears.0/1/2.*)`, `linears.3.*` renamed `out.*`.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
@@ -53,7 +58,11 @@ class SeparateQkvToFused(Rule):
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
     object's attribute); products spelled differently; raw biases added (not fused yet); the
-    weights differ in more than their output size.
+    weights differ in more than their output size. Lists: forward's query/key/value are three
+    parameters and some call of an instance passes different names (naming that call), or no call
+    is in the tree, or an instance is built or reached other than `self.<a> = Cls(...)` called as
+    `self.<a>(...)` in this file, or the class is named in another file; a parameter rebound
+    before it is projected; `__init__` or any method uses the list other than so (an init loop).
     """
 
     code = "TFM102"

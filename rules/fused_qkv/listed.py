@@ -1,10 +1,10 @@
-"""q/k/v held as elements 0-2 of a list of four Linears whose element 3 is the output projection
-(`clones(nn.Linear(d, d), 4)`), applied as
-`q, k, v = [l(x).view(...) for l, x in zip(self.linears, (query, key, value))]`.
+"""q/k/v held as elements 0-2 of a list of Linears (`clones(nn.Linear(d, d), 4)`, a comprehension),
+of four whose element 3 is the output projection or of three, applied as
+`q, k, v = [l(x).view(...) for l, x in zip(self.linears, (query, key, value))]` or index by index.
 
 query/key/value are then parameters of forward: whether they are one tensor is decided by the
 callers, so every call of every instance of the class is read (`callers`). The list becomes
-`self.qkv` (elements 0-2 concatenated) and `self.out` (element 3 renamed).
+`self.qkv` (elements 0-2 concatenated) and, of four, `self.out` (element 3 renamed).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def listed_candidates(ctx, cls) -> list[str]:
     found = []
     for name in cls.submodules:
         listed = linear_elements(ctx, cls, name)
-        if listed is not None and listed.count == 4 and (_zip_uses(ctx, cls, name) or _indexed(ctx, cls, name)):
+        if listed is not None and listed.count in (3, 4) and (_zip_uses(ctx, cls, name) or _indexed(ctx, cls, name, listed.count)):
             found.append(name)
     return found
 
@@ -51,13 +51,13 @@ def _zip_uses(ctx, cls, name: str) -> list[cst.Call]:
             and ctx.names.builtin(ctx.parents.get(ctx.parents.get(ref)).func) == "builtins.zip"]
 
 
-def _indexed(ctx, cls, name: str) -> dict[int, list[cst.Call]]:
-    """index -> the calls `self.<name>[index](...)` (-1 counted as 3)."""
+def _indexed(ctx, cls, name: str, count: int) -> dict[int, list[cst.Call]]:
+    """index -> the calls `self.<name>[index](...)` (negative indices counted from `count`)."""
     found: dict[int, list[cst.Call]] = {}
     for ref in cls.self_references(name):
         index = _call_index(ctx, ref)
         if index is not None:
-            found.setdefault(3 if index == -1 else index, []).append(ctx.parents.get(ctx.parents.get(ref)))
+            found.setdefault(index + count if -count <= index < 0 else index, []).append(ctx.parents.get(ctx.parents.get(ref)))
     return found
 
 
@@ -69,7 +69,8 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
         raise Blocked(f"the class already has `{FUSED}` or `{OUT}`")
     listed = linear_elements(ctx, cls, attribute)
     if len({ctx.code(e.call) for e in listed.elements}) != 1:
-        raise Blocked(f"the four elements of `self.{attribute}` are built differently")
+        raise Blocked(f"the elements of `self.{attribute}` are built differently")
+    with_out = listed.count == 4
     layer = listed.element(0)
     if not layer.linear_signature or layer.in_features is None or layer.out_features is None \
             or not _inside(ctx, layer.call, sub.statement):
@@ -84,13 +85,14 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
             raise Blocked(f"`self.{attribute}` is used in __init__ on line {ctx.line(ref)} besides its construction "
                           f"(an init over the elements would see a ({FUSED}) layer of another shape)")
     uses = [r for r in cls.self_references(attribute) if not _inside(ctx, r, init)]
-    indexed = _indexed(ctx, cls, attribute)
+    indexed = _indexed(ctx, cls, attribute, listed.count)
     zips = _zip_uses(ctx, cls, attribute)
     expected = len(zips) + sum(len(calls) for calls in indexed.values())
-    if len(uses) != expected or not indexed.get(3) or (len(zips), sorted(indexed)) not in ((1, [3]), (0, [0, 1, 2, 3])) \
+    shapes = ((1, [3]), (0, [0, 1, 2, 3])) if with_out else ((1, []), (0, [0, 1, 2]))
+    if len(uses) != expected or (len(zips), sorted(indexed)) not in shapes \
             or any(len(indexed[i]) != 1 for i in range(3) if i in indexed):
         raise Blocked(f"`self.{attribute}` is not used exactly as q/k/v (one zip, or `[0]`, `[1]`, `[2]` called "
-                      f"once each) and output (`[3]`/`[-1]` called): "
+                      f"once each)" + (" and output (`[3]`/`[-1]` called)" if with_out else "") + ": "
                       + ", ".join(f"line {ctx.line(r)}: {ctx.code(_enclosing_call(ctx, r))}" for r in uses))
     width = ctx.code(layer.out_features)
     split = split_suffix([width] * 3)
@@ -98,7 +100,7 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
         replacements = _zip_edits(ctx, cls, attribute, zips[0], split)
     else:
         replacements = _index_edits(ctx, cls, attribute, [indexed[i][0] for i in range(3)], split)
-    for call in indexed[3]:
+    for call in indexed.get(3, []):
         if any(_inside(ctx, call, node) for node in replacements):
             raise Blocked(f"the output projection is applied where q, k or v are (line {ctx.line(call)})")
         replacements[call.func] = cst.parse_expression(f"self.{OUT}")
@@ -107,13 +109,14 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
     three = f"3 * {width}" if isinstance(layer.out_features, (cst.Name, cst.Attribute, cst.Integer)) \
         else f"3 * ({width})"
     built = [cst.parse_statement(f"self.{FUSED} = {func}({in_code}, {three}{bias_text})"),
-             cst.parse_statement(f"self.{OUT} = {func}({in_code}, {width}{bias_text})")]
+             cst.parse_statement(f"self.{OUT} = {func}({in_code}, {width}{bias_text})")][:2 if with_out else 1]
     built[0] = built[0].with_changes(leading_lines=sub.statement.leading_lines)
     replacements[sub.statement] = cst.FlattenSentinel(built)
     plan = ClassPlan(ctx.path, cls.qualname, [])
     for param in ["weight"] + (["bias"] if bias == "True" else []):
         plan.concatenated.append(Concatenation(f"{FUSED}.{param}", [f"{attribute}.{i}.{param}" for i in range(3)], 0))
-        plan.renamed[f"{attribute}.3.{param}"] = f"{OUT}.{param}"
+        if with_out:
+            plan.renamed[f"{attribute}.3.{param}"] = f"{OUT}.{param}"
     return ListedFusion(attribute, replacements, plan, sub.statement)
 
 
@@ -121,7 +124,10 @@ def _zip_edits(ctx, cls, attribute: str, zipped: cst.Call, split: str) -> dict:
     comprehension, inputs, projection = _comprehension(ctx, zipped, attribute)
     method = next(m for m in cls.methods.values() if _inside(ctx, comprehension, m))
     # `(x, x, x)` is one tuple display: one object, whatever x is
-    source = inputs[0] if len(set(inputs)) == 1 else _same_parameters(ctx, cls, method, inputs)
+    if len(set(inputs)) == 1:
+        source = inputs[0]
+    else:
+        source = _same_parameters(ctx, cls, method, [(name, comprehension) for name in inputs])
     return {comprehension: _rewritten(comprehension, projection, f"self.{FUSED}({source}){split}")}
 
 
@@ -142,7 +148,7 @@ def _index_edits(ctx, cls, attribute: str, calls: list[cst.Call], split: str) ->
     else:
         if any(a.method is not apps[0].method for a in apps):
             raise Blocked("the three elements are applied in different methods")
-        source = _same_parameters(ctx, cls, apps[0].method, inputs)
+        source = _same_parameters(ctx, cls, apps[0].method, [(a.input.value, a.call) for a in apps])
     return forward_edits(ctx, apps, f"self.{FUSED}({source}){split}")
 
 
@@ -201,12 +207,12 @@ def _rewritten(comprehension, projection: cst.Call, fused_call: str):
     return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
 
 
-def _same_parameters(ctx, cls, method: cst.FunctionDef, inputs: list[str]) -> str:
-    """The first of three parameters of forward that every call of every instance passes the same
-    name for. Blocked (naming the call) otherwise."""
-    bound = next((name for name in inputs if binds(method.body, name)), None)
-    if bound is not None:
-        raise Blocked(f"`{bound}` is rebound in {method.name.value}: it may not be what the caller passed")
+def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, cst.CSTNode]]) -> str:
+    """The first of three parameters of forward (each read, unchanged, by its node) that every call
+    of every instance passes the same name for. Blocked (naming the call) otherwise."""
+    inputs = [name for name, _ in reads]
+    for name, node in reads:
+        _still_the_parameter(ctx, method, name, node)
     if method.name.value != "forward":
         raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
     params = [p.name.value for p in method.params.params]
@@ -228,6 +234,18 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, inputs: list[str]) -> st
                           f"{', '.join(ctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
     return inputs[0]
+
+
+def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTNode) -> None:
+    """`node` reads parameter `name` as the caller passed it: its statement is at the top of the
+    method (no loop brings a later binding back) and nothing before it, nor `node`, binds the name.
+    The statement may rebind it after reading (`query, key, value = [... zip(..., (query, ...))]`)."""
+    body = list(method.body.body)
+    statement = next((s for s in body if _inside(ctx, node, s)), None)
+    if statement is None or not isinstance(statement, cst.SimpleStatementLine) or binds(node, name) \
+            or any(binds(s, name) for s in body[:body.index(statement)]):
+        raise Blocked(f"`{name}` is rebound in {method.name.value} before it is projected (or in a loop): "
+                      "it may not be what the caller passed")
 
 
 def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
