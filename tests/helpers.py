@@ -26,7 +26,7 @@ def rule_for_folder(folder: str) -> type[Rule] | None:
 
 
 def rule_folders() -> list[Path]:
-    return sorted(p for p in FIXTURES.iterdir() if p.is_dir() and p.name != "models")
+    return sorted(p for p in FIXTURES.iterdir() if p.is_dir() and p.name not in ("models", "projects"))
 
 
 def manifest() -> dict:

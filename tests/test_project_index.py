@@ -160,3 +160,17 @@ def test_the_cache_misses_when_a_file_the_analysis_read_changes(tmp_path: Path) 
     assert '"changed": false' in _run(tmp_path, target, cache=cache)
     (tmp_path / "pkg" / "base.py").write_text("from torch import nn\n\nclass Base(nn.Module):\n    pass\n")
     assert '"changed": true' in _run(tmp_path, target, cache=cache)
+
+
+def test_parallel_and_serial_runs_agree_over_the_project_fixtures(tmp_path: Path) -> None:
+    import io
+
+    from tf_migrate.engine.run import RunOptions, run
+
+    projects = Path(__file__).resolve().parent.parent / "fixtures" / "projects"
+    outputs = []
+    for jobs in (1, 2):
+        out = io.StringIO()
+        run(RunOptions(paths=[projects], select=["all"], fmt="json", use_cache=False, jobs=jobs), out)
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1] and '"TFM101"' in outputs[0]

@@ -115,7 +115,7 @@ ATTENTIONS = '''
 FFNS = '''
     import torch.nn as nn
 
-    from .layers import centre, gelu
+    from .layers import Linear, centre, gelu
 
 
     class MethodReluFFN(nn.Module):
@@ -148,10 +148,21 @@ FFNS = '''
             return self.fc2(centre(self.fc1(x)))
 
 
+    class FactoryFFN(nn.Module):
+        def __init__(self, d, h):
+            super().__init__()
+            self.w_1 = Linear(d, h)
+            self.w_2 = Linear(h, d)
+
+        def forward(self, x):
+            return self.w_2(nn.functional.relu(self.w_1(x)))
+
+
     class Block(nn.Module):
         def __init__(self, d, h):
             super().__init__()
             self.attn = nn.MultiheadAttention(d, 2)
+            self.factory = FactoryFFN(d, h)
             self.method = MethodReluFFN(d, h)
             self.project = ProjectGeluFFN(d, h)
             self.centred = CentredFFN(d, h)
@@ -219,9 +230,10 @@ def test_fused_projections_compute_the_same_after_converting_the_checkpoint(tmp_
         torch.testing.assert_close(new.double()(x), old.double()(x))
 
 
-def test_relu_method_and_project_gelu_are_feed_forward_activations(tmp_path: Path) -> None:
+def test_relu_method_project_gelu_and_factory_linears_make_feed_forwards(tmp_path: Path) -> None:
     result = _migrate(_project(tmp_path, "ffn"), "ffns", "TFM301")
-    assert [(e.code, e.line) for e in result.edits] == [("TFM301", 13), ("TFM301", 23)]
+    assert [(e.code, e.line) for e in result.edits] == [("TFM301", 13), ("TFM301", 23), ("TFM301", 43)]
+    assert "self.w_3 = Linear(d, h)" in result.migrated  # the gate is built like the first projection
     assert "return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))" in result.migrated
     assert "return self.fc2(centre(self.fc1(x)))" in result.migrated  # not elementwise: untouched
     assert "self.fc1(x).relu()" not in result.migrated and "gelu(self.fc1(x))" not in result.migrated

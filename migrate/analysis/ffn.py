@@ -21,6 +21,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
+from tf_migrate.analysis.linear import is_linear_layer
 from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.analysis.nodes import children, find
 
@@ -97,6 +98,14 @@ def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None
     return None
 
 
+def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
+    """`self.fc(x)` where fc is built like nn.Linear by a subclass or a factory (`Linear(d, h)`)."""
+    if not isinstance(node, cst.Call) or self_attribute(node.func) not in cls.submodules:
+        return None
+    layer = is_linear_layer(ctx, cls, node.func)
+    return self_attribute(node.func) if layer is not None and layer.linear_signature else None
+
+
 def _parameter(cls, node: cst.CSTNode) -> str | None:
     sub = cls.submodule_of(node, PARAMETER)
     return sub.name if sub is not None else None
@@ -104,7 +113,7 @@ def _parameter(cls, node: cst.CSTNode) -> str | None:
 
 def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection | None:
     """`node` as one projection application, or None."""
-    name = _self_calls(ctx, node, cls, LINEAR)
+    name = _self_calls(ctx, node, cls, LINEAR) or _linear_like(ctx, cls, node)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
     bias = None

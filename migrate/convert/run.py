@@ -43,8 +43,13 @@ def convert(options: ConvertOptions, out: TextIO) -> None:
     model = _target_model(options)
     from tf_migrate.convert.target import target_shapes
 
+    from tf_migrate.convert.selection import model_plans
+
+    plans, other_files = model_plans(plans, ckpt.keys(), options.model_source)
     keymap = build_mapping(plans, ckpt.keys(), ckpt.shape, target_shapes(model) if model else None)
     _write(options, ckpt, keymap, model)
+    if other_files:
+        out.write(f"plan entries of other models left out: {', '.join(other_files)}\n")
     _report(ckpt, keymap, options, out)
 
 

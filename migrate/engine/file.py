@@ -80,6 +80,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
         if may_define_modules(tree) or project.defines_modules(key):
             _run_rules(result, text, path, active, project, key)
         result.depends = sorted(project.reads)
+    project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker
     return result
 
 

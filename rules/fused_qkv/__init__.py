@@ -11,6 +11,7 @@ import os
 from typing import Iterator
 
 from tf_migrate.rules.fused_qkv import fan_inits
+from tf_migrate.analysis.contracts import consumers_of
 from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
@@ -52,7 +53,9 @@ class SeparateQkvToFused(Rule):
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
-    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); the split sizes
+    call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); code elsewhere in
+    the tree hooks a projection, names it (a string, `getattr`, a LoRA target list, another object's
+    attribute) or counts the state_dict keys; the split sizes
     cannot be read in the method; the names the split binds would clash; the input is changed in
     place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
@@ -91,6 +94,9 @@ class SeparateQkvToFused(Rule):
             if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
                     or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
                 raise Blocked(f"the class already has `{triple.fused_name}`")
+            consumer = _consumer(ctx, cls, triple)
+            if consumer is not None:
+                raise Blocked(consumer)
             raw = all(s.callee == _PARAMETER for s in subs)
             yield self._raw(ctx, cls, triple, subs) if raw else self._linear(ctx, cls, triple, subs)
         except Blocked as exc:
@@ -167,6 +173,17 @@ def _constructor_problem(ctx, subs) -> str | None:
         return f"bias presence differs: {detail}"
     if biases[0] not in ("True", "False"):
         return f"bias={biases[0]} is not a literal; cannot tell whether the fused Linear has one"
+    return None
+
+
+def _consumer(ctx, cls, triple: Triple) -> str | None:
+    """Code elsewhere in the tree that names a projection or counts the keys the fusion renames."""
+    owner = ctx.project.class_symbol(ctx.source_path, cls.qualname)
+    for role in ROLES:
+        name = triple.attributes[role]
+        found = consumers_of(ctx.project, owner, name, {"hook", "string", "key", "attribute"})
+        if found:
+            return f"`{name}` is used outside the class: {found[0].describe(ctx.project.root)}"
     return None
 
 

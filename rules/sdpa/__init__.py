@@ -12,6 +12,7 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
+from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consumer
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
@@ -69,7 +70,8 @@ class EinsumAttentionToSdpa(Rule):
     module, and the hook would silently stop firing.
 
     Checkpoint: a causal-mask buffer that becomes unused is removed; if it was persistent, its key
-    is dropped. No weight changes.
+    is dropped. It is kept registered (unused) when code elsewhere in the tree counts the state_dict
+    keys, names the key, or hooks it. No weight changes.
 
     Refuses when: the probabilities are used for anything but the product with v (returned,
     stored, appended, passed to a hook, read later); the mask fill value is not -inf-like; the
@@ -80,7 +82,8 @@ class EinsumAttentionToSdpa(Rule):
     name, `locals()`); a triangle mask also hides the diagonal (a query with no visible key for
     every input); a softmax of a scores product reaches the product with v through a step not
     listed above (a cast around the softmax other than the float32 round trip, a head mask, `nn.Softmax()(x)` built inline without a dim, a
-    mask inside an `if` block besides other masks, a softmax dim not provably the keys' axis). Silent (not attention)
+    mask inside an `if` block besides other masks, a softmax dim not provably the keys' axis); a softmax or dropout
+    module the rewrite stops calling has a hook registered on it anywhere in the tree (named by file and line). Silent (not attention)
     when no scores product lies behind the softmax (router weights mixing expert outputs).
     """
 
@@ -136,17 +139,22 @@ class EinsumAttentionToSdpa(Rule):
                 continue
             if any(ctx.suppressed(self.code, d.statement) for d in found.consumed):
                 continue
+            hooked = uncalled_module_consumer(ctx, cls, call)
+            if hooked is not None:
+                yield Refusal(ctx.line(statement), hooked, "move the hook's work into forward, or rewrite by hand")
+                continue
             claimed.update(id(n) for n in call.removed_nodes())
             calls.append(call)
 
     def _fixes(self, ctx, cls, calls: list[SdpaCall], plans: bool = True) -> Iterator[Fix]:
         functional, needed = reference(ctx, FUNCTIONAL, "F")
-        removed_buffers = _unused_buffers(ctx, cls, calls)
+        removed_buffers, kept = kept_buffers(ctx, cls, _unused_buffers(ctx, cls, calls))
         for index, call in enumerate(calls):
             replacements = call.replacements(functional)
             plan = ClassPlan(ctx.path, cls.qualname, [self.code])
             notes = []
             if index == len(calls) - 1:
+                notes.extend(kept)
                 for buffer in removed_buffers:
                     replacements[cls.buffers[buffer].statement] = cst.RemoveFromParent()
                     notes.append(f"unused buffer `{buffer}` removed")

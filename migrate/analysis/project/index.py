@@ -72,6 +72,7 @@ class ProjectIndex:
         self._current: str | None = None
         self._reads: set[str] = set()
         self._contexts: dict[str, object] = {}
+        self._memo: dict[object, object] = {}
         # Set by the engine: (index, path, text) -> its FileContext (analysis does not import the engine).
         self.make_context = None
 
@@ -127,6 +128,19 @@ class ProjectIndex:
             return FileSummary(key, ast.parse(text)) if text is not None else None
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return None
+
+    def memo(self, key: object, compute):
+        """A whole-tree answer computed once per process (the files it reads are recorded then)."""
+        if key not in self._memo:
+            outer, self._reads = self._reads, set()
+            try:
+                self._memo[key] = compute(), self._reads
+            finally:
+                self._reads = outer | self._reads
+        value, reads = self._memo[key]
+        if self._current is not None:
+            self._reads |= reads  # a later file's answer depends on what the first computation read
+        return value
 
     def context(self, path: str):
         """The libcst context of another project file (parsed on the first question that needs it)."""

@@ -1,0 +1,218 @@
+"""Who, elsewhere in the tree, depends on a submodule, buffer or state_dict key a rewrite removes,
+renames or stops calling.
+
+`consumers_of(project, owner, name, kinds)` looks through the files of the run that can see the
+owner class (its own file, and files that name its module, package or class) for:
+- "hook": a forward/backward hook registered on `<expr>.name`, or on modules picked while walking
+  `modules()`/`named_modules()` by type (`isinstance(m, nn.Dropout)`, given as `module_types`), by a
+  name test that mentions `name`, or not picked at all (every module);
+- "key": code that counts a model's state_dict keys (`assert len(a) == len(b)` in a function that
+  calls `state_dict()`), and key-like strings that name it ("attn.bias", ".attn.bias");
+- "string": `getattr(m, "name")`, `get_submodule("blocks.0.name")` and the like;
+- "attribute": `<expr>.name` in another file (not `self.name`, which is that class's own attribute,
+  unless the class derives from the owner).
+Uses inside the owner class itself are the rule's own business and are not reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass
+
+from tf_migrate.analysis.project.index import ProjectIndex, Symbol, dotted_text
+
+HOOKS = frozenset({"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+                   "register_backward_hook", "register_full_backward_pre_hook"})
+_BY_NAME = frozenset({"getattr", "hasattr", "setattr", "delattr", "get_submodule", "get_parameter", "get_buffer"})
+_WALKS = frozenset({"modules", "named_modules", "children", "named_children"})
+_SMALL_PACKAGE = 200  # files: a project's own package, scanned whole; larger ones only where they name the owner
+
+
+@dataclass(frozen=True)
+class Consumer:
+    path: str
+    line: int
+    what: str
+
+    def where(self, root: str | None = None) -> str:
+        shown = os.path.relpath(self.path, root) if root and self.path.startswith(root) else os.path.basename(self.path)
+        return f"{shown}:{self.line}"
+
+    def describe(self, root: str | None = None) -> str:
+        return f"{self.what} ({self.where(root)})"
+
+
+def consumers_of(project: ProjectIndex, owner: Symbol | None, name: str, kinds: frozenset[str] | set[str],
+                 module_types: frozenset[str] = frozenset()) -> list[Consumer]:
+    key = ("consumers", owner, name, frozenset(kinds), frozenset(module_types))
+    return project.memo(key, lambda: _consumers(project, owner, name, kinds, module_types))
+
+
+def _consumers(project: ProjectIndex, owner: Symbol | None, name: str, kinds, module_types) -> list[Consumer]:
+    found: list[Consumer] = []
+    for path in _audience(project, owner, name, set(kinds)):
+        summary = project.summary(path)
+        if summary is None:
+            continue
+        skip = _owner_lines(owner, path)
+        for consumer in _file_consumers(project, owner, path, summary.tree, name, kinds, module_types):
+            if consumer.line not in skip:
+                found.append(consumer)
+    return sorted(set(found), key=lambda c: (c.path, c.line))
+
+
+def _audience(project: ProjectIndex, owner: Symbol | None, name: str, kinds) -> list[str]:
+    """Files that may reach the owner and whose text can hold a consumer of the kinds asked: its
+    file, files that name its module, package or class, and the rest of its top-level package
+    when that package is small (a library the size of torch is not scanned file by file)."""
+    files = sorted(project.files | ({owner.path} if owner and owner.path else set()))
+    words = {name} if kinds & {"string", "attribute", "key"} else set()
+    words |= {"register_", "_hook"} if "hook" in kinds else set()
+    words |= {"state_dict"} if "key" in kinds else set()
+    if owner is None or owner.path is None:
+        return [p for p in files if _mentions(project, p, words)]
+    package = _top_package(owner.path)
+    inside = [p for p in files if package and p.startswith(package + os.sep)] if package else []
+    whole_package = set(inside) if len(inside) <= _SMALL_PACKAGE else set()
+    names = {os.path.splitext(os.path.basename(owner.path))[0], (owner.qualname or "").split(".")[0],
+             os.path.basename(package) if package and whole_package else ""} - {"", "__init__"}
+    return [path for path in files if _mentions(project, path, words) and (
+        path == owner.path or path in whole_package or _mentions(project, path, names))]
+
+
+def _mentions(project: ProjectIndex, path: str, words: set[str]) -> bool:
+    text = project.text(path)
+    return text is not None and any(word in text for word in words)
+
+
+def _top_package(path: str) -> str | None:
+    """The outermost folder with an `__init__.py` that holds `path`."""
+    folder, top = os.path.dirname(path), None
+    while os.path.exists(os.path.join(folder, "__init__.py")):
+        top, folder = folder, os.path.dirname(folder)
+    return top
+
+
+def _owner_lines(owner: Symbol | None, path: str) -> range:
+    node = owner.node if owner is not None and owner.path == path else None
+    if isinstance(node, ast.ClassDef):
+        return range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    return range(0)
+
+
+def _file_consumers(project: ProjectIndex, owner: Symbol | None, path: str, tree: ast.Module, name: str,
+                    kinds, module_types):
+    text = project.text(path) or ""
+    outer = {id(f) for f in _outer_functions(tree.body)} if "key" in kinds and "assert" in text else set()
+    for node in ast.walk(tree):
+        if "hook" in kinds and isinstance(node, ast.Call) and _hook_call(node, name):
+            yield Consumer(path, node.lineno, f"a hook is registered on `.{name}`")
+        elif "hook" in kinds and isinstance(node, (ast.For, ast.comprehension)) and _walks_modules(node):
+            yield from _selected_hooks(project, path, node, name, module_types)
+        elif "key" in kinds and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in outer:
+            yield from _key_counts(node, path)
+        elif "string" in kinds and isinstance(node, (ast.List, ast.Tuple, ast.Set)) and any(
+                isinstance(e, ast.Constant) and e.value == name for e in node.elts):
+            yield Consumer(path, node.lineno, f"a list of names includes {name!r}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names(node.value, name):
+            if "key" in kinds and "." in node.value:
+                yield Consumer(path, node.lineno, f"the string {node.value!r} names `{name}`")
+        elif "string" in kinds and isinstance(node, ast.Call) and _by_name(node, name):
+            yield Consumer(path, node.lineno, f"`{ast.unparse(node.func)}` looks up `{name}` by name")
+    if "attribute" in kinds and path != getattr(owner, "path", None) and name in text:
+        yield from _attribute_uses(project, owner, path, tree.body, name, inherits=False)
+
+
+def _attribute_uses(project: ProjectIndex, owner: Symbol | None, path: str, body: list[ast.stmt], name: str,
+                    inherits: bool, prefix: str = ""):
+    """`<expr>.name` outside the owner; `self.name` counts only in a class deriving from the owner."""
+    for statement in body:
+        if isinstance(statement, ast.ClassDef):
+            symbol = project.class_symbol(path, prefix + statement.name)
+            derives = owner is not None and symbol is not None and owner in project.ancestors(symbol)
+            yield from _attribute_uses(project, owner, path, statement.body, name, derives,
+                                       prefix + statement.name + ".")
+            continue
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Attribute) and node.attr == name and (inherits or dotted_text(node.value) != "self"):
+                yield Consumer(path, node.lineno, f"`{ast.unparse(node)}` reaches `{name}`")
+
+
+def _outer_functions(body: list[ast.stmt]):
+    """Functions and methods not nested in another function (a nested one is walked with its parent)."""
+    for statement in body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield statement
+        elif isinstance(statement, ast.ClassDef):
+            yield from _outer_functions(statement.body)
+        elif isinstance(statement, (ast.If, ast.Try)):
+            yield from _outer_functions(statement.body + statement.orelse)
+
+
+def _names(text: str, name: str) -> bool:
+    return len(text) < 200 and name in text.split(".")
+
+
+def _hook_call(node: ast.Call, name: str) -> bool:
+    func = node.func
+    return isinstance(func, ast.Attribute) and func.attr in HOOKS and isinstance(func.value, ast.Attribute) \
+        and func.value.attr == name
+
+
+def _by_name(node: ast.Call, name: str) -> bool:
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if called not in _BY_NAME:
+        return False
+    return any(isinstance(a, ast.Constant) and isinstance(a.value, str) and (a.value == name or _names(a.value, name))
+               for a in node.args)
+
+
+def _walks_modules(node: ast.For | ast.comprehension) -> bool:
+    it = node.iter
+    return isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in _WALKS
+
+
+def _selected_hooks(project: ProjectIndex, path: str, loop, name: str, module_types):
+    """Hooks registered while walking a model's modules, when the walk may pick `name`."""
+    body = loop.body if isinstance(loop, ast.For) else []
+    registrations = [n for statement in body for n in ast.walk(statement)
+                     if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in HOOKS]
+    if not registrations:
+        return
+    tests = [n.test for statement in body for n in ast.walk(statement) if isinstance(n, (ast.If, ast.IfExp))]
+    if not tests:
+        yield Consumer(path, registrations[0].lineno, "hooks are registered on every module")
+        return
+    for test in tests:
+        for part in ast.walk(test):
+            if isinstance(part, ast.Call) and dotted_text(part.func) == "isinstance" and len(part.args) == 2:
+                types = part.args[1].elts if isinstance(part.args[1], ast.Tuple) else [part.args[1]]
+                for type_ in types:
+                    text = dotted_text(type_)
+                    symbols = project.resolve_dotted(path, text) if text else []
+                    if any(s.qualified in module_types for s in symbols):
+                        yield Consumer(path, registrations[0].lineno,
+                                       f"hooks are registered on every `{text}` module")
+                        return
+            if isinstance(part, ast.Constant) and isinstance(part.value, str) and part.value and \
+                    (part.value in name or name in part.value):
+                yield Consumer(path, registrations[0].lineno,
+                               f"hooks are registered on modules whose name matches {part.value!r}")
+                return
+
+
+def _key_counts(function: ast.FunctionDef | ast.AsyncFunctionDef, path: str):
+    """`assert len(sd_keys) == len(sd_keys_hf)` in a function that reads a `state_dict()`."""
+    asserts, reads = [], False
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assert):
+            asserts.append(node)
+        elif isinstance(node, ast.Attribute) and node.attr == "state_dict":
+            reads = True
+    for node in asserts if reads else []:
+        if isinstance(node.test, ast.Compare) and any(isinstance(op, ast.Eq) for op in node.test.ops):
+            sides = [node.test.left, *node.test.comparators]
+            if sum(isinstance(s, ast.Call) and dotted_text(s.func) == "len" for s in sides) >= 2:
+                yield Consumer(path, node.lineno, f"`{function.name}` counts the state_dict keys")
