@@ -294,8 +294,12 @@ def test_listed_plan_concatenates_three_elements_and_renames_the_fourth() -> Non
       "nn.ModuleList([nn.Linear(width, width)] * 3 + [nn.Linear(width, width, bias=False)])"), None),
     (("self.attention = HeadedAttention(width, heads)", "self.attention = make(HeadedAttention, width)"),
      ["`HeadedAttention` on line 32 is used other than as `self.<name> = HeadedAttention(...)`"]),
-    (("return x + self.attention(h, h, h)", "return x + self.attention.forward(h, h, h)"),
+    (("return x + self.attention(h, h, h)", "return x + self.attention.forward(h, key=x, value=h)"),
+     ["`self.attention.forward(h, key=x, value=h)` on line 36 passes h, x, h"]),
+    (("return x + self.attention(h, h, h)", "return x + self.attention.register_forward_hook(print)"),
      ["`self.attention` on line 36 is used other than called"]),
+    (("import copy\n", "import copy\n\nNAME = 'HeadedAttention'\n"),
+     ["`'HeadedAttention'` on line 3 names `HeadedAttention` in a string"]),
 ])
 def test_listed_hazards_are_refused(change: tuple[str, str], words: list[str] | None) -> None:
     text = LISTED.read_text()
@@ -315,6 +319,13 @@ def test_listed_three_plan_has_no_output_and_negative_index_is_the_value() -> No
     text = path.read_text().replace("self.merge(", "self.input_maps[-1](")  # element 2 (v) again: not an output
     result = _run(path, text)
     assert result.migrated == text and "line 24: self.input_maps[-1](" in result.refusals[0].reason
+
+
+def test_listed_old_style_super_and_forward_calls_are_followed() -> None:
+    text = LISTED.read_text().replace("super().__init__()\n        self.heads", "super(HeadedAttention, self).__init__()\n"
+                                      "        self.heads").replace("self.attention(h, h, h)", "self.attention.forward(h, h, h)")
+    result = _run(LISTED, text)
+    assert not result.refusals and "super(HeadedAttention, self)" in result.migrated and "self.qkv(query)" in result.migrated
 
 
 def test_listed_without_any_caller_is_refused() -> None:

@@ -248,6 +248,13 @@ def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTN
                       "it may not be what the caller passed")
 
 
+def _old_style_super(ctx, cls, node: cst.Name) -> bool:
+    """`super(Cls, self)` inside the class itself."""
+    arg, call = ctx.parents.get(node), ctx.parents.get(ctx.parents.get(node))
+    return isinstance(arg, cst.Arg) and isinstance(call, cst.Call) and isinstance(call.func, cst.Name) \
+        and call.func.value == "super" and call.args[0] is arg and _inside(ctx, call, cls.node)
+
+
 def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
     if any(a.star for a in call.args):
         return None
@@ -265,7 +272,7 @@ def callers(ctx, cls) -> list[cst.Call]:
     holders = []
     for node in find(ctx.module, lambda n: isinstance(n, cst.Name) and n.value == name):
         parent = ctx.parents.get(node)
-        if parent is cls.node:
+        if parent is cls.node or _old_style_super(ctx, cls, node):
             continue
         statement = ctx.parents.get(ctx.parents.get(parent)) if isinstance(parent, cst.Call) else None
         assign = ctx.parents.get(parent) if isinstance(parent, cst.Call) else None
@@ -278,6 +285,9 @@ def callers(ctx, cls) -> list[cst.Call]:
                           "in a module's __init__: the calls of its instances are not followed")
         holders.append((owner, holder))
     word = re.compile(rf"\b{re.escape(name)}\b")
+    named = find(ctx.module, lambda n: isinstance(n, cst.SimpleString) and word.search(n.value))
+    if named:
+        raise Blocked(f"`{ctx.code(named[0])}` on line {ctx.line(named[0])} names `{name}` in a string")
     for path in sorted(ctx.project.files):
         text = ctx.project.text(path)
         if path != ctx.project_key and text is not None and word.search(text):
@@ -288,6 +298,9 @@ def callers(ctx, cls) -> list[cst.Call]:
             parent = ctx.parents.get(ref)
             if isinstance(parent, cst.Call) and parent.func is ref:
                 found.append(parent)
+            elif isinstance(parent, cst.Attribute) and parent.attr.value == "forward" \
+                    and isinstance(ctx.parents.get(parent), cst.Call) and ctx.parents.get(parent).func is parent:
+                found.append(ctx.parents.get(parent))  # `self.attention.forward(x, x, x)`: the same arguments
             elif not (isinstance(parent, cst.AssignTarget) and _inside(ctx, ref, owner.submodules[holder].statement)):
                 raise Blocked(f"`self.{holder}` on line {ctx.line(ref)} is used other than called")
         for reference in ctx.project.references(holder):
