@@ -316,6 +316,8 @@ def test_listed_three_plan_has_no_output_and_negative_index_is_the_value() -> No
     [plan] = _run(path, path.read_text()).plans
     assert plan.renamed == {} and [c.sources for c in plan.concatenated][0] == [
         "input_maps.0.weight", "input_maps.1.weight", "input_maps.2.weight"]
+    [fix] = _run(path, path.read_text()).edits
+    assert fix.message == "input_maps[0..2] -> fused `qkv` + split"
     text = path.read_text().replace("self.merge(", "self.input_maps[-1](")  # element 2 (v) again: not an output
     result = _run(path, text)
     assert result.migrated == text and "line 24: self.input_maps[-1](" in result.refusals[0].reason
@@ -340,25 +342,31 @@ def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     assert not result.refusals and "for t in self.qkv(query).chunk(3, dim=-1)]" in result.migrated
 
 
-def test_listed_instances_built_in_another_file_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder, words", [
+    ("from attn import HeadedAttention\n", None),  # an import alone builds nothing
+    ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Mixer(nn.Module):\n"
+     "    def __init__(self):\n        super().__init__()\n        self.attention = HeadedAttention(8, 2)\n\n"
+     "    def forward(self, x):\n        return self.attention.forward(x, x, x)\n", None),
+    ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Cross(nn.Module):\n"
+     "    def __init__(self):\n        super().__init__()\n        self.attention = HeadedAttention(8, 2)\n\n"
+     "    def forward(self, x, m):\n        return self.attention(x, m, m)\n",
+     ["`self.attention(x, m, m)` on line", "decoder.py:11 passes x, m, m as query, key, value"]),
+    ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on line", "decoder.py:1 is used other than"]),
+    ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["decoder.py:3 is used other than"]),
+    ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on line", "decoder.py:2 reaches"]),
+])
+def test_listed_follows_instances_into_other_files(tmp_path: Path, decoder: str, words: list[str] | None) -> None:
     from project_support import write_project
 
-    project = write_project(tmp_path, {"attn.py": LISTED.read_text(),
-                                       "decoder.py": "from attn import HeadedAttention\n"})
+    project = write_project(tmp_path, {"attn.py": LISTED.read_text(), "decoder.py": decoder})
     path = tmp_path / "attn.py"
     result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
-    [refusal] = result.refusals
-    assert "`HeadedAttention` is named in" in refusal.reason and "decoder.py" in refusal.reason
-
-
-def test_listed_elements_called_by_index_refuse_cross_attention() -> None:
-    path = FOLDER / "listed_projections_indexed.before.py"
-    text = path.read_text().replace("self.mixer(x, x, x)", "self.mixer(x, x, y)").replace(
-        "def forward(self, x):\n        x = x + self.mixer", "def forward(self, x, y):\n        x = x + self.mixer")
-    result = _run(path, text)
-    assert result.migrated == text
-    [refusal] = result.refusals
-    assert "`self.mixer(x, x, y)` on line 29 passes x, x, y as query, key, value" in refusal.reason
+    assert not result.errors, result.errors
+    if words is None:
+        assert not result.refusals and "self.qkv(query)" in result.migrated
+    else:
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
 
 
 @pytest.mark.parametrize("stem, build, keys", [

@@ -64,7 +64,7 @@ class SeparateQkvToFused(Rule):
     weights differ in more than their output size. Lists: forward's query/key/value are three
     parameters and some call of an instance passes different names (naming that call), or no call
     is in the tree, or an instance is built or reached other than `self.<a> = Cls(...)` called as
-    `self.<a>(...)` in this file, or the class is named in another file; a parameter rebound
+    `self.<a>(...)`/`.forward(...)` (here or in a file importing the class); a parameter rebound
     before it is projected; `__init__` or any method uses the list other than so (an init loop).
     """
 
@@ -112,7 +112,7 @@ class SeparateQkvToFused(Rule):
                            "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
         fusion.plan.rules.append(self.code)
         inits = fan_inits.generic_shape_inits(ctx, 0)
-        message = f"{attribute}[0..2] -> fused `qkv` + split, {attribute}[3] -> `out`"
+        message = f"{attribute}[0..2] -> fused `qkv` + split" + (f", {attribute}[3] -> `out`" if fusion.plan.renamed else "")
         return Fix(line=ctx.line(statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
                    replacements=fusion.replacements, plans=[fusion.plan])
 

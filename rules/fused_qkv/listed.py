@@ -227,11 +227,12 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
     if not calls:
         raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
                       f"{', '.join(inputs)} are one tensor")
-    for call in calls:
+    for fctx, call in calls:
         passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
         if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
-            raise Blocked(f"`{ctx.code(call)}` on line {ctx.line(call)} passes "
-                          f"{', '.join(ctx.code(p) if p is not None else '?' for p in passed)} as "
+            where = "" if fctx is ctx else f"{fctx.path}:"
+            raise Blocked(f"`{fctx.code(call)}` on line {where}{fctx.line(call)} passes "
+                          f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
     return inputs[0]
 
@@ -264,52 +265,86 @@ def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | 
     return next((a.value for a in call.args if a.keyword is not None and a.keyword.value == name), None)
 
 
-def callers(ctx, cls) -> list[cst.Call]:
-    """Every call of an instance of `cls`: each instance is built as `self.<holder> = Cls(...)` in
-    an `__init__` of this file and only called through `self.<holder>(...)` in its class. Blocked
-    when an instance is built or reached any other way (here or in another file of the tree)."""
+def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
+    """Every call of an instance of `cls`, with the context of its file: each instance is built as
+    `self.<holder> = Cls(...)` in an `__init__` (of this file or one that imports the class by its
+    name) and only called through `self.<holder>(...)` in its class. Blocked when an instance is
+    built or reached any other way."""
     name = cls.node.name.value
-    holders = []
-    for node in find(ctx.module, lambda n: isinstance(n, cst.Name) and n.value == name):
-        parent = ctx.parents.get(node)
-        if parent is cls.node or _old_style_super(ctx, cls, node):
-            continue
-        statement = ctx.parents.get(ctx.parents.get(parent)) if isinstance(parent, cst.Call) else None
-        assign = ctx.parents.get(parent) if isinstance(parent, cst.Call) else None
-        holder = self_attribute(assign.targets[0].target) if isinstance(assign, cst.Assign) \
-            and len(assign.targets) == 1 and assign.value is parent and parent.func is node else None
-        owner = next((c for c in ctx.module_classes if c.submodules.get(holder or "") is not None
-                      and c.submodules[holder].statement is statement), None)
-        if owner is None:
-            raise Blocked(f"`{name}` on line {ctx.line(node)} is used other than as `self.<name> = {name}(...)` "
-                          "in a module's __init__: the calls of its instances are not followed")
-        holders.append((owner, holder))
     word = re.compile(rf"\b{re.escape(name)}\b")
-    named = find(ctx.module, lambda n: isinstance(n, cst.SimpleString) and word.search(n.value))
-    if named:
-        raise Blocked(f"`{ctx.code(named[0])}` on line {ctx.line(named[0])} names `{name}` in a string")
+    holders = _holders(ctx, cls, name, word)
     for path in sorted(ctx.project.files):
         text = ctx.project.text(path)
         if path != ctx.project_key and text is not None and word.search(text):
-            raise Blocked(f"`{name}` is named in {path}: the calls of instances built there are not followed")
+            other = ctx.project.context(path)
+            if other is None:
+                raise Blocked(f"`{name}` is named in {path}, which cannot be read")
+            holders += _holders(other, None, name, word)
     found = []
-    for owner, holder in holders:
+    for fctx, owner, holder in holders:
+        where = "" if fctx is ctx else f"{fctx.path}:"
         for ref in owner.self_references(holder):
-            parent = ctx.parents.get(ref)
+            parent = fctx.parents.get(ref)
             if isinstance(parent, cst.Call) and parent.func is ref:
-                found.append(parent)
+                found.append((fctx, parent))
             elif isinstance(parent, cst.Attribute) and parent.attr.value == "forward" \
-                    and isinstance(ctx.parents.get(parent), cst.Call) and ctx.parents.get(parent).func is parent:
-                found.append(ctx.parents.get(parent))  # `self.attention.forward(x, x, x)`: the same arguments
-            elif not (isinstance(parent, cst.AssignTarget) and _inside(ctx, ref, owner.submodules[holder].statement)):
-                raise Blocked(f"`self.{holder}` on line {ctx.line(ref)} is used other than called")
+                    and isinstance(fctx.parents.get(parent), cst.Call) and fctx.parents.get(parent).func is parent:
+                found.append((fctx, fctx.parents.get(parent)))  # `self.attention.forward(x, x, x)`: the same arguments
+            elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, owner.submodules[holder].statement)):
+                raise Blocked(f"`self.{holder}` on line {where}{fctx.line(ref)} is used other than called")
+        owners = [o.node for _, o, h in holders if h == holder]
+        contexts = {f.project_key: f for f, _, h in holders if h == holder}
         for reference in ctx.project.references(holder):
-            if reference.path != ctx.project_key and reference.kind == "attribute":
-                raise Blocked(f"`.{holder}` is reached in {reference.path}:{reference.line}")
-        owners = [o.node for o, h in holders if h == holder]
-        outside = [n for n in find(ctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value == holder)
-                   if not (self_attribute(n) == holder and any(_inside(ctx, n, o) for o in owners))]
-        if outside:
-            raise Blocked(f"`{ctx.code(outside[0])}` on line {ctx.line(outside[0])} reaches an instance from "
-                          "outside its holder")
+            if reference.kind == "attribute" and reference.path not in contexts:
+                contexts[reference.path] = ctx if reference.path == ctx.project_key else ctx.project.context(
+                    reference.path)
+        for key, other in contexts.items():
+            if other is None:
+                raise Blocked(f"`.{holder}` is reached in {key}, which cannot be read")
+            _reached_only_by_owners(ctx, other, holder, owners)
     return found
+
+
+def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) -> None:
+    """Every `.<holder>` in the file is `self.<holder>` in an owner, or in another class that does
+    not derive (by name) from an owner: its own attribute of that name."""
+    names = {o.name.value for o in owners}
+    for node in find(fctx.module, lambda n: isinstance(n, cst.Attribute) and n.attr.value == holder):
+        owner = fctx.parents.get(node)
+        while owner is not None and not isinstance(owner, cst.ClassDef):
+            owner = fctx.parents.get(owner)
+        if self_attribute(node) == holder and owner is not None and (any(owner is o for o in owners) or not any(
+                isinstance(b.value, cst.Name) and b.value.value in names for b in owner.bases)):
+            continue
+        where = "" if fctx is ctx else f"{fctx.path}:"
+        raise Blocked(f"`{fctx.code(node)}` on line {where}{fctx.line(node)} reaches an instance from outside "
+                      "its holder")
+
+
+def _holders(fctx, cls, name: str, word) -> list:
+    """(file context, owner class, attribute) for each `self.<attribute> = <name>(...)` in a module's
+    `__init__` of one file; Blocked for any other mention of `name` there (a plain import aside)."""
+    where = "" if cls is not None else f"{fctx.path}:"
+    named = find(fctx.module, lambda n: isinstance(n, cst.SimpleString) and word.search(n.value))
+    if named:
+        raise Blocked(f"`{fctx.code(named[0])}` on line {where}{fctx.line(named[0])} names `{name}` in a string")
+    holders = []
+    for node in find(fctx.module, lambda n: isinstance(n, cst.Name) and n.value == name):
+        parent = fctx.parents.get(node)
+        if cls is not None and (parent is cls.node or _old_style_super(fctx, cls, node)):
+            continue
+        if cls is None and isinstance(parent, cst.ImportAlias) and parent.asname is None \
+                and isinstance(fctx.parents.get(parent), cst.ImportFrom):
+            continue  # `from .attention import Cls`: its uses in this file are read below
+        statement = fctx.parents.get(fctx.parents.get(parent)) if isinstance(parent, cst.Call) else None
+        assign = fctx.parents.get(parent) if isinstance(parent, cst.Call) else None
+        holder = self_attribute(assign.targets[0].target) if isinstance(assign, cst.Assign) \
+            and len(assign.targets) == 1 and assign.value is parent and parent.func is node else None
+        owner = next((c for c in fctx.module_classes if c.submodules.get(holder or "") is not None
+                      and c.submodules[holder].statement is statement), None)
+        if owner is None:
+            raise Blocked(f"`{name}` on line {where}{fctx.line(node)} is used other than as "
+                          f"`self.<name> = {name}(...)` in a module's __init__: the calls of its instances are "
+                          "not followed")
+        holders.append((fctx, owner, holder))
+    return holders
