@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tf_migrate import __version__
+from tf_migrate.engine.source import DEFAULT_MAX_FILE_SIZE
 
 
 class _DefaultGroup(click.Group):
@@ -19,6 +20,20 @@ class _DefaultGroup(click.Group):
         elif not args:
             args = ["migrate", "--help"]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        """An exception nothing expected is a bug of ours: exit 2 (never 1, "would change")."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            click.echo("tf-migrate: internal error: a bug in tf-migrate, not in your files; please report "
+                       "it with the traceback above and the command line", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,10 +70,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Result cache folder (default: .tf-migrate-cache beside the nearest pyproject.toml).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache.")
+@click.option("--max-file-size", type=click.IntRange(min=1), default=DEFAULT_MAX_FILE_SIZE,
+              show_default=True,
+              metavar="BYTES", help="Larger files are an error and never read (generated code).")
 @click.option("--allow-empty", is_flag=True,
               help="With no PATHS, do nothing and exit 0 (for hooks that pass file names).")
 def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, fmt, plan_path,
-            config_path, jobs, cache_dir, no_cache, allow_empty, ffn=None, ffn_hidden=None) -> None:
+            config_path, jobs, cache_dir, no_cache, max_file_size, allow_empty, ffn=None,
+            ffn_hidden=None) -> None:
     """Report (default), diff, or apply the migrations to PATHS."""
     if not paths:
         if allow_empty:
@@ -73,7 +92,7 @@ def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, f
         paths=list(paths), diff=show_diff, write=write, output_dir=output_dir,
         select=_split(select), ignore=_split(ignore), rule_options=list(rule_options),
         fmt=fmt, plan_path=plan_path, config_path=config_path,
-        jobs=jobs, cache_dir=cache_dir, use_cache=not no_cache,
+        jobs=jobs, cache_dir=cache_dir, use_cache=not no_cache, max_file_size=max_file_size,
     )
     try:
         code = run(options, sys.stdout)

@@ -55,6 +55,7 @@ CASES = {
     "edited_causal_masks": ("GlobalTokenCausal", (C, 4, 8), {}, lambda: [(_x(),)]),
     "einsum_permute_bthd": ("TimeMajorAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
     "einsum_raw_params": ("RawParamAttention", (C, 4, 8), {}, lambda: [(_x(),)]),
+    "fallback_class_under_try": ("DotProductAttention", (C,), {}, lambda: [(_x(),)]),  # the except branch
     "fill_value_split_over_lines": ("WrappedFillAttention", (), {}, lambda: [
         (_x(), _x(7), _x(7), torch.tensor([7, 3]))]),  # 5 queries over 7 keys, 3 of them real in sample 1
     "free_function_optional_dropout": ("HeadsWithFreeAttention", (C, 4, 0.1), {}, lambda: [

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import children, find
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -46,6 +46,9 @@ class ModuleClass:
     submodules: dict[str, Submodule] = field(default_factory=dict)
     buffers: dict[str, Buffer] = field(default_factory=dict)
     methods: dict[str, cst.FunctionDef] = field(default_factory=dict)
+    # `self.x = ...` on a line shared with other statements (`a = ...; self.x = ...`): not read as
+    # submodules (an edit of the line would touch its neighbours), kept so rules can say so
+    crowded: dict[str, cst.SimpleStatementLine] = field(default_factory=dict)
 
     def submodule_of(self, node: cst.CSTNode, *callees: str) -> Submodule | None:
         """The submodule `self.x` refers to, if it was built by one of `callees`."""
@@ -99,6 +102,11 @@ def _init_statements(init: cst.FunctionDef) -> list[cst.SimpleStatementLine]:
 def _read_init(ctx: "FileContext", cls: ModuleClass, init: cst.FunctionDef) -> None:
     for statement in _init_statements(init):
         if len(statement.body) != 1:
+            for small in statement.body:
+                if isinstance(small, cst.Assign) and len(small.targets) == 1:
+                    name = self_attribute(small.targets[0].target)
+                    if name:
+                        cls.crowded[name] = statement
             continue
         small = statement.body[0]
         if isinstance(small, cst.Assign) and len(small.targets) == 1:
@@ -135,9 +143,24 @@ def find_module_classes(ctx: "FileContext") -> list[ModuleClass]:
                     known.add(statement.name.value)
                     found.append(_analyse(ctx, statement, qualname))
                 visit(list(statement.body.body), qualname + ".")
+            elif isinstance(statement, _BLOCK_OWNERS):  # `except ImportError: class LayerNorm(...)`
+                visit(list(_block_statements(statement)), prefix)
 
     visit(list(ctx.module.body), "")
     return found
+
+
+_BLOCK_OWNERS = (cst.If, cst.Else, cst.Try, cst.TryStar, cst.ExceptHandler, cst.ExceptStarHandler,
+                 cst.Finally, cst.With)
+
+
+def _block_statements(statement: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """The statements of the blocks an if/try/with owns, elif/else/except/finally included."""
+    for child in children(statement):
+        if isinstance(child, cst.IndentedBlock):
+            yield from child.body
+        elif isinstance(child, _BLOCK_OWNERS):
+            yield from _block_statements(child)
 
 
 def _analyse(ctx: "FileContext", node: cst.ClassDef, qualname: str) -> ModuleClass:

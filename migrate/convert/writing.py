@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -75,13 +76,29 @@ def write_all(ckpt: Checkpoint, shards: Iterator[tuple[int, dict[str, Any]]], ou
 def _save_torch(state: dict[str, Any], path: Path) -> None:
     import torch
 
-    torch.save(state, path)
+    with _write_failures_as_oserror():
+        torch.save(state, path)
+
+
+@contextmanager
+def _write_failures_as_oserror() -> Iterator[None]:
+    """torch.save reports a failed write (a full disk: "unexpected pos 64 vs 0") as RuntimeError,
+    safetensors as its own SafetensorError: inside a save call both are the OSError that the
+    caller reports as one line."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, RuntimeError) and type(exc).__name__ != "SafetensorError":
+            raise
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise OSError(lines[-1]) from exc
 
 
 def _save_safetensors(state: dict[str, Any], path: Path, metadata: dict[str, str] | None) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata or None)
+    with _write_failures_as_oserror():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata or None)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # a checkpoint is not a secret: the usual mode, not 0600

@@ -5,6 +5,10 @@ the effective configuration, and a stamp of the tool's own sources, so editing a
 development checkout never serves a stale result. One JSON file per key; a damaged entry is a miss.
 A result also depends on the other project files its analysis read (a base class, a factory): the
 entry records their digests, and a hit whose dependencies changed (or vanished) is a miss.
+
+An entry is data anyone who can write the folder can change, so it is checked before it is used:
+it names the sha256 of the source it was made from (a copied or renamed entry is a miss), and a
+cached rewrite must parse and compile, or the entry is a miss and the file is migrated afresh.
 """
 
 from __future__ import annotations
@@ -61,10 +65,15 @@ class ResultCache:
     def get(self, key: str, text: str) -> FileResult | None:
         try:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
+            if data["source_sha256"] != _sha256(text):
+                return None
             if any(_digest(path) != digest for path, digest in data["depends"].items()):
                 return None
-            return _from_json(data, text)
-        except (OSError, ValueError, KeyError, TypeError):
+            result = _from_json(data, text)
+            if result.changed:
+                compile(result.migrated, result.path, "exec", dont_inherit=True)
+            return result
+        except (OSError, ValueError, KeyError, TypeError, SyntaxError, RecursionError, MemoryError):
             return None
 
     def put(self, key: str, result: FileResult) -> None:
@@ -81,6 +90,10 @@ class ResultCache:
             pass  # a read-only or full disk costs speed, never the run
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _digest(path: str) -> str | None:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -90,6 +103,7 @@ def _digest(path: str) -> str | None:
 
 def _to_json(result: FileResult) -> dict[str, Any]:
     return {
+        "source_sha256": _sha256(result.original or ""),
         "depends": {path: _digest(path) for path in result.depends},
         "path": result.path,
         "encoding": result.encoding,

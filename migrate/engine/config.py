@@ -46,7 +46,9 @@ class Config:
 
 
 def find_pyproject(start: Path) -> Path | None:
-    start = start.resolve()
+    from tf_migrate.engine.discovery import real_path
+
+    start = real_path(start)
     for folder in [start, *start.parents] if start.is_dir() else start.parents:
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
@@ -70,7 +72,11 @@ def load_config(start: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    table = data.get("tool", {}).get("tf-migrate", {})
+    tool = data.get("tool", {})
+    table = tool.get("tf-migrate", {}) if isinstance(tool, dict) else None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.tf-migrate] must be a table, not "
+                          f"{'tool = ' if table is None else 'tool.tf-migrate = '}{(tool if table is None else table)!r}")
     config = Config(source=path)
     for key, value in table.items():
         if key in ("select", "ignore", "exclude"):

@@ -14,8 +14,17 @@ SKIPPED_DIRS = frozenset({
 })
 
 
+def real_path(path: Path) -> Path:
+    """`path` with every symlink resolved; a symlink loop stays as it is instead of raising
+    (Path.resolve raises RuntimeError on loops before Python 3.13), so reading it reports it."""
+    return Path(os.path.realpath(path))
+
+
 def _is_virtualenv(folder: Path) -> bool:
-    return (folder / "pyvenv.cfg").exists()
+    try:
+        return (folder / "pyvenv.cfg").exists()
+    except OSError:  # an unreadable folder: walked as any other, its own errors reported there
+        return False
 
 
 def _excluded(relative: str, patterns: Iterable[str]) -> bool:
@@ -33,7 +42,7 @@ def iter_python_files(paths: Iterable[Path], exclude: Iterable[str] = ()) -> Ite
     """
     seen: set[Path] = set()
     for path in _walk(paths, list(exclude)):
-        key = path.resolve()
+        key = real_path(path)
         if key not in seen:  # `src src/a.py`, or a file named twice: one result, one write
             seen.add(key)
             yield path

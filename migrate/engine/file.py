@@ -5,6 +5,8 @@ Nothing here prints or writes: the CLI decides what to do with a `FileResult`.
 
 from __future__ import annotations
 
+import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
-from tf_migrate.engine.source import SourceError, read_source
+from tf_migrate.engine.source import SourceError, Stamp, read_source, split_lines
 
 if TYPE_CHECKING:
     import ast
@@ -47,6 +49,8 @@ class FileResult:
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)  # other files the analysis read (the cache keys on them)
+    skipped: str = ""  # why the file was not looked at (a FIFO named *.py): not an error
+    stamp: Stamp | None = None  # what was read, for the check before --write replaces the file
 
     @property
     def changed(self) -> bool:
@@ -66,7 +70,7 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:
         return result
-    tree = _python_tree(text)
+    tree = _python_tree(text)  # under the caller's recursion limit: it bounds what libcst sees
     if isinstance(tree, str):
         result.errors.append(tree)
         return result
@@ -78,10 +82,41 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     with project.analysing(key):
         # Every rule works inside nn.Module classes; a base may be one through another project file.
         if may_define_modules(tree) or project.defines_modules(key):
-            _run_rules(result, text, path, active, project, key)
+            _with_deep_stack(_run_rules, result, text, path, active, project, key)
         result.depends = sorted(project.reads)
     project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker
     return result
+
+
+# libcst's visitors, metadata and printer recurse a few frames per level of nesting: a valid
+# 400-term sum or 500-link call chain exceeds Python's default limit of 1000 frames. The rules
+# run in a thread whose stack and recursion limit hold that; the depth itself stays bounded by
+# Python's parser, which every file passes first with the usual limit.
+_STACK_BYTES = 512 * 1024 * 1024
+_RECURSION_LIMIT = 30_000
+
+
+def _with_deep_stack(function, *args):
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append(exc)
+
+    old_stack, old_limit = threading.stack_size(_STACK_BYTES), sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, _RECURSION_LIMIT))
+    try:
+        thread = threading.Thread(target=target, name="tf-migrate rules")
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _single_file_project(path: str) -> "ProjectIndex":
@@ -102,7 +137,8 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        result.errors.append(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
+        result.errors.append(_form_feed_error(text) or
+                             f"syntax error at line {exc.raw_line}, column {exc.raw_column}: {exc.message}")
         return
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
@@ -130,11 +166,31 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
         # (`\r`-only line ends lose the last one), the untouched parts would change too.
-        result.errors.append("libcst does not reproduce this file byte for byte (unusual line "
-                             "endings?); left untouched")
+        result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
+                             "for byte (unusual line endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
         return
+    result.migrated = _file_newlines(text, code)
     _check_output(result)
+
+
+def _form_feed_error(text: str) -> str | None:
+    """A form feed before code on a line (old editors' page breaks) is valid Python that libcst
+    cannot print back: name it instead of blaming the file's syntax or line ends."""
+    for number, line in enumerate(split_lines(text), 1):
+        indent = line[:len(line) - len(line.lstrip(" \t\f"))]
+        if "\f" in indent and line.strip(" \t\f\r\n"):
+            return (f"form feed in indentation at line {number}: libcst does not reproduce it byte "
+                    "for byte; left untouched (remove the form feed to migrate this file)")
+    return None
+
+
+def _file_newlines(original: str, code: str) -> str:
+    """Code a rule inserts carries `\\n` inside multi-line strings; a file that ends every line with
+    `\\r\\n` gets them too."""
+    if "\r\n" in original and "\n" not in original.replace("\r\n", ""):
+        return code.replace("\r\n", "\n").replace("\n", "\r\n")
+    return code
 
 
 def _python_tree(text: str) -> "ast.Module | str":

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from tf_migrate.engine.cache import ResultCache
 from tf_migrate.engine.file import FileResult, has_candidates, migrate_source
-from tf_migrate.engine.source import SourceError, decode_source, read_raw
+from tf_migrate.engine.source import (DEFAULT_MAX_FILE_SIZE, NotRegularFile, SourceError, Stamp,
+                                      decode_source, read_stamped)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -34,6 +35,7 @@ class _Pending:
     text: str
     encoding: str
     key: str | None
+    stamp: Stamp
     path: str
 
 
@@ -59,28 +61,34 @@ def _work(display: str, text: str, encoding: str, path: str) -> FileResult:
     return result
 
 
-def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None) -> FileResult | _Pending:
+def _triage(index: int, path: Path, rules: Sequence, cache: ResultCache | None,
+            max_size: int) -> FileResult | _Pending:
     display = str(path)
     try:
-        raw = read_raw(path)
+        raw, stamp = read_stamped(path, max_size)
         source = decode_source(path, raw)
+    except NotRegularFile as exc:
+        return FileResult(display, skipped=str(exc))
     except SourceError as exc:
         return FileResult(display, errors=[str(exc)])
     if not has_candidates(source.text, rules):
         return FileResult(display, original=source.text, migrated=source.text, encoding=source.encoding)
     key = cache.key(display, raw) if cache else None
     hit = cache.get(key, source.text) if cache else None
-    return hit or _Pending(index, display, source.text, source.encoding, key, str(path))
+    if hit:
+        hit.stamp = stamp
+        return hit
+    return _Pending(index, display, source.text, source.encoding, key, stamp, str(path))
 
 
-def process(files: Sequence[Path], rules: Sequence, jobs: int,
-            cache: ResultCache | None) -> Iterator[tuple[int, FileResult]]:
+def process(files: Sequence[Path], rules: Sequence, jobs: int, cache: ResultCache | None,
+            max_size: int = DEFAULT_MAX_FILE_SIZE) -> Iterator[tuple[int, FileResult]]:
     from tf_migrate.analysis.project import ProjectIndex
 
     project = ProjectIndex.for_files(files)
     pending: list[_Pending] = []
     for index, path in enumerate(files):
-        outcome = _triage(index, path, rules, cache)
+        outcome = _triage(index, path, rules, cache, max_size)
         if isinstance(outcome, _Pending):
             pending.append(outcome)
         else:
@@ -88,19 +96,28 @@ def process(files: Sequence[Path], rules: Sequence, jobs: int,
     for item, result in _run(pending, rules, jobs, project):
         if cache and item.key:
             cache.put(item.key, result)
+        result.stamp = item.stamp
         yield item.index, result
+
+
+# libcst's native parser has aborted (SIGABRT) on multi-megabyte files: such a file is parsed in a
+# child process of its own, so a crash costs that file only, also with --jobs 1.
+RISKY_CHARS = 1_000_000
 
 
 def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterator[tuple[_Pending, FileResult]]:
     if jobs <= 1 or len(pending) <= 1:
         _init_worker(rules, project)
         for item in pending:
-            yield item, _work(item.display, item.text, item.encoding, item.path)
+            risky = len(item.text) > RISKY_CHARS
+            yield item, _alone(item, rules, project) if risky else _work(
+                item.display, item.text, item.encoding, item.path)
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # Longest files first, so no worker is left with a big file at the end.
     pending = sorted(pending, key=lambda item: -len(item.text))
+    lost: list[_Pending] = []
     with ProcessPoolExecutor(min(jobs, len(pending)), initializer=_init_worker,
                              initargs=(rules, project)) as pool:
         futures: dict[Future, _Pending] = {
@@ -110,10 +127,23 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterat
             for future in done:
                 item = futures.pop(future)
                 try:
-                    result = future.result()
-                except Exception as exc:  # a worker killed by a crash (BrokenProcessPool): report, go on
-                    result = FileResult(item.display, errors=[f"internal error: worker crashed ({exc!r})"])
-                yield item, result
+                    yield item, future.result()
+                except Exception:  # a worker died (BrokenProcessPool): every unfinished file is lost
+                    lost.append(item)
+    for item in lost:  # which file killed the worker is unknown: each gets a child of its own
+        yield item, _alone(item, rules, project)
+
+
+def _alone(item: _Pending, rules: Sequence, project) -> FileResult:
+    """One file in a disposable child process: if the parser crashes, only this file fails."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(rules, project)) as pool:
+        try:
+            return pool.submit(_work, item.display, item.text, item.encoding, item.path).result()
+        except Exception as exc:
+            return FileResult(item.display, errors=[
+                f"the parser crashed on this file (its process died: {type(exc).__name__}); left untouched"])
 
 
 def in_order(results: Iterator[tuple[int, FileResult]], count: int) -> Iterator[FileResult]:

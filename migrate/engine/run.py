@@ -13,12 +13,12 @@ from typing import Any, TextIO
 
 from tf_migrate.engine import report
 from tf_migrate.engine.config import Config, ConfigError, load_config
-from tf_migrate.engine.discovery import iter_python_files
+from tf_migrate.engine.discovery import iter_python_files, real_path
 from tf_migrate.engine.file import FileResult
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import SelectionError, select_rules
 from tf_migrate.engine.ruleindex import LazyRule, RuleInfo, rule_index
-from tf_migrate.engine.source import write_atomic
+from tf_migrate.engine.source import DEFAULT_MAX_FILE_SIZE, FileChanged, write_atomic
 
 
 class UsageError(Exception):
@@ -40,6 +40,7 @@ class RunOptions:
     jobs: int | None = None  # None: one per core
     cache_dir: Path | None = None  # None: .tf-migrate-cache beside the nearest pyproject.toml
     use_cache: bool = True
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
 
 def _config(options: RunOptions) -> Config:
@@ -117,7 +118,7 @@ def run(options: RunOptions, out: TextIO) -> int:
     rules = build_rules(config)
     files = list(iter_python_files(options.paths, config.exclude))
     if options.output_dir is not None:
-        files = _without_earlier_output(options.output_dir.resolve(), options.paths, files)
+        files = _without_earlier_output(real_path(options.output_dir), options.paths, files)
     targets = _targets(options, files)
     results = _process(options, config, rules, files, out)
     _write(options, targets, results)
@@ -135,10 +136,10 @@ def run(options: RunOptions, out: TextIO) -> int:
 
 def _without_earlier_output(out_dir: Path, paths: list[Path], files: list[Path]) -> list[Path]:
     """An --output-dir inside a walked folder holds the last run's copies: they are not inputs."""
-    roots = [p.resolve() for p in paths]
+    roots = [real_path(p) for p in paths]
     if any(out_dir == r or out_dir in r.parents for r in roots):
         return files  # the output folder holds the inputs: _targets decides whether that is safe
-    return [f for f in files if out_dir not in f.resolve().parents]
+    return [f for f in files if out_dir not in real_path(f).parents]
 
 
 def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
@@ -151,7 +152,7 @@ def _targets(options: RunOptions, files: list[Path]) -> list[Path | None]:
     root = _mirror_root([p for p in options.paths if p.exists()] or [Path.cwd()])
     targets = [options.output_dir / _absolute(path).relative_to(root) for path in files]
     for path, target in zip(files, targets):
-        if target.resolve() == path.resolve():
+        if real_path(target) == real_path(path):
             raise UsageError(f"--output-dir {options.output_dir} would overwrite the input {path} "
                              "(use --write to migrate in place)")
     return targets
@@ -167,7 +168,11 @@ def _write(options: RunOptions, targets: list[Path | None], results: list[FileRe
         try:
             if options.write and not stat.S_IMODE(target.stat().st_mode) & 0o222:
                 raise PermissionError(errno.EACCES, "the file is read-only")
-            write_atomic(target, result.migrated, result.encoding)
+            write_atomic(target, result.migrated, result.encoding,
+                         expect=result.stamp if options.write else None)
+        except FileChanged as exc:
+            result.errors.append(str(exc))
+            _stderr().write(f"{result.path}: error: {exc}\n")
         except OSError as exc:
             result.errors.append(f"not written to {target}: {exc.strerror or exc}")
             _stderr().write(f"{result.path}: error: {result.errors[-1]}\n")
@@ -183,7 +188,8 @@ def _process(options: RunOptions, config: Config, rules: list[LazyRule], files: 
     progress = Progress(len(files), _stderr())
     results: list[FileResult] = []
     try:
-        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config)),
+        for result in in_order(_counted(process(files, rules, jobs, _cache(options, config),
+                                                       options.max_file_size),
                                                progress), len(files)):
             results.append(result)
             _print_file(options, result, out)

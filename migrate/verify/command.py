@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ def _lengths(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(str(exc)) from None
 
 
+def _tolerance(ctx, param, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value} is not a finite number >= 0")
+    return value
+
+
 @click.command("verify")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -28,8 +35,10 @@ def _lengths(ctx, param, value: str) -> list[int]:
               help="Checkpoint plan JSON from `tf-migrate --plan`. Default: recomputed from BEFORE.")
 @click.option("--entry", metavar="RELPATH", help="With directory BEFORE/AFTER: the file that defines the model.")
 @click.option("--select", multiple=True, help="Rules for the recomputed plan (default: exact).")
-@click.option("--rtol", type=float, default=1e-4, show_default=True, help="float32 relative tolerance.")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="float32 absolute tolerance.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, callback=_tolerance,
+              help="float32 relative tolerance.")
+@click.option("--atol", type=float, default=1e-5, show_default=True, callback=_tolerance,
+              help="float32 absolute tolerance.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--bench", is_flag=True, help="Also time both models and measure their peak memory.")
 @click.option("--bench-lengths", default="128,512,1024", show_default=True, metavar="T,T,...", callback=_lengths,

@@ -37,10 +37,12 @@ class Source:
             raise LoadError(f"{path}: no such file or directory")
         if not entry:
             raise LoadError(f"{path} is a directory: name the file that defines the model with --entry")
-        target = path / entry
+        target = (path / entry).resolve()
+        if path not in target.parents:
+            raise LoadError(f"--entry {entry}: must name a file inside {path}")
         if not target.is_file():
-            raise LoadError(f"{target}: no such file (from --entry {entry})")
-        return cls(path, target.resolve(), False)
+            raise LoadError(f"{path / entry}: no such file (from --entry {entry})")
+        return cls(path, target, False)
 
     def relative(self, file: Path) -> Path:
         return file.resolve().relative_to(self.root)

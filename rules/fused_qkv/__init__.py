@@ -16,7 +16,7 @@ from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, other_init_uses, triples)
+                                    linear_arguments, naming_string, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
@@ -83,7 +83,13 @@ class SeparateQkvToFused(Rule):
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node):
                 continue
-            for triple in triples(list(cls.submodules)):
+            for triple in triples(list(cls.submodules) + list(cls.crowded)):
+                crowded = next((cls.crowded[a] for a in triple.attributes.values() if a in cls.crowded), None)
+                if crowded is not None:
+                    yield Refusal(ctx.line(crowded), "q/k/v projections not fused: one of them is "
+                                  "assigned on a line shared with other statements (`;`)",
+                                  "put each projection on its own line, then rerun")
+                    continue
                 yield from self._triple(ctx, cls, triple)
             for attribute in listed_candidates(ctx, cls):
                 yield self._listed(ctx, cls, attribute)
@@ -121,6 +127,7 @@ class SeparateQkvToFused(Rule):
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
         blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
+        blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
             raise Blocked(blocked)
         return self._fix(ctx, cls, triple, subs, apps)

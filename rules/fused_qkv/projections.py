@@ -14,6 +14,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import FunctionFlow
 from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.string_refs import naming_strings
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -156,6 +157,15 @@ def foreign_attribute(ctx: "FileContext", cls, names: list[str]) -> str | None:
         if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
             return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
                     "outside its class (a subclass or another object)")
+    return None
+
+
+def naming_string(ctx: "FileContext", names: list[str]) -> str | None:
+    """A string of the file naming a projection (a tensor-parallel plan, `get_submodule`, a LoRA
+    target list, a state_dict key) would name nothing once the three are fused."""
+    for node, name in naming_strings(ctx, names):
+        return (f"the string {ctx.code(node)} on line {ctx.line(node)} names `{name}`, which the "
+                "fusion removes")
     return None
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import atom_code, find
-from tf_migrate.rules.fused_qkv.projections import ROLES, Triple, applied, different_inputs, foreign_attribute
+from tf_migrate.analysis.nodes import atom_code
+from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, applied, different_inputs, foreign_attribute,
+                                                   naming_string)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.raw_weights import Product, init_site, product, shape
 
@@ -111,10 +112,6 @@ def _loop_sequence(sequence, refs: dict[int, cst.Attribute], parts: str) -> cst.
 
 def _refuse_foreign_uses(ctx, cls, names: list[str]) -> None:
     """Another object's `.w_q`, a subclass's `self.w_q`, or a "w_q" key string would dangle."""
-    blocked = foreign_attribute(ctx, cls, names)
+    blocked = foreign_attribute(ctx, cls, names) or naming_string(ctx, names)
     if blocked:
         raise Blocked(blocked)
-    for node in find(ctx.module, lambda n: isinstance(n, cst.SimpleString)):
-        value = node.evaluated_value
-        if isinstance(value, str) and any(value == n or value.endswith("." + n) for n in names):
-            raise Blocked(f"the string {ctx.code(node)} on line {ctx.line(node)} names a weight")

@@ -26,6 +26,8 @@ NORMS = (
     "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
 )
 
+MAX_ADDS_PER_STATEMENT = 100
+
 
 class Unprovable(Exception):
     def __init__(self, line: int, reason: str) -> None:
@@ -66,7 +68,9 @@ class ResidualFinder:
 
     def find(self) -> Sublayers:
         found = Sublayers()
-        for add in _adds(self.method):
+        adds = _adds(self.method)
+        self._refuse_long_sums(adds)
+        for add in adds:
             statement = self.flow.statement_of(add)
             if not isinstance(statement, cst.SimpleStatementLine):
                 continue
@@ -82,6 +86,18 @@ class ResidualFinder:
         if found.post:
             self._check_every_norm_placed(found)
         return found
+
+    def _refuse_long_sums(self, adds: list[cst.BinaryOperation]) -> None:
+        """Each add reads its whole branch back: a sum of n terms costs n^2 (a 2,000-term sum took
+        minutes). No residual block is written like that; refuse rather than hang."""
+        per_statement: dict[int, int] = {}
+        for add in adds:
+            statement = self.flow.statement_of(add)
+            per_statement[id(statement)] = per_statement.get(id(statement), 0) + 1
+            if per_statement[id(statement)] > MAX_ADDS_PER_STATEMENT:
+                raise Unprovable(self.ctx.line(statement), (
+                    f"a statement with more than {MAX_ADDS_PER_STATEMENT} additions is too long "
+                    "for this analysis; its residuals cannot be read"))
 
     def origin(self, name: str, at: cst.BaseStatement) -> Hashable:
         """What value a name holds at a statement, looking through plain aliases (`r = x`)."""
@@ -335,21 +351,9 @@ class ResidualFinder:
 
 
 def _adds(method: cst.FunctionDef) -> list[cst.BinaryOperation]:
-    found: list[cst.BinaryOperation] = []
-
-    class _Visitor(cst.CSTVisitor):
-        def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
-            if isinstance(node.operator, cst.Add):
-                found.append(node)
-
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-            return node is method
-
-        def visit_Lambda(self, node: cst.Lambda) -> bool:
-            return False
-
-    method.visit(_Visitor())
-    return found
+    """The `+` operations of the method's own body (an iterative walk: a 400-term sum is fine)."""
+    return find(method.body, lambda node: isinstance(node, cst.BinaryOperation)
+                and isinstance(node.operator, cst.Add), into_scopes=False)
 
 
 def _unscaled(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:

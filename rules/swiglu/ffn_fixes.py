@@ -13,6 +13,7 @@ from tf_migrate.rules.swiglu.gated import (
 )
 from tf_migrate.analysis.dataflow import binds, read_names
 from tf_migrate.analysis.imports import FUNCTIONAL, imports_bound_by, reference
+from tf_migrate.analysis.string_refs import naming_strings
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.engine.rule import Fix
 
@@ -37,6 +38,10 @@ class FixWriter:
 
     def chain(self, cls, ffn: FeedForward) -> Fix:
         """`act(first(x))` -> `silu(first(x)) * gate(x)`, plus the gate's constructor."""
+        for node, name in naming_strings(self.ctx, [ffn.first.weight, ffn.second.weight]):
+            raise Unsupported(f"the string {self.ctx.code(node)} on line {self.ctx.line(node)} names "
+                              f"`{name}`: the new gate projection would be missing beside it (a "
+                              "tensor-parallel plan, LoRA targets or key list); add it by hand")
         self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
         plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
         hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
