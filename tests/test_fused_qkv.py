@@ -346,6 +346,17 @@ def test_listed_old_style_super_and_forward_calls_are_followed() -> None:
     assert not result.refusals and "super(HeadedAttention, self)" in result.migrated and "self.qkv(query)" in result.migrated
 
 
+@pytest.mark.parametrize("stem, build", [
+    ("listed_projections_zip", "Block(32, 4)"), ("listed_three_zip", "EncoderBlock(32, 4)")])
+def test_listed_zip_rewrite_stays_fx_traceable(stem: str, build: str) -> None:
+    """The split is unpacked into names before the comprehension: torch.fx cannot iterate a Proxy."""
+    pytest.importorskip("torch")
+    import torch.fx
+    from convert_support import load_module
+
+    torch.fx.symbolic_trace(eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))))
+
+
 def test_listed_without_any_caller_is_refused() -> None:
     text = LISTED.read_text().split("class Block")[0]
     [refusal] = _run(LISTED, text).refusals
@@ -355,7 +366,7 @@ def test_listed_without_any_caller_is_refused() -> None:
 def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     text = LISTED.read_text().split("class Block")[0]
     result = _run(LISTED, text.replace("(query, key, value)", "(query, query, query)"))
-    assert not result.refusals and "for t in self.qkv(query).chunk(3, dim=-1)]" in result.migrated
+    assert not result.refusals and "q, k, v = self.qkv(query).chunk(3, dim=-1)\n" in result.migrated
 
 
 @pytest.mark.parametrize("decoder, words", [

@@ -128,7 +128,22 @@ def _zip_edits(ctx, cls, attribute: str, zipped: cst.Call, split: str) -> dict:
         source = inputs[0]
     else:
         source = _same_parameters(ctx, cls, method, [(name, comprehension) for name in inputs])
-    return {comprehension: _rewritten(comprehension, projection, f"self.{FUSED}({source}){split}")}
+    fused = f"self.{FUSED}({source}){split}"
+    statement = ctx.parents.get(ctx.parents.get(comprehension))
+    assign = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
+        else None
+    targets = assign.targets[0].target if isinstance(assign, cst.Assign) and len(assign.targets) == 1 \
+        and assign.value is comprehension else None
+    names = [e.value.value for e in targets.elements if isinstance(e.value, cst.Name)] \
+        if isinstance(targets, cst.Tuple) else []
+    if len(set(names)) != 3 or any(loads(comprehension.elt, n) for n in names):
+        return {comprehension: _rewritten(comprehension, projection, fused)}
+    # `q, k, v = <fused>` then `q, k, v = [f(x) for x in (q, k, v)]`: torch.fx can unpack a
+    # split but not iterate one, so the module stays symbolically traceable
+    split_line = cst.parse_statement(f"{', '.join(names)} = {fused}").with_changes(
+        leading_lines=statement.leading_lines)
+    kept = replace_nodes(statement, {comprehension: _rewritten(comprehension, projection, f"({', '.join(names)})")})
+    return {statement: cst.FlattenSentinel([split_line, kept.with_changes(leading_lines=[])])}
 
 
 def _index_edits(ctx, cls, attribute: str, calls: list[cst.Call], split: str) -> dict:
@@ -200,10 +215,10 @@ def _comprehension(ctx, zipped: cst.Call, attribute: str):
     return comprehension, [e.value.value for e in args[1].value.elements], calls[0]
 
 
-def _rewritten(comprehension, projection: cst.Call, fused_call: str):
-    """`[f(l(x)) for l, x in zip(...)]` -> `[f(x) for x in <fused>.split(...)]`."""
+def _rewritten(comprehension, projection: cst.Call, iterable: str):
+    """`[f(l(x)) for l, x in zip(...)]` -> `[f(x) for x in <iterable>]`."""
     tensor = projection.args[0].value
-    loop = comprehension.for_in.with_changes(target=tensor, iter=cst.parse_expression(fused_call))
+    loop = comprehension.for_in.with_changes(target=tensor, iter=cst.parse_expression(iterable))
     return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
 
 
