@@ -56,12 +56,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--ignore", multiple=True, help="Rules to leave out (same forms as --select).")
 @click.option("--option", "rule_options", multiple=True, metavar="RULE.KEY=VALUE",
               help="A per-rule option, e.g. swiglu.ffn=geglu.")
-@click.option("--ffn", type=click.Choice(["swiglu", "geglu"]),
+@click.option("--ffn", type=click.Choice(["swiglu", "geglu", "match"]),
               help="TFM301's gated FFN (same as --option swiglu.ffn=...).")
 @click.option("--ffn-hidden", type=click.Choice(["same", "param-matched"]),
               help="TFM301's hidden size policy (same as --option swiglu.hidden=...).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
               help="sarif: SARIF 2.1.0 with fixes; github: GitHub Actions annotations.")
+@click.option("--statistics", is_flag=True,
+              help="Print only the census table: per rule, components by outcome, and the reasons.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the checkpoint plan (JSON) to this file.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -76,7 +78,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--allow-empty", is_flag=True,
               help="With no PATHS, do nothing and exit 0 (for hooks that pass file names).")
 def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, fmt, plan_path,
-            config_path, jobs, cache_dir, no_cache, max_file_size, allow_empty, ffn=None,
+            config_path, jobs, cache_dir, no_cache, max_file_size, allow_empty, statistics=False, ffn=None,
             ffn_hidden=None) -> None:
     """Report (default), diff, or apply the migrations to PATHS."""
     if not paths:
@@ -92,7 +94,8 @@ def migrate(paths, show_diff, write, output_dir, select, ignore, rule_options, f
         paths=list(paths), diff=show_diff, write=write, output_dir=output_dir,
         select=_split(select), ignore=_split(ignore), rule_options=list(rule_options),
         fmt=fmt, plan_path=plan_path, config_path=config_path,
-        jobs=jobs, cache_dir=cache_dir, use_cache=not no_cache, max_file_size=max_file_size,
+        jobs=jobs, cache_dir=cache_dir, use_cache=not no_cache, statistics=statistics,
+        max_file_size=max_file_size,
     )
     try:
         code = run(options, sys.stdout)

@@ -6,6 +6,7 @@ The full benchmark (benchmarks/runtime.py) is not part of the suite; these check
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner
 from helpers import MODELS, load_module, manifest
-from tf_migrate.bench import BenchOptions, measure, parse_lengths
+from tf_migrate.bench import BenchOptions, Measurement, measure, parse_lengths
 from tf_migrate.bench.report import ratio_table
 from tf_migrate.bench.setup import ModelSpec
 from tf_migrate.cli import main
@@ -56,7 +57,7 @@ def test_times_interleaved_and_skips_lengths_a_model_cannot_take():
     assert all(m.seconds > 0 and len(m.samples) == 3 for m in rows[:4])
     assert all(m.seconds is None and "256" in m.skipped for m in rows[4:])  # pe table holds 256 positions
     table = ratio_table(rows, "legacy", "reference")
-    assert table[2].startswith("| 16 | forward | ") and table[2].count("x |") == 1  # time ratio only
+    assert table[2].startswith("| 16 | forward | ") and len(re.findall(r"x\*? \|", table[2])) == 1  # time ratio only
     assert table[-1].startswith("- skipped reference at T=300: RuntimeError")
 
 
@@ -66,6 +67,18 @@ def test_peak_memory_comes_from_fresh_processes_and_sees_the_score_matrix():
     # legacy holds (1, 4, 256, 256) float32 scores and the next step's result at once: 1 MiB each
     assert legacy.peak_bytes > 1.5 * 2**20
     assert reference.peak_bytes < legacy.peak_bytes / 2
+
+
+def test_ratio_table_shows_the_spread_and_marks_overlapping_ranges_as_noise():
+    """A 0.12x ratio from one slow run of the same code must read as noise, not as a slow-down."""
+    rows = [Measurement("before", 16, "forward", 0.010, [0.009, 0.010, 0.011]),
+            Measurement("after", 16, "forward", 0.0105, [0.0095, 0.0105, 0.085]),
+            Measurement("before", 64, "forward", 0.040, [0.039, 0.040, 0.041]),
+            Measurement("after", 64, "forward", 0.020, [0.019, 0.020, 0.021])]
+    table = ratio_table(rows, "before", "after")
+    assert table[2].startswith("| 16 | forward | 10.0 (9.0-11.0) | 10.5 (9.5-85.0) | 0.95x* |")
+    assert table[3].startswith("| 64 | forward | 40.0 (39.0-41.0) | 20.0 (19.0-21.0) | 2.00x |")
+    assert table[4].startswith("- * the two min-max ranges overlap")
 
 
 def test_parse_lengths_rejects_garbage():
@@ -83,7 +96,7 @@ def test_verify_bench_adds_the_table(tmp_path):
             "--bench-lengths", "16,512"]
     result = CliRunner().invoke(main, args + ["--format", "json"])
     assert result.exit_code == 0, result.output
-    bench = json.loads(result.output)["bench"]
+    bench = json.loads(result.stdout)["bench"]
     assert [(m["label"], m["length"]) for m in bench][:2] == [("before", 16), ("after", 16)]
     assert all(m["peak_bytes"] is not None for m in bench if m["length"] == 16)
     assert all(m["skipped"] for m in bench if m["length"] == 512)

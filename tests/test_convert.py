@@ -430,3 +430,19 @@ def test_a_full_disk_is_an_error_not_a_traceback(mingpt, monkeypatch, fmt: str) 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk_safetensors)
     _fails(tmp_path, [tmp_path / "old.pt", tmp_path / f"new.{fmt}", "--plan", plan],
            "cannot write the converted checkpoint", "nothing was written")
+
+
+def test_check_build_says_it_runs_the_source(mingpt) -> None:
+    """convert --check-build imports the migrated file: its help and its first words say so."""
+    tmp_path, _, plan = mingpt
+    from click.testing import CliRunner
+
+    from tf_migrate.cli import main
+
+    help_text = CliRunner().invoke(main, ["convert", "--help"]).output
+    assert "runs the --source file" in " ".join(help_text.split())
+    after = tmp_path / "after" / "mingpt_style.py"
+    result = convert(tmp_path / "old.pt", tmp_path / "new.pt", "--plan", plan,
+                     "--check-build", manifest()["mingpt_style"]["build"], "--source", after)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"tf-migrate convert: --check-build imports and runs {after}")

@@ -52,10 +52,75 @@ def test_scaled_residual_is_refused_with_reason() -> None:
     assert any("scaled" in r.reason for r in result.refusals), result.refusals
 
 
-def test_post_norm_builtin_transformer_is_refused_with_hint() -> None:
-    name = "builtin_transformer.noop.py"
+def test_builtin_transformer_gets_norm_first_and_a_keyless_plan() -> None:
+    """Instance and subclass: every old key loads strictly, every layer is pre-norm, it trains."""
+    torch = pytest.importorskip("torch")
+    name = "builtin_transformer.before.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert sorted(p.qualname for p in result.plans) == ["Seq2Seq", "Translator"]
+    assert all(not p.new and not p.renamed and not p.dropped for p in result.plans)
+    old = load_module(FOLDER / name)
+    new = load_module(FOLDER / "builtin_transformer.after.py")
+    for build, inputs in (("Translator(50)", (torch.randint(0, 50, (6, 2)), torch.randint(0, 50, (5, 2)))),
+                          ("Seq2Seq()", (torch.randn(6, 2, 32), torch.randn(5, 2, 32)))):
+        torch.manual_seed(0)
+        before, after = eval(build, vars(old)), eval(build, vars(new))
+        after.load_state_dict(before.state_dict(), strict=True)
+        layers = [m for m in after.modules() if isinstance(m, (nn_layers := (torch.nn.TransformerEncoderLayer,
+                                                                             torch.nn.TransformerDecoderLayer)))]
+        assert layers and all(layer.norm_first for layer in layers)
+        assert not any(m.norm_first for m in before.modules() if isinstance(m, nn_layers))
+        out = after(*inputs)
+        assert torch.isfinite(out).all()
+        out.pow(2).mean().backward()
+        assert all(p.grad is not None for p in after.parameters() if p.requires_grad)
+
+
+def test_position_flag_is_noted_and_flip_turns_its_default(tmp_path) -> None:
+    name = "normalize_before_flag.noop.py"
+    text = (FOLDER / name).read_text()
+    (note,) = _run(text, name).notes
+    assert "pre-norm is available" in note.message and "self.normalize_before" in note.message
+    rule = [cls({"flags": "flip"}) for cls in select_rules(("TFM201",))]
+    flipped = migrate_source(text, name, rule)
+    assert flipped.migrated == text.replace("normalize_before=False", "normalize_before=True")
+    (plan,) = flipped.plans
+    assert plan.qualname == "EncoderLayer" and not plan.new
+    torch = pytest.importorskip("torch")
+    target = tmp_path / "flipped.py"
+    target.write_text(flipped.migrated)
+    torch.manual_seed(0)
+    old, new = load_module(FOLDER / name).Encoder(), load_module(target).Encoder()
+    new.load_state_dict(old.state_dict(), strict=True)
+    assert all(layer.normalize_before for layer in new.layers)
+    out = new(torch.randn(2, 5, 32))
+    assert torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+
+
+def test_flag_options_are_checked() -> None:
+    from tf_migrate.engine.run import UsageError
+
+    with pytest.raises(UsageError, match="prenorm.flags"):
+        [cls({"flags": "on"}) for cls in select_rules(("TFM201",))]
+
+
+def test_optional_prenorm_sublayer_is_noted_not_refused() -> None:
+    name = "optional_prenorm_sublayer.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert not result.refusals and len(result.notes) == 3
+
+
+def test_norm_under_another_flag_is_refused() -> None:
+    name = "optional_norm_flag.noop.py"
     (refusal,) = _run((FOLDER / name).read_text(), name).refusals
-    assert "nn.Transformer is post-norm" in refusal.reason and "norm_first=True" in refusal.hint
+    assert "applied under a condition" in refusal.reason
+
+
+def test_builtin_transformer_with_custom_encoder_is_refused() -> None:
+    name = "builtin_transformer_custom_encoder.noop.py"
+    (refusal,) = _run((FOLDER / name).read_text(), name).refusals
+    assert "custom encoder" in refusal.reason
 
 
 def test_explain_says_fine_tune() -> None:

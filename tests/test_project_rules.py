@@ -203,7 +203,7 @@ def test_projections_from_a_factory_or_a_plain_subclass_are_fused(tmp_path: Path
     refusals = [r.reason for r in result.refusals]
     assert len(refusals) == 2
     assert "`ScaledLinear` derives from nn.Linear but defines its own forward (layers.py:12)" in refusals[0]
-    assert "not all nn.Linear (wq: .layers.NormedLinear" in refusals[1]
+    assert "`wq` is built by `NormedLinear(...)` (line 42), which tf-migrate cannot show returns a plain" in refusals[1]
     assert [p.qualname for p in result.plans] == ["FactoryAttention", "SubclassAttention"]
     assert str(tmp_path / "before" / "layers.py") in result.depends
 

@@ -22,17 +22,19 @@ def _refusals(case: str):
 
 @pytest.mark.parametrize("case, line, words", [
     ("query_mutated_in_place", 20, ["`q` is changed in place at line 20"]),
-    ("fill_value_name_reused", 18, ["`att` are read again at line 18"]),
+    ("fill_value_name_reused", 18, ["`att.dtype` is read at line 18, outside the chain"]),
     ("strictly_causal_empty_row", 23, ["hides the diagonal too", "the first query sees no key"]),
     # chains the matcher cannot follow are refused, not skipped silently
-    ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18"]),
+    ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18",
+                                   "built inline as `nn.Softmax(dim=-1)` (line 18)"]),
     ("cast_softmax_guarded_view", 22, ["rebound inside a block"]),  # the float32 round trip is fine
-    ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26", "head mask"]),
+    ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26",
+                            "changed by `probs * head_mask` (line 29)"]),
     # the hazard twins of the spellings issue 15 added
     ("scale_attribute_tensor_call", 17, ["`self.norm`", "not provably a Python number"]),
     ("inline_softmax_no_dim", 10, ["scores at line 8", "softmax at line 9"]),
     ("masked_fill_in_place_alias", 10, ["`scores` are read again at line 10"]),
-    ("mask_block_reads_scores", 11, ["`scores` are read again at line 11"]),
+    ("mask_block_reads_scores", 11, ["`scores.shape` is read at line 11, outside the chain"]),
     ("baddbmm_adds_bias", 9, ["scores at line 8", "softmax at line 9"]),
     ("softmax_cast_to_other_dtype", 11, ["cast to the dtype of `memory`"]),
     ("free_function_returns_probs", 13, ["`probs` are returned at line 13",

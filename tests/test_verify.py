@@ -17,6 +17,7 @@ from tf_migrate.cli import main
 from tf_migrate.engine.file import migrate_source
 from tf_migrate.plan import plan_document
 from tf_migrate.engine.registry import find_rule, select_rules
+from tf_migrate.verify.command import NOTICE
 from tf_migrate.verify.session import VerifyOptions, verify
 
 MODELS = Path(__file__).parent.parent / "fixtures" / "models"
@@ -61,7 +62,9 @@ def test_fixture_models_verify_after_sdpa(stem, tmp_path):
         assert all(c.max_abs < 1e-5 for c in result.comparisons), result.comparisons
         return
     assert result.verified, result.failures
+    assert result.tracing != "eager", result.trace_failures
     assert result.load.missing == result.load.unexpected == []
+    assert {c.dtype for c in result.instances if c.ok and c.calls} == {"float32", "float64"}
     (evidence,) = result.evidence
     assert evidence.rule == "TFM101" and evidence.paths and all(p.ok for p in evidence.paths)
     assert {c.dtype for c in result.comparisons} == {"float32", "float64"}
@@ -90,7 +93,9 @@ def test_flipped_mask_exits_1_and_names_the_submodule(tmp_path):
     run = CliRunner().invoke(main, ["verify", str(MODELS / f"{stem}.py"), str(after), "--build", entry["build"],
                                     "--input", entry["inputs"][2]])
     assert run.exit_code == 1, run.output
+    assert run.output.splitlines()[0] == NOTICE  # the user's code runs: the first line says so
     assert "diverges first at: h.0.attn (" in run.output
+    assert "first diverging node: h.0.attn: scaled_dot_product_attention at kv_cache_gpt.py:" in run.output
     assert "AFTER differs from what the rewriter produces" in run.output
 
 
@@ -101,7 +106,7 @@ def test_missing_plan_reports_the_unexpected_key_exactly(tmp_path):
     run = CliRunner().invoke(main, ["verify", str(MODELS / "mingpt_style.py"), str(after), "--plan", str(empty),
                                     "--build", MANIFEST["mingpt_style"]["build"], "--format", "json"])
     assert run.exit_code == 1
-    document = json.loads(run.output)
+    document = json.loads(run.stdout)
     assert document["checkpoint"]["unexpected"] == ["blocks.0.attn.bias", "blocks.1.attn.bias"]
     assert document["checkpoint"]["missing"] == []
 
@@ -149,19 +154,19 @@ def test_traceable_model_gives_fx_evidence_and_infers_token_inputs(tmp_path):
     before, after = _tiny(tmp_path, "        return self.attn(x, mask)\n")
     result = verify(VerifyOptions(before, after, "Model()"))
     assert result.verified, result.failures
-    assert result.tracing == "torch.fx" and not result.trace_failure
+    assert result.tracing == "torch.export" and not result.trace_failures
     (path,) = result.evidence[0].paths
     assert path.path == "attn" and path.before["softmax"] == 1 and path.after["scaled_dot_product_attention"] == 1
     assert result.inputs[0].startswith("inferred: (1, 8) torch.int64")
 
 
-def test_untraceable_model_is_verified_eagerly_with_the_reason(tmp_path):
+def test_data_dependent_branch_is_traced_by_make_fx_with_the_reason(tmp_path):
     body = "        if x.sum() > 0:\n            x = x * 2\n        return self.attn(x, mask)\n"
     before, after = _tiny(tmp_path, body)
     run = CliRunner().invoke(main, ["verify", str(before), str(after), "--build", "Model()"])
     assert run.exit_code == 0, run.output
-    assert "structure: eager (torch.fx could not trace: TraceError: symbolically traced variables cannot be " \
-           "used as inputs to control flow (at tiny.py:" in run.output
+    assert "structure: torch.fx graphs of before and after by make_fx (real tensors)" in run.output
+    assert "  tried first: torch.export on before: " in run.output
     assert "ok  attn: softmax 1->0, matmul 2->0, scaled_dot_product_attention 0->1" in run.output
 
 
@@ -260,4 +265,5 @@ def test_every_model_verifies_after_all_rules(stem, tmp_path):
         args += ["--input", expression]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
+    assert "structure: torch.fx graphs of before and after by " in run.output  # a graph, not the eager record
 

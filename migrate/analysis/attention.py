@@ -582,11 +582,20 @@ class _Chain:
                 raise Refused(self.ctx.line(binding.statement), f"{what}: the attention probabilities "
                               "(or scores) may be read outside this function",
                               "SDPA does not return the attention probabilities")
-            for use in self.m.flow.uses(binding):
-                if id(use) not in self.found.followed:
-                    raise Refused(self.ctx.line(use), _describe_use(self.ctx, self.m.flow, use, binding.name),
-                                  "SDPA does not return the attention probabilities; keep this "
-                                  "attention as it is, or stop using them there")
+            uses = [u for u in self.m.flow.uses(binding) if id(u) not in self.found.followed]
+            consumed = {id(d.statement) for d in self.found.consumed}
+            # Reading .dtype/.shape/.device/.size() is not a use of the values: inside the chain it
+            # goes with the chain; after it, the name is gone, which is a different refusal.
+            values = [u for u in uses if _metadata_read(self.ctx, u) is None]
+            outside = [u for u in uses if _metadata_read(self.ctx, u) is not None
+                       and id(self.m.flow.statement_of(u)) not in consumed]
+            for use in values[:1]:
+                raise Refused(self.ctx.line(use), *_describe_use(self.ctx, self.m.flow, use, binding.name))
+            for use in outside[:1]:
+                raise Refused(self.ctx.line(use), (
+                    f"`{_metadata_read(self.ctx, use)}` is read at line {self.ctx.line(use)}, outside "
+                    f"the chain: SDPA never materialises `{binding.name}`"),
+                    "read the shape, dtype or device from q, k or v instead")
 
     def check_moves(self) -> None:
         """Expressions moved into the SDPA call must mean the same at the call."""
@@ -653,9 +662,32 @@ def _suffix(order: tuple[int, ...]) -> str:
     return "" if einsum.is_identity(order) else einsum.as_method(order)
 
 
-def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: str) -> str:
+_METADATA = ("dtype", "shape", "device", "ndim", "size", "dim")
+
+
+def _metadata_read(ctx: "FileContext", use: cst.Name) -> str | None:
+    """`x.dtype` (or .shape, .device, .ndim, .size(), .dim()) when `use` is read only for that."""
+    parent = ctx.parents.get(use)
+    if not (isinstance(parent, cst.Attribute) and parent.value is use and parent.attr.value in _METADATA):
+        return None
+    if parent.attr.value in ("size", "dim"):
+        call = ctx.parents.get(parent)
+        return f"{use.value}.{parent.attr.value}()" if isinstance(call, cst.Call) and call.func is parent else None
+    return f"{use.value}.{parent.attr.value}"
+
+
+def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: str) -> tuple[str, str]:
+    """(reason, hint) for a use of the chain's value outside the chain."""
     statement = flow.statement_of(use)
     small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
+    parent = ctx.parents.get(use)
+    if isinstance(parent, cst.Attribute) and parent.value is use and parent.attr.value.endswith("_") \
+            and isinstance(ctx.parents.get(parent), cst.Call):
+        call = ctx.parents[parent]
+        out_of_place = f"{name} = {name}.{parent.attr.value[:-1]}(...)"
+        return (f"`{name}` is changed in place by `{ctx.code(call)}` at line {ctx.line(use)}; "
+                f"tf-migrate folds the out-of-place form `{out_of_place}`", f"write it as `{out_of_place}`")
+    hint = "SDPA does not return the attention probabilities; keep this attention as it is, or stop using them there"
     if isinstance(small, cst.Return):
         what = "returned"
     elif isinstance(small, cst.Assign) and any(self_attribute(t.target) for t in small.targets):
@@ -663,5 +695,11 @@ def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: s
     elif "append(" in ctx.code(statement) or "extend(" in ctx.code(statement):
         what = "appended to a list"
     else:
+        arg = parent if isinstance(parent, cst.Arg) else None
+        call = ctx.parents.get(arg) if arg is not None else None
+        if isinstance(call, cst.Call) and not isinstance(small, cst.Return):
+            return (f"`{name}` is passed to `{ctx.code(call.func)}(...)` at line {ctx.line(use)}, which may "
+                    "read or change it in place (tf-migrate does not read that function)",
+                    "inline what the function does to the scores, e.g. a masked_fill")
         what = "read again"
-    return f"the attention probabilities (or scores) `{name}` are {what} at line {ctx.line(use)}"
+    return f"the attention probabilities (or scores) `{name}` are {what} at line {ctx.line(use)}", hint

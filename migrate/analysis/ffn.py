@@ -1,18 +1,20 @@
 """Recognising position-wise feed-forward networks: `lin2(drop(act(lin1(x))))` in its spellings.
 
 Three shapes are recognised inside an `nn.Module` class:
-- attributes: two `nn.Linear` submodules applied in one expression or over several statements,
-  with a functional (`F.relu`, `torch.relu`, `F.gelu`) or module (`self.act = nn.GELU()`)
-  activation and optional dropout (module or `F.dropout`) between them;
+- attributes: two `nn.Linear` (or kernel-1 `nn.Conv1d`) submodules applied in one expression or over several statements,
+  with a ReLU/GELU (`activations.activation_of`: `F.relu`, `h.relu()`, `self.act = nn.GELU()`,
+  a file-local GELU, `act_layer()`, ...) and optional dropout (module or `F.dropout`) between them;
 - raw parameters: the same chain with `x @ self.w1 (+ self.b1)`, `torch.matmul` or `F.linear`;
 - `nn.Sequential(Linear, ReLU|GELU, [Dropout], Linear, [Dropout])` built in `__init__`.
 
-Only FFNs that sit in a transformer block count (`in_block`): see there for the criterion.
+Only FFNs that sit in a transformer block count (`in_block`): see there for the criterion. An
+attention class computes softmax itself or through a function of the file.
 """
 
 from __future__ import annotations
 
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -20,9 +22,10 @@ import libcst as cst
 
 
 from tf_migrate.analysis.activations import activation_of
-from tf_migrate.analysis.dataflow import Binding, FunctionFlow
+from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
 from tf_migrate.analysis.linear import is_linear_layer
-from tf_migrate.analysis.names import argument, self_attribute
+from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
+from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
 
 if TYPE_CHECKING:
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass
 
 LINEAR = "torch.nn.Linear"
+CONV1D = "torch.nn.Conv1d"  # kernel size 1 over channels: a Linear applied per position
 PARAMETER = "torch.nn.Parameter"
 DROPOUT = "torch.nn.Dropout"
+LAYER_NORM = "torch.nn.LayerNorm"
 ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
 ACTIVATION_FUNCTIONS = (
     "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
@@ -77,6 +82,9 @@ class FeedForward:
     # The FFN input is a submodule call such as `self.norm(x)` (a pre-norm block): bind it to a
     # local before this statement, so the gate does not compute it a second time.
     hoist_before: cst.BaseStatement | None = None
+    # The FFN input name is rebound before the activation (`x = self.fc1(x)`, `x = self.act(x)`):
+    # the gate is applied where the first projection is, which still reads the input.
+    gate_at_first: bool = False
 
 
 @dataclass
@@ -90,6 +98,7 @@ class SequentialFeedForward:
     trailing: cst.Call | None  # a Dropout after the second projection
     indices: tuple[int, int] = (0, 3)
     modules: list[str] = field(default_factory=list)
+    norm: cst.Call | None = None  # a LayerNorm first in the Sequential (pre-norm inside the FFN)
 
 
 def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None:
@@ -111,9 +120,20 @@ def _parameter(cls, node: cst.CSTNode) -> str | None:
     return sub.name if sub is not None else None
 
 
+def pointwise_conv(call: cst.Call) -> bool:
+    """`nn.Conv1d(c_in, c_out, kernel_size=1)` with default stride, padding, dilation and groups."""
+    if int_value(argument(call, 2, "kernel_size")) != 1:
+        return False
+    defaults = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (6, 1)}
+    return all(argument(call, i, k) is None or int_value(argument(call, i, k)) == v for k, (i, v) in defaults.items())
+
+
 def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection | None:
     """`node` as one projection application, or None."""
-    name = _self_calls(ctx, node, cls, LINEAR) or _linear_like(ctx, cls, node)
+    name = _self_calls(ctx, node, cls, LINEAR, CONV1D)
+    if name is not None and cls.submodules[name].callee == CONV1D and not pointwise_conv(cls.submodules[name].call):
+        name = None
+    name = name or _linear_like(ctx, cls, node)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
     bias = None
@@ -201,7 +221,40 @@ def feed_forwards(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[
         if not _changes_width(ctx, cls, found.first, found.second):
             tracer.check_single_use()
             _check_input(ctx, flow, found)
+            _check_activation_callers(ctx, cls, found)
             yield found
+
+
+def _check_activation_callers(ctx, cls, ffn: FeedForward) -> None:
+    """`self.act = act_layer()` with `act_layer=nn.GELU`: every call of the class in the file must
+    pass an activation class for it (or a parameter of its own function that defaults to one)."""
+    found = activation_of(ctx, cls, ffn.activation)
+    name = found.parameter if found is not None else None
+    init = cls.methods.get("__init__")
+    if name is None or init is None:
+        return
+    positional = [p.name.value for p in init.params.params[1:]]
+    for call in _calls_and_ops(ctx.module):
+        if not (isinstance(call, cst.Call) and isinstance(call.func, cst.Name) and call.func.value == cls.node.name.value):
+            continue
+        passed = argument(call, positional.index(name) if name in positional else 99, name)
+        if passed is not None and not (_activation_class(ctx, passed) or _forwarded_activation(ctx, passed)):
+            raise Refused(ctx.line(call), f"`{name}` is given `{ctx.code(passed)}` here, which is not known "
+                          "to be an activation class: the FFN may not be a ReLU/GELU feed-forward",
+                          f"pass an activation class as `{name}`, or mark the class `# tf-migrate: skip[TFM301]`")
+
+
+def _activation_class(ctx, value: cst.BaseExpression | None) -> bool:
+    found = activation_of(ctx, None, cst.Call(value)) if value is not None else None
+    return found is not None and found.kinds <= FFN_ACTIVATION_KINDS
+
+
+def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
+    """A parameter of the calling function, not rebound, whose default is an activation class."""
+    function = is_parameter(ctx, value)
+    if function is None or binds(function.body, value.value):
+        return False
+    return _activation_class(ctx, parameter_default(function, value.value))
 
 
 def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
@@ -246,9 +299,46 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     residual stream back to its own width."""
     if first.raw:
         return False
-    width_in = argument(cls.submodules[first.weight].call, 0, "in_features")
-    width_out = argument(cls.submodules[second.weight].call, 1, "out_features")
-    return width_in is not None and width_out is not None and _width(ctx, width_in) != _width(ctx, width_out)
+    width_in = argument(cls.submodules[first.weight].call, 0, _SIZES.get(cls.submodules[first.weight].callee, _SIZES[LINEAR])[0])
+    width_out = argument(cls.submodules[second.weight].call, 1, _SIZES.get(cls.submodules[second.weight].callee, _SIZES[LINEAR])[1])
+    if width_in is None or width_out is None:
+        return False
+    width_in, width_out = _defaulted(cls, width_in), _defaulted(cls, width_out)
+    return _width(ctx, width_in) != _width(ctx, width_out) and not _equal_at_every_call(ctx, cls, width_in, width_out)
+
+
+def _equal_at_every_call(ctx, cls, a: cst.BaseExpression, b: cst.BaseExpression) -> bool:
+    """`__init__(self, in_dim, hidden, out_dim)` and every call of the class in the file passes
+    the same value for `in_dim` and `out_dim` (`FFN(self.dim, 4 * self.dim, self.dim)`)."""
+    init = cls.methods.get("__init__")
+    if init is None or not isinstance(a, cst.Name) or not isinstance(b, cst.Name):
+        return False
+    names = [p.name.value for p in init.params.params[1:]]
+    if a.value not in names or b.value not in names:
+        return False
+    calls = [c for c in _calls_and_ops(ctx.module) if isinstance(c, cst.Call)
+             and isinstance(c.func, cst.Name) and c.func.value == cls.node.name.value]
+    passed = [(argument(c, names.index(a.value), a.value), argument(c, names.index(b.value), b.value)) for c in calls
+              if not any(arg.star for arg in c.args)]
+    return bool(calls) and len(passed) == len(calls) and all(
+        x is not None and y is not None and _width(ctx, x) == _width(ctx, y) for x, y in passed)
+
+
+_SIZES = {LINEAR: ("in_features", "out_features"), CONV1D: ("in_channels", "out_channels")}
+
+
+def _defaulted(cls, size: cst.BaseExpression) -> cst.BaseExpression:
+    """`out_features` after `out_features = out_features or in_features` in `__init__` (an
+    optional size that defaults to another): the other one."""
+    if not isinstance(size, cst.Name) or "__init__" not in cls.methods:
+        return size
+    values = [s.value for line in find(cls.methods["__init__"], lambda n: isinstance(n, cst.SimpleStatementLine))
+              for s in line.body if isinstance(s, cst.Assign) and len(s.targets) == 1
+              and isinstance(s.targets[0].target, cst.Name) and s.targets[0].target.value == size.value]
+    if len(values) == 1 and isinstance(values[0], cst.BooleanOperation) and isinstance(values[0].operator, cst.Or) \
+            and isinstance(values[0].left, cst.Name) and values[0].left.value == size.value:
+        return values[0].right
+    return size
 
 
 def _width(ctx, size: cst.BaseExpression) -> str:
@@ -263,9 +353,10 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
     if _hoistable(ffn.cls, x) and flow.statement_of(ffn.first.node) is flow.statement_of(ffn.activation):
         ffn.hoist_before = flow.statement_of(ffn.activation)
         return
+    x = _viewed(x)
     if not isinstance(x, cst.Name) and self_attribute(x) is None:
-        raise Refused(line, f"the feed-forward input `{ctx.code(x)}` is an expression; the gate "
-                      "projection would compute it a second time",
+        raise Refused(line, f"the feed-forward input `{ctx.code(ffn.first.input)}` is an expression; "
+                      "the gate projection would compute it a second time",
                       "bind the FFN input to a local name first")
     if isinstance(x, cst.Name):
         at_first = flow.statement_of(ffn.first.node)
@@ -273,8 +364,19 @@ def _check_input(ctx, flow: FunctionFlow, ffn: FeedForward) -> None:
         if at_first is not at_act:
             before, now = flow.definition(x.value, at_first), flow.definition(x.value, at_act)
             if getattr(before, "statement", None) is not getattr(now, "statement", None):
-                raise Refused(line, f"`{x.value}` is rebound between the first projection and "
-                              "the activation", "apply the activation in the same statement")
+                ffn.gate_at_first = True
+
+
+_VIEWS = ("transpose", "permute", "contiguous", "t", "unsqueeze", "squeeze")
+
+
+def _viewed(x: cst.BaseExpression) -> cst.BaseExpression:
+    """The tensor under `y.transpose(-1, 1)` (a chain of views with literal dims: reading it twice
+    costs nothing and gives the same values), else `x` itself."""
+    while (isinstance(x, cst.Call) and isinstance(x.func, cst.Attribute) and x.func.attr.value in _VIEWS
+           and all(a.keyword is None and not a.star and int_value(a.value) is not None for a in x.args)):
+        x = x.func.value
+    return x
 
 
 def _hoistable(cls, x: cst.BaseExpression) -> bool:
@@ -286,15 +388,16 @@ def _hoistable(cls, x: cst.BaseExpression) -> bool:
 
 
 def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> SequentialFeedForward | None:
-    """`self.<attribute> = nn.Sequential(Linear, ReLU|GELU, [Dropout], Linear, [Dropout])`."""
+    """`self.<attribute> = nn.Sequential([LayerNorm], Linear, ReLU|GELU, [Dropout], Linear, [Dropout])`."""
     sub = cls.submodules[attribute]
     if sub.callee != "torch.nn.Sequential" or any(a.keyword or a.star for a in sub.call.args):
         return None
     items = [a.value for a in sub.call.args]
     kinds = [ctx.names.callee(i) if isinstance(i, cst.Call) else None for i in items]
-    if len(items) < 3 or kinds[0] != LINEAR or kinds[1] not in ACTIVATION_MODULES:
+    start = 1 if kinds and kinds[0] == LAYER_NORM else 0
+    if len(items) < start + 3 or kinds[start] != LINEAR or kinds[start + 1] not in ACTIVATION_MODULES:
         return None
-    position, dropout = 2, None
+    position, dropout = start + 2, None
     if kinds[position] == DROPOUT:
         dropout = argument(items[position], 0, "p") or cst.Float("0.5")
         position += 1
@@ -305,32 +408,60 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         if position + 2 != len(items) or kinds[position + 1] != DROPOUT:
             return None
         trailing = items[position + 1]
-    return SequentialFeedForward(cls, attribute, sub.call, items[0], items[position], dropout,
-                                 trailing, (0, position))
+    return SequentialFeedForward(cls, attribute, sub.call, items[start], items[position], dropout,
+                                 trailing, (start, position), norm=items[0] if start else None)
 
 
-def _is_attention(ctx, cls) -> bool:
-    for call in _calls_and_ops(cls.node):
+def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:
+    """`node` calls softmax / SDPA / nn.MultiheadAttention, or a function of the file (`helpers`)
+    that does (`x, self.attn = attention(q, k, v, mask)`)."""
+    for call in _calls_and_ops(node):
         if isinstance(call, cst.Call) and (
             ctx.names.callee(call) in _ATTENTION_CALLS
             or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax")
+            or (isinstance(call.func, cst.Name) and call.func.value in helpers
+                and ctx.names.imported(call.func) is None)
         ):
             return True
     return False
 
 
+def _attention_functions(ctx: "FileContext") -> frozenset[str]:
+    return frozenset(s.name.value for s in ctx.module.body
+                     if isinstance(s, cst.FunctionDef) and _is_attention(ctx, s))
+
+
 def attention_classes(ctx: "FileContext") -> set[str]:
-    """Classes that compute attention, and attention wrappers that directly hold one.
+    """Classes that compute attention, and attention wrappers that build one (also as heads in a
+    ModuleList).
 
     A wrapper must be named for attention (`BertAttention` around `BertSelfAttention`): a block
     also holds an attention, and counting blocks would make every model class look like one.
     """
-    direct = {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c)}
+    direct = _direct_attention(ctx)
     wrappers = {c.node.name.value for c in ctx.module_classes
-                if any(w in c.node.name.value.lower() for w in ("attn", "attention"))
-                and any(isinstance(s.call.func, cst.Name) and s.call.func.value in direct
-                        for s in c.submodules.values())}
+                if any(w in c.node.name.value.lower() for w in ("attn", "attention")) and "__init__" in c.methods
+                and (_instantiates(c.methods["__init__"], direct) or _builds_project_attention(ctx, c.methods["__init__"]))}
     return direct | wrappers
+
+
+def _direct_attention(ctx: "FileContext") -> set[str]:
+    def compute() -> set[str]:
+        helpers = _attention_functions(ctx)
+        return {c.node.name.value for c in ctx.module_classes if _is_attention(ctx, c.node, helpers)}
+
+    return ctx.memo("ffn.direct_attention", compute)
+
+
+def _builds_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
+    """`__init__` builds a class of another project file that computes attention itself."""
+    for call in _calls_and_ops(init):
+        if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
+            for symbol in symbols_of(ctx, call.func):
+                owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+                if owner is not None and owner is not ctx and symbol.qualname in _direct_attention(owner):
+                    return True
+    return False
 
 
 def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
@@ -341,17 +472,93 @@ def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
 def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     """Whether an FFN held by `cls` sits in a transformer block.
 
-    True when `cls` itself holds an attention (or is one), or when some function of the file
-    that builds a `cls` also builds an attention in the same body (a block's `__init__`, or a
-    `make_model` that passes both to a layer). An MLP head built next to an encoder stack, not
+    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when
+    some function of this file or of another project file that builds a `cls` also builds an
+    attention in the same body (a block's `__init__`, or a `make_model` that passes both to a
+    layer). An MLP head built next to an encoder stack, not
     next to an attention, does not count.
     """
     name = cls.node.name.value
-    if name in attention or _instantiates(cls.node, attention):
+    if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
-    return any(name in called and (called & attention or _BUILDS_MHA in called)
-               for called in called_by_function)
+    if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
+        return True
+    return _ffn_shaped(ctx, cls) and _built_beside_attention_elsewhere(ctx, cls)
+
+
+def _ffn_shaped(ctx: "FileContext", cls) -> bool:
+    """Holds a projection-activation-projection chain or a Sequential FFN (before asking other
+    files, which costs more)."""
+    return any(True for method in cls.methods.values() for _ in _chains(ctx, cls, FunctionFlow(ctx, method), method)) \
+        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules)
+
+
+def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
+    """A function of another project file builds this class and an attention in one body (the
+    block's `__init__` in `layers.py` building `PositionwiseFeedForward` from `sublayers.py`).
+    Only files that import the class are parsed."""
+    name, here = cls.node.name.value, os.path.abspath(ctx.source_path)
+    project = ctx.project
+    for path in sorted(project.files):
+        if path == here or name not in (project.text(path) or ""):
+            continue
+        if not any(s.kind == "class" and s.path and os.path.abspath(s.path) == here and s.qualname == cls.qualname
+                   for s in project.resolve_name(path, name)):
+            continue
+        other = project.context(path)
+        if other is None:
+            continue
+        for calls in other.memo("ffn.calls_by_function", lambda o=other: _calls_by_function(o)):
+            ours = [c for c in calls if c.func.value == name and _is_class(other, c.func, here, cls.qualname)]
+            if ours and any(_builds_attention(other, c) for c in calls if c.func.value != name):
+                return True
+    return False
+
+
+def _calls_by_function(ctx: "FileContext") -> list[list[cst.Call]]:
+    """Per function of the file, its calls of a plain name (nested functions' calls included)."""
+    functions = find(ctx.module, lambda n: isinstance(n, cst.FunctionDef))
+    return [[c for c in _calls_and_ops(f) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)]
+            for f in functions]
+
+
+def _is_class(ctx: "FileContext", node: cst.Name, path: str, qualname: str) -> bool:
+    return any(s.kind == "class" and s.path and os.path.abspath(s.path) == path and s.qualname == qualname
+               for s in symbols_of(ctx, node))
+
+
+def _builds_attention(ctx: "FileContext", call: cst.Call) -> bool:
+    """`call` builds an attention: a class of that file or of the project that computes one, or
+    torch's nn.MultiheadAttention."""
+    if ctx.names.callee(call) == "torch.nn.MultiheadAttention":
+        return True
+    if call.func.value in ctx.memo("ffn.attention", lambda: attention_classes(ctx)):
+        return True
+    for symbol in symbols_of(ctx, call.func):
+        owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+        if owner is not None and symbol.qualname in owner.memo("ffn.attention", lambda o=owner: attention_classes(o)):
+            return True
+    return False
+
+
+def _injected_attention(cls) -> bool:
+    """`__init__(self, attention, ...)` stores its argument as `self.attention` (any attribute
+    named for attention) and a method calls it: the caller builds the block's attention."""
+    init = cls.methods.get("__init__")
+    if init is None:
+        return False
+    params = {p.name.value for p in init.params.params}
+    for line in find(init, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        for small in line.body:
+            if (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.value, cst.Name)
+                    and small.value.value in params):
+                attribute = self_attribute(small.targets[0].target) or ""
+                if any(w in attribute.lower() for w in ("attn", "attention")) and any(
+                        isinstance(c, cst.Call) and self_attribute(c.func) == attribute
+                        for c in _calls_and_ops(cls.node)):
+                    return True
+    return False
 
 
 # Stands for a built `nn.MultiheadAttention` among the names a function calls (never a real name).

@@ -84,11 +84,8 @@ def outside_users(ctx: "FileContext", cls: "ModuleClass", inside: list["ModuleCl
     name = cls.node.name.value
     allowed = {id(c.methods["__init__"]) for c in inside if "__init__" in c.methods}
     lines = []
-    for call in find(ctx.module, lambda n: isinstance(n, cst.Call) and isinstance(n.func, cst.Name)
-                     and n.func.value == name):
-        current = ctx.parents.get(call)
-        while current is not None and not isinstance(current, cst.FunctionDef):
-            current = ctx.parents.get(current)
+    for call in ctx.index.calls_of(ctx.module, name):
+        current = ctx.index.enclosing(call, cst.FunctionDef)
         if current is None or id(current) not in allowed:
             lines.append(ctx.line(call))
     return lines

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import walk
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -22,7 +21,7 @@ def naming_strings(ctx: "FileContext", names: Iterable[str]) -> Iterator[tuple[c
     """(string node, the name it holds) for every literal of this file that names one of `names`:
     plain strings, and the literal parts of f-strings (`f"layers.{i}.wq"`)."""
     wanted = set(names)
-    for node in walk(ctx.module):
+    for node in ctx.index.of_type(ctx.module, (cst.SimpleString, cst.FormattedString)):
         for text in _literal_texts(node):
             hit = next((segment for segment in text.split(".") if segment in wanted), None)
             if hit is not None:

@@ -6,13 +6,15 @@ from tf_migrate.bench import Measurement
 
 
 def ratio_table(measurements: list[Measurement], base: str, other: str) -> list[str]:
-    """One row per (length, mode): times, peaks, and base/other ratios (> 1: `other` is faster/leaner)."""
+    """One row per (length, mode): times as median (min-max), peaks, and base/other ratios
+    (> 1: `other` is faster/leaner). A time ratio whose two ranges overlap is marked as noise."""
     by_key = {(m.label, m.length, m.mode): m for m in measurements}
     keys = list(dict.fromkeys((m.length, m.mode) for m in measurements if m.label == base))
-    lines = [(f"| T | pass | {base} ms | {other} ms | time {base}/{other} "
+    lines = [(f"| T | pass | {base} ms, median (min-max) | {other} ms, median (min-max) | time {base}/{other} "
               f"| {base} peak MiB | {other} peak MiB | memory {base}/{other} |"),
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     notes: list[str] = []
+    noisy = False
     for length, mode in keys:
         a, b = by_key[(base, length, mode)], by_key.get((other, length, mode))
         if b is None:
@@ -21,9 +23,26 @@ def ratio_table(measurements: list[Measurement], base: str, other: str) -> list[
             why = m.skipped or m.memory_note
             if why and f"{m.label} at T={length}: {why}" not in notes:
                 notes.append(f"{m.label} at T={length}: {why}")
-        lines.append(f"| {length} | {mode} | {_ms(a.seconds)} | {_ms(b.seconds)} | {_ratio(a.seconds, b.seconds)} "
+        mark = "*" if _overlap(a, b) else ""
+        noisy = noisy or bool(mark)
+        lines.append(f"| {length} | {mode} | {_spread(a)} | {_spread(b)} | {_ratio(a.seconds, b.seconds)}{mark} "
                      f"| {_mib(a.peak_bytes)} | {_mib(b.peak_bytes)} | {_ratio(a.peak_bytes, b.peak_bytes, 2**20)} |")
+    if noisy:
+        lines.append("- * the two min-max ranges overlap: that time ratio is within the run-to-run spread")
     return lines + [f"- skipped {note}" for note in notes]
+
+
+def _spread(m: Measurement) -> str:
+    if m.seconds is None:
+        return "-"
+    return f"{_ms(m.seconds)} ({_ms(min(m.samples))}-{_ms(max(m.samples))})"
+
+
+def _overlap(a: Measurement, b: Measurement) -> bool:
+    """Whether the two models' timing ranges overlap (then their ratio is noise, not a speed-up)."""
+    if not a.samples or not b.samples:
+        return False
+    return min(a.samples) <= max(b.samples) and min(b.samples) <= max(a.samples)
 
 
 def _ms(seconds: float | None) -> str:
@@ -57,6 +76,6 @@ def bench_pair(document: str, fmt: str, before, after, build: str, entry: str | 
     measurements = measure(specs, options)
     if fmt == "json":
         return json.dumps(json.loads(document) | {"bench": [asdict(m) for m in measurements]}, indent=2)
-    header = (f"bench (batch 1, eval mode, median of {options.repeats} interleaved runs after {options.warmup} "
+    header = (f"bench (batch 1, eval mode, median and min-max of {options.repeats} interleaved runs after {options.warmup} "
               "warm-up; peak = RSS above the built model, fresh process per row):")
     return "\n".join([document, header, *ratio_table(measurements, "before", "after")])

@@ -17,7 +17,8 @@ import click
 @click.option("--unsafe-pickle", is_flag=True,
               help="Load .pt/.bin files with weights_only=False. Runs code in the file: trusted files only.")
 @click.option("--check-build", metavar="EXPR", help="Build the migrated model (e.g. 'GPT(vocab_size=100)') "
-              "and load the result with strict=True before writing it.")
+              "and load the result with strict=True before writing it. This imports and runs the "
+              "--source file and EXPR: only for code you trust.")
 @click.option("--source", "model_source", type=click.Path(path_type=Path, dir_okay=False),
               help="The migrated model's .py file, for --check-build.")
 def convert_command(source, out, plan, force, unsafe_pickle, check_build, model_source) -> None:
@@ -26,6 +27,9 @@ def convert_command(source, out, plan, force, unsafe_pickle, check_build, model_
     from tf_migrate.convert.run import ConvertOptions, convert
 
     options = ConvertOptions(source, out, plan, force, unsafe_pickle, check_build, model_source)
+    if check_build:
+        click.echo(f"tf-migrate convert: --check-build imports and runs {model_source} and the build "
+                   "expression", err=True)
     try:
         convert(options, sys.stdout)
     except ConvertError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_migrate import __version__
+from tf_migrate.engine.census import ComponentOutcome
 from tf_migrate.engine.file import Diagnostic, Edit, FileResult
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.source import write_atomic
@@ -112,6 +113,9 @@ def _to_json(result: FileResult) -> dict[str, Any]:
         "refusals": [[d.code, d.line, d.reason, d.hint] for d in result.refusals],
         "plans": [p.to_json() for p in result.plans],
         "notes": [[n.code, n.line, n.message] for n in result.notes],
+        "components": [[c.rule, c.kind, c.cls, c.start_line, c.end_line, c.outcome, c.reason]
+                       for c in result.components],
+        "outside": [[o.code, o.line, o.message] for o in result.outside],
     }
 
 
@@ -124,5 +128,7 @@ def _from_json(data: dict[str, Any], text: str) -> FileResult:
         refusals=[Diagnostic(*d) for d in data["refusals"]],
         plans=[ClassPlan.from_json(p) for p in data["plans"]],
         notes=[Edit(*n) for n in data["notes"]],
+        components=[ComponentOutcome(*c) for c in data["components"]],
+        outside=[Edit(*o) for o in data["outside"]],
         depends=sorted(data["depends"]),
     )

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from tf_migrate import __version__
 from tf_migrate.engine.file import FileResult
+from tf_migrate.engine.report import not_understood
 from tf_migrate.engine.source import split_lines
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -41,6 +42,9 @@ def github_lines(result: FileResult) -> Iterable[str]:
         hint = f" (hint: {refusal.hint})" if refusal.hint else ""
         yield _annotation("notice", result.path, refusal.line, f"{refusal.code} refused",
                           refusal.reason + hint)
+    for item in not_understood(result):
+        yield _annotation("notice", result.path, item.start_line, f"{item.rule} not understood",
+                          item.reason)
 
 
 def _hunks(result: FileResult) -> list[tuple[int, int, str]]:
@@ -92,6 +96,9 @@ def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
         text = f"refused: {refusal.reason}" + (f" (hint: {refusal.hint})" if refusal.hint else "")
         yield {"ruleId": refusal.code, "level": "note", "message": {"text": text},
                "locations": [_location(result.path, refusal.line)]}
+    for item in not_understood(result):
+        yield {"ruleId": item.rule, "level": "note", "message": {"text": f"not understood: {item.reason}"},
+               "locations": [_location(result.path, item.start_line)]}
     for error in result.errors:
         yield {"ruleId": "TFM000", "level": "error", "message": {"text": error.splitlines()[0]},
                "locations": [_location(result.path, 1)]}

@@ -10,7 +10,7 @@ from libcst.metadata import PositionProvider
 
 from tf_migrate.engine import suppress
 from tf_migrate.analysis.names import NameResolver
-from tf_migrate.analysis.nodes import parent_map
+from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.scopes import Scopes
 
 if TYPE_CHECKING:
@@ -29,6 +29,11 @@ class FileContext:
         self._memo: dict[str, Any] = {}
         self._skips = suppress.skip_comments(text)
         self.text = text
+
+    @property
+    def skips(self) -> dict[int, frozenset[str]]:
+        """Line -> the codes a `# tf-migrate: skip` comment on it turns off."""
+        return self._skips
 
     @cached_property
     def names(self) -> NameResolver:
@@ -58,8 +63,13 @@ class FileContext:
         return self.wrapper.resolve(PositionProvider)
 
     @cached_property
+    def index(self) -> NodeIndex:
+        """The module's nodes by type, name, attribute and callee: whole-module searches as look-ups."""
+        return NodeIndex(self.module)
+
+    @property
     def parents(self) -> Mapping[cst.CSTNode, cst.CSTNode]:
-        return parent_map(self.module)
+        return self.index.parents
 
     @cached_property
     def module_classes(self) -> list["ModuleClass"]:

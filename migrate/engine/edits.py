@@ -28,8 +28,20 @@ def replace_nodes(node: cst.CSTNode, replacements: Mapping[Any, Any]) -> Any:
     return node.visit(_Replace(replacements))
 
 
-def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
+class FixConflict(ValueError):
+    """Two fixes of one rule claim the same node, or one would silently overwrite another's edit."""
+
+
+def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
+                parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None) -> cst.Module:
+    """`module` with every fix applied in one pass, then the imports the fixes add or may free.
+
+    Conflicts are found before anything changes (see `conflicts`); `parents` (the module's parent
+    map) lets that also catch an edit nested inside another fix's replaced node."""
     fixes = list(fixes)
+    problem = conflicts(fixes, parents or {})
+    if problem:
+        raise FixConflict(problem)
     replacements: dict[Any, Any] = {}
     for fix in fixes:
         replacements.update(fix.replacements)
@@ -38,18 +50,105 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix]) -> cst.Module:
     module = replace_nodes(module, replacements)
     context = CodemodContext()
     needs_add = needs_remove = False
+    removals = []
     for fix in fixes:
         for dotted, obj, alias in fix.imports:
             AddImportsVisitor.add_needed_import(context, dotted, obj, alias)
             needs_add = True
         for dotted, obj, alias in fix.maybe_unused_imports:
             RemoveImportsVisitor.remove_unused_import(context, dotted, obj, alias)
+            removals.append((dotted, obj, alias))
             needs_remove = True
     if needs_add:
-        module = AddImportsVisitor(context).transform_module(module)
-    if needs_remove:
+        module = add_imports(module, context)
+    if needs_remove and not still_used(module.code, removals):
         module = _no_blank_start(RemoveImportsVisitor(context).transform_module(module))
     return module
+
+
+def conflicts(fixes: list[Fix], parents: Mapping[cst.CSTNode, cst.CSTNode]) -> str | None:
+    """Why these fixes cannot all apply: two of them replace the same node differently, or one
+    replaces a node inside another's plain (not wrapping) replacement, whose edit would be lost."""
+    owner: dict[Any, int] = {}
+    for number, fix in enumerate(fixes):
+        for node, replacement in fix.replacements.items():
+            if node in owner and owner[node] != number and fixes[owner[node]].replacements[node] is not replacement:
+                return f"the fixes at lines {fixes[owner[node]].line} and {fix.line} both replace one node"
+            owner.setdefault(node, number)
+    for node, number in owner.items():
+        current = parents.get(node)
+        while current is not None:
+            if current in owner and owner[current] != number and not callable(fixes[owner[current]].replacements[current]):
+                return (f"the fix at line {fixes[owner[current]].line} replaces code that holds the edit "
+                        f"of the fix at line {fixes[number].line}")
+            current = parents.get(current)
+    return None
+
+
+def add_imports(module: cst.Module, context: CodemodContext) -> cst.Module:
+    """What `AddImportsVisitor` makes of `module`, computed over the module's head only.
+
+    The visitor reads and changes only the leading run of import statements (after a docstring)
+    and puts a blank line before the first statement after them; the rest of the body is passed
+    through. Running it on the head alone spares a deep copy and a visit of the whole file."""
+    start = 1 if _docstring_first(module) else 0
+    end = start
+    while end < len(module.body) and _is_import_line(module.body[end]):
+        end += 1
+    head = module.with_changes(body=module.body[:end + 1])
+    done = AddImportsVisitor(context).transform_module(head)
+    return module.with_changes(body=[*done.body, *module.body[end + 1:]])
+
+
+def _docstring_first(module: cst.Module) -> bool:
+    """libcst's own test (`_skip_first`): never insert before a docstring or a `__strict__` flag."""
+    from libcst.codemod.visitors._add_imports import _skip_first
+
+    return _skip_first(module)
+
+
+def _is_import_line(statement: cst.CSTNode) -> bool:
+    return (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
+            and isinstance(statement.body[0], (cst.Import, cst.ImportFrom)))
+
+
+def still_used(code: str, removals: list[tuple[str, str | None, str | None]]) -> bool:
+    """Whether `RemoveImportsVisitor` (a scope analysis of the whole file) would keep every import
+    the fixes may have freed, so that it need not run.
+
+    Python's symbol tables answer it: no scope imports the name (nothing to remove), or only the
+    module does and some scope reads it as a global (or the module reads it). Any doubt (a dotted
+    import, a local import, code that does not compile) answers False, and the visitor decides."""
+    import symtable
+
+    try:
+        top = symtable.symtable(code, "<fixed>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for dotted, obj, alias in removals:
+        local = alias or obj or dotted
+        if "." in local or not _kept(top, local):
+            return False
+    return True
+
+
+def _kept(top: "symtable.SymbolTable", name: str) -> bool:
+    imported_here = _imports(top, name)
+    read = imported_here and top.lookup(name).is_referenced()
+    pending = list(top.get_children())
+    while pending:
+        table = pending.pop()
+        pending.extend(table.get_children())
+        if _imports(table, name):
+            return False  # a local import the visitor may remove
+        if imported_here and not read and name in table.get_identifiers():
+            symbol = table.lookup(name)
+            read = symbol.is_referenced() and symbol.is_global()
+    return read or not imported_here
+
+
+def _imports(table: "symtable.SymbolTable", name: str) -> bool:
+    return name in table.get_identifiers() and table.lookup(name).is_imported()
 
 
 def _no_blank_start(module: cst.Module) -> cst.Module:

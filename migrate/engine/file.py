@@ -8,11 +8,13 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
+from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
+from tf_migrate.engine.lines import original_lines, relabel
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
 from tf_migrate.engine.source import SourceError, Stamp, read_source, split_lines
 
@@ -48,6 +50,9 @@ class FileResult:
     errors: list[str] = field(default_factory=list)
     plans: list[ClassPlan] = field(default_factory=list)
     notes: list[Edit] = field(default_factory=list)
+    components: list[ComponentOutcome] = field(default_factory=list)
+    # Fixes and refusals that no census component accounts for (message: "fix" or "refusal").
+    outside: list[Edit] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)  # other files the analysis read (the cache keys on them)
     skipped: str = ""  # why the file was not looked at (a FIFO named *.py): not an error
     stamp: Stamp | None = None  # what was read, for the check before --write replaces the file
@@ -144,12 +149,14 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     for rule in active:
+        seen = code  # the text this rule reads: lines of its findings count there
         try:
             ctx = ctx or FileContext(module, path, code, project, source_path)
             findings = list(rule.check(ctx))
+            components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes)
+                module = apply_fixes(ctx.module, fixes, ctx.parents)
                 code = module.code
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None
@@ -157,11 +164,19 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
             result.migrated = text
             return
-        result.edits.extend(Edit(rule.code, f.line, f.message) for f in fixes)
-        result.refusals.extend(
-            Diagnostic(rule.code, f.line, f.reason, f.hint) for f in findings if isinstance(f, Refusal))
+        line_of = original_lines(text, seen)  # reports name the lines of the file as written
+        result.edits.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of)) for f in fixes)
+        result.refusals.extend(Diagnostic(rule.code, line_of(f.line), relabel(f.reason, line_of), f.hint)
+                               for f in findings if isinstance(f, Refusal))
         result.plans.extend(plan for fix in fixes for plan in fix.plans)
-        result.notes.extend(Edit(rule.code, f.line, f.message) for f in findings if isinstance(f, Note))
+        result.notes.extend(Edit(rule.code, line_of(f.line), relabel(f.message, line_of))
+                            for f in findings if isinstance(f, Note))
+        outcomes, outside = reconcile(components, findings)
+        result.components.extend(
+            replace(c, start_line=line_of(c.start_line), end_line=line_of(c.end_line),
+                    reason=relabel(c.reason, line_of)) for c in outcomes)
+        result.outside.extend(Edit(rule.code, line_of(f.line), "fix" if isinstance(f, Fix) else "refusal")
+                              for f in outside)
     result.migrated = code
     if code != text and parsed.code != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
@@ -169,6 +184,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
         result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
                              "for byte (unusual line endings?); left untouched")
         result.migrated, result.edits, result.plans = text, [], []
+        _edits_dropped(result)
         return
     result.migrated = _file_newlines(text, code)
     _check_output(result)
@@ -222,6 +238,14 @@ def _check_output(result: FileResult) -> None:
         result.migrated = result.original
         result.edits.clear()
         result.plans.clear()
+        _edits_dropped(result)
+
+
+def _edits_dropped(result: FileResult) -> None:
+    """A component whose rewrite was dropped is not migrated: it is refused, with the error."""
+    reason = result.errors[-1].splitlines()[0]
+    result.components = [c if c.outcome != "migrated" else replace(c, outcome="refused", reason=reason)
+                         for c in result.components]
 
 
 def migrate_file(path: Path, rules: Sequence[Rule], display: str | None = None) -> FileResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
 
@@ -57,6 +57,27 @@ class Note:
 Finding = Fix | Refusal | Note
 
 
+@dataclass(frozen=True)
+class Component:
+    """A legacy construct the rule's census found, whatever the matcher made of it.
+
+    `start_line`-`end_line` is where it is computed; `anchors` are other lines that belong to it
+    (the constructors of its projections); `scopes` are the line ranges of the functions it lives
+    in. The engine gives it the outcome of the rule's finding at one of its lines (see
+    engine/census.py); `what` says what was found, for the "not understood" outcome.
+    """
+
+    rule: str
+    kind: str
+    cls: str
+    start_line: int
+    end_line: int
+    what: str
+    anchors: tuple[int, ...] = ()
+    scopes: tuple[tuple[int, int], ...] = ()
+    step: str = ""  # which step of the pattern the matcher is known not to follow, when known
+
+
 class Rule:
     """Base class of every rule; subclasses register themselves by defining `code`."""
 
@@ -83,6 +104,10 @@ class Rule:
 
     def check(self, ctx: "FileContext") -> Iterator[Finding]:
         raise NotImplementedError
+
+    def census(self, ctx: "FileContext") -> Iterable[Component]:
+        """Every legacy component of the rule's pattern in the file, found broadly (optional)."""
+        return ()
 
     @classmethod
     def documentation(cls) -> str:

@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from tf_migrate.engine.rule import Equivalence, Rule
 
@@ -50,6 +50,9 @@ class LazyRule:
 
     def check(self, ctx: Any) -> Iterator[Any]:
         return self.real().check(ctx)
+
+    def census(self, ctx: Any) -> Iterable[Any]:
+        return self.real().census(ctx)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rule": None}

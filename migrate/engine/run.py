@@ -40,6 +40,7 @@ class RunOptions:
     jobs: int | None = None  # None: one per core
     cache_dir: Path | None = None  # None: .tf-migrate-cache beside the nearest pyproject.toml
     use_cache: bool = True
+    statistics: bool = False  # print only the census table and its reasons
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
 
@@ -220,7 +221,7 @@ def _print_file(options: RunOptions, result: FileResult, out: TextIO) -> None:
 
         out.writelines(line + "\n" for line in github_lines(result))
         return
-    if options.fmt != "text":
+    if options.fmt != "text" or options.statistics:
         return
     if options.diff:
         out.write(report.diff(result))
@@ -229,6 +230,9 @@ def _print_file(options: RunOptions, result: FileResult, out: TextIO) -> None:
 
 
 def _print_end(options: RunOptions, results: list[FileResult], out: TextIO) -> None:
+    if options.statistics:
+        out.writelines(line + "\n" for line in report.statistics(results))
+        return
     if options.fmt == "json":
         out.write(report.json_document(results) + "\n")
     elif options.fmt == "sarif":
@@ -236,6 +240,10 @@ def _print_end(options: RunOptions, results: list[FileResult], out: TextIO) -> N
 
         out.write(sarif_document(results) + "\n")
     else:
+        table = report.census_table(results)
+        if table and options.fmt == "text":
+            (out if not options.diff else _stderr()).writelines(line + "\n" for line in ["", *table])
+            out.flush()  # the table before the summary line on stderr, in a terminal too
         _stderr().write(report.summary(results, options.write or options.output_dir is not None) + "\n")
 
 

@@ -45,11 +45,22 @@ def _same_file(plan_file: str, cls: type, root: Path | None) -> bool:
     if root is None:
         return True
     try:
-        defined = Path(inspect.getfile(cls)).resolve().relative_to(root)
+        defined = Path(_class_file(cls)).resolve().relative_to(root)
     except (TypeError, ValueError):
         return False
     want = Path(plan_file).parts
     return want[-len(defined.parts):] == defined.parts
+
+
+def _class_file(cls: type) -> str:
+    """The file defining `cls`, also when its module has left sys.modules (verify's loading does that)."""
+    try:
+        return inspect.getfile(cls)
+    except TypeError:
+        code = next((f.__code__ for f in vars(cls).values() if hasattr(f, "__code__")), None)
+        if code is None:
+            raise
+        return code.co_filename
 
 
 def map_and_load(before: nn.Module, after: nn.Module, plans: list[ClassPlan], root: Path | None) -> LoadReport:

@@ -9,7 +9,6 @@ row at least one visible key (the inferred inputs and the fixture manifest do).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +34,6 @@ def tolerances(dtype: torch.dtype, rtol: float, atol: float) -> tuple[float, flo
     return (rtol, atol) if dtype == torch.float32 else (rtol * FLOAT64_FACTOR, atol * FLOAT64_FACTOR)
 
 
-def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    return copy.deepcopy(model).to(dtype).eval()
-
-
 @torch.no_grad()
 def compare_outputs(before: nn.Module, after: nn.Module, args: tuple, dtype: torch.dtype,
                     index: int, rtol: float, atol: float) -> Comparison:
@@ -50,13 +45,13 @@ def compare_outputs(before: nn.Module, after: nn.Module, args: tuple, dtype: tor
     except Exception as exc:  # noqa: BLE001 - a migrated model that crashes is a verification failure
         return Comparison(name, index, float("inf"), float("inf"), 0, False, f"the migrated model raised {exc!r}")
     rtol, atol = tolerances(dtype, rtol, atol)
+    return compare_tensor_lists(old, new, rtol, atol, name, index)
+
+
+def compare_tensor_lists(old: list, new: list, rtol: float, atol: float, name: str = "", index: int = 0) -> Comparison:
     if len(old) != len(new) or any(a.shape != b.shape for a, b in zip(old, new)):
         shapes = ([tuple(t.shape) for t in old], [tuple(t.shape) for t in new])
         return Comparison(name, index, float("inf"), float("inf"), 0, False, f"output shapes differ: {shapes}")
-    return _compare_tensors(old, new, name, index, rtol, atol)
-
-
-def _compare_tensors(old, new, name, index, rtol, atol) -> Comparison:
     max_abs = max_rel = 0.0
     excluded, ok, problem = 0, True, ""
     for a, b in zip(old, new):

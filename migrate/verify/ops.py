@@ -7,10 +7,9 @@ Both sources give the same data, a list of `Op(path, name)` with names normalise
 
 from __future__ import annotations
 
-import inspect
 import re
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +21,9 @@ from torch.overrides import TorchFunctionMode
 class Op:
     path: str
     name: str
+    shape: tuple = ()  # the output's shape where the graph records it (not part of the eager record)
+    where: str = field(default="", compare=False)  # "file.py:LINE: code" of the user's line that made it
+    node: str = field(default="", compare=False)  # the graph node's name
 
 
 class TraceFailure(Exception):
@@ -46,20 +48,31 @@ def _normalise(name: str) -> str:
     return name[1:] if name.startswith("r") and name[1:] in ("matmul",) else name
 
 
-def fx_ops(model: nn.Module) -> list[Op]:
-    """Symbolically traces `model`, fixing every optional forward argument at its default."""
-    concrete = {name: p.default for name, p in inspect.signature(model.forward).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    try:
-        graph = fx.symbolic_trace(model, concrete_args=concrete or None).graph
-    except Exception as exc:
-        raise TraceFailure(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{_where(exc)}") from exc
-    modules = dict(model.named_modules())
-    return [Op(_node_path(node), _node_name(node, modules)) for node in graph.nodes
-            if node.op in ("call_function", "call_method", "call_module")]
+def graph_ops(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[Op]:
+    """Every operation node of a captured graph: aten ops (export, make_fx) or torch calls (fx)."""
+    ops = []
+    for node in graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        name = _node_name(node, modules)
+        if name.startswith("assert") or name in _BOOKKEEPING:
+            continue
+        ops.append(Op(_node_path(node), name, _shape(node), _node_where(node), node.name))
+    return ops
 
 
-def _where(exc: Exception) -> str:
+# Nodes the exporter adds for its own checks, not computations of the model.
+_BOOKKEEPING = {"sym_constrain_range_for_size", "sym_size", "sym_numel", "sym_stride", "local_scalar_dense"}
+# aten overloads whose packet name differs from the function the user called
+_ATEN_ALIASES = {"split_with_sizes": "split", "softmax": "softmax", "unsafe_split": "split"}
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}{_where(exc)}"
+
+
+def _where(exc: BaseException) -> str:
     """The innermost line of the user's code (not torch's) that tracing was in when it failed."""
     torch_dir = Path(torch.__file__).parent
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if torch_dir not in Path(f.filename).parents]
@@ -71,11 +84,30 @@ def _node_path(node: fx.Node) -> str:
     return list(stack.values())[-1][0] if stack else ""
 
 
+def _node_where(node: fx.Node) -> str:
+    """The last frame of the node's stack trace that is the user's code, not torch's."""
+    torch_dir = str(Path(torch.__file__).parent)
+    found = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.meta.get("stack_trace") or "")
+    user = [(f, line, code) for f, line, code in found if not f.startswith(torch_dir)]
+    if not user:
+        return ""
+    file, line, code = user[-1]
+    return f"{Path(file).name}:{line}: {code.split('  #')[0].strip()}"
+
+
+def _shape(node: fx.Node) -> tuple:
+    value = node.meta.get("val")
+    return tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape) if isinstance(value, torch.Tensor) else ()
+
+
 def _node_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
         return _module_op(type(modules[node.target]).__name__)
     if node.op == "call_method":
         return _normalise(node.target)
+    if isinstance(node.target, torch._ops.OpOverload):
+        packet = node.target._opname
+        return _ATEN_ALIASES.get(packet, _normalise(packet))
     return _normalise(getattr(node.target, "__name__", str(node.target)))
 
 

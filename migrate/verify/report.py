@@ -18,7 +18,11 @@ def json_document(result: Verification) -> str:
         "rules": result.rules,
         "checkpoint": asdict(result.load),
         "inputs": result.inputs,
-        "tracing": {"method": result.tracing, "reason": result.trace_failure},
+        "tracing": {"method": result.tracing, "reason": result.trace_failure, "tried": result.trace_failures},
+        "outside": asdict(result.outside) | {"ok": result.outside.ok} if result.outside else result.outside_note,
+        "instances": [asdict(c) for c in result.instances],
+        "low_precision": [asdict(p) for p in result.low_precision],
+        "first_node": result.first_node,
         "evidence": [asdict(e) | {"ok": e.ok} for e in result.evidence],
         "numerics": [asdict(c) for c in result.comparisons],
         "divergence": asdict(result.divergence) if result.divergence else None,
@@ -33,10 +37,13 @@ def text_lines(result: Verification) -> list[str]:
     lines += _checkpoint_lines(result)
     lines += _structure_lines(result)
     lines += _numeric_lines(result)
+    lines += _instance_lines(result)
     if result.divergence:
         d = result.divergence
         how = "its inputs agree, its output does not" if not d.inherited else "first module whose output differs"
         lines.append(f"diverges first at: {d.path} (max abs diff {d.max_abs:.3g}; {how})")
+    if result.first_node:
+        lines.append(f"first diverging node: {result.first_node}")
     lines.append("VERIFIED" if result.verified else "NOT VERIFIED: " + "; ".join(result.failures))
     return lines
 
@@ -55,8 +62,18 @@ def _checkpoint_lines(result: Verification) -> list[str]:
 
 
 def _structure_lines(result: Verification) -> list[str]:
-    how = result.tracing if not result.trace_failure else f"eager (torch.fx could not trace: {result.trace_failure})"
-    lines = [f"structure: {how}"]
+    if result.tracing == "eager":
+        lines = [f"structure: eager (no tracer could capture a torch.fx graph: {result.trace_failure})"]
+    else:
+        label = {"torch.export": "torch.export (strict=False)", "make_fx": "make_fx (real tensors)",
+                 "fx.symbolic_trace": "fx.symbolic_trace (unmigrated modules as leaves)"}[result.tracing]
+        lines = [f"structure: torch.fx graphs of before and after by {label}"]
+        lines += [f"  tried first: {reason}" for reason in result.trace_failures]
+    if result.outside is not None:
+        lines.append(f"  outside the migrated modules: {result.outside.compared} nodes identical" if result.outside.ok
+                     else f"  BAD outside the migrated modules: {result.outside.first}")
+    elif result.outside_note:
+        lines.append(f"  outside the migrated modules: {result.outside_note}")
     for evidence in result.evidence:
         lines.append(f"  {evidence.rule}: {evidence.summary or evidence.note}"
                      + (f" [{evidence.note}]" if evidence.summary and evidence.note else ""))
@@ -79,3 +96,34 @@ def _numeric_lines(result: Verification) -> list[str]:
         lines.append(f"  {'ok ' if c.ok else 'BAD'} input {c.input_index} {c.dtype}: max abs {c.max_abs:.3g}"
                      f"{rel}{excluded}" + (f" ({c.problem})" if c.problem else ""))
     return lines
+
+
+def _instance_lines(result: Verification) -> list[str]:
+    if not result.instances:
+        return []
+    lines = [f"modules (each migrated instance run on the inputs it receives; structure by {result.tracing}):",
+             "  | instance | class | rules | structure | float32 max abs / rel | float64 max abs / rel |"]
+    structure = {p.path: p.ok for e in result.evidence for p in e.paths}
+    rows: dict[str, dict] = {}
+    for c in result.instances:
+        row = rows.setdefault(c.path, {"check": c, "ok": True})
+        row[c.dtype] = c
+        row["ok"] = row["ok"] and c.ok
+    for path, row in rows.items():
+        c = row["check"]
+        shape = {True: "ok", False: "BAD"}.get(structure.get(path), "whole model" if structure else "-")
+        figures = " | ".join(_figures(row.get(d)) for d in ("float32", "float64"))
+        lines.append(f"  {'ok ' if row['ok'] else 'BAD'} | {path or '<root>'} | {c.cls} | {', '.join(c.rules)} "
+                     f"| {shape} | {figures} |" + (f" {c.problem}" if c.problem else ""))
+    if result.low_precision:
+        lines.append("low precision (max deviation from the float64 original; reported, never judged):")
+        lines += [f"  {p.path or '<root>'} {p.dtype}: before {p.before:.3g}, after {p.after:.3g}"
+                  + (f" ({p.problem})" if p.problem else "") for p in result.low_precision]
+    return lines
+
+
+def _figures(c) -> str:
+    if c is None:
+        return "-"
+    rel = f"{c.max_rel:.3g}" if c.max_rel == c.max_rel else "changed on purpose"
+    return f"{c.max_abs:.3g} / {rel} ({c.calls} calls)"

@@ -12,29 +12,21 @@ import torch
 from tf_migrate.engine.registry import SelectionError, find_rule
 from tf_migrate.engine.rule import Equivalence
 from tf_migrate.verify import numerics
-from tf_migrate.verify.building import as_args, build_model, evaluate
+from tf_migrate.verify.building import Builder, as_args, evaluate
 from tf_migrate.verify.checkpoint import LoadReport, map_and_load, planned_instances
-from tf_migrate.verify.evidence import RuleEvidence, rule_evidence
-from tf_migrate.verify.inputs import infer_inputs
-from tf_migrate.verify.loading import LoadError, Source, load_module
+from tf_migrate.verify.evidence import EXPECTATIONS, RuleEvidence, rule_evidence
+from tf_migrate.verify.graphdiff import OutsideDiff, outside_diff
+from tf_migrate.verify.inputs import cast_floats, infer_inputs, tensors
+from tf_migrate.verify.instances import (InstanceCheck, LowPrecision, compare_instances, low_precision,
+                                         record_calls)
+from tf_migrate.verify.loading import LoadError, Source, load_module, module_entry, split_build
 from tf_migrate.verify.localize import Divergence, first_divergence
-from tf_migrate.verify.ops import TraceFailure, eager_ops, fx_ops
+from tf_migrate.verify.options import VerifyOptions
 from tf_migrate.verify.plans import PlanSource, read_plan, recompute_plan
+from tf_migrate.verify.tracing import Capture, capture
 
 SEED = 0
-
-
-@dataclass
-class VerifyOptions:
-    before: Path
-    after: Path
-    build: str
-    inputs: list[str] = field(default_factory=list)
-    plan: Path | None = None
-    entry: str | None = None
-    select: list[str] = field(default_factory=lambda: ["exact"])
-    rtol: float = 1e-4
-    atol: float = 1e-5
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -43,24 +35,43 @@ class Verification:
     rules: dict[str, str]  # code -> equivalence class, for the rules the plan records
     load: LoadReport
     inputs: list[str]
-    tracing: str = "torch.fx"  # or "eager"
-    trace_failure: str = ""
+    tracing: str = "torch.export"  # the tracer that captured both sides, or "eager"
+    trace_failures: list[str] = field(default_factory=list)  # earlier tracers' reasons
     evidence: list[RuleEvidence] = field(default_factory=list)
+    outside: OutsideDiff | None = None  # None: not compared (eager record, or a whole-model rule)
+    outside_note: str = ""
     comparisons: list[numerics.Comparison] = field(default_factory=list)
+    instances: list[InstanceCheck] = field(default_factory=list)
+    low_precision: list[LowPrecision] = field(default_factory=list)
     divergence: Divergence | None = None
+    first_node: str = ""  # inside the first failing instance: the node that departs
     failures: list[str] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
         return not self.failures
 
+    @property
+    def trace_failure(self) -> str:
+        return "; ".join(self.trace_failures) if self.tracing == "eager" else ""
+
+
+def sources(options: VerifyOptions) -> tuple[Source, Source, str]:
+    """BEFORE and AFTER sources and the bare build expression (a `pkg.model:` prefix names the entry)."""
+    module_path, expr = split_build(options.build)
+    entry = options.entry
+    if module_path is not None:
+        if not Path(options.before).is_dir() or not Path(options.after).is_dir():
+            raise LoadError(f"--build {options.build!r} names a module: BEFORE and AFTER must be directories")
+        entry = module_entry(Path(options.before).resolve(), module_path)
+    return Source.from_args(options.before, entry), Source.from_args(options.after, entry), expr
+
 
 def verify(options: VerifyOptions) -> Verification:
-    before_src = Source.from_args(options.before, options.entry)
-    after_src = Source.from_args(options.after, options.entry)
+    before_src, after_src, expr = sources(options)
     before_module = load_module(before_src, "before")
-    before = build_model(options.build, before_module, SEED)
-    after = build_model(options.build, load_module(after_src, "after"), SEED)
+    sides = Builder(expr, before_module, SEED), Builder(expr, load_module(after_src, "after"), SEED)
+    before, after = sides[0].build(), sides[1].build()
     plan = read_plan(options.plan) if options.plan else recompute_plan(before_src, after_src, options.select)
     root = None if before_src.single else before_src.root
     rules = {code: _equivalence(code) for p in plan.plans for code in p.rules}
@@ -71,8 +82,14 @@ def verify(options: VerifyOptions) -> Verification:
             before(*args[0])
     except Exception as exc:
         raise LoadError(f"the original model fails on input 0 ({result.inputs[0]}): {exc!r}") from exc
-    _structure(result, before, after, args[0], root)
-    _numerics(result, before, after, args, options)
+    planned = [(path, plan.qualname, list(plan.rules)) for path, plan in planned_instances(before, plan.plans, root)]
+    if result.load.ok:  # a model that did not receive the original's weights proves nothing
+        _numerics(result, sides, before, after, args, planned, options)
+    # Tracing comes last and on copies built again: torch.export runs the forward over fake
+    # tensors, and a model that caches a tensor on itself or in its module (a rotary table
+    # computed on first use) keeps a fake one; nothing runs the models after this.
+    traced = (side.with_state(model.state_dict(), torch.float32) for side, model in zip(sides, (before, after)))
+    _structure(result, *traced, args[0], planned)
     _judge(result)
     return result
 
@@ -96,39 +113,73 @@ def _inputs(options: VerifyOptions, model, module) -> tuple[list[tuple], list[st
     return args, [f"inferred: {', '.join(f'{tuple(a.shape)} {a.dtype}' for a in arg)}" for arg in args]
 
 
-def _structure(result: Verification, before, after, args: tuple, root) -> None:
-    try:
-        old, new = fx_ops(before), fx_ops(after)
-    except TraceFailure as exc:
-        result.tracing, result.trace_failure = "eager", str(exc)
-        old, new = eager_ops(before, args), eager_ops(after, args)
-    instances = planned_instances(before, result.plan.plans, root)
+def _structure(result: Verification, before, after, args: tuple, planned: list) -> None:
+    regions = sorted({path for path, _, _ in planned})
+    found: Capture = capture(before, after, args, regions)
+    result.tracing, result.trace_failures = found.tracer, found.failures
     for code in result.rules:
-        paths = [path for path, plan in instances if code in plan.rules]
-        result.evidence.append(rule_evidence(code, paths, old, new))
+        paths = [path for path, _, rules in planned if code in rules]
+        result.evidence.append(rule_evidence(code, paths, found.before, found.after))
+    whole = [code for code in result.rules if EXPECTATIONS.get(code) and EXPECTATIONS[code].whole_model]
+    if not found.is_graph:
+        result.outside_note = "not compared (no graph: the eager record has no shapes)"
+    elif whole:
+        verb = "change" if len(whole) > 1 else "changes"
+        result.outside_note = f"not compared ({', '.join(whole)} {verb} the model beyond the classes they name)"
+    else:
+        result.outside = outside_diff(found.before, found.after, regions)
 
 
-def _numerics(result: Verification, before, after, args: list[tuple], options: VerifyOptions) -> None:
-    if not result.load.ok:
-        return  # a model that did not receive the original's weights proves nothing
+def _numerics(result: Verification, sides: tuple[Builder, Builder], before, after, args: list[tuple],
+              planned: list, options: VerifyOptions) -> None:
     # an unknown rule (plan from a newer tf-migrate) is held to the strictest standard
-    exact = not any(eq in (Equivalence.COMPATIBLE.value, Equivalence.RETRAIN.value) for eq in result.rules.values())
-    for dtype in (torch.float32, torch.float64) if exact else (torch.float32,):
-        old, new = numerics.cast_model(before, dtype), numerics.cast_model(after, dtype)
+    exact_rules = {code for code, eq in result.rules.items()
+                   if eq not in (Equivalence.COMPATIBLE.value, Equivalence.RETRAIN.value)}
+    exact = exact_rules == set(result.rules)
+    if any(EXPECTATIONS[code].whole_model for code in set(result.rules) - exact_rules if code in EXPECTATIONS):
+        exact_rules = set()  # TFM201/TFM401 change classes their plan does not name: no instance is held exact
+    states = before.state_dict(), after.state_dict()
+    models = {torch.float32: (before, after)}
+    models[torch.float64] = tuple(side.with_state(state, torch.float64) for side, state in zip(sides, states))
+    for dtype, (old, new) in models.items():
+        rtol, atol = numerics.tolerances(dtype, options.rtol, options.atol)
         for index, arg in enumerate(args):
             if exact:
-                result.comparisons.append(
-                    numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol))
-            else:
+                result.comparisons.append(numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol))
+            elif dtype == torch.float32:
                 result.comparisons.append(numerics.check_outputs_sane(old, new, arg, index))
-    failed = next((c for c in result.comparisons if not c.ok), None)
-    if exact and failed is not None:
-        dtype = getattr(torch, failed.dtype)
-        rtol, atol = numerics.tolerances(dtype, options.rtol, options.atol)
-        from tf_migrate.verify.inputs import cast_floats
+        result.instances += compare_instances(old, new, planned, args, dtype, rtol, atol, exact_rules)
+    if planned:
+        paths = [path for path, _, _ in planned]
+        for dtype in LOW_PRECISION:
+            old, new = (side.with_state(state, dtype) for side, state in zip(sides, states))
+            result.low_precision += low_precision(models[torch.float64][0], old, new, paths, args, dtype)
+    _localise(result, models, args, options)
 
-        result.divergence = first_divergence(numerics.cast_model(before, dtype), numerics.cast_model(after, dtype),
-                                             cast_floats(args[failed.input_index], dtype), rtol, atol)
+
+def _localise(result: Verification, models: dict, args: list[tuple], options: VerifyOptions) -> None:
+    failed = next((c for c in result.comparisons if not c.ok and c.dtype in ("float32", "float64")), None)
+    dtype = getattr(torch, failed.dtype) if failed else None
+    rtol, atol = numerics.tolerances(dtype or torch.float32, options.rtol, options.atol)
+    if failed is not None and not any(eq in ("compatible", "retrain") for eq in result.rules.values()):
+        old, new = models[dtype]
+        result.divergence = first_divergence(old, new, cast_floats(args[failed.input_index], dtype), rtol, atol)
+    bad = next((c for c in result.instances if not c.ok), None)
+    if bad is None:
+        return
+    from tf_migrate.verify.nodes import first_node
+
+    dtype = getattr(torch, bad.dtype)
+    rtol, atol = numerics.tolerances(dtype, options.rtol, options.atol)
+    old, new = models[dtype]
+    old_module, new_module = old.get_submodule(bad.path), new.get_submodule(bad.path)
+    calls = record_calls(old, [bad.path], [cast_floats(a, dtype) for a in args])[bad.path]
+    for call in calls:
+        with torch.no_grad():
+            out = tensors(new_module(*call.args, **call.kwargs))
+        if not numerics.compare_tensor_lists(call.output, out, rtol, atol).ok:
+            result.first_node = f"{bad.path}: " + first_node(old_module, new_module, call.args, call.kwargs, rtol, atol)
+            return
 
 
 def _judge(result: Verification) -> None:
@@ -138,9 +189,17 @@ def _judge(result: Verification) -> None:
     for evidence in result.evidence:
         if not evidence.ok:
             result.failures.append(f"{evidence.rule}: the structural change is not there")
+    if result.outside is not None and not result.outside.ok:
+        result.failures.append(f"the graphs differ outside the migrated modules ({result.outside.first})")
     for c in result.comparisons:
         if not c.ok:
             result.failures.append(f"input {c.input_index} in {c.dtype}: outputs differ"
                                    + (f" ({c.problem})" if c.problem else ""))
+    for check in result.instances:
+        if not check.ok:
+            result.failures.append(f"{check.path} ({check.cls}) in {check.dtype}: its output differs on its own inputs"
+                                   + (f" ({check.problem})" if check.problem else ""))
     if result.divergence is not None:
         result.failures.append(f"first diverging submodule: {result.divergence.path}")
+    if result.first_node:
+        result.failures.append(f"first diverging node: {result.first_node}")

@@ -20,7 +20,7 @@ from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, 
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
 _PARAMETER = "torch.nn.Parameter"
@@ -78,6 +78,11 @@ class SeparateQkvToFused(Rule):
         "...\nq = self.query(x)\nk = self.key(x)\nv = self.value(x)\n"
     )
     example_after = "self.qkv = nn.Linear(d, 3 * d)\n...\nq, k, v = self.qkv(x).split(self.d, dim=-1)\n"
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.fused_qkv.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
@@ -161,10 +166,15 @@ class SeparateQkvToFused(Rule):
 
 def _constructor_problem(ctx, subs) -> str | None:
     layers = [s.callee == _LINEAR or linear_construction(ctx, s.call) for s in subs]
-    if not all(getattr(layer, "linear_signature", layer) for layer in layers):
-        kinds = ", ".join(f"{s.name}: {s.callee or ctx.code(s.call.func)}" for s in subs)
-        return f"not all nn.Linear ({kinds}); " + (_overriding_subclass(ctx, subs) or
-                                                   "Conv1D-style weights are stored transposed")
+    other = next((s for s, layer in zip(subs, layers) if not getattr(layer, "linear_signature", layer)), None)
+    if other is not None:
+        built = ctx.code(other.call.func)
+        if (other.callee or built).rsplit(".", 1)[-1] == "Conv1D":
+            return (f"`{other.name}` is a Conv1D (line {ctx.line(other.statement)}): its weight is stored "
+                    "transposed (in, out), unlike nn.Linear")
+        return _overriding_subclass(ctx, subs) or (
+            f"`{other.name}` is built by `{built}(...)` (line {ctx.line(other.statement)}), which "
+            "tf-migrate cannot show returns a plain nn.Linear")
     if len({ctx.code(s.call.func) for s in subs}) != 1:  # the fused layer is built with one of them
         return "the projections are built by different callables (" + \
             ", ".join(f"{s.name}: {ctx.code(s.call.func)}" for s in subs) + ")"

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.names import argument
-from tf_migrate.analysis.nodes import find
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -36,8 +35,8 @@ def generic_shape_inits(ctx: "FileContext", stacked_dim: int) -> list[cst.Call]:
 def _generic_calls(ctx: "FileContext") -> list[cst.Call]:
     if not any(name in ctx.text for name in _WHOLE_MATRIX + _KAIMING):
         return []
-    candidates = find(ctx.module, lambda n: isinstance(n, cst.Call) and isinstance(n.func, (cst.Name, cst.Attribute))
-                      and (n.func.value if isinstance(n.func, cst.Name) else n.func.attr.value) in _NAMES)
+    candidates = ctx.index.of_type(ctx.module, cst.Call, predicate=lambda n: isinstance(n.func, (cst.Name, cst.Attribute))
+                                   and (n.func.value if isinstance(n.func, cst.Name) else n.func.attr.value) in _NAMES)
     return [call for call in candidates
             if (ctx.names.callee(call) or "").rsplit(".", 1)[0] == "torch.nn.init"
             and call.args and not _names_one_weight(call.args[0].value)]

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.dataflow import FunctionFlow
-from tf_migrate.analysis.nodes import find
 from tf_migrate.analysis.string_refs import naming_strings
 
 if TYPE_CHECKING:
@@ -152,8 +151,8 @@ def foreign_attribute(ctx: "FileContext", cls, names: list[str]) -> str | None:
     """Why fusing would leave a reference dangling: another object's `.q`, or `self.q` in a
     subclass (which may replace or call it). None when only the class itself reaches them."""
     own = {id(ref) for name in names for ref in cls.self_references(name)}
-    by_name = ctx.memo("projections.attributes", lambda: _attributes_by_name(ctx))
-    for node in sorted((n for name in names for n in by_name.get(name, ())), key=ctx.line):  # first in the file
+    found = (n for name in names for n in ctx.index.attributes(ctx.module, name))
+    for node in sorted(found, key=ctx.line):  # first in the file
         if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
             return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
                     "outside its class (a subclass or another object)")
@@ -167,13 +166,6 @@ def naming_string(ctx: "FileContext", names: list[str]) -> str | None:
         return (f"the string {ctx.code(node)} on line {ctx.line(node)} names `{name}`, which the "
                 "fusion removes")
     return None
-
-
-def _attributes_by_name(ctx: "FileContext") -> dict[str, list[cst.Attribute]]:
-    found: dict[str, list[cst.Attribute]] = {}
-    for node in find(ctx.module, lambda n: isinstance(n, cst.Attribute)):
-        found.setdefault(node.attr.value, []).append(node)
-    return found
 
 
 def _own_attribute_elsewhere(ctx: "FileContext", cls, node: cst.Attribute) -> bool:

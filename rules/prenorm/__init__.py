@@ -11,13 +11,15 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.rules.prenorm.builtin_layers import builtin_layers, builtin_transformers, stack_with_norm, with_norm_first
+from tf_migrate.rules.prenorm.builtin_layers import (builtin_layers, builtin_transformers, stack_with_norm,
+                                                     transformer_subclass_init, with_norm_first)
 from tf_migrate.analysis.imports import reference
 from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
-from tf_migrate.rules.prenorm.residual import ResidualFinder, Unprovable
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Note, Refusal, Rule
+from tf_migrate.rules.prenorm.flags import flag_finding
+from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Unprovable
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.stacks import find_run, find_stacks
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
@@ -48,14 +50,22 @@ class PostNormToPreNorm(Rule):
     and `final_norm.bias` (zeros) on the class that holds the stack, or `<stack>.norm.weight` /
     `.bias` for a built-in `nn.TransformerEncoder` / `Decoder` given `norm=`.
 
+    Flags: when one attribute named for the norm position (`self.normalize_before`,
+    `self.pre_norm`) decides every conditional norm, the block already offers pre-norm: a note
+    says so. `--option prenorm.flags=flip` turns its default to True where `__init__` defines it
+    (`normalize_before=False` -> `True`; a keyless plan; no final norm is added: the model's own
+    flag-dependent final norm, if any, must follow). A pre-norm sublayer that is itself optional
+    (`if memory is not None:` around it) is read as pre-norm.
+
     Refuses when: the residual or its branch is scaled (also in the statement binding it); a
-    norm is applied under an `if` (a `normalize_before` flag); a norm of a post-norm block is not
+    norm is applied under an `if` that is no such flag; a norm of a post-norm block is not
     part of a sublayer the rule can read (`+=` sums, a residual scaled in a temporary); an intermediate of the sublayer or the
     norm's output is read outside the residual stream; the norm is not the whole value of its
     statement; the residual comes in from the caller (the sublayer lives in another module, as
     in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
-    run the blocks in a plain loop; a built-in layer is not stacked in the same function; the model is a post-norm
-    `nn.Transformer` (only its flag would change; the refusal says to set it by hand).
+    run the blocks in a plain loop; a built-in layer is not stacked in the same function; an
+    `nn.Transformer` is given a custom encoder or decoder. An `nn.Transformer` (instance, or the
+    `super().__init__` of a subclass) gets `norm_first=True`: it owns final norms, so no new key.
     """
 
     code = "TFM201"
@@ -63,6 +73,7 @@ class PostNormToPreNorm(Rule):
     equivalence = Equivalence.COMPATIBLE
     summary = "post-norm residual sublayers -> pre-norm, plus one final norm per stack (fine-tune after)"
     triggers = ("LayerNorm", "RMSNorm", "Transformer")
+    options = {"flags": "keep"}
     example_before = (
         "x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask)))\n"
         "x = self.norm2(x + self.dropout2(self.feed_forward(x)))\n"
@@ -73,6 +84,18 @@ class PostNormToPreNorm(Rule):
         "x = x + self.dropout2(self.feed_forward(self.norm2(x)))\n"
         "# and in the model, after the loop over the blocks: x = self.final_norm(x)\n"
     )
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        if self.settings["flags"] not in ("keep", "flip"):
+            from tf_migrate.engine.run import UsageError
+
+            raise UsageError(f"option prenorm.flags must be keep or flip, not {self.settings['flags']!r}")
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.prenorm.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         blocks: dict[int, tuple] = {}  # block class -> (class, forward, sublayers)
@@ -85,6 +108,9 @@ class PostNormToPreNorm(Rule):
                 continue
             try:
                 found = ResidualFinder(ctx, cls, forward).find()
+            except FlagChosen as exc:
+                yield flag_finding(ctx, cls, exc, self.code, flip=self.settings["flags"] == "flip")
+                continue
             except Unprovable as exc:
                 for stack in find_stacks(ctx, cls):
                     refused.setdefault(id(stack.statement), exc.line)
@@ -148,21 +174,26 @@ class PostNormToPreNorm(Rule):
             for layer in builtin_layers(ctx, method):
                 yield from self._builtin_layer(ctx, cls, layer)
             for model in builtin_transformers(ctx, method):
-                yield from self._builtin_transformer(ctx, model)
+                yield from self._builtin_transformer(ctx, cls, model)
+        for model in transformer_subclass_init(ctx, cls):
+            yield from self._builtin_transformer(ctx, cls, model)
 
-    def _builtin_transformer(self, ctx, model) -> Iterator[Finding]:
+    def _builtin_transformer(self, ctx, cls, model) -> Iterator[Finding]:
         line = ctx.line(model.call)
         if _literal(model.norm_first, "True"):
             yield Note(line, "nn.Transformer already has norm_first=True; left alone")
         elif model.norm_first is not None and not _literal(model.norm_first, "False"):
             yield Refusal(line, f"norm_first={ctx.code(model.norm_first)} is not a literal")
+        elif model.custom is not None:
+            yield Refusal(line, "nn.Transformer is given a custom encoder/decoder: norm_first does "
+                          "not reach it", "migrate the custom encoder/decoder it is given")
         else:
-            # Only the flag changes (the final norms exist): nothing in the plan or in the traced
-            # ops would show the migration, so `verify` could not tell it happened. Say what to do.
-            yield Refusal(line, "nn.Transformer is post-norm (norm_first=False); its layers are built "
-                          "inside torch, and its encoder and decoder already end in a final norm",
-                          "pass norm_first=True by hand (no key changes; fine-tune afterwards)"
-                          if model.custom is None else "migrate the custom encoder/decoder it is given")
+            # Only the flag changes: its encoder and decoder already end in a norm of their own,
+            # so the plan names the class and adds no key.
+            plan = ClassPlan(ctx.path, cls.qualname, [self.code])
+            yield Fix(line, "nn.Transformer -> norm_first=True; its encoder and decoder already end "
+                      "in a final norm (no new key); " + _FINE_TUNE,
+                      {model.call: with_norm_first(model.call)}, plans=[plan])
 
     def _builtin_layer(self, ctx, cls, layer) -> Iterator[Finding]:
         line = ctx.line(layer.call)

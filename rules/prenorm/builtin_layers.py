@@ -67,6 +67,21 @@ def builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Itera
             yield BuiltinTransformer(call, argument(call, _TRANSFORMER_NORM_FIRST, "norm_first"), custom)
 
 
+def transformer_subclass_init(ctx: "FileContext", cls) -> Iterator[BuiltinTransformer]:
+    """`class Seq2Seq(nn.Transformer)`: the `super().__init__(...)` call of its `__init__`, which
+    takes nn.Transformer's arguments."""
+    if not any(ctx.names.imported(base.value) == TRANSFORMER for base in cls.node.bases):
+        return
+    init = cls.methods.get("__init__")
+    for call in find(init, lambda node: isinstance(node, cst.Call)) if init is not None else ():
+        func = call.func
+        if (isinstance(func, cst.Attribute) and func.attr.value == "__init__" and isinstance(func.value, cst.Call)
+                and isinstance(func.value.func, cst.Name) and func.value.func.value == "super"):
+            custom = argument(call, _CUSTOM_ENCODER, "custom_encoder") or argument(
+                call, _CUSTOM_DECODER, "custom_decoder")
+            yield BuiltinTransformer(call, argument(call, _TRANSFORMER_NORM_FIRST, "norm_first"), custom)
+
+
 def _stacks(ctx, flow: FunctionFlow, stack: cst.Call, layer: cst.Call) -> bool:
     first = argument(stack, 0, "encoder_layer") or argument(stack, 0, "decoder_layer")
     if first is layer:

@@ -36,6 +36,28 @@ class Unprovable(Exception):
         self.reason = reason
 
 
+class FlagChosen(Unprovable):
+    """A flag of the block (`self.normalize_before`) chooses pre- or post-norm at run time."""
+
+    @property
+    def flag(self) -> str:
+        return self.reason.split("`self.", 1)[1].rstrip("`")
+
+
+_FLAG_WORDS = ("before", "pre", "first")
+
+
+def _position_flag(test: cst.BaseExpression) -> str | None:
+    """`self.normalize_before` / `not self.pre_norm`: the attribute when its name says where the
+    norm goes (before, pre, first), else None."""
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test = test.expression
+    if isinstance(test, cst.Attribute) and isinstance(test.value, cst.Name) and test.value.value == "self":
+        name = test.attr.value
+        return name if any(word in name.lower() for word in _FLAG_WORDS) else None
+    return None
+
+
 @dataclass
 class PostNorm:
     norm: str  # attribute of the norm module: self.<norm>
@@ -81,7 +103,7 @@ class ResidualFinder:
             raise Unprovable(found.plain[0], "this residual has no norm while others in the block "
                              "are post-norm: the block's layout is not one this rule knows")
         if found.post or found.pre:
-            self._refuse_conditional_norms()
+            self._refuse_conditional_norms(found)
         self._check_norms_accounted(found)
         if found.post:
             self._check_every_norm_placed(found)
@@ -140,6 +162,12 @@ class ResidualFinder:
             return None
         norm_call, norm_statement, inline = self._norm_of(add, statement)
         if norm_call is None:
+            chained = self._chained_norm(statement)
+            if chained is not None:
+                raise Unprovable(self.ctx.line(chained), (
+                    f"the residual sum is normalised in a chained assignment "
+                    f"`{self.ctx.code(chained).strip()}` (line {self.ctx.line(chained)}): tf-migrate "
+                    "rewrites a norm bound to one name"))
             found.plain.append(self.ctx.line(statement))
             return None
         if self._own_norm(norm_call.func):
@@ -153,6 +181,25 @@ class ResidualFinder:
             chain.append(norm_statement)
         return PostNorm(self._norm_name(norm_call), norm_call, norm_statement, add, inline,
                         branch.inputs, _unique(chain))
+
+    def _chained_norm(self, statement) -> cst.SimpleStatementLine | None:
+        """`y = x = norm(x)` right where the sum bound by `statement` is next read."""
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Name)):
+            return None
+        name = small.targets[0].target.value
+        line = self.ctx.line(statement)
+        for later in find(self.method.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+            if self.ctx.line(later) <= line or not later.body or not isinstance(later.body[0], cst.Assign):
+                continue
+            assign = later.body[0]
+            if name in {n.value for n in loads(assign.value, name)}:
+                if len(assign.targets) > 1 and self.is_norm(assign.value.func if isinstance(
+                        assign.value, cst.Call) else assign.value):
+                    return later
+                return None
+        return None
 
     def _aliases(self, name: cst.Name, statement) -> list[cst.SimpleStatementLine]:
         """The `residual = x` statements the residual name is read through."""
@@ -321,18 +368,51 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
 
-    def _refuse_conditional_norms(self) -> None:
+    def _refuse_conditional_norms(self, found: Sublayers) -> None:
         """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
-        decided at run time, so neither reading of the block is the model."""
+        decided at run time, so neither reading of the block is the model (`FlagChosen` when one
+        such flag decides every conditional norm). A pre-norm sublayer that is itself optional
+        (`if memory is not None:` around norm, cross-attention and residual add) is no such case."""
+        pre_norms = {id(call) for call in found.pre_norms}
+        flags: set[str] = set()
+        first: cst.Call | None = None
         for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
-            node = self.ctx.parents.get(call)
-            while node is not None and node is not self.method:
-                if isinstance(node, (cst.If, cst.IfExp)):
-                    raise Unprovable(self.ctx.line(call), (
-                        f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
-                        "the block is pre- or post-norm is decided at run time (a "
-                        "`normalize_before`-style flag)"))
+            condition = self._condition(call)
+            if condition is None or (
+                    id(call) in pre_norms and isinstance(condition, cst.If)
+                    and any(line in self.ctx.lines(condition) for line in found.pre)):
+                continue
+            first = first or call
+            flag = _position_flag(condition.test)
+            if flag is None:
+                raise Unprovable(self.ctx.line(call), (
+                    f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
+                    "the block is pre- or post-norm is decided at run time (a "
+                    "`normalize_before`-style flag)"))
+            flags.add(flag)
+        if len(flags) == 1:
+            raise FlagChosen(self.ctx.line(first), f"the norm position follows `self.{flags.pop()}`")
+        if flags:
+            raise Unprovable(self.ctx.line(first), "the norms follow several flags: "
+                             + ", ".join(f"`self.{f}`" for f in sorted(flags)))
+
+    def _condition(self, call: cst.Call) -> cst.If | cst.IfExp | None:
+        """The nearest `if` the norm is applied under; a choice between two norms of one input
+        (`norm(x, t) if adaptive else norm(x)`) is no condition on whether a norm applies."""
+        node = self.ctx.parents.get(call)
+        while node is not None and node is not self.method:
+            if isinstance(node, cst.IfExp) and self._both_norms(node):
                 node = self.ctx.parents.get(node)
+                continue
+            if isinstance(node, (cst.If, cst.IfExp)):
+                return node
+            node = self.ctx.parents.get(node)
+        return None
+
+    def _both_norms(self, choice: cst.IfExp) -> bool:
+        sides = (choice.body, choice.orelse)
+        return all(isinstance(s, cst.Call) and self.is_norm(s.func) and s.args for s in sides) and \
+            self.ctx.code(sides[0].args[0].value) == self.ctx.code(sides[1].args[0].value)
 
     def _check_every_norm_placed(self, found: Sublayers) -> None:
         """Every sublayer of a block is rewritten or none is: a norm applied to anything this

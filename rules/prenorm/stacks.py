@@ -109,7 +109,7 @@ def _constructed_with(ctx, cls: "ModuleClass", position: int, keyword: str, name
     target = cls.node.name.value
     found = [
         (value := argument(node, position, keyword)) is not None and _instances_of(value, name)
-        for node in find(ctx.module, lambda node: isinstance(node, cst.Call) and _is_call_of(node, target))
+        for node in ctx.index.calls_of(ctx.module, target)
     ]
     return bool(found) and all(found)
 

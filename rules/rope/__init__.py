@@ -21,7 +21,7 @@ from tf_migrate.rules.rope.position_models import model_of
 from tf_migrate.rules.rope.positions import Addition, find_additions
 from tf_migrate.rules.rope.rotary import RotarySite, sites_in, sources
 from tf_migrate.rules.rope.rotary_code import alibi_insertions, insertions, remove_addition
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 
 class SinusoidalToRotary(Rule):
@@ -64,6 +64,11 @@ class SinusoidalToRotary(Rule):
         "k = apply_rotary(k, seq_dim=1)\n"
         "scores = torch.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(self.head_dim)\n"
     )
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.rope.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]

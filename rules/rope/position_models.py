@@ -50,8 +50,7 @@ def from_embedding(cls: "ModuleClass", flow: FunctionFlow, expr, at, depth: int 
 
 def _instantiations(ctx: "FileContext", module: "ModuleClass") -> list[cst.Call]:
     name = module.node.name.value
-    return find(ctx.module, lambda n: isinstance(n, cst.Call) and isinstance(n.func, cst.Name)
-                and n.func.value == name)
+    return ctx.index.calls_of(ctx.module, name)
 
 
 def _user(ctx: "FileContext", module: "ModuleClass") -> "ModuleClass":

@@ -16,9 +16,9 @@ from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consum
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
-from tf_migrate.analysis.nodes import body_nodes, find
+from tf_migrate.analysis.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
-from tf_migrate.engine.rule import Equivalence, Finding, Fix, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
@@ -104,6 +104,11 @@ class EinsumAttentionToSdpa(Rule):
         "else 0.0, is_causal=True)\n"
     )
 
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.sdpa.census import components
+
+        return components(ctx, self.code)
+
     def check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
             calls: list[SdpaCall] = []
@@ -179,8 +184,7 @@ def _module_functions(ctx) -> list[cst.FunctionDef]:
 def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
     """A refusal in a free function, with what each caller in this file does with its results."""
     name = function.name.value
-    calls = [node for node in find(ctx.module, lambda n: isinstance(n, cst.Call))
-             if isinstance(node.func, cst.Name) and node.func.value == name]
+    calls = ctx.index.calls_of(ctx.module, name)
     uses = []
     for call in calls:
         parent = ctx.parents.get(call)
@@ -196,14 +200,11 @@ def _with_callers(ctx, function: cst.FunctionDef, refusal: Refusal) -> Refusal:
 
 def _unfollowed(matcher, product, statement) -> Iterator[Refusal]:
     """A product of softmax probabilities with v that the matcher could not follow: say so."""
-    lines = unfollowed_softmax(matcher, product, statement)
-    if lines is not None:
-        softmax, scores = lines
+    found = unfollowed_softmax(matcher, product, statement)
+    if found is not None:
         yield Refusal(matcher.ctx.line(statement), (
-            f"attention (scores at line {scores}, softmax at line {softmax}, product with v here) is "
-            "spelled with a step tf-migrate cannot fold into SDPA: a cast around the softmax, a "
-            "head mask or other change to the probabilities, a softmax that is not over the keys, "
-            "or an unusual mask or softmax form"),
+            f"attention (scores at line {found.scores_line}, softmax at line {found.softmax_line}, "
+            f"product with v here) not folded into SDPA: {found.step}"),
             "write it as dropout(softmax(mask(scale(q @ k^T)))) @ v, or call "
             "F.scaled_dot_product_attention by hand")
 

@@ -11,7 +11,7 @@ import libcst as cst
 
 from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.names import self_attribute
-from tf_migrate.analysis.nodes import find
+
 
 _HOOKS = ("register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
           "register_full_backward_pre_hook", "register_backward_hook")
@@ -42,14 +42,14 @@ def refuse_hooked(ctx, cls, call) -> None:
 
 
 def _hook_calls(ctx) -> list[cst.Call]:
-    return [n for n in find(ctx.module, lambda n: isinstance(n, cst.Call)) if isinstance(n.func, cst.Attribute)
+    return [n for n in ctx.index.of_type(ctx.module, cst.Call) if isinstance(n.func, cst.Attribute)
             and n.func.attr.value in _HOOKS]
 
 
 def _type_tests(ctx) -> list[cst.Call]:
     """`isinstance(m, nn.Softmax)` / `nn.Dropout` (also in a tuple of types)."""
     found = []
-    for node in find(ctx.module, lambda n: isinstance(n, cst.Call)):
+    for node in ctx.index.of_type(ctx.module, cst.Call):
         if ctx.names.builtin(node.func) != "builtins.isinstance" or len(node.args) != 2:
             continue
         types = node.args[1].value

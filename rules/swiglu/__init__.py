@@ -14,7 +14,7 @@ import libcst as cst
 from tf_migrate.analysis import ffn as recognise
 from tf_migrate.rules.swiglu.ffn_fixes import FixWriter
 from tf_migrate.rules.swiglu.gated import Unsupported
-from tf_migrate.engine.rule import Equivalence, Finding, Refusal, Rule
+from tf_migrate.engine.rule import Component, Equivalence, Finding, Refusal, Rule
 
 _BUILTIN_REASON = (
     "{name} has no gated feed-forward: its FFN is linear1 -> activation -> linear2 inside torch, "
@@ -28,17 +28,29 @@ class FeedForwardToSwiGLU(Rule):
     random weights, so the migrated model computes a different function from the old checkpoint.
 
     Why: gated linear units (SwiGLU in PaLM and LLaMA, GeGLU in T5 v1.1) train to a lower loss than
-    ReLU/GELU feed-forwards at the same compute. `--ffn geglu` writes `gelu` instead of `silu`.
+    ReLU/GELU feed-forwards at the same compute. `--ffn geglu` writes `gelu` instead of `silu`;
+    `--ffn match` writes GeGLU where the original applied a GELU (any approximation) and SwiGLU
+    elsewhere (a choice between ReLU and GELU counts as not GELU).
 
     Safety: retrain. Only the activation changes in `forward`: `act(lin1(x))` becomes
     `silu(lin1(x)) * lin3(x)`, so dropout and the second projection stay where they were. The
-    FFN input is read twice, so it must be a plain name (or `self.x`) that still holds the value.
+    FFN input is read twice, so it must be a plain name (or `self.x`); when statements rebind it
+    (`x = self.fc1(x)`, `x = self.act(x)`), the gate goes where the first projection is read and
+    the activation's statement goes. The activation is any spelling `analysis.activations` knows
+    (functions, `h.relu()`, elementwise functions and classes of the file, `act_layer()`, a
+    choice between two, a module-level table by config string). The projections are `nn.Linear`
+    (also built by a Linear factory or a subclass that keeps nn.Linear's forward, called with
+    nn.Linear's arguments: the gate is built by the same callee), or `nn.Conv1d` with kernel size 1 (and default stride, padding, dilation, groups): a Linear
+    per position over channels, gated with a third 1x1 conv; their input may be a view of a name
+    (`y.transpose(-1, 1)`), which the gate reads again. A block's attention may also be handed in
+    by the caller (`self.attention = attention`, called in forward).
     Only FFNs in a transformer block are rewritten: the class holding the FFN holds an attention
     itself, or some function of the file builds it next to an attention (a block's `__init__`,
     a `make_model`). An attention is a class that calls softmax / SDPA / nn.MultiheadAttention,
     or a class named for attention that holds one, or a built `nn.MultiheadAttention`. MLP heads
     built next to an encoder stack are left alone, and so are chains whose second Linear does
-    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`); an MLP
+    not map back to the first one's input width (`Linear(d, h)`, `Linear(h, n_classes)`; widths
+    given as two arguments count as one when every call in the file passes the same value); an MLP
     head of width d -> d built directly next to an attention layer would be taken for an FFN
     (mark it `# tf-migrate: skip[TFM301]`).
 
@@ -50,14 +62,13 @@ class FeedForwardToSwiGLU(Rule):
     a small `SwiGLUFeedForward` module inserted once per file, with `w1`/`w2`/`w3` children, so
     `mlp.0.*` is renamed to `mlp.w1.*` and `mlp.3.*` to `mlp.w2.*` (with a trailing Dropout the
     module is wrapped as `nn.Sequential(SwiGLUFeedForward(...), nn.Dropout(p))`: keys
-    `mlp.0.w1.*`). Raw parameters get a copy of the first weight's (and bias's) constructor.
+    `mlp.0.w1.*`; a LayerNorm first in the Sequential stays first: `mlp.1.w1.*`). Raw parameters get a copy of the first weight's (and bias's) constructor.
     With `hidden = "param-matched"` the hidden size becomes 2/3 of the old one (truncated), rounded
     up to a multiple of `multiple-of` (default 8): nothing maps, every old FFN key is dropped and
     every new one listed with its shape.
 
     Refuses when: the FFN is a built-in `nn.TransformerEncoderLayer`/`DecoderLayer` or `nn.Transformer` (no gated
-    FFN; activation="glu" is not SwiGLU); the FFN input is an expression or is rebound before the
-    activation; an intermediate value is read twice; a Linear's bias is not a literal; the
+    FFN; activation="glu" is not SwiGLU); the FFN input is an expression; an intermediate value is read twice; a Linear's bias is not a literal; the
     sizes of the two projections disagree; the projections live in two modules; raw parameters
     with `param-matched`.
     """
@@ -66,7 +77,7 @@ class FeedForwardToSwiGLU(Rule):
     name = "swiglu"
     equivalence = Equivalence.RETRAIN
     summary = "ReLU/GELU feed-forward -> SwiGLU (or GeGLU); the model must be retrained"
-    triggers = ("Linear", "Parameter", "Transformer")
+    triggers = ("Linear", "Conv1d", "Parameter", "Transformer")
     options = {"ffn": "swiglu", "hidden": "same", "multiple-of": 8}
     example_before = "return self.fc2(self.drop(F.relu(self.fc1(x))))\n"
     example_after = (
@@ -77,8 +88,8 @@ class FeedForwardToSwiGLU(Rule):
     def __init__(self, options=None) -> None:
         super().__init__(options)
         problems = []
-        if self.settings["ffn"] not in ("swiglu", "geglu"):
-            problems.append(f"ffn must be swiglu or geglu, not {self.settings['ffn']!r}")
+        if self.settings["ffn"] not in ("swiglu", "geglu", "match"):
+            problems.append(f"ffn must be swiglu, geglu or match, not {self.settings['ffn']!r}")
         if self.settings["hidden"] not in ("same", "param-matched"):
             problems.append(f"hidden must be same or param-matched, not {self.settings['hidden']!r}")
         if not isinstance(self.settings["multiple-of"], int) or self.settings["multiple-of"] < 1:
@@ -87,6 +98,11 @@ class FeedForwardToSwiGLU(Rule):
             from tf_migrate.engine.run import UsageError
 
             raise UsageError("option swiglu." + "; ".join(problems))
+
+    def census(self, ctx) -> Iterator[Component]:
+        from tf_migrate.rules.swiglu.census import components
+
+        return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
         for call in recognise.builtin_layers(ctx):

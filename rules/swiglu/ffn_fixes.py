@@ -8,25 +8,37 @@ import libcst as cst
 
 from tf_migrate.analysis.ffn import FeedForward, SequentialFeedForward
 from tf_migrate.rules.swiglu.gated import (
-    GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
+    CONV1D, GATE_FUNCTIONS, HELPER_NAMES, Unsupported, code_of, gate_name, gated_product, helper_class,
     linear_bias, linear_features, linear_keys, matched_hidden, parameter_shape, renamed_copy,
 )
+from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import binds, read_names
+from tf_migrate.analysis.names import self_attribute
+from tf_migrate.analysis.nodes import find
 from tf_migrate.analysis.imports import FUNCTIONAL, imports_bound_by, reference
 from tf_migrate.analysis.string_refs import naming_strings
 from tf_migrate.plan import ClassPlan, NewKey
 from tf_migrate.engine.rule import Fix
 
+_GELUS = frozenset({"gelu", "gelu_tanh", "gelu_sigmoid"})
 _NO_PARENS = (cst.Arg, cst.Assign, cst.AnnAssign, cst.Return)
 
 
 class FixWriter:
     def __init__(self, ctx, code: str, settings: Mapping[str, Any]) -> None:
         self.ctx, self.code = ctx, code
-        self.kind, self.hidden, self.multiple = settings["ffn"], settings["hidden"], settings["multiple-of"]
+        self.option, self.hidden, self.multiple = settings["ffn"], settings["hidden"], settings["multiple-of"]
+        self.kind = "geglu" if self.option == "geglu" else "swiglu"  # of the fix being written
         self.functional, self.import_ = reference(ctx, FUNCTIONAL, "F")
-        self.helper_inserted = any(isinstance(s, cst.ClassDef) and s.name.value == HELPER_NAMES[self.kind]
-                                   for s in ctx.module.body)
+        self.helpers_inserted = {kind for kind, name in HELPER_NAMES.items()
+                                 if any(isinstance(s, cst.ClassDef) and s.name.value == name for s in ctx.module.body)}
+
+    def _choose_kind(self, cls, activation: cst.CSTNode) -> None:
+        """`ffn=match`: GeGLU where the original applied a GELU (any approximation), else SwiGLU."""
+        if self.option != "match":
+            return
+        found = activation_of(self.ctx, cls, activation)
+        self.kind = "geglu" if found is not None and found.kinds <= _GELUS else "swiglu"
 
     def _fix(self, node, message: str, replacements, plan: ClassPlan, imports=()) -> Fix:
         details = [f"renamed {len(plan.renamed)} keys"] if plan.renamed else []
@@ -42,6 +54,7 @@ class FixWriter:
             raise Unsupported(f"the string {self.ctx.code(node)} on line {self.ctx.line(node)} names "
                               f"`{name}`: the new gate projection would be missing beside it (a "
                               "tensor-parallel plan, LoRA targets or key list); add it by hand")
+        self._choose_kind(cls, ffn.activation)
         self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
         plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
         hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
@@ -50,10 +63,16 @@ class FixWriter:
             replacements, gate = self._raw(cls, ffn, plan, taken)
         else:
             replacements, gate = self._linear(cls, ffn, plan, taken)
-        parent = self.ctx.parents.get(ffn.activation)
-        replacements[ffn.activation] = gated_product(
-            ffn.activation, f"{self.functional}.{GATE_FUNCTIONS[self.kind]}", ffn.gate_input, gate,
-            parenthesize=not isinstance(parent, _NO_PARENS))
+        function = f"{self.functional}.{GATE_FUNCTIONS[self.kind]}"
+        if ffn.gate_at_first:
+            parent = self.ctx.parents.get(ffn.first.node)
+            replacements[ffn.first.node] = gated_product(
+                ffn.first.node, function, ffn.first.node, gate, parenthesize=not isinstance(parent, _NO_PARENS))
+            replacements.update(self._activation_dropped(ffn))
+        else:
+            parent = self.ctx.parents.get(ffn.activation)
+            replacements[ffn.activation] = gated_product(
+                ffn.activation, function, ffn.gate_input, gate, parenthesize=not isinstance(parent, _NO_PARENS))
         replacements.update(self._unused_activation_module(cls, ffn))
         replacements.update(hoisting)
         return self._fix(ffn.activation, f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated",
@@ -80,13 +99,16 @@ class FixWriter:
 
     def _linear(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         first, second = cls.submodules[ffn.first.weight], cls.submodules[ffn.second.weight]
-        bias, (in_, hidden) = linear_bias(first.call), linear_features(first.call)
-        second_in, _ = linear_features(second.call)
+        conv = first.callee == CONV1D
+        if conv != (second.callee == CONV1D):
+            raise Unsupported(f"`{first.name}` and `{second.name}` are not the same kind of layer")
+        bias, (in_, hidden) = linear_bias(first.call, conv), linear_features(first.call, conv)
+        second_in, _ = linear_features(second.call, conv)
         name = gate_name(first.name, second.name, taken)
         gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
         if self.hidden == "same":
             new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
-            plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), bias)
+            plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), bias, conv)
             return {first.statement: cst.FlattenSentinel([first.statement, new])}, gate
         if code_of(second_in) != code_of(hidden):
             raise Unsupported(f"the hidden sizes of `{first.name}` ({code_of(hidden)}) and "
@@ -99,12 +121,12 @@ class FixWriter:
         new = renamed_copy(resized, {first.name: name}).with_changes(leading_lines=())
         statements = [size_line.with_changes(leading_lines=first.statement.leading_lines),
                       resized.with_changes(leading_lines=()), new]
-        second_bias = linear_bias(second.call)
+        second_bias = linear_bias(second.call, conv)
         plan.dropped = [k.key for k in linear_keys(f"{first.name}.", "", "", bias)
                         + linear_keys(f"{second.name}.", "", "", second_bias)]
-        plan.new = (linear_keys(f"{first.name}.", code_of(in_), size, bias)
-                    + linear_keys(f"{second.name}.", size, code_of(in_), second_bias)
-                    + linear_keys(f"{name}.", code_of(in_), size, bias))
+        plan.new = (linear_keys(f"{first.name}.", code_of(in_), size, bias, conv)
+                    + linear_keys(f"{second.name}.", size, code_of(in_), second_bias, conv)
+                    + linear_keys(f"{name}.", code_of(in_), size, bias, conv))
         return {first.statement: cst.FlattenSentinel(statements), second_in: cst.Name(local)}, gate
 
     def _raw(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
@@ -123,15 +145,28 @@ class FixWriter:
             plan.new.append(NewKey(new, "default", parameter_shape(value), f"as {old}: {code_of(value)}"))
         return replacements, renamed_copy(ffn.first.node, names)
 
+    def _activation_dropped(self, ffn: FeedForward) -> dict:
+        """The activation became part of the first projection's statement: `x = self.act(x)` goes,
+        `h = self.act(x)` becomes `h = x`."""
+        assign = self.ctx.parents.get(ffn.activation)
+        line = self.ctx.parents.get(assign)
+        if (isinstance(assign, cst.Assign) and len(assign.targets) == 1 and isinstance(ffn.gate_input, cst.Name)
+                and isinstance(assign.targets[0].target, cst.Name)
+                and assign.targets[0].target.value == ffn.gate_input.value and len(line.body) == 1):
+            return {line: cst.RemoveFromParent()}
+        return {ffn.activation: ffn.gate_input}
+
     def _unused_activation_module(self, cls, ffn: FeedForward) -> dict:
-        func = ffn.activation.func
-        sub = cls.submodule_of(func)
-        if sub is not None and len(list(cls.self_references(sub.name))) == 2:
-            return {sub.statement: cst.RemoveFromParent()}
+        name = self_attribute(ffn.activation.func)
+        line = setting_line(cls, name) if name else None
+        if line is not None and len(list(cls.self_references(name))) == 2:
+            self._freed = self._freed + imports_bound_by(self.ctx, [line.body[0].value])
+            return {line: cst.RemoveFromParent()}
         return {}
 
     def sequential(self, ffn: SequentialFeedForward) -> Fix:
         """`nn.Sequential(Linear, act, [Dropout], Linear, [Dropout])` -> the gated helper module."""
+        self._choose_kind(ffn.cls, ffn.call.args[ffn.indices[0] + 1].value)
         self._freed = []
         bias = linear_bias(ffn.first)
         if linear_bias(ffn.second) != bias:
@@ -148,8 +183,10 @@ class FixWriter:
         if not bias:
             args.append("bias=False")
         call = f"{HELPER_NAMES[self.kind]}({', '.join(args)})"
-        if ffn.trailing is not None:
-            call = f"{nn}.Sequential({call}, {code_of(ffn.trailing)})"
+        if ffn.trailing is not None or ffn.norm is not None:
+            parts = [code_of(ffn.norm)] if ffn.norm is not None else []
+            parts += [call] + ([code_of(ffn.trailing)] if ffn.trailing is not None else [])
+            call = f"{nn}.Sequential({', '.join(parts)})"
         replacements = {ffn.call: cst.parse_expression(call)}
         replacements.update(self._helper(ffn.cls, nn))
         plan = self._sequential_plan(ffn, code_of(in_), size, bias)
@@ -159,7 +196,8 @@ class FixWriter:
 
     def _sequential_plan(self, ffn: SequentialFeedForward, in_: str, size: str, bias: bool) -> ClassPlan:
         plan = ClassPlan(self.ctx.path, ffn.cls.qualname, [self.code])
-        base = f"{ffn.attribute}.0." if ffn.trailing is not None else f"{ffn.attribute}."
+        base = f"{ffn.attribute}.{1 if ffn.norm is not None else 0}." \
+            if ffn.trailing is not None or ffn.norm is not None else f"{ffn.attribute}."
         old = [f"{ffn.attribute}.{i}." for i in ffn.indices]
         suffixes = ["weight", "bias"] if bias else ["weight"]
         if self.hidden == "same":
@@ -174,9 +212,9 @@ class FixWriter:
 
     def _helper(self, cls, nn: str) -> dict:
         """Insert the helper module once per file, before the first class that uses it."""
-        if self.helper_inserted:
+        if self.kind in self.helpers_inserted:
             return {}
-        self.helper_inserted = True
+        self.helpers_inserted.add(self.kind)
         top = cls.node
         while self.ctx.parents.get(top) is not self.ctx.module:
             top = self.ctx.parents[top]
@@ -188,3 +226,17 @@ class FixWriter:
                                         updated.with_changes(leading_lines=blank)])
 
         return {top: insert}
+
+
+def setting_line(cls, attribute: str) -> cst.SimpleStatementLine | None:
+    """The `self.<attribute> = value` line of `__init__`, when it is the class's only assignment
+    of the attribute and alone on its line."""
+    init = cls.methods.get("__init__")
+    if init is None:
+        return None
+    lines = lambda node: find(node, lambda n: isinstance(n, cst.SimpleStatementLine))  # noqa: E731
+    everywhere = [small for line in lines(cls.node) for small in line.body if isinstance(small, cst.Assign)
+                  and any(self_attribute(t.target) == attribute for t in small.targets)]
+    in_init = [line for line in lines(init) if len(line.body) == 1 and isinstance(line.body[0], cst.Assign)
+               and len(line.body[0].targets) == 1 and self_attribute(line.body[0].targets[0].target) == attribute]
+    return in_init[0] if len(everywhere) == 1 and len(in_init) == 1 else None

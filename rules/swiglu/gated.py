@@ -8,6 +8,8 @@ from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.plan import NewKey
 
 LINEAR_NOTE = "nn.Linear's own init (kaiming_uniform), or the model's if it re-initialises"
+CONV_NOTE = "nn.Conv1d's own init (kaiming_uniform), or the model's if it re-initialises"
+CONV1D = "torch.nn.Conv1d"
 HELPER_NAMES = {"swiglu": "SwiGLUFeedForward", "geglu": "GeGLUFeedForward"}
 GATE_FUNCTIONS = {"swiglu": "silu", "geglu": "gelu"}
 
@@ -51,8 +53,8 @@ def gate_name(first: str, second: str, taken) -> str:
     return name
 
 
-def linear_bias(call: cst.Call) -> bool:
-    value = argument(call, 2, "bias")
+def linear_bias(call: cst.Call, conv: bool = False) -> bool:
+    value = argument(call, 7 if conv else 2, "bias")
     if value is None:
         return True
     if isinstance(value, cst.Name) and value.value in ("True", "False"):
@@ -60,8 +62,9 @@ def linear_bias(call: cst.Call) -> bool:
     raise Unsupported(f"whether `{code_of(call)}` has a bias (`bias={code_of(value)}`) is not known")
 
 
-def linear_features(call: cst.Call) -> tuple[cst.BaseExpression, cst.BaseExpression]:
-    inp, out = argument(call, 0, "in_features"), argument(call, 1, "out_features")
+def linear_features(call: cst.Call, conv: bool = False) -> tuple[cst.BaseExpression, cst.BaseExpression]:
+    names = ("in_channels", "out_channels") if conv else ("in_features", "out_features")
+    inp, out = argument(call, 0, names[0]), argument(call, 1, names[1])
     if inp is None or out is None:
         raise Unsupported(f"the sizes of `{code_of(call)}` are not readable")
     return inp, out
@@ -73,10 +76,12 @@ def matched_hidden(hidden: str, multiple: int) -> str:
     return f"(2 * {inner} // 3 + {multiple - 1}) // {multiple} * {multiple}"
 
 
-def linear_keys(prefix: str, in_: str, out: str, bias: bool) -> list[NewKey]:
-    keys = [NewKey(f"{prefix}weight", "default", [out, in_], LINEAR_NOTE)]
+def linear_keys(prefix: str, in_: str, out: str, bias: bool, conv: bool = False) -> list[NewKey]:
+    """The keys of a Linear (or a kernel-1 Conv1d: weight (out, in, 1))."""
+    note = CONV_NOTE if conv else LINEAR_NOTE
+    keys = [NewKey(f"{prefix}weight", "default", [out, in_, "1"] if conv else [out, in_], note)]
     if bias:
-        keys.append(NewKey(f"{prefix}bias", "default", [out], LINEAR_NOTE))
+        keys.append(NewKey(f"{prefix}bias", "default", [out], note))
     return keys
 
 

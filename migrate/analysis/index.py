@@ -1,0 +1,113 @@
+"""One walk of a module that answers the whole-module questions rules ask, by look-up.
+
+Searching the module once per class or per candidate made a file's cost grow with the square of
+its size. The index records each node's place in source order (pre-order) and the extent of its
+subtree, so "the nodes of these types below X" is a slice of a per-type list, for any X of the
+module; it also keeps parents, the innermost enclosing def/class/lambda, names and attributes by
+their identifier, and calls by the plain name they call.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Callable, Iterable
+
+import libcst as cst
+
+from tf_migrate.analysis.nodes import children
+
+_SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
+
+
+class NodeIndex:
+    def __init__(self, root: cst.CSTNode) -> None:
+        self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        self._position: dict[cst.CSTNode, int] = {}
+        self._nodes: list[cst.CSTNode] = []
+        self._scope: list[int] = []  # per position: the innermost def/class/lambda at or above it, or -1
+        self._by_type: dict[type, list[int]] = {}
+        self._names: dict[str, list[int]] = {}
+        self._attributes: dict[str, list[int]] = {}
+        self._calls: dict[str, list[int]] = {}
+        self._end: list[int] = []  # per position: one past the last position of its subtree
+        stack: list[tuple[cst.CSTNode | None, int]] = [(root, -1)]
+        while stack:
+            node, scope = stack.pop()
+            if node is None:  # the subtree that started at position `scope` is complete
+                self._end[scope] = len(self._nodes)
+                continue
+            at = len(self._nodes)
+            self._position[node] = at
+            self._nodes.append(node)
+            self._end.append(at + 1)
+            kind = type(node)
+            if isinstance(node, _SCOPES):
+                scope = at
+            self._scope.append(scope)
+            self._by_type.setdefault(kind, []).append(at)
+            if kind is cst.Name:
+                self._names.setdefault(node.value, []).append(at)
+            elif kind is cst.Attribute:
+                self._attributes.setdefault(node.attr.value, []).append(at)
+            elif kind is cst.Call and type(node.func) is cst.Name:
+                self._calls.setdefault(node.func.value, []).append(at)
+            below = children(node)
+            for child in below:
+                # A node a fix put in two places keeps its first parent, as `nodes.parent_map` gives it.
+                if child not in self.parents:
+                    self.parents[child] = node
+            stack.append((None, at))
+            stack.extend((child, scope) for child in reversed(below))
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._position
+
+    def position(self, node: cst.CSTNode) -> int:
+        """The node's place in source order (pre-order), for sorting what the look-ups return."""
+        return self._position[node]
+
+    def of_type(self, within: cst.CSTNode, kinds: type | tuple[type, ...], into_scopes: bool = True,
+                predicate: Callable[[cst.CSTNode], bool] | None = None) -> list[cst.CSTNode]:
+        """Nodes of `kinds` (exact types) at or below `within`, in source order, as `nodes.find`
+        with an isinstance test would give them; without nested defs/classes/lambdas unless asked."""
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        lists = [self._by_type.get(kind, ()) for kind in kinds]
+        return self._select(within, lists, into_scopes, predicate)
+
+    def names(self, within: cst.CSTNode, value: str) -> list[cst.Name]:
+        """Every `Name` spelled `value` at or below `within` (loads, stores, attribute names alike)."""
+        return self._select(within, [self._names.get(value, ())], True, None)
+
+    def attributes(self, within: cst.CSTNode, attr: str) -> list[cst.Attribute]:
+        """Every `<expr>.<attr>` at or below `within`."""
+        return self._select(within, [self._attributes.get(attr, ())], True, None)
+
+    def calls_of(self, within: cst.CSTNode, name: str) -> list[cst.Call]:
+        """Every `name(...)` call (a plain name as the callee) at or below `within`."""
+        return self._select(within, [self._calls.get(name, ())], True, None)
+
+    def enclosing(self, node: cst.CSTNode, kind: type) -> cst.CSTNode | None:
+        """The innermost `kind` (FunctionDef, ClassDef or Lambda) strictly above `node`."""
+        at = self._scope[self._position[node]]
+        if at == self._position[node]:
+            at = self._scope[self._position[self.parents[node]]] if node in self.parents else -1
+        while at >= 0:
+            if isinstance(self._nodes[at], kind):
+                return self._nodes[at]
+            parent = self.parents.get(self._nodes[at])
+            at = self._scope[self._position[parent]] if parent is not None else -1
+        return None
+
+    def _select(self, within: cst.CSTNode, lists: Iterable, into_scopes: bool,
+                predicate: Callable[[cst.CSTNode], bool] | None) -> list:
+        start = self._position[within]
+        end = self._end[start]
+        found: list[int] = []
+        for positions in lists:
+            found.extend(positions[bisect_left(positions, start):bisect_left(positions, end)])
+        if len(lists) > 1:
+            found.sort()
+        if not into_scopes:  # drop what lies in a def/class/lambda strictly below `within`
+            found = [at for at in found if self._scope[at] <= start]
+        nodes = [self._nodes[at] for at in found]
+        return nodes if predicate is None else [node for node in nodes if predicate(node)]

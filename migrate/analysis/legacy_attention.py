@@ -1,0 +1,140 @@
+"""The census of attention: a softmax of a product of two tensors, multiplied with a third.
+
+Spelled by meaning, not by the matcher's forms: any product (`@`, matmul, bmm, baddbmm, einsum),
+any softmax (function, method, module, helper named for it), in any function of the file, with
+the steps between them in any number of statements, through helpers of the same file. The scores
+product must multiply two activations: a product with a weight (`x @ self.w_gate`) is a
+projection, so a router's softmax over expert outputs is not attention. Shared by TFM101 (the
+chain) and TFM102 (the projections that feed it).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from tf_migrate.analysis.census import (
+    FileIndex, Function, Walker, is_dropout, is_softmax, is_weight, last_name, product_operands,
+    self_attribute, softmax_input, walker,
+)
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionSite:
+    function: Function  # where the softmax is
+    scores: ast.AST
+    softmax: ast.Call
+    output: ast.AST
+    q: ast.expr
+    k: ast.expr
+    v: ast.expr
+
+    @property
+    def nodes(self) -> tuple[ast.AST, ...]:
+        return self.scores, self.softmax, self.output
+
+
+def attention_sites(ctx: "FileContext") -> list[AttentionSite]:
+    return ctx.memo("census.attention", lambda: list(_sites(walker(ctx))))
+
+
+def _sites(walk: Walker) -> Iterator[AttentionSite]:
+    index = walk.index
+    seen: set[tuple[int, int]] = set()
+    for node in index.calls:
+        function = index.function_of(node)
+        if ("softmax" in last_name(node.func).lower() or self_attribute(node.func) is not None
+                or isinstance(node.func, ast.Call)) and is_softmax(node, function):
+            site = _site(walk, function, node)
+            if site is not None and (id(site.scores), id(site.output)) not in seen:
+                seen.add((id(site.scores), id(site.output)))
+                yield site
+
+
+def _site(walk: Walker, function: Function, softmax: ast.Call) -> AttentionSite | None:
+    source = softmax_input(softmax, walk.index.modules)
+    if source is None:
+        return None
+    scores = walk.back(source, hit=_is_scores, stop=_is_barrier, into_functions=True)
+    if scores is None:
+        return None
+    output = walk.forward(softmax, hit=lambda n, f: product_operands(n) is not None,
+                          follow_call=_carries, follow_returns=lambda f: _call_sites(walk.index, f))
+    if output is None or output is scores:
+        return None
+    q, k = product_operands(scores)
+    left, right = product_operands(output)
+    from_softmax = walk.back(left, hit=lambda n, f: n is softmax, stop=_is_barrier,
+                             into_functions=True) is not None
+    return AttentionSite(function, scores, softmax, output, q, k, right if from_softmax else left)
+
+
+def _is_scores(node: ast.AST, function: Function) -> bool:
+    pair = product_operands(node)
+    return pair is not None and not any(is_weight(p, function) for p in pair)
+
+
+def _is_barrier(node: ast.AST, function: Function) -> bool:
+    """Walking back from a softmax, another softmax or a projection ends the chain."""
+    pair = product_operands(node)
+    if pair is not None:
+        return True
+    return isinstance(node, ast.Call) and is_softmax(node, function)
+
+
+_CARRYING_SUBMODULES = ("dropout", "drop")
+
+
+def _carries(call: ast.Call, function: Function) -> bool:
+    """Whether the probabilities flow on through a call they are an argument of: tensor functions
+    and methods, dropout; not an arbitrary submodule (a hook, a logger)."""
+    if is_dropout(call, function) or product_operands(call) is not None:
+        return True
+    attribute = self_attribute(call.func)
+    if attribute is not None:
+        return any(w in attribute.lower() for w in _CARRYING_SUBMODULES)
+    if isinstance(call.func, ast.Attribute):
+        root = call.func
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        return isinstance(root, ast.Name) and root.id in ("torch", "F", "nn", "functional", "np")
+    return last_name(call.func) in ("where", "einsum", "matmul")
+
+
+def _call_sites(index: FileIndex, function: Function) -> Iterator[ast.AST]:
+    """Where a helper's return value lands: calls of it by name, or as `self.name(...)`."""
+    name = getattr(function.node, "name", None)
+    if name is None:
+        return
+    for node in index.calls:
+        if isinstance(node.func, ast.Name) and node.func.id == name:
+            yield node
+        elif self_attribute(node.func) == name and index.function_of(node).cls is function.cls:
+            yield node
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionInputs:
+    """The q, k, v of an attention, hand-written or already an SDPA call."""
+
+    function: Function
+    q: ast.expr
+    k: ast.expr
+    v: ast.expr
+    nodes: tuple[ast.AST, ...]
+
+
+def attention_inputs(ctx: "FileContext") -> list[AttentionInputs]:
+    """q, k, v of every attention: the census of projections must not depend on whether the
+    attention itself was migrated first."""
+    found = [AttentionInputs(s.function, s.q, s.k, s.v, s.nodes) for s in attention_sites(ctx)]
+    index = walker(ctx).index
+    for call in index.calls:
+        if last_name(call.func) == "scaled_dot_product_attention" and len(call.args) >= 3:
+            q, k, v = call.args[:3]
+            found.append(AttentionInputs(index.function_of(call), q, k, v, (call,)))
+    return found

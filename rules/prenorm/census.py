@@ -1,0 +1,143 @@
+"""TFM201's census: a residual add that flows into a layer/RMS norm before the next sublayer.
+
+In any function of a class (a block's forward, or a model's layer loop), in one expression or
+over statements: `norm(x + f(x))`, `y = x + drop(f(x)); x = norm(y)`, fairseq's
+`residual = x; ...; x = residual + x; x = norm(x)`, BERT's `norm(dense(h) + input_tensor)`.
+An add is a residual when one side is computed by a sublayer (a submodule or layer call) and the
+other side is the stream that sublayer read (or an input passed in from outside). Sums of
+embeddings are not residuals. Built-in `nn.Transformer*` layers are components too.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from tf_migrate.analysis.census import (
+    Function, builtin_layers, is_activation, is_dropout, is_norm, line_span,
+    product_operands, self_attribute, walker,
+)
+from tf_migrate.engine.rule import Component
+
+
+def components(ctx, code: str) -> Iterator[Component]:
+    """One component per function holding post-norm residuals (the rule answers per block)."""
+    walk = walker(ctx)
+    index = walk.index
+    seen: set[int] = set()
+    found: dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]] = {}
+    for call in index.calls:
+        function = index.function_of(call)
+        if function.cls is None or not call.args or not is_norm(call, function):
+            continue
+        add = walk.back(call.args[0], hit=lambda n, f: isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add),
+                        stop=lambda n, f: _ends_branch(n, f))
+        if add is None or id(add) in seen:
+            continue
+        residual = _residual(walk, add, function)
+        if residual is None or not _becomes_stream(index, call, add, residual[1], function):
+            continue
+        sublayer = residual[0]
+        seen.add(id(add))
+        found.setdefault(function, []).append((call, add, sublayer))
+    for function, sites in found.items():
+        cls = function.cls
+        start, end = line_span(*(node for site in sites for node in site))
+        described = "; ".join(f"residual add (line {add.lineno}) of a sublayer (line {sub.lineno}) "
+                              f"into a norm (line {norm.lineno})" for norm, add, sub in sites)
+        yield Component(code, "post-norm", cls.qualname, start, end,
+                        f"{len(sites)} post-norm sublayer(s): {described}", _stack_lines(index, cls),
+                        scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
+                        step="" if function.node.name == "forward" else
+                        f"it is in `{function.qualname}`; the matcher reads `forward` only")
+    yield from builtin_components(index, code)
+
+
+def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, function: Function) -> bool:
+    """Post-norm: the normed sum replaces the stream (`x = norm(x + f(x))`, or returned). In a
+    pre-norm block the previous residual also flows into a norm, but that norm feeds a sublayer."""
+    current = index.parents.get(norm)
+    while current is not None and not isinstance(current, ast.stmt):
+        if isinstance(current, ast.Call) and _is_sublayer(current, function):
+            return False
+        current = index.parents.get(current)
+    if isinstance(current, ast.Return):
+        return True
+    if not (isinstance(current, ast.Assign) and len(current.targets) == 1
+            and isinstance(current.targets[0], ast.Name)):
+        return False
+    streams = {stream.id} if isinstance(stream, ast.Name) else set()
+    holder = index.statement_of(add)
+    if isinstance(holder, ast.Assign):
+        streams |= {t.id for t in holder.targets if isinstance(t, ast.Name)}
+    return current.targets[0].id in streams
+
+
+def _stack_lines(index, block) -> tuple[int, ...]:
+    """Where a model runs a stack of this block (`for layer in self.layers:`): the final norm
+    the rule adds there belongs to the block's component."""
+    holders = {block.node.name} | {c.node.name for c in index.classes if _builds(c, {block.node.name})}
+    lines = []
+    for cls in index.classes:
+        held = [attribute for attribute, values in cls.attributes.items()
+                if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in holders
+                       for v in values for n in ast.walk(v))]
+        for node in ast.walk(cls.node):
+            if isinstance(node, ast.For) and any(self_attribute(n) in held for n in ast.walk(node.iter)):
+                lines.append(node.lineno)
+    return tuple(sorted(set(lines)))
+
+
+def _builds(cls, names: set[str]) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names
+               for values in cls.attributes.values() for v in values for n in ast.walk(v))
+
+
+def builtin_components(index, code: str) -> Iterator[Component]:
+    for call, cls, name in builtin_layers(index):
+        yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
+                        f"built-in `nn.{name}`")
+
+
+def _ends_branch(node: ast.AST, function: Function) -> bool:
+    """Walking back from a norm's input, a call that is not dropout ends the search: the add must
+    flow into the norm with no sublayer in between."""
+    return (isinstance(node, ast.Call) and not is_dropout(node, function)
+            and not (isinstance(node.func, ast.Attribute) and self_attribute(node.func) is None)) \
+        or product_operands(node) is not None or isinstance(node, ast.arg)
+
+
+def _is_sublayer(node: ast.AST, function: Function) -> bool:
+    if not isinstance(node, ast.Call) or is_dropout(node, function) or is_norm(node, function) \
+            or is_activation(node, function):
+        return False
+    attribute = self_attribute(node.func)
+    if attribute is not None:
+        built = function.cls.constructor(attribute).lower() if function.cls else ""
+        return "embed" not in built and "embed" not in attribute.lower()
+    if isinstance(node.func, ast.Name):
+        return node.func.id in function.iterated or node.func.id in function.bindings
+    return False
+
+
+def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.AST] | None:
+    """(the sublayer call, the stream operand) of a residual add, or None when it is not one."""
+    for branch, stream in ((add.right, add.left), (add.left, add.right)):
+        sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
+        if sublayer is None or walk.back(stream, hit=_embedding, stop=None) is not None:
+            continue
+        stream_leaves = walk.leaves(stream)
+        read = set().union(*(walk.leaves(a) for a in [*sublayer.args, *(k.value for k in sublayer.keywords)])) \
+            if sublayer.args or sublayer.keywords else set()
+        parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
+        if stream_leaves & read or (stream_leaves and stream_leaves <= parameters):
+            return sublayer, stream
+    return None
+
+
+def _embedding(node: ast.AST, function: Function) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    attribute = self_attribute(node.func)
+    built = function.cls.constructor(attribute) if attribute and function.cls else ""
+    return "embed" in built.lower() or "embedding" in (attribute or "").lower()

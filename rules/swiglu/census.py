@@ -1,0 +1,182 @@
+"""TFM301's census: two projections (Linear, Conv1D or a 1x1 conv, or raw weights) with an
+element-wise nonlinearity between them, inside a transformer block.
+
+Found in any method of a class, in one expression or over statements, with any activation
+(function, method, module, looked up by name), and in `nn.Sequential(Linear, act, ..., Linear)`.
+A gated form (`act(w1(x)) * w3(x)`) is already modern and is not a component. "Inside a block"
+is the matcher's criterion (analysis/ffn.py `in_block`): an MLP head or a timestep embedding
+next to no attention is not an FFN. Built-in `nn.Transformer*` layers are components too.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Iterator
+
+from tf_migrate.analysis.census import (
+    ACTIVATIONS, Function, builtin_layers, enclosing_class, is_activation, last_name, line_span,
+    product_operands, projection_name, self_attribute, unit_projection_class, walker,
+)
+from tf_migrate.analysis.ffn import attention_classes, in_block
+from tf_migrate.engine.rule import Component
+
+
+def components(ctx, code: str) -> Iterator[Component]:
+    index = walker(ctx).index
+    blocks = _block_classes(ctx)
+    found = list(_chains(ctx, blocks)) + list(_sequentials(index, blocks, code))
+    yield from found
+    for call, cls, name in builtin_layers(index):
+        yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
+                        f"built-in `nn.{name}`")
+
+
+_FFN_NAMES = re.compile(r"feed_?forward|ffn|positionwise|intermediate", re.IGNORECASE)
+
+
+def _block_classes(ctx) -> dict[str, bool]:
+    """Class -> whether the matcher counts it as a block (else it is named for a block's FFN,
+    `PositionwiseFeedForward`, `Mlp`, and its block is built in another file)."""
+    attention = attention_classes(ctx)
+    found = {}
+    for c in ctx.module_classes:
+        if in_block(ctx, c, attention):
+            found[c.qualname] = True
+        elif _FFN_NAMES.search(c.node.name.value):
+            found[c.qualname] = False
+    return found
+
+
+_NOT_A_BLOCK = "the matcher counts an FFN only in a class built next to an attention in this file"
+
+
+def _is_projection(node: ast.AST, function: Function, index) -> bool:
+    name = projection_name(node, function, index)
+    if name is None:
+        return False
+    attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+    if attribute is None or function.cls is None:
+        return True  # F.linear / a product with a weight
+    return unit_projection_class(function.cls.constructor_call(attribute))
+
+
+def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
+    walk = walker(ctx)
+    index = walk.index
+    seen: set[int] = set()
+    for second in index.calls + [n for n in ast.walk(index.tree) if isinstance(n, ast.BinOp)]:
+        function = index.function_of(second)
+        if function.cls is None or function.cls.qualname not in blocks \
+                or not _is_projection(second, function, index):
+            continue
+        source = _input(second, function)
+        if source is None:
+            continue
+
+        def stop(n, f):
+            return _is_projection(n, f, index) or product_operands(n) is not None \
+                or isinstance(n, ast.arg)
+
+        act = walk.back(source, hit=is_activation, stop=stop)
+        if act is None or id(act) in seen or not isinstance(act, ast.Call):
+            continue
+        inner = act.args[0] if act.args else (act.func.value if isinstance(act.func, ast.Attribute) else None)
+        first = walk.back(inner, hit=lambda n, f: _is_projection(n, f, index),
+                          stop=lambda n, f: isinstance(n, ast.arg)) if inner is not None else None
+        if first is None or first is second or _gated(walk, source, index):
+            continue
+        seen.add(id(act))
+        start, end = line_span(first, act, second)
+        cls = function.cls
+        names = [projection_name(n, index.function_of(n), index) for n in (first, second)]
+        anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}))
+        yield Component("TFM301", "ffn", cls.qualname, start, end,
+                        f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
+                        anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
+                        _activation_step(act, cls) or ("" if blocks[cls.qualname] else _NOT_A_BLOCK))
+    yield from _halves(walk, blocks, seen, attention_classes(ctx))
+
+
+def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) -> Iterator[Component]:
+    """An activation of a projection that `forward` returns: the FFN's second projection is in
+    another module (BERT's Intermediate/Output pair). Not in a class that computes attention (an
+    attention's scoring layer, `tanh(proj(x))`, is no half FFN)."""
+    index = walk.index
+    for act in index.calls:
+        function = index.function_of(act)
+        if id(act) in seen or function.cls is None or function.cls.qualname not in blocks \
+                or function.cls.node.name in attending \
+                or getattr(function.node, "name", "") != "forward" or not is_activation(act, function):
+            continue
+        inner = act.args[0] if act.args else None
+        first = walk.back(inner, hit=lambda n, f: _is_projection(n, f, index),
+                          stop=lambda n, f: isinstance(n, ast.arg)) if inner is not None else None
+        returned = walk.forward(act, hit=lambda n, f: isinstance(index.parents.get(n), ast.Return),
+                                follow_call=lambda c, f: not _is_projection(c, f, index))
+        if first is None or returned is None:
+            continue
+        if walk.forward(act, hit=lambda n, f: _is_projection(n, f, index), follow_call=lambda c, f: True):
+            continue
+        cls = function.cls
+        yield Component("TFM301", "ffn", cls.qualname, first.lineno, act.end_lineno or act.lineno,
+                        f"`{projection_name(first, function, index)}` -> {last_name(act)}, returned: "
+                        "the second projection is in another module",
+                        scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
+                        step="the FFN's two projections live in two modules")
+
+
+def _activation_step(act: ast.Call, cls) -> str:
+    """Why the matcher may not know this activation: not ReLU/GELU, or a module built by a name
+    it cannot resolve (`act_layer()`, `ACT2FN[...]`)."""
+    attribute = self_attribute(act.func)
+    if attribute is None:
+        name = last_name(act)
+        return "" if name.lower() in ("relu", "gelu") else \
+            f"the activation is `{name}`; the matcher knows ReLU and GELU"
+    values = cls.attributes.get(attribute, ())
+    built = next((v for v in values), None)
+    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU"):
+        return ""
+    code = ast.unparse(built) if built is not None else "?"
+    return (f"the activation `self.{attribute}` is `{code}` (line {getattr(built, 'lineno', '?')}), "
+            "which the matcher cannot resolve to ReLU or GELU")
+
+
+def _input(projection: ast.AST, function: Function) -> ast.AST | None:
+    pair = product_operands(projection)
+    if pair is not None:
+        return pair[0]
+    return projection.args[0] if isinstance(projection, ast.Call) and projection.args else None
+
+
+def _gated(walk, source: ast.AST, index) -> bool:
+    """`act(w1(x)) * w3(x)`: a product of two projected branches is already a gated FFN."""
+    def hit(node, function):
+        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)):
+            return False
+        return all(walk.back(side, hit=lambda n, f: projection_name(n, f, index) is not None,
+                             stop=lambda n, f: isinstance(n, ast.arg)) is not None
+                   for side in (node.left, node.right))
+
+    return walk.back(source, hit=hit, stop=lambda n, f: projection_name(n, f, index) is not None) is not None
+
+
+def _sequentials(index, blocks: dict[str, bool], code: str) -> Iterator[Component]:
+    for call in index.calls:
+        if last_name(call.func) != "Sequential" or len(call.args) < 3:
+            continue
+        cls = enclosing_class(index, call)
+        if cls is None or cls.qualname not in blocks:
+            continue
+        items = [a for a in call.args if isinstance(a, ast.Call)]
+        kinds = ["linear" if unit_projection_class(a) else
+                 "act" if last_name(a.func).lower() in ACTIVATIONS or "activation" in last_name(a.func).lower()
+                 else "drop" if "dropout" in last_name(a.func).lower() else "other" for a in items]
+        text = "".join(k[0] for k in kinds)  # l, a, d, o
+        if len(items) != len(call.args) or not re.fullmatch(r"lad*ld*", text):
+            continue  # only projection, activation, [dropout], projection, [dropout]
+        yield Component(code, "ffn", cls.qualname, call.lineno, call.end_lineno or call.lineno,
+                        "nn.Sequential of a projection, an activation and a projection",
+                        scopes=((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),),
+                        step="" if blocks[cls.qualname] else _NOT_A_BLOCK)
