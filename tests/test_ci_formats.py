@@ -33,11 +33,11 @@ def test_sarif_results_carry_fixes_that_rebuild_the_migrated_file():
     run = document["runs"][0]
     assert {r["id"] for r in run["tool"]["driver"]["rules"]} == {"TFM101", "TFM102", "TFM000"}
     levels = [(r["ruleId"], r["level"]) for r in run["results"]]
-    # the ModuleList of projections in returns_probs is found by the census and not understood
+    # the ModuleList of projections in returns_probs: TFM102 refuses it (its class has no caller)
     assert levels == [("TFM101", "warning"), ("TFM101", "note"), ("TFM102", "note"), ("TFM000", "error")]
-    unknown = run["results"][2]
-    assert unknown["message"]["text"].startswith("not understood: q, k and v are produced by the items")
-    assert unknown["locations"][0]["physicalLocation"]["region"]["startLine"] == 20
+    refusal = run["results"][2]
+    assert refusal["message"]["text"].startswith("refused: q/k/v projections in `self.linears` not fused: no call")
+    assert refusal["locations"][0]["physicalLocation"]["region"]["startLine"] == 14
     edit = run["results"][0]
     assert edit["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith(
         "mingpt_tril_buffer.before.py")

@@ -276,3 +276,151 @@ def test_plural_role_names_convert_strict_and_compute_the_same(build: str, shape
     want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
     for a, b in zip(want, got):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+# q/k/v as elements 0-2 of a list of four Linears (element 3: the output projection), zipped.
+LISTED = FOLDER / "listed_projections_zip.before.py"
+
+
+@pytest.mark.parametrize("case, words", [
+    ("listed_projections_cross_call", ["`self.mix(x, memory, memory)` on line 47", "cross-attention"]),
+    ("listed_projections_init_loop", ["`self.linears` is used in __init__ on line 18"]),
+])
+def test_listed_refusals_name_the_cause(case: str, words: list[str]) -> None:
+    path = FOLDER / f"{case}.noop.py"
+    [refusal] = _run(path, path.read_text()).refusals
+    assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_listed_plan_concatenates_three_elements_and_renames_the_fourth() -> None:
+    [plan] = _run(LISTED, LISTED.read_text()).plans
+    assert plan.qualname == "HeadedAttention"
+    assert [(c.target, c.sources, c.dim) for c in plan.concatenated] == [
+        ("qkv.weight", ["linears.0.weight", "linears.1.weight", "linears.2.weight"], 0),
+        ("qkv.bias", ["linears.0.bias", "linears.1.bias", "linears.2.bias"], 0),
+    ]
+    assert plan.renamed == {"linears.3.weight": "out.weight", "linears.3.bias": "out.bias"}
+
+
+@pytest.mark.parametrize("change, words", [
+    (("(h, h, h)", "(h)"), ["passes h, ?, ?"]),  # defaults decide: not provably one tensor
+    (("b = query.size(0)", "key = key * 1\n        b = query.size(0)"), ["`key` is rebound in forward"]),
+    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["not used exactly as q/k/v", "line 25: self.linears[2](mixed)"]),
+    (("replicate(nn.Linear(width, width), 4)",
+      "nn.ModuleList([nn.Linear(width, width)] * 3 + [nn.Linear(width, width, bias=False)])"), None),
+    (("self.attention = HeadedAttention(width, heads)", "self.attention = make(HeadedAttention, width)"),
+     ["`HeadedAttention` on line 32 is used other than as `self.<name> = HeadedAttention(...)`"]),
+    (("return x + self.attention(h, h, h)", "return x + self.attention.forward(h, key=x, value=h)"),
+     ["`self.attention.forward(h, key=x, value=h)` on line 36 passes h, x, h"]),
+    (("return x + self.attention(h, h, h)", "return x + self.attention.register_forward_hook(print)"),
+     ["`self.attention` on line 36 is used other than called"]),
+    (("import copy\n", "import copy\n\nNAME = 'HeadedAttention'\n"),
+     ["`'HeadedAttention'` on line 3 names `HeadedAttention` in a string"]),
+])
+def test_listed_hazards_are_refused(change: tuple[str, str], words: list[str] | None) -> None:
+    text = LISTED.read_text()
+    assert change[0] in text
+    result = _run(LISTED, text.replace(*change))
+    assert result.migrated == text.replace(*change) and not result.edits
+    if words is not None:
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_listed_three_plan_has_no_output_and_negative_index_is_the_value() -> None:
+    path = FOLDER / "listed_three_zip.before.py"
+    [plan] = _run(path, path.read_text()).plans
+    assert plan.renamed == {} and [c.sources for c in plan.concatenated][0] == [
+        "input_maps.0.weight", "input_maps.1.weight", "input_maps.2.weight"]
+    [fix] = _run(path, path.read_text()).edits
+    assert fix.message == "input_maps[0..2] -> fused `qkv` + split"
+    text = path.read_text().replace("self.merge(", "self.input_maps[-1](")  # element 2 (v) again: not an output
+    result = _run(path, text)
+    assert result.migrated == text and "line 24: self.input_maps[-1](" in result.refusals[0].reason
+
+
+def test_listed_old_style_super_and_forward_calls_are_followed() -> None:
+    text = LISTED.read_text().replace("super().__init__()\n        self.heads", "super(HeadedAttention, self).__init__()\n"
+                                      "        self.heads").replace("self.attention(h, h, h)", "self.attention.forward(h, h, h)")
+    result = _run(LISTED, text)
+    assert not result.refusals and "super(HeadedAttention, self)" in result.migrated and "self.qkv(query)" in result.migrated
+
+
+@pytest.mark.parametrize("stem, build", [
+    ("listed_projections_zip", "Block(32, 4)"), ("listed_three_zip", "EncoderBlock(32, 4)")])
+def test_listed_zip_rewrite_stays_fx_traceable(stem: str, build: str) -> None:
+    """The split is unpacked into names before the comprehension: torch.fx cannot iterate a Proxy."""
+    pytest.importorskip("torch")
+    import torch.fx
+    from convert_support import load_module
+
+    torch.fx.symbolic_trace(eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))))
+
+
+def test_listed_without_any_caller_is_refused() -> None:
+    text = LISTED.read_text().split("class Block")[0]
+    [refusal] = _run(LISTED, text).refusals
+    assert "no call of a `HeadedAttention` in the tree" in refusal.reason
+
+
+def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
+    text = LISTED.read_text().split("class Block")[0]
+    result = _run(LISTED, text.replace("(query, key, value)", "(query, query, query)"))
+    assert not result.refusals and "q, k, v = self.qkv(query).chunk(3, dim=-1)\n" in result.migrated
+
+
+@pytest.mark.parametrize("decoder, words", [
+    ("from attn import HeadedAttention\n", None),  # an import alone builds nothing
+    ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Mixer(nn.Module):\n"
+     "    def __init__(self):\n        super().__init__()\n        self.attention = HeadedAttention(8, 2)\n\n"
+     "    def forward(self, x):\n        return self.attention.forward(x, x, x)\n", None),
+    ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Cross(nn.Module):\n"
+     "    def __init__(self):\n        super().__init__()\n        self.attention = HeadedAttention(8, 2)\n\n"
+     "    def forward(self, x, m):\n        return self.attention(x, m, m)\n",
+     ["`self.attention(x, m, m)` on line", "decoder.py:11 passes x, m, m as query, key, value"]),
+    ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on line", "decoder.py:1 is used other than"]),
+    ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["decoder.py:3 is used other than"]),
+    ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on line", "decoder.py:2 reaches"]),
+])
+def test_listed_follows_instances_into_other_files(tmp_path: Path, decoder: str, words: list[str] | None) -> None:
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"attn.py": LISTED.read_text(), "decoder.py": decoder})
+    path = tmp_path / "attn.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    assert not result.errors, result.errors
+    if words is None:
+        assert not result.refusals and "self.qkv(query)" in result.migrated
+    else:
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+@pytest.mark.parametrize("stem, build, keys", [
+    ("listed_projections_zip", "Block(32, 4)", ["attention.linears.0.weight", "attention.out.bias"]),
+    ("listed_projections_indexed", "Stack(32, 4, 2)", ["layers.1.mixer.maps.3.weight", "layers.1.mixer.qkv.weight"]),
+    ("listed_three_zip", "EncoderBlock(32, 4)", ["attention.input_maps.2.bias", "attention.qkv.bias"]),
+])
+def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, keys: list[str]) -> None:
+    """The whole model (the attention under a prefix): checkpoint through the plan, strict load."""
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    torch.manual_seed(0)
+    before = FOLDER / f"{stem}.before.py"
+    old = eval(build, vars(load_module(before))).eval()
+    with torch.no_grad():  # deep copies of one Linear start equal: make every element tell
+        for param in old.parameters():
+            param.copy_(torch.randn_like(param) * 0.3)
+    new = eval(build, vars(load_module(FOLDER / f"{stem}.after.py"))).eval()
+    [plan] = _run(before, before.read_text()).plans
+    converted = convert_state_dict(old.state_dict(), [plan])[0]
+    assert keys[0] in old.state_dict() and keys[1] in converted
+    new.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+    qkv = next(m for name, m in new.named_modules() if name.endswith(".qkv"))
+    with torch.no_grad():  # the check can fail: swapping q and k breaks it
+        qkv.weight.copy_(qkv.weight.view(3, -1, 32)[[1, 0, 2]].reshape(-1, 32))
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)

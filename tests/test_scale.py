@@ -64,7 +64,7 @@ def test_two_jobs_print_the_same_as_one_in_input_order(tmp_path):
     assert one == two
     per_file, _, table = one[1].partition("\n\n")  # the census table follows the files' lines
     printed = [line.split(":")[0] for line in per_file.splitlines()]
-    assert printed == sorted(printed) and len(printed) == 4  # returns_probs: a refusal and a not-understood q/k/v list
+    assert printed == sorted(printed) and len(printed) == 4  # returns_probs: two refusals (TFM101, TFM102)
     assert table.splitlines()[0].startswith("rule")
 
 

@@ -18,6 +18,7 @@ from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
                                     linear_arguments, naming_string, other_init_uses, triples)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
@@ -32,6 +33,10 @@ class SeparateQkvToFused(Rule):
     Why: one (d -> dq + dk + dv) matmul instead of three small ones: fewer kernel launches and a
     better-shaped GEMM; it is also the layout modern code and checkpoints use.
 
+    Also q/k/v as elements 0-2 of a list of equal Linears (`clones(nn.Linear(d, d), 4)`, a
+    ModuleList comprehension of 3 or 4; element 3 the output projection), zipped with
+    `(query, key, value)` or called by index: they become `self.qkv` (and `self.out`).
+
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
     in q, k, v order computes exactly the three projections. Applied only when the three take the
     same input size, agree on bias, and forward applies each exactly once, on the same binding of
@@ -43,7 +48,8 @@ class SeparateQkvToFused(Rule):
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
     raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
-    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear.
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear. Lists:
+    `qkv.* = cat(linears.0/1/2.*)`, `linears.3.*` renamed `out.*`.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
     both); bias presence differs; `in_features` differ; a projection is used anywhere but one
@@ -55,7 +61,11 @@ class SeparateQkvToFused(Rule):
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
     object's attribute); products spelled differently; raw biases added (not fused yet); the
-    weights differ in more than their output size.
+    weights differ in more than their output size. Lists: forward's query/key/value are three
+    parameters and some call of an instance passes different names (naming that call), or no call
+    is in the tree, or an instance is built or reached other than `self.<a> = Cls(...)` called as
+    `self.<a>(...)`/`.forward(...)` (here or in a file importing the class); a parameter rebound
+    before it is projected; `__init__` or any method uses the list other than so (an init loop).
     """
 
     code = "TFM102"
@@ -86,6 +96,8 @@ class SeparateQkvToFused(Rule):
                                   "put each projection on its own line, then rerun")
                     continue
                 yield from self._triple(ctx, cls, triple)
+            for attribute in listed_candidates(ctx, cls):
+                yield self._listed(ctx, cls, attribute)
 
     def _triple(self, ctx, cls, triple: Triple) -> Iterator[Finding]:
         subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
@@ -101,6 +113,19 @@ class SeparateQkvToFused(Rule):
         except Blocked as exc:
             yield Refusal(ctx.line(subs[0].statement), f"q/k/v projections not fused: {exc}",
                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+
+    def _listed(self, ctx, cls, attribute: str) -> Finding:
+        statement = cls.submodules[attribute].statement
+        try:
+            fusion = listed_fusion(ctx, cls, attribute)
+        except Blocked as exc:
+            return Refusal(ctx.line(statement), f"q/k/v projections in `self.{attribute}` not fused: {exc}",
+                           "fuse by hand, or mark the class `# tf-migrate: skip[TFM102]`")
+        fusion.plan.rules.append(self.code)
+        inits = fan_inits.generic_shape_inits(ctx, 0)
+        message = f"{attribute}[0..2] -> fused `qkv` + split" + (f", {attribute}[3] -> `out`" if fusion.plan.renamed else "")
+        return Fix(line=ctx.line(statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
+                   replacements=fusion.replacements, plans=[fusion.plan])
 
     def _linear(self, ctx, cls, triple, subs) -> Fix:
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
