@@ -54,10 +54,7 @@ def init_values(cls: "ModuleClass", attribute: str) -> list[cst.BaseExpression]:
 
 
 def enclosing_function(ctx: "FileContext", node: cst.CSTNode) -> cst.FunctionDef | None:
-    current = ctx.parents.get(node)
-    while current is not None and not isinstance(current, cst.FunctionDef):
-        current = ctx.parents.get(current)
-    return current
+    return ctx.index.enclosing(node, cst.FunctionDef) if node in ctx.index else None
 
 
 def parameter_default(function: cst.FunctionDef, name: str) -> cst.BaseExpression | None:
