@@ -55,7 +55,8 @@ class SinusoidalToRotary(Rule):
     name = "rope"
     equivalence = Equivalence.COMPATIBLE
     summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
-    triggers = ("sin(", "sin_(")  # torch.sin(, .sin(), math.sin(, .sin_()
+    # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds
+    triggers = ("sin(", "sin_(", "pos", "Pos")
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
         "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
@@ -91,6 +92,11 @@ class SinusoidalToRotary(Rule):
         return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
+        findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
+        yield from findings
+        yield from _unmatched_refusals(ctx, self.code, findings)
+
+    def _check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
         if not additions:
             return
@@ -163,6 +169,22 @@ class SinusoidalToRotary(Rule):
                          if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
                       maybe_unused_imports=_TABLE_IMPORTS)
+
+
+def _unmatched_refusals(ctx, code: str, findings: list[Finding]) -> Iterator[Refusal]:
+    """The census's tables the matcher said nothing about: refused with the census's reason (a
+    table in another file, a 2-D table, a factory that may build a learned one, a route the
+    matcher does not rewrite), so that no sinusoidal table passes in silence."""
+    from tf_migrate.rules.rope.census import sites
+
+    lines = [f.line for f in findings]
+    for site in sites(ctx, code):
+        component = site.component
+        spans = [(component.start_line, component.end_line), *component.scopes]
+        spans += [(a, a) for a in component.anchors]
+        if any(start <= line <= end for line in lines for start, end in spans):
+            continue
+        yield Refusal(site.line, site.reason, site.hint)
 
 
 # What a removed table may have been the last user of (removed only when nothing reads it).
