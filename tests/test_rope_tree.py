@@ -51,16 +51,6 @@ TABLES = '''
         return WaveTable(width)
 
 
-    def grid_table(width, side):
-        rows, cols = np.meshgrid(np.arange(side, dtype=np.float64), np.arange(side, dtype=np.float64))
-
-        def half(coords):
-            rates = 1.0 / np.power(10000, np.arange(width // 4) / (width / 4))
-            angles = coords.reshape(-1)[:, None] * rates[None, :]
-            return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-        return np.concatenate([half(rows), half(cols)], axis=1)
-
 
     def fixed_rows(width, longest=64):
         rows = torch.zeros(longest, width)
@@ -86,11 +76,28 @@ TABLES = '''
             return self.both[:, middle - x.size(1) + 1: middle + x.size(1)]
 '''
 
+GRIDS = '''
+    """Image tables: no nn.Module here, only the function a model file calls."""
+    import numpy as np
+
+
+    def grid_table(width, side):
+        rows, cols = np.meshgrid(np.arange(side, dtype=np.float64), np.arange(side, dtype=np.float64))
+
+        def half(coords):
+            rates = 1.0 / np.power(10000, np.arange(width // 4) / (width / 4))
+            angles = coords.reshape(-1)[:, None] * rates[None, :]
+            return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+        return np.concatenate([half(rows), half(cols)], axis=1)
+'''
+
 MODEL = '''
     import torch
     import torch.nn as nn
 
-    from .tables import WaveTable, grid_table, make_positions
+    from .grids import grid_table
+    from .tables import WaveTable, make_positions
 
 
     class Embed(nn.Module):
@@ -174,9 +181,10 @@ ATTENTION = '''
 
 def _run(tmp_path: Path):
     project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/tables.py": TABLES, "pkg/model.py": MODEL,
-                                       "pkg/attention.py": ATTENTION, "train.py": SCRIPT})
+                                       "pkg/attention.py": ATTENTION, "pkg/grids.py": GRIDS,
+                                       "train.py": SCRIPT})
     results = {}
-    for name in ("tables", "model", "attention"):
+    for name in ("tables", "model", "attention", "grids"):
         path = tmp_path / "pkg" / f"{name}.py"
         results[name] = migrate_source(path.read_text(), str(path), [r() for r in select_rules(["TFM401"])],
                                        project)
@@ -217,13 +225,15 @@ def test_the_table_file_names_where_the_table_is_added(tmp_path: Path) -> None:
     results = _run(tmp_path)
     tables = {c.start_line: c for c in results["tables"].components}
     sin = _line(TABLES, "table[:, 0::2] = torch.sin(where * rates)")
-    grid = _line(TABLES, "return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)")
-    assert sorted(tables) == [sin, grid]
+    assert sorted(tables) == [sin]
     added = _line(MODEL, "x += self.where(ids)")
     assert tables[sin].outcome == "refused"
     assert f"returned by `WaveTable` and added to the token stream in pkg/model.py (line {added})" \
         in tables[sin].reason
-    assert "2-D image position table" in tables[grid].reason
+    grids = results["grids"].components  # a file without nn.Module classes is still read
+    grid = _line(GRIDS, "return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)")
+    assert [(c.start_line, c.outcome) for c in grids] == [(grid, "refused")]
+    assert "2-D image position table" in grids[0].reason
 
 
 def test_a_relative_table_handed_to_a_projection_is_no_component(tmp_path: Path) -> None:

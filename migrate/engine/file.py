@@ -96,7 +96,9 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     project.add(key, text, tree)
     with project.analysing(key):
         # Every rule works inside nn.Module classes; a base may be one through another project file.
-        if may_define_modules(tree) or project.defines_modules(key):
+        if not (may_define_modules(tree) or project.defines_modules(key)):
+            active = [rule for rule in active if any(word in text for word in rule.outside_modules)]
+        if active:
             _with_deep_stack(_run_rules, result, text, path, active, project, key)
         result.depends = sorted(project.reads)
     project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker

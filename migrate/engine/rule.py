@@ -87,6 +87,9 @@ class Rule:
     summary: ClassVar[str]
     # Words one of which must appear in a file's raw text for the rule to have a candidate.
     triggers: ClassVar[tuple[str, ...]]
+    # Words that make the rule look at a file that defines no nn.Module class (a module-level
+    # function another file's model calls); by default a rule looks only inside modules.
+    outside_modules: ClassVar[tuple[str, ...]] = ()
     # Per-rule options with their defaults; values come from config and the command line.
     options: ClassVar[Mapping[str, Any]] = {}
     example_before: ClassVar[str] = ""

@@ -57,6 +57,7 @@ class SinusoidalToRotary(Rule):
     summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
     # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds
     triggers = ("sin(", "sin_(", "pos", "Pos")
+    outside_modules = ("sin(", "sin_(")  # a table function another file's model calls
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
         "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
