@@ -241,3 +241,19 @@ def test_a_relative_table_handed_to_a_projection_is_no_component(tmp_path: Path)
     assert not results["attention"].components and not results["attention"].refusals
     offsets = _line(TABLES, "class Offsets")
     assert all(c.start_line < offsets for c in results["tables"].components)
+
+
+def test_the_command_line_reads_the_module_less_table_file(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from tf_migrate.cli import main
+
+    write_project(tmp_path, {"pkg/__init__.py": "", "pkg/tables.py": TABLES, "pkg/model.py": MODEL,
+                             "pkg/grids.py": GRIDS})
+    run = CliRunner().invoke(main, [str(tmp_path / "pkg"), "--select", "TFM401", "--format", "json", "--no-cache"])
+    document = json.loads(run.output)
+    assert all(not f["errors"] for f in document["files"]), document["files"]
+    grids = next(f for f in document["files"] if f["path"].endswith("grids.py"))
+    assert [r["line"] for r in grids["refusals"]] == [_line(GRIDS, "return np.concatenate([np.sin(angles)")]
