@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tf_migrate.analysis.census import dotted, self_attribute, walker
+from tf_migrate.analysis.census import FileIndex, Walker, dotted, self_attribute, walker
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -59,6 +59,19 @@ class User:
     factory: bool
 
 
+def _walker(project, path: str) -> Walker | None:
+    """The census walker of another file, from its `ast` alone (no libcst parse)."""
+    def compute():
+        text = project.text(path)
+        try:
+            return Walker(FileIndex(ast.parse(text))) if text is not None else None
+        except (SyntaxError, ValueError, RecursionError):
+            return None
+
+    project.summary(path)  # records the read
+    return project.memo(("rope.walker", path), compute)
+
+
 def _relpath(project, path: str) -> str:
     try:
         return os.path.relpath(path, project.root)
@@ -74,11 +87,11 @@ def exports_of(project, path: str) -> dict[str, Source]:
         text = project.text(path)
         if text is None or not any(t in text for t in ("sin(", "sin_(")):
             return {}
-        ctx = project.context(path)
-        if ctx is None:
+        walk = _walker(project, path)
+        if walk is None:
             return {}
         found: dict[str, Source] = {}
-        for table in tables(walker(ctx)):
+        for table in tables(walk):
             for function in table.exports:
                 if function.cls is not None:
                     name, kind = function.cls.qualname, "class"
@@ -117,16 +130,13 @@ def _factory_source(project, symbol) -> tuple[Source, list[str]] | None:
 
 def imported_additions(ctx: "FileContext") -> list[Use]:
     """The additions of this file that a table from another file reaches."""
-    return ctx.memo("rope.imported", lambda: list(_imported(ctx)))
+    return ctx.memo("rope.imported", lambda: list(_imported(ctx.project, ctx.project_key, walker(ctx))))
 
 
-def _imported(ctx: "FileContext"):
+def _imported(project, here: str, walk: Walker):
     from tf_migrate.rules.rope.census import (_not_tokens, carries_table, is_addition, return_sites,
                                               two_d_reason)
 
-    project = ctx.project
-    here = ctx.project_key
-    walk = walker(ctx)
     for call in walk.index.calls:
         name = dotted(call.func)
         if not name or name.split(".")[0] == "self":
@@ -175,12 +185,13 @@ def first_user(ctx: "FileContext", table) -> User | None:
         text = project.text(path)
         if text is None or not any(name in text for name in short):
             continue
-        other = project.context(path)
+        other = _walker(project, path)
         if other is None:
             continue
-        for use in imported_additions(other):
+        uses = project.memo(("rope.imported", path), lambda: list(_imported(project, path, other)))
+        for use in uses:
             if use.source.path == here and use.source.name in exported:
-                line = walker(other).index.statement_of(use.addition).lineno
+                line = other.index.statement_of(use.addition).lineno
                 return User(_relpath(project, path), line, use.source.name, use.reason, use.hint,
                             use.source.two_d, use.factory)
     return None
@@ -249,10 +260,9 @@ def _passed_tables(ctx: "FileContext", cls: ast.ClassDef, parameter: ast.arg):
         text = project.text(path) if path != here else None
         if text is None or cls.name not in text:
             continue
-        other = project.context(path)
-        if other is None:
+        walk = _walker(project, path)
+        if walk is None:
             continue
-        walk = walker(other)
         for call in walk.index.calls:
             name = dotted(call.func)
             if not name or name.rsplit(".", 1)[-1] != cls.name:
@@ -262,20 +272,19 @@ def _passed_tables(ctx: "FileContext", cls: ast.ClassDef, parameter: ast.arg):
             value = _argument(call, cls, parameter)
             if value is None:
                 continue
-            source = _source_behind(other, walk, value)
+            source = _source_behind(project, path, walk, value)
             if source is not None:
                 return source, _relpath(project, path), call.lineno
     return None
 
 
-def _source_behind(ctx: "FileContext", walk, value: ast.AST) -> Source | None:
-    """The exported table a value of this file is computed from (a call of a tree function)."""
-    project = ctx.project
+def _source_behind(project, path: str, walk, value: ast.AST) -> Source | None:
+    """The exported table a value of file `path` is computed from (a call of a tree function)."""
     found: list[Source] = []
 
     def hit(n, function):
         if isinstance(n, ast.Call) and dotted(n.func):
-            for symbol in project.resolve_dotted(ctx.project_key, dotted(n.func)):
+            for symbol in project.resolve_dotted(path, dotted(n.func)):
                 if symbol.kind == "function" and symbol.path:
                     source = exports_of(project, symbol.path).get(symbol.qualname)
                     if source is not None:
