@@ -43,7 +43,10 @@ class SinusoidalToRotary(Rule):
     the positions are not added to token embeddings; the model uses built-in transformer layers
     or classes imported from other files; an attention's q and k cannot be found, or its keys come
     from another argument than its queries (possible cross-attention); keys are concatenated with
-    a cache after the scores. A bad option (`positions` neither `rope` nor `alibi`, `base` not a
+    a cache after the scores. Tables the census finds that this matcher does not rewrite are
+    refused with the census's reason (see census.py, tree.py): built or added in another file, a
+    2-D image table, a learned-or-sinusoidal factory, a fill under a flag, a constructor argument,
+    a table built by a helper or added outside its class. A bad option (`positions` neither `rope` nor `alibi`, `base` not a
     finite number above 1) is a usage error before any file is read.
 
     With `positions = "alibi"`, no rotary: each SDPA call gets `attn_mask=alibi_bias(q, k, ...)`
