@@ -257,3 +257,14 @@ def test_the_command_line_reads_the_module_less_table_file(tmp_path: Path) -> No
     assert all(not f["errors"] for f in document["files"]), document["files"]
     grids = next(f for f in document["files"] if f["path"].endswith("grids.py"))
     assert [r["line"] for r in grids["refusals"]] == [_line(GRIDS, "return np.concatenate([np.sin(angles)")]
+
+
+def test_positions_of_a_model_refused_elsewhere_point_to_that_refusal() -> None:
+    from helpers import MODELS
+
+    path = MODELS / "torch_builtin.py"
+    result = migrate_source(path.read_text(), str(path), [r() for r in select_rules(["TFM401"])])
+    [component] = result.components
+    assert component.outcome == "refused"
+    assert "these positions belong to the model refused at line" in component.reason
+    assert "built-in `torch.nn.TransformerEncoderLayer`" in component.reason

@@ -98,7 +98,8 @@ class SinusoidalToRotary(Rule):
     def check(self, ctx) -> Iterator[Finding]:
         findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
         yield from findings
-        yield from _unmatched_refusals(ctx, self.code, findings)
+        handled = {ctx.line(a.statement) for a in find_additions(ctx)} if findings else set()
+        yield from _unmatched_refusals(ctx, self.code, findings, handled)
 
     def _check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
@@ -175,10 +176,12 @@ class SinusoidalToRotary(Rule):
                       maybe_unused_imports=_TABLE_IMPORTS)
 
 
-def _unmatched_refusals(ctx, code: str, findings: list[Finding]) -> Iterator[Refusal]:
+def _unmatched_refusals(ctx, code: str, findings: list[Finding], handled: set[int]) -> Iterator[Refusal]:
     """The census's tables the matcher said nothing about: refused with the census's reason (a
     table in another file, a 2-D table, a factory that may build a learned one, a route the
-    matcher does not rewrite), so that no sinusoidal table passes in silence."""
+    matcher does not rewrite), so that no sinusoidal table passes in silence. An addition the
+    matcher took up (`handled`) and answered away from the table (the model's built-in layers)
+    points to that answer."""
     from tf_migrate.rules.rope.census import sites
 
     lines = [f.line for f in findings]
@@ -187,6 +190,12 @@ def _unmatched_refusals(ctx, code: str, findings: list[Finding]) -> Iterator[Ref
         spans = [(component.start_line, component.end_line), *component.scopes]
         spans += [(a, a) for a in component.anchors]
         if any(start <= line <= end for line in lines for start, end in spans):
+            continue
+        if handled & {site.line, *component.anchors}:
+            answer = next((f for f in findings if isinstance(f, Refusal)), None)
+            if answer is not None:
+                yield Refusal(site.line, f"these positions belong to the model refused at line {answer.line}: "
+                              f"{answer.reason}", answer.hint)
             continue
         yield Refusal(site.line, site.reason, site.hint)
 

@@ -224,6 +224,11 @@ def _local_site(walk, code: str, table: Table, addition: ast.AST) -> Site:
                   f"under the `if` at line {table.condition}; otherwise the same addition (line {line}) adds "
                   "a trainable table, whose trained values cannot become rotary")
         hint = ""
+    elif together and getattr(table_function.node, "name", "") == "__init__":
+        reason = (f"the table built in `{table_function.qualname}` (line {table.start}) is added at line {line} "
+                  "without being a registered buffer read directly there: TFM401 removes a table only when it "
+                  "is a buffer of the class that adds it, or computed in the method that adds it")
+        hint = "register the table as a buffer and add `self.<buffer>[...]` in forward"
     elif together:
         reason = (f"the table is built by the helper `{_name(table_function)}` (line {table.start}) and "
                   f"added at line {line}: TFM401 removes a table only when it is built in `__init__` of "
