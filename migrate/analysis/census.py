@@ -396,7 +396,8 @@ class Walker:
 
     def _inputs(self, node: ast.AST, function: Function, into_functions: bool) -> list[ast.AST]:
         if isinstance(node, ast.Name):
-            return list(function.definitions(node.id, node.lineno)) or self._outer(node, function)
+            line = self._statement_line(node)
+            return list(function.definitions(node.id, line)) or self._outer(node, function)
         attribute = self_attribute(node)
         if attribute is not None and function.cls is not None:
             return list(function.cls.attributes.get(attribute, ()))[:4]
@@ -408,6 +409,14 @@ class Walker:
                 found.extend(r.value for r in ast.walk(callee.node)
                              if isinstance(r, ast.Return) and r.value is not None)
         return found
+
+    def _statement_line(self, node: ast.AST) -> int:
+        """The first line of the statement holding `node`: a read on the second line of
+        `x = (2 *\n x)` is reached by the binding before that statement, not by the statement itself."""
+        current = node
+        while current is not None and not isinstance(current, ast.stmt):
+            current = self.index.parents.get(current)
+        return current.lineno if current is not None else node.lineno
 
     def arguments_for(self, parameter: ast.arg) -> list[ast.AST]:
         """What the callers in this file pass for `parameter`: `self.method(...)` calls in the
