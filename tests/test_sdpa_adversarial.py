@@ -43,6 +43,8 @@ def _refusals(case: str):
                                        "`weights`, bound from `self.mix(q, k, v)` at line 28, is read at line 30"]),
     ("softmax_module_hooked", 26, ["`self.mixer.softmax.register_forward_hook`", "silently stop firing"]),
     ("dropout_hooked_by_type", 18, ["`isinstance(module, nn.Dropout)`", "registered in this file (line 19)"]),
+    ("autograd_softmax_function", 25, ["scores at line 23", "softmax at line 24",
+                                       "the custom autograd function `FusedMaskSoftmax.apply(...)` (line 24)"]),
     # in-place mask helpers (read across files: tests/test_sdpa_helpers.py)
     ("helper_fill_hides_diagonal", 22, ["`hide_after_(...)` at line 22 hides the diagonal too"]),
     ("helper_fill_other_work", 22, ["`w` is changed in place by `soften_future_(...)` at line 22",

@@ -615,6 +615,8 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
     with `self.softmax = nn.Softmax(...)`, or a helper named for it (`masked_softmax`)."""
     if not isinstance(node, ast.Call):
         return False
+    if _autograd_softmax(node):
+        return True
     name = last_name(node.func).lower()
     if "log_softmax" in name or "softmax" not in name and "softmax" not in _built_by(node.func, function).lower():
         return False
@@ -627,9 +629,18 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
 def softmax_input(node: ast.Call, modules: frozenset[str] = frozenset()) -> ast.AST | None:
     """`x` of `F.softmax(x, -1)`, `self.softmax(x)`, `nn.Softmax(-1)(x)` and `x.softmax(-1)`."""
     func = node.func
+    if _autograd_softmax(node):
+        return node.args[0]
     if isinstance(func, ast.Attribute) and not is_namespace(func.value, modules) and self_attribute(func) is None:
         return func.value
     return node.args[0] if node.args else None
+
+
+def _autograd_softmax(node: ast.Call) -> bool:
+    """`MaskedSoftmax.apply(x, ...)`: a custom autograd Function named for a softmax."""
+    func = node.func
+    return (isinstance(func, ast.Attribute) and func.attr == "apply" and bool(node.args)
+            and "softmax" in last_name(func.value).lower() and "log_softmax" not in last_name(func.value).lower())
 
 
 def _built_by(func: ast.AST, function: Function) -> str:

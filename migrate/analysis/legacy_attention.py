@@ -48,7 +48,7 @@ def _sites(walk: Walker) -> Iterator[AttentionSite]:
     for node in index.calls:
         function = index.function_of(node)
         if ("softmax" in last_name(node.func).lower() or self_attribute(node.func) is not None
-                or isinstance(node.func, ast.Call)) and is_softmax(node, function):
+                or isinstance(node.func, ast.Call) or last_name(node.func) == "apply") and is_softmax(node, function):
             site = _site(walk, function, node)
             if site is not None and (id(site.scores), id(site.output)) not in seen:
                 seen.add((id(site.scores), id(site.output)))
