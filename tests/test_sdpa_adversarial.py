@@ -47,7 +47,7 @@ def _refusals(case: str):
                                        "the custom autograd function `FusedMaskSoftmax.apply(...)` (line 24)"]),
     # in-place mask helpers (read across files: tests/test_sdpa_helpers.py)
     ("helper_fill_hides_diagonal", 22, ["`hide_after_(...)` at line 22 hides the diagonal too"]),
-    ("helper_fill_other_work", 22, ["`w` is changed in place by `soften_future_(...)` at line 22",
+    ("helper_fill_other_work", 22, ["`w` is passed to `soften_future_(...)` at line 22",
                                     "line 7) does more than fill one triangle"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:

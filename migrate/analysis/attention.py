@@ -245,8 +245,8 @@ class _Chain:
                 continue
             line = self.line(call, statement)
             if isinstance(helper, UnknownHelper):
-                raise Refused(line, f"`{name}` is changed in place by `{helper.name}(...)` at line {line}, whose "
-                              f"body ({helper.where}) does more than fill one triangle of it",
+                raise Refused(line, f"`{name}` is passed to `{helper.name}(...)` at line {line}, whose body "
+                              f"({helper.where}) does more than fill one triangle of it in place",
                               "inline what the helper does to the scores as a masked_fill")
             hides = self._hiding_value(helper.value) if helper.value_is_callers else helper.hides_by_itself()
             if not hides:
