@@ -90,6 +90,9 @@ class Rule:
     # Words that make the rule look at a file that defines no nn.Module class (a module-level
     # function another file's model calls); by default a rule looks only inside modules.
     outside_modules: ClassVar[tuple[str, ...]] = ()
+    # Also reads module-level functions: the rule runs on a file without any nn.Module class when
+    # the file defines a function at its top level (attention written as a free function).
+    free_functions: ClassVar[bool] = False
     # Per-rule options with their defaults; values come from config and the command line.
     options: ClassVar[Mapping[str, Any]] = {}
     example_before: ClassVar[str] = ""

@@ -31,6 +31,7 @@ class RuleInfo:
     options: Mapping[str, Any]
     module: str
     outside_modules: tuple[str, ...] = ()
+    free_functions: bool = False  # see Rule.free_functions
 
 
 class LazyRule:
@@ -41,6 +42,7 @@ class LazyRule:
         self.code, self.name, self.equivalence = info.code, info.name, info.equivalence
         self.triggers = info.triggers
         self.outside_modules = info.outside_modules
+        self.free_functions = info.free_functions
         self.settings = {**info.options, **(options or {})}
         self._options = dict(options or {})
         self._rule: Rule | None = None
@@ -72,6 +74,8 @@ def _literal_fields(node: ast.ClassDef) -> dict[str, Any] | None:
             if not (isinstance(value, ast.Attribute) and value.attr in Equivalence.__members__):
                 return None
             values[key] = Equivalence[value.attr]
+        elif key == "free_functions" and isinstance(value, ast.Constant) and isinstance(value.value, bool):
+            values[key] = value.value
         elif key in _FIELDS or key in _OPTIONAL:
             try:
                 values[key] = ast.literal_eval(value)
@@ -99,7 +103,8 @@ def _infos_in(module: str, source: str) -> list[RuleInfo] | None:
 def _imported_infos(module: str) -> list[RuleInfo]:
     loaded = importlib.import_module(module)
     return [RuleInfo(rule.code, rule.name, rule.equivalence, rule.summary, tuple(rule.triggers),
-                     dict(rule.options), module, tuple(rule.outside_modules))
+                     dict(rule.options), module, outside_modules=tuple(rule.outside_modules),
+                     free_functions=rule.free_functions)
             for rule in Rule.registry.values() if rule.__module__ == loaded.__name__]
 
 
