@@ -13,12 +13,13 @@ import libcst as cst
 from tf_migrate.analysis.dataflow import loads
 from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.analysis.nodes import find, walk
+from tf_migrate.rules.prenorm.tree import files_naming, holders, names_class
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
     from tf_migrate.analysis.modules import ModuleClass
 
-_CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
+CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
 
 @dataclass
@@ -27,22 +28,28 @@ class Stack:
     attr: str  # self.<attr> holds the blocks
     statement: cst.SimpleStatementLine  # the __init__ statement that builds the stack
     path: str  # from the stack class to one block instance: "self.layers[-1].ff"
+    fctx: "FileContext | None" = None  # the file of the stack class
 
 
 def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> list[Stack]:
-    """Every stack holding instances of `block` (an encoder and a decoder may share a layer)."""
+    """Every stack holding instances of `block` (an encoder and a decoder may share a layer), in
+    this file or, through imports, in another file of the tree (then `fctx` names that file)."""
     name = block.node.name.value
-    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", ctx)
              for cls in ctx.module_classes for sub in cls.submodules.values()
-             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)
+             if sub.callee in CONTAINERS and _stacks(ctx, cls, sub.call, name)
              and not _changed_later(ctx, cls, sub)]
+    for other in files_naming(ctx, name):
+        if names_class(other, name, ctx, block):
+            found += [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", other)
+                      for cls in other.module_classes for sub in cls.submodules.values()
+                      if sub.callee in CONTAINERS and _stacks(other, cls, sub.call, name)
+                      and not _changed_later(other, cls, sub)]
     if depth >= 3:
         return found
-    for cls in ctx.module_classes:
-        for sub in cls.submodules.values():
-            if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name and cls is not block:
-                found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
-                             for outer in find_stacks(ctx, cls, depth + 1))
+    for fctx, cls, sub in holders(ctx, block):
+        found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}", outer.fctx)
+                     for outer in find_stacks(fctx, cls, depth + 1))
     return found
 
 
@@ -163,10 +170,20 @@ def _loop_carried(loop: cst.For) -> str | None:
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
             small = statement.body[0]
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
-                    and isinstance(small.targets[0].target, cst.Name) \
+                    and _first_target(small.targets[0].target) is not None \
                     and isinstance(small.value, cst.Call) \
                     and isinstance(small.value.func, cst.Name) and small.value.func.value in blocks:
-                variable = small.targets[0].target.value
+                variable = _first_target(small.targets[0].target)
                 if any(n.value == variable for n in loads(small.value, variable)):
                     return variable
+    return None
+
+
+def _first_target(target: cst.BaseAssignTargetExpression) -> str | None:
+    """`x = layer(x)` -> x; `x, attn = layer(x)` (a block that also returns its attention) -> x."""
+    if isinstance(target, cst.Name):
+        return target.value
+    if isinstance(target, cst.Tuple) and target.elements and all(
+            isinstance(e.value, cst.Name) for e in target.elements):
+        return target.elements[0].value.value
     return None
