@@ -23,7 +23,8 @@ from tf_migrate.rules.prenorm.flags import flag_finding
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, find_run, find_stacks
-from tf_migrate.rules.prenorm.tree import aliased_params, component, reads_before, stack_members
+from tf_migrate.rules.prenorm.tree import (aliased_params, component, own_norm_of, own_norm_parameters,
+                                           reads_before, stack_members)
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
@@ -225,15 +226,18 @@ class PostNormToPreNorm(Rule):
         path, mfctx, mcls, found = [m for m in members if m[3] is not None and m[3].post][-1]
         norm = mcls.submodules[found.post[-1].norm].call
         callee = mfctx.names.callee(norm) or ""
-        nn, needed = reference(ctx, "torch.nn", "nn")
-        func = f"{nn}.{callee.rsplit('.', 1)[-1]}"
+        own, func, imports = self._own(ctx, mfctx, mcls, found.post[-1].norm)
+        if own is None:
+            nn, needed = reference(ctx, "torch.nn", "nn")
+            imports = [needed] if needed else []
+            func = f"{nn}.{callee.rsplit('.', 1)[-1]}"
         replacements, keys, attr = final_norm(ctx, stack, find_run(stack), norm, found.post[-1].norm,
-                                              taken, norm_ctx=mfctx, path=path, func=func)
+                                              taken, norm_ctx=mfctx, path=path, func=func, own=own)
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(find_run(stack).statement), f"{stack.cls.qualname}: final norm `self.{attr}` "
                    f"after the last block (new, initialised to identity); its blocks' sublayers "
                    f"({Path(mfctx.path).name}) become pre-norm", replacements, plans=[plan],
-                   imports=[needed] if needed else [])
+                   imports=imports)
 
     def _rewrite(self, ctx, blocks, groups, refused) -> Iterator[Finding]:
         """Whole stacks only: a block sharing a stack with a refused block is refused too."""
@@ -265,10 +269,24 @@ class PostNormToPreNorm(Rule):
     def _final_norm(self, ctx, block, stack, run, taken) -> Fix:
         cls, _, found, _ = block
         norm = cls.submodules[found.post[-1].norm].call
-        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken)
+        own, func, imports = self._own(ctx, ctx, cls, found.post[-1].norm)
+        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken,
+                                              func=func, own=own)
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
-                   "the last block (new, initialised to identity)", replacements, plans=[plan])
+                   "the last block (new, initialised to identity)", replacements, plans=[plan], imports=imports)
+
+    def _own(self, ctx, fctx, cls, norm_attr):
+        """A project norm class: its parameters and `import copy` (the final norm is a deepcopy)."""
+        found = own_norm_of(fctx, cls, norm_attr)
+        if found is None:
+            return None, None, []
+        name, needed = reference(ctx, "copy", "copy")
+        if needed == ("copy", None, None):  # `copy` names something else here
+            name, needed = reference(ctx, "copy", "copy_module")
+        if needed == ("copy", None, "copy"):
+            needed = ("copy", None, None)
+        return own_norm_parameters(*found), f"{name}.deepcopy", [needed] if needed else []
 
     def _builtin(self, ctx, cls) -> Iterator[Finding]:
         for method in cls.methods.values():

@@ -92,7 +92,8 @@ def _free_name(method: cst.FunctionDef) -> str:
 
 def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Call,
                norm_attr: str, taken: set, norm_ctx: "FileContext | None" = None,
-               path: str | None = None, func: str | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
+               path: str | None = None, func: str | None = None,
+               own: list[tuple[str, str]] | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
     """`self.final_norm = <same norm type>(<shape and eps of the last block's norm>)` after the
     stack is built, applied once after the loop over the blocks. A norm read in another file
     (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one."""
@@ -108,11 +109,17 @@ def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Ca
         if flag in keywords:
             args.append(f"{flag}={keywords[flag]}")
     build = cst.parse_statement(f"self.{attr} = {func or ctx.code(norm.func)}({', '.join(args)})\n")
+    if own is not None:
+        # The project's own norm class: a copy of the last block's norm, taken right after the stack
+        # is built, has its hyper-parameters and its fresh (identity) parameters.
+        build = cst.parse_statement(f"self.{attr} = {func}({source})\n")
     apply = cst.parse_statement(f"{run.variable} = self.{attr}({run.variable})\n")
     replacements = {
         stack.statement: cst.FlattenSentinel([stack.statement, build]),
         run.statement: cst.FlattenSentinel([run.statement, apply]),
     }
+    if own is not None:
+        return replacements, [NewKey(f"{attr}.{name}", init) for name, init in own], attr
     return replacements, norm_keys(norm_ctx.names.callee(norm) or "", keywords, attr), attr
 
 

@@ -16,6 +16,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
 from tf_migrate.analysis.nodes import find
+from tf_migrate.rules.prenorm.tree import norm_class
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -92,8 +93,9 @@ class ResidualFinder:
         found = Sublayers()
         adds = _adds(self.method)
         self._refuse_long_sums(adds)
-        for add in adds:
-            statement = self.flow.statement_of(add)
+        pairs = [(add, self.flow.statement_of(add)) for add in adds] + _augmented_adds(self.method)
+        pairs.sort(key=lambda pair: self.ctx.line(pair[1]))  # sublayers in source order: the last one's norm shapes the final norm
+        for add, statement in pairs:
             if not isinstance(statement, cst.SimpleStatementLine):
                 continue
             post = self._classify(add, statement, found)
@@ -131,7 +133,8 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
-        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None
+        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
+            or norm_class(self.ctx, self.cls, node) is not None
 
     def _own_norm(self, node: cst.CSTNode) -> str | None:
         """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
@@ -168,12 +171,13 @@ class ResidualFinder:
                     f"the residual sum is normalised in a chained assignment "
                     f"`{self.ctx.code(chained).strip()}` (line {self.ctx.line(chained)}): tf-migrate "
                     "rewrites a norm bound to one name"))
+            self._refuse_reused_sum(add, statement)
             found.plain.append(self.ctx.line(statement))
             return None
-        if self._own_norm(norm_call.func):
+        if self._own_norm(norm_call.func) and norm_class(self.ctx, self.cls, norm_call.func) is None:
             raise Unprovable(self.ctx.line(norm_statement), (
-                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`: its "
-                "parameters and identity init for the final norm are unknown"))
+                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`, and it is not "
+                "one whose parameters all start at ones/zeros: an identity final norm cannot be made from it"))
         self._check_branch(branch, statement, norm_statement)
         chain = self._aliases(residual, statement) + [b.statement for b, _ in branch.through]
         chain.append(statement)
@@ -181,6 +185,18 @@ class ResidualFinder:
             chain.append(norm_statement)
         return PostNorm(self._norm_name(norm_call), norm_call, norm_statement, add, inline,
                         branch.inputs, _unique(chain))
+
+    def _refuse_reused_sum(self, add, statement) -> None:
+        """`out += x; x = self.n1(out); ... return x, out`: the sum goes into a norm and elsewhere."""
+        binding = _bound_to(statement, add)
+        uses = self.flow.uses(binding) if binding is not None else []
+        normed = [use for use in uses if self._normed(use) and isinstance(
+            self.ctx.parents.get(self.ctx.parents[self.ctx.parents[use]]), cst.Assign)]  # `x = norm(sum)`
+        if normed and len(uses) > 1:
+            other = next(use for use in uses if use not in normed)
+            raise Unprovable(self.ctx.line(other), (
+                f"the residual sum `{binding.name}` goes into a norm (line {self.ctx.line(normed[0])}) and "
+                f"is also read on line {self.ctx.line(other)}: moving the norm would change that read"))
 
     def _chained_norm(self, statement) -> cst.SimpleStatementLine | None:
         """`y = x = norm(x)` right where the sum bound by `statement` is next read."""
@@ -434,6 +450,18 @@ def _adds(method: cst.FunctionDef) -> list[cst.BinaryOperation]:
     """The `+` operations of the method's own body (an iterative walk: a 400-term sum is fine)."""
     return find(method.body, lambda node: isinstance(node, cst.BinaryOperation)
                 and isinstance(node.operator, cst.Add), into_scopes=False)
+
+
+def _augmented_adds(method: cst.FunctionDef) -> list[tuple[cst.BinaryOperation, cst.SimpleStatementLine]]:
+    """`t += r` alone on its line (r a name), read as the add `t + r` (the target node standing for
+    the old value, as the dataflow reads it): `q += residual; q = self.layer_norm(q)` is post-norm."""
+    found = []
+    for statement in find(method.body, lambda node: isinstance(node, cst.SimpleStatementLine), into_scopes=False):
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
+                and isinstance(small.target, cst.Name) and isinstance(small.value, cst.Name):
+            found.append((cst.BinaryOperation(small.target, cst.Add(), small.value), statement))
+    return found
 
 
 def _unscaled(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:

@@ -226,3 +226,59 @@ def _rel(fctx) -> str:
     import os
 
     return os.path.relpath(fctx.path, fctx.project.root)
+
+
+_PARAMETERS = ("torch.nn.Parameter", "torch.nn.parameter.Parameter")
+_IDENTITY = {"torch.ones": "ones", "torch.zeros": "zeros"}
+_NORMALISING = ("layer_norm(", "rms_norm(", "group_norm(")
+
+
+def own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[str, str]] | None:
+    """A norm class written in the project (`gamma`/`beta` LayerNorms): its parameters with their
+    init, `[("gamma", "ones"), ("beta", "zeros")]`, when `__init__` builds only parameters of
+    `torch.ones` / `torch.zeros` (the identity a fresh final norm starts at) and forward
+    normalises (`F.layer_norm`, or a mean taken away and a std / variance / rsqrt divided by);
+    None for anything else."""
+    init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
+    if init is None or forward is None or cls.buffers or any(
+            sub.callee not in _PARAMETERS for sub in cls.submodules.values()):
+        return None
+    code = fctx.code(forward)
+    if not (any(word in code for word in _NORMALISING)
+            or (".mean(" in code and any(word in code for word in (".std(", ".var(", "sqrt(", "rsqrt(")))):
+        return None
+    found = []
+    for call in _calls_in(init):
+        if fctx.names.callee(call) not in _PARAMETERS:
+            continue
+        inner = call.args[0].value if call.args else None
+        kind = _IDENTITY.get(fctx.names.callee(inner)) if isinstance(inner, cst.Call) else None
+        assign = fctx.parents.get(call)
+        if kind is None or not isinstance(assign, cst.Assign) or len(assign.targets) != 1:
+            return None
+        attribute = assign.targets[0].target
+        if not (isinstance(attribute, cst.Attribute) and isinstance(attribute.value, cst.Name)
+                and attribute.value.value == "self"):
+            return None
+        found.append((attribute.attr.value, kind))
+    if "register_parameter" in fctx.code(init):
+        return None
+    return found or None
+
+
+def norm_class(fctx: "FileContext", cls: "ModuleClass", node: cst.CSTNode) -> tuple["FileContext", "ModuleClass"] | None:
+    """The project class `self.<x>` (node) is built from, when it is a norm by its own code."""
+    from tf_migrate.analysis.names import self_attribute
+
+    name = self_attribute(node)
+    return own_norm_of(fctx, cls, name) if name else None
+
+
+def own_norm_of(fctx: "FileContext", cls: "ModuleClass", name: str) -> tuple["FileContext", "ModuleClass"] | None:
+    sub = cls.submodules.get(name)
+    if sub is None or not isinstance(sub.call.func, cst.Name):
+        return None
+    found = resolve_class(fctx, sub.call.func.value)
+    if found is None or found[1] is cls:
+        return None
+    return found if own_norm_parameters(*found) is not None else None
