@@ -287,13 +287,16 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     assert plan.qualname == "TextClassifier" and plan.rules == ["TFM201"] and not plan.new
 
 
-@pytest.mark.parametrize("name, build, keys", [
-    ("augassign_residual", "Model()", {"weight": 1.0, "bias": 0.0}),
-    ("own_layernorm_class", "Stack(32, 2, lambda: torch.nn.Linear(32, 32))", {"a_2": 1.0, "b_2": 0.0}),
+@pytest.mark.parametrize("name, build, keys, calls", [
+    ("augassign_residual", "Model()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("own_layernorm_class", "Stack(32, 2, lambda: torch.nn.Linear(32, 32))", {"a_2": 1.0, "b_2": 0.0}, ["(x,)"]),
+    ("optional_postnorm_tuple_return", "Decoder()", {"weight": 1.0, "bias": 0.0},
+     ["(x, torch.randn(2, 5, 32))", "(x, None)"]),
 ])
-def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict) -> None:
-    """`out += x; x = self.n1(out)`, a norm class of the file's own: the migrated model loads the
-    converted checkpoint with strict=True (the final norm at identity) and trains one step."""
+def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
+    """`out += x; x = self.n1(out)`, a norm class of the file's own, an optional post-norm
+    sublayer and a tuple return: the migrated model loads the converted checkpoint with
+    strict=True (the final norm at identity), runs every path and trains one step."""
     torch = pytest.importorskip("torch")
     from tf_migrate.convert.state_dict import convert_state_dict
 
@@ -308,7 +311,17 @@ def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: 
         assert torch.equal(new.get_parameter(f"final_norm.{key}"), torch.full((32,), value))
     new.train()
     optimiser = torch.optim.SGD(new.parameters(), lr=0.01)
-    loss = new(torch.randn(2, 6, 32)).pow(2).mean()
-    loss.backward()
-    optimiser.step()
-    assert torch.isfinite(loss) and new.final_norm.get_parameter(next(iter(keys))).grad is not None
+    for call in calls:
+        optimiser.zero_grad()
+        args = eval(call, {"torch": torch, "x": torch.randn(2, 6, 32)})
+        loss = next(iter(tensors(new(*args)))).pow(2).mean()
+        loss.backward()
+        optimiser.step()
+        assert torch.isfinite(loss) and new.final_norm.get_parameter(next(iter(keys))).grad is not None
+
+
+def test_norm_under_a_condition_with_an_else_is_refused() -> None:
+    name = "optional_postnorm_else.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert any("`memory is not None`" in r.reason and "an `else`" in r.reason for r in result.refusals), \
+        result.refusals

@@ -324,7 +324,7 @@ class ResidualFinder:
         ok = len(statement.body) == 1 and (
             (isinstance(small, cst.Assign) and len(small.targets) == 1
              and isinstance(small.targets[0].target, cst.Name) and small.value is call)
-            or (isinstance(small, cst.Return) and small.value is call))
+            or (isinstance(small, cst.Return) and (small.value is call or _first_of_tuple(small.value, call))))
         if not ok or len(call.args) != 1 or call.args[0].keyword or call.args[0].star:
             raise Unprovable(self.ctx.line(statement),
                              f"the norm `{self.ctx.code(call)}` is not the whole value of an "
@@ -396,14 +396,16 @@ class ResidualFinder:
             condition = self._condition(call)
             if condition is None or (
                     id(call) in pre_norms and isinstance(condition, cst.If)
-                    and any(line in self.ctx.lines(condition) for line in found.pre)):
+                    and any(line in self.ctx.lines(condition) for line in found.pre)) \
+                    or self._optional_post(call, condition, found):
                 continue
             first = first or call
             flag = _position_flag(condition.test)
             if flag is None:
                 raise Unprovable(self.ctx.line(call), (
-                    f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
-                    "the block is pre- or post-norm is decided at run time (a "
+                    f"the norm `{self.ctx.code(call)}` is applied under a condition "
+                    f"(`{self.ctx.code(condition.test)}`) that does not hold its whole sublayer alone: "
+                    "which norms run is decided at run time (an `else`, or a "
                     "`normalize_before`-style flag)"))
             flags.add(flag)
         if len(flags) == 1:
@@ -411,6 +413,16 @@ class ResidualFinder:
         if flags:
             raise Unprovable(self.ctx.line(first), "the norms follow several flags: "
                              + ", ".join(f"`self.{f}`" for f in sorted(flags)))
+
+    def _optional_post(self, call: cst.Call, condition, found: Sublayers) -> bool:
+        """`if enc is not None:` around a whole post-norm sublayer (residual alias, sublayer, add
+        and norm, no else): skipped or not, the rewritten sublayer stays inside the same `if`."""
+        post = next((p for p in found.post if p.call is call), None)
+        if post is None or not isinstance(condition, cst.If) or condition.orelse is not None \
+                or _position_flag(condition.test) is not None:
+            return False
+        inside = self.ctx.lines(condition.body)
+        return all(self.ctx.line(statement) in inside for statement in post.statements)
 
     def _condition(self, call: cst.Call) -> cst.If | cst.IfExp | None:
         """The nearest `if` the norm is applied under; a choice between two norms of one input
@@ -495,6 +507,12 @@ def _unpacked(statement, name: str) -> Binding | None:
             and name in {e.value.value for e in small.targets[0].target.elements}:
         return Binding(name, small.value, statement)
     return None
+
+
+def _first_of_tuple(value, call: cst.Call) -> bool:
+    """`return self.norm(x + y), attn`: the stream is the first item of the returned tuple."""
+    return isinstance(value, cst.Tuple) and bool(value.elements) and value.elements[0].value is call \
+        and not isinstance(value.elements[0], cst.StarredElement)
 
 
 def _is_return(statement) -> bool:
