@@ -22,7 +22,8 @@ from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm
 from tf_migrate.rules.prenorm.flags import flag_finding
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
-from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, find_run, find_stacks
+from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
+from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
 from tf_migrate.rules.prenorm.tree import (aliased_params, component, own_norm_of, own_norm_parameters,
                                            reads_before, stack_members)
 
@@ -125,6 +126,13 @@ class PostNormToPreNorm(Rule):
                 yield Note(line, f"{cls.qualname}: residual sublayer is already pre-norm; left alone")
             if not found.post:
                 continue
+            loop = layer_loop(ctx, cls, forward, found.post)
+            if isinstance(loop, str):
+                yield Refusal(ctx.line(found.post[0].statement), f"{cls.qualname}: {loop}", _HINT)
+                continue
+            if loop is not None:
+                yield from self._layer_loop(ctx, cls, forward, found, loop)
+                continue
             stacks = find_stacks(ctx, cls)
             runs = [find_run(stack) for stack in stacks]
             try:
@@ -147,6 +155,33 @@ class PostNormToPreNorm(Rule):
                 groups.setdefault(id(stack.statement), []).append((id(cls), stack, run))
         yield from self._rewrite(ctx, blocks, groups, refused)
         yield from self._stacks_of_other_files(ctx, groups)
+
+    def _layer_loop(self, ctx, cls, forward, found, loop) -> Iterator[Finding]:
+        """The model's own loop over parallel per-layer lists: sublayers rewritten in the loop,
+        the final norm applied right after it (before the statement that follows the loop)."""
+        body = forward.body.body
+        position = next(i for i, statement in enumerate(body) if statement is loop.loop)
+        if position + 1 >= len(body):
+            yield Refusal(ctx.line(loop.loop), f"{cls.qualname}: nothing follows the loop over the "
+                          "layers in forward: no place to apply the final norm", _HINT)
+            return
+        following = body[position + 1]
+        stack = Stack(cls, loop.norm_list, loop.filled, "self", ctx)
+        own, func, imports = None, None, []
+        listed_own = own_list_norm(ctx, loop.norm)
+        if listed_own is not None:
+            own = listed_own
+            _, func, imports = self._copy(ctx)
+        replacements, keys, attr = final_norm(ctx, stack, StackRun(loop.loop, loop.variable), loop.norm,
+                                              f"{loop.norm_list}[-1]", set(), func=func, own=own)
+        apply = replacements.pop(loop.loop)
+        replacements[following] = cst.FlattenSentinel([apply.nodes[1], following])
+        yield Fix(ctx.line(found.post[0].statement),
+                  f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) in its loop over the layers "
+                  "-> pre-norm; " + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post))
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code], new=keys)
+        yield Fix(ctx.line(following), f"{cls.qualname}: final norm `self.{attr}` after its loop over "
+                  "the layers (new, initialised to identity)", replacements, plans=[plan], imports=imports)
 
     def _aliases(self, ctx, cls, forward, found) -> dict[int, list[str]]:
         """Per post-norm sublayer whose input is a parameter of forward: the other parameters
@@ -281,12 +316,15 @@ class PostNormToPreNorm(Rule):
         found = own_norm_of(fctx, cls, norm_attr)
         if found is None:
             return None, None, []
+        return (own_norm_parameters(*found), *self._copy(ctx)[1:])
+
+    def _copy(self, ctx):
         name, needed = reference(ctx, "copy", "copy")
         if needed == ("copy", None, None):  # `copy` names something else here
             name, needed = reference(ctx, "copy", "copy_module")
         if needed == ("copy", None, "copy"):
             needed = ("copy", None, None)
-        return own_norm_parameters(*found), f"{name}.deepcopy", [needed] if needed else []
+        return None, f"{name}.deepcopy", [needed] if needed else []
 
     def _builtin(self, ctx, cls) -> Iterator[Finding]:
         for method in cls.methods.values():

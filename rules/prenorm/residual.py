@@ -16,16 +16,13 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
 from tf_migrate.analysis.nodes import find
-from tf_migrate.rules.prenorm.tree import norm_class
+from tf_migrate.rules.prenorm.layer_loop import listed_norm
+from tf_migrate.rules.prenorm.tree import NORMS, norm_class
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
     from tf_migrate.analysis.modules import ModuleClass
 
-NORMS = (
-    "torch.nn.LayerNorm", "torch.nn.RMSNorm",
-    "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
-)
 
 MAX_ADDS_PER_STATEMENT = 100
 
@@ -134,7 +131,7 @@ class ResidualFinder:
 
     def is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
-            or norm_class(self.ctx, self.cls, node) is not None
+            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None
 
     def _own_norm(self, node: cst.CSTNode) -> str | None:
         """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
@@ -338,7 +335,7 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(binding.statement),
                                  "the sublayer is computed in another block than its residual add")
             for use in self.flow.uses(binding):
-                if id(use) not in through:
+                if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
                                      f"`{binding.name}` is also read outside the sublayer")
         if self.ctx.parents.get(statement) is not block:
@@ -377,12 +374,49 @@ class ResidualFinder:
             if not isinstance(small, cst.Assign):
                 continue
             binding = Binding(small.targets[0].target.value, small.value, post.statement)
+            loop = self._loop_of(post.statement) if isinstance(post.call.func, cst.Subscript) else None
             for use in self.flow.uses(binding):
                 where = self.flow.statement_of(use)
                 if id(where) in statements or _is_return(where):
                     continue
+                if loop is not None and not self._within_node(use, loop):
+                    continue  # after the loop over the layers: the stream the final norm will close
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
+
+    def _rebound_first(self, binding: Binding, use: cst.Name) -> bool:
+        """In a loop body, a read before the binding is reached by it only through the next
+        iteration; a plain assignment to the name at the top of the body, before the read, stops
+        that (`y = attn(x); ...; y = ffn(x); y = drop(y)` in a layer loop)."""
+        loop = self._loop_of(binding.statement)
+        if loop is None or not isinstance(loop.body, cst.IndentedBlock) or not self._within_node(use, loop):
+            return False
+        use_line = self.ctx.line(use)
+        if use_line >= self.ctx.line(binding.statement):
+            return False
+        for statement in loop.body.body:
+            if self.ctx.line(statement) >= use_line:
+                return False
+            small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+            if isinstance(small, cst.Assign) and any(
+                    isinstance(t.target, cst.Name) and t.target.value == binding.name for t in small.targets):
+                return True
+        return False
+
+    def _loop_of(self, statement) -> cst.For | None:
+        node = self.ctx.parents.get(statement)
+        while node is not None and node is not self.method:
+            if isinstance(node, cst.For):
+                return node
+            node = self.ctx.parents.get(node)
+        return None
+
+    def _within_node(self, node, container) -> bool:
+        while node is not None:
+            if node is container:
+                return True
+            node = self.ctx.parents.get(node)
+        return False
 
     def _refuse_conditional_norms(self, found: Sublayers) -> None:
         """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
@@ -455,6 +489,8 @@ class ResidualFinder:
                     "whole or not at all"))
 
     def _norm_name(self, call: cst.Call) -> str:
+        if isinstance(call.func, cst.Subscript):  # `self.norms[i]`: the list
+            return call.func.value.attr.value
         return call.func.attr.value
 
 

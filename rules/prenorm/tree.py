@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 _MAX_COMPONENT = 64
 
+NORMS = (
+    "torch.nn.LayerNorm", "torch.nn.RMSNorm",
+    "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
+)
+
 
 def files_naming(ctx: "FileContext", name: str) -> Iterator["FileContext"]:
     """The other files of the run whose text names `name` (parsed lazily by the index)."""
