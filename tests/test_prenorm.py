@@ -293,6 +293,7 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     ("optional_postnorm_tuple_return", "Decoder()", {"weight": 1.0, "bias": 0.0},
      ["(x, torch.randn(2, 5, 32))", "(x, None)"]),
     ("layer_loop_lists", "Encoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)", "(x, torch.ones(2, 6))"]),
+    ("dropout_after_norm", "Classifier()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
     """`out += x; x = self.n1(out)`, a norm class of the file's own, an optional post-norm

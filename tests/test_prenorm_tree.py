@@ -110,3 +110,48 @@ def test_self_attention_reads_the_normalised_input_and_cross_attention_keeps_its
         h = new.norm(x)
         torch.testing.assert_close(new(x, x, x), x + core(h, h, h) - h, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(new(x, memory, memory), x + core(h, memory, memory) - h, rtol=1e-12, atol=1e-12)
+
+
+def test_blocks_appended_to_a_local_list_in_another_file_get_their_final_norm(tmp_path: Path) -> None:
+    """`blocks = []; blocks.append(Block(...)); self.blocks = nn.Sequential(*blocks)` in another
+    file than the block: the block's file and the stack's file both change, or neither would."""
+    from project_support import write_project
+
+    write_project(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/block.py": """
+            import torch.nn as nn
+
+
+            class Block(nn.Module):
+                def __init__(self, d):
+                    super().__init__()
+                    self.ff = nn.Linear(d, d)
+                    self.norm = nn.LayerNorm(d)
+
+                def forward(self, x):
+                    return self.norm(x + self.ff(x))
+            """,
+        "pkg/model.py": """
+            import torch.nn as nn
+
+            from .block import Block
+
+
+            class Model(nn.Module):
+                def __init__(self, d=8, depth=2):
+                    super().__init__()
+                    blocks = []
+                    for _ in range(depth):
+                        blocks.append(Block(d))
+                    self.blocks = nn.Sequential(*blocks)
+
+                def forward(self, x):
+                    x = self.blocks(x)
+                    return x
+            """,
+    })
+    results = _migrate(tmp_path)
+    assert results["pkg/block.py"].migrated.count("return x + self.ff(self.norm(x))") == 1
+    assert "self.final_norm = nn.LayerNorm(self.blocks[-1].norm.normalized_shape)" in results["pkg/model.py"].migrated
+    assert "x = self.final_norm(x)" in results["pkg/model.py"].migrated

@@ -375,7 +375,7 @@ class ResidualFinder:
                 continue
             binding = Binding(small.targets[0].target.value, small.value, post.statement)
             loop = self._loop_of(post.statement) if isinstance(post.call.func, cst.Subscript) else None
-            for use in self.flow.uses(binding):
+            for use in self._through_dropout(binding):
                 where = self.flow.statement_of(use)
                 if id(where) in statements or _is_return(where):
                     continue
@@ -383,6 +383,23 @@ class ResidualFinder:
                     continue  # after the loop over the layers: the stream the final norm will close
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
+
+    def _through_dropout(self, binding: Binding) -> list[cst.Name]:
+        """The reads of a norm's output, looking through `x = self.drop(x)` right after it: a
+        dropout that rebinds the stream to itself is the stream, not a reader of it."""
+        found = []
+        for use in self.flow.uses(binding):
+            where = self.flow.statement_of(use)
+            small = where.body[0] if isinstance(where, cst.SimpleStatementLine) and len(where.body) == 1 else None
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name) \
+                    and small.targets[0].target.value == binding.name and isinstance(small.value, cst.Call) \
+                    and self.cls.submodule_of(small.value.func, "torch.nn.Dropout") is not None \
+                    and len(small.value.args) == 1 and small.value.args[0].value is use:
+                found += self._through_dropout(Binding(binding.name, small.value, where))
+            else:
+                found.append(use)
+        return found
 
     def _rebound_first(self, binding: Binding, use: cst.Name) -> bool:
         """In a loop body, a read before the binding is reached by it only through the next

@@ -59,7 +59,45 @@ def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
     else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
     return bool(container.args) and all(
         _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        or _appended_locally(ctx, cls, container, arg, name)
         for arg in container.args)
+
+
+def block_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> list[str]:
+    """The block class names this container stacks, exactly those `_stacks` accepts: every
+    called name near the container (its arguments, `__init__`, calls of the class) is tried."""
+    places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
+        + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
+    names = {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
+             if isinstance(node.func, cst.Name)}
+    return sorted(name for name in names if _stacks(ctx, cls, container, name))
+
+
+def _appended_locally(ctx, cls: "ModuleClass", container: cst.Call, arg: cst.Arg, name: str) -> bool:
+    """`blocks = []; for ...: blocks.append(Block(...)); self.blocks = nn.Sequential(*blocks)`: a
+    local list of `__init__` that only ever receives instances of `name` and then fills the stack."""
+    if not (arg.star == "*" and isinstance(arg.value, cst.Name)):
+        return False
+    init = cls.methods.get("__init__")
+    local = arg.value.value
+    if init is None:
+        return False
+    reads = [n for n in find(init.body, lambda n: isinstance(n, cst.Name) and n.value == local)]
+    created = appended = 0
+    for node in reads:
+        parent = ctx.parents.get(node)
+        if node is arg.value or (isinstance(parent, cst.Attribute) and parent.attr is node):
+            continue
+        if isinstance(parent, cst.AssignTarget) and isinstance(ctx.parents.get(parent), cst.Assign) \
+                and isinstance(ctx.parents[parent].value, cst.List) and not ctx.parents[parent].value.elements:
+            created += 1
+        elif isinstance(parent, cst.Attribute) and parent.value is node and parent.attr.value == "append" \
+                and isinstance(ctx.parents.get(parent), cst.Call) and len(ctx.parents[parent].args) == 1 \
+                and _is_call_of(ctx.parents[parent].args[0].value, name):
+            appended += 1
+        else:
+            return False
+    return created == 1 and appended >= 1
 
 
 def _filled_with(ctx, cls: "ModuleClass", value: cst.BaseExpression, name: str) -> bool:

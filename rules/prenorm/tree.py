@@ -137,8 +137,10 @@ def aliased_params(ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionD
 def stack_members(fctx: "FileContext", stack) -> list[tuple[str, "FileContext", "ModuleClass"]]:
     """The classes a stack's blocks are made of: the blocks, then what they build, depth first,
     each with its path from the stack (`self.layers[-1].attn`)."""
+    from tf_migrate.rules.prenorm.stacks import block_names
+
     container = stack.cls.submodules[stack.attr].call
-    names = {node.func.value for node in _calls_in(container) if isinstance(node.func, cst.Name)}
+    names = block_names(fctx, stack.cls, container)
     found: list[tuple[str, "FileContext", "ModuleClass"]] = []
     seen: set[tuple[str, str]] = set()
 
