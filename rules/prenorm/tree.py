@@ -215,10 +215,6 @@ def _where(ctx, fctx) -> str:
     return "" if fctx.project_key == ctx.project_key else f"{_rel(fctx)}, "
 
 
-def forward_params(method: cst.FunctionDef) -> list[str]:
-    return [p.name.value for p in method.params.params][1:]
-
-
 def reads_before(ctx, method: cst.FunctionDef, names: list[str], line: int) -> str | None:
     """A read of one of `names` on a line before `line`: the normalised input would come too late."""
     from tf_migrate.analysis.nodes import find
