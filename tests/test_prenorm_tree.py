@@ -155,3 +155,92 @@ def test_blocks_appended_to_a_local_list_in_another_file_get_their_final_norm(tm
     assert results["pkg/block.py"].migrated.count("return x + self.ff(self.norm(x))") == 1
     assert "self.final_norm = nn.LayerNorm(self.blocks[-1].norm.normalized_shape)" in results["pkg/model.py"].migrated
     assert "x = self.final_norm(x)" in results["pkg/model.py"].migrated
+
+
+def test_own_norm_class_of_a_third_file_gives_a_copied_final_norm(tmp_path: Path) -> None:
+    """A gamma/beta norm class in its own file, used by a post-norm block in another, stacked in a
+    third: the stack's file copies the last block's norm (`import copy` added), the plan lists the
+    class's own parameter names at ones/zeros, and the converted checkpoint loads strictly."""
+    torch = pytest.importorskip("torch")
+    from project_support import write_project
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    write_project(tmp_path, {
+        "net/__init__.py": "",
+        "net/norm.py": """
+            import torch
+            import torch.nn as nn
+
+
+            class ScaleNorm(nn.Module):
+                def __init__(self, d, eps=1e-6):
+                    super().__init__()
+                    self.gamma = nn.Parameter(torch.ones(d))
+                    self.beta = nn.Parameter(torch.zeros(d))
+                    self.eps = eps
+
+                def forward(self, x):
+                    mean = x.mean(-1, keepdim=True)
+                    var = x.var(-1, unbiased=False, keepdim=True)
+                    return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+            """,
+        "net/block.py": """
+            import torch.nn as nn
+
+            from net.norm import ScaleNorm
+
+
+            class Block(nn.Module):
+                def __init__(self, d):
+                    super().__init__()
+                    self.ff = nn.Linear(d, d)
+                    self.norm = ScaleNorm(d)
+
+                def forward(self, x):
+                    skip = x
+                    x = self.ff(x)
+                    x = self.norm(x + skip)
+                    return x
+            """,
+        "net/model.py": """
+            import torch.nn as nn
+
+            from net.block import Block
+
+
+            class Model(nn.Module):
+                def __init__(self, d=8, depth=2):
+                    super().__init__()
+                    self.layers = nn.ModuleList([Block(d) for _ in range(depth)])
+
+                def forward(self, x):
+                    for layer in self.layers:
+                        x = layer(x)
+                    return x
+            """,
+    })
+    results = _migrate(tmp_path)
+    model = results["net/model.py"]
+    shutil.copytree(tmp_path / "net", tmp_path / "after" / "net")
+    assert "import copy\n" in model.migrated and "self.final_norm = copy.deepcopy(self.layers[-1].norm)" in model.migrated
+    assert [(k.key, k.init) for p in model.plans for k in p.new] == [("final_norm.gamma", "ones"), ("final_norm.beta", "zeros")]
+    assert "x = self.ff(self.norm(x))" in results["net/block.py"].migrated
+    before = _load(tmp_path, "net.model").Model()
+    for relative, result in results.items():
+        (tmp_path / "after" / relative).write_text(result.migrated)
+    after = _load(tmp_path / "after", "net.model").Model()
+    state, _ = convert_state_dict(before.state_dict(), [p for r in results.values() for p in r.plans], after.state_dict())
+    after.load_state_dict(state, strict=True)
+    assert torch.equal(after.final_norm.gamma, torch.ones(8)) and torch.isfinite(after(torch.randn(2, 3, 8))).all()
+
+
+def test_a_skipped_sublayer_class_keeps_the_stack_without_final_norm(tmp_path: Path) -> None:
+    """`# tf-migrate: skip[TFM201]` on the attention class: its file is not rewritten, so the
+    stack's file must not add a final norm either (refused, naming the skipped class)."""
+    shutil.copytree(FOLDER / "before", tmp_path / "p")
+    path = tmp_path / "p" / "speechnet" / "sublayers.py"
+    path.write_text(path.read_text().replace("class HeadedAttention(nn.Module):",
+                                             "class HeadedAttention(nn.Module):  # tf-migrate: skip[TFM201]"))
+    results = _migrate(tmp_path / "p")
+    assert not any(r.changed for r in results.values())
+    assert any("HeadedAttention" in d.reason and "skipped" in d.reason for d in results["speechnet/model.py"].refusals)

@@ -77,8 +77,9 @@ class PostNormToPreNorm(Rule):
     name = "prenorm"
     equivalence = Equivalence.COMPATIBLE
     summary = "post-norm residual sublayers -> pre-norm, plus one final norm per stack (fine-tune after)"
-    # ModuleList/Sequential: a stack whose blocks are post-norm in another file gets its final norm here
-    triggers = ("LayerNorm", "RMSNorm", "Transformer", "ModuleList", "Sequential")
+    # Norm: LayerNorm, RMSNorm and a project's own norm classes; ModuleList/Sequential: a stack
+    # whose blocks are post-norm in another file gets its final norm here
+    triggers = ("Norm", "Transformer", "ModuleList", "Sequential")
     options = {"flags": "keep"}
     example_before = (
         "x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask)))\n"
@@ -212,13 +213,26 @@ class PostNormToPreNorm(Rule):
             forward = cls.methods.get("forward")
             if forward is None:
                 return None, None
+            where = os.path.relpath(fctx.path, fctx.project.root)
             try:
-                return ResidualFinder(fctx, cls, forward).find(), None
+                found = ResidualFinder(fctx, cls, forward).find()
             except FlagChosen:
                 return None, None
             except Unprovable as exc:
-                return None, f"{exc.reason} ({os.path.relpath(fctx.path, fctx.project.root)}, line {exc.line})"
+                return None, f"{exc.reason} ({where}, line {exc.line})"
+            if found.post and not self._runs_on(fctx, forward):
+                # its file's run would not rewrite it: the stack must not get a final norm either
+                return None, f"{cls.qualname} ({where}) is post-norm but skipped there (a skip comment, or no trigger word)"
+            return found, None
         return fctx.project.memo(("prenorm.analyse", fctx.project_key, cls.qualname), compute)
+
+    def _runs_on(self, fctx, forward) -> bool:
+        """Whether this rule's run over that file reaches this forward (the engine's trigger words,
+        `skip-file`, and `# tf-migrate: skip` comments)."""
+        from tf_migrate.engine import suppress
+
+        return any(word in fctx.text for word in self.triggers) \
+            and bool(suppress.without_skipped_file(fctx.text, [self])) and not fctx.suppressed(self.code, forward)
 
     def _across_files(self, ctx, cls, forward, found, aliases) -> Iterator[Finding]:
         """A sublayer stacked in another file: rewrite it here when its whole component (every
