@@ -38,7 +38,7 @@ def test_noop_is_byte_identical(noop: Path) -> None:
 
 @pytest.mark.parametrize("case, words", [
     ("bias_mismatch", ["bias presence differs", "k bias=False (line 8)"]),
-    ("cross_attention", ["not provably applied to the same tensor", "cross-attention"]),
+    ("cross_attention", ["no call of a `MultiHeadAttention` in the tree", "callers decide whether query, key"]),
     ("input_rebound", ["not provably applied to the same tensor"]),
     ("different_in_features", ["in_features differ (d, d_ctx)"]),
     ("conv1d_projections", ["transposed"]),
@@ -424,3 +424,50 @@ def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, key
     with torch.no_grad():  # the check can fail: swapping q and k breaks it
         qkv.weight.copy_(qkv.weight.view(3, -1, 32)[[1, 0, 2]].reshape(-1, 32))
     assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+# forward(q, k, v) whose callers decide: every call in the tree passes one tensor three times.
+ONE_CALLER = FOLDER / "forward_params_one_caller.before.py"
+
+
+def test_forward_parameters_passed_as_one_tensor_convert_strict_and_compute_the_same() -> None:
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    [plan] = _run(ONE_CALLER, ONE_CALLER.read_text()).plans
+    assert [(c.target, c.sources) for c in plan.concatenated] == [
+        ("w_qkv.weight", ["w_qs.weight", "w_ks.weight", "w_vs.weight"]),
+        ("w_qkv.bias", ["w_qs.bias", "w_ks.bias", "w_vs.bias"])]
+    torch.manual_seed(0)
+    old = load_module(ONE_CALLER).EncoderLayer(24, 3).double().eval()
+    new = load_module(FOLDER / "forward_params_one_caller.after.py").EncoderLayer(24, 3).double().eval()
+    new.load_state_dict(convert_state_dict(old.state_dict(), [plan])[0], strict=True)
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-12, atol=1e-12)
+    fused = new.self_attention.w_qkv
+    with torch.no_grad():  # the check can fail: q and k swapped
+        fused.weight[:24] = fused.weight[:24].roll(8, 0)
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, words", [
+    # the decoder's cross-attention call: the refusal names it
+    (None, ["`self.memory_attention(hidden, memory, memory)` on line 52", "cross-attention"]),
+    # a parameter rebound before its projection is not what the caller passed
+    (("        kept = q\n", "        kept = q\n        k = k.flip(1)\n"), ["`k` is rebound in forward"]),
+    # a size attribute that something else writes cannot be read back in forward
+    (("        self.mixer = ScoreMixer()\n", "        self.mixer = ScoreMixer()\n        self.key_size = 1\n"),
+     ["output sizes (heads * key_size, heads * key_size, heads * value_size) differ and are not readable"]),
+])
+def test_forward_parameters_hazards_are_refused(change, words: list[str]) -> None:
+    path = FOLDER / "forward_params_cross_call.noop.py"
+    text = path.read_text()
+    if change is not None:  # the same hazards on the one-caller file
+        text = ONE_CALLER.read_text()
+        assert change[0] in text
+        text = text.replace(change[0], change[1], 1)
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert all(w in refusal.reason for w in words), refusal.reason

@@ -16,9 +16,10 @@ from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, naming_string, other_init_uses, triples)
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
-from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
+                                    linear_arguments, naming_string, other_init_uses, same_input, triples)
+from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, constructor_edits, forward_edits, sizes_in_forward, split_suffix,
+                                                 total_size)
+from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
@@ -37,6 +38,11 @@ class SeparateQkvToFused(Rule):
     ModuleList comprehension of 3 or 4; element 3 the output projection), zipped with
     `(query, key, value)` or called by index: they become `self.qkv` (and `self.out`).
 
+    Also projections of three parameters of forward (`forward(self, q, k, v)`) when every call
+    of every instance in the tree passes one name for the three (`self.attn(x, x, x)`); split
+    sizes built from constructor arguments are read from the attributes that keep them
+    (`self.n_head * self.d_k`).
+
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
     in q, k, v order computes exactly the three projections. Applied only when the three take the
     same input size, agree on bias, and forward applies each exactly once, on the same binding of
@@ -52,7 +58,7 @@ class SeparateQkvToFused(Rule):
     `qkv.* = cat(linears.0/1/2.*)`, `linears.3.*` renamed `out.*`.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
-    both); bias presence differs; `in_features` differ; a projection is used anywhere but one
+    both: a call passing different tensors is named, as for lists below); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); code elsewhere in
     the tree hooks a projection, names it (a string, `getattr`, a LoRA target list, another object's
     attribute) or counts the state_dict keys; the split sizes
@@ -130,7 +136,9 @@ class SeparateQkvToFused(Rule):
     def _linear(self, ctx, cls, triple, subs) -> Fix:
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
         blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
-        blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
+        if blocked is None and not same_input(ctx, apps) and not passed_as_one(ctx, cls, apps):
+            blocked = different_inputs(ctx, apps)
+        blocked = blocked or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
         blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
@@ -148,7 +156,7 @@ class SeparateQkvToFused(Rule):
         outs = [ctx.code(a["out_features"]) for a in arguments]
         bias = _bias_code(ctx, arguments[0])
         fused = f"self.{triple.fused_name}({ctx.code(apps[0].input)})"
-        replacements = forward_edits(ctx, apps, fused + split_suffix(outs))
+        replacements = forward_edits(ctx, apps, fused + split_suffix(sizes_in_forward(ctx, cls, outs)))
         replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         params = ["weight"] + (["bias"] if bias != "False" else [])

@@ -252,6 +252,20 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
     return inputs[0]
 
 
+def passed_as_one(ctx, cls, apps) -> bool:
+    """The three projections read different parameters of forward (`forward(self, q, k, v)`) that
+    every call of every instance in the tree passes one name for (`self.attn(x, x, x)`): then they
+    are one tensor. False when the inputs are not such names; Blocked naming the call that
+    passes different tensors (cross-attention), or why the callers cannot be followed."""
+    if any(isinstance(a, str) or not isinstance(a.input, cst.Name) for a in apps) \
+            or len({a.input.value for a in apps}) == 1 or any(a.method is not apps[0].method for a in apps):
+        return False
+    params = [p.name.value for p in apps[0].method.params.params]
+    if any(a.input.value not in params for a in apps):
+        return False
+    return _same_parameters(ctx, cls, apps[0].method, [(a.input.value, a.call) for a in apps]) == apps[0].input.value
+
+
 def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTNode) -> None:
     """`node` reads parameter `name` as the caller passed it: its statement is at the top of the
     method (no loop brings a later binding back) and nothing before it, nor `node`, binds the name.

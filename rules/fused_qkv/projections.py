@@ -27,7 +27,7 @@ _PLURAL = frozenset({"queries", "keys", "values", "qs", "ks", "vs"})
 # role word with a shared affix.
 _NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)"
                    r"(?P<role>queries|query|keys|key|values|value|qs|ks|vs|q|k|v)"
-                   r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
+                   r"(?P<post>(?:_?(?:projection|proj|lin|linear|net|layer))?)$")
 
 
 @dataclass
