@@ -471,3 +471,54 @@ def test_forward_parameters_hazards_are_refused(change, words: list[str]) -> Non
     assert result.migrated == text and not result.edits
     [refusal] = result.refusals
     assert all(w in refusal.reason for w in words), refusal.reason
+
+
+# q/k/v built by a project wrapper that holds one nn.Linear and only applies it.
+WRAPPED = FOLDER / "linear_wrapper.before.py"
+
+
+def test_linear_wrapper_keys_go_through_the_wrapper_and_convert_strict() -> None:
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    [edit] = _run(WRAPPED, WRAPPED.read_text()).edits
+    assert "fresh models initialise differently: `Dense` applies xavier_uniform_" in edit.message
+    [plan] = _run(WRAPPED, WRAPPED.read_text()).plans
+    assert [(c.target, c.sources) for c in plan.concatenated] == [
+        ("qkv_proj.inner.weight", ["q_proj.inner.weight", "k_proj.inner.weight", "v_proj.inner.weight"]),
+        ("qkv_proj.inner.bias", ["q_proj.inner.bias", "k_proj.inner.bias", "v_proj.inner.bias"])]
+    torch.manual_seed(0)
+    old = load_module(WRAPPED).Layer(16, 2).eval()
+    with torch.no_grad():  # zero biases would hide a bias mapped to the wrong slice
+        for param in old.parameters():
+            param.copy_(torch.randn_like(param) * 0.3)
+    new = load_module(FOLDER / "linear_wrapper.after.py").Layer(16, 2).eval()
+    converted = convert_state_dict(old.state_dict(), [plan])[0]
+    assert "attention.q_proj.inner.weight" in old.state_dict() and "attention.qkv_proj.inner.bias" in converted
+    new.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the check can fail: k and v biases swapped
+        bias = new.attention.qkv_proj.inner.bias
+        bias.copy_(bias.view(3, -1)[[0, 2, 1]].reshape(-1))
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", [
+    ("        return self.inner(x)\n", "        return self.inner(x) * 0.5\n"),  # forward does more
+    ("        self.inner = nn.Linear(in_features, out_features, bias=bias)\n",  # in/out swapped
+     "        self.inner = nn.Linear(out_features, in_features, bias=bias)\n"),
+    ("        if bias:\n", "        self.drop = nn.Dropout(0.1)\n        if bias:\n"),  # another submodule
+    ("    def forward(self, x):\n", "    def extra_repr(self):\n        return 'dense'\n\n    def forward(self, x):\n"),
+    ("class Dense(nn.Module):", "class Dense(nn.Linear):"),  # a subclass of Linear with its own forward
+])
+def test_linear_wrapper_that_is_not_only_a_linear_is_refused(change: tuple[str, str]) -> None:
+    text = WRAPPED.read_text()
+    assert change[0] in text
+    text = text.replace(change[0], change[1], 1)
+    result = _run(WRAPPED, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert "`q_proj` is built by `Dense(...)`" in refusal.reason or "derives from nn.Linear" in refusal.reason, \
+        refusal.reason

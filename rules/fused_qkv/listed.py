@@ -21,7 +21,7 @@ from tf_migrate.analysis.nodes import find
 from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_inputs, same_input
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, forward_edits, split_suffix
+from tf_migrate.rules.fused_qkv.qkv_split import Blocked, CrossCall, forward_edits, split_suffix
 
 FUSED, OUT = "qkv", "out"
 
@@ -246,7 +246,7 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
         passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
         if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
             where = "" if fctx is ctx else f"{fctx.path}:"
-            raise Blocked(f"`{fctx.code(call)}` on line {where}{fctx.line(call)} passes "
+            raise CrossCall(f"`{fctx.code(call)}` on line {where}{fctx.line(call)} passes "
                           f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
     return inputs[0]

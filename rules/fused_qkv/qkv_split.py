@@ -18,6 +18,10 @@ class Blocked(Exception):
     """The fusion cannot be written safely here; the message says why."""
 
 
+class CrossCall(Blocked):
+    """A call in the tree passes different tensors as q, k and v: the truest reason there is."""
+
+
 def forward_edits(ctx, apps: list[Application], value: str) -> dict:
     """Bind the three outputs to `value` (the fused product, split) before the first use; each
     application becomes the name it binds."""
