@@ -138,6 +138,7 @@ RAW = {
     "raw_matmul_normal_init": ("Head", (16, 8), (2, 5, 16)),
     "raw_linear_grouped": ("GroupedRawAttention", (16, 4, 2), (2, 5, 16)),
     "raw_einsum_out_first": ("Projections", (16, 24), (2, 3, 5, 16)),
+    "raw_einsum_per_head": ("PerHeadProjections", (16, 4), (2, 5, 16)),
 }
 
 
@@ -168,6 +169,7 @@ def test_raw_plans_stack_along_the_output_dimension() -> None:
         "raw_matmul_normal_init": ("W_qkv", ["W_q", "W_k", "W_v"], 1),
         "raw_linear_grouped": ("wqkv", ["wq", "wk", "wv"], 0),
         "raw_einsum_out_first": ("to_qkv", ["to_q", "to_k", "to_v"], 0),
+        "raw_einsum_per_head": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
     }
 
 
@@ -522,3 +524,22 @@ def test_linear_wrapper_that_is_not_only_a_linear_is_refused(change: tuple[str, 
     [refusal] = result.refusals
     assert "`q_proj` is built by `Dense(...)`" in refusal.reason or "derives from nn.Linear" in refusal.reason, \
         refusal.reason
+
+
+@pytest.mark.parametrize("change, words", [
+    # the head letter comes from the weight alone: two output letters of the weight, not one
+    (('"bthj, hij -> bthi", parts', '"btj, hij -> bthi", x'), "used other than in one product"),
+    # a batched matmul of a 3-D weight maps its last dimension, not the stacked one
+    (('torch.einsum("bthj, hij -> bthi", parts, self.w_{})', "parts @ self.w_{}"), "not a 2-D weight"),
+])
+def test_per_head_raw_weights_outside_the_einsum_form_are_refused(change, words: str) -> None:
+    path = FOLDER / "raw_einsum_per_head.before.py"
+    text = path.read_text()
+    for role in "qkv":
+        old, new = (c.replace("{}", role) for c in change)
+        assert old in text
+        text = text.replace(old, new, 1)
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert words in refusal.reason, refusal.reason

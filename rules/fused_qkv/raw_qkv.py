@@ -37,7 +37,8 @@ def raw_fusion(ctx, cls, triple: Triple, subs) -> RawFusion:
         raise Blocked(blocked)
     _same(ctx, [(p.node, ref) for p, ref, _ in uses], "the three are not applied the same way")
     dim = products[0].weight_dim
-    sizes = [shape(ctx, sub)[dim] for sub in subs]
+    einsums = all(ctx.names.is_call(p.node, "torch.einsum") for p in products)
+    sizes = [shape(ctx, sub, any_rank=einsums)[dim] for sub in subs]
     _same(ctx, [(sub.call, size) for sub, size in zip(subs, sizes)],
           "the weights differ in more than their output size")
     outs = [ctx.code(size) for size in sizes]

@@ -4,7 +4,9 @@ and the `nn.init` calls that initialise them.
 A weight is `self.w = nn.Parameter(torch.empty(d_in, d_out))` (or randn/rand/zeros/ones/Tensor,
 the shape as separate sizes or one tuple, optionally scaled). It is applied as
 `torch.einsum("btd,de->bte", x, self.w)`, `x @ self.w`, `torch.matmul(x, self.w)` or
-`F.linear(x, self.w)`; each form says which dimension of the weight becomes the output's.
+`F.linear(x, self.w)`; each form says which dimension of the weight becomes the output's. An
+einsum may also apply a weight of more dimensions whose other letters the input and the output
+share (per-head weights `(heads, out, in)` in `"bthk,hik->bthi"`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class Product:
     output_dim: int  # where it lands in the product (-1: last)
 
 
-def shape(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
-    """The two size expressions of a raw 2-D weight; Blocked when it is built another way."""
+def shape(ctx: "FileContext", sub: "Submodule", any_rank: bool = False) -> list[cst.BaseExpression]:
+    """The two size expressions of a raw 2-D weight (with `any_rank`, of a weight of 2 or more
+    dimensions, which an einsum applies); Blocked when it is built another way."""
     where = f"`self.{sub.name}` (line {ctx.line(sub.statement)})"
     args = sub.call.args
     if len(args) != 1 or args[0].keyword is not None or args[0].star:
@@ -55,7 +58,7 @@ def shape(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
         if any(isinstance(e, cst.StarredElement) for e in sizes[0].elements):
             raise Blocked(f"{where} passes its shape with a star")
         sizes = [e.value for e in sizes[0].elements]
-    if len(sizes) != 2:
+    if len(sizes) != 2 and not (any_rank and len(sizes) > 2):
         raise Blocked(f"{where} is not a 2-D weight")
     return sizes
 
@@ -97,11 +100,14 @@ def _einsum(call: cst.Call, weight_arg: cst.Arg) -> Product | None:
         return None
     at = args.index(weight_arg) - 1
     weight, other, out = spec.inputs[at], spec.inputs[1 - at], spec.output
-    kept = [c for c in weight if c in out]
-    if len(weight) != 2 or "." in weight or len(kept) != 1 or kept[0] in other:
+    # one letter kept (the output size), one contracted with the input, any others shared by
+    # input, weight and output (per-head weights `"bthk,hik->bthi"`: stacked along i all the same)
+    if "." in weight or len(set(weight)) != len(weight) or len(weight) < 2:
         return None
-    contracted = weight.replace(kept[0], "")
-    if contracted not in other or contracted in out:
+    kept = [c for c in weight if c in out and c not in other]
+    contracted = [c for c in weight if c in other and c not in out]
+    shared = [c for c in weight if c in other and c in out]
+    if len(kept) != 1 or len(contracted) != 1 or len(kept) + len(contracted) + len(shared) != len(weight):
         return None
     position = out.index(kept[0])
     if position != len(out) - 1 and "." in out[:position]:
