@@ -544,3 +544,41 @@ def test_per_head_raw_weights_outside_the_einsum_form_are_refused(change, words:
     assert result.migrated == text and not result.edits
     [refusal] = result.refusals
     assert words in refusal.reason, refusal.reason
+
+
+_WRAPPING = """
+
+class Residual(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.attention = HeadsAttention(heads, width, width // heads, width // heads)
+
+    def forward(self, q, k, v):
+        return q + self.attention(q, k, v)
+
+
+class Decoder(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.own = Residual(width, heads)
+        self.other = Residual(width, heads)
+
+    def forward(self, x, memory):
+        x = self.own(x, x, x)
+        return self.other(x, {}, {})
+"""
+
+
+@pytest.mark.parametrize("memory, words", [
+    ("x", None),  # every caller of the wrapping module passes one tensor
+    ("memory", ["`self.other(x, memory, memory)` on line 62", "cross-attention"]),
+])
+def test_modules_passing_q_k_v_on_are_decided_by_their_callers(memory: str, words) -> None:
+    text = ONE_CALLER.read_text() + _WRAPPING.format(memory, memory)
+    result = _run(ONE_CALLER, text)
+    if words is None:
+        assert not result.refusals and "self.w_qkv(q).split(" in result.migrated
+    else:
+        assert result.migrated == text and not result.edits
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason

@@ -24,6 +24,7 @@ from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_i
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, CrossCall, forward_edits, split_suffix
 
 FUSED, OUT = "qkv", "out"
+_WRAPPING_DEPTH = 3  # modules that pass q, k, v on to the attention, followed up to their callers
 
 
 @dataclass
@@ -222,9 +223,11 @@ def _rewritten(comprehension, projection: cst.Call, iterable: str):
     return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
 
 
-def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, cst.CSTNode]]) -> str:
+def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, cst.CSTNode]], depth: int = 0) -> str:
     """The first of three parameters of forward (each read, unchanged, by its node) that every call
-    of every instance passes the same name for. Blocked (naming the call) otherwise."""
+    of every instance passes the same name for. Blocked (naming the call) otherwise. A call that
+    passes on its own forward's parameters (`self.inner(q, k, v)` in a wrapping module) is
+    decided by the callers of that module in turn."""
     inputs = [name for name, _ in reads]
     for name, node in reads:
         _still_the_parameter(ctx, method, name, node)
@@ -245,11 +248,40 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
     for fctx, call in calls:
         passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
         if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
+            through = _passed_through(fctx, call, passed) if depth < _WRAPPING_DEPTH else None
+            if through is not None:
+                try:
+                    _same_parameters(fctx, *through, [(p.value, call) for p in passed], depth + 1)
+                    continue
+                except CrossCall:
+                    raise
+                except Blocked:
+                    pass  # the outer callers cannot be followed: this call is the nearest evidence
             where = "" if fctx is ctx else f"{fctx.path}:"
-            raise CrossCall(f"`{fctx.code(call)}` on line {where}{fctx.line(call)} passes "
+            raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on line {where}{fctx.line(call)} passes "
                           f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
     return inputs[0]
+
+
+def _passed_through(fctx, call: cst.Call, passed: list) -> tuple | None:
+    """(owner class, its forward) when `call` sits in a module's forward and passes names that
+    are all parameters of that forward: the owner's callers decide what they are."""
+    if not all(isinstance(p, cst.Name) for p in passed):
+        return None
+    method = fctx.parents.get(call)
+    while method is not None and not isinstance(method, cst.FunctionDef):
+        method = fctx.parents.get(method)
+    owner = next((c for c in fctx.module_classes if method is not None and c.methods.get("forward") is method), None)
+    params = {p.name.value for p in method.params.params} if method is not None else set()
+    if owner is None or not all(p.value in params for p in passed):
+        return None
+    try:
+        for p in passed:
+            _still_the_parameter(fctx, method, p.value, call)
+    except Blocked:
+        return None  # `x = x + ...` before the call: not what the module's caller passed
+    return owner, method
 
 
 def passed_as_one(ctx, cls, apps) -> bool:
