@@ -372,6 +372,12 @@ def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     assert not result.refusals and "q, k, v = self.qkv(query).chunk(3, dim=-1)\n" in result.migrated
 
 
+_SAME_NAME = ("import torch.nn as nn\n\n\nclass HeadedAttention(nn.Module):\n    def forward(self, q, k, v):\n"
+              "        return q + k + v\n\n\nclass Cross(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.attention = HeadedAttention()\n\n    def forward(self, x, m):\n"
+              "        return self.attention(x, m, m)\n")
+
+
 @pytest.mark.parametrize("decoder, words", [
     ("from attn import HeadedAttention\n", None),  # an import alone builds nothing
     ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Mixer(nn.Module):\n"
@@ -384,6 +390,9 @@ def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on line", "decoder.py:1 is used other than"]),
     ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["decoder.py:3 is used other than"]),
     ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on line", "decoder.py:2 reaches"]),
+    # a class of the same name defined in the other file is another class: its cross call is its own
+    (_SAME_NAME, None),
+    ("from attn import *\n" + _SAME_NAME, ["decoder.py:", "is used other than"]),
 ])
 def test_listed_follows_instances_into_other_files(tmp_path: Path, decoder: str, words: list[str] | None) -> None:
     from project_support import write_project
@@ -459,6 +468,9 @@ def test_forward_parameters_passed_as_one_tensor_convert_strict_and_compute_the_
     (None, ["`self.memory_attention(hidden, memory, memory)` on line 52", "cross-attention"]),
     # a parameter rebound before its projection is not what the caller passed
     (("        kept = q\n", "        kept = q\n        k = k.flip(1)\n"), ["`k` is rebound in forward"]),
+    # a projection inside a block (a cache branch may bind k another way)
+    (("        k = self.w_ks(k)", "        if self.heads:\n            k = self.w_ks(k)"),
+     ["`k` is projected inside a block of forward (line 31"]),
     # a size attribute that something else writes cannot be read back in forward
     (("        self.mixer = ScoreMixer()\n", "        self.mixer = ScoreMixer()\n        self.key_size = 1\n"),
      ["output sizes (heads * key_size, heads * key_size, heads * value_size) differ and are not readable"]),

@@ -229,8 +229,12 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
     passes on its own forward's parameters (`self.inner(q, k, v)` in a wrapping module) is
     decided by the callers of that module in turn."""
     inputs = [name for name, _ in reads]
-    for name, node in reads:
-        _still_the_parameter(ctx, method, name, node)
+    try:
+        for name, node in reads:
+            _still_the_parameter(ctx, method, name, node)
+        rebound = None
+    except Blocked as exc:  # raised after the callers: a call passing other tensors says more
+        rebound = exc
     if method.name.value != "forward":
         raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
     params = [p.name.value for p in method.params.params]
@@ -241,7 +245,14 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
         isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
     if inner:
         raise Blocked(f"`{ctx.code(inner[0])}` on line {ctx.line(inner[0])} calls forward from inside the class")
-    calls = callers(ctx, cls)
+    try:
+        calls = callers(ctx, cls)
+    except Blocked:
+        if rebound is not None:
+            raise rebound
+        raise
+    if not calls and rebound is not None:
+        raise rebound
     if not calls:
         raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
                       f"{', '.join(inputs)} are one tensor")
@@ -261,6 +272,8 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
             raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on line {where}{fctx.line(call)} passes "
                           f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
+    if rebound is not None:
+        raise rebound
     return inputs[0]
 
 
@@ -304,8 +317,11 @@ def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTN
     The statement may rebind it after reading (`query, key, value = [... zip(..., (query, ...))]`)."""
     body = list(method.body.body)
     statement = next((s for s in body if _inside(ctx, node, s)), None)
-    if statement is None or not isinstance(statement, cst.SimpleStatementLine) or binds(node, name) \
-            or any(binds(s, name) for s in body[:body.index(statement)]):
+    if statement is not None and not isinstance(statement, cst.SimpleStatementLine):
+        raise Blocked(f"`{name}` is projected inside a block of {method.name.value} (line {ctx.line(node)}: "
+                      f"`{' '.join(ctx.code(statement).split())[:60]}...`), not on every path: the block may "
+                      "bind it another way (a cache of keys and values)")
+    if statement is None or binds(node, name) or any(binds(s, name) for s in body[:body.index(statement)]):
         raise Blocked(f"`{name}` is rebound in {method.name.value} before it is projected (or in a loop): "
                       "it may not be what the caller passed")
 
@@ -340,6 +356,8 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
             other = ctx.project.context(path)
             if other is None:
                 raise Blocked(f"`{name}` is named in {path}, which cannot be read")
+            if _own_class_of_that_name(other, name):
+                continue
             holders += _holders(other, None, name, word)
     found = []
     for fctx, owner, holder in holders:
@@ -364,6 +382,17 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
                 raise Blocked(f"`.{holder}` is reached in {key}, which cannot be read")
             _reached_only_by_owners(ctx, other, holder, owners)
     return found
+
+
+def _own_class_of_that_name(fctx, name: str) -> bool:
+    """The file defines its own module-level class `name` and reaches no other one: neither
+    imports a `name` nor reads `<module>.name`, so its `name(...)` calls build its own class."""
+    defines = any(isinstance(s, cst.ClassDef) and s.name.value == name for s in fctx.module.body)
+    imported = find(fctx.module, lambda n: isinstance(n, cst.ImportAlias) and (
+        (n.asname.name.value if n.asname is not None and isinstance(n.asname.name, cst.Name) else None) == name
+        or fctx.code(n.name).rsplit(".", 1)[-1] == name))
+    starred = find(fctx.module, lambda n: isinstance(n, cst.ImportFrom) and isinstance(n.names, cst.ImportStar))
+    return defines and not imported and not starred and not fctx.index.attributes(fctx.module, name)
 
 
 def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) -> None:
