@@ -46,7 +46,6 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("raw_different_specs", ["not applied the same way", '"bld,ed->ble"']),
     ("raw_weight_tied", ["`self.w_v` on line 19 is used other than in one product"]),
     ("raw_init_in_place", ["`self.w_q` on line 13", "nn.init calls"]),
-    ("raw_bias", ["`self.b_q` is a raw bias", "not fused yet"]),
     ("init_touches_one_projection", ["`self.k` is used in __init__ on line 12"]),
     ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
     ("helper_name_taken", ["the split would bind `k`", "already uses elsewhere"]),
@@ -140,6 +139,7 @@ RAW = {
     "raw_linear_grouped": ("GroupedRawAttention", (16, 4, 2), (2, 5, 16)),
     "raw_einsum_out_first": ("Projections", (16, 24), (2, 3, 5, 16)),
     "raw_einsum_per_head": ("PerHeadProjections", (16, 4), (2, 5, 16)),
+    "raw_bias": ("BiasedRaw", (8,), (2, 5, 8)),
 }
 
 
@@ -162,8 +162,11 @@ def test_raw_plans_stack_along_the_output_dimension() -> None:
     for stem in RAW:
         path = FOLDER / f"{stem}.before.py"
         [plan] = _run(path, path.read_text()).plans
-        [cat] = plan.concatenated
+        cat, *biases = plan.concatenated
         dims[stem] = (cat.target, cat.sources, cat.dim)
+        if biases:
+            [bias] = biases
+            dims[f"{stem} bias"] = (bias.target, bias.sources, bias.dim)
     assert dims == {
         "raw_einsum": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
         "raw_einsum_xavier_loop": ("wqkv", ["wq", "wk", "wv"], 1),
@@ -171,6 +174,8 @@ def test_raw_plans_stack_along_the_output_dimension() -> None:
         "raw_linear_grouped": ("wqkv", ["wq", "wk", "wv"], 0),
         "raw_einsum_out_first": ("to_qkv", ["to_q", "to_k", "to_v"], 0),
         "raw_einsum_per_head": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
+        "raw_bias": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
+        "raw_bias bias": ("b_qkv", ["b_q", "b_k", "b_v"], 0),
     }
 
 
@@ -594,3 +599,24 @@ def test_modules_passing_q_k_v_on_are_decided_by_their_callers(memory: str, word
         assert result.migrated == text and not result.edits
         [refusal] = result.refusals
         assert all(w in refusal.reason for w in words), refusal.reason
+
+
+@pytest.mark.parametrize("change, words", [
+    (("        v = x @ self.w_v + self.b_v", "        v = x @ self.w_v"), "bias presence differs: w_q: self.b_q"),
+    (("        v = x @ self.w_v + self.b_v", "        v = self.b_v + x @ self.w_v"), "not applied the same way"),
+    (("        return q, k, v", "        return q, k, v + self.b_v"), "`self.b_v` on line 26 is used other than added"),
+    (("self.b_v = nn.Parameter(torch.zeros(d))", "self.b_v = nn.Parameter(torch.zeros(d, 1))"), "is not a 1-D bias"),
+    (("self.b_v = nn.Parameter(torch.zeros(d))", "self.b_v = nn.Parameter(torch.ones(d))"), "the biases differ"),
+    (("        self.b_q = ", "        self.bias_q = "), "the biases (bias_q, b_k, b_v) are not named alike"),
+])
+def test_raw_bias_hazards_are_refused(change: tuple[str, str], words: str) -> None:
+    path = FOLDER / "raw_bias.before.py"
+    text = path.read_text()
+    assert change[0] in text
+    text = text.replace(change[0], change[1], 1)
+    if change[1].startswith("        self.bias_q"):
+        text = text.replace("+ self.b_q", "+ self.bias_q")
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert words in refusal.reason, refusal.reason

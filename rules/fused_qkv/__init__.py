@@ -59,7 +59,8 @@ class SeparateQkvToFused(Rule):
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
     raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
-    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear. Lists:
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`), raw biases `b_qkv = cat([b_q, b_k, b_v])`;
+    the old keys disappear. Lists:
     `qkv.* = cat(linears.0/1/2.*)`, `linears.3.*` renamed `out.*`.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
@@ -71,7 +72,9 @@ class SeparateQkvToFused(Rule):
     place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
-    object's attribute); products spelled differently; raw biases added (not fused yet); the
+    object's attribute); products spelled differently; raw biases (`<product> + self.b_q`)
+    on only some of the three, used elsewhere, not 1-D, named unlike `b_q/b_k/b_v`, or added where
+    the output size is not last; a raw bias passed to F.linear (not fused yet); the
     weights differ in more than their output size. Lists: forward's query/key/value are three
     parameters and some call of an instance passes different names (naming that call), or no call
     is in the tree, or an instance is built or reached other than `self.<a> = Cls(...)` called as
@@ -162,6 +165,8 @@ class SeparateQkvToFused(Rule):
         fusion = raw_fusion(ctx, cls, triple, subs)
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
+        if fusion.biases is not None:  # 1-D, stacked like the weights' output sizes
+            plan.concatenated.append(Concatenation(fusion.biases.fused_name, fusion.biases.names, 0))
         return self._made(ctx, triple, subs, fusion.replacements, plan, fusion.dim)
 
     def _fix(self, ctx, cls, triple, subs, apps) -> Fix:

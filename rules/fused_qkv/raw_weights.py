@@ -36,11 +36,27 @@ class Product:
     input: cst.BaseExpression
     weight_dim: int  # the weight dimension that becomes an output dimension
     output_dim: int  # where it lands in the product (-1: last)
+    bias: cst.Attribute | None = None  # `self.b` in `<product> + self.b` (then `node` is the sum)
 
 
 def shape(ctx: "FileContext", sub: "Submodule", any_rank: bool = False) -> list[cst.BaseExpression]:
     """The two size expressions of a raw 2-D weight (with `any_rank`, of a weight of 2 or more
     dimensions, which an einsum applies); Blocked when it is built another way."""
+    sizes = _sizes(ctx, sub)
+    if len(sizes) != 2 and not (any_rank and len(sizes) > 2):
+        raise Blocked(f"`self.{sub.name}` (line {ctx.line(sub.statement)}) is not a 2-D weight")
+    return sizes
+
+
+def bias_size(ctx: "FileContext", sub: "Submodule") -> cst.BaseExpression:
+    """The one size expression of a raw 1-D bias; Blocked when it is built another way."""
+    sizes = _sizes(ctx, sub)
+    if len(sizes) != 1:
+        raise Blocked(f"`self.{sub.name}` (line {ctx.line(sub.statement)}) is not a 1-D bias")
+    return sizes[0]
+
+
+def _sizes(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
     where = f"`self.{sub.name}` (line {ctx.line(sub.statement)})"
     args = sub.call.args
     if len(args) != 1 or args[0].keyword is not None or args[0].star:
@@ -58,8 +74,6 @@ def shape(ctx: "FileContext", sub: "Submodule", any_rank: bool = False) -> list[
         if any(isinstance(e, cst.StarredElement) for e in sizes[0].elements):
             raise Blocked(f"{where} passes its shape with a star")
         sizes = [e.value for e in sizes[0].elements]
-    if len(sizes) != 2 and not (any_rank and len(sizes) > 2):
-        raise Blocked(f"{where} is not a 2-D weight")
     return sizes
 
 
@@ -74,7 +88,7 @@ def product(ctx: "FileContext", cls: "ModuleClass", ref: cst.Attribute) -> Produ
     else:
         return None
     if found is not None:
-        _refuse_bias(ctx, cls, found.node)
+        found = _with_bias(ctx, cls, found)
     return found
 
 
@@ -83,7 +97,8 @@ def _matmul(ctx, cls, node, ref: cst.Attribute) -> Product | None:
     if applied is None or not applied.raw or applied.weight != ref.attr.value:
         return None
     if applied.bias is not None:
-        raise Blocked(f"`self.{applied.bias}` is a raw bias (line {ctx.line(node)}); raw bias triples are not fused yet")
+        raise Blocked(f"`self.{applied.bias}` is a raw bias passed to F.linear (line {ctx.line(node)}); "
+                      "F.linear bias triples are not fused yet")
     if ctx.names.is_call(node, "torch.nn.functional.linear"):
         return Product(node, applied.input, 0, -1)  # F.linear weights are (out, in)
     return Product(node, applied.input, 1, -1)
@@ -116,14 +131,15 @@ def _einsum(call: cst.Call, weight_arg: cst.Arg) -> Product | None:
     return Product(call, args[2 - at].value, weight.index(kept[0]), output_dim)
 
 
-def _refuse_bias(ctx, cls, node: cst.BaseExpression) -> None:
-    outer = ctx.parents.get(node)
+def _with_bias(ctx, cls, found: Product) -> Product:
+    """`<product> + self.b` (or `self.b + <product>`) with a raw parameter `b`: the sum is the
+    application, `self.b` its bias."""
+    outer = ctx.parents.get(found.node)
     if isinstance(outer, cst.BinaryOperation) and isinstance(outer.operator, cst.Add):
-        other = outer.right if outer.left is node else outer.left
-        bias = cls.submodule_of(other, PARAMETER)
-        if bias is not None:
-            raise Blocked(f"`self.{bias.name}` is a raw bias added to the product (line {ctx.line(node)}); "
-                          "raw bias triples are not fused yet")
+        other = outer.right if outer.left is found.node else outer.left
+        if cls.submodule_of(other, PARAMETER) is not None:
+            return Product(outer, found.input, found.weight_dim, found.output_dim, other)
+    return found
 
 
 def init_site(ctx: "FileContext", ref: cst.Attribute) -> cst.BaseExpression | None:
