@@ -620,3 +620,28 @@ def test_raw_bias_hazards_are_refused(change: tuple[str, str], words: str) -> No
     assert result.migrated == text and not result.edits
     [refusal] = result.refusals
     assert words in refusal.reason, refusal.reason
+
+
+@pytest.mark.parametrize("stem, script, words", [
+    ("forward_params_one_caller", 'KEY = "encoder.self_attention.w_ks.weight"\n',
+     "the string 'encoder.self_attention.w_ks.weight' (convert.py:1) reads a checkpoint key"),
+    ("linear_wrapper", 'KEYS = ["attention.v_proj.inner.bias"]\n', "'attention.v_proj.inner.bias' (convert.py:1)"),
+    ("listed_projections_zip", 'def out(state):\n    return state["block.attention.linears.3.weight"]\n',
+     "'block.attention.linears.3.weight' (convert.py:2)"),
+    ("raw_bias", 'KEY = "layer.b_v"\n', "'layer.b_v' (convert.py:1)"),
+    ("raw_bias", 'KEY = "layer.b_vs"\nNAME = "w_q"\n', None),  # another key; a bare name is no key
+])
+def test_scripts_reading_removed_keys_are_named(tmp_path: Path, stem: str, script: str, words) -> None:
+    from project_support import write_project
+
+    source = (FOLDER / f"{stem}.before.py").read_text()
+    project = write_project(tmp_path, {"model.py": source, "convert.py": script})
+    path = tmp_path / "model.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    assert not result.errors, result.errors
+    if words is None:
+        assert result.edits and not result.refusals
+    else:
+        assert result.migrated == source and not result.edits
+        [refusal] = result.refusals
+        assert words in refusal.reason, refusal.reason

@@ -20,6 +20,7 @@ from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, 
 from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, CrossCall, constructor_edits, forward_edits,
                                                  sizes_in_forward, split_suffix, total_size)
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
+from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
@@ -119,7 +120,7 @@ class SeparateQkvToFused(Rule):
             if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
                     or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
                 raise Blocked(f"the class already has `{triple.fused_name}`")
-            consumer = _consumer(ctx, cls, triple)
+            consumer = _consumer(ctx, cls, triple) or old_key_reader(ctx, [triple.attributes[r] for r in ROLES])
             if consumer is not None:
                 raise Blocked(consumer)
             raw = all(s.callee == _PARAMETER for s in subs)
@@ -131,6 +132,9 @@ class SeparateQkvToFused(Rule):
     def _listed(self, ctx, cls, attribute: str) -> Finding:
         statement = cls.submodules[attribute].statement
         try:
+            reader = old_key_reader(ctx, [attribute])
+            if reader is not None:
+                raise Blocked(reader)
             fusion = listed_fusion(ctx, cls, attribute)
         except Blocked as exc:
             return Refusal(ctx.line(statement), f"q/k/v projections in `self.{attribute}` not fused: {exc}",

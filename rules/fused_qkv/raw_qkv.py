@@ -19,6 +19,7 @@ from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, applied, different_inputs, foreign_attribute,
                                                    naming_string)
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
 from tf_migrate.rules.fused_qkv.raw_weights import Product, bias_size, init_site, product, shape
 
 
@@ -121,7 +122,7 @@ def _biases(ctx, cls, products: list[Product], weights: list[str]) -> RawBiases 
     if fused_name in cls.submodules or fused_name in cls.methods or next(cls.self_references(fused_name), None):
         raise Blocked(f"the class already has `{fused_name}`")
     subs = [cls.submodules[n] for n in names]
-    foreign = foreign_attribute(ctx, cls, names) or naming_string(ctx, names)
+    foreign = foreign_attribute(ctx, cls, names) or naming_string(ctx, names) or old_key_reader(ctx, names)
     if foreign:
         raise Blocked(foreign)
     sites = []
