@@ -645,3 +645,77 @@ def test_scripts_reading_removed_keys_are_named(tmp_path: Path, stem: str, scrip
         assert result.migrated == source and not result.edits
         [refusal] = result.refusals
         assert words in refusal.reason, refusal.reason
+
+
+_HANDED_LAYERS = """import torch.nn as nn
+
+
+class Attention(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+    def forward(self, q, k, v):
+        q = self.query(q)
+        k = self.key(k)
+        v = self.value(v)
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, attention, width):
+        super().__init__()
+        self.attention = attention
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.norm(x + self.attention(x, x, x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, own, other, width):
+        super().__init__()
+        self.own = own
+        self.other = other
+
+    def forward(self, x, memory):
+        x = x + self.own(x, x, x)
+        return x + self.other(x, memory, memory)
+"""
+
+
+@pytest.mark.parametrize("model, words", [
+    # instances handed to a constructor that keeps them as `self.attention` and calls it with one tensor
+    ("from layers import Attention, EncoderLayer\n\nLAYERS = [EncoderLayer(Attention(8), 8) for _ in range(2)]\n", None),
+    ("from layers import Attention, DecoderLayer\n\nLAYER = DecoderLayer(Attention(8), Attention(8), 8)\n",
+     ["`self.other(x, memory, memory)` on line 36 passes x, memory, memory as q, k, v"]),
+    # handed to a function, not a module constructor: not followed
+    ("from layers import Attention\n\nLAYER = print(Attention(8))\n", ["model.py:3 is used other than"]),
+])
+def test_instances_handed_to_a_constructor_are_followed(tmp_path: Path, model: str, words) -> None:
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"layers.py": _HANDED_LAYERS, "model.py": model})
+    path = tmp_path / "layers.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    assert not result.errors, result.errors
+    if words is None:
+        assert not result.refusals and "q, k, v = self.qkv(q).chunk(3, dim=-1)" in result.migrated
+    else:
+        assert result.migrated == _HANDED_LAYERS and not result.edits
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_a_constructor_that_does_more_with_the_instance_is_not_followed(tmp_path: Path) -> None:
+    from project_support import write_project
+
+    layers = _HANDED_LAYERS.replace("        self.attention = attention\n",
+                                    "        self.attention = attention\n        self.spare = attention\n")
+    project = write_project(tmp_path, {"layers.py": layers, "model.py": (
+        "from layers import Attention, EncoderLayer\n\nLAYER = EncoderLayer(Attention(8), 8)\n")})
+    path = tmp_path / "layers.py"
+    [refusal] = migrate_source(layers, str(path), [SeparateQkvToFused()], project).refusals
+    assert "model.py:3 is used other than" in refusal.reason, refusal.reason

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from tf_migrate.analysis.dataflow import binds, loads
+from tf_migrate.analysis.helpers import bind_arguments
+from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.analysis.linear import linear_elements
 from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.nodes import find
@@ -349,7 +351,7 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
     built or reached any other way."""
     name = cls.node.name.value
     word = re.compile(rf"\b{re.escape(name)}\b")
-    holders = _holders(ctx, cls, name, word)
+    holders = _holders(ctx, cls, name, word, ctx)
     for path in sorted(ctx.project.files):
         text = ctx.project.text(path)
         if path != ctx.project_key and text is not None and word.search(text):
@@ -358,7 +360,7 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
                 raise Blocked(f"`{name}` is named in {path}, which cannot be read")
             if _own_class_of_that_name(other, name):
                 continue
-            holders += _holders(other, None, name, word)
+            holders += _holders(other, None, name, word, ctx)
     found = []
     for fctx, owner, holder in holders:
         where = "" if fctx is ctx else f"{fctx.path}:"
@@ -369,7 +371,7 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
             elif isinstance(parent, cst.Attribute) and parent.attr.value == "forward" \
                     and isinstance(fctx.parents.get(parent), cst.Call) and fctx.parents.get(parent).func is parent:
                 found.append((fctx, fctx.parents.get(parent)))  # `self.attention.forward(x, x, x)`: the same arguments
-            elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, owner.submodules[holder].statement)):
+            elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, _holding_statement(owner, holder))):
                 raise Blocked(f"`self.{holder}` on line {where}{fctx.line(ref)} is used other than called")
         owners = [o.node for _, o, h in holders if h == holder]
         contexts = {f.project_key: f for f, _, h in holders if h == holder}
@@ -411,7 +413,51 @@ def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) 
                       "its holder")
 
 
-def _holders(fctx, cls, name: str, word) -> list:
+def _holding_statement(owner, holder: str) -> cst.CSTNode | None:
+    """Where `self.<holder>` is built (`= Cls(...)`) or stored (`= <constructor parameter>`)."""
+    sub = owner.submodules.get(holder)
+    if sub is not None:
+        return sub.statement
+    init = owner.methods.get("__init__")
+    stores = [a for a in find(init, lambda n: isinstance(n, cst.Assign)) if len(a.targets) == 1
+              and self_attribute(a.targets[0].target) == holder] if init is not None else []
+    return stores[0] if len(stores) == 1 else None
+
+
+def _handed_to_constructor(fctx, built: cst.Call, root) -> tuple | None:
+    """(file context, class, attribute) when `built` is passed to the constructor of a project
+    module class (`EncoderLayer(Cls(...), d)`) whose `__init__` stores that parameter, unchanged
+    and only there, as `self.<attribute> = <parameter>`: the instance is then held, and called,
+    as `self.<attribute>` of that class."""
+    arg = fctx.parents.get(built)
+    outer = fctx.parents.get(arg)
+    if not (isinstance(arg, cst.Arg) and isinstance(outer, cst.Call) and arg.value is built and not arg.star):
+        return None
+    symbols = symbols_of(fctx, outer.func)
+    if len(symbols) != 1 or symbols[0].kind != "class" or fctx.project.method(symbols[0], "__init__") is None:
+        return None
+    owner_symbol, init = fctx.project.method(symbols[0], "__init__")
+    if owner_symbol != symbols[0]:
+        return None  # the constructor is inherited: keep to classes that define it
+    bound = bind_arguments(init, outer, bound_self=True)
+    param = next((name for name, value in (bound or {}).items() if value is built), None)
+    octx = root if owner_symbol.path == root.project_key else \
+        fctx.project.context(owner_symbol.path) if owner_symbol.path else None
+    owner = next((c for c in octx.module_classes if c.qualname == owner_symbol.qualname), None) if octx else None
+    cinit = owner.methods.get("__init__") if owner is not None else None
+    if param is None or cinit is None:
+        return None
+    stores = [a for a in find(cinit, lambda n: isinstance(n, cst.Assign)) if isinstance(a.value, cst.Name)
+              and a.value.value == param]
+    holder = self_attribute(stores[0].targets[0].target) if len(stores) == 1 and len(stores[0].targets) == 1 \
+        else None
+    if holder is None or len(loads(cinit.body, param)) != 1 or binds(cinit.body, param) \
+            or _holding_statement(owner, holder) is not stores[0]:
+        return None
+    return octx, owner, holder
+
+
+def _holders(fctx, cls, name: str, word, root) -> list:
     """(file context, owner class, attribute) for each `self.<attribute> = <name>(...)` in a module's
     `__init__` of one file; Blocked for any other mention of `name` there (a plain import aside)."""
     where = "" if cls is not None else f"{fctx.path}:"
@@ -432,6 +478,11 @@ def _holders(fctx, cls, name: str, word) -> list:
             and len(assign.targets) == 1 and assign.value is parent and parent.func is node else None
         owner = next((c for c in fctx.module_classes if c.submodules.get(holder or "") is not None
                       and c.submodules[holder].statement is statement), None)
+        if owner is None and isinstance(parent, cst.Call) and parent.func is node:
+            handed = _handed_to_constructor(fctx, parent, root)  # `EncoderLayer(Cls(...), ...)`
+            if handed is not None:
+                holders.append(handed)
+                continue
         if owner is None:
             raise Blocked(f"`{name}` on line {where}{fctx.line(node)} is used other than as "
                           f"`self.<name> = {name}(...)` in a module's __init__: the calls of its instances are "
