@@ -50,6 +50,7 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
     ("helper_name_taken", ["the split would bind `k`", "already uses elsewhere"]),
     ("split_name_declared_global", ["the split would bind `q`"]),
+    ("pointwise_conv_projections", ["`conv_q` is built by `nn.Conv1d(...)` (line 10)"]),
     ("projection_replayed", ["`self.query` is used 2 times", "line 22: `self.query.explain(relevance_q)`"]),
 ])
 def test_refusals_say_why(case: str, words: list[str]) -> None:

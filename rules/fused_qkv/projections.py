@@ -25,7 +25,7 @@ _LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v",
 _PLURAL = frozenset({"queries", "keys", "values", "qs", "ks", "vs"})
 # `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`, and plurals (`tokeys`, `w_qs`): one
 # role word with a shared affix.
-_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)"
+_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj|conv)?_?)"
                    r"(?P<role>queries|query|keys|key|values|value|qs|ks|vs|q|k|v)"
                    r"(?P<post>(?:_?(?:projection|proj|lin|linear|net|layer))?)$")
 
