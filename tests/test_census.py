@@ -468,3 +468,18 @@ def test_a_chained_assignment_of_the_scores_is_named_as_one() -> None:
         (7, "the scores `sim` are bound in the chained assignment `sim = raw = q @ k.transpose(-1, -2)` "
             "(line 7): `raw` also holds them, and SDPA never materialises the scores")]
     assert [c.outcome for c in result.components] == ["refused"]
+
+
+def test_statistics_count_the_reasons_of_refusals_outside_the_census() -> None:
+    from tf_migrate.engine.census import ComponentOutcome
+    from tf_migrate.engine.file import Diagnostic, Edit, FileResult
+    from tf_migrate.engine.report import reason_counts
+
+    result = FileResult("m.py", components=[ComponentOutcome("TFM101", "attention", "A", 3, 5, "refused",
+                                                             "line 4: `attn` is returned at line 5")],
+                        refusals=[Diagnostic("TFM101", 4, "`attn` is returned at line 5"),
+                                  Diagnostic("TFM102", 11, "not the same tensor (line 23: q, line 24: k)")],
+                        outside=[Edit("TFM102", 11, "refusal")])
+    assert reason_counts([result]) == [
+        (1, "TFM101", "refused", "`attn` is returned at line N"),
+        (1, "TFM102", "refused outside census", "not the same tensor (line N: q, line N: k)")]

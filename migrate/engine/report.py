@@ -143,12 +143,17 @@ def fold_lines(reason: str) -> str:
 
 
 def reason_counts(results: Sequence[FileResult]) -> list[tuple[int, str, str, str]]:
-    """(count, rule, outcome, reason) for every outcome but migrated, line numbers folded."""
+    """(count, rule, outcome, reason) for every outcome but migrated, and for each refusal outside
+    the census, line numbers folded."""
     counts: Counter[tuple[str, str, str]] = Counter()
     for result in results:
         for c in result.components:
             if c.outcome != "migrated":
                 counts[(c.rule, c.outcome, fold_lines(c.reason))] += 1
+        for item in result.outside:  # refusals no component accounts for are reasons too
+            refusal = next((r for r in result.refusals if (r.code, r.line) == (item.code, item.line)), None)
+            if item.message == "refusal" and refusal is not None:
+                counts[(item.code, "refused outside census", fold_lines(refusal.reason))] += 1
     return sorted(((n, *key) for key, n in counts.items()), key=lambda t: (-t[0], t[1:]))
 
 
