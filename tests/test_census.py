@@ -483,3 +483,81 @@ def test_statistics_count_the_reasons_of_refusals_outside_the_census() -> None:
     assert reason_counts([result]) == [
         (1, "TFM101", "refused", "`attn` is returned at line N"),
         (1, "TFM102", "refused outside census", "not the same tensor (line N: q, line N: k)")]
+
+
+_PRODUCT_MODULES = '''
+import torch
+import torch.nn as nn
+
+
+class Einsum(nn.Module):
+    def __init__(self, equation):
+        super().__init__()
+        self.equation = equation
+
+    def forward(self, operands):
+        return torch.einsum(self.equation, *operands)
+
+
+class Softmax(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return torch.softmax(x, self.dim)
+
+
+class Attn(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.matmul1 = Einsum("bid,bjd->bij")
+        self.matmul2 = Einsum("bij,bjd->bid")
+        self.softmax = Softmax(dim=-1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = self.softmax(self.matmul1([q, k]) * 0.125)
+        return self.matmul2([attn, v])
+
+
+class Mlp(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attn = Attn(d)
+        self.mlp = Mlp(d)
+
+    def forward(self, x):
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+'''
+
+
+def test_scores_computed_by_a_product_module_are_still_attention() -> None:
+    """`self.matmul1([q, k])` (explainability code's product modules) computes the scores: the
+    softmax over it is attention even though `q` comes from a Linear, so the Mlp beside it is an FFN."""
+    rule = next(r for r in all_rules() if r.code == "TFM301")
+    result = migrate_source(_PRODUCT_MODULES, "case.py", [rule()])
+    assert [c.cls for c in result.components] == ["Mlp"]
+
+
+def test_the_block_named_in_a_refusal_is_its_header_not_the_comment_above_it() -> None:
+    source = _BLOCKS.replace("        if mask is not None:\n            sim = sim.masked_fill(mask, float(\"-inf\"))\n"
+                             "        else:", "        # hide the padding\n        if mask is not None:\n"
+                             "            sim = sim.masked_fill(mask, float(\"-inf\"))\n        else:")
+    assert source.count("# hide the padding") == 1
+    rule = next(r for r in all_rules() if r.code == "TFM101")
+    reasons = [r.reason for r in migrate_source(source, "case.py", [rule()]).refusals]
+    assert "`sim` is rebound inside `if mask is not None:` (line 25), which has an else branch" in reasons[2]

@@ -714,7 +714,8 @@ def _short(code: str, limit: int = 80) -> str:
 
 def _unfollowed_block(ctx: "FileContext", name: str, statement: cst.BaseStatement) -> str:
     """Why the chain stops at a compound statement that binds `name`: which block, and what of it."""
-    header = ctx.code(statement).strip().splitlines()[0].strip()
+    bare = statement.with_changes(leading_lines=()) if hasattr(statement, "leading_lines") else statement
+    header = ctx.code(bare).strip().splitlines()[0].strip()  # the `if ...:` line, not a comment above it
     where = f"`{header}` (line {ctx.line(statement)})"
     if isinstance(statement, cst.If) and isinstance(statement.body, cst.IndentedBlock):
         if statement.orelse is not None:

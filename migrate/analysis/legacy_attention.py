@@ -156,6 +156,16 @@ def classifier_softmaxes(ctx: "FileContext") -> frozenset[tuple[int, int]]:
                 and projection_name(node, function, index) is not None \
                 and unit_projection_class(function.cls.constructor_call(attribute))
 
+        def opaque(node: ast.AST, function: Function) -> bool:
+            """A product, or a submodule / helper call that is no projection (an LRP `self.matmul1([q, k])`
+            computes the scores itself): the softmax's input is not a Linear's output."""
+            if _is_barrier(node, function):
+                return True
+            if not isinstance(node, ast.Call) or is_dropout(node, function):
+                return False
+            return self_attribute(node.func) is not None or (
+                isinstance(node.func, ast.Name) and node.func.id in index.by_name)
+
         found = set()
         for node in index.calls:
             function = index.function_of(node)
@@ -164,7 +174,7 @@ def classifier_softmaxes(ctx: "FileContext") -> frozenset[tuple[int, int]]:
             source = softmax_input(node, index.modules)
             if source is None or walk.back(source, hit=_is_scores, stop=_is_barrier, into_functions=True):
                 continue
-            if walk.back(source, hit=projection, stop=_is_barrier, into_functions=True) is not None:
+            if walk.back(source, hit=projection, stop=opaque, into_functions=True) is not None:
                 found.add((node.lineno, node.col_offset))
         return frozenset(found)
 
