@@ -304,7 +304,7 @@ class ScoresOut(nn.Module):
     def forward(self, q, k, v):
         scores = q @ k.transpose(-1, -2)
         out = scores.softmax(dim=-1) @ v
-        return out, scores
+        return out, scores.detach()
 
 
 class Looped(nn.Module):
