@@ -430,8 +430,7 @@ class Walker:
         if parameter not in params:
             position = None
         else:
-            method = function.cls is not None and function.cls.methods.get(function.node.name) is function.node
-            position = params.index(parameter) - (1 if method else 0)
+            position = params.index(parameter) - (1 if self.is_method(function) else 0)
         found = []
         for call in self._callers(function):
             keyword = next((k.value for k in call.keywords if k.arg == parameter.arg), None)
@@ -442,11 +441,13 @@ class Walker:
                 found.append(call.args[position])
         return found[:4]
 
+    def is_method(self, function: Function) -> bool:
+        """Defined in a class body (its first parameter is `self`), not a function nested in a method."""
+        return function.cls is not None and self.index.parents.get(function.node) is function.cls.node
+
     def _callers(self, function: Function) -> Iterator[ast.Call]:
         name = function.node.name
-        cls = function.cls
-        if cls is not None and cls.methods.get(name) is not function.node:
-            cls = None  # a function nested in a method is called by its plain name
+        cls = function.cls if self.is_method(function) else None
         for call in self.index.calls:
             if cls is None:
                 if isinstance(call.func, ast.Name) and call.func.id == name:

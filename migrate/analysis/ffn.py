@@ -23,6 +23,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
+from tf_migrate.analysis.legacy_attention import classifier_softmaxes
 from tf_migrate.analysis.linear import is_linear_layer
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
@@ -44,6 +45,7 @@ ACTIVATION_FUNCTIONS = (
 # What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind.
 FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid"})
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
+_METADATA = ("dtype", "shape", "device", "ndim", "size", "dim")  # reads that are not of the values
 _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
     "torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
@@ -189,6 +191,7 @@ class _Tracer:
     def __init__(self, ctx, flow: FunctionFlow) -> None:
         self.ctx, self.flow = ctx, flow
         self.followed: list[Binding] = []
+        self.reads: dict[int, cst.Name] = {}  # id of a followed binding -> the chain's read of it
 
     def back(self, node: cst.BaseExpression) -> cst.BaseExpression:
         if not isinstance(node, cst.Name):
@@ -200,14 +203,29 @@ class _Tracer:
         if not isinstance(found, Binding):
             return node
         self.followed.append(found)
+        self.reads[id(found)] = node
         return found.value
 
     def check_single_use(self) -> None:
         for binding in self.followed:
-            if len(self.flow.uses(binding)) != 1:
-                raise Refused(self.ctx.line(binding.statement),
-                              f"`{binding.name}` inside the feed-forward is read more than once",
+            uses = self.flow.uses(binding)
+            if len(uses) != 1:
+                chain = self.reads.get(id(binding))
+                other = next((u for u in uses if u is not chain), None)
+                raise Refused(self.ctx.line(binding.statement), self._reread(binding.name, other),
                               "compute the FFN in one chain whose intermediate values are not reused")
+
+    def _reread(self, name: str, use: cst.Name | None) -> str:
+        """The one read outside the chain: `h.shape` is a read of metadata, not of the values, but
+        the rewrite removes `h` all the same."""
+        if use is None:
+            return f"`{name}` inside the feed-forward is read more than once"
+        line = self.ctx.line(use)
+        parent = self.ctx.parents.get(use)
+        if isinstance(parent, cst.Attribute) and parent.value is use and parent.attr.value in _METADATA:
+            return (f"`{name}.{parent.attr.value}` is read at line {line}, outside the feed-forward: the "
+                    f"rewrite removes `{name}` (read it from the FFN's input or output instead)")
+        return f"`{name}` inside the feed-forward is read again at line {line}"
 
 
 def _calls_and_ops(node: cst.CSTNode) -> list[cst.BaseExpression]:
@@ -415,7 +433,10 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
 def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:
     """`node` calls softmax / SDPA / nn.MultiheadAttention, or a function of the file (`helpers`)
     that does (`x, self.attn = attention(q, k, v, mask)`)."""
+    classifiers = classifier_softmaxes(ctx)  # a softmax over a Linear's output is a head, not attention
     for call in _calls_and_ops(node):
+        if isinstance(call, cst.Call) and classifiers and (ctx.line(call), ctx.column(call)) in classifiers:
+            continue
         if isinstance(call, cst.Call) and (
             ctx.names.callee(call) in _ATTENTION_CALLS
             or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax")
