@@ -28,8 +28,6 @@ _runs: dict[str, dict[str, FileResult]] = {}
 
 # (package or model, rule) -> the step a rule's census does not take yet (rules/<rule>/census.py).
 RULE_SIDE = {
-    ("aiayn", "TFM102"): "rules/fused_qkv/census.py follows q/k/v to an attention in this file only; "
-                         "here `self.attention(q, k, v)` is a ScaledDotProductAttention of Modules.py",
     ("aiayn", "TFM201"): "rules/prenorm/census.py `_becomes_stream`: `q += residual` then "
                          "`q = self.layer_norm(q)`: an augmented assignment does not name the stream",
     ("bert_pkg", "TFM301"): "rules/swiglu/census.py `_halves`: `return act(self.dense(h))` returns the "

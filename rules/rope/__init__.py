@@ -97,9 +97,12 @@ class SinusoidalToRotary(Rule):
 
     def check(self, ctx) -> Iterator[Finding]:
         findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
-        yield from findings
         handled = {ctx.line(a.statement) for a in find_additions(ctx)} if findings else set()
-        yield from _unmatched_refusals(ctx, self.code, findings, handled)
+        unmatched = list(_unmatched_refusals(ctx, self.code, findings, handled))
+        # a refusal the table now points to is said once, at the table (the component's line)
+        answered = {id(answer) for _, answer in unmatched if answer is not None}
+        yield from (f for f in findings if id(f) not in answered)
+        yield from (refusal for refusal, _ in unmatched)
 
     def _check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
@@ -176,12 +179,13 @@ class SinusoidalToRotary(Rule):
                       maybe_unused_imports=_TABLE_IMPORTS)
 
 
-def _unmatched_refusals(ctx, code: str, findings: list[Finding], handled: set[int]) -> Iterator[Refusal]:
+def _unmatched_refusals(ctx, code: str, findings: list[Finding],
+                        handled: set[int]) -> Iterator[tuple[Refusal, Refusal | None]]:
     """The census's tables the matcher said nothing about: refused with the census's reason (a
     table in another file, a 2-D table, a factory that may build a learned one, a route the
     matcher does not rewrite), so that no sinusoidal table passes in silence. An addition the
     matcher took up (`handled`) and answered away from the table (the model's built-in layers)
-    points to that answer."""
+    points to that answer, which it replaces (paired with each refusal here)."""
     from tf_migrate.rules.rope.census import sites
 
     lines = [f.line for f in findings]
@@ -195,9 +199,9 @@ def _unmatched_refusals(ctx, code: str, findings: list[Finding], handled: set[in
             answer = next((f for f in findings if isinstance(f, Refusal)), None)
             if answer is not None:
                 yield Refusal(site.line, f"these positions belong to the model refused at line {answer.line}: "
-                              f"{answer.reason}", answer.hint)
+                              f"{answer.reason}", answer.hint), answer
             continue
-        yield Refusal(site.line, site.reason, site.hint)
+        yield Refusal(site.line, site.reason, site.hint), None
 
 
 # What a removed table may have been the last user of (removed only when nothing reads it).
