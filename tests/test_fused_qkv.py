@@ -39,10 +39,12 @@ def test_noop_is_byte_identical(noop: Path) -> None:
 @pytest.mark.parametrize("case, words", [
     ("bias_mismatch", ["bias presence differs", "k bias=False (line 8)"]),
     ("cross_attention", ["no call of a `MultiHeadAttention` in the tree", "callers decide whether query, key"]),
-    ("input_rebound", ["not provably applied to the same tensor"]),
+    ("input_rebound", ["`x` is rebound on line 14 (`x = self.norm(x)`) between `self.query(x)` (line 13) and "
+                       "`self.key(x)` (line 15)"]),
     ("different_in_features", ["in_features differ (d, d_ctx)"]),
     ("conv1d_projections", ["transposed"]),
-    ("raw_cross_attention", ["not provably applied to the same tensor", "line 16: memory"]),
+    ("raw_cross_attention", ["`torch.matmul(x, self.w_q)` (line 15) reads `x`, `torch.matmul(memory, self.w_k)` "
+                             "(line 16) reads `memory`, another tensor"]),
     ("raw_different_specs", ["not applied the same way", '"bld,ed->ble"']),
     ("raw_weight_tied", ["`self.w_v` on line 19 is used other than in one product"]),
     ("raw_init_in_place", ["`self.w_q` on line 13", "nn.init calls"]),
@@ -63,8 +65,11 @@ def test_refusals_say_why(case: str, words: list[str]) -> None:
 def test_input_changed_in_place_between_is_refused() -> None:
     path = FOLDER / "input_mutated_in_place.noop.py"
     result = _run(path, path.read_text())
-    assert len(result.refusals) == 2
-    assert all("changed in place" in r.reason for r in result.refusals)
+    assert [r.reason.split(": ", 2)[-1] for r in result.refusals] == [
+        "`x` is changed in place on line 15 (`x.mul_(0.5)`) between `self.q_proj(x)` (line 14) and "
+        "`self.k_proj(x)` (line 16)",
+        "`x` is changed in place on line 30 (`x[:, 0] = 0.0`) between `self.q_proj(x)` (line 29) and "
+        "`self.k_proj(x)` (line 31)"]
 
 
 def test_plan_concatenates_in_qkv_order() -> None:
@@ -313,8 +318,12 @@ def test_listed_plan_concatenates_three_elements_and_renames_the_fourth() -> Non
 
 @pytest.mark.parametrize("change, words", [
     (("(h, h, h)", "(h)"), ["passes h, ?, ?"]),  # defaults decide: not provably one tensor
-    (("b = query.size(0)", "key = key * 1\n        b = query.size(0)"), ["`key` is rebound in forward"]),
-    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["not used exactly as q/k/v", "line 25: self.linears[2](mixed)"]),
+    (("b = query.size(0)", "key = key * 1\n        b = query.size(0)"), ["`key` is rebound in forward on line 20 (`key = key * 1`) "
+                                                                               "before it is projected on line 22"]),
+    (("self.linears[-1](mixed)", "self.linears[2](mixed)"), ["not used exactly as q/k/v: it is zipped in `zip(self.linears, "
+     "(query, key, value))` (line 22) and indexed in `self.linears[2](mixed)` (line 25)"]),
+    (("self.linears[-1](mixed)", "self.linears[-1](mixed) + sum(p.sum() for p in self.linears.parameters())"),
+     ["`self.linears.parameters()` (line 25) uses it other than in a zip or an indexed call"]),
     (("replicate(nn.Linear(width, width), 4)",
       "nn.ModuleList([nn.Linear(width, width)] * 3 + [nn.Linear(width, width, bias=False)])"), None),
     (("self.attention = HeadedAttention(width, heads)", "self.attention = make(HeadedAttention, width)"),
@@ -345,7 +354,7 @@ def test_listed_three_plan_has_no_output_and_negative_index_is_the_value() -> No
     assert fix.message == "input_maps[0..2] -> fused `qkv` + split"
     text = path.read_text().replace("self.merge(", "self.input_maps[-1](")  # element 2 (v) again: not an output
     result = _run(path, text)
-    assert result.migrated == text and "line 24: self.input_maps[-1](" in result.refusals[0].reason
+    assert result.migrated == text and "indexed in `self.input_maps[-1](...)` (line 24)" in result.refusals[0].reason
 
 
 def test_listed_old_style_super_and_forward_calls_are_followed() -> None:
@@ -392,13 +401,13 @@ _SAME_NAME = ("import torch.nn as nn\n\n\nclass HeadedAttention(nn.Module):\n   
     ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Cross(nn.Module):\n"
      "    def __init__(self):\n        super().__init__()\n        self.attention = HeadedAttention(8, 2)\n\n"
      "    def forward(self, x, m):\n        return self.attention(x, m, m)\n",
-     ["`self.attention(x, m, m)` on line", "decoder.py:11 passes x, m, m as query, key, value"]),
-    ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on line", "decoder.py:1 is used other than"]),
-    ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["decoder.py:3 is used other than"]),
-    ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on line", "decoder.py:2 reaches"]),
+     ["`self.attention(x, m, m)` on decoder.py:11 passes x, m, m as query, key, value"]),
+    ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on decoder.py:1 is used other than"]),
+    ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["on decoder.py:3 is used other than"]),
+    ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on decoder.py:2 reaches"]),
     # a class of the same name defined in the other file is another class: its cross call is its own
     (_SAME_NAME, None),
-    ("from attn import *\n" + _SAME_NAME, ["decoder.py:", "is used other than"]),
+    ("from attn import *\n" + _SAME_NAME, ["on decoder.py:", "is used other than"]),
 ])
 def test_listed_follows_instances_into_other_files(tmp_path: Path, decoder: str, words: list[str] | None) -> None:
     from project_support import write_project
@@ -473,7 +482,8 @@ def test_forward_parameters_passed_as_one_tensor_convert_strict_and_compute_the_
     # the decoder's cross-attention call: the refusal names it
     (None, ["`self.memory_attention(hidden, memory, memory)` on line 52", "cross-attention"]),
     # a parameter rebound before its projection is not what the caller passed
-    (("        kept = q\n", "        kept = q\n        k = k.flip(1)\n"), ["`k` is rebound in forward"]),
+    (("        kept = q\n", "        kept = q\n        k = k.flip(1)\n"), ["`k` is rebound in forward on line 29 (`k = k.flip(1)`) "
+                                                                                    "before it is projected on line 31"]),
     # a projection inside a block (a cache branch may bind k another way)
     (("        k = self.w_ks(k)", "        if self.heads:\n            k = self.w_ks(k)"),
      ["`k` is projected inside a block of forward (line 31"]),
@@ -720,3 +730,69 @@ def test_a_constructor_that_does_more_with_the_instance_is_not_followed(tmp_path
     path = tmp_path / "layers.py"
     [refusal] = migrate_source(layers, str(path), [SeparateQkvToFused()], project).refusals
     assert "model.py:3 is used other than" in refusal.reason, refusal.reason
+
+
+INDEXED = FOLDER / "listed_projections_indexed.before.py"
+
+
+@pytest.mark.parametrize("change, words", [
+    (("self.maps[1](key)", "self.maps[0](key)"), "element 0 is called 2 times, `self.maps[0](query)` (line 15) and "
+                                                 "`self.maps[0](key)` (line 16)"),
+    (("self.maps[3](", "self.maps[2]("), "element 2 is called 2 times"),
+    (("self.maps[3]((weights @ v)", "((weights @ v)"), "element 3 of its 4 is never called"),
+])
+def test_listed_indexed_refusal_names_the_element(change: tuple[str, str], words: str) -> None:
+    """The one element that breaks `[0]`, `[1]`, `[2]`, `[3]` called once each, at its lines."""
+    text = INDEXED.read_text()
+    assert change[0] in text
+    result = _run(INDEXED, text.replace(*change, 1))
+    assert not result.edits
+    assert any(words in r.reason for r in result.refusals), [r.reason for r in result.refusals]
+
+
+def test_projection_on_a_shared_line_is_named() -> None:
+    path = FOLDER / "projections_share_a_line.noop.py"
+    [refusal] = _run(path, path.read_text()).refusals
+    assert refusal.line == 10
+    assert "`self.key` is assigned on line 10, shared with other statements (`;`)" in refusal.reason
+
+
+def test_an_expression_input_is_named() -> None:
+    path = FOLDER / "input_rebound.noop.py"
+    text = path.read_text().replace("        x = self.norm(x)\n", "").replace("self.key(x)", "self.key(x.flip(1))")
+    [refusal] = _run(path, text).refusals
+    assert refusal.reason.endswith("`self.key(x.flip(1))` (line 14) projects the expression `x.flip(1)`, not a "
+                                   "local name"), refusal.reason
+
+
+def test_another_file_is_named_relative_to_the_run() -> None:
+    """A place in another file of the run reads `model.py:49`: never an absolute path."""
+    from tf_migrate.analysis.project import ProjectIndex
+
+    folder = FOLDER.parent / "projects" / "factory_pkg"
+    files = sorted(folder.rglob("*.py"))
+    project = ProjectIndex.for_files(files)
+    path = folder / "annotated" / "attention.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    [refusal] = result.refusals
+    assert "`MultiHeadedAttention` on model.py:49 is used other than" in refusal.reason, refusal.reason
+    assert str(folder) not in refusal.reason
+
+
+def test_paths_are_relative_to_the_run_not_to_a_root_far_above(tmp_path: Path) -> None:
+    """A `.git` above a site-packages tree makes that folder the project root; the run's files
+    are still named from the folder they share."""
+    from tf_migrate.analysis.project import ProjectIndex
+    from tf_migrate.rules.fused_qkv.places import shown_path
+
+    (tmp_path / ".git").mkdir()
+    package = tmp_path / "lib" / "site-packages" / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = [package / "a.py", package / "sub" / "b.py"]
+    for f in files:
+        f.write_text("")
+    project = ProjectIndex.for_files(files)
+    assert project.root == str(tmp_path)
+    assert shown_path(project, str(package / "sub" / "b.py")) == os.path.join("sub", "b.py")
+    assert shown_path(project, str(tmp_path / "lib" / "c.py")) == os.path.join("lib", "c.py")
+    assert shown_path(project, "/elsewhere/d.py") == "/elsewhere/d.py"

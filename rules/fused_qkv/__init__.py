@@ -104,10 +104,11 @@ class SeparateQkvToFused(Rule):
             if ctx.suppressed(self.code, cls.node):
                 continue
             for triple in triples(list(cls.submodules) + list(cls.crowded)):
-                crowded = next((cls.crowded[a] for a in triple.attributes.values() if a in cls.crowded), None)
-                if crowded is not None:
-                    yield Refusal(ctx.line(crowded), "q/k/v projections not fused: one of them is "
-                                  "assigned on a line shared with other statements (`;`)",
+                name = next((a for a in triple.attributes.values() if a in cls.crowded), None)
+                if name is not None:
+                    crowded = cls.crowded[name]
+                    yield Refusal(ctx.line(crowded), f"q/k/v projections not fused: `self.{name}` is "
+                                  f"assigned on line {ctx.line(crowded)}, shared with other statements (`;`)",
                                   "put each projection on its own line, then rerun")
                     continue
                 yield from self._triple(ctx, cls, triple)

@@ -22,6 +22,7 @@ from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.nodes import find
 from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.plan import ClassPlan, Concatenation
+from tf_migrate.rules.fused_qkv.places import place, shown_path
 from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_inputs, same_input
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, CrossCall, forward_edits, split_suffix
 
@@ -94,9 +95,8 @@ def listed_fusion(ctx, cls, attribute: str) -> ListedFusion:
     shapes = ((1, [3]), (0, [0, 1, 2, 3])) if with_out else ((1, []), (0, [0, 1, 2]))
     if len(uses) != expected or (len(zips), sorted(indexed)) not in shapes \
             or any(len(indexed[i]) != 1 for i in range(3) if i in indexed):
-        raise Blocked(f"`self.{attribute}` is not used exactly as q/k/v (one zip, or `[0]`, `[1]`, `[2]` called "
-                      f"once each)" + (" and output (`[3]`/`[-1]` called)" if with_out else "") + ": "
-                      + ", ".join(f"line {ctx.line(r)}: {ctx.code(_enclosing_call(ctx, r))}" for r in uses))
+        raise Blocked(f"`self.{attribute}` is not used exactly as q/k/v: "
+                      + _unexpected_use(ctx, cls, attribute, uses, zips, indexed, listed.count))
     width = ctx.code(layer.out_features)
     split = split_suffix([width] * 3)
     if zips:
@@ -168,6 +168,37 @@ def _index_edits(ctx, cls, attribute: str, calls: list[cst.Call], split: str) ->
             raise Blocked("the three elements are applied in different methods")
         source = _same_parameters(ctx, cls, apps[0].method, [(a.input.value, a.call) for a in apps])
     return forward_edits(ctx, apps, f"self.{FUSED}({source}){split}")
+
+
+def _unexpected_use(ctx, cls, attribute: str, uses, zips, indexed, count: int) -> str:
+    """The one use of `self.<attribute>` that breaks the q/k/v shape (a single zip, or `[0]`, `[1]`,
+    `[2]` (and `[3]` with four elements) called once each), at its line."""
+    def said(node) -> str:
+        code = " ".join(ctx.code(node).split())
+        if len(code) > 60:
+            code = f"{ctx.code(node.func)}(...)" if isinstance(node, cst.Call) else code[:57] + "..."
+        return f"`{code}` (line {ctx.line(node)})"
+
+    zipped = {id(z) for z in zips}
+    other = next((r for r in uses if _call_index(ctx, r) is None
+                  and id(ctx.parents.get(ctx.parents.get(r))) not in zipped), None)
+    if other is not None:
+        return f"{said(_enclosing_call(ctx, other))} uses it other than in a zip or an indexed call"
+    if len(zips) > 1:
+        return f"it is zipped twice, {said(zips[0])} and {said(zips[1])}"
+    output = {count - 1} if count == 4 else set()
+    if zips and set(indexed) - output:
+        call = min((c for i, calls in indexed.items() if i not in output for c in calls), key=ctx.line)
+        return f"it is zipped in {said(zips[0])} and indexed in {said(call)}"
+    repeated = next((i for i in sorted(indexed) if len(indexed[i]) > 1), None)
+    if repeated is not None:
+        return (f"element {repeated} is called {len(indexed[repeated])} times, "
+                + " and ".join(said(c) for c in indexed[repeated][:2]))
+    missing = next((i for i in (sorted(output) if zips else range(count)) if i not in indexed), None)
+    if missing is not None:
+        return f"element {missing} of its {count} is never called"
+    extra = next(i for i in sorted(indexed) if not 0 <= i < count)
+    return f"{said(indexed[extra][0])} calls element {extra} of {count}"
 
 
 def _enclosing_call(ctx, node) -> cst.CSTNode:
@@ -270,8 +301,7 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
                     raise
                 except Blocked:
                     pass  # the outer callers cannot be followed: this call is the nearest evidence
-            where = "" if fctx is ctx else f"{fctx.path}:"
-            raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on line {where}{fctx.line(call)} passes "
+            raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on {place(ctx, fctx, call)} passes "
                           f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
     if rebound is not None:
@@ -323,9 +353,14 @@ def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTN
         raise Blocked(f"`{name}` is projected inside a block of {method.name.value} (line {ctx.line(node)}: "
                       f"`{' '.join(ctx.code(statement).split())[:60]}...`), not on every path: the block may "
                       "bind it another way (a cache of keys and values)")
-    if statement is None or binds(node, name) or any(binds(s, name) for s in body[:body.index(statement)]):
-        raise Blocked(f"`{name}` is rebound in {method.name.value} before it is projected (or in a loop): "
+    if statement is None or binds(node, name):
+        raise Blocked(f"`{name}` is bound by the projection's own expression on line {ctx.line(node)}: "
                       "it may not be what the caller passed")
+    earlier = next((s for s in body[:body.index(statement)] if binds(s, name)), None)
+    if earlier is not None:
+        raise Blocked(f"`{name}` is rebound in {method.name.value} on line {ctx.line(earlier)} "
+                      f"(`{' '.join(ctx.code(earlier).split())[:60]}`) before it is projected on line "
+                      f"{ctx.line(node)}: it may not be what the caller passed")
 
 
 def _old_style_super(ctx, cls, node: cst.Name) -> bool:
@@ -357,13 +392,12 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
         if path != ctx.project_key and text is not None and word.search(text):
             other = ctx.project.context(path)
             if other is None:
-                raise Blocked(f"`{name}` is named in {path}, which cannot be read")
+                raise Blocked(f"`{name}` is named in {shown_path(ctx.project, path)}, which cannot be read")
             if _own_class_of_that_name(other, name):
                 continue
             holders += _holders(other, None, name, word, ctx)
     found = []
     for fctx, owner, holder in holders:
-        where = "" if fctx is ctx else f"{fctx.path}:"
         for ref in owner.self_references(holder):
             parent = fctx.parents.get(ref)
             if isinstance(parent, cst.Call) and parent.func is ref:
@@ -372,7 +406,7 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
                     and isinstance(fctx.parents.get(parent), cst.Call) and fctx.parents.get(parent).func is parent:
                 found.append((fctx, fctx.parents.get(parent)))  # `self.attention.forward(x, x, x)`: the same arguments
             elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, _holding_statement(owner, holder))):
-                raise Blocked(f"`self.{holder}` on line {where}{fctx.line(ref)} is used other than called")
+                raise Blocked(f"`self.{holder}` on {place(ctx, fctx, ref)} is used other than called")
         owners = [o.node for _, o, h in holders if h == holder]
         contexts = {f.project_key: f for f, _, h in holders if h == holder}
         for reference in ctx.project.references(holder):
@@ -408,8 +442,7 @@ def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) 
         if self_attribute(node) == holder and owner is not None and (any(owner is o for o in owners) or not any(
                 isinstance(b.value, cst.Name) and b.value.value in names for b in owner.bases)):
             continue
-        where = "" if fctx is ctx else f"{fctx.path}:"
-        raise Blocked(f"`{fctx.code(node)}` on line {where}{fctx.line(node)} reaches an instance from outside "
+        raise Blocked(f"`{fctx.code(node)}` on {place(ctx, fctx, node)} reaches an instance from outside "
                       "its holder")
 
 
@@ -460,10 +493,9 @@ def _handed_to_constructor(fctx, built: cst.Call, root) -> tuple | None:
 def _holders(fctx, cls, name: str, word, root) -> list:
     """(file context, owner class, attribute) for each `self.<attribute> = <name>(...)` in a module's
     `__init__` of one file; Blocked for any other mention of `name` there (a plain import aside)."""
-    where = "" if cls is not None else f"{fctx.path}:"
     named = find(fctx.module, lambda n: isinstance(n, cst.SimpleString) and word.search(n.value))
     if named:
-        raise Blocked(f"`{fctx.code(named[0])}` on line {where}{fctx.line(named[0])} names `{name}` in a string")
+        raise Blocked(f"`{fctx.code(named[0])}` on {place(root, fctx, named[0])} names `{name}` in a string")
     holders = []
     for node in find(fctx.module, lambda n: isinstance(n, cst.Name) and n.value == name):
         parent = fctx.parents.get(node)
@@ -484,7 +516,7 @@ def _holders(fctx, cls, name: str, word, root) -> list:
                 holders.append(handed)
                 continue
         if owner is None:
-            raise Blocked(f"`{name}` on line {where}{fctx.line(node)} is used other than as "
+            raise Blocked(f"`{name}` on {place(root, fctx, node)} is used other than as "
                           f"`self.<name> = {name}(...)` in a module's __init__: the calls of its instances are "
                           "not followed")
         holders.append((fctx, owner, holder))

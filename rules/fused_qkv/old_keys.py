@@ -9,8 +9,9 @@ being migrated is checked by `projections.naming_string`.
 from __future__ import annotations
 
 import ast
-import os
 import re
+
+from tf_migrate.rules.fused_qkv.places import shown_path
 
 _KEY = re.compile(r"""["']([A-Za-z_][\w.]*\.(?:weight|bias)|[A-Za-z_][\w]*(?:\.[\w]+)+)["']""")
 
@@ -22,8 +23,7 @@ def old_key_reader(ctx, attributes: list[str]) -> str | None:
     patterns = [re.compile(rf"(?:^|\.){re.escape(a)}(?:(?:\.\w+)*\.(?:weight|bias))?$") for a in attributes]
     for path, line, text in _key_strings(ctx.project):
         if path != ctx.project_key and any(p.search(text) for p in patterns):
-            where = os.path.relpath(path, ctx.project.root) if ctx.project.inside(path) else path
-            return f"the string '{text}' ({where}:{line}) reads a checkpoint key the fusion removes"
+            return f"the string '{text}' ({shown_path(ctx.project, path)}:{line}) reads a checkpoint key the fusion removes"
     return None
 
 

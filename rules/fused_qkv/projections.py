@@ -135,13 +135,60 @@ def linear_arguments(sub: "Submodule") -> dict[str, cst.BaseExpression] | None:
 
 
 def different_inputs(ctx: "FileContext", apps: list[Application]) -> str | None:
-    """Why the three applications are not provably of one tensor; None when they are."""
+    """Why the three applications are not provably of one tensor, naming the one construct at its
+    line; None when they are."""
     if same_input(ctx, apps):
         return None
-    return ("the projections are not provably applied to the same tensor ("
-            + ", ".join(f"line {ctx.line(a.call)}: {ctx.code(a.input)}" for a in apps)
-            + "): cross-attention, a class used for both, or an input rebound or changed in place "
-            "between")
+    return "the projections are not provably applied to the same tensor: " + _input_difference(ctx, apps)
+
+
+def _input_difference(ctx: "FileContext", apps: list[Application]) -> str:
+    """The first thing that keeps the inputs apart, in the order `same_input` checks them."""
+    ordered = sorted(apps, key=lambda a: ctx.line(a.call))
+    first = ordered[0]
+
+    def said(a: Application) -> str:
+        return f"`{_short(ctx, a.call)}` (line {ctx.line(a.call)})"
+
+    other = next((a for a in ordered if a.method is not first.method), None)
+    if other is not None:
+        return (f"{said(first)} is in `{first.method.name.value}`, {said(other)} in "
+                f"`{other.method.name.value}`")
+    expression = next((a for a in ordered if not isinstance(a.input, cst.Name)), None)
+    if expression is not None:
+        return (f"{said(expression)} projects the expression `{_short(ctx, expression.input)}`, not a "
+                "local name")
+    other = next((a for a in ordered if a.input.value != first.input.value), None)
+    if other is not None:
+        return (f"{said(first)} reads `{first.input.value}`, {said(other)} reads `{other.input.value}`, "
+                "another tensor")
+    name = first.input.value
+    flow = FunctionFlow(ctx, first.method)
+    reaching = [flow.definition(name, a.statement) for a in ordered]
+    for a, definition in zip(ordered[1:], reaching[1:]):
+        if getattr(definition, "statement", None) is not getattr(reaching[0], "statement", None):
+            statement = definition.statement if definition is not None else reaching[0].statement
+            return (f"`{name}` is rebound on line {ctx.line(statement)} (`{_short(ctx, statement)}`) "
+                    f"between {said(first)} and {said(a)}")
+    compound = next((a for a in ordered if not isinstance(a.statement, cst.SimpleStatementLine)), None)
+    if compound is not None:
+        keyword = type(compound.statement).__name__.lower()
+        return f"{said(compound)} is in the header of a `{keyword}` statement"
+    last = ordered[-1]
+    changed = flow.mutation_between(name, first.statement, last.statement)
+    if changed is None:
+        return f"the reads of `{name}` from {said(first)} to {said(last)} could not be followed"
+    where = ctx.line(changed)
+    before = [a for a in ordered if ctx.line(a.call) < where][-1]
+    after = next(a for a in ordered if ctx.line(a.call) > where)
+    return (f"`{name}` is changed in place on line {where} (`{_short(ctx, flow.statement_of(changed))}`) "
+            f"between {said(before)} and {said(after)}")
+
+
+def _short(ctx: "FileContext", node: cst.CSTNode, limit: int = 60) -> str:
+    """A node's code on one line, cut to `limit` characters."""
+    code = " ".join(ctx.code(node).split())
+    return code if len(code) <= limit else code[:limit - 3] + "..."
 
 
 def same_input(ctx: "FileContext", apps: list[Application]) -> bool:
