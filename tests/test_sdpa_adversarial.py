@@ -39,7 +39,11 @@ def _refusals(case: str):
     ("softmax_cast_to_other_dtype", 11, ["cast to the dtype of `memory`"]),
     ("free_function_returns_probs", 13, ["`probs` are returned at line 13",
                                          "`attend(q, k, v)` at line 18 binds it to `self.last_probs`"]),
-    ("module_returns_read_probs", 14, ["`w` are returned at line 14",
+    ("softmax_chained_assignment", 18, ["the probabilities `probs` are bound in the chained assignment `probs = "
+                                        "self.last_probs = torch.softmax(scores, dim=-1)` (line 17): `self.last_probs` "
+                                        "also holds them"]),
+    ("module_returns_read_scores", 15, ["the attention scores `logits` are returned at line 15"]),
+    ("module_returns_read_probs", 14, ["the attention probabilities `w` are returned at line 14",
                                        "`weights`, bound from `self.mix(q, k, v)` at line 28, is read at line 30"]),
     ("softmax_module_hooked", 26, ["`self.mixer.softmax.register_forward_hook`", "silently stop firing"]),
     ("dropout_hooked_by_type", 18, ["`isinstance(module, nn.Dropout)`", "registered in this file (line 19)"]),
@@ -88,3 +92,4 @@ def test_edited_triangles_keep_their_meaning(cls: str, edit) -> None:
     old, new = old.double().eval(), new.double().eval()
     with torch.no_grad():
         assert torch.allclose(old(x), new(x), atol=1e-12)
+

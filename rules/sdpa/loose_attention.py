@@ -141,7 +141,25 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
     if guarded:
         return (f"the scores are changed inside a block at line {ctx.line(guarded[0])} that tf-migrate "
                 "does not follow (only `if cond: scores = ...` with no else)")
-    return "a step between them is spelled in a way tf-migrate cannot fold into SDPA"
+    return _unusual_binding(ctx, softmax_line, after + before) or \
+        "a step between them is spelled in a way tf-migrate cannot fold into SDPA"
+
+
+def _unusual_binding(ctx, softmax_line: int, steps: list) -> str | None:
+    """A statement of the chain that binds a step by a chained assignment (`p = self.last = ...`),
+    named with the other targets that also hold it; None when there is none."""
+    for _, at in steps:
+        if not isinstance(at, cst.SimpleStatementLine):
+            continue
+        for small in at.body:
+            if isinstance(small, cst.Assign) and len(small.targets) > 1:
+                stage = "probabilities" if ctx.line(at) >= softmax_line else "scores"
+                first, *others = (ctx.code(t.target) for t in small.targets)
+                return (f"the {stage} `{first}` are bound in the chained assignment "
+                        f"`{' '.join(ctx.code(small).split()).rstrip('; ')}` (line {ctx.line(at)}): "
+                        f"{', '.join(f'`{o}`' for o in others)} also holds them, and SDPA never materialises "
+                        f"the {stage}")
+    return None
 
 
 def _is_weight(matcher, node) -> bool:

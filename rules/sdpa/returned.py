@@ -6,6 +6,7 @@ from __future__ import annotations
 import libcst as cst
 
 from tf_migrate.analysis.attention import Refused
+from tf_migrate.analysis.dataflow import FunctionFlow
 from tf_migrate.analysis.result_uses import result_keeper
 
 
@@ -39,9 +40,19 @@ def _kept(ctx, cls, method: cst.FunctionDef, found, free: bool) -> Refused | Non
     keeper = result_keeper(ctx.project, ctx.source_path, qualname, kind, position, length)
     if keeper is None:
         return None
-    refusal = Refused(line, f"the attention probabilities `{name}` are returned at line {line}, and "
+    refusal = Refused(line, f"the attention {_stage(ctx, method, found, element)} `{name}` are returned at line {line}, and "
                       f"{keeper.describe(ctx.project.root)}",
                       "SDPA does not return the attention probabilities; keep this attention as it is, "
                       "or stop reading them there")
     refusal.whole_tree = True
     return refusal
+
+
+def _stage(ctx, method: cst.FunctionDef, found, element: cst.Element) -> str:
+    """"scores" when the returned name is bound before the softmax's line, else "probabilities"."""
+    if not found.softmax_line or not isinstance(element.value, cst.Name):
+        return "probabilities"
+    flow = FunctionFlow(ctx, method)
+    definition = flow.definition(element.value.value, flow.statement_of(element))
+    statement = getattr(definition, "statement", None)
+    return "scores" if statement is not None and ctx.line(statement) < found.softmax_line else "probabilities"
