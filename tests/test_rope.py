@@ -238,3 +238,34 @@ def test_alibi_model_after_tfm101_loads_runs_and_extrapolates(build: str, tmp_pa
     after(torch.randint(0, 100, (2, 20))).pow(2).mean().backward()
     with torch.no_grad():
         assert torch.isfinite(after.eval()(torch.randint(0, 100, (1, 300)))).all()
+
+
+_CROSS_CALL = "x + self.src_attn(x, memory, memory)"
+_BOTH_CALLS = "x = x + self.self_attn(x, x, x)\n        return x + self.src_attn(x, memory, memory)"
+
+
+@pytest.mark.parametrize("change, words", [
+    (None, "the keys `k` are computed from `key`, `query` and the queries `q` from `query`: "
+           "`self.src_attn(x, memory, memory)` on line 48 passes `memory` as `key` and `x` as `query`"),
+    ((_CROSS_CALL, "x + self.src_attn(x, x, x)"), "every call of a `MultiHeadAttention` in this file (2) passes one "
+                                                  "tensor as `query` and `key`, but calls in other files are not followed"),
+    ((_BOTH_CALLS, "return x"), "no call of a `MultiHeadAttention` is in this file to show that they are one tensor"),
+])
+def test_cross_attention_refusal_says_what_was_seen(change, words: str) -> None:
+    """Not "this may be cross-attention": the call that passes another tensor, or that none was found."""
+    text = (ROPE / "cross_attention_class.noop.py").read_text()
+    if change is not None:
+        assert change[0] in text
+        text = text.replace(*change)
+    result = _migrate(text, "cross_attention_class", "TFM401")
+    assert not result.edits
+    assert any(words in r.reason for r in result.refusals), [r.reason for r in result.refusals]
+
+
+def test_alibi_cross_attention_refusal_names_the_call() -> None:
+    after = _in_order((ROPE / "cross_attention_class.noop.py").read_text(), "cross_attention_class.py", "TFM101")
+    result = _alibi(after)
+    assert not result.edits
+    assert any("cannot show that q and k come from the same input: `self.src_attn(x, memory, memory)` on line 48 "
+               "passes `memory` as `key` and `x` as `query`" in r.reason for r in result.refusals), \
+        [r.reason for r in result.refusals]

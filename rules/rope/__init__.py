@@ -13,6 +13,7 @@ import math
 from typing import Iterator
 
 from tf_migrate.rules.rope.alibi import alibi_sites
+from tf_migrate.rules.rope.callers import key_query_evidence
 from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.dataflow import FunctionFlow
 from tf_migrate.analysis.imports import reference
@@ -224,7 +225,17 @@ def _check_table_reads(ctx, addition: Addition, additions: list[Addition]) -> No
 def _check_self_attention(ctx, cls, site: RotarySite) -> None:
     flow = FunctionFlow(ctx, site.method)
     query, key = sources(ctx, flow, site.query, site.scores), sources(ctx, flow, site.key, site.key_at)
-    if not query or query != key:
-        raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, keys come from {sorted(key)} and queries "
-                      f"from {sorted(query)}: this may be cross-attention, whose keys must not be rotated",
-                      "give self-attention its own class that takes one input")
+    if not query or not key:
+        which, name = ("queries", site.query) if not query else ("keys", site.key)
+        raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, the {which} `{name}` are computed from no "
+                      f"parameter of `{site.method.name.value}`: tf-migrate cannot show that keys and queries "
+                      "are one input", "give self-attention its own class that takes one input")
+    if query != key:
+        raise Refused(ctx.line(site.after), f"in `{cls.qualname}`, the keys `{site.key}` are computed from "
+                      f"{_listed(key)} and the queries `{site.query}` from {_listed(query)}: "
+                      f"{key_query_evidence(ctx, cls, site.method, query, key)}; the keys of cross-attention "
+                      "must not be rotated", "give self-attention its own class that takes one input")
+
+
+def _listed(names: set[str]) -> str:
+    return ", ".join(f"`{n}`" for n in sorted(names))

@@ -14,6 +14,7 @@ import libcst as cst
 
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused
 from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.rules.rope.callers import key_query_evidence
 from tf_migrate.rules.rope.rotary import sources
 
 if TYPE_CHECKING:
@@ -87,9 +88,15 @@ def _site(ctx, matcher: AttentionMatcher, method, call: cst.Call) -> AlibiSite:
             raise Refused(ctx.line(call), f"cannot prove `{ctx.code(operand)}` is (B, H, T, D), which the "
                           "per-head ALiBi bias needs", "reshape q and k to (B, H, T, D) with explicit sizes")
     names = [n for n in (_name(q), _name(k))]
-    if None in names or sources(ctx, matcher.flow, names[0], statement) != sources(ctx, matcher.flow, names[1], statement):
-        raise Refused(ctx.line(call), "cannot show that q and k come from the same input: this may be "
-                      "cross-attention", "")
+    if None in names:
+        operand = q if names[0] is None else k
+        raise Refused(ctx.line(call), f"the SDPA call's {'query' if operand is q else 'key'} `{ctx.code(operand)}` "
+                      "is not a local name: tf-migrate cannot show that q and k come from the same input", "")
+    query, key = (sources(ctx, matcher.flow, name, statement) for name in names)
+    if query != key:
+        seen = key_query_evidence(ctx, matcher.cls, method, query, key) if query and key else \
+            f"`{names[0] if not query else names[1]}` is computed from no parameter of `{method.name.value}`"
+        raise Refused(ctx.line(call), f"cannot show that q and k come from the same input: {seen}", "")
     return AlibiSite(call, method, statement)
 
 
