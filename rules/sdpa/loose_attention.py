@@ -141,6 +141,12 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
     if guarded:
         return (f"the scores are changed inside a block at line {ctx.line(guarded[0])} that tf-migrate "
                 "does not follow (only `if cond: scores = ...` with no else)")
+    scores = before[-1][0]
+    if isinstance(scores, cst.Call) and matcher.ctx.names.is_call(scores, "torch.baddbmm") and scores.args \
+            and not any(a.keyword is not None and a.keyword.value == "beta" for a in scores.args):
+        # the default beta=1: the first argument is added, not an allocation to ignore
+        return (f"`torch.baddbmm` (line {ctx.line(scores) or ctx.line(before[-1][1])}) adds "
+                f"`{ctx.code(scores.args[0].value)}` to the scores it computes, a bias this rule does not fold")
     return _unusual_binding(ctx, softmax_line, after + before) or \
         "a step between them is spelled in a way tf-migrate cannot fold into SDPA"
 
