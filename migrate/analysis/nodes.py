@@ -55,8 +55,27 @@ def parent_map(root: cst.CSTNode) -> dict[cst.CSTNode, cst.CSTNode]:
     return parents
 
 
+# The latest per-file indexes (analysis/index.py) of trees where no node sits in two places: a
+# subtree of one of them is a slice of its source-order list. libcst nodes never change, so an
+# index stays true of every node it holds, also once a fix has built a new module around them.
+_INDEXES: list = []
+
+
+def remember(index) -> None:
+    """Let `walk` answer from `index` (a `NodeIndex` whose tree shares no node object)."""
+    _INDEXES.insert(0, index)
+    del _INDEXES[4:]
+
+
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
+    for index in _INDEXES:
+        if node in index:
+            return iter(index.below(node, into_scopes))
+    return _walk(node, into_scopes)
+
+
+def _walk(node: cst.CSTNode, into_scopes: bool) -> Iterator[cst.CSTNode]:
     stack = [node]
     while stack:
         current = stack.pop()
