@@ -17,6 +17,7 @@ import libcst as cst
 from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
+_SCOPE_TYPES = frozenset(_SCOPES)
 
 
 class NodeIndex:
@@ -42,7 +43,7 @@ class NodeIndex:
             self._nodes.append(node)
             self._end.append(at + 1)
             kind = type(node)
-            if isinstance(node, _SCOPES):
+            if kind in _SCOPE_TYPES:  # libcst's node classes have no subclasses: the type decides
                 scope = at
             self._scope.append(scope)
             self._by_type.setdefault(kind, []).append(at)

@@ -33,14 +33,27 @@ def _child_fields(kind: type) -> Callable[[cst.CSTNode], tuple]:
     return read if len(fields) > 1 else (lambda node: (read(node),))
 
 
+# Type -> whether it is a libcst node. `isinstance` against libcst's abstract base classes goes
+# through `ABCMeta.__instancecheck__`, a Python-level call: a dict look-up per value is cheaper.
+_IS_NODE: dict[type, bool] = {}
+
+
+def _is_node(value: object) -> bool:
+    kind = type(value)
+    known = _IS_NODE.get(kind)
+    if known is None:
+        known = _IS_NODE[kind] = isinstance(value, cst.CSTNode)
+    return known
+
+
 def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
     """The same nodes, in the same order, as libcst's `node.children`."""
     found: list[cst.CSTNode] = []
     for value in _child_fields(type(node))(node):
-        if isinstance(value, cst.CSTNode):
+        if _is_node(value):
             found.append(value)
-        elif isinstance(value, (tuple, list)):
-            found.extend(item for item in value if isinstance(item, cst.CSTNode))
+        elif type(value) is tuple or type(value) is list or isinstance(value, (tuple, list)):
+            found.extend(item for item in value if _is_node(item))
     return found
 
 
