@@ -76,6 +76,51 @@ def test_a_node_in_two_places_keeps_its_first_parent():
     assert index.shared and index not in nodes._INDEXES  # walks of this tree are not answered from it
 
 
+class _Recording(cst.CSTVisitor):
+    """Records every visit and leave; does not enter calls, names a lambda's parameters only."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, cst.CSTNode]] = []
+
+    def on_visit(self, node):
+        self.seen.append(("visit", node))
+        return super().on_visit(node)
+
+    def on_leave(self, node):
+        self.seen.append(("leave", node))
+        super().on_leave(node)
+
+    def visit_Call(self, node):
+        return False
+
+    def visit_Lambda(self, node):
+        node.params.visit(self)
+        return False
+
+
+@pytest.mark.parametrize("path", SOURCES[::7], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_visit_without_rebuilding_calls_the_visitor_as_libcst_does(path):
+    module = cst.parse_module(path.read_text())
+    expected, found = _Recording(), _Recording()
+    module.visit(expected)
+    nodes.visit(module, found)
+    assert len(found.seen) == len(expected.seen) and all(
+        a[0] == b[0] and a[1] is b[1] for a, b in zip(found.seen, expected.seen))
+
+
+def test_a_visitor_with_field_hooks_is_walked_by_libcst():
+    class FieldHook(cst.CSTVisitor):
+        def __init__(self) -> None:
+            self.fields = 0
+
+        def visit_Call_func(self, node):
+            self.fields += 1
+
+    visitor = FieldHook()
+    nodes.visit(cst.parse_module("f(g(x))\n"), visitor)
+    assert visitor.fields == 2
+
+
 def test_a_walk_answered_by_the_index_of_an_older_tree_still_holds():
     module = cst.parse_module("def f(x):\n    return g(x) + 1\n")
     NodeIndex(module)

@@ -99,6 +99,34 @@ def _walk(node: cst.CSTNode, into_scopes: bool) -> Iterator[cst.CSTNode]:
         stack.extend(reversed(below))
 
 
+@lru_cache(maxsize=None)
+def _has_attribute_hooks(kind: type) -> bool:
+    """Whether a visitor class defines `visit_<Type>_<field>` / `leave_<Type>_<field>` methods (node
+    type names have no underscore: such a method's name has two). libcst's own base classes
+    declare every one as a no-op."""
+    return any(name.startswith(("visit_", "leave_")) and name.count("_") >= 2
+               for cls in kind.__mro__ if not cls.__module__.startswith("libcst") for name in vars(cls))
+
+
+def visit(node: cst.CSTNode, visitor: cst.CSTVisitor) -> None:
+    """`node.visit(visitor)` for a read-only `CSTVisitor`: the same `on_visit` / `on_leave` calls,
+    in the same order, without libcst rebuilding every node it passes through.
+
+    A visitor with per-field hooks is handed to libcst's own walk."""
+    if _has_attribute_hooks(type(visitor)):
+        node.visit(visitor)
+        return
+    stack: list[tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        current, leaving = stack.pop()
+        if leaving:
+            visitor.on_leave(current)
+            continue
+        stack.append((current, True))
+        if visitor.on_visit(current):
+            stack.extend((child, False) for child in reversed(children(current)))
+
+
 def find(node: cst.CSTNode, predicate: Callable[[cst.CSTNode], bool],
          into_scopes: bool = True) -> list[cst.CSTNode]:
     return [n for n in walk(node, into_scopes) if predicate(n)]
