@@ -221,6 +221,7 @@ _GOLDEN_BUILDS = {
     "widths_equal_at_every_call": "Model()",
     "linear_factory_and_subclass": "Block()",
     "sequential_with_leading_norm": "Block()",
+    "configured_activation": "Block()",
 }
 
 
@@ -309,3 +310,53 @@ def test_cross_file_golden_converts_and_trains(tmp_path: Path) -> None:
     assert torch.isfinite(out).all()
     out.pow(2).mean().backward()
     assert new.pos_ffn.w_3.weight.grad.abs().sum() > 0
+
+
+GETTER = FIXTURES / "activation_getter"
+
+
+def test_activation_from_a_getter_in_another_file() -> None:
+    """`helpers.activation_by_name(name=option)`: an if/elif chain in another file whose every
+    branch is elementwise; the FFN is gated and the now unused relative import goes."""
+    results = _migrate_tree(GETTER / "before")
+    for name, result in results.items():
+        assert not result.errors and result.migrated == (GETTER / "after" / name).read_text(), name
+    assert [name for name, r in results.items() if r.edits] == ["layer.py"]
+    assert "from . import helpers" not in results["layer.py"].migrated
+
+
+def test_activation_getter_golden_converts_and_trains(tmp_path: Path) -> None:
+    import importlib
+    import shutil
+    import sys
+    from types import SimpleNamespace
+
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    for side in ("before", "after"):
+        shutil.copytree(GETTER / side, tmp_path / f"getter_{side}")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        old_pkg = importlib.import_module("getter_before.layer")
+        new_pkg = importlib.import_module("getter_after.layer")
+    finally:
+        sys.path.remove(str(tmp_path))
+    plans = [p for r in _migrate_tree(GETTER / "before").values() for p in r.plans]
+    options = SimpleNamespace(dim=32, heads=4, ffn_dim=64, act="gelu_tanh", act_dropout=0.1)
+    torch.manual_seed(0)
+    old, new = old_pkg.EncoderLayer(options), new_pkg.EncoderLayer(options)
+    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    assert {k for k in state if k not in old.state_dict()} == {"fc3.weight", "fc3.bias"}
+    assert all(torch.equal(state[k], v) for k, v in old.state_dict().items())
+    out = new(torch.randn(2, 5, 32))
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert new.fc3.weight.grad.abs().sum() > 0
+
+
+def test_split_feed_forward_refused_naming_the_split() -> None:
+    """Up-projection + activation (a library table by config string) in one class, the
+    down-projection in another: refused, not silent."""
+    (refusal,) = _run(FIXTURES / "split_ffn_library_table.noop.py").refusals
+    assert "two modules" in refusal.reason and refusal.line == 27

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 
-from tf_migrate.analysis.activations import activation_of
+from tf_migrate.analysis.activations import Activation, activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
 from tf_migrate.analysis.linear import is_linear_layer
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
@@ -41,8 +41,25 @@ ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
 ACTIVATION_FUNCTIONS = (
     "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
 )
-# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind.
-FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid"})
+# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind
+# (a Swish FFN, `x * sigmoid(x)`, becomes SwiGLU just the same).
+FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid", "silu"})
+# Options a configured choice (`ACT2FN[config.act]`, `get_activation_fn(args.act)`) may offer
+# beside those: elementwise functions a config can name. The gate replaces the whole choice.
+_CHOICE_KINDS = frozenset({"tanh", "sigmoid", "mish", "leaky_relu", "elu", "softplus", "relu6", "hardswish",
+                           "identity", "elementwise", "configured"})
+_CHOICES = ("table (key not known)", "getter (name not known)", "conditional")
+
+
+def ffn_activation(found: "Activation | None") -> bool:
+    """Whether a feed-forward may apply `found`: ReLU, GELU (any approximation) or SiLU, or a
+    choice left to the configuration among elementwise functions that offers one of them."""
+    if found is None or not found.kinds:
+        return False
+    if found.kinds <= FFN_ACTIVATION_KINDS:
+        return True
+    return any(choice in found.construct for choice in _CHOICES) and bool(found.kinds & FFN_ACTIVATION_KINDS) \
+        and found.kinds <= FFN_ACTIVATION_KINDS | _CHOICE_KINDS
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
 _ATTENTION_CALLS = (
     "torch.softmax", "torch.nn.functional.softmax", "torch.nn.Softmax",
@@ -171,7 +188,7 @@ def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpressi
 def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
     """A ReLU/GELU spelled otherwise: `x.relu()`, a project `gelu(x)`, `ACT2FN[...]`, `act_layer()`..."""
     found = activation_of(ctx, cls, node)
-    if found is not None and found.argument is not None and found.kinds <= FFN_ACTIVATION_KINDS:
+    if found is not None and found.argument is not None and ffn_activation(found):
         return found.argument
     return None
 
@@ -246,7 +263,7 @@ def _check_activation_callers(ctx, cls, ffn: FeedForward) -> None:
 
 def _activation_class(ctx, value: cst.BaseExpression | None) -> bool:
     found = activation_of(ctx, None, cst.Call(value)) if value is not None else None
-    return found is not None and found.kinds <= FFN_ACTIVATION_KINDS
+    return ffn_activation(found)
 
 
 def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
@@ -472,7 +489,8 @@ def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
 def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     """Whether an FFN held by `cls` sits in a transformer block.
 
-    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when
+    True when `cls` itself holds an attention (or is one, or is handed one by its caller, or builds
+    one defined in another project file), or when
     some function of this file or of another project file that builds a `cls` also builds an
     attention in the same body (a block's `__init__`, or a `make_model` that passes both to a
     layer). An MLP head built next to an encoder stack, not
@@ -481,6 +499,8 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     name = cls.node.name.value
     if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
+    if "__init__" in cls.methods and _builds_project_attention(ctx, cls.methods["__init__"]):
+        return True  # `self.self_attn = MultiheadAttention(...)` from another file of the project
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
     if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
         return True

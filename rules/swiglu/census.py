@@ -19,6 +19,7 @@ from tf_migrate.analysis.census import (
     product_operands, projection_name, self_attribute, unit_projection_class, walker,
 )
 from tf_migrate.analysis.ffn import attention_classes, in_block
+from tf_migrate.analysis.project.index import dotted_text
 from tf_migrate.engine.rule import Component
 
 
@@ -28,8 +29,17 @@ def components(ctx, code: str) -> Iterator[Component]:
     found = list(_chains(ctx, blocks)) + list(_sequentials(index, blocks, code))
     yield from found
     for call, cls, name in builtin_layers(index):
+        if not _torch_layer(ctx, call):
+            continue  # a project class named like torch's (fairseq's `TransformerEncoderLayer(args)`)
         yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
                         f"built-in `nn.{name}`")
+
+
+def _torch_layer(ctx, call: ast.Call) -> bool:
+    """The callee is torch's class (or cannot be resolved at all), not a project class."""
+    text = dotted_text(call.func)
+    symbols = ctx.project.resolve_dotted(ctx.source_path, text) if text else []
+    return not symbols or any(s.kind == "external" and s.qualified.startswith("torch.") for s in symbols)
 
 
 _FFN_NAMES = re.compile(r"feed_?forward|ffn|positionwise|intermediate", re.IGNORECASE)

@@ -161,7 +161,7 @@ class FixWriter:
         line = setting_line(cls, name) if name else None
         if line is not None and len(list(cls.self_references(name))) == 2:
             self._freed = self._freed + imports_bound_by(self.ctx, [line.body[0].value])
-            return {line: cst.RemoveFromParent()}
+            return {line: cst.RemoveFromParent(), **unused_relative_imports(self.ctx, line)}
         return {}
 
     def sequential(self, ffn: SequentialFeedForward) -> Fix:
@@ -240,3 +240,46 @@ def setting_line(cls, attribute: str) -> cst.SimpleStatementLine | None:
     in_init = [line for line in lines(init) if len(line.body) == 1 and isinstance(line.body[0], cst.Assign)
                and len(line.body[0].targets) == 1 and self_attribute(line.body[0].targets[0].target) == attribute]
     return in_init[0] if len(everywhere) == 1 and len(in_init) == 1 else None
+
+
+def unused_relative_imports(ctx, removed: cst.CSTNode) -> dict:
+    """`from .gelu import GELU` (or `from . import helpers`) whose names only `removed` read: the
+    replacements that drop them (libcst's import remover skips relative imports). A name also
+    listed in a string (`__all__`) or read anywhere else keeps its import."""
+    read = read_names(removed)
+    everywhere: dict[str, int] = {}
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Name)):
+        everywhere[node.value] = everywhere.get(node.value, 0) + 1
+    inside: dict[str, int] = {}
+    for node in find(removed, lambda n: isinstance(n, cst.Name)):
+        inside[node.value] = inside.get(node.value, 0) + 1
+    strings = {s.evaluated_value for s in find(ctx.module, lambda n: isinstance(n, cst.SimpleString))
+               if isinstance(s.evaluated_value, str)}
+    replacements = {}
+    for line in ctx.module.body:
+        if not (isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1
+                and isinstance(line.body[0], cst.ImportFrom) and line.body[0].relative
+                and not isinstance(line.body[0].names, cst.ImportStar)):
+            continue
+        statement = line.body[0]
+        kept = []
+        for alias in statement.names:
+            local = alias.asname.name.value if alias.asname else code_of(alias.name)
+            # the import binds the name once (`everywhere` counts it there, `inside` does not)
+            unused = local in read and everywhere.get(local, 0) == inside.get(local, 0) + 1 + (
+                1 if alias.asname else 0) and local not in strings
+            if not unused:
+                kept.append(alias)
+        if len(kept) == len(statement.names):
+            continue
+        if not kept:
+            replacements[line] = cst.RemoveFromParent()
+            after = ctx.module.body.index(line) + 1
+            if line.leading_lines and after < len(ctx.module.body):  # keep the blank line(s) above it
+                following = ctx.module.body[after]
+                replacements[following] = lambda updated, blank=line.leading_lines: updated.with_changes(
+                    leading_lines=[*blank, *updated.leading_lines])
+        else:
+            kept[-1] = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            replacements[statement] = statement.with_changes(names=kept)
+    return replacements
