@@ -360,3 +360,18 @@ def test_split_feed_forward_refused_naming_the_split() -> None:
     down-projection in another: refused, not silent."""
     (refusal,) = _run(FIXTURES / "split_ffn_library_table.noop.py").refusals
     assert "two modules" in refusal.reason and refusal.line == 27
+
+
+def test_temporal_conv_ffn_refused_as_not_position_wise() -> None:
+    """Two Conv1d with kernel sizes from the caller and an activation between: refused, naming
+    the kernel size, not left silent."""
+    (refusal,) = _run(FIXTURES / "temporal_conv_kernel_from_caller.noop.py").refusals
+    assert "not provably 1 (`kernels[0]`)" in refusal.reason and "position-wise" in refusal.reason
+
+
+def test_ffn_replayed_by_another_method_refused() -> None:
+    """A relevance-propagation method walks fc2, act, fc1: refused for both the FFN the matcher
+    reads and the one whose layers come from a star import (found by the census)."""
+    refusals = _run(FIXTURES / "ffn_replayed_by_another_method.noop.py").refusals
+    assert [(r.line, r.reason.split(" ")[0]) for r in refusals] == [(31, "`explain`"), (47, "`relprop`")]
+    assert all("replays the feed-forward layer by layer (fc2, act, fc1)" in r.reason for r in refusals)

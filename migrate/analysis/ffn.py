@@ -429,6 +429,37 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
                                  trailing, (start, position), norm=items[0] if start else None)
 
 
+@dataclass
+class TemporalConv:
+    """Two `nn.Conv1d` applied in one method with an activation between, one of them with a
+    kernel size not provably 1: it mixes neighbouring positions (FastSpeech's conv FFN)."""
+
+    first: str
+    second: str
+    kernel: cst.BaseExpression | None  # the kernel size that is not 1 (None: not given)
+    line: int  # of the activation
+
+
+def temporal_conv(ctx: "FileContext", cls) -> TemporalConv | None:
+    convs = [name for name, sub in cls.submodules.items() if sub.callee == CONV1D]
+    if len(convs) != 2 or all(pointwise_conv(cls.submodules[n].call) for n in convs):
+        return None
+    for method in cls.methods.values():
+        calls = {name: [c for c in _calls_and_ops(method) if isinstance(c, cst.Call) and self_attribute(c.func) == name]
+                 for name in convs}
+        if not all(calls.values()):
+            continue
+        first, second = sorted(convs, key=lambda n: ctx.line(calls[n][0]))
+        start, end = ctx.line(calls[first][0]), ctx.line(calls[second][-1])
+        for node in _calls_and_ops(method):
+            found = activation_of(ctx, cls, node) if isinstance(node, cst.Call) else None
+            if found is not None and found.argument is not None and start <= ctx.line(node) <= end:
+                wide = next(n for n in (first, second) if not pointwise_conv(cls.submodules[n].call))
+                return TemporalConv(first, second, argument(cls.submodules[wide].call, 2, "kernel_size"),
+                                    ctx.line(node))
+    return None
+
+
 def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:
     """`node` calls softmax / SDPA / nn.MultiheadAttention, or a function of the file (`helpers`)
     that does (`x, self.attn = attention(q, k, v, mask)`)."""
@@ -511,7 +542,8 @@ def _ffn_shaped(ctx: "FileContext", cls) -> bool:
     """Holds a projection-activation-projection chain or a Sequential FFN (before asking other
     files, which costs more)."""
     return any(True for method in cls.methods.values() for _ in _chains(ctx, cls, FunctionFlow(ctx, method), method)) \
-        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules)
+        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules) \
+        or temporal_conv(ctx, cls) is not None
 
 
 def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:

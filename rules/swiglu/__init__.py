@@ -12,6 +12,7 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.analysis import ffn as recognise
+from tf_migrate.analysis.names import self_attribute
 from tf_migrate.rules.swiglu.ffn_fixes import FixWriter
 from tf_migrate.rules.swiglu.gated import Unsupported
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Refusal, Rule
@@ -112,13 +113,42 @@ class FeedForwardToSwiGLU(Rule):
                               "write the block by hand (attention + FFN), then rerun TFM301")
         attention = recognise.attention_classes(ctx)
         writer = FixWriter(ctx, self.code, self.settings)
+        handled: set[str] = set()
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node) or not recognise.in_block(ctx, cls, attention):
                 continue
-            yield from self._class(ctx, cls, writer)
+            findings = list(self._class(ctx, cls, writer))
+            if findings:
+                handled.add(cls.qualname)
+            yield from findings
+        yield from self._replayed_elsewhere(ctx, handled)
+
+    def _replayed_elsewhere(self, ctx, handled: set[str]) -> Iterator[Refusal]:
+        """FFNs the census finds in classes the matcher did not read (layers it cannot resolve,
+        `from layers import *`) whose class replays them in another method: refused for that."""
+        from tf_migrate.rules.swiglu.census import components
+
+        classes = {c.qualname: c for c in ctx.module_classes}
+        for component in components(ctx, self.code):
+            cls = classes.get(component.cls)
+            if component.kind != "ffn" or cls is None or cls.qualname in handled or ctx.suppressed(self.code, cls.node):
+                continue
+            replay = _replay(ctx, cls)
+            if replay is not None:
+                handled.add(cls.qualname)
+                yield _replay_refusal(component.start_line, replay)
 
     def _class(self, ctx, cls, writer: "FixWriter") -> Iterator[Finding]:
+        temporal = recognise.temporal_conv(ctx, cls)
+        if temporal is not None:
+            kernel = f"`{ctx.code(temporal.kernel)}`" if temporal.kernel is not None else "not given"
+            yield Refusal(temporal.line, f"`{temporal.first}` -> activation -> `{temporal.second}` are nn.Conv1d "
+                          f"with a kernel size that is not provably 1 ({kernel}): a temporal convolution "
+                          "mixes neighbouring positions, so this is not a position-wise feed-forward",
+                          "gate it by hand if you want a gated conv block; TFM301 only gates position-wise FFNs")
+            return
         claimed: set[int] = set()
+        replay = _replay(ctx, cls)
         for method in cls.methods.values():
             try:
                 found = list(recognise.feed_forwards(ctx, cls, method))
@@ -127,7 +157,9 @@ class FeedForwardToSwiGLU(Rule):
                 continue
             for ffn in found:
                 claimed.add(id(ffn.activation))
-                if not ctx.suppressed(self.code, ffn.activation):
+                if replay is not None and not ctx.suppressed(self.code, ffn.activation):
+                    yield _replay_refusal(ctx.line(ffn.activation), replay)
+                elif not ctx.suppressed(self.code, ffn.activation):
                     yield self._guard(ctx, lambda: writer.chain(cls, ffn), ffn.activation)
             yield from self._split(ctx, cls, method, claimed)
         for attribute in list(cls.submodules):
@@ -149,3 +181,38 @@ class FeedForwardToSwiGLU(Rule):
         except (Unsupported, recognise.Refused) as exc:
             return Refusal(ctx.line(node), str(exc) if isinstance(exc, Unsupported) else exc.reason,
                            "" if isinstance(exc, Unsupported) else exc.hint)
+
+
+def _replay(ctx, cls) -> tuple[str, int, list[str]] | None:
+    """A method other than `__init__`/`forward` that calls methods of two or more submodules
+    `forward` applies (`self.fc2.relprop(...)`, `self.fc1.relprop(...)`): it replays the FFN
+    layer by layer (relevance propagation), which a gated forward would no longer match."""
+    forward = cls.methods.get("forward")
+    if forward is None:
+        return None
+    applied = {name for name in cls.submodules if any(
+        isinstance(c, cst.Call) and self_attribute(c.func) == name for c in _calls(forward))}
+    for name, method in cls.methods.items():
+        if name in ("__init__", "forward"):
+            continue
+        touched = []
+        for call in _calls(method):
+            if isinstance(call.func, cst.Attribute) and self_attribute(call.func.value) in applied \
+                    and self_attribute(call.func.value) not in touched:
+                touched.append(self_attribute(call.func.value))
+        if len(touched) >= 2:
+            return name, ctx.line(method), touched
+    return None
+
+
+def _replay_refusal(line: int, replay: tuple[str, int, list[str]]) -> Refusal:
+    method, at, names = replay
+    return Refusal(line, f"`{method}` (line {at}) replays the feed-forward layer by layer "
+                   f"({', '.join(names)}): a gated forward would leave it computing the old FFN",
+                   "rewrite the replay for the gated FFN by hand, or mark the class `# tf-migrate: skip[TFM301]`")
+
+
+def _calls(node: cst.CSTNode) -> list[cst.Call]:
+    from tf_migrate.analysis.nodes import find
+
+    return find(node, lambda n: isinstance(n, cst.Call))
