@@ -375,3 +375,47 @@ def test_ffn_replayed_by_another_method_refused() -> None:
     refusals = _run(FIXTURES / "ffn_replayed_by_another_method.noop.py").refusals
     assert [(r.line, r.reason.split(" ")[0]) for r in refusals] == [(31, "`explain`"), (47, "`relprop`")]
     assert all("replays the feed-forward layer by layer (fc2, act, fc1)" in r.reason for r in refusals)
+
+
+WRAPPED = FIXTURES / "sequential_wrapper"
+
+
+def test_sequential_of_linear_wrappers_and_a_swish() -> None:
+    """Sequential(LayerNorm, wrapper Linear, Swish(), Dropout, wrapper Linear, Dropout): the norm
+    stays first, the wrapper's `.linear.` keys map to w1/w2, the unused relative import goes."""
+    results = _migrate_tree(WRAPPED / "before")
+    for name, result in results.items():
+        assert not result.errors and result.migrated == (WRAPPED / "after" / name).read_text(), name
+    (plan,) = results["feed_forward.py"].plans
+    assert plan.renamed == {f"sequential.{i}.linear.{k}": f"sequential.1.{w}.{k}"
+                            for i, w in ((1, "w1"), (4, "w2")) for k in ("weight", "bias")}
+
+
+def test_sequential_wrapper_golden_converts_and_trains(tmp_path: Path) -> None:
+    import importlib
+    import shutil
+    import sys
+
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    for side in ("before", "after"):
+        shutil.copytree(WRAPPED / side, tmp_path / f"wrapped_{side}")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        old_pkg = importlib.import_module("wrapped_before.block")
+        new_pkg = importlib.import_module("wrapped_after.block")
+    finally:
+        sys.path.remove(str(tmp_path))
+    plans = [p for r in _migrate_tree(WRAPPED / "before").values() for p in r.plans]
+    torch.manual_seed(0)
+    old, new = old_pkg.Block(), new_pkg.Block()
+    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    kept = old.state_dict()
+    assert torch.equal(state["ffn.sequential.1.w1.weight"], kept["ffn.sequential.1.linear.weight"])
+    assert torch.equal(state["ffn.sequential.1.w2.weight"], kept["ffn.sequential.4.linear.weight"])
+    assert torch.equal(state["ffn.sequential.0.weight"], kept["ffn.sequential.0.weight"])
+    out = new(torch.randn(2, 5, 32))
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert new.ffn.sequential[1].w3.weight.grad.abs().sum() > 0

@@ -23,7 +23,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import Activation, activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
-from tf_migrate.analysis.linear import is_linear_layer
+from tf_migrate.analysis.linear import is_linear_layer, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -116,6 +116,7 @@ class SequentialFeedForward:
     indices: tuple[int, int] = (0, 3)
     modules: list[str] = field(default_factory=list)
     norm: cst.Call | None = None  # a LayerNorm first in the Sequential (pre-norm inside the FFN)
+    inner: str = ""  # the projections are Linear wrappers holding the nn.Linear as `.<inner>`
 
 
 def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None:
@@ -411,6 +412,14 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         return None
     items = [a.value for a in sub.call.args]
     kinds = [ctx.names.callee(i) if isinstance(i, cst.Call) else None for i in items]
+    inner = {}  # position -> the attribute a Linear wrapper holds its nn.Linear in
+    for position, item in enumerate(items):
+        wrapped = wrapped_linear(ctx, item) if isinstance(item, cst.Call) and kinds[position] != LINEAR else None
+        if wrapped is not None and wrapped.linear_signature:
+            kinds[position], inner[position] = LINEAR, wrapped.inner
+        elif isinstance(item, cst.Call) and kinds[position] not in ACTIVATION_MODULES and not item.args \
+                and ffn_activation(activation_of(ctx, cls, item)):
+            kinds[position] = ACTIVATION_MODULES[0]  # `Swish()`, a project activation module
     start = 1 if kinds and kinds[0] == LAYER_NORM else 0
     if len(items) < start + 3 or kinds[start] != LINEAR or kinds[start + 1] not in ACTIVATION_MODULES:
         return None
@@ -425,8 +434,11 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         if position + 2 != len(items) or kinds[position + 1] != DROPOUT:
             return None
         trailing = items[position + 1]
+    if inner.get(start, "") != inner.get(position, ""):
+        return None  # one wrapped, one plain: two key layouts
     return SequentialFeedForward(cls, attribute, sub.call, items[start], items[position], dropout,
-                                 trailing, (start, position), norm=items[0] if start else None)
+                                 trailing, (start, position), norm=items[0] if start else None,
+                                 inner=inner.get(start, ""))
 
 
 @dataclass

@@ -36,6 +36,8 @@ class LinearLayer:
     # Called as `construct(in, out, bias=...)` it builds a layer computing what nn.Linear(in, out,
     # bias) does: a fused or resized copy may be built with the same callee.
     linear_signature: bool = False
+    # A wrapper module holding the nn.Linear as `self.<inner>` (its keys are `<inner>.weight`).
+    inner: str = ""
 
 
 @dataclass
@@ -86,6 +88,61 @@ def _from_symbol(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLa
     if symbol.kind == "function":
         return _factory(ctx, call, symbol)
     return None
+
+
+def wrapped_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
+    """`call` builds a wrapper module around one nn.Linear (`_wrapper`). Not part of
+    `linear_construction`: its keys carry the wrapper's prefix, which a caller must account for."""
+    symbols = symbols_of(ctx, call.func)
+    layers = [_wrapper(ctx, call, s) if s.kind == "class" else None for s in symbols]
+    return layers[0] if layers and all(layers) else None
+
+
+def _wrapper(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLayer | None:
+    """`class Linear(nn.Module)` whose `__init__` builds one `self.<inner> = nn.Linear(...)` from
+    its parameters (initialising it in place is fine) and whose `forward` only returns
+    `self.<inner>(x)`: a Linear under another key prefix."""
+    init, forward = ctx.project.method(symbol, "__init__"), ctx.project.method(symbol, "forward")
+    if init is None or forward is None or not ctx.project.is_nn_module(symbol):
+        return None
+    body = [s for s in forward[1].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    params = [a.arg for a in forward[1].args.args[1:]]
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or len(params) != 1:
+        return None
+    applied = body[0].value
+    if not (isinstance(applied, ast.Call) and len(applied.args) == 1 and not applied.keywords
+            and isinstance(applied.args[0], ast.Name) and applied.args[0].id == params[0]
+            and isinstance(applied.func, ast.Attribute) and isinstance(applied.func.value, ast.Name)
+            and applied.func.value.id == "self"):
+        return None
+    inner = applied.func.attr
+    built = [n.value for n in ast.walk(init[1]) if isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" for t in n.targets)
+        and any(isinstance(t, ast.Attribute) and t.attr == inner for t in n.targets)]
+    if len(built) != 1 or not isinstance(built[0], ast.Call):
+        return None
+    from tf_migrate.analysis.project.index import dotted_text
+
+    text = dotted_text(built[0].func)
+    if not text or not any(s.qualified == LINEAR for s in ctx.project.resolve_dotted(init[0].path, text)):
+        return None
+    bound = bind_arguments(init[1], call)
+    inner_args: dict[str, cst.BaseExpression] = {}
+    passed = {}
+    for position, arg in enumerate(built[0].args):
+        passed[LINEAR_ARGUMENTS[position] if position < 3 else ""] = arg
+    passed.update({k.arg: k.value for k in built[0].keywords if k.arg})
+    names = [a.arg for a in init[1].args.args[1:]]
+    for key in LINEAR_ARGUMENTS:
+        value = passed.get(key)
+        if isinstance(value, ast.Name) and bound is not None and value.id in bound:
+            inner_args[key] = bound[value.id]
+        elif isinstance(value, ast.Constant):
+            inner_args[key] = cst.parse_expression(ast.unparse(value))
+    signature = names[:3] == [passed.get(k).id if isinstance(passed.get(k), ast.Name) else None
+                              for k in LINEAR_ARGUMENTS][:len(names[:3])] and 2 <= len(names) <= 3
+    return LinearLayer(f"wrapper {symbol.qualname}", call, inner_args.get("in_features"),
+                       inner_args.get("out_features"), inner_args.get("bias"), signature, inner)
 
 
 def _layer(construct: str, call: cst.Call, args: dict[str, cst.BaseExpression] | None,

@@ -187,7 +187,7 @@ class FixWriter:
             parts = [code_of(ffn.norm)] if ffn.norm is not None else []
             parts += [call] + ([code_of(ffn.trailing)] if ffn.trailing is not None else [])
             call = f"{nn}.Sequential({', '.join(parts)})"
-        replacements = {ffn.call: cst.parse_expression(call)}
+        replacements = {ffn.call: cst.parse_expression(call), **unused_relative_imports(self.ctx, ffn.call)}
         replacements.update(self._helper(ffn.cls, nn))
         plan = self._sequential_plan(ffn, code_of(in_), size, bias)
         imports = [i for i in (self.import_, nn_import) if i]
@@ -198,7 +198,7 @@ class FixWriter:
         plan = ClassPlan(self.ctx.path, ffn.cls.qualname, [self.code])
         base = f"{ffn.attribute}.{1 if ffn.norm is not None else 0}." \
             if ffn.trailing is not None or ffn.norm is not None else f"{ffn.attribute}."
-        old = [f"{ffn.attribute}.{i}." for i in ffn.indices]
+        old = [f"{ffn.attribute}.{i}." + (f"{ffn.inner}." if ffn.inner else "") for i in ffn.indices]
         suffixes = ["weight", "bias"] if bias else ["weight"]
         if self.hidden == "same":
             for source, target in zip(old, ("w1.", "w2.")):
