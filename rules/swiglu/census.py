@@ -93,7 +93,7 @@ def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
             continue
         inner = act.args[0] if act.args else (act.func.value if isinstance(act.func, ast.Attribute) else None)
         first = walk.back(inner, hit=lambda n, f: _is_projection(n, f, index),
-                          stop=lambda n, f: isinstance(n, ast.arg)) if inner is not None else None
+                          stop=lambda n, f: isinstance(n, ast.arg) or _mixing_layer(n, f)) if inner is not None else None
         if first is None or first is second or _gated(walk, source, index):
             continue
         seen.add(id(act))
@@ -136,21 +136,33 @@ def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) 
                         step="the FFN's two projections live in two modules")
 
 
+def _mixing_layer(node: ast.AST, function: Function) -> bool:
+    """A module of the class applied between the first projection and the activation that is
+    not a dropout or a norm (SegFormer's depthwise conv over the image grid): the chain is no
+    position-wise Linear-activation-Linear FFN."""
+    attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+    if attribute is None or function.cls is None:
+        return False
+    built = function.cls.constructor_call(attribute)
+    name = last_name(built.func) if built is not None else ""
+    return not any(word in name.lower() for word in ("dropout", "norm")) and not is_activation(node, function)
+
+
 def _activation_step(act: ast.Call, cls) -> str:
     """Why the matcher may not know this activation: not ReLU/GELU, or a module built by a name
     it cannot resolve (`act_layer()`, `ACT2FN[...]`)."""
     attribute = self_attribute(act.func)
     if attribute is None:
         name = last_name(act)
-        return "" if name.lower() in ("relu", "gelu") else \
-            f"the activation is `{name}`; the matcher knows ReLU and GELU"
+        return "" if name.lower() in ("relu", "gelu", "silu", "swish") else \
+            f"the activation is `{name}`; the matcher knows ReLU, GELU and SiLU"
     values = cls.attributes.get(attribute, ())
     built = next((v for v in values), None)
-    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU"):
+    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU", "SiLU"):
         return ""
     code = ast.unparse(built) if built is not None else "?"
     return (f"the activation `self.{attribute}` is `{code}` (line {getattr(built, 'lineno', '?')}), "
-            "which the matcher cannot resolve to ReLU or GELU")
+            "which the matcher cannot resolve to ReLU, GELU or SiLU")
 
 
 def _input(projection: ast.AST, function: Function) -> ast.AST | None:
