@@ -293,6 +293,9 @@ def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Itera
              if _changes_width(ctx, cls, found.first, found.second)}
     for node in _calls_and_ops(method.body):
         argument_ = _activation_argument(ctx, cls, node)
+        parent = ctx.parents.get(node)
+        if isinstance(parent, cst.BinaryOperation) and isinstance(parent.operator, cst.Multiply):
+            continue  # `silu(gate(x)) * up(x)`: already a gated FFN
         if argument_ is not None and id(node) not in heads:
             first = projection(ctx, cls, _Tracer(ctx, flow).back(argument_))
             if first is not None:
