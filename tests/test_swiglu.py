@@ -222,6 +222,7 @@ _GOLDEN_BUILDS = {
     "linear_factory_and_subclass": "Block()",
     "sequential_with_leading_norm": "Block()",
     "configured_activation": "Block()",
+    "conv1d_projections": "Block()",
 }
 
 
@@ -419,3 +420,16 @@ def test_sequential_wrapper_golden_converts_and_trains(tmp_path: Path) -> None:
     assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
     out.pow(2).mean().backward()
     assert new.ffn.sequential[1].w3.weight.grad.abs().sum() > 0
+
+
+def test_conv1d_style_gate_keys_have_the_transposed_shape() -> None:
+    """Conv1D(nf, nx) stores its weight (nx, nf): the plan lists the gate's keys in that layout,
+    as the migrated model builds them; param-matched is refused for these layers."""
+    before = FIXTURES / "conv1d_projections.before.py"
+    (plan,) = _run(before).plans
+    assert [(k.key, k.shape) for k in plan.new] == [("c_fc_gate.weight", ["nx", "n_state"]),
+                                                    ("c_fc_gate.bias", ["n_state"])]
+    mlp = load_module(FIXTURES / "conv1d_projections.after.py").MLP(128, 32)
+    assert mlp.c_fc_gate.weight.shape == (32, 128) and mlp.c_fc_gate.bias.shape == (128,)
+    (refusal,) = _run(before, hidden="param-matched").refusals
+    assert "Conv1D-style" in refusal.reason

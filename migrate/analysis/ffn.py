@@ -23,7 +23,7 @@ import libcst as cst
 
 from tf_migrate.analysis.activations import Activation, activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
-from tf_migrate.analysis.linear import is_linear_layer, wrapped_linear
+from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -87,6 +87,7 @@ class Projection:
     weight: str  # the submodule (module form) or the weight parameter (raw form)
     bias: str | None = None  # raw form only: the bias parameter
     raw: bool = False
+    transposed: LinearLayer | None = None  # a Conv1D-style layer (weight stored (in, out))
 
 
 @dataclass
@@ -133,6 +134,14 @@ def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
     return self_attribute(node.func) if layer is not None and layer.linear_signature else None
 
 
+def _transposed(ctx, cls, node: cst.BaseExpression) -> LinearLayer | None:
+    """`self.c_fc(x)` where c_fc is built by a Conv1D-style class (`linear.transposed_linear`)."""
+    name = self_attribute(node.func) if isinstance(node, cst.Call) else None
+    if name is None or name not in cls.submodules or not isinstance(cls.submodules[name].call, cst.Call):
+        return None
+    return transposed_linear(ctx, cls.submodules[name].call)
+
+
 def _parameter(cls, node: cst.CSTNode) -> str | None:
     sub = cls.submodule_of(node, PARAMETER)
     return sub.name if sub is not None else None
@@ -154,6 +163,9 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     name = name or _linear_like(ctx, cls, node)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
+    transposed = _transposed(ctx, cls, node)
+    if transposed is not None and len(node.args) == 1 and not node.args[0].keyword and not node.args[0].star:
+        return Projection(node, node.args[0].value, self_attribute(node.func), transposed=transposed)
     bias = None
     core = node
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
@@ -320,6 +332,10 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     residual stream back to its own width."""
     if first.raw:
         return False
+    if first.transposed is not None or second.transposed is not None:
+        if first.transposed is None or second.transposed is None:
+            return True  # one Conv1D-style, one not: not a pair this rule rewrites
+        return _width(ctx, first.transposed.in_features) != _width(ctx, second.transposed.out_features)
     width_in = argument(cls.submodules[first.weight].call, 0, _SIZES.get(cls.submodules[first.weight].callee, _SIZES[LINEAR])[0])
     width_out = argument(cls.submodules[second.weight].call, 1, _SIZES.get(cls.submodules[second.weight].callee, _SIZES[LINEAR])[1])
     if width_in is None or width_out is None:

@@ -99,6 +99,8 @@ class FixWriter:
 
     def _linear(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         first, second = cls.submodules[ffn.first.weight], cls.submodules[ffn.second.weight]
+        if ffn.first.transposed is not None:
+            return self._transposed(cls, ffn, plan, taken)
         conv = first.callee == CONV1D
         if conv != (second.callee == CONV1D):
             raise Unsupported(f"`{first.name}` and `{second.name}` are not the same kind of layer")
@@ -128,6 +130,23 @@ class FixWriter:
                     + linear_keys(f"{second.name}.", size, code_of(in_), second_bias, conv)
                     + linear_keys(f"{name}.", code_of(in_), size, bias, conv))
         return {first.statement: cst.FlattenSentinel(statements), second_in: cst.Name(local)}, gate
+
+    def _transposed(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
+        """Conv1D-style projections: the gate is built like the first (`Conv1D(nf, nx)`); its
+        weight is stored (in, out) and it always has a bias."""
+        if self.hidden != "same":
+            raise Unsupported("hidden=param-matched is not supported for Conv1D-style projections "
+                              "(weights stored transposed); use hidden=same")
+        first = cls.submodules[ffn.first.weight]
+        name = gate_name(first.name, cls.submodules[ffn.second.weight].name, taken)
+        layer = ffn.first.transposed
+        in_, hidden = code_of(layer.in_features), code_of(layer.out_features)
+        new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
+        note = f"as {first.name}: {code_of(first.call)} (weight stored (in, out))"
+        plan.new = [NewKey(f"{name}.weight", "default", [in_, hidden], note),
+                    NewKey(f"{name}.bias", "default", [hidden], note)]
+        gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
+        return {first.statement: cst.FlattenSentinel([first.statement, new])}, gate
 
     def _raw(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         if self.hidden != "same":
