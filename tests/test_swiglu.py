@@ -223,6 +223,7 @@ _GOLDEN_BUILDS = {
     "sequential_with_leading_norm": "Block()",
     "configured_activation": "Block()",
     "conv1d_projections": "Block()",
+    "split_ffn_two_classes": "Layer()",
 }
 
 
@@ -358,9 +359,11 @@ def test_activation_getter_golden_converts_and_trains(tmp_path: Path) -> None:
 
 def test_split_feed_forward_refused_naming_the_split() -> None:
     """Up-projection + activation (a library table by config string) in one class, the
-    down-projection in another: refused, not silent."""
+    down-projection in another, the up half's output also returned: refused, naming that."""
     (refusal,) = _run(FIXTURES / "split_ffn_library_table.noop.py").refusals
-    assert "two modules" in refusal.reason and refusal.line == 27
+    assert refusal.line == 27 and refusal.reason == (
+        "the FFN is split over two classes and `Layer` uses the output of `self.expand` other than as the first "
+        "argument of one module")
 
 
 def test_temporal_conv_ffn_refused_as_not_position_wise() -> None:

@@ -314,6 +314,145 @@ def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Itera
                 yield node
 
 
+@dataclass
+class SplitHalves:
+    """The FFN's down half, in another class: `parent` builds both halves and feeds the up half's
+    output only to the down half's first argument, whose first step is the projection `second`."""
+
+    parent: str
+    down: str  # the down half's class
+    second: str  # its projection attribute
+    second_call: cst.Call  # that projection's construction
+
+
+def split_feed_forward(ctx: "FileContext", cls, method: cst.FunctionDef, act: cst.Call) -> tuple[FeedForward, SplitHalves]:
+    """`act(self.dense(x))` returned by `forward`, the down projection in another class of this
+    file (BERT's Intermediate / Output). Raises Refused naming what is not proven."""
+    line = ctx.line(act)
+    flow = FunctionFlow(ctx, method)
+    tracer = _Tracer(ctx, flow)
+    gate_input = _activation_argument(ctx, cls, act)
+    first = projection(ctx, cls, tracer.back(gate_input)) if gate_input is not None else None
+    if first is None or first.raw or first.transposed is not None or method.name.value != "forward":
+        raise Refused(line, "an activation of a Linear with no second projection in this module: the FFN's "
+                      "projections live in two modules", "move both projections of the FFN into one module, then rerun")
+    halves = _halves_wiring(ctx, cls)
+    if isinstance(halves, str):
+        raise Refused(line, f"the FFN is split over two classes and {halves}",
+                      "move both projections of the FFN into one module, then rerun")
+    up = cls.submodules[first.weight].call
+    up_in, up_out = argument(up, 0, "in_features"), argument(up, 1, "out_features")
+    down_in, down_out = argument(halves.second_call, 0, "in_features"), argument(halves.second_call, 1, "out_features")
+    if None in (up_in, up_out, down_in, down_out) or _width(ctx, up_in) != _width(ctx, down_out) \
+            or _width(ctx, up_out) != _width(ctx, down_in):
+        raise Refused(line, f"the FFN is split over two classes and `{halves.down}.{halves.second}` does not map "
+                      f"{cls.node.name.value}.{first.weight}'s output back to its input width", "")
+    ffn = FeedForward(cls, first, first, act, gate_input)
+    tracer.check_single_use()
+    _check_input(ctx, flow, ffn)
+    return ffn, halves
+
+
+def _halves_wiring(ctx: "FileContext", cls) -> SplitHalves | str:
+    """The one class of the file that builds `cls`, and what it feeds the output to (a reason
+    when that is not a single down half)."""
+    name = cls.node.name.value
+    builders = [c for c in ctx.module_classes if any(
+        isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == name for n in _calls_and_ops(c.node))]
+    uses = [n for n in find(ctx.module, lambda n: isinstance(n, cst.Name) and n.value == name)
+            if not _super_argument(ctx, n)]
+    if len(builders) != 1 or len(uses) != 2:  # the class statement's name and one construction
+        return f"`{name}` is built or named in more than one place in this file"
+    if _built_in_other_files(ctx, cls):
+        return f"another file of the project builds `{name}`"
+    parent = builders[0]
+    attribute = next((a for a, sub in parent.submodules.items()
+                      if isinstance(sub.call, cst.Call) and isinstance(sub.call.func, cst.Name) and sub.call.func.value == name),
+                     None)
+    if attribute is None:
+        return f"`{parent.node.name.value}` does not hold `{name}` as a submodule"
+    consumers = set()
+    for method in parent.methods.values():
+        flow = FunctionFlow(ctx, method)
+        for call in _calls_and_ops(method):
+            if not (isinstance(call, cst.Call) and self_attribute(call.func) == attribute):
+                continue
+            consumer = _only_consumer(ctx, flow, call)
+            if consumer is None:
+                return f"`{parent.node.name.value}` uses the output of `self.{attribute}` other than as the first " \
+                       "argument of one module"
+            consumers.add(consumer)
+    if len(consumers) != 1:
+        return f"`{parent.node.name.value}` never or variously consumes `self.{attribute}`"
+    down_sub = parent.submodules.get(consumers.pop())
+    down = next((c for c in ctx.module_classes if down_sub is not None and isinstance(down_sub.call, cst.Call)
+                 and isinstance(down_sub.call.func, cst.Name) and c.node.name.value == down_sub.call.func.value), None)
+    if down is None or "forward" not in down.methods:
+        return "the module consuming its output is not a class of this file"
+    second = _first_projection(ctx, down, down.methods["forward"])
+    if second is None:
+        return f"`{down.node.name.value}.forward` does not start by projecting its first argument with a Linear"
+    return SplitHalves(parent.node.name.value, down.node.name.value, second, down.submodules[second].call)
+
+
+def _super_argument(ctx, name: cst.Name) -> bool:
+    """`super(Name, self)`."""
+    arg = ctx.parents.get(name)
+    call = ctx.parents.get(arg)
+    return isinstance(call, cst.Call) and isinstance(call.func, cst.Name) and call.func.value == "super"
+
+
+def _built_in_other_files(ctx: "FileContext", cls) -> bool:
+    """Another project file calls this class (a type annotation or an import alone is no use of
+    its output)."""
+    import re
+
+    name, here = cls.node.name.value, os.path.abspath(ctx.source_path)
+    project = ctx.project
+    called = re.compile(rf"\b{re.escape(name)}\s*\(")
+    for path in project.files:
+        if os.path.abspath(path) != here and called.search(project.text(path) or ""):
+            if any(s.kind == "class" and s.path and os.path.abspath(s.path) == here for s in project.resolve_name(path, name)):
+                return True
+    return False
+
+
+def _only_consumer(ctx, flow: FunctionFlow, call: cst.Call) -> str | None:
+    """`self.down(self.up(a), ...)` or `h = self.up(a)` read once, as `self.down(h, ...)`: "down"."""
+    parent = ctx.parents.get(call)
+    if isinstance(parent, cst.Arg):
+        outer = ctx.parents.get(parent)
+        if isinstance(outer, cst.Call) and outer.args and outer.args[0] is parent and self_attribute(outer.func):
+            return self_attribute(outer.func)
+        return None
+    if isinstance(parent, cst.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0].target, cst.Name):
+        statement = flow.statement_of(call)
+        uses = []
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 and statement.body[0] is parent:
+            uses = flow.uses(Binding(parent.targets[0].target.value, parent.value, statement))
+        if len(uses) == 1:
+            arg = ctx.parents.get(uses[0])
+            outer = ctx.parents.get(arg)
+            if isinstance(arg, cst.Arg) and isinstance(outer, cst.Call) and outer.args[0] is arg \
+                    and self_attribute(outer.func):
+                return self_attribute(outer.func)
+    return None
+
+
+def _first_projection(ctx, cls, forward: cst.FunctionDef) -> str | None:
+    """The Linear attribute `forward` applies first to its first parameter (`h = self.dense(h)`)."""
+    params = [p.name.value for p in forward.params.params[1:]]
+    if not params:
+        return None
+    for call in _calls_and_ops(forward):
+        if isinstance(call, cst.Call) and call.args and isinstance(call.args[0].value, cst.Name) \
+                and call.args[0].value.value == params[0]:
+            found = projection(ctx, cls, call)
+            return found.weight if found is not None and not found.raw and found.transposed is None \
+                and cls.submodules[found.weight].callee == LINEAR else None
+    return None
+
+
 def _chain(ctx, cls, tracer: _Tracer, second: Projection) -> FeedForward | None:
     value = tracer.back(second.input)
     while (inner := _dropout_argument(ctx, cls, value)) is not None:

@@ -161,18 +161,27 @@ class FeedForwardToSwiGLU(Rule):
                     yield _replay_refusal(ctx.line(ffn.activation), replay)
                 elif not ctx.suppressed(self.code, ffn.activation):
                     yield self._guard(ctx, lambda: writer.chain(cls, ffn), ffn.activation)
-            yield from self._split(ctx, cls, method, claimed)
+            yield from self._split(ctx, cls, method, claimed, writer, replay)
         for attribute in list(cls.submodules):
             sequential = recognise.sequential_feed_forward(ctx, cls, attribute)
             if sequential is not None and not ctx.suppressed(self.code, sequential.call):
                 yield self._guard(ctx, lambda: writer.sequential(sequential), sequential.call)
 
-    def _split(self, ctx, cls, method, claimed: set[int]) -> Iterator[Refusal]:
+    def _split(self, ctx, cls, method, claimed: set[int], writer: "FixWriter", replay) -> Iterator[Finding]:
+        """An activation of a Linear with no second projection in this module: the up half of an
+        FFN split over two classes (gated when the wiring is proven), else refused."""
         for act in recognise.split_activations(ctx, cls, method):
-            if id(act) not in claimed and not ctx.suppressed(self.code, act):
-                yield Refusal(ctx.line(act), "an activation of a Linear with no second projection "
-                              "in this module: the FFN's projections live in two modules",
-                              "move both projections of the FFN into one module, then rerun")
+            if id(act) in claimed or ctx.suppressed(self.code, act):
+                continue
+            if replay is not None:
+                yield _replay_refusal(ctx.line(act), replay)
+                continue
+            try:
+                ffn, halves = recognise.split_feed_forward(ctx, cls, method, act)
+            except recognise.Refused as refusal:
+                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                continue
+            yield self._guard(ctx, lambda: writer.split(cls, ffn, halves), act)
 
     @staticmethod
     def _guard(ctx, build, node: cst.CSTNode) -> Finding:

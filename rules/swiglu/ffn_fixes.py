@@ -63,6 +63,34 @@ class FixWriter:
             replacements, gate = self._raw(cls, ffn, plan, taken)
         else:
             replacements, gate = self._linear(cls, ffn, plan, taken)
+        return self._gated(cls, ffn, plan, replacements, gate, hoisting,
+                           f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated")
+
+    def split(self, cls, ffn: FeedForward, halves) -> Fix:
+        """The up half of an FFN split over two classes (`act(self.dense(x))` returned; the down
+        projection is `halves.down`'s): gated here, the down half unchanged."""
+        for node, name in naming_strings(self.ctx, [ffn.first.weight]):
+            raise Unsupported(f"the string {self.ctx.code(node)} on line {self.ctx.line(node)} names "
+                              f"`{name}`: the new gate projection would be missing beside it; add it by hand")
+        if self.hidden != "same":
+            raise Unsupported("hidden=param-matched is not supported for an FFN split over two classes; use hidden=same")
+        self._choose_kind(cls, ffn.activation)
+        self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
+        plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
+        hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
+        first = cls.submodules[ffn.first.weight]
+        name = gate_name(first.name, halves.second, lambda n: n in cls.submodules or any(cls.self_references(n)))
+        in_, hidden = linear_features(first.call)
+        plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), linear_bias(first.call))
+        new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
+        replacements = {first.statement: cst.FlattenSentinel([first.statement, new])}
+        gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
+        return self._gated(cls, ffn, plan, replacements, gate, hoisting,
+                           f"feed-forward {ffn.first.weight} (down projection `{halves.second}` in "
+                           f"{halves.down}, wired by {halves.parent}) -> gated")
+
+    def _gated(self, cls, ffn: FeedForward, plan: ClassPlan, replacements: dict, gate, hoisting: dict,
+               message: str) -> Fix:
         function = f"{self.functional}.{GATE_FUNCTIONS[self.kind]}"
         if ffn.gate_at_first:
             parent = self.ctx.parents.get(ffn.first.node)
@@ -75,8 +103,7 @@ class FixWriter:
                 ffn.activation, function, ffn.gate_input, gate, parenthesize=not isinstance(parent, _NO_PARENS))
         replacements.update(self._unused_activation_module(cls, ffn))
         replacements.update(hoisting)
-        return self._fix(ffn.activation, f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated",
-                         replacements, plan, [self.import_] if self.import_ else [])
+        return self._fix(ffn.activation, message, replacements, plan, [self.import_] if self.import_ else [])
 
     def _hoist(self, ffn: FeedForward) -> dict:
         """Bind the FFN input (`self.norm(x)`) to a fresh local before the statement, use it twice."""
