@@ -436,3 +436,10 @@ def test_conv1d_style_gate_keys_have_the_transposed_shape() -> None:
     assert mlp.c_fc_gate.weight.shape == (32, 128) and mlp.c_fc_gate.bias.shape == (128,)
     (refusal,) = _run(before, hidden="param-matched").refusals
     assert "Conv1D-style" in refusal.reason
+
+
+def test_layer_list_whose_first_module_an_option_picks_is_refused() -> None:
+    (refusal,) = _run(FIXTURES / "layer_list_chosen_by_option.noop.py").refusals
+    assert refusal.line == 43 and refusal.reason.startswith(
+        "the first module of `self.layers` is `first`, built as GatedProjection or SigmoidGELUProjection "
+        "depending on kind == \"approximate\" / kind == \"gated\"")

@@ -139,6 +139,10 @@ class FeedForwardToSwiGLU(Rule):
                 yield _replay_refusal(component.start_line, replay)
 
     def _class(self, ctx, cls, writer: "FixWriter") -> Iterator[Finding]:
+        chosen = _branch_built_layer_list(ctx, cls)
+        if chosen is not None:
+            yield chosen
+            return
         temporal = recognise.temporal_conv(ctx, cls)
         if temporal is not None:
             kernel = f"`{ctx.code(temporal.kernel)}`" if temporal.kernel is not None else "not given"
@@ -225,3 +229,36 @@ def _calls(node: cst.CSTNode) -> list[cst.Call]:
     from tf_migrate.analysis.nodes import find
 
     return find(node, lambda n: isinstance(n, cst.Call))
+
+
+def _branch_built_layer_list(ctx, cls) -> Refusal | None:
+    """`forward` applies `self.<list>` module by module (`for m in self.net: h = m(h)`), the list
+    ends with a Linear, and `__init__` appends a module bound in the branches of an `if` to
+    different classes (diffusers' GEGLU or ApproximateGELU as the first projection): one class,
+    two FFN shapes."""
+    from tf_migrate.analysis.nodes import find
+
+    init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
+    if init is None or forward is None:
+        return None
+    loops = [f for f in find(forward, lambda n: isinstance(n, cst.For)) if self_attribute(f.iter) is not None]
+    for loop in loops:
+        attribute = self_attribute(loop.iter)
+        appended = [c.args[0].value for c in _calls(init) if isinstance(c.func, cst.Attribute)
+                    and c.func.attr.value == "append" and self_attribute(c.func.value) == attribute and len(c.args) == 1]
+        if not appended or not (isinstance(appended[-1], cst.Call)
+                                and ctx.names.callee(appended[-1]) == "torch.nn.Linear"):
+            continue
+        for value in appended:
+            if not isinstance(value, cst.Name):
+                continue
+            built = [a for a in find(init, lambda n: isinstance(n, cst.Assign)) if any(
+                isinstance(t.target, cst.Name) and t.target.value == value.value for t in a.targets)]
+            kinds = {ctx.code(a.value.func) for a in built if isinstance(a.value, cst.Call)}
+            tests = sorted({ctx.code(n.test) for n in find(init, lambda n: isinstance(n, cst.If))
+                            if any(a in find(n.body, lambda m: isinstance(m, cst.Assign)) for a in built)})
+            if len(built) >= 2 and len(kinds) >= 2 and tests:
+                return Refusal(ctx.line(loop), f"the first module of `self.{attribute}` is `{value.value}`, built as "
+                               f"{' or '.join(sorted(kinds))} depending on {' / '.join(tests[:2])}: one class, "
+                               "two feed-forward shapes", "write the FFN for each choice by hand")
+    return None
