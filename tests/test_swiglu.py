@@ -443,3 +443,11 @@ def test_layer_list_whose_first_module_an_option_picks_is_refused() -> None:
     assert refusal.line == 43 and refusal.reason.startswith(
         "the first module of `self.layers` is `first`, built as GatedProjection or SigmoidGELUProjection "
         "depending on kind == \"approximate\" / kind == \"gated\"")
+
+
+def test_block_building_an_attention_of_another_file_holds_an_ffn() -> None:
+    """`Block.__init__` builds `MLP` beside `CausalSelfAttention` imported from attention.py:
+    the MLP is a block FFN (it was left alone before)."""
+    results = _migrate_tree(ROOT / "fixtures" / "projects" / "gpt_pretrained" / "gptlib")
+    (edit,) = [e for e in results["model.py"].edits if e.code == "TFM301"]
+    assert edit.message.startswith("feed-forward c_fc/c_proj -> gated")

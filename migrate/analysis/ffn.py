@@ -705,7 +705,19 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
     if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
         return True
+    if any(name in called for called in called_by_function) and _built_beside_project_attention(ctx, name):
+        return True
     return _ffn_shaped(ctx, cls) and _built_beside_attention_elsewhere(ctx, cls)
+
+
+def _built_beside_project_attention(ctx: "FileContext", name: str) -> bool:
+    """A function of this file builds `name` and an attention class defined in another project
+    file (`self.attn = CausalSelfAttention(config)` imported from `attention.py`)."""
+    for function in find(ctx.module, lambda n: isinstance(n, cst.FunctionDef)):
+        if any(isinstance(c, cst.Call) and isinstance(c.func, cst.Name) and c.func.value == name
+               for c in _calls_and_ops(function)) and _builds_project_attention(ctx, function):
+            return True
+    return False
 
 
 def _ffn_shaped(ctx: "FileContext", cls) -> bool:
