@@ -451,3 +451,14 @@ def test_block_building_an_attention_of_another_file_holds_an_ffn() -> None:
     results = _migrate_tree(ROOT / "fixtures" / "projects" / "gpt_pretrained" / "gptlib")
     (edit,) = [e for e in results["model.py"].edits if e.code == "TFM301"]
     assert edit.message.startswith("feed-forward c_fc/c_proj -> gated")
+
+
+# act_layer_unknown: the refusal stands at the caller that passes an unknown class (another
+# class than the FFN's component): known, left as it was.
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.before.py")) + sorted(
+    p for p in FIXTURES.glob("*.noop.py") if p.name != "act_layer_unknown.noop.py"), ids=lambda p: p.name)
+def test_every_finding_has_a_census_component(path: Path) -> None:
+    """The scorer reads outcomes from the census: an edit or refusal outside every component is
+    invisible there (IfExp activations, Swish modules, temporal conv pairs were)."""
+    result = _run(path)
+    assert not [f for f in result.outside if f.code == "TFM301"], result.outside

@@ -27,12 +27,64 @@ def components(ctx, code: str) -> Iterator[Component]:
     index = walker(ctx).index
     blocks = _block_classes(ctx)
     found = list(_chains(ctx, blocks)) + list(_sequentials(index, blocks, code))
+    found += list(_matcher_shapes(ctx, code, found))
     yield from found
     for call, cls, name in builtin_layers(index):
         if not _torch_layer(ctx, call):
             continue  # a project class named like torch's (fairseq's `TransformerEncoderLayer(args)`)
         yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
                         f"built-in `nn.{name}`")
+
+
+def _matcher_shapes(ctx, code: str, found: list[Component]) -> Iterator[Component]:
+    """What the matcher reads as an FFN (its own recognisers: chains, Sequentials, temporal conv
+    pairs, split halves) in a block class, where the name-based walk above found nothing: a
+    finding of the rule always has a component (IfExp activations, Swish modules, wrappers)."""
+    import libcst as cst
+
+    from tf_migrate.analysis import ffn as recognise
+    from tf_migrate.analysis.dataflow import FunctionFlow
+
+    attention = attention_classes(ctx)
+    covered = [(c.start_line, c.end_line) for c in found]
+
+    def new(cls, node, what: str) -> Component | None:
+        line = ctx.line(node)
+        if any(a <= line <= b for a, b in covered):
+            return None
+        covered.append((line, line))
+        span = (ctx.line(cls.node), ctx.line(cls.node) + ctx.code(cls.node).count("\n"))
+        return Component(code, "ffn", cls.qualname, line, line, what, scopes=(span,))
+
+    for cls in ctx.module_classes:
+        if not recognise.in_block(ctx, cls, attention):
+            continue
+        shapes = []
+        from tf_migrate.rules.swiglu import _branch_built_layer_list
+
+        chosen = _branch_built_layer_list(ctx, cls)
+        if chosen is not None:
+            loop = next(n for n in recognise.find(cls.node, lambda n: isinstance(n, cst.For)) if ctx.line(n) == chosen.line)
+            shapes.append((loop, "a layer list applied in turn: projection, dropout, Linear"))
+        temporal = recognise.temporal_conv(ctx, cls)
+        if temporal is not None:
+            method = next(m for m in cls.methods.values() if ctx.line(m) <= temporal.line <= ctx.line(m) + ctx.code(m).count("\n"))
+            act = next((n for n in recognise._calls_and_ops(method) if ctx.line(n) == temporal.line), method)
+            shapes.append((act, f"`{temporal.first}` -> activation -> `{temporal.second}` (Conv1d)"))
+        for method in cls.methods.values():
+            for ffn, _ in recognise._chains(ctx, cls, FunctionFlow(ctx, method), method):
+                shapes.append((ffn.activation, f"`{ffn.first.weight}` -> activation -> `{ffn.second.weight}`"))
+            for act in recognise.split_activations(ctx, cls, method):
+                shapes.append((act, "an activation of a Linear whose second projection is in another module"))
+        for attribute in cls.submodules:
+            sequential = recognise.sequential_feed_forward(ctx, cls, attribute)
+            if sequential is not None:
+                shapes.append((sequential.call, "nn.Sequential of a projection, an activation and a projection"))
+        for node, what in shapes:
+            if isinstance(node, cst.CSTNode):
+                component = new(cls, node, what)
+                if component is not None:
+                    yield component
 
 
 def _torch_layer(ctx, call: ast.Call) -> bool:
