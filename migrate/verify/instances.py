@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.utils._pytree as pytree
+from tf_migrate.verify.direct import through_call
 from tf_migrate.verify.inputs import cast_floats, tensors
 from tf_migrate.verify.numerics import compare_tensor_lists
 from torch import nn
@@ -65,9 +66,10 @@ def record_calls(model: nn.Module, paths: list[str], inputs: list[tuple]) -> dic
         handles.append(modules[path].register_forward_pre_hook(before, with_kwargs=True))
         handles.append(modules[path].register_forward_hook(after, with_kwargs=True))
     try:
-        for args in inputs:
-            budget.update(dict.fromkeys(paths, MAX_CALLS))
-            model(*args)
+        with through_call(model, paths):  # a direct `.forward(...)` call reaches the hooks too
+            for args in inputs:
+                budget.update(dict.fromkeys(paths, MAX_CALLS))
+                model(*args)
     finally:
         for handle in handles:
             handle.remove()
