@@ -4,6 +4,10 @@ A rule changes only the classes its plan names; every operation outside their in
 embeddings, the other layers, the code between blocks) must come out of the tracer unchanged:
 same module path, same operation, same output shape, in the same order. The first node where the
 sequences part is named with the user's line on each side.
+
+Layout-only operations are left out: whether `.contiguous()` copies (and so appears in the graph)
+depends on the strides of the tensor a migrated module returns (SDPA's output, transposed back,
+is already contiguous where the original's matmul result was not); it never changes a value.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ class OutsideDiff:
         return not self.first
 
 
+_LAYOUT_ONLY = {"contiguous"}
+
+
 def inside(path: str, regions: list[str]) -> bool:
     return any(not region or path == region or path.startswith(region + ".") for region in regions)
 
 
 def outside_diff(before: list[Op], after: list[Op], regions: list[str]) -> OutsideDiff:
-    old = [op for op in before if not inside(op.path, regions)]
-    new = [op for op in after if not inside(op.path, regions)]
+    old = [op for op in before if not inside(op.path, regions) and op.name not in _LAYOUT_ONLY]
+    new = [op for op in after if not inside(op.path, regions) and op.name not in _LAYOUT_ONLY]
     result = OutsideDiff(max(len(old), len(new)))
     for index, (a, b) in enumerate(zip(old, new)):
         if a != b:

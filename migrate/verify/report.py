@@ -25,6 +25,7 @@ def json_document(result: Verification) -> str:
         "first_node": result.first_node,
         "evidence": [asdict(e) | {"ok": e.ok} for e in result.evidence],
         "numerics": [asdict(c) for c in result.comparisons],
+        "float64_rounds_to_float32": result.narrowed,
         "divergence": asdict(result.divergence) if result.divergence else None,
     }
     return json.dumps(document, indent=2, default=str)
@@ -88,6 +89,8 @@ def _numeric_lines(result: Verification) -> list[str]:
         return ["numerics: not run (the checkpoint did not load)"]
     lines = [(f"numerics (eval mode; float64 tolerances = float32 ones x {FLOAT64_FACTOR:g}; "
               "positions where the original is not finite, e.g. fully masked rows, are excluded):")]
+    lines += [f"  note: the float64 original itself rounds to float32 in {path or '<root>'} ({line}): "
+              "judged there, and for the whole model, at the float32 tolerances" for path, line in result.narrowed.items()]
     for c in result.comparisons:
         excluded = f", {c.excluded} excluded" if c.excluded else ""
         # compatible/retrain rules change the function on purpose: only the shape check and the

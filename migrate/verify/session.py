@@ -23,6 +23,7 @@ from tf_migrate.verify.loading import LoadError, Source, load_module, module_ent
 from tf_migrate.verify.localize import Divergence, first_divergence
 from tf_migrate.verify.options import VerifyOptions
 from tf_migrate.verify.plans import PlanSource, read_plan, recompute_plan
+from tf_migrate.verify.precision import narrowed_within, narrowings
 from tf_migrate.verify.tracing import Capture, capture
 
 SEED = 0
@@ -43,6 +44,7 @@ class Verification:
     comparisons: list[numerics.Comparison] = field(default_factory=list)
     instances: list[InstanceCheck] = field(default_factory=list)
     low_precision: list[LowPrecision] = field(default_factory=list)
+    narrowed: dict[str, str] = field(default_factory=dict)  # path -> line where the float64 original rounds to float32
     divergence: Divergence | None = None
     first_node: str = ""  # inside the first failing instance: the node that departs
     failures: list[str] = field(default_factory=list)
@@ -141,14 +143,20 @@ def _numerics(result: Verification, sides: tuple[Builder, Builder], before, afte
     states = before.state_dict(), after.state_dict()
     models = {torch.float32: (before, after)}
     models[torch.float64] = tuple(side.with_state(state, torch.float64) for side, state in zip(sides, states))
+    # an original that rounds to float32 on purpose, even in float64, is judged at float32 tolerances there
+    result.narrowed = narrowings(models[torch.float64][0], cast_floats(args[0], torch.float64))
+    loose = numerics.tolerances(torch.float32, options.rtol, options.atol)
     for dtype, (old, new) in models.items():
         rtol, atol = numerics.tolerances(dtype, options.rtol, options.atol)
+        wide = dtype == torch.float64 and bool(result.narrowed)
         for index, arg in enumerate(args):
             if exact:
-                result.comparisons.append(numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol))
+                result.comparisons.append(numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol,
+                                                                   float32_tolerances=wide))
             elif dtype == torch.float32:
                 result.comparisons.append(numerics.check_outputs_sane(old, new, arg, index))
-        result.instances += compare_instances(old, new, planned, args, dtype, rtol, atol, exact_rules)
+        relaxed = {path: loose for path, _, _ in planned if wide and narrowed_within(path, result.narrowed)}
+        result.instances += compare_instances(old, new, planned, args, dtype, rtol, atol, exact_rules, relaxed)
     if planned:
         paths = [path for path, _, _ in planned]
         for dtype in LOW_PRECISION:
