@@ -34,9 +34,14 @@ def inside(path: str, regions: list[str]) -> bool:
     return any(not region or path == region or path.startswith(region + ".") for region in regions)
 
 
-def outside_diff(before: list[Op], after: list[Op], regions: list[str]) -> OutsideDiff:
-    old = [op for op in before if not inside(op.path, regions) and op.name not in _LAYOUT_ONLY]
-    new = [op for op in after if not inside(op.path, regions) and op.name not in _LAYOUT_ONLY]
+def outside_diff(before: list[Op], after: list[Op], regions: list[str], changed=None) -> OutsideDiff:
+    """`regions`: migrated module paths; `changed`: a regions.ChangedCode, the lines the rewriter
+    changed (for rules whose change is not confined to the classes they name)."""
+    def kept(op: Op, side: str) -> bool:
+        return not (inside(op.path, regions) or op.name in _LAYOUT_ONLY or (changed and changed.holds(op, side)))
+
+    old = [op for op in before if kept(op, "before")]
+    new = [op for op in after if kept(op, "after")]
     result = OutsideDiff(max(len(old), len(new)))
     for index, (a, b) in enumerate(zip(old, new)):
         if a != b:

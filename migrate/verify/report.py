@@ -71,8 +71,9 @@ def _structure_lines(result: Verification) -> list[str]:
         lines = [f"structure: torch.fx graphs of before and after by {label}"]
         lines += [f"  tried first: {reason}" for reason in result.trace_failures]
     if result.outside is not None:
-        lines.append(f"  outside the migrated modules: {result.outside.compared} nodes identical" if result.outside.ok
-                     else f"  BAD outside the migrated modules: {result.outside.first}")
+        also = " and the lines the rewriter changed" if result.outside_lines else ""
+        lines.append(f"  outside the migrated modules{also}: {result.outside.compared} nodes identical" if result.outside.ok
+                     else f"  BAD outside the migrated modules{also}: {result.outside.first}")
     elif result.outside_note:
         lines.append(f"  outside the migrated modules: {result.outside_note}")
     for evidence in result.evidence:

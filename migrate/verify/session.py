@@ -24,6 +24,7 @@ from tf_migrate.verify.localize import Divergence, first_divergence
 from tf_migrate.verify.options import VerifyOptions
 from tf_migrate.verify.plans import PlanSource, read_plan, recompute_plan
 from tf_migrate.verify.precision import narrowed_within, narrowings
+from tf_migrate.verify.regions import ChangedCode, changed_code, reconfigured
 from tf_migrate.verify.tracing import Capture, capture
 
 SEED = 0
@@ -41,6 +42,7 @@ class Verification:
     evidence: list[RuleEvidence] = field(default_factory=list)
     outside: OutsideDiff | None = None  # None: not compared (eager record, or a whole-model rule)
     outside_note: str = ""
+    outside_lines: bool = False  # the region also holds the lines the rewriter changed
     comparisons: list[numerics.Comparison] = field(default_factory=list)
     instances: list[InstanceCheck] = field(default_factory=list)
     low_precision: list[LowPrecision] = field(default_factory=list)
@@ -91,7 +93,7 @@ def verify(options: VerifyOptions) -> Verification:
     # tensors, and a model that caches a tensor on itself or in its module (a rotary table
     # computed on first use) keeps a fake one; nothing runs the models after this.
     traced = (side.with_state(model.state_dict(), torch.float32) for side, model in zip(sides, (before, after)))
-    _structure(result, *traced, args[0], planned)
+    _structure(result, *traced, args[0], planned, _changed(options, before_src, after_src, plan))
     _judge(result)
     return result
 
@@ -115,7 +117,13 @@ def _inputs(options: VerifyOptions, model, module) -> tuple[list[tuple], list[st
     return args, [f"inferred: {', '.join(f'{tuple(a.shape)} {a.dtype}' for a in arg)}" for arg in args]
 
 
-def _structure(result: Verification, before, after, args: tuple, planned: list) -> None:
+def _changed(options: VerifyOptions, before: Source, after: Source, plan: PlanSource) -> ChangedCode:
+    """The lines the rewriter changes, with the rules of the plan and of --select."""
+    select = list(dict.fromkeys([*options.select, *(code for p in plan.plans for code in p.rules)]))
+    return changed_code(before, after, select)
+
+
+def _structure(result: Verification, before, after, args: tuple, planned: list, changed: ChangedCode) -> None:
     regions = sorted({path for path, _, _ in planned})
     found: Capture = capture(before, after, args, regions)
     result.tracing, result.trace_failures = found.tracer, found.failures
@@ -123,13 +131,14 @@ def _structure(result: Verification, before, after, args: tuple, planned: list) 
         paths = [path for path, _, rules in planned if code in rules]
         result.evidence.append(rule_evidence(code, paths, found.before, found.after))
     whole = [code for code in result.rules if EXPECTATIONS.get(code) and EXPECTATIONS[code].whole_model]
+    if whole:  # the model's own class may be planned (a final norm): its region is the changed lines
+        regions = [path for path in regions if path]
+    regions += reconfigured(before, after, changed.keywords)
     if not found.is_graph:
         result.outside_note = "not compared (no graph: the eager record has no shapes)"
-    elif whole:
-        verb = "change" if len(whole) > 1 else "changes"
-        result.outside_note = f"not compared ({', '.join(whole)} {verb} the model beyond the classes they name)"
     else:
-        result.outside = outside_diff(found.before, found.after, regions)
+        result.outside = outside_diff(found.before, found.after, regions, changed)
+        result.outside_lines = bool(changed)
 
 
 def _numerics(result: Verification, sides: tuple[Builder, Builder], before, after, args: list[tuple],
