@@ -609,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     if not manifests:
         print(f"realcode: no manifest matches a folder in {corpus}; nothing to score")
         return 0
+    rc, _, err = run_tool(cmd, ["--version"], timeout=120)
+    if rc != 0:
+        print(f"realcode: the tool does not run ({' '.join(cmd)} --version exits {rc}): {_first_line(err)}",
+              file=sys.stderr)
+        return 2
     repos = []
     for m in manifests:
         print(f"realcode: {m.repo} ...", file=sys.stderr, flush=True)

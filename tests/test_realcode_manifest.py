@@ -124,3 +124,16 @@ def test_absent_corpus_exits_zero(tmp_path):
     assert proc.returncode == 0
     assert "absent" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_a_tool_that_does_not_run_stops_the_benchmark(tmp_path):
+    """A broken install must not be scored as 164 silent components."""
+    corpus = tmp_path / "corpus"
+    (corpus / "karpathy__minGPT").mkdir(parents=True)
+    out = tmp_path / "out.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(corpus), "--out", str(out),
+                           "--tf-migrate", f"{sys.executable} -m no_such_module_here"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "does not run" in proc.stderr
+    assert not out.exists()
