@@ -98,6 +98,14 @@ def verify(options: VerifyOptions) -> Verification:
     return result
 
 
+def _known(code: str) -> bool:
+    try:
+        find_rule(code)
+    except SelectionError:
+        return False
+    return True
+
+
 def _equivalence(code: str) -> str:
     try:
         return find_rule(code).equivalence.value
@@ -119,7 +127,8 @@ def _inputs(options: VerifyOptions, model, module) -> tuple[list[tuple], list[st
 
 def _changed(options: VerifyOptions, before: Source, after: Source, plan: PlanSource) -> ChangedCode:
     """The lines the rewriter changes, with the rules of the plan and of --select."""
-    select = list(dict.fromkeys([*options.select, *(code for p in plan.plans for code in p.rules)]))
+    known = [code for p in plan.plans for code in p.rules if _known(code)]  # a newer tf-migrate's plan may name more
+    select = list(dict.fromkeys([*options.select, *known]))
     return changed_code(before, after, select)
 
 
