@@ -156,7 +156,7 @@ import torch.nn as nn
 
 def hide_future(scores):
     n = scores.size(-1)
-    scores[..., torch.triu_indices(n, n, 1)[0], torch.triu_indices(n, n, 1)[1]] = float("-inf")
+    scores[..., torch.tril_indices(n, n, -1)[0], torch.tril_indices(n, n, -1)[1]] = float("-inf")
 
 
 class InPlace(nn.Module):
@@ -193,7 +193,7 @@ class Heads(nn.Module):
 
 @pytest.mark.parametrize("source, code, expected", [
     (_SCORES_CHANGED, "TFM101", [  # InPlace's masked_fill_ is part of the chain: migrated
-        (21, "`sim` is passed to `hide_future(...)` at line 21")]),
+        (21, "`sim` is passed to `hide_future(...)` at line 21, whose body")]),  # hides the past: not causal
     (_CONV1D, "TFM102", [(9, "`q` is a Conv1D (line 9): its weight is stored transposed")]),
 ])
 def test_refusals_name_the_construct_at_its_line(source, code, expected) -> None:

@@ -38,9 +38,17 @@ def _refusals(case: str):
     ("baddbmm_adds_bias", 9, ["scores at line 8", "softmax at line 9"]),
     ("softmax_cast_to_other_dtype", 11, ["cast to the dtype of `memory`"]),
     ("free_function_returns_probs", 13, ["`probs` are returned at line 13",
-                                         "`attend` is called at line 18, which binds `x, self.last_probs`"]),
+                                         "`attend(q, k, v)` at line 18 binds it to `self.last_probs`"]),
+    ("module_returns_read_probs", 14, ["`w` are returned at line 14",
+                                       "`weights`, bound from `self.mix(q, k, v)` at line 28, is read at line 30"]),
     ("softmax_module_hooked", 26, ["`self.mixer.softmax.register_forward_hook`", "silently stop firing"]),
     ("dropout_hooked_by_type", 18, ["`isinstance(module, nn.Dropout)`", "registered in this file (line 19)"]),
+    ("autograd_softmax_function", 25, ["scores at line 23", "softmax at line 24",
+                                       "the custom autograd function `FusedMaskSoftmax.apply(...)` (line 24)"]),
+    # in-place mask helpers (read across files: tests/test_sdpa_helpers.py)
+    ("helper_fill_hides_diagonal", 22, ["`hide_after_(...)` at line 22 hides the diagonal too"]),
+    ("helper_fill_other_work", 22, ["`w` is passed to `soften_future_(...)` at line 22",
+                                    "line 7) does more than fill one triangle"]),
 ])
 def test_refusal_says_why(case: str, line: int, words: list[str]) -> None:
     refusals = _refusals(case)

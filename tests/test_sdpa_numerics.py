@@ -60,6 +60,13 @@ CASES = {
         (_x(), _x(7), _x(7), torch.tensor([7, 3]))]),  # 5 queries over 7 keys, 3 of them real in sample 1
     "free_function_optional_dropout": ("HeadsWithFreeAttention", (C, 4, 0.1), {}, lambda: [
         (_x(), _keep()), (_x(),)]),
+    "helper_causal_fill": ("FlatHeadsAttention", (C, 4), {"causal": True}, lambda: [(_x(),)]),
+    "module_returns_ignored_probs": ("TwoPassBlock", (C, 4, 0.1), {}, lambda: [
+        (_x(), _keep()[:, None, None, :]), (_x(),)]),
+    # a file with no nn.Module at all: the function is wrapped in one here (`fn:` names a function)
+    "free_function_only_file": ("fn:masked_attention", (), {}, lambda: [
+        (*(torch.randn(B, 4, T, 4) for _ in range(3)), _keep()[:, None, None, :]),
+        (*(torch.randn(B, 4, T, 4) for _ in range(3)),)]),
     "heads_first_einsum_shape_scale": ("TimeFirstEinsumAttention", (C, 4, 0.1), {}, lambda: [
         (torch.randn(T, B, C),)]),  # time-first
     "inline_softmax_built": ("SplitKeyAttention", (C, 4, 0.1), {}, lambda: [(_x(),)]),
@@ -103,10 +110,21 @@ def _disk_cases() -> set[str]:
     return {p.name.removesuffix(".before.py") for p in SDPA.glob("*.before.py")}
 
 
+class _Function(torch.nn.Module):
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, *inputs):
+        return self.function(*inputs)
+
+
 def _build(case: str, stage: str) -> torch.nn.Module:
     cls_name, args, kwargs, _ = CASES[case]
     module = load_module(SDPA / f"{case}.{stage}.py")
     torch.manual_seed(0)
+    if cls_name.startswith("fn:"):
+        return _Function(getattr(module, cls_name[3:]))
     return getattr(module, cls_name)(*args, **kwargs)
 
 

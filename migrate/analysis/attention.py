@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis import einsum
+from tf_migrate.analysis.mask_helpers import UnknownHelper, in_place_triangle
 from tf_migrate.analysis.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, read_names
 from tf_migrate.analysis.nodes import body_nodes, find
 from tf_migrate.analysis.names import argument, int_value, method_call, number_value, self_attribute
@@ -58,6 +59,9 @@ class Mask:
     # `if test:` block (with other statements) in which the mask is applied: it stays, and the
     # mask is computed where it was (`at`) into a name the call reads
     block: cst.If | None = None
+    # a project helper fills this triangle of the scores in place (`mask_(scores, ...)`, the call
+    # is `expr`): aligned top-left whatever the lengths, like SDPA's is_causal
+    helper_region: str | None = None
 
 
 @dataclass
@@ -95,6 +99,13 @@ class Attention:
     # `softmax(s.float()).type_as(t)`: the code of `t`, whose dtype the probabilities are cast back to
     softmax_cast_to: str | None = None
     block_bindings: list[Binding] = field(default_factory=list)  # masks set inside a kept `if` block
+    # statements the call replaces besides the consumed bindings: in-place mask helper calls, and
+    # assertions that only check the scores' shape
+    extra_removed: list[cst.BaseStatement] = field(default_factory=list)
+    # `return <product>, probs`: (the element holding probs, its position, the tuple's length),
+    # set only when the matcher was asked to leave that use to the caller (`allow_returned`)
+    returned: tuple[cst.Element, int, int] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
@@ -129,6 +140,9 @@ class AttentionMatcher:
         self.function = function
         self.flow = FunctionFlow(ctx, function)
         self.shapes = Shapes(ctx, cls, self.flow)
+        # the probabilities returned beside the product (`return p @ v, p`) are recorded in
+        # `Attention.returned` instead of refused: the caller decides who reads them
+        self.allow_returned = False
 
     def candidates(self) -> Iterator[tuple[cst.BaseExpression, cst.BaseStatement]]:
         for node in body_nodes(self.function):
@@ -160,6 +174,7 @@ class AttentionMatcher:
         if kind == "baddbmm":
             raise NotAttention  # a product with v never adds a bias to itself
         found = Attention(self.cls, self.function, self.flow, self.shapes, product, statement)
+        self.last = found  # what was read before a refusal (the rule may name a better reason)
         chain = _Chain(self, found)
         probs, at = chain.follow(probs, statement)
         probs, at = chain.dropout(probs, at)
@@ -191,6 +206,8 @@ class _Chain:
         """
         while isinstance(expr, cst.Name):
             definition = self.m.flow.definition(expr.value, at)
+            if strict and isinstance(definition, Binding):
+                self._helper_masks(expr.value, definition, at)
             if isinstance(definition, Binding):
                 self.found.followed.add(id(expr))
                 self.found.consumed.append(definition)
@@ -210,6 +227,60 @@ class _Chain:
             else:
                 break
         return expr, at
+
+    def _helper_masks(self, name: str, definition: Binding, at) -> None:
+        """Calls between `definition` and `at` that change the scores in place through a project
+        helper (`if self.mask: mask_(scores, maskval=-inf)`): each one that fills a triangle becomes a
+        mask of the chain; one that does anything else is refused, naming it."""
+        for use in self.m.flow.uses(definition):
+            statement = self.m.flow.statement_of(use)
+            if id(use) in self.found.followed or statement is None or not self.ctx.line(statement) < self.ctx.line(at):
+                continue
+            placed = self._helper_call(use, statement, definition.statement)
+            if placed is None:
+                continue  # not a call on its own line: check_uses says what it is
+            call, guard, top = placed
+            helper = in_place_triangle(self.ctx, call, self.m.cls)
+            if helper is None:
+                continue
+            line = self.line(call, statement)
+            if isinstance(helper, UnknownHelper):
+                raise Refused(line, f"`{name}` is passed to `{helper.name}(...)` at line {line}, whose body "
+                              f"({helper.where}) does more than fill one triangle of it in place",
+                              "inline what the helper does to the scores as a masked_fill")
+            hides = self._hiding_value(helper.value) if helper.value_is_callers else helper.hides_by_itself()
+            if not hides:
+                raise Refused(line, f"`{helper_name(self.ctx, call)}(...)` at line {line} fills the scores with "
+                              "a value that is not -inf or a large negative number", "fill with float('-inf')")
+            if _product_operands(self.ctx, definition.value) is None and not isinstance(
+                    definition.value, cst.BinaryOperation):
+                raise Refused(line, f"`{helper_name(self.ctx, call)}(...)` at line {line} changes `{name}` in "
+                              f"place, and `{name}` may share its memory with another tensor (line "
+                              f"{self.ctx.line(definition.statement)})", "")
+            self.found.followed.add(id(use))
+            self.found.masks.append(Mask("fill", call, statement, guard=guard, helper_region=helper.region))
+            if guard is not None:
+                self.moves.append((guard, top))
+            self.found.extra_removed.append(top)
+
+    def _helper_call(self, use: cst.Name, statement, anchor):
+        """(call, guard test or None, statement to remove) when `use` is the first argument of a call
+        alone on its line, optionally as the only statement of `if test:` without else, in the
+        block of `anchor`."""
+        arg = self.ctx.parents.get(use)
+        call = self.ctx.parents.get(arg) if isinstance(arg, cst.Arg) else None
+        if not (isinstance(call, cst.Call) and call.args and call.args[0] is arg and arg.keyword is None
+                and isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
+                and isinstance(statement.body[0], cst.Expr) and statement.body[0].value is call):
+            return None
+        guard, top = None, statement
+        block = self.ctx.parents.get(statement)
+        owner = self.ctx.parents.get(block)
+        if isinstance(owner, cst.If) and owner.orelse is None and len(block.body) == 1:
+            guard, top = owner.test, owner
+        if self.ctx.parents.get(top) is not self.ctx.parents.get(anchor):
+            return None
+        return call, guard, top
 
     def dropout(self, expr, at):
         if isinstance(expr, GuardedBinding):
@@ -586,16 +657,61 @@ class _Chain:
             consumed = {id(d.statement) for d in self.found.consumed}
             # Reading .dtype/.shape/.device/.size() is not a use of the values: inside the chain it
             # goes with the chain; after it, the name is gone, which is a different refusal.
-            values = [u for u in uses if _metadata_read(self.ctx, u) is None]
+            values = [u for u in uses if _metadata_read(self.ctx, u) is None and not self._returned_beside(u)]
             outside = [u for u in uses if _metadata_read(self.ctx, u) is not None
                        and id(self.m.flow.statement_of(u)) not in consumed]
             for use in values[:1]:
                 raise Refused(self.ctx.line(use), *_describe_use(self.ctx, self.m.flow, use, binding.name))
+            outside = [u for u in outside if not self._shape_assertion(u)]
             for use in outside[:1]:
                 raise Refused(self.ctx.line(use), (
                     f"`{_metadata_read(self.ctx, use)}` is read at line {self.ctx.line(use)}, outside "
                     f"the chain: SDPA never materialises `{binding.name}`"),
                     "read the shape, dtype or device from q, k or v instead")
+
+    def _returned_beside(self, use: cst.Name) -> bool:
+        """`return <the product>, use` (the probabilities beside the output), when allowed."""
+        statement = self.m.flow.statement_of(use)
+        element = self.ctx.parents.get(use)
+        tuple_ = self.ctx.parents.get(element)
+        if self.found.returned is not None:
+            return self.found.returned[0] is element  # the same read, reached from another binding
+        if not (self.m.allow_returned and isinstance(element, cst.Element) and isinstance(tuple_, cst.Tuple)
+                and isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
+                and isinstance(statement.body[0], cst.Return) and statement.body[0].value is tuple_
+                and not any(isinstance(e, cst.StarredElement) for e in tuple_.elements)):
+            return False
+        if not any(self._holds_product(e.value, statement) for e in tuple_.elements if e is not element):
+            return False
+        self.found.returned = (element, list(tuple_.elements).index(element), len(tuple_.elements))
+        return True
+
+    def _holds_product(self, expr: cst.BaseExpression, at: cst.BaseStatement) -> bool:
+        """`expr` contains the product with v, or is a name bound to it (`out = p @ v`) that reaches `at`."""
+        if at is self.found.statement:
+            return any(n is self.found.product for n in find(expr, lambda n: True))
+        if not isinstance(expr, cst.Name):
+            return False
+        definition = self.m.flow.definition(expr.value, at)
+        return isinstance(definition, Binding) and definition.statement is self.found.statement \
+            and definition.value is self.found.product
+
+    def _shape_assertion(self, use: cst.Name) -> bool:
+        """`assert scores.size() == (...)` between the scores and the product only checks the shape
+        of a tensor SDPA no longer builds: it goes with the chain (the note says so)."""
+        statement = self.m.flow.statement_of(use)
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1
+                and isinstance(statement.body[0], cst.Assert)):
+            return False
+        lines = [self.ctx.line(d.statement) for d in self.found.consumed]
+        if not lines or not min(lines) < self.ctx.line(statement) < self.ctx.line(self.found.statement):
+            return False
+        if self.ctx.parents.get(statement) is not self.ctx.parents.get(self.found.statement):
+            return False
+        if statement not in self.found.extra_removed:
+            self.found.extra_removed.append(statement)
+            self.found.notes.append(f"shape assertion on the scores at line {self.ctx.line(statement)} removed")
+        return True
 
     def check_moves(self) -> None:
         """Expressions moved into the SDPA call must mean the same at the call."""
@@ -652,6 +768,10 @@ def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
 def _parameters(function: cst.FunctionDef) -> set[str]:
     params = function.params
     return {p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)}
+
+
+def helper_name(ctx: "FileContext", call: cst.Call) -> str:
+    return ctx.code(call.func)
 
 
 def _is_name(node: cst.CSTNode) -> bool:

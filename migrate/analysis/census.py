@@ -396,7 +396,8 @@ class Walker:
 
     def _inputs(self, node: ast.AST, function: Function, into_functions: bool) -> list[ast.AST]:
         if isinstance(node, ast.Name):
-            return list(function.definitions(node.id, node.lineno)) or self._outer(node, function)
+            line = self._statement_line(node)
+            return list(function.definitions(node.id, line)) or self._outer(node, function)
         attribute = self_attribute(node)
         if attribute is not None and function.cls is not None:
             return list(function.cls.attributes.get(attribute, ()))[:4]
@@ -408,6 +409,14 @@ class Walker:
                 found.extend(r.value for r in ast.walk(callee.node)
                              if isinstance(r, ast.Return) and r.value is not None)
         return found
+
+    def _statement_line(self, node: ast.AST) -> int:
+        """The first line of the statement holding `node`: a read on the second line of
+        `x = (2 *\n x)` is reached by the binding before that statement, not by the statement itself."""
+        current = node
+        while current is not None and not isinstance(current, ast.stmt):
+            current = self.index.parents.get(current)
+        return current.lineno if current is not None else node.lineno
 
     def arguments_for(self, parameter: ast.arg) -> list[ast.AST]:
         """What the callers in this file pass for `parameter`: `self.method(...)` calls in the
@@ -606,6 +615,8 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
     with `self.softmax = nn.Softmax(...)`, or a helper named for it (`masked_softmax`)."""
     if not isinstance(node, ast.Call):
         return False
+    if _autograd_softmax(node):
+        return True
     name = last_name(node.func).lower()
     if "log_softmax" in name or "softmax" not in name and "softmax" not in _built_by(node.func, function).lower():
         return False
@@ -618,9 +629,18 @@ def is_softmax(node: ast.AST, function: Function) -> bool:
 def softmax_input(node: ast.Call, modules: frozenset[str] = frozenset()) -> ast.AST | None:
     """`x` of `F.softmax(x, -1)`, `self.softmax(x)`, `nn.Softmax(-1)(x)` and `x.softmax(-1)`."""
     func = node.func
+    if _autograd_softmax(node):
+        return node.args[0]
     if isinstance(func, ast.Attribute) and not is_namespace(func.value, modules) and self_attribute(func) is None:
         return func.value
     return node.args[0] if node.args else None
+
+
+def _autograd_softmax(node: ast.Call) -> bool:
+    """`MaskedSoftmax.apply(x, ...)`: a custom autograd Function named for a softmax."""
+    func = node.func
+    return (isinstance(func, ast.Attribute) and func.attr == "apply" and bool(node.args)
+            and "softmax" in last_name(func.value).lower() and "log_softmax" not in last_name(func.value).lower())
 
 
 def _built_by(func: ast.AST, function: Function) -> str:

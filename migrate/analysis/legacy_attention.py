@@ -48,7 +48,7 @@ def _sites(walk: Walker) -> Iterator[AttentionSite]:
     for node in index.calls:
         function = index.function_of(node)
         if ("softmax" in last_name(node.func).lower() or self_attribute(node.func) is not None
-                or isinstance(node.func, ast.Call)) and is_softmax(node, function):
+                or isinstance(node.func, ast.Call) or last_name(node.func) == "apply") and is_softmax(node, function):
             site = _site(walk, function, node)
             if site is not None and (id(site.scores), id(site.output)) not in seen:
                 seen.add((id(site.scores), id(site.output)))
@@ -62,25 +62,42 @@ def _site(walk: Walker, function: Function, softmax: ast.Call) -> AttentionSite 
     scores = walk.back(source, hit=_is_scores, stop=_is_barrier, into_functions=True)
     if scores is None:
         return None
-    output = walk.forward(softmax, hit=lambda n, f: product_operands(n) is not None,
+    output = walk.forward(softmax, hit=lambda n, f: module_product(n, f) is not None,
                           follow_call=_carries, follow_returns=lambda f: _call_sites(walk.index, f))
     if output is None or output is scores:
         return None
-    q, k = product_operands(scores)
-    left, right = product_operands(output)
+    q, k = module_product(scores, walk.index.function_of(scores))
+    left, right = module_product(output, walk.index.function_of(output))
     from_softmax = walk.back(left, hit=lambda n, f: n is softmax, stop=_is_barrier,
                              into_functions=True) is not None
     return AttentionSite(function, scores, softmax, output, q, k, right if from_softmax else left)
 
 
-def _is_scores(node: ast.AST, function: Function) -> bool:
+_PRODUCT_MODULES = ("einsum", "matmul", "bmm")
+
+
+def module_product(node: ast.AST, function: Function | None) -> tuple[ast.expr, ast.expr] | None:
+    """`product_operands`, or the two tensors of `self.m([a, b])` where `self.m` is built by a class
+    named for a product (an `einsum("...")` or `Matmul()` layer, as explainability code writes it)."""
     pair = product_operands(node)
+    if pair is not None or not isinstance(node, ast.Call) or function is None or function.cls is None:
+        return pair
+    attribute = self_attribute(node.func)
+    built = function.cls.constructor(attribute).rsplit(".", 1)[-1].lower() if attribute else ""
+    if built in _PRODUCT_MODULES and len(node.args) == 1 and not node.keywords \
+            and isinstance(node.args[0], (ast.List, ast.Tuple)) and len(node.args[0].elts) == 2:
+        return node.args[0].elts[0], node.args[0].elts[1]
+    return None
+
+
+def _is_scores(node: ast.AST, function: Function) -> bool:
+    pair = module_product(node, function)
     return pair is not None and not any(is_weight(p, function) for p in pair)
 
 
 def _is_barrier(node: ast.AST, function: Function) -> bool:
     """Walking back from a softmax, another softmax or a projection ends the chain."""
-    pair = product_operands(node)
+    pair = module_product(node, function)
     if pair is not None:
         return True
     return isinstance(node, ast.Call) and is_softmax(node, function)
@@ -92,7 +109,7 @@ _CARRYING_SUBMODULES = ("dropout", "drop")
 def _carries(call: ast.Call, function: Function) -> bool:
     """Whether the probabilities flow on through a call they are an argument of: tensor functions
     and methods, dropout; not an arbitrary submodule (a hook, a logger)."""
-    if is_dropout(call, function) or product_operands(call) is not None:
+    if is_dropout(call, function) or module_product(call, function) is not None:
         return True
     attribute = self_attribute(call.func)
     if attribute is not None:

@@ -98,6 +98,10 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
         # Every rule works inside nn.Module classes; a base may be one through another project file.
         if may_define_modules(tree) or project.defines_modules(key):
             _with_deep_stack(_run_rules, result, text, path, active, project, key)
+        else:
+            loose = [rule for rule in active if rule.free_functions and _function_naming(tree, rule.triggers)]
+            if loose:
+                _with_deep_stack(_run_rules, result, text, path, loose, project, key)
         result.depends = sorted(project.reads)
     project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker
     return result
@@ -132,6 +136,20 @@ def _with_deep_stack(function, *args):
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def _function_naming(tree, words: Sequence[str]) -> bool:
+    """Whether a top-level function of the file reads a name or attribute holding one of `words`
+    (`torch.softmax(...)`, `w.softmax(...)`): a cheap look for work a free-functions rule can do."""
+    import ast
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                name = inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else ""
+                if any(word in name for word in words):
+                    return True
+    return False
 
 
 def _single_file_project(path: str) -> "ProjectIndex":

@@ -29,6 +29,7 @@ class RuleInfo:
     triggers: tuple[str, ...]
     options: Mapping[str, Any]
     module: str
+    free_functions: bool = False  # see Rule.free_functions
 
 
 class LazyRule:
@@ -38,6 +39,7 @@ class LazyRule:
         self.info = info
         self.code, self.name, self.equivalence = info.code, info.name, info.equivalence
         self.triggers = info.triggers
+        self.free_functions = info.free_functions
         self.settings = {**info.options, **(options or {})}
         self._options = dict(options or {})
         self._rule: Rule | None = None
@@ -69,6 +71,8 @@ def _literal_fields(node: ast.ClassDef) -> dict[str, Any] | None:
             if not (isinstance(value, ast.Attribute) and value.attr in Equivalence.__members__):
                 return None
             values[key] = Equivalence[value.attr]
+        elif key == "free_functions" and isinstance(value, ast.Constant) and isinstance(value.value, bool):
+            values[key] = value.value
         elif key in _FIELDS:
             try:
                 values[key] = ast.literal_eval(value)
@@ -95,7 +99,7 @@ def _infos_in(module: str, source: str) -> list[RuleInfo] | None:
 def _imported_infos(module: str) -> list[RuleInfo]:
     loaded = importlib.import_module(module)
     return [RuleInfo(rule.code, rule.name, rule.equivalence, rule.summary, tuple(rule.triggers),
-                     dict(rule.options), module)
+                     dict(rule.options), module, rule.free_functions)
             for rule in Rule.registry.values() if rule.__module__ == loaded.__name__]
 
 

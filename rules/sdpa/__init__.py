@@ -20,6 +20,7 @@ from tf_migrate.analysis.nodes import body_nodes
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
+from tf_migrate.rules.sdpa.returned import ignored_by_callers, returned_reason
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
 
@@ -60,9 +61,19 @@ class EinsumAttentionToSdpa(Rule):
     (attention written as `attention(q, k, v, mask=None, dropout=None)`). A dropout module passed
     in as an optional parameter (`if dropout is not None: p = dropout(p)`) becomes
     `dropout_p=dropout.p if dropout is not None and dropout.training else 0.0`: the module drops
-    only when given and in training mode. A free function that returns the probabilities is
-    refused, naming its callers in the file and what they bind (callers in other files are not
-    followed yet; files without any nn.Module class are not read at all).
+    only when given and in training mode. A free function (or a module's forward) that returns
+    the probabilities beside the output is migrated with `None` returned in their place when
+    every caller in the files of the run ignores them (`x, _ = f(...)`, a name never read,
+    `f(...)[0]`; a module's forward: its instances' calls), and refused naming the first caller
+    that reads them otherwise (or when no caller is found). Files without any nn.Module class are read too when they define top-level functions.
+
+    A project helper that masks the scores in place (`mask_(dot, maskval=float('-inf'),
+    mask_diagonal=False)`, here or in another file) is read from its body: a `torch.triu_indices`
+    fill of the strict upper triangle of the last two axes hides exactly what `is_causal=True`
+    hides (top-left aligned, for any query and key lengths), so under `if flag:` it becomes
+    `is_causal=bool(flag)`; a helper body that does anything else is refused naming it. An
+    `assert scores.size() == ...` between the scores and the product only checks a tensor SDPA
+    no longer builds and is removed with the chain (the message says so).
 
     A forward/backward hook registered in the file on the softmax or dropout module the chain
     calls (`blk.attn.softmax.register_forward_hook(...)`), or hooks registered on modules picked
@@ -92,6 +103,7 @@ class EinsumAttentionToSdpa(Rule):
     equivalence = Equivalence.EXACT
     summary = "hand-written softmax(q k^T) v attention -> F.scaled_dot_product_attention"
     triggers = ("softmax", "Softmax")
+    free_functions = True
     example_before = (
         "att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))\n"
         "att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))\n"
@@ -119,13 +131,17 @@ class EinsumAttentionToSdpa(Rule):
         for function in _module_functions(ctx):
             calls = []
             owner = ModuleClass(function, function.name.value)  # no submodules, buffers or methods
-            for finding in self._method(ctx, owner, function, calls):
-                yield _with_callers(ctx, function, finding) if isinstance(finding, Refusal) else finding
+            named: list[Refusal] = []  # refusals that already name a caller in the tree
+            for finding in self._method(ctx, owner, function, calls, free=True, named=named):
+                yield _with_callers(ctx, function, finding) if isinstance(finding, Refusal) \
+                    and not any(finding is n for n in named) else finding
             if calls:
                 yield from self._fixes(ctx, owner, calls, plans=False)
 
-    def _method(self, ctx, cls, method, calls: list[SdpaCall]) -> Iterator[Finding]:
+    def _method(self, ctx, cls, method, calls: list[SdpaCall], free: bool = False,
+                named: list[Refusal] | None = None) -> Iterator[Finding]:
         matcher = AttentionMatcher(ctx, cls, method)
+        matcher.allow_returned = free or method.name.value == "forward"
         if any(ctx.names.callee(node) == SDPA for node in body_nodes(method)):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
@@ -136,11 +152,17 @@ class EinsumAttentionToSdpa(Rule):
                 found = matcher.match(product, statement)
                 call = build_call(ctx, found)
                 refuse_hooked(ctx, cls, call)
+                if found.returned is not None:
+                    ignored_by_callers(ctx, cls, method, call, free)
             except NotAttention:
                 yield from _unfollowed(matcher, product, statement)
                 continue
             except Refused as refusal:
-                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                refusal = returned_reason(ctx, cls, method, matcher, free) or refusal
+                finding = Refusal(refusal.line, refusal.reason, refusal.hint)
+                if getattr(refusal, "whole_tree", False) and named is not None:
+                    named.append(finding)
+                yield finding
                 continue
             if any(ctx.suppressed(self.code, d.statement) for d in found.consumed):
                 continue

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import ast
 
-from tf_migrate.analysis.census import dotted, is_namespace, last_name, line_span, walker
-from tf_migrate.analysis.legacy_attention import AttentionSite, attention_sites
+from tf_migrate.analysis.census import dotted, is_namespace, last_name, line_span, product_operands, walker
+from tf_migrate.analysis.legacy_attention import AttentionSite, attention_sites, module_product
 from tf_migrate.engine.rule import Component
 
 
@@ -36,6 +36,9 @@ def _step(site: AttentionSite, functions: int, modules: frozenset[str]) -> str:
     if functions > 1:
         return "the chain spans several functions; the matcher follows one method"
     for node, role in ((site.scores, "scores product"), (site.output, "product with v")):
+        if module_product(node, site.function) is not None and product_operands(node) is None:
+            return (f"the {role} is the submodule `{dotted(node.func)}` (line {node.lineno}), a product layer "
+                    "whose forward the matcher does not read")
         name = last_name(node) if not hasattr(node, "op") else "@"
         if name in ("baddbmm", "mm"):
             return f"the {role} is `{name}`, which the matcher does not read (einsum, @, matmul, bmm)"

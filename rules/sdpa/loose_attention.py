@@ -97,6 +97,11 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
     ctx = matcher.ctx
     casts_out = [n for n, _ in after if method_call(n, *_CASTS) is not None]
     casts_in = [n for n, _ in before if method_call(n, *_CASTS) is not None]
+    if _autograd_softmax(softmax):
+        origin = ctx.names.imported(softmax.func.value)
+        where = f", imported from `{origin.rsplit('.', 1)[0]}`" if origin and "." in origin else ""
+        return (f"the softmax is the custom autograd function `{ctx.code(softmax.func)}(...)` (line "
+                f"{softmax_line}{where}): tf-migrate cannot prove what it computes")
     if any(a.keyword is not None and a.keyword.value == "dtype" for a in softmax.args):
         casts_in.append(softmax)  # softmax(x, dtype=torch.float32) computes in float32
     if casts_out and casts_in:
@@ -202,12 +207,22 @@ def _is_softmax(matcher, node) -> bool:
     if isinstance(node.func, cst.Call) and names.is_call(node.func, "torch.nn.Softmax"):
         return True  # nn.Softmax(dim=-1)(scores)
     receiver = method_call(node, "softmax")
-    return receiver is not None and names.imported(node.func) is None
+    return (receiver is not None and names.imported(node.func) is None) or _autograd_softmax(node)
+
+
+def _autograd_softmax(node: cst.Call) -> bool:
+    """`MaskedSoftmax.apply(x, ...)`: a custom autograd Function named for a softmax."""
+    func = node.func
+    if not (isinstance(func, cst.Attribute) and func.attr.value == "apply" and node.args):
+        return False
+    owner = func.value.attr.value if isinstance(func.value, cst.Attribute) else \
+        func.value.value if isinstance(func.value, cst.Name) else ""
+    return "softmax" in owner.lower() and "log_softmax" not in owner.lower()
 
 
 def _softmax_input(matcher, node: cst.Call):
     names = matcher.ctx.names
-    if names.is_call(node, *_SOFTMAX) or isinstance(node.func, cst.Call) \
+    if names.is_call(node, *_SOFTMAX) or isinstance(node.func, cst.Call) or _autograd_softmax(node) \
             or matcher.cls.submodule_of(node.func, "torch.nn.Softmax"):
         return node.args[0].value
     return method_call(node, "softmax")

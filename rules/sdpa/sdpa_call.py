@@ -21,12 +21,14 @@ class SdpaCall:
     found: Attention
     attn_mask: str | None = None
     is_causal: bool = False
+    causal_guard: str | None = None  # code of the condition under which the causal mask applies
     buffers: list[str] = field(default_factory=list)  # causal buffers the call no longer reads
     mask_bindings: list[Binding] = field(default_factory=list)  # local masks it no longer reads
     imports: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # (mask term set in a kept `if` block, the name it is computed into, its boolean code)
     block_mask: tuple[Mask, str, str] | None = None
+    returned_none: cst.BaseExpression | None = None  # probabilities returned beside the output: None now
 
     def arguments(self) -> list[str]:
         found, ctx = self.found, self.ctx
@@ -37,7 +39,7 @@ class SdpaCall:
             p, training = found.dropout.p, found.dropout.training
             args.append(f"dropout_p={p} if {training} else 0.0" if training else f"dropout_p={p}")
         if self.is_causal:
-            args.append("is_causal=True")
+            args.append(f"is_causal={self.causal_guard}" if self.causal_guard else "is_causal=True")
         if not scale.is_default(ctx, found):
             args.append(f"scale={scale.spelled(ctx, found)}")
         return args
@@ -51,6 +53,8 @@ class SdpaCall:
             changes[statement] = cst.RemoveFromParent()
         if self.block_mask is not None:
             changes.update(_block_mask_edits(*self.block_mask))
+        if self.returned_none is not None:
+            changes[self.returned_none] = cst.Name("None")
         return changes
 
     def _removed_statements(self) -> Iterator[cst.BaseStatement]:
@@ -58,6 +62,7 @@ class SdpaCall:
             yield definition.statement
         for binding in self.mask_bindings:
             yield binding.statement
+        yield from self.found.extra_removed
 
     def removed_nodes(self) -> list[cst.CSTNode]:
         return [self.found.product, *self._removed_statements()]
@@ -72,6 +77,7 @@ class SdpaCall:
 
 def build_call(ctx, found: Attention) -> SdpaCall:
     call = SdpaCall(ctx, found)
+    call.notes.extend(found.notes)
     _choose_mask(ctx, found, call)
     if found.softmax_cast_to is not None:
         call.notes.append("the softmax ran in float32 and was cast back: SDPA accumulates it in float32 "
@@ -83,6 +89,9 @@ def build_call(ctx, found: Attention) -> SdpaCall:
 def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
     terms = found.masks
     if not terms:
+        return
+    if any(t.helper_region for t in terms):
+        _helper_causal(ctx, terms, call)
         return
     blocked = [t for t in terms if t.block is not None]
     if blocked:
@@ -120,6 +129,31 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
         call.attn_mask = f"{_paren(both, not _atomic(both))} if {ctx.code(guarded[0].guard)} else {otherwise}"
     else:
         call.attn_mask = all_of(plain)
+
+
+def _helper_causal(ctx, terms: list[Mask], call: SdpaCall) -> None:
+    """A helper that fills the strict upper triangle hides exactly what SDPA's is_causal hides
+    (aligned top-left, for any query and key lengths); under `if test:` it applies when test holds."""
+    term = next(t for t in terms if t.helper_region)
+    helper = ctx.code(term.expr.func)
+    other = next((t for t in terms if t is not term), None)
+    if other is not None:
+        what = f"`{ctx.code(other.expr)}` is added to" if other.kind == "add" else \
+            f"`{ctx.code(other.expr)}` also masks"
+        raise Refused(ctx.line(other.at), f"{what} the scores at line {ctx.line(other.at)}, besides the causal "
+                      f"mask that `{helper}(...)` applies at line {ctx.line(term.expr)}",
+                      "SDPA takes one mask: combine them into one before the scores")
+    if term.helper_region != "j>i":
+        raise Refused(ctx.line(term.expr), f"`{helper}(...)` at line {ctx.line(term.expr)} hides the diagonal "
+                      "too: the first query sees no key, where SDPA returns zeros and the original does not",
+                      "keep this attention, or let each query see itself")
+    call.is_causal = True
+    if term.guard is not None:
+        test = term.guard
+        boolean = isinstance(test, cst.Comparison) or (
+            isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not))
+        call.causal_guard = ctx.code(test) if boolean else f"bool({ctx.code(test)})"
+    call.notes.append(f"causal mask applied by `{helper}(...)` -> is_causal")
 
 
 def _fresh_name(function: cst.FunctionDef, stem: str) -> str:
