@@ -210,3 +210,172 @@ def _clones(ctx: "FileContext", cls: "ModuleClass", call: cst.Call) -> LinearLis
     element = _local_value(cls, bound[params[0]])
     layer = linear_construction(ctx, element) if isinstance(element, cst.Call) else None
     return LinearList(f"clones ({symbols[0].qualname})", [layer], int_value(bound[params[1]])) if layer else None
+
+
+# -- wrappers: a module that holds one nn.Linear and only applies it -----------------------------
+
+_INIT_MODULES = ("torch.nn.init.",)
+
+
+@dataclass
+class LinearWrapper:
+    """A project class `W(in, out[, bias])` whose `__init__` builds `self.<inner> = nn.Linear(in,
+    out[, bias])` (then at most `nn.init` calls on its weight/bias) and whose forward returns
+    `self.<inner>(x)`: called like nn.Linear it computes what nn.Linear does, and its state_dict
+    keys go through `<inner>.` (`proj.linear.weight`)."""
+
+    qualname: str
+    inner: str  # the attribute holding the nn.Linear
+    params: list[str]  # the constructor's parameters: in, out[, bias]
+    bias: str | None  # the bias the inner Linear gets when it is not a parameter: "True"/"False"
+    inits: list[str]  # the `nn.init` functions `__init__` applies, by name
+    bias_default: str | None = None  # the bias parameter's default ("True"/"False"), if any
+
+    def arguments(self, call: cst.Call) -> dict[str, cst.BaseExpression] | None:
+        """in_features/out_features/bias of a call of the wrapper (None: other arguments)."""
+        found: dict[str, cst.BaseExpression] = {}
+        names = dict(zip(self.params, LINEAR_ARGUMENTS))
+        for position, arg in enumerate(call.args):
+            if arg.star:
+                return None
+            key = arg.keyword.value if arg.keyword is not None else (
+                self.params[position] if position < len(self.params) else None)
+            if key not in names:
+                return None
+            found[names[key]] = arg.value
+        if "in_features" not in found or "out_features" not in found:
+            return None
+        if self.bias is not None:
+            found["bias"] = cst.Name(self.bias)
+        elif "bias" not in found:
+            if self.bias_default is None:
+                return None
+            found["bias"] = cst.Name(self.bias_default)
+        return found
+
+
+def linear_wrapper(ctx: "FileContext", call: cst.Call) -> LinearWrapper | None:
+    """The wrapper `call` builds, when every symbol its callee may be is one (see LinearWrapper)."""
+    found = [_wrapper(ctx.project, s) for s in symbols_of(ctx, call.func)]
+    return found[0] if found and all(found) and len({w.qualname for w in found}) == 1 else None
+
+
+def _wrapper(project, symbol: Symbol) -> LinearWrapper | None:
+    node = symbol.node
+    if symbol.kind != "class" or not isinstance(node, ast.ClassDef) or len(node.bases) != 1 or node.keywords \
+            or node.decorator_list or project.derives_from(symbol, LINEAR) \
+            or {s.qualified for s in project.resolve_dotted(symbol.path, _dotted(node.bases[0]) or "")} \
+            != {"torch.nn.Module"}:
+        return None
+    body = [s for s in node.body if not _docstring(s)]
+    methods = {s.name: s for s in body if isinstance(s, ast.FunctionDef)}
+    if len(body) != 2 or set(methods) != {"__init__", "forward"} \
+            or any(m.decorator_list for m in methods.values()):
+        return None
+    built = _inner_linear(project, symbol.path, methods["__init__"])
+    if built is None or not _applies_only(methods["forward"], built[0]):
+        return None
+    init = methods["__init__"]
+    default = init.args.defaults[0] if len(built[1]) == 3 and init.args.defaults else None
+    if default is not None and not (isinstance(default, ast.Constant) and isinstance(default.value, bool)):
+        return None
+    return LinearWrapper(symbol.qualname, *built, str(default.value) if default is not None else None)
+
+
+def _inner_linear(project, path: str, init: ast.FunctionDef) -> tuple[str, list[str], str | None, list[str]] | None:
+    args = init.args
+    params = [a.arg for a in args.posonlyargs + args.args][1:]
+    if args.vararg or args.kwarg or args.kwonlyargs or not 2 <= len(params) <= 3 \
+            or (len(params) == 3 and len(args.defaults) > 1) or (len(params) == 2 and args.defaults):
+        return None
+    inner, bias, inits = None, None, []
+    for statement in _flat(init, params):
+        if statement is None:
+            return None
+        value = statement.value
+        if isinstance(statement, ast.Expr) and isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+                and value.func.attr == "__init__" and isinstance(value.func.value, ast.Call) \
+                and _dotted(value.func.value.func) == "super" and not value.args and not value.keywords:
+            continue
+        if isinstance(statement, ast.Assign) and inner is None and len(statement.targets) == 1 \
+                and isinstance(value, ast.Call) and _self_attr(statement.targets[0]) is not None \
+                and {s.qualified for s in project.resolve_dotted(path, _dotted(value.func) or "")} == {LINEAR}:
+            bias = _passes_through(value, params)
+            if bias is False:
+                return None
+            inner = _self_attr(statement.targets[0])
+            continue
+        if inner is not None and isinstance(statement, ast.Expr) and isinstance(value, ast.Call) \
+                and len(value.args) == 1 and not value.keywords \
+                and all(s.qualified.startswith(_INIT_MODULES) for s in project.resolve_dotted(
+                    path, _dotted(value.func) or "")) and project.resolve_dotted(path, _dotted(value.func) or "") \
+                and isinstance(value.args[0], ast.Attribute) and value.args[0].attr in ("weight", "bias") \
+                and _self_attr(value.args[0].value) == inner:
+            inits.append(value.func.attr if isinstance(value.func, ast.Attribute) else _dotted(value.func) or "")
+            continue
+        return None
+    return (inner, params, bias, inits) if inner is not None else None
+
+
+def _flat(init: ast.FunctionDef, params: list[str]):
+    """The statements of `__init__`, an `if <bias parameter>:` block's opened; None for others."""
+    for statement in init.body:
+        if _docstring(statement):
+            continue
+        if isinstance(statement, ast.If) and not statement.orelse and len(params) == 3 \
+                and isinstance(statement.test, ast.Name) and statement.test.id == params[2]:
+            yield from statement.body
+        elif isinstance(statement, (ast.Expr, ast.Assign)):
+            yield statement
+        else:
+            yield None
+
+
+def _passes_through(call: ast.Call, params: list[str]) -> str | None | bool:
+    """None when `call` is `Linear(p0, p1[, bias=p2])` with the wrapper's own parameters (bias
+    from p2 or Linear's default); "True"/"False" for a literal bias; False when it is built otherwise."""
+    passed = {LINEAR_ARGUMENTS[i]: a for i, a in enumerate(call.args)} if len(call.args) <= 3 else None
+    if passed is None or any(isinstance(a, ast.Starred) for a in call.args):
+        return False
+    for keyword in call.keywords:
+        if keyword.arg not in LINEAR_ARGUMENTS or keyword.arg in passed:
+            return False
+        passed[keyword.arg] = keyword.value
+    names = {k: v.id for k, v in passed.items() if isinstance(v, ast.Name)}
+    if names.get("in_features") != params[0] or names.get("out_features") != params[1]:
+        return False
+    if len(params) == 3:
+        return None if names.get("bias") == params[2] else False
+    if "bias" not in passed:
+        return "True"
+    value = passed["bias"]
+    return str(value.value) if isinstance(value, ast.Constant) and isinstance(value.value, bool) else False
+
+
+def _applies_only(forward: ast.FunctionDef, inner: str) -> bool:
+    """`def forward(self, x): return self.<inner>(x)`."""
+    args = forward.args
+    params = [a.arg for a in args.posonlyargs + args.args]
+    body = [s for s in forward.body if not _docstring(s)]
+    if len(params) != 2 or args.vararg or args.kwarg or args.kwonlyargs or len(body) != 1 \
+            or not isinstance(body[0], ast.Return):
+        return False
+    call = body[0].value
+    return isinstance(call, ast.Call) and _self_attr(call.func) == inner and len(call.args) == 1 \
+        and not call.keywords and isinstance(call.args[0], ast.Name) and call.args[0].id == params[1]
+
+
+def _self_attr(node: ast.AST) -> str | None:
+    return node.attr if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+        and node.value.id == "self" else None
+
+
+def _docstring(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) \
+        and isinstance(statement.value.value, str)
+
+
+def _dotted(node: ast.AST) -> str | None:
+    from tf_migrate.analysis.nn_bases import dotted_text
+
+    return dotted_text(node)
