@@ -407,7 +407,8 @@ def numeric_check(cmd: list[str], repo_dir: Path, build: dict[str, str]) -> tupl
             return "could not run", err
         try:
             doc = json.loads(out)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # the reason, not verify's opening notice that it runs the code
+            err = "\n".join(line for line in err.splitlines() if not line.startswith("note: verify executes"))
             return "could not run", _first_line(err or out or f"verify exited {rc}")
         if doc.get("verified"):
             return "verified", ", ".join(f"{k} ({v})" for k, v in (doc.get("rules") or {}).items())
@@ -474,7 +475,24 @@ def score_repo(cmd: list[str], manifest: Manifest, repo_dir: Path, numeric: bool
     info["results"] = [asdict(r) for r in results]
     info["unlisted"] = [{"rule": it.rule, "file": it.file, "line": it.start, "outcome": it.outcome,
                          "reason": it.reason} for it in items if not it.matched]
+    info["census"] = census_counts(items)
     return info
+
+
+CENSUS_OUTCOMES = ("migrated", "refused", "modern", "not-understood")
+
+
+def census_counts(items: list[ToolItem]) -> dict[str, int]:
+    """The tool's census components (matched to the ground truth or not), counted per outcome."""
+    components = [it for it in items if it.source == "components"]
+    return {"found": len(components), **{o: sum(it.outcome == o for it in components) for o in CENSUS_OUTCOMES}}
+
+
+def census_share(repos: list[dict]) -> str:
+    """One line: the components the census found over the corpus and the share not understood."""
+    total = {key: sum(i.get("census", {}).get(key, 0) for i in repos) for key in ("found", *CENSUS_OUTCOMES)}
+    return (f"Census: {total['found']} components found: {total['migrated']} migrated, {total['refused']} refused, "
+            f"{total['modern']} modern, not understood {_pct(total['not-understood'], total['found'])}.")
 
 
 def recall(results: list[dict]) -> dict:
@@ -524,7 +542,7 @@ def report(repos: list[dict], label: str, tool_commit: str) -> str:
                                                      for s in SCORES) + " |")
     lines += ["", f"Overall: recognised {_pct(total['recognised'], total['target'])}, migrated "
               f"{_pct(total['migrated'], total['migrate_verdicts'])}, silent {total['silent']}, "
-              f"WRONG {total['wrong']}.", ""]
+              f"WRONG {total['wrong']}.", "", census_share(repos), ""]
     numeric = [(i["repo"], i["numeric"]) for i in repos if i["numeric"]]
     if numeric:
         lines += ["Numeric checks (exact rules, checkpoint converted through the plan):", ""]
@@ -627,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = json.loads(raw.read_text(encoding="utf-8")) if raw.exists() else []
     runs.append({"label": args.label, "tool_commit": commit,
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                 "summary": recall([r for i in repos for r in i["results"]]), "repos": repos})
+                 "summary": recall([r for i in repos for r in i["results"]]),
+                 "census": {key: sum(i["census"][key] for i in repos) for key in ("found", *CENSUS_OUTCOMES)},
+                 "repos": repos})
     raw.write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
     print(text)
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODELS, manifest, rule_folders, rule_for_folder
+from helpers import FIXTURES, MODELS, manifest, rule_folders, rule_for_folder
 from tf_migrate.engine.census import OUTCOMES, reconcile, unsuppressed
 from tf_migrate.engine.config import Config
 from tf_migrate.engine.file import migrate_source
@@ -244,3 +244,320 @@ def test_census_runs_only_where_rules_run(monkeypatch) -> None:
     assert calls == []
     migrate_source((MODELS / "mingpt_style.py").read_text(), "m.py", rules)
     assert calls and set(calls) == {"m.py"}
+
+
+def test_statistics_fold_line_numbers_only() -> None:
+    from tf_migrate.engine.report import fold_lines
+
+    assert fold_lines("line 12: `attn` is returned at line 40") == "`attn` is returned at line N"
+    assert fold_lines("instantiated at line(s) 4, 9 and lines 3-5") == "instantiated at line(s) N and lines N"
+    assert fold_lines("counted in (pkg/model.py:71)") == "counted in (pkg/model.py:N)"
+    assert fold_lines("syntax error at line 3, column 7") == "syntax error at line N, column N"
+    # names and sizes are part of the reason: `linear1` and `linear2` stay apart, a kernel stays 3
+    assert fold_lines("linear1 -> act -> linear2, kernel 3") == "linear1 -> act -> linear2, kernel 3"
+
+
+def test_statistics_in_json_count_each_reason(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tf_migrate", str(MODELS / "whisper_encdec.py"),
+                           str(MODELS / "torch_builtin.py"), "--select", "all", "--no-cache", "--statistics",
+                           "--format", "json"], capture_output=True, text=True)
+    document = json.loads(done.stdout)
+    rules = build_rules(Config(select=["all"]))
+    results = [migrate_source(p.read_text(), str(p), rules) for p in (MODELS / "whisper_encdec.py",
+                                                                      MODELS / "torch_builtin.py")]
+    assert document["summary"] == census_summary(results)
+    reasons = document["reasons"]
+    assert reasons and all(set(r) == {"count", "rule", "outcome", "reason"} for r in reasons)
+    assert sum(r["count"] for r in reasons) == sum(
+        counts["found"] - counts["migrated"] for counts in document["summary"].values())
+    assert any("linear1 -> activation -> linear2" in r["reason"] for r in reasons)
+
+
+_NOT_UNDERSTOOD = FIXTURES / "swiglu" / "tanh_and_lookalikes.census.py"
+
+
+def test_not_understood_items_are_notes_at_their_line_and_column_in_github_and_sarif() -> None:
+    text = _NOT_UNDERSTOOD.read_text()
+    item = next(c for c in migrate_source(text, "m.py", build_rules(Config(select=["TFM301"]))).components
+                if c.outcome == "not-understood")
+    column = len(text.splitlines()[item.start_line - 1]) - len(text.splitlines()[item.start_line - 1].lstrip()) + 1
+    github = subprocess.run([sys.executable, "-m", "tf_migrate", str(_NOT_UNDERSTOOD), "--select", "TFM301",
+                             "--no-cache", "--format", "github"], capture_output=True, text=True)
+    # annotations only: no text finding, no table repeating them in the log
+    assert github.stdout.splitlines() == [
+        f"::notice file={_NOT_UNDERSTOOD},line={item.start_line},col={column},title=TFM301 not understood::"
+        f"{item.reason}"]
+    sarif = subprocess.run([sys.executable, "-m", "tf_migrate", str(_NOT_UNDERSTOOD), "--select", "TFM301",
+                            "--no-cache", "--format", "sarif"], capture_output=True, text=True)
+    [entry] = json.loads(sarif.stdout)["runs"][0]["results"]
+    assert entry["level"] == "note" and entry["message"]["text"] == f"not understood: {item.reason}"
+    assert entry["locations"][0]["physicalLocation"]["region"] == {"startLine": item.start_line,
+                                                                   "startColumn": column}
+
+
+_BLOCKS = '''
+import torch
+import torch.nn as nn
+
+
+class ScoresOut(nn.Module):
+    def forward(self, q, k, v):
+        scores = q @ k.transpose(-1, -2)
+        out = scores.softmax(dim=-1) @ v
+        return out, scores.detach()
+
+
+class Looped(nn.Module):
+    def forward(self, q, k, v, masks):
+        sim = q @ k.transpose(-1, -2)
+        for m in masks:
+            sim = sim.masked_fill(m, float("-inf"))
+        return sim.softmax(dim=-1) @ v
+
+
+class Branches(nn.Module):
+    def forward(self, q, k, v, mask=None):
+        sim = q @ k.transpose(-1, -2)
+        if mask is not None:
+            sim = sim.masked_fill(mask, float("-inf"))
+        else:
+            sim = sim * 1.0
+        return sim.softmax(dim=-1) @ v
+
+
+class Nested(nn.Module):
+    def forward(self, q, k, v, mask=None, big=False):
+        sim = q @ k.transpose(-1, -2)
+        if mask is not None:
+            if big:
+                sim = sim.masked_fill(mask, float("-inf"))
+        return sim.softmax(dim=-1) @ v
+'''
+
+
+def test_chain_refusals_name_the_block_and_what_the_binding_holds() -> None:
+    rule = next(r for r in all_rules() if r.code == "TFM101")
+    result = migrate_source(_BLOCKS, "case.py", [rule()])
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (10, "the attention scores `scores` are returned at line 10"),  # not "probabilities (or scores)"
+        (16, "`sim` is rebound inside a `for` statement `for m in masks:` (line 16): tf-migrate follows "
+             "plain statements and `if` blocks"),
+        (24, "`sim` is rebound inside `if mask is not None:` (line 24), which has an else branch: tf-migrate "
+             "follows an `if` without else that binds it once"),
+        (34, "`sim` is rebound in a block nested inside `if mask is not None:` (line 34): tf-migrate follows "
+             "one assignment directly in the `if` block"),
+    ]
+    assert [c.outcome for c in result.components] == ["refused"] * 4
+
+
+def _attending_block(name: str, *tail: str) -> str:
+    """A block with q/k/v attention and an up/down FFN; `tail` ends its forward."""
+    return f"""
+
+class {name}(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.up = nn.Linear(d, 4 * d)
+        self.down = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        x = x + (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+""" + "".join(f"        {line}\n" for line in tail)
+
+
+_IMPORTS = "\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+_HEAD_AND_BLOCK = _IMPORTS + '''
+
+class ActionHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(8, 32)
+        self.scores = nn.Linear(32, 3)
+
+    def forward(self, obs):
+        h = F.relu(self.hidden(obs))
+        return F.softmax(self.scores(h), dim=-1)
+''' + _attending_block("Block", "return x + self.down(F.relu(self.up(x)))")
+
+
+def test_a_softmax_over_a_linear_output_is_a_head_not_attention() -> None:
+    """A policy or classifier head (`softmax(self.scores(h))`) does not make its class a block:
+    its hidden layer is no FFN (the torch tree's RL policy was counted as one)."""
+    rule = next(r for r in all_rules() if r.code == "TFM301")
+    result = migrate_source(_HEAD_AND_BLOCK, "case.py", [rule()])
+    assert [(c.cls, c.outcome) for c in result.components] == [("Block", "migrated")]
+    assert [e.line for e in result.edits] == [29] and not result.refusals
+
+
+_CHANGED_SCORES = '''
+import torch.nn as nn
+
+
+class Guarded(nn.Module):
+    def forward(self, q, k, v, temp=None):
+        sim = q @ k.transpose(-1, -2)
+        if temp is not None:
+            sim = sim.tanh()
+        return sim.softmax(dim=-1) @ v
+
+
+class InBlock(nn.Module):
+    def forward(self, q, k, v, mask=None):
+        sim = q @ k.transpose(-1, -2)
+        if mask is not None:
+            print("masking")
+            sim = sim.tanh()
+        return sim.softmax(dim=-1) @ v
+
+
+class Rebind(nn.Module):
+    def forward(self, q, k, v):
+        sim = q @ k.transpose(-1, -2)
+        q = v * 2
+        attn = sim.softmax(dim=-1)
+        return attn @ v, q
+'''
+
+
+def test_refusals_quote_the_statement_that_is_not_a_mask_and_the_rebinding_line() -> None:
+    rule = next(r for r in all_rules() if r.code == "TFM101")
+    result = migrate_source(_CHANGED_SCORES, "case.py", [rule()])
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (8, "the scores `sim` are set to `sim.tanh()` under `if temp is not None:` (line 8), which is not "
+            "a mask (a masked_fill or an added mask)"),
+        (18, "`sim` is set to `sim.tanh()` inside the `if` block at line 16, which is not a masked_fill"),
+        (24, "`q` is rebound at line 25, between the scores and the product"),
+    ]
+
+
+_FFN_REREAD = _IMPORTS + _attending_block("Block", "h = F.relu(self.up(x))", "width = h.shape[-1]",
+                                         "return x + self.down(h), width") \
+    + _attending_block("Twice", "h = F.relu(self.up(x))", "return x + self.down(h), h.sum()")
+
+
+def test_ffn_refusals_tell_a_metadata_read_from_a_second_use_and_name_its_line() -> None:
+    rule = next(r for r in all_rules() if r.code == "TFM301")
+    result = migrate_source(_FFN_REREAD, "case.py", [rule()])
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (18, "`h.shape` is read at line 19, outside the feed-forward: the rewrite removes `h` (read it from "
+             "the FFN's input or output instead)"),
+        (35, "`h` inside the feed-forward is read again at line 36"),
+    ]
+
+
+_CHAINED_SCORES = '''
+import torch.nn as nn
+
+
+class Chained(nn.Module):
+    def forward(self, q, k, v):
+        sim = raw = q @ k.transpose(-1, -2)
+        attn = sim.softmax(dim=-1)
+        return attn @ v
+'''
+
+
+def test_a_chained_assignment_of_the_scores_is_named_as_one() -> None:
+    rule = next(r for r in all_rules() if r.code == "TFM101")
+    result = migrate_source(_CHAINED_SCORES, "case.py", [rule()])
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (7, "the scores `sim` are bound in the chained assignment `sim = raw = q @ k.transpose(-1, -2)` "
+            "(line 7): `raw` also holds them, and SDPA never materialises the scores")]
+    assert [c.outcome for c in result.components] == ["refused"]
+
+
+def test_statistics_count_the_reasons_of_refusals_outside_the_census() -> None:
+    from tf_migrate.engine.census import ComponentOutcome
+    from tf_migrate.engine.file import Diagnostic, Edit, FileResult
+    from tf_migrate.engine.report import reason_counts
+
+    result = FileResult("m.py", components=[ComponentOutcome("TFM101", "attention", "A", 3, 5, "refused",
+                                                             "line 4: `attn` is returned at line 5")],
+                        refusals=[Diagnostic("TFM101", 4, "`attn` is returned at line 5"),
+                                  Diagnostic("TFM102", 11, "not the same tensor (line 23: q, line 24: k)")],
+                        outside=[Edit("TFM102", 11, "refusal")])
+    assert reason_counts([result]) == [
+        (1, "TFM101", "refused", "`attn` is returned at line N"),
+        (1, "TFM102", "refused outside census", "not the same tensor (line N: q, line N: k)")]
+
+
+_PRODUCT_MODULES = '''
+import torch
+import torch.nn as nn
+
+
+class Einsum(nn.Module):
+    def __init__(self, equation):
+        super().__init__()
+        self.equation = equation
+
+    def forward(self, operands):
+        return torch.einsum(self.equation, *operands)
+
+
+class Softmax(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return torch.softmax(x, self.dim)
+
+
+class Attn(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.matmul1 = Einsum("bid,bjd->bij")
+        self.matmul2 = Einsum("bij,bjd->bid")
+        self.softmax = Softmax(dim=-1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = self.softmax(self.matmul1([q, k]) * 0.125)
+        return self.matmul2([attn, v])
+
+
+class Mlp(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attn = Attn(d)
+        self.mlp = Mlp(d)
+
+    def forward(self, x):
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+'''
+
+
+def test_scores_computed_by_a_product_module_are_still_attention() -> None:
+    """`self.matmul1([q, k])` (explainability code's product modules) computes the scores: the
+    softmax over it is attention even though `q` comes from a Linear, so the Mlp beside it is an FFN."""
+    rule = next(r for r in all_rules() if r.code == "TFM301")
+    result = migrate_source(_PRODUCT_MODULES, "case.py", [rule()])
+    assert [c.cls for c in result.components] == ["Mlp"]
+
+
+def test_the_block_named_in_a_refusal_is_its_header_not_the_comment_above_it() -> None:
+    source = _BLOCKS.replace("        if mask is not None:\n            sim = sim.masked_fill(mask, float(\"-inf\"))\n"
+                             "        else:", "        # hide the padding\n        if mask is not None:\n"
+                             "            sim = sim.masked_fill(mask, float(\"-inf\"))\n        else:")
+    assert source.count("# hide the padding") == 1
+    rule = next(r for r in all_rules() if r.code == "TFM101")
+    reasons = [r.reason for r in migrate_source(source, "case.py", [rule()]).refusals]
+    assert "`sim` is rebound inside `if mask is not None:` (line 25), which has an else branch" in reasons[2]

@@ -113,10 +113,10 @@ def test_refusals_exit_0_unless_asked(tmp_path: Path) -> None:
 
 def test_not_understood_components_count_as_refusals_for_the_exit_code(tmp_path: Path) -> None:
     """A census component the matcher did not understand is a candidate left unhandled too."""
-    shutil.copy(FIXTURES / "rope" / "numpy_table_and_lookalikes.census.py", tmp_path / "table.py")
-    plain = run("check", tmp_path / "table.py", "--select", "TFM401", "--no-cache")
-    assert plain.exit_code == 0 and "TFM401 not understood" in plain.stdout and "refused:" not in plain.stdout
-    strict = run("check", tmp_path / "table.py", "--select", "TFM401", "--no-cache", "--exit-non-zero-on-refusal")
+    shutil.copy(FIXTURES / "swiglu" / "tanh_and_lookalikes.census.py", tmp_path / "table.py")
+    plain = run("check", tmp_path / "table.py", "--select", "TFM301", "--no-cache")
+    assert plain.exit_code == 0 and "TFM301 not understood" in plain.stdout and "refused:" not in plain.stdout
+    strict = run("check", tmp_path / "table.py", "--select", "TFM301", "--no-cache", "--exit-non-zero-on-refusal")
     assert strict.exit_code == 1
 
 

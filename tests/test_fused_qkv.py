@@ -38,7 +38,7 @@ def test_noop_is_byte_identical(noop: Path) -> None:
 
 @pytest.mark.parametrize("case, words", [
     ("bias_mismatch", ["bias presence differs", "k bias=False (line 8)"]),
-    ("cross_attention", ["not provably applied to the same tensor", "cross-attention"]),
+    ("cross_attention", ["no call of a `MultiHeadAttention` in the tree", "callers decide whether query, key"]),
     ("input_rebound", ["not provably applied to the same tensor"]),
     ("different_in_features", ["in_features differ (d, d_ctx)"]),
     ("conv1d_projections", ["transposed"]),
@@ -46,11 +46,12 @@ def test_noop_is_byte_identical(noop: Path) -> None:
     ("raw_different_specs", ["not applied the same way", '"bld,ed->ble"']),
     ("raw_weight_tied", ["`self.w_v` on line 19 is used other than in one product"]),
     ("raw_init_in_place", ["`self.w_q` on line 13", "nn.init calls"]),
-    ("raw_bias", ["`self.b_q` is a raw bias", "not fused yet"]),
     ("init_touches_one_projection", ["`self.k` is used in __init__ on line 12"]),
     ("subclass_replaces_key", ["`self.k` on line 23", "outside its class (a subclass"]),
     ("helper_name_taken", ["the split would bind `k`", "already uses elsewhere"]),
     ("split_name_declared_global", ["the split would bind `q`"]),
+    ("pointwise_conv_projections", ["`conv_q` is built by `nn.Conv1d(...)` (line 10)"]),
+    ("projection_replayed", ["`self.query` is used 2 times", "line 22: `self.query.explain(relevance_q)`"]),
 ])
 def test_refusals_say_why(case: str, words: list[str]) -> None:
     path = FOLDER / f"{case}.noop.py"
@@ -138,6 +139,8 @@ RAW = {
     "raw_matmul_normal_init": ("Head", (16, 8), (2, 5, 16)),
     "raw_linear_grouped": ("GroupedRawAttention", (16, 4, 2), (2, 5, 16)),
     "raw_einsum_out_first": ("Projections", (16, 24), (2, 3, 5, 16)),
+    "raw_einsum_per_head": ("PerHeadProjections", (16, 4), (2, 5, 16)),
+    "raw_bias": ("BiasedRaw", (8,), (2, 5, 8)),
 }
 
 
@@ -160,14 +163,20 @@ def test_raw_plans_stack_along_the_output_dimension() -> None:
     for stem in RAW:
         path = FOLDER / f"{stem}.before.py"
         [plan] = _run(path, path.read_text()).plans
-        [cat] = plan.concatenated
+        cat, *biases = plan.concatenated
         dims[stem] = (cat.target, cat.sources, cat.dim)
+        if biases:
+            [bias] = biases
+            dims[f"{stem} bias"] = (bias.target, bias.sources, bias.dim)
     assert dims == {
         "raw_einsum": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
         "raw_einsum_xavier_loop": ("wqkv", ["wq", "wk", "wv"], 1),
         "raw_matmul_normal_init": ("W_qkv", ["W_q", "W_k", "W_v"], 1),
         "raw_linear_grouped": ("wqkv", ["wq", "wk", "wv"], 0),
         "raw_einsum_out_first": ("to_qkv", ["to_q", "to_k", "to_v"], 0),
+        "raw_einsum_per_head": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
+        "raw_bias": ("w_qkv", ["w_q", "w_k", "w_v"], 1),
+        "raw_bias bias": ("b_qkv", ["b_q", "b_k", "b_v"], 0),
     }
 
 
@@ -369,6 +378,12 @@ def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     assert not result.refusals and "q, k, v = self.qkv(query).chunk(3, dim=-1)\n" in result.migrated
 
 
+_SAME_NAME = ("import torch.nn as nn\n\n\nclass HeadedAttention(nn.Module):\n    def forward(self, q, k, v):\n"
+              "        return q + k + v\n\n\nclass Cross(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.attention = HeadedAttention()\n\n    def forward(self, x, m):\n"
+              "        return self.attention(x, m, m)\n")
+
+
 @pytest.mark.parametrize("decoder, words", [
     ("from attn import HeadedAttention\n", None),  # an import alone builds nothing
     ("from attn import HeadedAttention\nimport torch.nn as nn\n\n\nclass Mixer(nn.Module):\n"
@@ -381,6 +396,9 @@ def test_listed_one_name_zipped_thrice_needs_no_caller() -> None:
     ("from attn import HeadedAttention as Attention\n", ["`HeadedAttention` on line", "decoder.py:1 is used other than"]),
     ("import attn\n\nLAYER = attn.HeadedAttention(8, 2)\n", ["decoder.py:3 is used other than"]),
     ("def peek(model):\n    return model.attention.linears\n", ["`model.attention` on line", "decoder.py:2 reaches"]),
+    # a class of the same name defined in the other file is another class: its cross call is its own
+    (_SAME_NAME, None),
+    ("from attn import *\n" + _SAME_NAME, ["decoder.py:", "is used other than"]),
 ])
 def test_listed_follows_instances_into_other_files(tmp_path: Path, decoder: str, words: list[str] | None) -> None:
     from project_support import write_project
@@ -424,3 +442,281 @@ def test_listed_converts_strict_and_computes_the_same(stem: str, build: str, key
     with torch.no_grad():  # the check can fail: swapping q and k breaks it
         qkv.weight.copy_(qkv.weight.view(3, -1, 32)[[1, 0, 2]].reshape(-1, 32))
     assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+# forward(q, k, v) whose callers decide: every call in the tree passes one tensor three times.
+ONE_CALLER = FOLDER / "forward_params_one_caller.before.py"
+
+
+def test_forward_parameters_passed_as_one_tensor_convert_strict_and_compute_the_same() -> None:
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    [plan] = _run(ONE_CALLER, ONE_CALLER.read_text()).plans
+    assert [(c.target, c.sources) for c in plan.concatenated] == [
+        ("w_qkv.weight", ["w_qs.weight", "w_ks.weight", "w_vs.weight"]),
+        ("w_qkv.bias", ["w_qs.bias", "w_ks.bias", "w_vs.bias"])]
+    torch.manual_seed(0)
+    old = load_module(ONE_CALLER).EncoderLayer(24, 3).double().eval()
+    new = load_module(FOLDER / "forward_params_one_caller.after.py").EncoderLayer(24, 3).double().eval()
+    new.load_state_dict(convert_state_dict(old.state_dict(), [plan])[0], strict=True)
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-12, atol=1e-12)
+    fused = new.self_attention.w_qkv
+    with torch.no_grad():  # the check can fail: q and k swapped
+        fused.weight[:24] = fused.weight[:24].roll(8, 0)
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, words", [
+    # the decoder's cross-attention call: the refusal names it
+    (None, ["`self.memory_attention(hidden, memory, memory)` on line 52", "cross-attention"]),
+    # a parameter rebound before its projection is not what the caller passed
+    (("        kept = q\n", "        kept = q\n        k = k.flip(1)\n"), ["`k` is rebound in forward"]),
+    # a projection inside a block (a cache branch may bind k another way)
+    (("        k = self.w_ks(k)", "        if self.heads:\n            k = self.w_ks(k)"),
+     ["`k` is projected inside a block of forward (line 31"]),
+    # a size attribute that something else writes cannot be read back in forward
+    (("        self.mixer = ScoreMixer()\n", "        self.mixer = ScoreMixer()\n        self.key_size = 1\n"),
+     ["output sizes (heads * key_size, heads * key_size, heads * value_size) differ and are not readable"]),
+])
+def test_forward_parameters_hazards_are_refused(change, words: list[str]) -> None:
+    path = FOLDER / "forward_params_cross_call.noop.py"
+    text = path.read_text()
+    if change is not None:  # the same hazards on the one-caller file
+        text = ONE_CALLER.read_text()
+        assert change[0] in text
+        text = text.replace(change[0], change[1], 1)
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert all(w in refusal.reason for w in words), refusal.reason
+
+
+# q/k/v built by a project wrapper that holds one nn.Linear and only applies it.
+WRAPPED = FOLDER / "linear_wrapper.before.py"
+
+
+def test_linear_wrapper_keys_go_through_the_wrapper_and_convert_strict() -> None:
+    torch = pytest.importorskip("torch")
+    from convert_support import load_module
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    [edit] = _run(WRAPPED, WRAPPED.read_text()).edits
+    assert "fresh models initialise differently: `Dense` applies xavier_uniform_" in edit.message
+    [plan] = _run(WRAPPED, WRAPPED.read_text()).plans
+    assert [(c.target, c.sources) for c in plan.concatenated] == [
+        ("qkv_proj.inner.weight", ["q_proj.inner.weight", "k_proj.inner.weight", "v_proj.inner.weight"]),
+        ("qkv_proj.inner.bias", ["q_proj.inner.bias", "k_proj.inner.bias", "v_proj.inner.bias"])]
+    torch.manual_seed(0)
+    old = load_module(WRAPPED).Layer(16, 2).eval()
+    with torch.no_grad():  # zero biases would hide a bias mapped to the wrong slice
+        for param in old.parameters():
+            param.copy_(torch.randn_like(param) * 0.3)
+    new = load_module(FOLDER / "linear_wrapper.after.py").Layer(16, 2).eval()
+    converted = convert_state_dict(old.state_dict(), [plan])[0]
+    assert "attention.q_proj.inner.weight" in old.state_dict() and "attention.qkv_proj.inner.bias" in converted
+    new.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the check can fail: k and v biases swapped
+        bias = new.attention.qkv_proj.inner.bias
+        bias.copy_(bias.view(3, -1)[[0, 2, 1]].reshape(-1))
+    assert not torch.allclose(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", [
+    ("        return self.inner(x)\n", "        return self.inner(x) * 0.5\n"),  # forward does more
+    ("        self.inner = nn.Linear(in_features, out_features, bias=bias)\n",  # in/out swapped
+     "        self.inner = nn.Linear(out_features, in_features, bias=bias)\n"),
+    ("        if bias:\n", "        self.drop = nn.Dropout(0.1)\n        if bias:\n"),  # another submodule
+    ("    def forward(self, x):\n", "    def extra_repr(self):\n        return 'dense'\n\n    def forward(self, x):\n"),
+    ("class Dense(nn.Module):", "class Dense(nn.Linear):"),  # a subclass of Linear with its own forward
+])
+def test_linear_wrapper_that_is_not_only_a_linear_is_refused(change: tuple[str, str]) -> None:
+    text = WRAPPED.read_text()
+    assert change[0] in text
+    text = text.replace(change[0], change[1], 1)
+    result = _run(WRAPPED, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert "`q_proj` is built by `Dense(...)`" in refusal.reason or "derives from nn.Linear" in refusal.reason, \
+        refusal.reason
+
+
+@pytest.mark.parametrize("change, words", [
+    # the head letter comes from the weight alone: two output letters of the weight, not one
+    (('"bthj, hij -> bthi", parts', '"btj, hij -> bthi", x'), "used other than in one product"),
+    # a batched matmul of a 3-D weight maps its last dimension, not the stacked one
+    (('torch.einsum("bthj, hij -> bthi", parts, self.w_{})', "parts @ self.w_{}"), "not a 2-D weight"),
+])
+def test_per_head_raw_weights_outside_the_einsum_form_are_refused(change, words: str) -> None:
+    path = FOLDER / "raw_einsum_per_head.before.py"
+    text = path.read_text()
+    for role in "qkv":
+        old, new = (c.replace("{}", role) for c in change)
+        assert old in text
+        text = text.replace(old, new, 1)
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert words in refusal.reason, refusal.reason
+
+
+_WRAPPING = """
+
+class Residual(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.attention = HeadsAttention(heads, width, width // heads, width // heads)
+
+    def forward(self, q, k, v):
+        return q + self.attention(q, k, v)
+
+
+class Decoder(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.own = Residual(width, heads)
+        self.other = Residual(width, heads)
+
+    def forward(self, x, memory):
+        x = self.own(x, x, x)
+        return self.other(x, {}, {})
+"""
+
+
+@pytest.mark.parametrize("memory, words", [
+    ("x", None),  # every caller of the wrapping module passes one tensor
+    ("memory", ["`self.other(x, memory, memory)` on line 62", "cross-attention"]),
+])
+def test_modules_passing_q_k_v_on_are_decided_by_their_callers(memory: str, words) -> None:
+    text = ONE_CALLER.read_text() + _WRAPPING.format(memory, memory)
+    result = _run(ONE_CALLER, text)
+    if words is None:
+        assert not result.refusals and "self.w_qkv(q).split(" in result.migrated
+    else:
+        assert result.migrated == text and not result.edits
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+@pytest.mark.parametrize("change, words", [
+    (("        v = x @ self.w_v + self.b_v", "        v = x @ self.w_v"), "bias presence differs: w_q: self.b_q"),
+    (("        v = x @ self.w_v + self.b_v", "        v = self.b_v + x @ self.w_v"), "not applied the same way"),
+    (("        return q, k, v", "        return q, k, v + self.b_v"), "`self.b_v` on line 26 is used other than added"),
+    (("self.b_v = nn.Parameter(torch.zeros(d))", "self.b_v = nn.Parameter(torch.zeros(d, 1))"), "is not a 1-D bias"),
+    (("self.b_v = nn.Parameter(torch.zeros(d))", "self.b_v = nn.Parameter(torch.ones(d))"), "the biases differ"),
+    (("        self.b_q = ", "        self.bias_q = "), "the biases (bias_q, b_k, b_v) are not named alike"),
+])
+def test_raw_bias_hazards_are_refused(change: tuple[str, str], words: str) -> None:
+    path = FOLDER / "raw_bias.before.py"
+    text = path.read_text()
+    assert change[0] in text
+    text = text.replace(change[0], change[1], 1)
+    if change[1].startswith("        self.bias_q"):
+        text = text.replace("+ self.b_q", "+ self.bias_q")
+    result = _run(path, text)
+    assert result.migrated == text and not result.edits
+    [refusal] = result.refusals
+    assert words in refusal.reason, refusal.reason
+
+
+@pytest.mark.parametrize("stem, script, words", [
+    ("forward_params_one_caller", 'KEY = "encoder.self_attention.w_ks.weight"\n',
+     "the string 'encoder.self_attention.w_ks.weight' (convert.py:1) reads a checkpoint key"),
+    ("linear_wrapper", 'KEYS = ["attention.v_proj.inner.bias"]\n', "'attention.v_proj.inner.bias' (convert.py:1)"),
+    ("listed_projections_zip", 'def out(state):\n    return state["block.attention.linears.3.weight"]\n',
+     "'block.attention.linears.3.weight' (convert.py:2)"),
+    ("raw_bias", 'KEY = "layer.b_v"\n', "'layer.b_v' (convert.py:1)"),
+    ("raw_bias", 'KEY = "layer.b_vs"\nNAME = "w_q"\n', None),  # another key; a bare name is no key
+])
+def test_scripts_reading_removed_keys_are_named(tmp_path: Path, stem: str, script: str, words) -> None:
+    from project_support import write_project
+
+    source = (FOLDER / f"{stem}.before.py").read_text()
+    project = write_project(tmp_path, {"model.py": source, "convert.py": script})
+    path = tmp_path / "model.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    assert not result.errors, result.errors
+    if words is None:
+        assert result.edits and not result.refusals
+    else:
+        assert result.migrated == source and not result.edits
+        [refusal] = result.refusals
+        assert words in refusal.reason, refusal.reason
+
+
+_HANDED_LAYERS = """import torch.nn as nn
+
+
+class Attention(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+    def forward(self, q, k, v):
+        q = self.query(q)
+        k = self.key(k)
+        v = self.value(v)
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, attention, width):
+        super().__init__()
+        self.attention = attention
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.norm(x + self.attention(x, x, x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, own, other, width):
+        super().__init__()
+        self.own = own
+        self.other = other
+
+    def forward(self, x, memory):
+        x = x + self.own(x, x, x)
+        return x + self.other(x, memory, memory)
+"""
+
+
+@pytest.mark.parametrize("model, words", [
+    # instances handed to a constructor that keeps them as `self.attention` and calls it with one tensor
+    ("from layers import Attention, EncoderLayer\n\nLAYERS = [EncoderLayer(Attention(8), 8) for _ in range(2)]\n", None),
+    ("from layers import Attention, DecoderLayer\n\nLAYER = DecoderLayer(Attention(8), Attention(8), 8)\n",
+     ["`self.other(x, memory, memory)` on line 36 passes x, memory, memory as q, k, v"]),
+    # handed to a function, not a module constructor: not followed
+    ("from layers import Attention\n\nLAYER = print(Attention(8))\n", ["model.py:3 is used other than"]),
+])
+def test_instances_handed_to_a_constructor_are_followed(tmp_path: Path, model: str, words) -> None:
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"layers.py": _HANDED_LAYERS, "model.py": model})
+    path = tmp_path / "layers.py"
+    result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
+    assert not result.errors, result.errors
+    if words is None:
+        assert not result.refusals and "q, k, v = self.qkv(q).chunk(3, dim=-1)" in result.migrated
+    else:
+        assert result.migrated == _HANDED_LAYERS and not result.edits
+        [refusal] = result.refusals
+        assert all(w in refusal.reason for w in words), refusal.reason
+
+
+def test_a_constructor_that_does_more_with_the_instance_is_not_followed(tmp_path: Path) -> None:
+    from project_support import write_project
+
+    layers = _HANDED_LAYERS.replace("        self.attention = attention\n",
+                                    "        self.attention = attention\n        self.spare = attention\n")
+    project = write_project(tmp_path, {"layers.py": layers, "model.py": (
+        "from layers import Attention, EncoderLayer\n\nLAYER = EncoderLayer(Attention(8), 8)\n")})
+    path = tmp_path / "layers.py"
+    [refusal] = migrate_source(layers, str(path), [SeparateQkvToFused()], project).refusals
+    assert "model.py:3 is used other than" in refusal.reason, refusal.reason

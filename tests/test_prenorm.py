@@ -222,7 +222,8 @@ class Stack(nn.Module):
     ("        x = self.ln1(x + self.f(x))\n        x = x + self.g(x)\n        return x", "no norm"),
     ("        y = self.f(x)\n        x = self.ln1(x + y)\n        return x, y", "also read"),
     ("        x = self.ln1(x + self.f(x)) * 2\n        return x", "whole value"),
-], ids=["sandwich", "mixed-plain", "intermediate-reused", "norm-in-expression"])
+    ("        y = self.f(x)\n        y += x\n        x = self.ln1(y)\n        return x, y", "is also read on line"),
+], ids=["sandwich", "mixed-plain", "intermediate-reused", "norm-in-expression", "augmented-sum-reused"])
 def test_unprovable_blocks_are_refused(body: str, reason: str) -> None:
     text = _BLOCK.format(body=body)
     result = _run(text, "block.py")
@@ -269,10 +270,11 @@ class Holder(nn.Module):
     assert any("same stack was refused" in r.reason for r in result.refusals)
 
 
-def test_own_norm_class_is_refused() -> None:
-    name = "own_layernorm_class.noop.py"
+def test_own_norm_class_is_refused_unless_it_starts_at_identity() -> None:
+    name = "own_norm_not_identity.noop.py"
     result = _run((FOLDER / name).read_text(), name)
-    assert any("own class `LayerNorm`" in r.reason for r in result.refusals), result.refusals
+    assert any("own class `LayerNorm`" in r.reason and "ones/zeros" in r.reason for r in result.refusals), \
+        result.refusals
     assert result.notes  # the pre-norm block beside it is recognised
 
 
@@ -283,3 +285,45 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     assert "already ends in a norm" in edit.message
     (plan,) = result.plans  # verify and convert learn which class TFM201 changed, though no key moves
     assert plan.qualname == "TextClassifier" and plan.rules == ["TFM201"] and not plan.new
+
+
+@pytest.mark.parametrize("name, build, keys, calls", [
+    ("augassign_residual", "Model()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("own_layernorm_class", "Stack(32, 2, lambda: torch.nn.Linear(32, 32))", {"a_2": 1.0, "b_2": 0.0}, ["(x,)"]),
+    ("optional_postnorm_tuple_return", "Decoder()", {"weight": 1.0, "bias": 0.0},
+     ["(x, torch.randn(2, 5, 32))", "(x, None)"]),
+    ("layer_loop_lists", "Encoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)", "(x, torch.ones(2, 6))"]),
+    ("dropout_after_norm", "Classifier()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+])
+def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
+    """`out += x; x = self.n1(out)`, a norm class of the file's own, an optional post-norm
+    sublayer and a tuple return: the migrated model loads the converted checkpoint with
+    strict=True (the final norm at identity), runs every path and trains one step."""
+    torch = pytest.importorskip("torch")
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    result = _run((FOLDER / f"{name}.before.py").read_text(), f"{name}.before.py")
+    torch.manual_seed(0)
+    old = eval(build, {**vars(load_module(FOLDER / f"{name}.before.py")), "torch": torch})
+    new = eval(build, {**vars(load_module(FOLDER / f"{name}.after.py")), "torch": torch})
+    state, _ = convert_state_dict(old.state_dict(), result.plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    assert sorted(k for k in new.state_dict() if k.startswith("final_norm.")) == sorted(f"final_norm.{k}" for k in keys)
+    for key, value in keys.items():
+        assert torch.equal(new.get_parameter(f"final_norm.{key}"), torch.full((32,), value))
+    new.train()
+    optimiser = torch.optim.SGD(new.parameters(), lr=0.01)
+    for call in calls:
+        optimiser.zero_grad()
+        args = eval(call, {"torch": torch, "x": torch.randn(2, 6, 32)})
+        loss = next(iter(tensors(new(*args)))).pow(2).mean()
+        loss.backward()
+        optimiser.step()
+        assert torch.isfinite(loss) and new.final_norm.get_parameter(next(iter(keys))).grad is not None
+
+
+def test_norm_under_a_condition_with_an_else_is_refused() -> None:
+    name = "optional_postnorm_else.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert any("`memory is not None`" in r.reason and "an `else`" in r.reason for r in result.refusals), \
+        result.refusals

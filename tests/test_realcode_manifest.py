@@ -118,6 +118,30 @@ def test_census_components_take_precedence(tmp_path):
     assert [(it.outcome, it.start, it.end) for it in items] == [("not-understood", 2, 9)]
 
 
+def test_census_share_counts_every_component_found_matched_or_not(tmp_path):
+    def component(outcome, line):
+        return {"rule": "TFM101", "kind": "attention", "file": str(tmp_path / "m.py"), "class": "A",
+                "lines": [line, line + 1], "outcome": outcome, "reason": "r"}
+
+    doc = {"files": [{"path": str(tmp_path / "m.py"), "edits": [{"code": "TFM101", "line": 40, "message": "e"}],
+                      "refusals": [], "notes": [], "errors": []}],
+           "components": [component("migrated", 2), component("not-understood", 9),
+                          component("not-understood", 20), component("refused", 30)]}
+    items, _ = realcode.tool_items(doc, tmp_path)
+    counts = realcode.census_counts(items)
+    assert counts == {"found": 4, "migrated": 1, "refused": 1, "modern": 0, "not-understood": 2}
+    line = realcode.census_share([{"census": counts}, {"census": dict(counts, found=0, **{"not-understood": 0,
+                                                                                          "migrated": 0,
+                                                                                          "refused": 0})}])
+    assert line == "Census: 4 components found: 1 migrated, 1 refused, 0 modern, not understood 2/4 (50 %)."
+    text = realcode.report([{"repo": "o/r", "results": [], "numeric": None, "errors": [], "unlisted": [],
+                             "census": counts}], "t", "abc")
+    assert "\nCensus: 4 components found" in text
+    # a document of edits only (no census) counts nothing
+    old, _ = realcode.tool_items({"files": doc["files"]}, tmp_path)
+    assert realcode.census_counts(old)["found"] == 0
+
+
 def test_absent_corpus_exits_zero(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nowhere")],
                           capture_output=True, text=True, timeout=60)

@@ -27,7 +27,7 @@ def _refusals(case: str):
     # chains the matcher cannot follow are refused, not skipped silently
     ("inline_softmax_module", 20, ["scores at line 13", "softmax at line 18",
                                    "built inline as `nn.Softmax(dim=-1)` (line 18)"]),
-    ("cast_softmax_guarded_view", 22, ["rebound inside a block"]),  # the float32 round trip is fine
+    ("cast_softmax_guarded_view", 22, ["rebound by 3 statements inside `if key_padding_mask is not None:` (line 22)"]),  # the float32 round trip is fine
     ("bert_head_mask", 30, ["scores at line 25", "softmax at line 26",
                             "changed by `probs * head_mask` (line 29)"]),
     # the hazard twins of the spellings issue 15 added

@@ -16,7 +16,9 @@ import libcst as cst
 
 from tf_migrate.analysis import einsum
 from tf_migrate.analysis.mask_helpers import UnknownHelper, in_place_triangle
-from tf_migrate.analysis.dataflow import Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, read_names
+from tf_migrate.analysis.dataflow import (
+    Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, binds, read_names,
+)
 from tf_migrate.analysis.nodes import body_nodes, find
 from tf_migrate.analysis.names import argument, int_value, method_call, number_value, self_attribute
 from tf_migrate.analysis.shapes import Shapes
@@ -99,6 +101,7 @@ class Attention:
     # `softmax(s.float()).type_as(t)`: the code of `t`, whose dtype the probabilities are cast back to
     softmax_cast_to: str | None = None
     block_bindings: list[Binding] = field(default_factory=list)  # masks set inside a kept `if` block
+    softmax_line: int = 0  # bindings from here on hold the probabilities, before it the scores
     # statements the call replaces besides the consumed bindings: in-place mask helper calls, and
     # assertions that only check the scores' shape
     extra_removed: list[cst.BaseStatement] = field(default_factory=list)
@@ -221,9 +224,18 @@ class _Chain:
                 if inner is not None:
                     self.found.followed.add(id(expr))
                     return BlockMask(definition.statement, inner), at
-                raise Refused(self.ctx.line(definition.statement), f"`{expr.value}` is rebound inside a "
-                              f"block at line {self.ctx.line(definition.statement)} in a way tf-migrate "
-                              "cannot follow", "compute the mask and the scores in plain statements")
+                raise Refused(self.ctx.line(definition.statement),
+                              _unfollowed_block(self.ctx, expr.value, definition.statement),
+                              "compute the mask and the scores in plain statements")
+            elif strict and isinstance(definition, OpaqueBinding) and _chained(definition.statement):
+                others = [self.ctx.code(t.target) for t in definition.statement.body[0].targets
+                          if self.ctx.code(t.target) != expr.value]
+                raise Refused(self.ctx.line(definition.statement), (
+                    f"the scores `{expr.value}` are bound in the chained assignment "
+                    f"`{_short(self.ctx.code(definition.statement))}` (line "
+                    f"{self.ctx.line(definition.statement)}): {', '.join(f'`{o}`' for o in others)} "
+                    "also holds them, and SDPA never materialises the scores"),
+                    "bind the scores to one name")
             else:
                 break
         return expr, at
@@ -365,6 +377,7 @@ class _Chain:
             raise NotAttention
         expr = self._cast_back(expr)
         inner, dim = self._softmax_parts(expr)
+        self.found.softmax_line = self.line(expr, at)
         if self.found.softmax_cast_to is not None:
             inner = self._upcast(inner)
         inner, at = self.follow(inner, at, strict=True)
@@ -441,8 +454,10 @@ class _Chain:
         value, at = guarded.binding.value, guarded.binding.statement
         step = self._modifier(value, at, scaled)
         if step is None or not self.found.masks or self.found.masks[-1].at is not at:
-            raise Refused(self.ctx.line(guarded.statement), "the scores are changed under a condition "
-                          "in a way that is not a mask", "")
+            raise Refused(self.ctx.line(guarded.statement), f"the scores `{guarded.name}` are set to "
+                          f"`{_short(self.ctx.code(value))}` under `if {_short(self.ctx.code(guarded.test))}:` "
+                          f"(line {self.ctx.line(guarded.statement)}), which is not a mask (a masked_fill or an "
+                          "added mask)", "")
         self.found.masks[-1].guard = guarded.test
         self.moves.append((guarded.test, guarded.statement))
         base, _ = step
@@ -459,9 +474,10 @@ class _Chain:
         step = self._modifier(binding.value, binding.statement, False)
         if step is None or not self.found.masks or self.found.masks[-1].at is not binding.statement \
                 or self.found.masks[-1].kind != "fill":
-            raise Refused(self.ctx.line(binding.statement), f"`{binding.name}` is changed inside the "
-                          f"`if` block at line {self.ctx.line(block.statement)} in a way that is not a "
-                          "masked_fill", "compute the mask and the scores in plain statements")
+            raise Refused(self.ctx.line(binding.statement), f"`{binding.name}` is set to "
+                          f"`{_short(self.ctx.code(binding.value))}` inside the `if` block at line "
+                          f"{self.ctx.line(block.statement)}, which is not a masked_fill",
+                          "compute the mask and the scores in plain statements")
         del self.moves[before:]  # the condition is evaluated where it was, not at the call
         self.found.masks[-1].block = block.statement
         self.found.block_bindings.append(binding)
@@ -650,8 +666,8 @@ class _Chain:
             if binding.name in escaping or "locals()" in escaping:
                 what = "the function reads `locals()`" if "locals()" in escaping else \
                     f"`{binding.name}` is declared global or nonlocal"
-                raise Refused(self.ctx.line(binding.statement), f"{what}: the attention probabilities "
-                              "(or scores) may be read outside this function",
+                raise Refused(self.ctx.line(binding.statement), f"{what}: the attention "
+                              f"{self._stage(binding)} may be read outside this function",
                               "SDPA does not return the attention probabilities")
             uses = [u for u in self.m.flow.uses(binding) if id(u) not in self.found.followed]
             consumed = {id(d.statement) for d in self.found.consumed}
@@ -661,13 +677,19 @@ class _Chain:
             outside = [u for u in uses if _metadata_read(self.ctx, u) is not None
                        and id(self.m.flow.statement_of(u)) not in consumed]
             for use in values[:1]:
-                raise Refused(self.ctx.line(use), *_describe_use(self.ctx, self.m.flow, use, binding.name))
+                raise Refused(self.ctx.line(use), *_describe_use(self.ctx, self.m.flow, use, binding.name,
+                                                                 self._stage(binding)))
             outside = [u for u in outside if not self._shape_assertion(u)]
             for use in outside[:1]:
                 raise Refused(self.ctx.line(use), (
                     f"`{_metadata_read(self.ctx, use)}` is read at line {self.ctx.line(use)}, outside "
                     f"the chain: SDPA never materialises `{binding.name}`"),
                     "read the shape, dtype or device from q, k or v instead")
+
+    def _stage(self, binding) -> str:
+        """What a chain binding holds: "scores" before the softmax's line, "probabilities" from it on."""
+        line = self.ctx.line(binding.statement)
+        return "probabilities" if not self.found.softmax_line or line >= self.found.softmax_line else "scores"
 
     def _returned_beside(self, use: cst.Name) -> bool:
         """`return <the product>, use` (the probabilities beside the output), when allowed."""
@@ -722,9 +744,11 @@ class _Chain:
             for name in read_names(expr) - {"self"}:
                 if not self.m.flow.contains(at):
                     continue
-                if self._reaching(name, at) is not self._reaching(name, target):
-                    raise Refused(self.ctx.line(at), f"`{name}` is rebound between the scores and the "
-                                  "product", "")
+                rebinding = self._reaching(name, target)
+                if self._reaching(name, at) is not rebinding:
+                    where = f" at line {self.ctx.line(rebinding)}" if rebinding is not None else ""
+                    raise Refused(self.ctx.line(at), f"`{name}` is rebound{where}, between the scores and "
+                                  "the product", "")
                 changed = self.m.flow.mutation_between(name, at, target)
                 if changed is not None:
                     raise Refused(self.ctx.line(changed), f"`{name}` is changed in place at line "
@@ -796,7 +820,42 @@ def _metadata_read(ctx: "FileContext", use: cst.Name) -> str | None:
     return f"{use.value}.{parent.attr.value}"
 
 
-def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: str) -> tuple[str, str]:
+def _chained(statement: cst.BaseStatement) -> bool:
+    """`a = b = value`: one statement, two or more targets."""
+    return isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
+        and isinstance(statement.body[0], cst.Assign) and len(statement.body[0].targets) > 1
+
+
+def _short(code: str, limit: int = 80) -> str:
+    """Code quoted in a message: one line, cut at `limit` characters."""
+    code = " ".join(code.split())
+    return code if len(code) <= limit else code[:limit - 3] + "..."
+
+
+def _unfollowed_block(ctx: "FileContext", name: str, statement: cst.BaseStatement) -> str:
+    """Why the chain stops at a compound statement that binds `name`: which block, and what of it."""
+    bare = statement.with_changes(leading_lines=()) if hasattr(statement, "leading_lines") else statement
+    header = ctx.code(bare).strip().splitlines()[0].strip()  # the `if ...:` line, not a comment above it
+    where = f"`{header}` (line {ctx.line(statement)})"
+    if isinstance(statement, cst.If) and isinstance(statement.body, cst.IndentedBlock):
+        if statement.orelse is not None:
+            return (f"`{name}` is rebound inside {where}, which has an else branch: tf-migrate follows an "
+                    "`if` without else that binds it once")
+        binding = [child for child in statement.body.body if binds(child, name)]
+        if len(binding) > 1:
+            return (f"`{name}` is rebound by {len(binding)} statements inside {where}: tf-migrate follows an "
+                    "`if` block that binds it once")
+        if not binding or not isinstance(binding[0], cst.SimpleStatementLine):
+            return (f"`{name}` is rebound in a block nested inside {where}: tf-migrate follows one "
+                    "assignment directly in the `if` block")
+        return (f"`{name}` is rebound inside {where} by a statement that is not a plain assignment: "
+                "tf-migrate follows one `name = ...` directly in the `if` block")
+    kind = type(statement).__name__.lower().replace("async", "async ")
+    return f"`{name}` is rebound inside a `{kind}` statement {where}: tf-migrate follows plain statements and `if` blocks"
+
+
+def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: str,
+                  stage: str = "probabilities") -> tuple[str, str]:
     """(reason, hint) for a use of the chain's value outside the chain."""
     statement = flow.statement_of(use)
     small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
@@ -822,4 +881,4 @@ def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: s
                     "read or change it in place (tf-migrate does not read that function)",
                     "inline what the function does to the scores, e.g. a masked_fill")
         what = "read again"
-    return f"the attention probabilities (or scores) `{name}` are {what} at line {ctx.line(use)}", hint
+    return f"the attention {stage} `{name}` are {what} at line {ctx.line(use)}", hint

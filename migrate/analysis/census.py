@@ -430,7 +430,7 @@ class Walker:
         if parameter not in params:
             position = None
         else:
-            position = params.index(parameter) - (1 if function.cls is not None else 0)
+            position = params.index(parameter) - (1 if self.is_method(function) else 0)
         found = []
         for call in self._callers(function):
             keyword = next((k.value for k in call.keywords if k.arg == parameter.arg), None)
@@ -441,9 +441,13 @@ class Walker:
                 found.append(call.args[position])
         return found[:4]
 
+    def is_method(self, function: Function) -> bool:
+        """Defined in a class body (its first parameter is `self`), not a function nested in a method."""
+        return function.cls is not None and self.index.parents.get(function.node) is function.cls.node
+
     def _callers(self, function: Function) -> Iterator[ast.Call]:
         name = function.node.name
-        cls = function.cls
+        cls = function.cls if self.is_method(function) else None
         for call in self.index.calls:
             if cls is None:
                 if isinstance(call.func, ast.Name) and call.func.id == name:
@@ -490,6 +494,14 @@ class Walker:
         The value flows up through enclosing expressions (a call only when `follow_call` says so),
         into the names and `self.X` it is assigned to, and, with `follow_returns`, out of a
         function to the places that function's caller gives back."""
+        return next(self.forward_every(node, hit, follow_call, follow_returns), None)
+
+    def forward_every(self, node: ast.AST, hit: Callable[[ast.AST, Function], bool],
+                      follow_call: Callable[[ast.Call, Function], bool],
+                      follow_returns: Callable[[Function], Iterator[ast.AST]] | None = None
+                      ) -> Iterator[ast.AST]:
+        """Every expression `forward` would accept, nearest first; the walk does not go on past
+        a hit (what is computed from a hit is the hit's business)."""
         seen: set[int] = set()
         queue = deque([node])
         visited = 0
@@ -502,7 +514,8 @@ class Walker:
             visited += 1
             function = self.index.function_of(current)
             if current is not node and hit(current, function):
-                return current
+                yield current
+                continue
             parent = parents.get(current)
             if parent is None:
                 continue
@@ -518,7 +531,6 @@ class Walker:
                 queue.append(parent)
                 continue
             queue.extend(self._assigned(parent, current, function, follow_returns))
-        return None
 
     def _stored(self, call: ast.Call, function: Function) -> list[ast.AST]:
         """A value handed to `register_buffer("pe", v)`, `setattr(self, "pe", v)` or

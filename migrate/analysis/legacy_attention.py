@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from tf_migrate.analysis.census import (
     FileIndex, Function, Walker, is_dropout, is_softmax, is_weight, last_name, product_operands,
-    self_attribute, softmax_input, walker,
+    projection_name, self_attribute, softmax_input, unit_projection_class, walker,
 )
 
 if TYPE_CHECKING:
@@ -155,3 +155,44 @@ def attention_inputs(ctx: "FileContext") -> list[AttentionInputs]:
             q, k, v = call.args[:3]
             found.append(AttentionInputs(index.function_of(call), q, k, v, (call,)))
     return found
+
+
+def classifier_softmaxes(ctx: "FileContext") -> frozenset[tuple[int, int]]:
+    """(line, 0-based column) of every softmax over a projection's output with no product of two
+    activations before it: a classifier's, a policy's or a router's softmax (`F.softmax(self.fc(x))`,
+    `softmax(x @ self.w_gate)`), not attention."""
+    def compute() -> frozenset[tuple[int, int]]:
+        walk = walker(ctx)
+        index = walk.index
+
+        def projection(node: ast.AST, function: Function) -> bool:
+            if product_operands(node) is not None:
+                return projection_name(node, function, index) is not None  # a product with a weight
+            attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+            return attribute is not None and function.cls is not None \
+                and projection_name(node, function, index) is not None \
+                and unit_projection_class(function.cls.constructor_call(attribute))
+
+        def opaque(node: ast.AST, function: Function) -> bool:
+            """A product, or a submodule / helper call that is no projection (an LRP `self.matmul1([q, k])`
+            computes the scores itself): the softmax's input is not a Linear's output."""
+            if _is_barrier(node, function):
+                return True
+            if not isinstance(node, ast.Call) or is_dropout(node, function):
+                return False
+            return self_attribute(node.func) is not None or (
+                isinstance(node.func, ast.Name) and node.func.id in index.by_name)
+
+        found = set()
+        for node in index.calls:
+            function = index.function_of(node)
+            if "softmax" not in last_name(node.func).lower() or not is_softmax(node, function):
+                continue
+            source = softmax_input(node, index.modules)
+            if source is None or walk.back(source, hit=_is_scores, stop=_is_barrier, into_functions=True):
+                continue
+            if walk.back(source, hit=projection, stop=opaque, into_functions=True) is not None:
+                found.add((node.lineno, node.col_offset))
+        return frozenset(found)
+
+    return ctx.memo("census.classifier_softmaxes", compute)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from tf_migrate import __version__
 from tf_migrate.engine.file import FileResult
+from tf_migrate.engine.positions import Columns
 from tf_migrate.engine.report import not_understood
 from tf_migrate.engine.suppress import UNUSED
 from tf_migrate.engine.source import split_lines
@@ -59,8 +60,10 @@ def github_lines(result: FileResult) -> Iterable[str]:
         found.append((refusal.line, refusal.column, 1, "notice", f"{refusal.code} refused", refusal.reason + hint))
     for warning in result.warnings:
         found.append((warning.line, warning.column, 2, "warning", warning.code, warning.message))
+    column_of = Columns(result.original or "").column
     for item in not_understood(result):
-        found.append((item.start_line, 0, 3, "notice", f"{item.rule} not understood", item.reason))
+        found.append((item.start_line, column_of(item.start_line), 3, "notice", f"{item.rule} not understood",
+                      item.reason))
     for line, column, _, kind, title, message in sorted(found, key=lambda f: f[:3]):
         yield _annotation(kind, result.path, line, column, title, message)
 
@@ -119,9 +122,10 @@ def _file_results(result: FileResult) -> Iterable[dict[str, Any]]:
     for warning in result.warnings:
         yield {"ruleId": warning.code, "level": "warning", "message": {"text": warning.message},
                "locations": [_location(result.path, warning.line, warning.column)]}
+    column_of = Columns(result.original or "").column
     for item in not_understood(result):
         yield {"ruleId": item.rule, "level": "note", "message": {"text": f"not understood: {item.reason}"},
-               "locations": [_location(result.path, item.start_line)]}
+               "locations": [_location(result.path, item.start_line, column_of(item.start_line))]}
     for error in result.errors:
         yield {"ruleId": "TFM000", "level": "error", "message": {"text": error.splitlines()[0]},
                "locations": [_location(result.path, *error_position(error))]}

@@ -96,12 +96,11 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     project.add(key, text, tree)
     with project.analysing(key):
         # Every rule works inside nn.Module classes; a base may be one through another project file.
-        if may_define_modules(tree) or project.defines_modules(key):
+        if not (may_define_modules(tree) or project.defines_modules(key)):
+            active = [rule for rule in active if (rule.free_functions and _function_naming(tree, rule.triggers))
+                      or any(word in text for word in rule.outside_modules)]
+        if active:
             _with_deep_stack(_run_rules, result, text, path, active, project, key)
-        else:
-            loose = [rule for rule in active if rule.free_functions and _function_naming(tree, rule.triggers)]
-            if loose:
-                _with_deep_stack(_run_rules, result, text, path, loose, project, key)
         result.depends = sorted(project.reads)
     project.add(key, text, tree)  # other files' questions see this file as it is on disk, in every worker
     return result

@@ -129,17 +129,31 @@ def census_table(results: Sequence[FileResult]) -> list[str]:
                       enumerate(zip(row, widths))) for row in [headers, *rows]]
 
 
-_NUMBERS = re.compile(r"\d+")
+# Where a reason names a line ("line 12", "lines 3-5", "line(s) 4, 9", "model.py:71"): only those
+# numbers fold, so `linear1`, `w_2` or a Conv2d's `3` keep telling reasons apart.
+_LINE_NUMBERS = re.compile(r"\b(lines?(?:\(s\))?) \d+(?:(?:-|, | and )\d+)*|(\.py):\d+|(, column) \d+")
+_LEADING_LINE = re.compile(r"line \d+: ")
+
+
+def fold_lines(reason: str) -> str:
+    """`reason` with its line numbers as N, and without the `line N: ` every refusal starts with."""
+    reason = _LEADING_LINE.sub("", reason, count=1) if _LEADING_LINE.match(reason) else reason
+    return _LINE_NUMBERS.sub(lambda m: f"{m.group(1) or m.group(2) or m.group(3)}"
+                                       f"{':' if m.group(2) else ' '}N", reason)
 
 
 def reason_counts(results: Sequence[FileResult]) -> list[tuple[int, str, str, str]]:
-    """(count, rule, outcome, reason) for every outcome but migrated, line numbers folded."""
+    """(count, rule, outcome, reason) for every outcome but migrated, and for each refusal outside
+    the census, line numbers folded."""
     counts: Counter[tuple[str, str, str]] = Counter()
     for result in results:
         for c in result.components:
             if c.outcome != "migrated":
-                reason = _NUMBERS.sub("N", c.reason.removeprefix(f"line {c.start_line}: "))
-                counts[(c.rule, c.outcome, reason)] += 1
+                counts[(c.rule, c.outcome, fold_lines(c.reason))] += 1
+        for item in result.outside:  # refusals no component accounts for are reasons too
+            refusal = next((r for r in result.refusals if (r.code, r.line) == (item.code, item.line)), None)
+            if item.message == "refusal" and refusal is not None:
+                counts[(item.code, "refused outside census", fold_lines(refusal.reason))] += 1
     return sorted(((n, *key) for key, n in counts.items()), key=lambda t: (-t[0], t[1:]))
 
 
@@ -152,6 +166,13 @@ def statistics(results: Sequence[FileResult]) -> list[str]:
         width = len(str(reasons[0][0]))
         lines.extend(f"{n:>{width}}  {rule} {outcome}: {reason}" for n, rule, outcome, reason in reasons)
     return lines
+
+
+def statistics_document(results: Sequence[FileResult]) -> str:
+    """`--statistics --format json`: the per-rule table and the counted reasons, as data."""
+    return json.dumps({"summary": census_summary(results),
+                       "reasons": [{"count": n, "rule": rule, "outcome": outcome, "reason": reason}
+                                   for n, rule, outcome, reason in reason_counts(results)]}, indent=2)
 
 
 def summary(results: Sequence[FileResult], wrote: bool) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from tf_migrate.engine.rule import Equivalence, Rule
 
 _FIELDS = ("code", "name", "equivalence", "summary", "triggers", "options")
+_OPTIONAL = ("outside_modules",)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class RuleInfo:
     triggers: tuple[str, ...]
     options: Mapping[str, Any]
     module: str
+    outside_modules: tuple[str, ...] = ()
     free_functions: bool = False  # see Rule.free_functions
 
 
@@ -39,6 +41,7 @@ class LazyRule:
         self.info = info
         self.code, self.name, self.equivalence = info.code, info.name, info.equivalence
         self.triggers = info.triggers
+        self.outside_modules = info.outside_modules
         self.free_functions = info.free_functions
         self.settings = {**info.options, **(options or {})}
         self._options = dict(options or {})
@@ -73,7 +76,7 @@ def _literal_fields(node: ast.ClassDef) -> dict[str, Any] | None:
             values[key] = Equivalence[value.attr]
         elif key == "free_functions" and isinstance(value, ast.Constant) and isinstance(value.value, bool):
             values[key] = value.value
-        elif key in _FIELDS:
+        elif key in _FIELDS or key in _OPTIONAL:
             try:
                 values[key] = ast.literal_eval(value)
             except ValueError:
@@ -92,6 +95,7 @@ def _infos_in(module: str, source: str) -> list[RuleInfo] | None:
             if values is None:
                 return None
             values["triggers"] = tuple(values["triggers"])
+            values["outside_modules"] = tuple(values.get("outside_modules", ()))
             infos.append(RuleInfo(module=module, **values))
     return infos
 
@@ -99,7 +103,8 @@ def _infos_in(module: str, source: str) -> list[RuleInfo] | None:
 def _imported_infos(module: str) -> list[RuleInfo]:
     loaded = importlib.import_module(module)
     return [RuleInfo(rule.code, rule.name, rule.equivalence, rule.summary, tuple(rule.triggers),
-                     dict(rule.options), module, rule.free_functions)
+                     dict(rule.options), module, outside_modules=tuple(rule.outside_modules),
+                     free_functions=rule.free_functions)
             for rule in Rule.registry.values() if rule.__module__ == loaded.__name__]
 
 

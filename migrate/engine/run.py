@@ -347,12 +347,14 @@ def _copy_failed(options: RunOptions, files: list[Path], targets: list[Path | No
 def _print(options: RunOptions, results: list[FileResult], out: TextIO, findings_only: bool = False) -> None:
     """Findings sorted by file, then by line and column; the summary on stderr."""
     ordered = sorted(results, key=lambda r: report.path_key(r.path))
-    if options.fmt == "github":
+    if options.statistics and options.fmt == "json":
+        out.write(report.statistics_document(results) + "\n")
+    elif options.statistics:
+        out.writelines(line + "\n" for line in report.statistics(results))
+    elif options.fmt == "github":  # annotations only: the text lines would repeat each one in the log
         from tf_migrate.engine.ci_formats import github_lines
 
         out.writelines(line + "\n" for result in ordered for line in github_lines(result))
-    if options.statistics:
-        out.writelines(line + "\n" for line in report.statistics(results))
     elif options.fmt == "json":
         out.write(report.json_document(ordered) + "\n")
     elif options.fmt == "sarif":

@@ -12,18 +12,21 @@ from typing import Iterator
 
 from tf_migrate.rules.fused_qkv import fan_inits
 from tf_migrate.analysis.contracts import consumers_of
-from tf_migrate.analysis.linear import linear_construction
+from tf_migrate.analysis.linear import linear_construction, linear_wrapper
 from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, application, different_inputs, foreign_attribute,
-                                    linear_arguments, naming_string, other_init_uses, triples)
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
-from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion
+                                    linear_arguments, naming_string, other_init_uses, same_input, triples)
+from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, CrossCall, constructor_edits, forward_edits,
+                                                 sizes_in_forward, split_suffix, total_size)
+from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
+from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
 _PARAMETER = "torch.nn.Parameter"
+_FAN_INITS = ("xavier", "kaiming")  # initialisers whose values depend on the weight's shape
 
 
 class SeparateQkvToFused(Rule):
@@ -37,6 +40,15 @@ class SeparateQkvToFused(Rule):
     ModuleList comprehension of 3 or 4; element 3 the output projection), zipped with
     `(query, key, value)` or called by index: they become `self.qkv` (and `self.out`).
 
+    Also projections built by a project wrapper that holds one nn.Linear and only applies it
+    (`analysis.linear.linear_wrapper`): the fused projection is one wrapper, the keys go through
+    it (`q_proj.inner.weight`); a shape-dependent init in the wrapper is named in the message.
+
+    Also projections of three parameters of forward (`forward(self, q, k, v)`) when every call
+    of every instance in the tree passes one name for the three (`self.attn(x, x, x)`); split
+    sizes built from constructor arguments are read from the attributes that keep them
+    (`self.n_head * self.d_k`).
+
     Safety: exact. Concatenating the weights along the output dimension and splitting the output
     in q, k, v order computes exactly the three projections. Applied only when the three take the
     same input size, agree on bias, and forward applies each exactly once, on the same binding of
@@ -48,11 +60,12 @@ class SeparateQkvToFused(Rule):
 
     Checkpoint: `qkv.weight = cat([q.weight, k.weight, v.weight], dim=0)`, the same for biases;
     raw weights: `w_qkv = cat([w_q, w_k, w_v], dim=<the weight's output dim>)` (1 for
-    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`); the old keys disappear. Lists:
+    `x @ w` and `"btd,de->bte"`, 0 for `F.linear`), raw biases `b_qkv = cat([b_q, b_k, b_v])`;
+    the old keys disappear. Lists:
     `qkv.* = cat(linears.0/1/2.*)`, `linears.3.*` renamed `out.*`.
 
     Refuses when: the projections read different tensors (cross-attention, or a class used for
-    both); bias presence differs; `in_features` differ; a projection is used anywhere but one
+    both: a call passing different tensors is named, as for lists below); bias presence differs; `in_features` differ; a projection is used anywhere but one
     call; it is not an `nn.Linear` (GPT-2 `Conv1D` stores its weight transposed); code elsewhere in
     the tree hooks a projection, names it (a string, `getattr`, a LoRA target list, another object's
     attribute) or counts the state_dict keys; the split sizes
@@ -60,7 +73,9 @@ class SeparateQkvToFused(Rule):
     place between the applications (`x.mul_()`, `x[i] = ...`); `__init__` touches one projection
     after building it, or a subclass or another object in the file reaches it. Raw weights: any use but
     one product and `nn.init` calls (tied, returned, `.data` init, a key string, another
-    object's attribute); products spelled differently; raw biases added (not fused yet); the
+    object's attribute); products spelled differently; raw biases (`<product> + self.b_q`)
+    on only some of the three, used elsewhere, not 1-D, named unlike `b_q/b_k/b_v`, or added where
+    the output size is not last; a raw bias passed to F.linear (not fused yet); the
     weights differ in more than their output size. Lists: forward's query/key/value are three
     parameters and some call of an instance passes different names (naming that call), or no call
     is in the tree, or an instance is built or reached other than `self.<a> = Cls(...)` called as
@@ -105,7 +120,7 @@ class SeparateQkvToFused(Rule):
             if triple.fused_name in cls.submodules or triple.fused_name in cls.methods \
                     or triple.fused_name in cls.buffers or next(cls.self_references(triple.fused_name), None):
                 raise Blocked(f"the class already has `{triple.fused_name}`")
-            consumer = _consumer(ctx, cls, triple)
+            consumer = _consumer(ctx, cls, triple) or old_key_reader(ctx, [triple.attributes[r] for r in ROLES])
             if consumer is not None:
                 raise Blocked(consumer)
             raw = all(s.callee == _PARAMETER for s in subs)
@@ -117,6 +132,9 @@ class SeparateQkvToFused(Rule):
     def _listed(self, ctx, cls, attribute: str) -> Finding:
         statement = cls.submodules[attribute].statement
         try:
+            reader = old_key_reader(ctx, [attribute])
+            if reader is not None:
+                raise Blocked(reader)
             fusion = listed_fusion(ctx, cls, attribute)
         except Blocked as exc:
             return Refusal(ctx.line(statement), f"q/k/v projections in `self.{attribute}` not fused: {exc}",
@@ -129,8 +147,18 @@ class SeparateQkvToFused(Rule):
 
     def _linear(self, ctx, cls, triple, subs) -> Fix:
         apps = [application(ctx, cls, triple.attributes[r]) for r in ROLES]
-        blocked = _constructor_problem(ctx, subs) or next((a for a in apps if isinstance(a, str)), None)
-        blocked = blocked or different_inputs(ctx, apps) or other_init_uses(ctx, cls, subs)
+        blocked = next((a for a in apps if isinstance(a, str)), None)
+        one = False
+        if blocked is None and not same_input(ctx, apps):
+            try:
+                one = passed_as_one(ctx, cls, apps)
+            except CrossCall:
+                raise  # a call passing other tensors as k and v says more than how the layers are built
+            except Blocked as exc:
+                blocked = str(exc)
+            blocked = blocked or (None if one else different_inputs(ctx, apps))
+        blocked = _constructor_problem(ctx, subs) or blocked
+        blocked = blocked or other_init_uses(ctx, cls, subs)
         blocked = blocked or foreign_attribute(ctx, cls, [triple.attributes[r] for r in ROLES])
         blocked = blocked or naming_string(ctx, [triple.attributes[r] for r in ROLES])
         if blocked is not None:
@@ -141,31 +169,42 @@ class SeparateQkvToFused(Rule):
         fusion = raw_fusion(ctx, cls, triple, subs)
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         plan.concatenated.append(Concatenation(triple.fused_name, [triple.attributes[r] for r in ROLES], fusion.dim))
+        if fusion.biases is not None:  # 1-D, stacked like the weights' output sizes
+            plan.concatenated.append(Concatenation(fusion.biases.fused_name, fusion.biases.names, 0))
         return self._made(ctx, triple, subs, fusion.replacements, plan, fusion.dim)
 
     def _fix(self, ctx, cls, triple, subs, apps) -> Fix:
-        arguments = [linear_arguments(s) for s in subs]
+        arguments = [_arguments(ctx, s) for s in subs]
         outs = [ctx.code(a["out_features"]) for a in arguments]
         bias = _bias_code(ctx, arguments[0])
         fused = f"self.{triple.fused_name}({ctx.code(apps[0].input)})"
-        replacements = forward_edits(ctx, apps, fused + split_suffix(outs))
-        replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias))
+        replacements = forward_edits(ctx, apps, fused + split_suffix(sizes_in_forward(ctx, cls, outs)))
+        wrapper = linear_wrapper(ctx, subs[0].call)
+        replacements.update(_init_edits(ctx, triple, subs, arguments[0], outs, bias, wrapper))
         plan = ClassPlan(ctx.path, cls.qualname, [self.code])
         params = ["weight"] + (["bias"] if bias != "False" else [])
+        through = f".{wrapper.inner}" if wrapper is not None else ""  # `query_proj.linear.weight`
         for param in params:
-            plan.concatenated.append(Concatenation(
-                f"{triple.fused_name}.{param}", [f"{triple.attributes[r]}.{param}" for r in ROLES], 0))
-        return self._made(ctx, triple, subs, replacements, plan, 0)  # nn.Linear weights are (out, in)
+            plan.concatenated.append(Concatenation(f"{triple.fused_name}{through}.{param}",
+                                                   [f"{triple.attributes[r]}{through}.{param}" for r in ROLES], 0))
+        return self._made(ctx, triple, subs, replacements, plan, 0, wrapper)  # nn.Linear weights are (out, in)
 
-    def _made(self, ctx, triple, subs, replacements, plan, stacked_dim: int) -> Fix:
+    def _made(self, ctx, triple, subs, replacements, plan, stacked_dim: int, wrapper=None) -> Fix:
         message = f"{', '.join(triple.attributes[r] for r in ROLES)} -> fused `{triple.fused_name}` + split"
+        if wrapper is not None:
+            message += f" (kept as the wrapper `{wrapper.qualname}`, keys through `.{wrapper.inner}`)"
+            shaped = [name for name in wrapper.inits if name.startswith(_FAN_INITS)]
+            if shaped:
+                message += (f"; fresh models initialise differently: `{wrapper.qualname}` applies "
+                            f"{', '.join(shaped)} to the fused weight, whose fans differ (converted checkpoints "
+                            "are exact)")
         inits = fan_inits.generic_shape_inits(ctx, stacked_dim)
         return Fix(line=ctx.line(subs[0].statement), message=message + (fan_inits.warning(ctx, inits) if inits else ""),
                    replacements=replacements, plans=[plan])
 
 
 def _constructor_problem(ctx, subs) -> str | None:
-    layers = [s.callee == _LINEAR or linear_construction(ctx, s.call) for s in subs]
+    layers = [s.callee == _LINEAR or linear_construction(ctx, s.call) or linear_wrapper(ctx, s.call) for s in subs]
     other = next((s for s, layer in zip(subs, layers) if not getattr(layer, "linear_signature", layer)), None)
     if other is not None:
         built = ctx.code(other.call.func)
@@ -178,7 +217,7 @@ def _constructor_problem(ctx, subs) -> str | None:
     if len({ctx.code(s.call.func) for s in subs}) != 1:  # the fused layer is built with one of them
         return "the projections are built by different callables (" + \
             ", ".join(f"{s.name}: {ctx.code(s.call.func)}" for s in subs) + ")"
-    arguments = [linear_arguments(s) for s in subs]
+    arguments = [_arguments(ctx, s) for s in subs]
     if any(a is None for a in arguments):
         return "a projection passes arguments other than in_features, out_features, bias"
     ins = {ctx.code(a["in_features"]) for a in arguments}
@@ -217,13 +256,22 @@ def _overriding_subclass(ctx, subs) -> str | None:
     return None
 
 
+def _arguments(ctx, sub) -> dict | None:
+    """in_features/out_features/bias of a projection's construction (nn.Linear or a wrapper)."""
+    wrapper = linear_wrapper(ctx, sub.call)
+    return wrapper.arguments(sub.call) if wrapper is not None else linear_arguments(sub)
+
+
 def _bias_code(ctx, arguments) -> str:
     value = arguments.get("bias")
     return "True" if value is None else ctx.code(value)
 
 
-def _init_edits(ctx, triple, subs, first_args, outs, bias) -> dict:
+def _init_edits(ctx, triple, subs, first_args, outs, bias, wrapper=None) -> dict:
     func = ctx.code(subs[0].call.func)
     bias_text = ", bias=False" if bias == "False" else ""
+    if wrapper is not None:  # the wrapper's own bias parameter, or none when its bias is fixed
+        bias_text = f", {wrapper.params[2]}={bias}" if len(wrapper.params) == 3 and (
+            bias == "False" or wrapper.bias_default != "True") else ""
     text = f"self.{triple.fused_name} = {func}({ctx.code(first_args['in_features'])}, {total_size(outs)}{bias_text})"
     return constructor_edits(ctx, [s.statement for s in subs], text)

@@ -4,6 +4,11 @@ For every attention of the file (analysis/legacy_attention.py), each of q, k, v 
 to the projection that made it (a submodule call, `F.linear`, a product with a weight, an item of
 a ModuleList). Three different projections, or one list of them, are a component; a fused
 projection split three ways gives one name and is not.
+
+The attention is often computed elsewhere (`self.attention(q, k, v)` of a class in another
+file), where no attention site of this class reaches the projections: a class that builds three
+q/k/v-named projection layers, or a list of Linears that forward zips or indexes as q/k/v, is then
+a component by itself (`declared`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ from typing import Iterator
 
 from tf_migrate.analysis.census import projection_name, product_operands, is_softmax, walker
 from tf_migrate.analysis.legacy_attention import attention_inputs
+from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.engine.rule import Component
+from tf_migrate.rules.fused_qkv.listed import listed_candidates
+from tf_migrate.rules.fused_qkv.projections import ROLES, triples
+
+# What builds a projection layer or weight, by the last part of its callable's name.
+_PROJECTION_BUILDERS = ("Linear", "Conv1D", "Parameter")
 
 
 def components(ctx, code: str) -> Iterator[Component]:
@@ -53,3 +64,36 @@ def components(ctx, code: str) -> Iterator[Component]:
             what = f"q, k and v are produced by the items of the projection list `{names[0][:-3]}`"
             step = "the matcher fuses three named projections, not the items of a list"
         yield Component(code, "qkv", cls.qualname, min(lines), max(lines), what, anchors, scopes, step)
+    yield from declared(ctx, code, {(qualname, frozenset(n.removesuffix("[*]") for n in names))
+                                    for qualname, *names in seen})
+
+
+def declared(ctx, code: str, seen: set[tuple[str, frozenset[str]]]) -> Iterator[Component]:
+    """Named q/k/v projection triples and q/k/v lists of each class that no attention site reached."""
+    for cls in ctx.module_classes:
+        extent = ctx.lines(cls.node)
+        span = (extent.start, extent.stop - 1)
+        found = []
+        for triple in triples(list(cls.submodules)):
+            subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
+            if all(_builds_projection(ctx, s) for s in subs):
+                found.append(([s.name for s in subs], [s.statement for s in subs],
+                              "three projections " + ", ".join(f"`{s.name}`" for s in subs)
+                              + " are built for q, k and v"))
+        for attribute in listed_candidates(ctx, cls):
+            sub = cls.submodules[attribute]
+            found.append(([attribute], [sub.statement],
+                          f"q, k and v are produced by the items of the projection list `{attribute}`"))
+        for names, statements, what in found:
+            key = (cls.qualname, frozenset(names))
+            if key in seen:
+                continue
+            seen.add(key)
+            lines = [ctx.line(s) for s in statements]
+            uses = tuple(sorted({ctx.line(ref) for name in names for ref in cls.self_references(name)}))
+            yield Component(code, "qkv", cls.qualname, min(lines), max(lines), what, uses, (span,))
+
+
+def _builds_projection(ctx, sub) -> bool:
+    built = sub.callee or ctx.code(sub.call.func)
+    return built.rsplit(".", 1)[-1].endswith(_PROJECTION_BUILDERS) or linear_construction(ctx, sub.call) is not None

@@ -15,15 +15,18 @@ from dataclasses import dataclass
 import libcst as cst
 
 from tf_migrate.analysis.dataflow import binds, loads
+from tf_migrate.analysis.helpers import bind_arguments
+from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.analysis.linear import linear_elements
 from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.nodes import find
 from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.plan import ClassPlan, Concatenation
 from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_inputs, same_input
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, forward_edits, split_suffix
+from tf_migrate.rules.fused_qkv.qkv_split import Blocked, CrossCall, forward_edits, split_suffix
 
 FUSED, OUT = "qkv", "out"
+_WRAPPING_DEPTH = 3  # modules that pass q, k, v on to the attention, followed up to their callers
 
 
 @dataclass
@@ -222,12 +225,18 @@ def _rewritten(comprehension, projection: cst.Call, iterable: str):
     return comprehension.with_changes(elt=replace_nodes(comprehension.elt, {projection: tensor}), for_in=loop)
 
 
-def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, cst.CSTNode]]) -> str:
+def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, cst.CSTNode]], depth: int = 0) -> str:
     """The first of three parameters of forward (each read, unchanged, by its node) that every call
-    of every instance passes the same name for. Blocked (naming the call) otherwise."""
+    of every instance passes the same name for. Blocked (naming the call) otherwise. A call that
+    passes on its own forward's parameters (`self.inner(q, k, v)` in a wrapping module) is
+    decided by the callers of that module in turn."""
     inputs = [name for name, _ in reads]
-    for name, node in reads:
-        _still_the_parameter(ctx, method, name, node)
+    try:
+        for name, node in reads:
+            _still_the_parameter(ctx, method, name, node)
+        rebound = None
+    except Blocked as exc:  # raised after the callers: a call passing other tensors says more
+        rebound = exc
     if method.name.value != "forward":
         raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
     params = [p.name.value for p in method.params.params]
@@ -238,18 +247,70 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
         isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
     if inner:
         raise Blocked(f"`{ctx.code(inner[0])}` on line {ctx.line(inner[0])} calls forward from inside the class")
-    calls = callers(ctx, cls)
+    try:
+        calls = callers(ctx, cls)
+    except Blocked:
+        if rebound is not None:
+            raise rebound
+        raise
+    if not calls and rebound is not None:
+        raise rebound
     if not calls:
         raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
                       f"{', '.join(inputs)} are one tensor")
     for fctx, call in calls:
         passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
         if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
+            through = _passed_through(fctx, call, passed) if depth < _WRAPPING_DEPTH else None
+            if through is not None:
+                try:
+                    _same_parameters(fctx, *through, [(p.value, call) for p in passed], depth + 1)
+                    continue
+                except CrossCall:
+                    raise
+                except Blocked:
+                    pass  # the outer callers cannot be followed: this call is the nearest evidence
             where = "" if fctx is ctx else f"{fctx.path}:"
-            raise Blocked(f"`{fctx.code(call)}` on line {where}{fctx.line(call)} passes "
+            raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on line {where}{fctx.line(call)} passes "
                           f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
                           f"{', '.join(inputs)}: cross-attention, not one tensor")
+    if rebound is not None:
+        raise rebound
     return inputs[0]
+
+
+def _passed_through(fctx, call: cst.Call, passed: list) -> tuple | None:
+    """(owner class, its forward) when `call` sits in a module's forward and passes names that
+    are all parameters of that forward: the owner's callers decide what they are."""
+    if not all(isinstance(p, cst.Name) for p in passed):
+        return None
+    method = fctx.parents.get(call)
+    while method is not None and not isinstance(method, cst.FunctionDef):
+        method = fctx.parents.get(method)
+    owner = next((c for c in fctx.module_classes if method is not None and c.methods.get("forward") is method), None)
+    params = {p.name.value for p in method.params.params} if method is not None else set()
+    if owner is None or not all(p.value in params for p in passed):
+        return None
+    try:
+        for p in passed:
+            _still_the_parameter(fctx, method, p.value, call)
+    except Blocked:
+        return None  # `x = x + ...` before the call: not what the module's caller passed
+    return owner, method
+
+
+def passed_as_one(ctx, cls, apps) -> bool:
+    """The three projections read different parameters of forward (`forward(self, q, k, v)`) that
+    every call of every instance in the tree passes one name for (`self.attn(x, x, x)`): then they
+    are one tensor. False when the inputs are not such names; Blocked naming the call that
+    passes different tensors (cross-attention), or why the callers cannot be followed."""
+    if any(isinstance(a, str) or not isinstance(a.input, cst.Name) for a in apps) \
+            or len({a.input.value for a in apps}) == 1 or any(a.method is not apps[0].method for a in apps):
+        return False
+    params = [p.name.value for p in apps[0].method.params.params]
+    if any(a.input.value not in params for a in apps):
+        return False
+    return _same_parameters(ctx, cls, apps[0].method, [(a.input.value, a.call) for a in apps]) == apps[0].input.value
 
 
 def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTNode) -> None:
@@ -258,8 +319,11 @@ def _still_the_parameter(ctx, method: cst.FunctionDef, name: str, node: cst.CSTN
     The statement may rebind it after reading (`query, key, value = [... zip(..., (query, ...))]`)."""
     body = list(method.body.body)
     statement = next((s for s in body if _inside(ctx, node, s)), None)
-    if statement is None or not isinstance(statement, cst.SimpleStatementLine) or binds(node, name) \
-            or any(binds(s, name) for s in body[:body.index(statement)]):
+    if statement is not None and not isinstance(statement, cst.SimpleStatementLine):
+        raise Blocked(f"`{name}` is projected inside a block of {method.name.value} (line {ctx.line(node)}: "
+                      f"`{' '.join(ctx.code(statement).split())[:60]}...`), not on every path: the block may "
+                      "bind it another way (a cache of keys and values)")
+    if statement is None or binds(node, name) or any(binds(s, name) for s in body[:body.index(statement)]):
         raise Blocked(f"`{name}` is rebound in {method.name.value} before it is projected (or in a loop): "
                       "it may not be what the caller passed")
 
@@ -287,14 +351,16 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
     built or reached any other way."""
     name = cls.node.name.value
     word = re.compile(rf"\b{re.escape(name)}\b")
-    holders = _holders(ctx, cls, name, word)
+    holders = _holders(ctx, cls, name, word, ctx)
     for path in sorted(ctx.project.files):
         text = ctx.project.text(path)
         if path != ctx.project_key and text is not None and word.search(text):
             other = ctx.project.context(path)
             if other is None:
                 raise Blocked(f"`{name}` is named in {path}, which cannot be read")
-            holders += _holders(other, None, name, word)
+            if _own_class_of_that_name(other, name):
+                continue
+            holders += _holders(other, None, name, word, ctx)
     found = []
     for fctx, owner, holder in holders:
         where = "" if fctx is ctx else f"{fctx.path}:"
@@ -305,7 +371,7 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
             elif isinstance(parent, cst.Attribute) and parent.attr.value == "forward" \
                     and isinstance(fctx.parents.get(parent), cst.Call) and fctx.parents.get(parent).func is parent:
                 found.append((fctx, fctx.parents.get(parent)))  # `self.attention.forward(x, x, x)`: the same arguments
-            elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, owner.submodules[holder].statement)):
+            elif not (isinstance(parent, cst.AssignTarget) and _inside(fctx, ref, _holding_statement(owner, holder))):
                 raise Blocked(f"`self.{holder}` on line {where}{fctx.line(ref)} is used other than called")
         owners = [o.node for _, o, h in holders if h == holder]
         contexts = {f.project_key: f for f, _, h in holders if h == holder}
@@ -318,6 +384,17 @@ def callers(ctx, cls) -> list[tuple[object, cst.Call]]:
                 raise Blocked(f"`.{holder}` is reached in {key}, which cannot be read")
             _reached_only_by_owners(ctx, other, holder, owners)
     return found
+
+
+def _own_class_of_that_name(fctx, name: str) -> bool:
+    """The file defines its own module-level class `name` and reaches no other one: neither
+    imports a `name` nor reads `<module>.name`, so its `name(...)` calls build its own class."""
+    defines = any(isinstance(s, cst.ClassDef) and s.name.value == name for s in fctx.module.body)
+    imported = find(fctx.module, lambda n: isinstance(n, cst.ImportAlias) and (
+        (n.asname.name.value if n.asname is not None and isinstance(n.asname.name, cst.Name) else None) == name
+        or fctx.code(n.name).rsplit(".", 1)[-1] == name))
+    starred = find(fctx.module, lambda n: isinstance(n, cst.ImportFrom) and isinstance(n.names, cst.ImportStar))
+    return defines and not imported and not starred and not fctx.index.attributes(fctx.module, name)
 
 
 def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) -> None:
@@ -336,7 +413,51 @@ def _reached_only_by_owners(ctx, fctx, holder: str, owners: list[cst.ClassDef]) 
                       "its holder")
 
 
-def _holders(fctx, cls, name: str, word) -> list:
+def _holding_statement(owner, holder: str) -> cst.CSTNode | None:
+    """Where `self.<holder>` is built (`= Cls(...)`) or stored (`= <constructor parameter>`)."""
+    sub = owner.submodules.get(holder)
+    if sub is not None:
+        return sub.statement
+    init = owner.methods.get("__init__")
+    stores = [a for a in find(init, lambda n: isinstance(n, cst.Assign)) if len(a.targets) == 1
+              and self_attribute(a.targets[0].target) == holder] if init is not None else []
+    return stores[0] if len(stores) == 1 else None
+
+
+def _handed_to_constructor(fctx, built: cst.Call, root) -> tuple | None:
+    """(file context, class, attribute) when `built` is passed to the constructor of a project
+    module class (`EncoderLayer(Cls(...), d)`) whose `__init__` stores that parameter, unchanged
+    and only there, as `self.<attribute> = <parameter>`: the instance is then held, and called,
+    as `self.<attribute>` of that class."""
+    arg = fctx.parents.get(built)
+    outer = fctx.parents.get(arg)
+    if not (isinstance(arg, cst.Arg) and isinstance(outer, cst.Call) and arg.value is built and not arg.star):
+        return None
+    symbols = symbols_of(fctx, outer.func)
+    if len(symbols) != 1 or symbols[0].kind != "class" or fctx.project.method(symbols[0], "__init__") is None:
+        return None
+    owner_symbol, init = fctx.project.method(symbols[0], "__init__")
+    if owner_symbol != symbols[0]:
+        return None  # the constructor is inherited: keep to classes that define it
+    bound = bind_arguments(init, outer, bound_self=True)
+    param = next((name for name, value in (bound or {}).items() if value is built), None)
+    octx = root if owner_symbol.path == root.project_key else \
+        fctx.project.context(owner_symbol.path) if owner_symbol.path else None
+    owner = next((c for c in octx.module_classes if c.qualname == owner_symbol.qualname), None) if octx else None
+    cinit = owner.methods.get("__init__") if owner is not None else None
+    if param is None or cinit is None:
+        return None
+    stores = [a for a in find(cinit, lambda n: isinstance(n, cst.Assign)) if isinstance(a.value, cst.Name)
+              and a.value.value == param]
+    holder = self_attribute(stores[0].targets[0].target) if len(stores) == 1 and len(stores[0].targets) == 1 \
+        else None
+    if holder is None or len(loads(cinit.body, param)) != 1 or binds(cinit.body, param) \
+            or _holding_statement(owner, holder) is not stores[0]:
+        return None
+    return octx, owner, holder
+
+
+def _holders(fctx, cls, name: str, word, root) -> list:
     """(file context, owner class, attribute) for each `self.<attribute> = <name>(...)` in a module's
     `__init__` of one file; Blocked for any other mention of `name` there (a plain import aside)."""
     where = "" if cls is not None else f"{fctx.path}:"
@@ -357,6 +478,11 @@ def _holders(fctx, cls, name: str, word) -> list:
             and len(assign.targets) == 1 and assign.value is parent and parent.func is node else None
         owner = next((c for c in fctx.module_classes if c.submodules.get(holder or "") is not None
                       and c.submodules[holder].statement is statement), None)
+        if owner is None and isinstance(parent, cst.Call) and parent.func is node:
+            handed = _handed_to_constructor(fctx, parent, root)  # `EncoderLayer(Cls(...), ...)`
+            if handed is not None:
+                holders.append(handed)
+                continue
         if owner is None:
             raise Blocked(f"`{name}` on line {where}{fctx.line(node)} is used other than as "
                           f"`self.<name> = {name}(...)` in a module's __init__: the calls of its instances are "

@@ -25,9 +25,9 @@ _LONG = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v",
 _PLURAL = frozenset({"queries", "keys", "values", "qs", "ks", "vs"})
 # `query`, `q_proj`, `w_q`, `linear_k`, `to_v`, `wq`, `k_lin`, and plurals (`tokeys`, `w_qs`): one
 # role word with a shared affix.
-_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj)?_?)"
+_NAME = re.compile(r"^(?P<pre>(?:w|W|to|linear|lin|proj|conv)?_?)"
                    r"(?P<role>queries|query|keys|key|values|value|qs|ks|vs|q|k|v)"
-                   r"(?P<post>(?:_?(?:proj|lin|linear|net|layer))?)$")
+                   r"(?P<post>(?:_?(?:projection|proj|lin|linear|net|layer))?)$")
 
 
 @dataclass
@@ -67,12 +67,25 @@ def application(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> Appli
     init = cls.methods.get("__init__")
     uses = [ref for ref in cls.self_references(attribute) if not _inside(ctx, ref, init)]
     if len(uses) != 1:
-        return f"`self.{attribute}` is used {len(uses)} times outside __init__ (fusion needs exactly one call)"
+        return (f"`self.{attribute}` is used {len(uses)} times outside __init__ (fusion needs exactly one call)"
+                + "".join(f"; line {ctx.line(u)}: `{_use_code(ctx, u)}`" for u in uses[:4]))
     call = ctx.parents.get(uses[0])
     if not (isinstance(call, cst.Call) and call.func is uses[0] and len(call.args) == 1
             and call.args[0].keyword is None and not call.args[0].star):
         return f"`self.{attribute}` is not called with one positional tensor"
     return applied(ctx, cls, attribute, call, call.args[0].value)
+
+
+def _use_code(ctx: "FileContext", ref: cst.Attribute, limit: int = 70) -> str:
+    """The expression a use of `self.<attribute>` sits in (`self.q.relprop(cam, **kwargs)`),
+    shortened to `limit` characters."""
+    node: cst.CSTNode = ref
+    parent = ctx.parents.get(node)
+    while isinstance(parent, (cst.Attribute, cst.Call, cst.Subscript)) and getattr(parent, "value", None) is node \
+            or isinstance(parent, cst.Call) and parent.func is node:
+        node, parent = parent, ctx.parents.get(parent)
+    text = " ".join(ctx.code(node).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def applied(ctx: "FileContext", cls: "ModuleClass", attribute: str, node: cst.BaseExpression,

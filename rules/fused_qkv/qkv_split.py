@@ -18,6 +18,10 @@ class Blocked(Exception):
     """The fusion cannot be written safely here; the message says why."""
 
 
+class CrossCall(Blocked):
+    """A call in the tree passes different tensors as q, k and v: the truest reason there is."""
+
+
 def forward_edits(ctx, apps: list[Application], value: str) -> dict:
     """Bind the three outputs to `value` (the fused product, split) before the first use; each
     application becomes the name it binds."""
@@ -32,7 +36,7 @@ def forward_edits(ctx, apps: list[Application], value: str) -> dict:
         raise Blocked("the projections' outputs would need the same name")
     function = _function_of(ctx, block)
     for app, name in zip(apps, names):
-        _check_free(body, first, app.statement, name, function)
+        _check_free(body, first, app, name, function)
     split = cst.parse_statement(f"{', '.join(names)} = {value}")
     edits: dict = {}
     calls: dict = {}  # several projections may share one statement (`q, k = self.q(x), self.k(x)`)
@@ -70,14 +74,16 @@ def _function_of(ctx, node):
     return node
 
 
-def _check_free(body, first, statement, name: str, function) -> None:
+def _check_free(body, first, app, name: str, function) -> None:
     """The split binds `name` early: nothing between may read or bind it, and the old use may not
-    read it. A name the old use did not bind (`q` for `h = self.shape(self.query(x))`) is new to
-    the function: nothing else in it may mention it."""
+    read it outside the projection call that the name replaces (`k = self.w_k(k).view(...)` reads
+    parameter k only as the projection's input). A name the old use did not bind (`q` for
+    `h = self.shape(self.query(x))`) is new to the function: nothing else in it may mention it."""
+    statement = app.statement
     between = body[body.index(first):body.index(statement)]
     if any(loads(s, name) or binds(s, name) for s in between):
         raise Blocked(f"`{name}` is used between the projections")
-    if loads(statement, name):
+    if loads(replace_nodes(statement, {app.call: cst.Name("_")}), name):
         raise Blocked(f"`{name}` is read where a projection is applied")
     if not binds(statement, name) and (function is None or _mentions(function, name)):
         raise Blocked(f"the split would bind `{name}`, a name this function already uses elsewhere")
@@ -116,3 +122,59 @@ def constructor_edits(ctx, statements: list[cst.SimpleStatementLine], text: str)
     edits: dict = {ordered[0]: ordered[0].with_changes(body=[cst.parse_statement(text).body[0]])}
     edits.update({s: cst.RemoveFromParent() for s in ordered[1:]})
     return edits
+
+
+def sizes_in_forward(ctx, cls, outs: list[str]) -> list[str]:
+    """The output sizes, spelled so forward can read them: a constructor parameter the class keeps
+    as `self.<a> = <name>` (its only assignment, in `__init__`, the parameter never rebound) is
+    read as `self.<a>` (`n_head * d_k` -> `self.n_head * self.d_k`). Sizes built otherwise are
+    returned as they are."""
+    init = cls.methods.get("__init__")
+    if init is None or all(read_names(cst.parse_expression(o)) <= {"self"} for o in outs):
+        return outs
+    params = {p.name.value for p in init.params.params}
+    kept: dict[str, str] = {}
+    for attribute, node in _plain_stores(init):
+        if node.value in params and not binds(init.body, node.value) and _assigned_once(ctx, attribute):
+            kept.setdefault(node.value, attribute)
+    spelled = []
+    for out in outs:
+        expression = cst.parse_expression(out)
+        if not _arithmetic(expression) or not read_names(expression) <= set(kept) | {"self"}:
+            return outs
+        spelled.append(cst.Module([]).code_for_node(replace_nodes(expression, {
+            n: cst.parse_expression(f"self.{kept[n.value]}") for n in find(expression, lambda n: isinstance(n, cst.Name))})))
+    return spelled
+
+
+def _plain_stores(init) -> list[tuple[str, cst.Name]]:
+    """(attribute, name) for each `self.<attribute> = <name>` statement of `__init__`."""
+    found = []
+    for node in find(init, lambda n: isinstance(n, cst.Assign)):
+        if len(node.targets) == 1 and isinstance(node.value, cst.Name):
+            target = node.targets[0].target
+            if isinstance(target, cst.Attribute) and isinstance(target.value, cst.Name) and target.value.value == "self":
+                found.append((target.attr.value, node.value))
+    return found
+
+
+def _assigned_once(ctx, attribute: str) -> bool:
+    """`.<attribute>` is stored to exactly once in the file (augmented and tuple stores count)."""
+    stores = 0
+    for node in ctx.index.attributes(ctx.module, attribute):
+        parent = ctx.parents.get(node)
+        while isinstance(parent, (cst.Element, cst.StarredElement, cst.Tuple, cst.List)):
+            parent = ctx.parents.get(parent)  # `self.a, self.b = ...` (or a tuple read: then not a store)
+        if isinstance(parent, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign, cst.CompFor, cst.For, cst.WithItem)):
+            stores += 1
+    return stores == 1
+
+
+def _arithmetic(expression: cst.BaseExpression) -> bool:
+    """Names, integers and + - * // of them, nothing else (no attribute, call or subscript)."""
+    if isinstance(expression, (cst.Name, cst.Integer)):
+        return True
+    if isinstance(expression, cst.BinaryOperation):
+        return isinstance(expression.operator, (cst.Add, cst.Subtract, cst.Multiply, cst.FloorDivide)) \
+            and _arithmetic(expression.left) and _arithmetic(expression.right)
+    return False

@@ -4,7 +4,9 @@ and the `nn.init` calls that initialise them.
 A weight is `self.w = nn.Parameter(torch.empty(d_in, d_out))` (or randn/rand/zeros/ones/Tensor,
 the shape as separate sizes or one tuple, optionally scaled). It is applied as
 `torch.einsum("btd,de->bte", x, self.w)`, `x @ self.w`, `torch.matmul(x, self.w)` or
-`F.linear(x, self.w)`; each form says which dimension of the weight becomes the output's.
+`F.linear(x, self.w)`; each form says which dimension of the weight becomes the output's. An
+einsum may also apply a weight of more dimensions whose other letters the input and the output
+share (per-head weights `(heads, out, in)` in `"bthk,hik->bthi"`).
 """
 
 from __future__ import annotations
@@ -34,10 +36,27 @@ class Product:
     input: cst.BaseExpression
     weight_dim: int  # the weight dimension that becomes an output dimension
     output_dim: int  # where it lands in the product (-1: last)
+    bias: cst.Attribute | None = None  # `self.b` in `<product> + self.b` (then `node` is the sum)
 
 
-def shape(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
-    """The two size expressions of a raw 2-D weight; Blocked when it is built another way."""
+def shape(ctx: "FileContext", sub: "Submodule", any_rank: bool = False) -> list[cst.BaseExpression]:
+    """The two size expressions of a raw 2-D weight (with `any_rank`, of a weight of 2 or more
+    dimensions, which an einsum applies); Blocked when it is built another way."""
+    sizes = _sizes(ctx, sub)
+    if len(sizes) != 2 and not (any_rank and len(sizes) > 2):
+        raise Blocked(f"`self.{sub.name}` (line {ctx.line(sub.statement)}) is not a 2-D weight")
+    return sizes
+
+
+def bias_size(ctx: "FileContext", sub: "Submodule") -> cst.BaseExpression:
+    """The one size expression of a raw 1-D bias; Blocked when it is built another way."""
+    sizes = _sizes(ctx, sub)
+    if len(sizes) != 1:
+        raise Blocked(f"`self.{sub.name}` (line {ctx.line(sub.statement)}) is not a 1-D bias")
+    return sizes[0]
+
+
+def _sizes(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
     where = f"`self.{sub.name}` (line {ctx.line(sub.statement)})"
     args = sub.call.args
     if len(args) != 1 or args[0].keyword is not None or args[0].star:
@@ -55,8 +74,6 @@ def shape(ctx: "FileContext", sub: "Submodule") -> list[cst.BaseExpression]:
         if any(isinstance(e, cst.StarredElement) for e in sizes[0].elements):
             raise Blocked(f"{where} passes its shape with a star")
         sizes = [e.value for e in sizes[0].elements]
-    if len(sizes) != 2:
-        raise Blocked(f"{where} is not a 2-D weight")
     return sizes
 
 
@@ -71,7 +88,7 @@ def product(ctx: "FileContext", cls: "ModuleClass", ref: cst.Attribute) -> Produ
     else:
         return None
     if found is not None:
-        _refuse_bias(ctx, cls, found.node)
+        found = _with_bias(ctx, cls, found)
     return found
 
 
@@ -80,7 +97,8 @@ def _matmul(ctx, cls, node, ref: cst.Attribute) -> Product | None:
     if applied is None or not applied.raw or applied.weight != ref.attr.value:
         return None
     if applied.bias is not None:
-        raise Blocked(f"`self.{applied.bias}` is a raw bias (line {ctx.line(node)}); raw bias triples are not fused yet")
+        raise Blocked(f"`self.{applied.bias}` is a raw bias passed to F.linear (line {ctx.line(node)}); "
+                      "F.linear bias triples are not fused yet")
     if ctx.names.is_call(node, "torch.nn.functional.linear"):
         return Product(node, applied.input, 0, -1)  # F.linear weights are (out, in)
     return Product(node, applied.input, 1, -1)
@@ -97,11 +115,14 @@ def _einsum(call: cst.Call, weight_arg: cst.Arg) -> Product | None:
         return None
     at = args.index(weight_arg) - 1
     weight, other, out = spec.inputs[at], spec.inputs[1 - at], spec.output
-    kept = [c for c in weight if c in out]
-    if len(weight) != 2 or "." in weight or len(kept) != 1 or kept[0] in other:
+    # one letter kept (the output size), one contracted with the input, any others shared by
+    # input, weight and output (per-head weights `"bthk,hik->bthi"`: stacked along i all the same)
+    if "." in weight or len(set(weight)) != len(weight) or len(weight) < 2:
         return None
-    contracted = weight.replace(kept[0], "")
-    if contracted not in other or contracted in out:
+    kept = [c for c in weight if c in out and c not in other]
+    contracted = [c for c in weight if c in other and c not in out]
+    shared = [c for c in weight if c in other and c in out]
+    if len(kept) != 1 or len(contracted) != 1 or len(kept) + len(contracted) + len(shared) != len(weight):
         return None
     position = out.index(kept[0])
     if position != len(out) - 1 and "." in out[:position]:
@@ -110,14 +131,15 @@ def _einsum(call: cst.Call, weight_arg: cst.Arg) -> Product | None:
     return Product(call, args[2 - at].value, weight.index(kept[0]), output_dim)
 
 
-def _refuse_bias(ctx, cls, node: cst.BaseExpression) -> None:
-    outer = ctx.parents.get(node)
+def _with_bias(ctx, cls, found: Product) -> Product:
+    """`<product> + self.b` (or `self.b + <product>`) with a raw parameter `b`: the sum is the
+    application, `self.b` its bias."""
+    outer = ctx.parents.get(found.node)
     if isinstance(outer, cst.BinaryOperation) and isinstance(outer.operator, cst.Add):
-        other = outer.right if outer.left is node else outer.left
-        bias = cls.submodule_of(other, PARAMETER)
-        if bias is not None:
-            raise Blocked(f"`self.{bias.name}` is a raw bias added to the product (line {ctx.line(node)}); "
-                          "raw bias triples are not fused yet")
+        other = outer.right if outer.left is found.node else outer.left
+        if cls.submodule_of(other, PARAMETER) is not None:
+            return Product(outer, found.input, found.weight_dim, found.output_dim, other)
+    return found
 
 
 def init_site(ctx: "FileContext", ref: cst.Attribute) -> cst.BaseExpression | None:

@@ -7,6 +7,8 @@ sublayers, `stacks` finds the stack a block belongs to, `prenorm_edit` writes th
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterator
 
 import libcst as cst
@@ -18,9 +20,12 @@ from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
 from tf_migrate.rules.prenorm.flags import flag_finding
-from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Unprovable
+from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
-from tf_migrate.rules.prenorm.stacks import find_run, find_stacks
+from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
+from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
+from tf_migrate.rules.prenorm.tree import (aliased_params, component, own_norm_of, own_norm_parameters,
+                                           reads_before, stack_members)
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
@@ -72,7 +77,9 @@ class PostNormToPreNorm(Rule):
     name = "prenorm"
     equivalence = Equivalence.COMPATIBLE
     summary = "post-norm residual sublayers -> pre-norm, plus one final norm per stack (fine-tune after)"
-    triggers = ("LayerNorm", "RMSNorm", "Transformer")
+    # Norm: LayerNorm, RMSNorm and a project's own norm classes; ModuleList/Sequential: a stack
+    # whose blocks are post-norm in another file gets its final norm here
+    triggers = ("Norm", "Transformer", "ModuleList", "Sequential")
     options = {"flags": "keep"}
     example_before = (
         "x = self.norm1(x + self.dropout1(self.self_attn(x, x, x, mask)))\n"
@@ -120,8 +127,23 @@ class PostNormToPreNorm(Rule):
                 yield Note(line, f"{cls.qualname}: residual sublayer is already pre-norm; left alone")
             if not found.post:
                 continue
+            loop = layer_loop(ctx, cls, forward, found.post)
+            if isinstance(loop, str):
+                yield Refusal(ctx.line(found.post[0].statement), f"{cls.qualname}: {loop}", _HINT)
+                continue
+            if loop is not None:
+                yield from self._layer_loop(ctx, cls, forward, found, loop)
+                continue
             stacks = find_stacks(ctx, cls)
             runs = [find_run(stack) for stack in stacks]
+            try:
+                aliases = self._aliases(ctx, cls, forward, found)
+            except Unprovable as exc:
+                yield Refusal(exc.line, f"{cls.qualname}: {exc.reason}", _HINT)
+                continue
+            if any(stack.fctx.project_key != ctx.project_key for stack in stacks):
+                yield from self._across_files(ctx, cls, forward, found, aliases)
+                continue
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
                     f"{cls.qualname} is post-norm, but the stack of blocks that holds it (a "
@@ -129,10 +151,142 @@ class PostNormToPreNorm(Rule):
                     "found, so the final norm cannot be placed"),
                     "build the blocks in an nn.ModuleList and run them in one for loop")
                 continue
-            blocks[id(cls)] = (cls, forward, found)
+            blocks[id(cls)] = (cls, forward, found, aliases)
             for stack, run in zip(stacks, runs):
                 groups.setdefault(id(stack.statement), []).append((id(cls), stack, run))
         yield from self._rewrite(ctx, blocks, groups, refused)
+        yield from self._stacks_of_other_files(ctx, groups)
+
+    def _layer_loop(self, ctx, cls, forward, found, loop) -> Iterator[Finding]:
+        """The model's own loop over parallel per-layer lists: sublayers rewritten in the loop,
+        the final norm applied right after it (before the statement that follows the loop)."""
+        body = forward.body.body
+        position = next(i for i, statement in enumerate(body) if statement is loop.loop)
+        if position + 1 >= len(body):
+            yield Refusal(ctx.line(loop.loop), f"{cls.qualname}: nothing follows the loop over the "
+                          "layers in forward: no place to apply the final norm", _HINT)
+            return
+        following = body[position + 1]
+        stack = Stack(cls, loop.norm_list, loop.filled, "self", ctx)
+        own, func, imports = None, None, []
+        listed_own = own_list_norm(ctx, loop.norm)
+        if listed_own is not None:
+            own = listed_own
+            _, func, imports = self._copy(ctx)
+        replacements, keys, attr = final_norm(ctx, stack, StackRun(loop.loop, loop.variable), loop.norm,
+                                              f"{loop.norm_list}[-1]", set(), func=func, own=own)
+        apply = replacements.pop(loop.loop)
+        replacements[following] = cst.FlattenSentinel([apply.nodes[1], following])
+        yield Fix(ctx.line(found.post[0].statement),
+                  f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) in its loop over the layers "
+                  "-> pre-norm; " + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post))
+        plan = ClassPlan(ctx.path, cls.qualname, [self.code], new=keys)
+        yield Fix(ctx.line(following), f"{cls.qualname}: final norm `self.{attr}` after its loop over "
+                  "the layers (new, initialised to identity)", replacements, plans=[plan], imports=imports)
+
+    def _aliases(self, ctx, cls, forward, found) -> dict[int, list[str]]:
+        """Per post-norm sublayer whose input is a parameter of forward: the other parameters
+        a caller passes the same tensor (self-attention's k and v beside q)."""
+        aliases: dict[int, list[str]] = {}
+        finder = ResidualFinder(ctx, cls, forward)
+        for post in found.post:
+            name = post.inputs[0]
+            origin = finder.origin(name.value, finder.flow.statement_of(name))
+            if origin != ("param", name.value):
+                continue
+            params, problem = aliased_params(ctx, cls, forward, name.value)
+            if problem:
+                raise Unprovable(ctx.line(post.statement), f"the sublayer's callers cannot all be read ({problem})")
+            first = min(ctx.line(n) for n in post.inputs)
+            late = reads_before(ctx, forward, params, first)
+            if late:
+                raise Unprovable(ctx.line(post.statement), (
+                    f"`{late}` is passed the same tensor as `{name.value}` by a caller but is read "
+                    "before the sublayer input is: the normalised input cannot reach it"))
+            if params:
+                aliases[id(post)] = params
+        return aliases
+
+    def _analyse(self, fctx, cls):
+        """(post-norm sublayers, None) or (None, why refused) for a class of any file of the tree."""
+        def compute():
+            forward = cls.methods.get("forward")
+            if forward is None:
+                return None, None
+            where = os.path.relpath(fctx.path, fctx.project.root)
+            try:
+                found = ResidualFinder(fctx, cls, forward).find()
+            except FlagChosen:
+                return None, None
+            except Unprovable as exc:
+                return None, f"{exc.reason} ({where}, line {exc.line})"
+            if found.post and not self._runs_on(fctx, forward):
+                # its file's run would not rewrite it: the stack must not get a final norm either
+                return None, f"{cls.qualname} ({where}) is post-norm but skipped there (a skip comment, or no trigger word)"
+            return found, None
+        return fctx.project.memo(("prenorm.analyse", fctx.project_key, cls.qualname), compute)
+
+    def _runs_on(self, fctx, forward) -> bool:
+        """Whether this rule's run over that file reaches this forward (the engine's trigger words,
+        `skip-file`, and `# tf-migrate: skip` comments)."""
+        from tf_migrate.engine import suppress
+
+        return any(word in fctx.text for word in self.triggers) \
+            and bool(suppress.without_skipped_file(fctx.text, [self])) and not fctx.suppressed(self.code, forward)
+
+    def _across_files(self, ctx, cls, forward, found, aliases) -> Iterator[Finding]:
+        """A sublayer stacked in another file: rewrite it here when its whole component (every
+        stack holding it, every class of those stacks) can be migrated; the stack's own file adds
+        the final norm, deciding from the same component."""
+        problem, _ = component(ctx, [(ctx, cls)], self._analyse, find_stacks, find_run)
+        if problem:
+            yield Refusal(ctx.line(found.post[0].statement), (
+                f"{cls.qualname} is post-norm, but its stack cannot be migrated whole: {problem}"), _HINT)
+            return
+        yield Fix(ctx.line(found.post[0].statement),
+                  f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) -> pre-norm (the final "
+                  "norm goes after the stack that holds it); " + _FINE_TUNE,
+                  prenorm_replacements(ctx, forward, found.post, aliases))
+
+    def _stacks_of_other_files(self, ctx, groups) -> Iterator[Finding]:
+        """Stacks of this file whose post-norm sublayers live in other files: the final norm."""
+        taken: set[tuple[int, str]] = set()
+        for cls in ctx.module_classes:
+            for sub in cls.submodules.values():
+                if sub.callee not in CONTAINERS or id(sub.statement) in groups:
+                    continue
+                stack = Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", ctx)
+                start = [(mfctx, mcls) for _, mfctx, mcls in stack_members(ctx, stack)
+                         if mfctx.project_key != ctx.project_key and (self._analyse(mfctx, mcls)[0] or Sublayers()).post]
+                if not start:
+                    continue
+                problem, stacks = component(ctx, start, self._analyse, find_stacks, find_run)
+                if problem:
+                    yield Refusal(ctx.line(sub.statement), (
+                        f"{cls.qualname}: the blocks of `self.{sub.name}` are post-norm in another "
+                        f"file, but cannot be migrated whole: {problem}"), _HINT)
+                    continue
+                for held, members in stacks:
+                    if held.fctx.project_key == ctx.project_key and held.cls.qualname == cls.qualname \
+                            and held.attr == sub.name:
+                        yield self._remote_final_norm(ctx, stack, members, taken)
+
+    def _remote_final_norm(self, ctx, stack, members, taken) -> Fix:
+        path, mfctx, mcls, found = [m for m in members if m[3] is not None and m[3].post][-1]
+        norm = mcls.submodules[found.post[-1].norm].call
+        callee = mfctx.names.callee(norm) or ""
+        own, func, imports = self._own(ctx, mfctx, mcls, found.post[-1].norm)
+        if own is None:
+            nn, needed = reference(ctx, "torch.nn", "nn")
+            imports = [needed] if needed else []
+            func = f"{nn}.{callee.rsplit('.', 1)[-1]}"
+        replacements, keys, attr = final_norm(ctx, stack, find_run(stack), norm, found.post[-1].norm,
+                                              taken, norm_ctx=mfctx, path=path, func=func, own=own)
+        plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
+        return Fix(ctx.line(find_run(stack).statement), f"{stack.cls.qualname}: final norm `self.{attr}` "
+                   f"after the last block (new, initialised to identity); its blocks' sublayers "
+                   f"({Path(mfctx.path).name}) become pre-norm", replacements, plans=[plan],
+                   imports=imports)
 
     def _rewrite(self, ctx, blocks, groups, refused) -> Iterator[Finding]:
         """Whole stacks only: a block sharing a stack with a refused block is refused too."""
@@ -147,7 +301,7 @@ class PostNormToPreNorm(Rule):
                     poisoned.update({b: line for b, _, _ in members if b not in poisoned})
             if len(poisoned) == before:
                 break
-        for block, (cls, forward, found) in blocks.items():
+        for block, (cls, forward, found, aliases) in blocks.items():
             if block in poisoned:
                 yield Refusal(ctx.line(found.post[0].statement), (
                     f"{cls.qualname} is post-norm, but a block of the same stack was refused "
@@ -155,19 +309,36 @@ class PostNormToPreNorm(Rule):
             else:
                 yield Fix(ctx.line(found.post[0].statement),
                           f"{cls.qualname}: {len(found.post)} post-norm sublayer(s) -> pre-norm; "
-                          + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post))
+                          + _FINE_TUNE, prenorm_replacements(ctx, forward, found.post, aliases))
         taken: set[tuple[int, str]] = set()
         for key, members in groups.items():
             if key not in refused:
                 yield self._final_norm(ctx, blocks[members[-1][0]], *members[-1][1:], taken)
 
     def _final_norm(self, ctx, block, stack, run, taken) -> Fix:
-        cls, _, found = block
+        cls, _, found, _ = block
         norm = cls.submodules[found.post[-1].norm].call
-        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken)
+        own, func, imports = self._own(ctx, ctx, cls, found.post[-1].norm)
+        replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken,
+                                              func=func, own=own)
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
-                   "the last block (new, initialised to identity)", replacements, plans=[plan])
+                   "the last block (new, initialised to identity)", replacements, plans=[plan], imports=imports)
+
+    def _own(self, ctx, fctx, cls, norm_attr):
+        """A project norm class: its parameters and `import copy` (the final norm is a deepcopy)."""
+        found = own_norm_of(fctx, cls, norm_attr)
+        if found is None:
+            return None, None, []
+        return (own_norm_parameters(*found), *self._copy(ctx)[1:])
+
+    def _copy(self, ctx):
+        name, needed = reference(ctx, "copy", "copy")
+        if needed == ("copy", None, None):  # `copy` names something else here
+            name, needed = reference(ctx, "copy", "copy_module")
+        if needed == ("copy", None, "copy"):
+            needed = ("copy", None, None)
+        return None, f"{name}.deepcopy", [needed] if needed else []
 
     def _builtin(self, ctx, cls) -> Iterator[Finding]:
         for method in cls.methods.values():

@@ -28,7 +28,7 @@ def components(ctx, code: str) -> Iterator[Component]:
     found: dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]] = {}
     for call in index.calls:
         function = index.function_of(call)
-        if function.cls is None or not call.args or not is_norm(call, function):
+        if function.cls is None or not call.args or not _is_norm(call, function):
             continue
         add = walk.back(call.args[0], hit=lambda n, f: isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add),
                         stop=lambda n, f: _ends_branch(n, f))
@@ -46,11 +46,54 @@ def components(ctx, code: str) -> Iterator[Component]:
         described = "; ".join(f"residual add (line {add.lineno}) of a sublayer (line {sub.lineno}) "
                               f"into a norm (line {norm.lineno})" for norm, add, sub in sites)
         yield Component(code, "post-norm", cls.qualname, start, end,
-                        f"{len(sites)} post-norm sublayer(s): {described}", _stack_lines(index, cls),
+                        f"{len(sites)} post-norm sublayer(s): {described}",
+                        _stack_lines(index, cls) + _after_layer_loop(index, function, sites),
                         scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
                         step="" if function.node.name == "forward" else
                         f"it is in `{function.qualname}`; the matcher reads `forward` only")
     yield from builtin_components(index, code)
+
+
+def _after_layer_loop(index, function: Function, sites) -> tuple[int, ...]:
+    """A model that is its own stack (norms `self.norms[i]` in `for i in range(...)`): the rule
+    applies the final norm at the statement right after that loop."""
+    lines = []
+    body = getattr(function.node, "body", [])
+    for norm, _, _ in sites:
+        if not isinstance(norm.func, ast.Subscript):
+            continue
+        current = index.parents.get(norm)
+        while current is not None and current not in body:
+            current = index.parents.get(current)
+        if isinstance(current, ast.For) and body.index(current) + 1 < len(body):
+            lines.append(body[body.index(current) + 1].lineno)
+    return tuple(sorted(set(lines)))
+
+
+def _is_norm(node: ast.AST, function: Function) -> bool:
+    """A norm, or an item of a per-layer list of norms (`self.norms[i]`: an nn.ModuleList filled
+    with layer/RMS norms by `.append(...)` or a list comprehension)."""
+    if is_norm(node, function):
+        return True
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript) and function.cls is not None):
+        return False
+    attribute = self_attribute(node.func.value)
+    return attribute is not None and _listed_norms(function.cls, attribute)
+
+
+def _listed_norms(cls, attribute: str) -> bool:
+    items = []
+    for node in ast.walk(cls.node):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append" \
+                and self_attribute(node.func.value) == attribute and len(node.args) == 1:
+            items.append(node.args[0])
+    built = cls.constructor_call(attribute)
+    if built is not None and built.args and isinstance(built.args[0], ast.ListComp):
+        items.append(built.args[0].elt)
+    names = [item.func.attr if isinstance(item.func, ast.Attribute) else getattr(item.func, "id", "")
+             for item in items if isinstance(item, ast.Call)]
+    return bool(names) and len(names) == len(items) and all(
+        "layernorm" in name.lower() or "rmsnorm" in name.lower() for name in names)
 
 
 def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, function: Function) -> bool:
@@ -70,6 +113,8 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, func
     holder = index.statement_of(add)
     if isinstance(holder, ast.Assign):
         streams |= {t.id for t in holder.targets if isinstance(t, ast.Name)}
+    if isinstance(holder, ast.AugAssign) and isinstance(holder.target, ast.Name):
+        streams.add(holder.target.id)  # `q += residual; q = norm(q)`: the walk reads it as `q + residual`
     return current.targets[0].id in streams
 
 
@@ -108,9 +153,11 @@ def _ends_branch(node: ast.AST, function: Function) -> bool:
 
 
 def _is_sublayer(node: ast.AST, function: Function) -> bool:
-    if not isinstance(node, ast.Call) or is_dropout(node, function) or is_norm(node, function) \
+    if not isinstance(node, ast.Call) or is_dropout(node, function) or _is_norm(node, function) \
             or is_activation(node, function):
         return False
+    if isinstance(node.func, ast.Subscript) and self_attribute(node.func.value) is not None:
+        return True  # an item of a per-layer list of sublayers: `self.attns[i](x, x, mask)`
     attribute = self_attribute(node.func)
     if attribute is not None:
         built = function.cls.constructor(attribute).lower() if function.cls else ""

@@ -30,23 +30,29 @@ class _Rewrite(cst.CSTTransformer):
 
 
 def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
-                         posts: list[PostNorm]) -> dict[Any, Any]:
+                         posts: list[PostNorm], aliases: dict[int, list[str]] | None = None) -> dict[Any, Any]:
     """`x = norm(x + drop(f(x)))` -> `x = x + drop(f(norm(x)))`; several reads of the sublayer
-    input share one `h = norm(x)` inserted before the first of them."""
+    input share one `h = norm(x)` inserted before the first of them. `aliases` (per post, by id)
+    names other parameters some caller passes the same tensor as the input (q, k and v of
+    self-attention inside an attention class): `k = h if k is q else k` follows, so
+    self-attention reads the normalised input everywhere and cross-attention keeps its memory."""
+    aliases = aliases or {}
     temporary = _free_name(method)
     swap: dict[cst.CSTNode, cst.BaseExpression] = {}
     unwrap: set[cst.CSTNode] = set()
     removed: set[cst.CSTNode] = set()
-    before: dict[cst.CSTNode, cst.BaseStatement] = {}
+    before: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
     for post in posts:
         norm = ctx.code(post.call.func)
         first = min(post.inputs, key=lambda n: (ctx.line(n), ctx.column(n)))
-        if len(post.inputs) == 1:
+        if len(post.inputs) == 1 and not aliases.get(id(post)):
             swap[first] = cst.parse_expression(f"{norm}({first.value})")
         else:
             for name in post.inputs:
                 swap[name] = cst.Name(temporary)
-            before[_statement(ctx, first)] = cst.parse_statement(f"{temporary} = {norm}({first.value})\n")
+            before[_statement(ctx, first)] = [cst.parse_statement(f"{temporary} = {norm}({first.value})\n")] + [
+                cst.parse_statement(f"{alias} = {temporary} if {alias} is {first.value} else {alias}\n")
+                for alias in aliases.get(id(post), ())]
         if post.inline or not _rebinds_own_argument(post):
             unwrap.add(post.call)
         else:
@@ -58,8 +64,9 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
             continue
         new = statement.visit(_Rewrite(swap, unwrap))
         if statement in before:
-            new = cst.FlattenSentinel([before[statement].with_changes(
-                leading_lines=statement.leading_lines), new.with_changes(leading_lines=())])
+            head, *rest = before[statement]
+            new = cst.FlattenSentinel([head.with_changes(leading_lines=statement.leading_lines), *rest,
+                                       new.with_changes(leading_lines=())])
         replacements[statement] = new
     return replacements
 
@@ -84,26 +91,36 @@ def _free_name(method: cst.FunctionDef) -> str:
 
 
 def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Call,
-               norm_attr: str, taken: set) -> tuple[dict[Any, Any], list[NewKey], str]:
+               norm_attr: str, taken: set, norm_ctx: "FileContext | None" = None,
+               path: str | None = None, func: str | None = None,
+               own: list[tuple[str, str]] | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
     """`self.final_norm = <same norm type>(<shape and eps of the last block's norm>)` after the
-    stack is built, applied once after the loop over the blocks."""
+    stack is built, applied once after the loop over the blocks. A norm read in another file
+    (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one."""
+    norm_ctx = norm_ctx or ctx
     attr = _free_attribute(stack, {name for owner, name in taken if owner == id(stack.cls)})
     taken.add((id(stack.cls), attr))
-    source = f"{stack.path}.{norm_attr}"
+    source = f"{path or stack.path}.{norm_attr}"
     args = [f"{source}.normalized_shape"]
-    keywords = {a.keyword.value: ctx.code(a.value) for a in norm.args if a.keyword}
+    keywords = {a.keyword.value: norm_ctx.code(a.value) for a in norm.args if a.keyword}
     if "eps" in keywords or sum(a.keyword is None for a in norm.args) > 1:
         args.append(f"eps={source}.eps")
     for flag in ("elementwise_affine", "bias"):
         if flag in keywords:
             args.append(f"{flag}={keywords[flag]}")
-    build = cst.parse_statement(f"self.{attr} = {ctx.code(norm.func)}({', '.join(args)})\n")
+    build = cst.parse_statement(f"self.{attr} = {func or ctx.code(norm.func)}({', '.join(args)})\n")
+    if own is not None:
+        # The project's own norm class: a copy of the last block's norm, taken right after the stack
+        # is built, has its hyper-parameters and its fresh (identity) parameters.
+        build = cst.parse_statement(f"self.{attr} = {func}({source})\n")
     apply = cst.parse_statement(f"{run.variable} = self.{attr}({run.variable})\n")
     replacements = {
         stack.statement: cst.FlattenSentinel([stack.statement, build]),
         run.statement: cst.FlattenSentinel([run.statement, apply]),
     }
-    return replacements, norm_keys(ctx.names.callee(norm) or "", keywords, attr), attr
+    if own is not None:
+        return replacements, [NewKey(f"{attr}.{name}", init) for name, init in own], attr
+    return replacements, norm_keys(norm_ctx.names.callee(norm) or "", keywords, attr), attr
 
 
 def norm_keys(callee: str, keywords: dict[str, str], prefix: str) -> list[NewKey]:

@@ -16,15 +16,13 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
 from tf_migrate.analysis.nodes import find
+from tf_migrate.rules.prenorm.layer_loop import listed_norm
+from tf_migrate.rules.prenorm.tree import NORMS, norm_class
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
     from tf_migrate.analysis.modules import ModuleClass
 
-NORMS = (
-    "torch.nn.LayerNorm", "torch.nn.RMSNorm",
-    "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
-)
 
 MAX_ADDS_PER_STATEMENT = 100
 
@@ -92,8 +90,9 @@ class ResidualFinder:
         found = Sublayers()
         adds = _adds(self.method)
         self._refuse_long_sums(adds)
-        for add in adds:
-            statement = self.flow.statement_of(add)
+        pairs = [(add, self.flow.statement_of(add)) for add in adds] + _augmented_adds(self.method)
+        pairs.sort(key=lambda pair: self.ctx.line(pair[1]))  # sublayers in source order: the last one's norm shapes the final norm
+        for add, statement in pairs:
             if not isinstance(statement, cst.SimpleStatementLine):
                 continue
             post = self._classify(add, statement, found)
@@ -131,7 +130,8 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
-        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None
+        return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
+            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None
 
     def _own_norm(self, node: cst.CSTNode) -> str | None:
         """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
@@ -168,12 +168,13 @@ class ResidualFinder:
                     f"the residual sum is normalised in a chained assignment "
                     f"`{self.ctx.code(chained).strip()}` (line {self.ctx.line(chained)}): tf-migrate "
                     "rewrites a norm bound to one name"))
+            self._refuse_reused_sum(add, statement)
             found.plain.append(self.ctx.line(statement))
             return None
-        if self._own_norm(norm_call.func):
+        if self._own_norm(norm_call.func) and norm_class(self.ctx, self.cls, norm_call.func) is None:
             raise Unprovable(self.ctx.line(norm_statement), (
-                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`: its "
-                "parameters and identity init for the final norm are unknown"))
+                f"the norm is the file's own class `{self._own_norm(norm_call.func)}`, and it is not "
+                "one whose parameters all start at ones/zeros: an identity final norm cannot be made from it"))
         self._check_branch(branch, statement, norm_statement)
         chain = self._aliases(residual, statement) + [b.statement for b, _ in branch.through]
         chain.append(statement)
@@ -181,6 +182,18 @@ class ResidualFinder:
             chain.append(norm_statement)
         return PostNorm(self._norm_name(norm_call), norm_call, norm_statement, add, inline,
                         branch.inputs, _unique(chain))
+
+    def _refuse_reused_sum(self, add, statement) -> None:
+        """`out += x; x = self.n1(out); ... return x, out`: the sum goes into a norm and elsewhere."""
+        binding = _bound_to(statement, add)
+        uses = self.flow.uses(binding) if binding is not None else []
+        normed = [use for use in uses if self._normed(use) and isinstance(
+            self.ctx.parents.get(self.ctx.parents[self.ctx.parents[use]]), cst.Assign)]  # `x = norm(sum)`
+        if normed and len(uses) > 1:
+            other = next(use for use in uses if use not in normed)
+            raise Unprovable(self.ctx.line(other), (
+                f"the residual sum `{binding.name}` goes into a norm (line {self.ctx.line(normed[0])}) and "
+                f"is also read on line {self.ctx.line(other)}: moving the norm would change that read"))
 
     def _chained_norm(self, statement) -> cst.SimpleStatementLine | None:
         """`y = x = norm(x)` right where the sum bound by `statement` is next read."""
@@ -308,7 +321,7 @@ class ResidualFinder:
         ok = len(statement.body) == 1 and (
             (isinstance(small, cst.Assign) and len(small.targets) == 1
              and isinstance(small.targets[0].target, cst.Name) and small.value is call)
-            or (isinstance(small, cst.Return) and small.value is call))
+            or (isinstance(small, cst.Return) and (small.value is call or _first_of_tuple(small.value, call))))
         if not ok or len(call.args) != 1 or call.args[0].keyword or call.args[0].star:
             raise Unprovable(self.ctx.line(statement),
                              f"the norm `{self.ctx.code(call)}` is not the whole value of an "
@@ -322,7 +335,7 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(binding.statement),
                                  "the sublayer is computed in another block than its residual add")
             for use in self.flow.uses(binding):
-                if id(use) not in through:
+                if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
                                      f"`{binding.name}` is also read outside the sublayer")
         if self.ctx.parents.get(statement) is not block:
@@ -361,12 +374,66 @@ class ResidualFinder:
             if not isinstance(small, cst.Assign):
                 continue
             binding = Binding(small.targets[0].target.value, small.value, post.statement)
-            for use in self.flow.uses(binding):
+            loop = self._loop_of(post.statement) if isinstance(post.call.func, cst.Subscript) else None
+            for use in self._through_dropout(binding):
                 where = self.flow.statement_of(use)
                 if id(where) in statements or _is_return(where):
                     continue
+                if loop is not None and not self._within_node(use, loop):
+                    continue  # after the loop over the layers: the stream the final norm will close
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
+
+    def _through_dropout(self, binding: Binding) -> list[cst.Name]:
+        """The reads of a norm's output, looking through `x = self.drop(x)` right after it: a
+        dropout that rebinds the stream to itself is the stream, not a reader of it."""
+        found = []
+        for use in self.flow.uses(binding):
+            where = self.flow.statement_of(use)
+            small = where.body[0] if isinstance(where, cst.SimpleStatementLine) and len(where.body) == 1 else None
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name) \
+                    and small.targets[0].target.value == binding.name and isinstance(small.value, cst.Call) \
+                    and self.cls.submodule_of(small.value.func, "torch.nn.Dropout") is not None \
+                    and len(small.value.args) == 1 and small.value.args[0].value is use:
+                found += self._through_dropout(Binding(binding.name, small.value, where))
+            else:
+                found.append(use)
+        return found
+
+    def _rebound_first(self, binding: Binding, use: cst.Name) -> bool:
+        """In a loop body, a read before the binding is reached by it only through the next
+        iteration; a plain assignment to the name at the top of the body, before the read, stops
+        that (`y = attn(x); ...; y = ffn(x); y = drop(y)` in a layer loop)."""
+        loop = self._loop_of(binding.statement)
+        if loop is None or not isinstance(loop.body, cst.IndentedBlock) or not self._within_node(use, loop):
+            return False
+        use_line = self.ctx.line(use)
+        if use_line >= self.ctx.line(binding.statement):
+            return False
+        for statement in loop.body.body:
+            if self.ctx.line(statement) >= use_line:
+                return False
+            small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+            if isinstance(small, cst.Assign) and any(
+                    isinstance(t.target, cst.Name) and t.target.value == binding.name for t in small.targets):
+                return True
+        return False
+
+    def _loop_of(self, statement) -> cst.For | None:
+        node = self.ctx.parents.get(statement)
+        while node is not None and node is not self.method:
+            if isinstance(node, cst.For):
+                return node
+            node = self.ctx.parents.get(node)
+        return None
+
+    def _within_node(self, node, container) -> bool:
+        while node is not None:
+            if node is container:
+                return True
+            node = self.ctx.parents.get(node)
+        return False
 
     def _refuse_conditional_norms(self, found: Sublayers) -> None:
         """`if self.normalize_before: x = self.norm(x)` (fairseq, ESPnet): pre- or post-norm is
@@ -380,14 +447,16 @@ class ResidualFinder:
             condition = self._condition(call)
             if condition is None or (
                     id(call) in pre_norms and isinstance(condition, cst.If)
-                    and any(line in self.ctx.lines(condition) for line in found.pre)):
+                    and any(line in self.ctx.lines(condition) for line in found.pre)) \
+                    or self._optional_post(call, condition, found):
                 continue
             first = first or call
             flag = _position_flag(condition.test)
             if flag is None:
                 raise Unprovable(self.ctx.line(call), (
-                    f"the norm `{self.ctx.code(call)}` is applied under a condition: whether "
-                    "the block is pre- or post-norm is decided at run time (a "
+                    f"the norm `{self.ctx.code(call)}` is applied under a condition "
+                    f"(`{self.ctx.code(condition.test)}`) that does not hold its whole sublayer alone: "
+                    "which norms run is decided at run time (an `else`, or a "
                     "`normalize_before`-style flag)"))
             flags.add(flag)
         if len(flags) == 1:
@@ -395,6 +464,16 @@ class ResidualFinder:
         if flags:
             raise Unprovable(self.ctx.line(first), "the norms follow several flags: "
                              + ", ".join(f"`self.{f}`" for f in sorted(flags)))
+
+    def _optional_post(self, call: cst.Call, condition, found: Sublayers) -> bool:
+        """`if enc is not None:` around a whole post-norm sublayer (residual alias, sublayer, add
+        and norm, no else): skipped or not, the rewritten sublayer stays inside the same `if`."""
+        post = next((p for p in found.post if p.call is call), None)
+        if post is None or not isinstance(condition, cst.If) or condition.orelse is not None \
+                or _position_flag(condition.test) is not None:
+            return False
+        inside = self.ctx.lines(condition.body)
+        return all(self.ctx.line(statement) in inside for statement in post.statements)
 
     def _condition(self, call: cst.Call) -> cst.If | cst.IfExp | None:
         """The nearest `if` the norm is applied under; a choice between two norms of one input
@@ -427,6 +506,8 @@ class ResidualFinder:
                     "whole or not at all"))
 
     def _norm_name(self, call: cst.Call) -> str:
+        if isinstance(call.func, cst.Subscript):  # `self.norms[i]`: the list
+            return call.func.value.attr.value
         return call.func.attr.value
 
 
@@ -434,6 +515,18 @@ def _adds(method: cst.FunctionDef) -> list[cst.BinaryOperation]:
     """The `+` operations of the method's own body (an iterative walk: a 400-term sum is fine)."""
     return find(method.body, lambda node: isinstance(node, cst.BinaryOperation)
                 and isinstance(node.operator, cst.Add), into_scopes=False)
+
+
+def _augmented_adds(method: cst.FunctionDef) -> list[tuple[cst.BinaryOperation, cst.SimpleStatementLine]]:
+    """`t += r` alone on its line (r a name), read as the add `t + r` (the target node standing for
+    the old value, as the dataflow reads it): `q += residual; q = self.layer_norm(q)` is post-norm."""
+    found = []
+    for statement in find(method.body, lambda node: isinstance(node, cst.SimpleStatementLine), into_scopes=False):
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
+                and isinstance(small.target, cst.Name) and isinstance(small.value, cst.Name):
+            found.append((cst.BinaryOperation(small.target, cst.Add(), small.value), statement))
+    return found
 
 
 def _unscaled(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
@@ -467,6 +560,12 @@ def _unpacked(statement, name: str) -> Binding | None:
             and name in {e.value.value for e in small.targets[0].target.elements}:
         return Binding(name, small.value, statement)
     return None
+
+
+def _first_of_tuple(value, call: cst.Call) -> bool:
+    """`return self.norm(x + y), attn`: the stream is the first item of the returned tuple."""
+    return isinstance(value, cst.Tuple) and bool(value.elements) and value.elements[0].value is call \
+        and not isinstance(value.elements[0], cst.StarredElement)
 
 
 def _is_return(statement) -> bool:

@@ -13,12 +13,13 @@ import libcst as cst
 from tf_migrate.analysis.dataflow import loads
 from tf_migrate.analysis.names import argument, self_attribute
 from tf_migrate.analysis.nodes import find, walk
+from tf_migrate.rules.prenorm.tree import files_naming, holders, names_class
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
     from tf_migrate.analysis.modules import ModuleClass
 
-_CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
+CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
 
 @dataclass
@@ -27,22 +28,28 @@ class Stack:
     attr: str  # self.<attr> holds the blocks
     statement: cst.SimpleStatementLine  # the __init__ statement that builds the stack
     path: str  # from the stack class to one block instance: "self.layers[-1].ff"
+    fctx: "FileContext | None" = None  # the file of the stack class
 
 
 def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> list[Stack]:
-    """Every stack holding instances of `block` (an encoder and a decoder may share a layer)."""
+    """Every stack holding instances of `block` (an encoder and a decoder may share a layer), in
+    this file or, through imports, in another file of the tree (then `fctx` names that file)."""
     name = block.node.name.value
-    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]")
+    found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", ctx)
              for cls in ctx.module_classes for sub in cls.submodules.values()
-             if sub.callee in _CONTAINERS and _stacks(ctx, cls, sub.call, name)
+             if sub.callee in CONTAINERS and _stacks(ctx, cls, sub.call, name)
              and not _changed_later(ctx, cls, sub)]
+    for other in files_naming(ctx, name):
+        if names_class(other, name, ctx, block):
+            found += [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", other)
+                      for cls in other.module_classes for sub in cls.submodules.values()
+                      if sub.callee in CONTAINERS and _stacks(other, cls, sub.call, name)
+                      and not _changed_later(other, cls, sub)]
     if depth >= 3:
         return found
-    for cls in ctx.module_classes:
-        for sub in cls.submodules.values():
-            if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name and cls is not block:
-                found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}")
-                             for outer in find_stacks(ctx, cls, depth + 1))
+    for fctx, cls, sub in holders(ctx, block):
+        found.extend(Stack(outer.cls, outer.attr, outer.statement, f"{outer.path}.{sub.name}", outer.fctx)
+                     for outer in find_stacks(fctx, cls, depth + 1))
     return found
 
 
@@ -52,7 +59,45 @@ def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
     else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
     return bool(container.args) and all(
         _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        or _appended_locally(ctx, cls, container, arg, name)
         for arg in container.args)
+
+
+def block_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> list[str]:
+    """The block class names this container stacks, exactly those `_stacks` accepts: every
+    called name near the container (its arguments, `__init__`, calls of the class) is tried."""
+    places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
+        + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
+    names = {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
+             if isinstance(node.func, cst.Name)}
+    return sorted(name for name in names if _stacks(ctx, cls, container, name))
+
+
+def _appended_locally(ctx, cls: "ModuleClass", container: cst.Call, arg: cst.Arg, name: str) -> bool:
+    """`blocks = []; for ...: blocks.append(Block(...)); self.blocks = nn.Sequential(*blocks)`: a
+    local list of `__init__` that only ever receives instances of `name` and then fills the stack."""
+    if not (arg.star == "*" and isinstance(arg.value, cst.Name)):
+        return False
+    init = cls.methods.get("__init__")
+    local = arg.value.value
+    if init is None:
+        return False
+    reads = [n for n in find(init.body, lambda n: isinstance(n, cst.Name) and n.value == local)]
+    created = appended = 0
+    for node in reads:
+        parent = ctx.parents.get(node)
+        if node is arg.value or (isinstance(parent, cst.Attribute) and parent.attr is node):
+            continue
+        if isinstance(parent, cst.AssignTarget) and isinstance(ctx.parents.get(parent), cst.Assign) \
+                and isinstance(ctx.parents[parent].value, cst.List) and not ctx.parents[parent].value.elements:
+            created += 1
+        elif isinstance(parent, cst.Attribute) and parent.value is node and parent.attr.value == "append" \
+                and isinstance(ctx.parents.get(parent), cst.Call) and len(ctx.parents[parent].args) == 1 \
+                and _is_call_of(ctx.parents[parent].args[0].value, name):
+            appended += 1
+        else:
+            return False
+    return created == 1 and appended >= 1
 
 
 def _filled_with(ctx, cls: "ModuleClass", value: cst.BaseExpression, name: str) -> bool:
@@ -163,10 +208,20 @@ def _loop_carried(loop: cst.For) -> str | None:
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
             small = statement.body[0]
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
-                    and isinstance(small.targets[0].target, cst.Name) \
+                    and _first_target(small.targets[0].target) is not None \
                     and isinstance(small.value, cst.Call) \
                     and isinstance(small.value.func, cst.Name) and small.value.func.value in blocks:
-                variable = small.targets[0].target.value
+                variable = _first_target(small.targets[0].target)
                 if any(n.value == variable for n in loads(small.value, variable)):
                     return variable
+    return None
+
+
+def _first_target(target: cst.BaseAssignTargetExpression) -> str | None:
+    """`x = layer(x)` -> x; `x, attn = layer(x)` (a block that also returns its attention) -> x."""
+    if isinstance(target, cst.Name):
+        return target.value
+    if isinstance(target, cst.Tuple) and target.elements and all(
+            isinstance(e.value, cst.Name) for e in target.elements):
+        return target.elements[0].value.value
     return None

@@ -43,7 +43,10 @@ class SinusoidalToRotary(Rule):
     the positions are not added to token embeddings; the model uses built-in transformer layers
     or classes imported from other files; an attention's q and k cannot be found, or its keys come
     from another argument than its queries (possible cross-attention); keys are concatenated with
-    a cache after the scores. A bad option (`positions` neither `rope` nor `alibi`, `base` not a
+    a cache after the scores. Tables the census finds that this matcher does not rewrite are
+    refused with the census's reason (see census.py, tree.py): built or added in another file, a
+    2-D image table, a learned-or-sinusoidal factory, a fill under a flag, a constructor argument,
+    a table built by a helper or added outside its class. A bad option (`positions` neither `rope` nor `alibi`, `base` not a
     finite number above 1) is a usage error before any file is read.
 
     With `positions = "alibi"`, no rotary: each SDPA call gets `attn_mask=alibi_bias(q, k, ...)`
@@ -55,7 +58,9 @@ class SinusoidalToRotary(Rule):
     name = "rope"
     equivalence = Equivalence.COMPATIBLE
     summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
-    triggers = ("sin(", "sin_(")  # torch.sin(, .sin(), math.sin(, .sin_()
+    # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds
+    triggers = ("sin(", "sin_(", "pos", "Pos")
+    outside_modules = ("sin(", "sin_(")  # a table function another file's model calls
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
         "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
@@ -91,6 +96,15 @@ class SinusoidalToRotary(Rule):
         return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
+        findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
+        handled = {ctx.line(a.statement) for a in find_additions(ctx)} if findings else set()
+        unmatched = list(_unmatched_refusals(ctx, self.code, findings, handled))
+        # a refusal the table now points to is said once, at the table (the component's line)
+        answered = {id(answer) for _, answer in unmatched if answer is not None}
+        yield from (f for f in findings if id(f) not in answered)
+        yield from (refusal for refusal, _ in unmatched)
+
+    def _check(self, ctx) -> Iterator[Finding]:
         additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
         if not additions:
             return
@@ -163,6 +177,31 @@ class SinusoidalToRotary(Rule):
                          if index == 0 else ""),
                       replacements, plans=[plan], imports=[needed] if needed else [],
                       maybe_unused_imports=_TABLE_IMPORTS)
+
+
+def _unmatched_refusals(ctx, code: str, findings: list[Finding],
+                        handled: set[int]) -> Iterator[tuple[Refusal, Refusal | None]]:
+    """The census's tables the matcher said nothing about: refused with the census's reason (a
+    table in another file, a 2-D table, a factory that may build a learned one, a route the
+    matcher does not rewrite), so that no sinusoidal table passes in silence. An addition the
+    matcher took up (`handled`) and answered away from the table (the model's built-in layers)
+    points to that answer, which it replaces (paired with each refusal here)."""
+    from tf_migrate.rules.rope.census import sites
+
+    lines = [f.line for f in findings]
+    for site in sites(ctx, code):
+        component = site.component
+        spans = [(component.start_line, component.end_line), *component.scopes]
+        spans += [(a, a) for a in component.anchors]
+        if any(start <= line <= end for line in lines for start, end in spans):
+            continue
+        if handled & {site.line, *component.anchors}:
+            answer = next((f for f in findings if isinstance(f, Refusal)), None)
+            if answer is not None:
+                yield Refusal(site.line, f"these positions belong to the model refused at line {answer.line}: "
+                              f"{answer.reason}", answer.hint), answer
+            continue
+        yield Refusal(site.line, site.reason, site.hint), None
 
 
 # What a removed table may have been the last user of (removed only when nothing reads it).

@@ -1,0 +1,287 @@
+"""Blocks, sublayers and stacks across the files of the tree.
+
+A sublayer class that normalises its own output (`layer_norm(dropout(out) + residual)` in an
+attention or feed-forward class, FastSpeech-style) is held by a block in another file, and the
+block is stacked by a model in a third one. Each file's run decides the same thing from the
+whole tree: the sublayer's file moves the norm, the stack's file adds the final norm, and both
+agree because both ask `component_problem` about the same set of classes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Iterator
+
+import libcst as cst
+
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.analysis.modules import ModuleClass
+
+_MAX_COMPONENT = 64
+
+NORMS = (
+    "torch.nn.LayerNorm", "torch.nn.RMSNorm",
+    "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
+)
+
+
+def files_naming(ctx: "FileContext", name: str) -> Iterator["FileContext"]:
+    """The other files of the run whose text names `name` (parsed lazily by the index)."""
+    word = re.compile(rf"\b{re.escape(name)}\b")
+    for path in sorted(ctx.project.files):
+        if path == ctx.project_key:
+            continue
+        text = ctx.project.text(path)
+        if text is not None and word.search(text):
+            other = ctx.project.context(path)
+            if other is not None:
+                yield other
+
+
+def names_class(fctx: "FileContext", name: str, home: "FileContext", cls: "ModuleClass") -> bool:
+    """`name` at module level of `fctx` stands for class `cls` of file `home` (imports followed)."""
+    if fctx.project_key == home.project_key:
+        return any(c.node.name.value == name for c in home.module_classes)
+    return any(s.kind == "class" and s.path == home.project_key and s.qualname == cls.qualname
+               for s in fctx.project.resolve_name(fctx.project_key, name))
+
+
+def resolve_class(fctx: "FileContext", name: str) -> tuple["FileContext", "ModuleClass"] | None:
+    """The module class a bare name stands for in `fctx`: this file's, or an imported one."""
+    for cls in fctx.module_classes:
+        if cls.node.name.value == name and "." not in cls.qualname:
+            return fctx, cls
+    for symbol in fctx.project.resolve_name(fctx.project_key, name):
+        if symbol.kind != "class" or symbol.path is None or symbol.path == fctx.project_key:
+            continue
+        other = fctx.project.context(symbol.path)
+        if other is None:
+            continue
+        for cls in other.module_classes:
+            if cls.qualname == symbol.qualname:
+                return other, cls
+    return None
+
+
+def holders(ctx: "FileContext", cls: "ModuleClass") -> list[tuple["FileContext", "ModuleClass", object]]:
+    """Every `self.<sub> = Cls(...)` of another class, in this file or one importing the class."""
+    name = cls.node.name.value
+    found = []
+    for fctx in [ctx, *files_naming(ctx, name)]:
+        if fctx is not ctx and not names_class(fctx, name, ctx, cls):
+            continue
+        for holder in fctx.module_classes:
+            if holder is cls:
+                continue
+            for sub in holder.submodules.values():
+                if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name:
+                    found.append((fctx, holder, sub))
+    return found
+
+
+def submodule_classes(fctx: "FileContext", cls: "ModuleClass") -> Iterator[tuple[str, "FileContext", "ModuleClass"]]:
+    """The project classes `cls` builds as submodules, in definition order."""
+    for sub in cls.submodules.values():
+        if isinstance(sub.call.func, cst.Name):
+            found = resolve_class(fctx, sub.call.func.value)
+            if found is not None and found[1] is not cls:
+                yield (sub.name, *found)
+
+
+def holder_calls(fctx: "FileContext", holder: "ModuleClass", sub) -> list[cst.Call] | None:
+    """The calls `self.<sub>(...)` of the holder; None when `self.<sub>` is used any other way."""
+    calls = []
+    built = sub.statement
+    for reference in holder.self_references(sub.name):
+        parent = fctx.parents.get(reference)
+        if isinstance(parent, cst.Call) and parent.func is reference:
+            calls.append(parent)
+            continue
+        node = reference
+        while node is not None and node is not built:
+            node = fctx.parents.get(node)
+        if node is None:
+            return None
+    return calls
+
+
+def aliased_params(ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionDef,
+                   param: str) -> tuple[list[str], str | None]:
+    """The other parameters of `method` that some caller passes the very tensor it passes as
+    `param` (`self.attn(x, x, x)`: q, k and v), and a reason when the callers cannot be read."""
+    params = [p.name.value for p in method.params.params][1:]
+    if param not in params:
+        return [], None
+    found: list[str] = []
+    for fctx, holder, sub in holders(ctx, cls):
+        calls = holder_calls(fctx, holder, sub)
+        if calls is None:
+            return [], f"`self.{sub.name}` of {holder.qualname} is used other than called"
+        for call in calls:
+            given: dict[str, str] = {}
+            for position, arg in enumerate(call.args):
+                if arg.star:
+                    return [], f"a call of `self.{sub.name}` unpacks its arguments"
+                name = arg.keyword.value if arg.keyword else (params[position] if position < len(params) else None)
+                if name is not None and isinstance(arg.value, cst.Name):
+                    given[name] = arg.value.value
+            if param not in given:
+                continue
+            found += [p for p, value in given.items()
+                      if p != param and value == given[param] and p not in found]
+    return [p for p in params if p in found], None
+
+
+def stack_members(fctx: "FileContext", stack) -> list[tuple[str, "FileContext", "ModuleClass"]]:
+    """The classes a stack's blocks are made of: the blocks, then what they build, depth first,
+    each with its path from the stack (`self.layers[-1].attn`)."""
+    from tf_migrate.rules.prenorm.stacks import block_names
+
+    container = stack.cls.submodules[stack.attr].call
+    names = block_names(fctx, stack.cls, container)
+    found: list[tuple[str, "FileContext", "ModuleClass"]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def visit(path: str, mfctx, mcls, depth: int) -> None:
+        key = (mfctx.project_key, mcls.qualname)
+        if key in seen or depth > 3:
+            return
+        seen.add(key)
+        found.append((path, mfctx, mcls))
+        for attr, sfctx, scls in submodule_classes(mfctx, mcls):
+            visit(f"{path}.{attr}", sfctx, scls, depth + 1)
+
+    for name in sorted(names):
+        resolved = resolve_class(fctx, name)
+        if resolved is not None:
+            visit(f"self.{stack.attr}[-1]", *resolved, 0)
+    return found
+
+
+def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
+    from tf_migrate.analysis.nodes import find
+
+    return find(node, lambda n: isinstance(n, cst.Call))
+
+
+def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"]], analyse,
+              find_stacks, find_run) -> tuple[str | None, list]:
+    """Every post-norm class reachable from `start` through shared stacks, and the first problem
+    (a refused member, a stack with no single run), as `(problem, stacks)`; `stacks` lists
+    `(stack, members)` with each member's `(path, fctx, cls, found)`. The answer is the same
+    whichever member the question starts from."""
+    queue = list(start)
+    seen: set[tuple[str, str]] = set()
+    stacks: dict[tuple[str, int], tuple] = {}
+    while queue:
+        mfctx, mcls = queue.pop(0)
+        key = (mfctx.project_key, mcls.qualname)
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(seen) > _MAX_COMPONENT:
+            return "too many classes share these stacks to read them all", []
+        found, problem = analyse(mfctx, mcls)
+        if problem:
+            return problem, []
+        if found is None or not found.post:
+            continue
+        owned = find_stacks(mfctx, mcls)
+        if not owned:
+            return (f"{mcls.qualname} is post-norm, but no stack of blocks holding it was found, "
+                    "so the final norm cannot be placed"), []
+        for stack in owned:
+            skey = (stack.fctx.project_key, id(stack.statement))
+            if skey in stacks:
+                continue
+            if find_run(stack) is None:
+                return (f"the stack `self.{stack.attr}` of {stack.cls.qualname} "
+                        f"({_where(ctx, stack.fctx)}line {stack.fctx.line(stack.statement)}) is not run "
+                        "whole by one loop in forward, so the final norm cannot be placed"), []
+            members = []
+            for path, sfctx, scls in stack_members(stack.fctx, stack):
+                sfound, sproblem = analyse(sfctx, scls)
+                if sproblem:
+                    return (f"{scls.qualname} in the same stack is refused: {sproblem}"), []
+                members.append((path, sfctx, scls, sfound))
+                queue.append((sfctx, scls))
+            stacks[skey] = (stack, members)
+    return None, list(stacks.values())
+
+
+def _where(ctx, fctx) -> str:
+    return "" if fctx.project_key == ctx.project_key else f"{_rel(fctx)}, "
+
+
+def reads_before(ctx, method: cst.FunctionDef, names: list[str], line: int) -> str | None:
+    """A read of one of `names` on a line before `line`: the normalised input would come too late."""
+    from tf_migrate.analysis.nodes import find
+
+    for node in find(method.body, lambda n: isinstance(n, cst.Name) and n.value in names):
+        if ctx.line(node) < line:
+            return node.value
+    return None
+
+
+def _rel(fctx) -> str:
+    import os
+
+    return os.path.relpath(fctx.path, fctx.project.root)
+
+
+_PARAMETERS = ("torch.nn.Parameter", "torch.nn.parameter.Parameter")
+_IDENTITY = {"torch.ones": "ones", "torch.zeros": "zeros"}
+_NORMALISING = ("layer_norm(", "rms_norm(", "group_norm(")
+
+
+def own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[str, str]] | None:
+    """A norm class written in the project (`gamma`/`beta` LayerNorms): its parameters with their
+    init, `[("gamma", "ones"), ("beta", "zeros")]`, when `__init__` builds only parameters of
+    `torch.ones` / `torch.zeros` (the identity a fresh final norm starts at) and forward
+    normalises (`F.layer_norm`, or a mean taken away and a std / variance / rsqrt divided by);
+    None for anything else."""
+    init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
+    if init is None or forward is None or cls.buffers or any(
+            sub.callee not in _PARAMETERS for sub in cls.submodules.values()):
+        return None
+    code = fctx.code(forward)
+    if not (any(word in code for word in _NORMALISING)
+            or (".mean(" in code and any(word in code for word in (".std(", ".var(", "sqrt(", "rsqrt(")))):
+        return None
+    found = []
+    for call in _calls_in(init):
+        if fctx.names.callee(call) not in _PARAMETERS:
+            continue
+        inner = call.args[0].value if call.args else None
+        kind = _IDENTITY.get(fctx.names.callee(inner)) if isinstance(inner, cst.Call) else None
+        assign = fctx.parents.get(call)
+        if kind is None or not isinstance(assign, cst.Assign) or len(assign.targets) != 1:
+            return None
+        attribute = assign.targets[0].target
+        if not (isinstance(attribute, cst.Attribute) and isinstance(attribute.value, cst.Name)
+                and attribute.value.value == "self"):
+            return None
+        found.append((attribute.attr.value, kind))
+    if "register_parameter" in fctx.code(init):
+        return None
+    return found or None
+
+
+def norm_class(fctx: "FileContext", cls: "ModuleClass", node: cst.CSTNode) -> tuple["FileContext", "ModuleClass"] | None:
+    """The project class `self.<x>` (node) is built from, when it is a norm by its own code."""
+    from tf_migrate.analysis.names import self_attribute
+
+    name = self_attribute(node)
+    return own_norm_of(fctx, cls, name) if name else None
+
+
+def own_norm_of(fctx: "FileContext", cls: "ModuleClass", name: str) -> tuple["FileContext", "ModuleClass"] | None:
+    sub = cls.submodules.get(name)
+    if sub is None or not isinstance(sub.call.func, cst.Name):
+        return None
+    found = resolve_class(fctx, sub.call.func.value)
+    if found is None or found[1] is cls:
+        return None
+    return found if own_norm_parameters(*found) is not None else None
