@@ -1,7 +1,8 @@
 """How tf-migrate's cost grows with the size of one file, against libcst's parse of the same file.
 
     python benchmarks/growth.py [--model fixtures/models/einsum_gpt.py] [--sizes 1,4,16,64,256]
-        [--repeats 5] [--torch-files 5] [--profile-size 64] [--select all] [--out benchmarks/results/growth]
+        [--repeats 5] [--torch-files 5] [--profile-size 64] [--select all] [--clock wall|cpu]
+        [--out benchmarks/results/growth]
 
 The N-copies file is the model file's imports once, then its code N times with every top-level
 name suffixed by the copy's number (N independent models, each a migration candidate). Per N, in one
@@ -11,7 +12,11 @@ what else the machine runs. Walk steps (nodes whose children `analysis.nodes` re
 visitor `on_visit` calls are counted too: they do not depend on load at all. The log-log slope
 between consecutive N says how the cost grows (1.0: linear). The torch tree's largest files that
 reach libcst are measured the same way. A cProfile summary (top 15 by own time) of one N ends the
-report. Prints Markdown; with --out, writes OUT.md and OUT.json.
+report (taken inside the thread the rules run in). The N-copies file is named as if it lay in an
+empty temporary folder, so that no neighbouring file joins the whole-tree analysis. `--clock cpu`
+times the process's CPU (all threads) instead of the wall clock: on a machine shared with other
+work the CPU time of each side depends less on what else runs. Prints Markdown, with the load
+average; with --out, writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import json
 import math
 import pstats
 import re
+import os
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,10 +95,13 @@ def counting() -> Iterator[dict[str, int]]:
             module.children = children
 
 
+CLOCK = time.perf_counter
+
+
 def _timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     run()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def measure(text: str, path: str, rules: list, repeats: int) -> dict:
@@ -144,8 +154,26 @@ def largest_torch_files(count: int, rules: list) -> list[Path]:
 
 
 def profile(text: str, path: str, rules: list, top: int = 15) -> str:
+    """cProfile of one run, enabled inside the thread the rules run in (see `file._with_deep_stack`)."""
+    from tf_migrate.engine import file
+
     profiler = cProfile.Profile()
-    profiler.runcall(migrate_source, text, path, rules)
+    deep_stack = file._with_deep_stack
+
+    def profiled(function, *args):
+        def inside(*inner):
+            profiler.enable()
+            try:
+                return function(*inner)
+            finally:
+                profiler.disable()
+        return deep_stack(inside, *args)
+
+    file._with_deep_stack = profiled
+    try:
+        migrate_source(text, path, rules)
+    finally:
+        file._with_deep_stack = deep_stack
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
     return out.getvalue()
@@ -172,15 +200,21 @@ def main() -> None:
     parser.add_argument("--torch-files", type=int, default=5)
     parser.add_argument("--profile-size", type=int, default=64)
     parser.add_argument("--select", default="all", help="rule selectors, comma-separated")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    folder = tempfile.mkdtemp(prefix="growth-")  # empty: the file is a project of its own
     rules = [rule() for rule in select_rules(args.select.split(","))]
     sizes = [int(n) for n in args.sizes.split(",")]
     base = args.model.read_text()
-    report = [f"Model: {args.model.name}, rules: {args.select}, {args.repeats} rounds (medians)\n"]
+    report = [f"Model: {args.model.name}, rules: {args.select}, {args.repeats} rounds (medians), "
+              f"{args.clock} clock, load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"]
     rows = []
     for n in sizes:
-        row = {"label": f"N={n}", **measure(n_copies(base, n), f"copies_{n}.py", rules, args.repeats)}
+        row = {"label": f"N={n}", **measure(n_copies(base, n), os.path.join(folder, f"copies_{n}.py"), rules,
+                                            args.repeats)}
         rows.append(row)
         print(f"N={n}: {row['ratio']:.1f}x parse, {row['walk']:,} walk steps", file=sys.stderr, flush=True)
     report += _table(rows, "N")
@@ -194,7 +228,8 @@ def main() -> None:
         report += _table(torch_rows, "file", growth=False)
     if args.profile_size:
         report += ["", f"Profile, N={args.profile_size}, top 15 by own time:", "", "```",
-                   profile(n_copies(base, args.profile_size), "profile.py", rules).strip(), "```"]
+                   profile(n_copies(base, args.profile_size), os.path.join(folder, "profile.py"), rules).strip(), "```"]
+    report.append(f"\nLoad average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     text = "\n".join(report)
     print(text)
     if args.out:

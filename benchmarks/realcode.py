@@ -407,7 +407,8 @@ def numeric_check(cmd: list[str], repo_dir: Path, build: dict[str, str]) -> tupl
             return "could not run", err
         try:
             doc = json.loads(out)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # the reason, not verify's opening notice that it runs the code
+            err = "\n".join(line for line in err.splitlines() if not line.startswith("note: verify executes"))
             return "could not run", _first_line(err or out or f"verify exited {rc}")
         if doc.get("verified"):
             return "verified", ", ".join(f"{k} ({v})" for k, v in (doc.get("rules") or {}).items())

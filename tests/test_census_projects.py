@@ -30,11 +30,6 @@ _runs: dict[str, dict[str, FileResult]] = {}
 RULE_SIDE = {
     ("aiayn", "TFM201"): "rules/prenorm/census.py `_becomes_stream`: `q += residual` then "
                          "`q = self.layer_norm(q)`: an augmented assignment does not name the stream",
-    ("bert_pkg", "TFM301"): "rules/swiglu/census.py `_halves`: `return act(self.dense(h))` returns the "
-                            "activation itself, and Walker.forward never tests the node it starts from",
-    ("gpt_pretrained", "TFM301"): "rules/swiglu/census.py `_block_classes` takes the matcher's block "
-                                  "criterion (analysis/ffn.py `in_block`), which does not count `MLP(config)` "
-                                  "built beside an attention class imported from another project file",
     ("annotated_encdec", "TFM201"): "rules/prenorm/census.py `_stack_lines`: a stack built from a list "
                                     "passed in (`nn.ModuleList(layers)`) anchors no final-norm fix",
 }

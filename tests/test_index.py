@@ -17,11 +17,22 @@ from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 from helpers import FIXTURES, ROOT
 from tf_migrate.analysis import nodes
 from tf_migrate.analysis.index import NodeIndex
-from tf_migrate.analysis.nodes import find, parent_map, walk
+from tf_migrate.analysis.nodes import _walk, parent_map
 from tf_migrate.engine.edits import FixConflict, add_imports, apply_fixes, still_used
 from tf_migrate.engine.rule import Fix
 
 SOURCES = sorted(FIXTURES.rglob("*.py"))
+
+
+def walk(node, into_scopes=True):
+    """The plain walk (`nodes.walk` answers from a remembered index: comparing with it proves nothing)."""
+    return _walk(node, into_scopes)
+
+
+def find(node, predicate, into_scopes=True):
+    return [n for n in walk(node, into_scopes) if predicate(n)]
+
+
 KINDS = [cst.Call, cst.Attribute, cst.Name, cst.SimpleString, cst.Assign, (cst.Call, cst.BinaryOperation)]
 
 
@@ -50,6 +61,10 @@ def test_look_ups_match_walks(path):
             while current is not None and not isinstance(current, kind):
                 current = index.parents.get(current)
             assert index.enclosing(node, kind) is current
+    for node in walk(module):
+        if isinstance(node, (cst.BaseStatement, cst.BaseSmallStatement, cst.IndentedBlock, cst.Call)):
+            for into in (True, False):
+                assert list(nodes.walk(node, into)) == list(walk(node, into))  # answered by the index
 
 
 def test_a_node_in_two_places_keeps_its_first_parent():
@@ -58,6 +73,62 @@ def test_a_node_in_two_places_keeps_its_first_parent():
     index = NodeIndex(module)
     assert index.parents == parent_map(module)
     assert index.of_type(module, cst.Name) == find(module, lambda n: isinstance(n, cst.Name)) == [shared, shared]
+    assert index.shared and index not in nodes._INDEXES  # walks of this tree are not answered from it
+
+
+class _Recording(cst.CSTVisitor):
+    """Records every visit and leave; does not enter calls, names a lambda's parameters only."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, cst.CSTNode]] = []
+
+    def on_visit(self, node):
+        self.seen.append(("visit", node))
+        return super().on_visit(node)
+
+    def on_leave(self, node):
+        self.seen.append(("leave", node))
+        super().on_leave(node)
+
+    def visit_Call(self, node):
+        return False
+
+    def visit_Lambda(self, node):
+        node.params.visit(self)
+        return False
+
+
+@pytest.mark.parametrize("path", SOURCES[::7], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_visit_without_rebuilding_calls_the_visitor_as_libcst_does(path):
+    module = cst.parse_module(path.read_text())
+    expected, found = _Recording(), _Recording()
+    module.visit(expected)
+    nodes.visit(module, found)
+    assert len(found.seen) == len(expected.seen) and all(
+        a[0] == b[0] and a[1] is b[1] for a, b in zip(found.seen, expected.seen))
+
+
+def test_a_visitor_with_field_hooks_is_walked_by_libcst():
+    class FieldHook(cst.CSTVisitor):
+        def __init__(self) -> None:
+            self.fields = 0
+
+        def visit_Call_func(self, node):
+            self.fields += 1
+
+    visitor = FieldHook()
+    nodes.visit(cst.parse_module("f(g(x))\n"), visitor)
+    assert visitor.fields == 2
+
+
+def test_a_walk_answered_by_the_index_of_an_older_tree_still_holds():
+    module = cst.parse_module("def f(x):\n    return g(x) + 1\n")
+    NodeIndex(module)
+    function = module.body[0]
+    expected = list(walk(function.body, into_scopes=False))
+    rebuilt = module.with_changes(body=[function, cst.parse_statement("y = 2\n")])  # shares `function`
+    assert list(nodes.walk(function.body, into_scopes=False)) == expected
+    assert list(nodes.walk(rebuilt)) == list(walk(rebuilt))  # not indexed: walked
 
 
 def _statement(module: cst.Module, index: int) -> cst.SimpleStatementLine:
@@ -82,6 +153,43 @@ def test_an_edit_inside_another_fixs_plain_replacement_conflicts():
         apply_fixes(module, [outer, nested], parent_map(module))
     wrapping = Fix(1, "outer", {function: lambda updated: updated.with_changes(name=cst.Name("g"))})
     assert apply_fixes(module, [wrapping, nested], parent_map(module)).code == "def g():\n    pass\n"
+
+
+def test_only_the_paths_to_replaced_nodes_are_visited_and_the_result_is_the_same():
+    module = cst.parse_module("import math\n\nclass A:\n    def f(self, x):\n        return x * 2\n\n"
+                              "class B:\n    def g(self, y):\n        return y + math.pi\n")
+    index = NodeIndex(module)
+    body = module.body[1].body.body[0].body.body[0].body[0]  # `return x * 2`
+    fixes = [Fix(5, "one", {body.value: cst.parse_expression("x * 3")})]
+    visited = []
+
+    class Counting(cst.CSTTransformer):
+        def on_visit(self, node):
+            visited.append(node)
+            return True
+
+    assert apply_fixes(module, fixes, index.parents, index).code == apply_fixes(module, fixes, index.parents).code
+    module.visit(Counting())
+    total = len(visited)
+    from tf_migrate.engine import edits
+
+    calls = []
+    original = edits._Replace.on_visit
+    edits._Replace.on_visit = lambda self, node: calls.append(node) or original(self, node)
+    try:
+        apply_fixes(module, fixes, index.parents, index)
+    finally:
+        edits._Replace.on_visit = original
+    assert len(calls) < total / 3  # the class B subtree and the rest of A are not entered
+    assert module.body[2] in calls and module.body[2].body not in calls
+
+
+def test_a_shared_node_is_replaced_in_both_places():
+    shared = cst.Name("x")
+    module = cst.Module(body=[cst.SimpleStatementLine([cst.Expr(shared)]), cst.SimpleStatementLine([cst.Expr(shared)])])
+    index = NodeIndex(module)
+    fixed = apply_fixes(module, [Fix(1, "rename", {shared: cst.Name("y")})], index.parents, index)
+    assert fixed.code == "y\ny\n"
 
 
 HEADS = [
@@ -128,6 +236,53 @@ def test_freed_imports_skip_the_scope_pass_only_when_certainly_read(source, used
     RemoveImportsVisitor.remove_unused_import(context, *removal)
     kept = RemoveImportsVisitor(context).transform_module(cst.parse_module(source)).code == source
     assert kept or not used  # never skipped where the visitor would have removed something
+
+
+REMOVED = [
+    ("import math\nimport torch\n\n\ndef f(x):\n    return torch.relu(x)\n", [("math", None, None)]),
+    ('"""Doc."""\nimport math\n\nx = 1\n', [("math", None, None)]),
+    ("import math, os\nfrom torch import einsum, nn  # kept\n\nclass A(nn.Module):\n    pass\n",
+     [("math", None, None), ("torch", "einsum", None)]),
+    ("from torch import (\n    einsum,  # the old way\n    nn,\n)\n\nclass A(nn.Module):\n    pass\n",
+     [("torch", "einsum", None)]),
+    ("import numpy as np\nimport math\n\ndef f():\n    return math.pi\n", [("numpy", None, "np"), ("math", None, None)]),
+    ("import math\n\n__all__ = ['math']\n", [("math", None, None)]),  # exported: kept
+    ("import math\n\ndef f(x: 'math.Foo'):\n    pass\n", [("math", None, None)]),  # a string annotation
+    ("import math\n\ndef f():\n    import math\n    return 1\n", [("math", None, None)]),  # a local import
+    ("import math\nx = 1\nimport math\n", [("math", None, None)]),  # a second import after the head
+    ("# math is gone\nimport math\n\nx = 1\n", [("math", None, None)]),
+    ("import torch.nn.functional\n\nx = 1\n", [("torch.nn.functional", None, None)]),
+    ("from math import pi\nimport math\n\nx = pi\n", [("math", None, None)]),
+    ("x = 1\nimport math\n", [("math", None, None)]),
+]
+
+
+@pytest.mark.parametrize("source, removals", REMOVED)
+def test_imports_removed_over_the_head_as_over_the_whole_module(source, removals):
+    from tf_migrate.engine.edits import remove_imports
+
+    expected_context, context = CodemodContext(), CodemodContext()
+    for removal in removals:
+        RemoveImportsVisitor.remove_unused_import(expected_context, *removal)
+        RemoveImportsVisitor.remove_unused_import(context, *removal)
+    module = cst.parse_module(source)
+    expected = RemoveImportsVisitor(expected_context).transform_module(module).code
+    assert remove_imports(module, module.code, removals, context).code == expected
+
+
+def test_a_name_spelled_only_in_the_head_is_removed_without_visiting_the_rest(monkeypatch):
+    from tf_migrate.engine.edits import remove_imports
+
+    seen = []
+    original = RemoveImportsVisitor.transform_module
+    monkeypatch.setattr(RemoveImportsVisitor, "transform_module",
+                        lambda self, tree: seen.append(len(tree.body)) or original(self, tree))
+    source = "import math\nimport torch\n\n\ndef f(x):\n    return torch.relu(x)\n\n\ndef g():\n    pass\n"
+    context = CodemodContext()
+    RemoveImportsVisitor.remove_unused_import(context, "math", None, None)
+    module = cst.parse_module(source)
+    assert remove_imports(module, module.code, [("math", None, None)], context).code == source.replace("import math\n", "")
+    assert seen == [2]  # the two imports, not the four statements
 
 
 def test_walk_steps_grow_linearly_with_the_file():

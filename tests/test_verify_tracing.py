@@ -23,6 +23,7 @@ from tf_migrate.plan import plan_document
 from tf_migrate.verify import tracing
 from tf_migrate.verify.command import NOTICE
 from tf_migrate.verify.graphdiff import outside_diff
+from tf_migrate.verify.instances import record_calls
 from tf_migrate.verify.session import VerifyOptions, verify
 
 RULES = [find_rule("TFM101")({}), find_rule("TFM102")({})]
@@ -127,6 +128,28 @@ def test_a_data_dependent_branch_is_followed_by_make_fx(tmp_path):
     assert result.tracing == "make_fx"
     (reason,) = result.trace_failures
     assert reason.startswith("torch.export on before: ") and "tiny.py" in reason
+
+
+def test_a_direct_forward_call_is_hooked_and_traced_as_the_module(tmp_path):
+    """`self.attn.forward(...)` skips nn.Module.__call__ (its hooks and the tracers' module stack):
+    verify routes it through the module, so the instance's inputs are recorded and its operations
+    are counted under its own path instead of the caller's."""
+    source = LEGACY.replace("x = x + self.attn(self.ln(x), mask)", "x = x + self.attn.forward(self.ln(x), mask)")
+    assert source != LEGACY
+    before, after, plan = _pair(tmp_path, source)
+    result = verify(VerifyOptions(before, after, "Model()", [TOKENS, MASKED], plan=plan))
+    assert result.verified, result.failures
+    assert result.tracing == "torch.export" and result.outside.ok
+    assert {(e.rule, p.path) for e in result.evidence for p in e.paths if p.ok} == {
+        (rule, f"blocks.{i}.attn") for rule in ("TFM101", "TFM102") for i in (0, 1)}
+    assert {(c.path, c.dtype, c.calls) for c in result.instances if c.ok} == {
+        (f"blocks.{i}.attn", dtype, 2) for i in (0, 1) for dtype in ("float32", "float64")}
+    (tmp_path / "again").mkdir()
+    old, _ = _tiny_models(tmp_path / "again", source)
+    calls = record_calls(old, ["blocks.0.attn"], [(torch.randint(0, 50, (2, 6)),)])
+    assert len(calls["blocks.0.attn"]) == 1
+    attn = old.blocks[0].attn
+    assert "forward" not in vars(attn) and not attn._forward_hooks and not attn._forward_pre_hooks  # left as it was
 
 
 def _tiny_models(tmp_path, source: str = LEGACY, plant=None):

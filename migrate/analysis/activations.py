@@ -90,12 +90,29 @@ def _callable(ctx: "FileContext", cls, node: cst.CSTNode, _depth: int) -> Activa
     if attribute is not None and cls is not None:
         values = init_values(cls, attribute)
         found = [_callable(ctx, cls, v, _depth + 1) for v in values]
+        found = [f if f is not None else _configured(ctx, v, values) for f, v in zip(found, values)]
         result = _union(found, None)
         if result is not None and len(values) == 1:
             result.construct = f"module attribute ({result.construct})"
         return result
     kinds = _symbols_kinds(ctx, symbols_of(ctx, node), instance=False)
     return Activation(kinds, "function") if kinds else None
+
+
+def _configured(ctx: "FileContext", value: cst.BaseExpression, values: list[cst.BaseExpression]) -> Activation | None:
+    """`config.act` beside `ACT2FN[config.act]` (`if isinstance(config.act, str)` picks one): the
+    config holds a name of the table or the callable itself. Only as the other half of that table
+    look-up with the same key; kind "configured" (a callable of the config, not known here)."""
+    if not isinstance(value, cst.Attribute) or self_attribute(value) is not None:
+        return None
+    key = ctx.code(value)
+    for other in values:
+        if isinstance(other, cst.Subscript) and len(other.slice) == 1 \
+                and isinstance(other.slice[0].slice, cst.Index) and ctx.code(other.slice[0].slice.value) == key:
+            table = _table(ctx, other)
+            if table is not None and table.construct == "table (key not known)":
+                return Activation(frozenset({"configured"}), "table (key not known)")
+    return None
 
 
 def _union(found: list[Activation | None], construct: str | None) -> Activation | None:
@@ -160,9 +177,29 @@ def _symbol_kind(ctx: "FileContext", symbol: Symbol, instance: bool, call: cst.C
     return None
 
 
+# Activation tables of libraries, by config string (Hugging Face's, as of transformers 4.x: the
+# entries every version has; an unknown literal key is not resolved).
+_LIBRARY_TABLES = {
+    "transformers.activations.ACT2FN": {
+        "relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "gelu_sigmoid", "silu": "silu", "swish": "silu",
+        "tanh": "tanh", "sigmoid": "sigmoid", "mish": "mish", "relu6": "relu6", "linear": "identity",
+        "leaky_relu": "leaky_relu",
+    },
+}
+
+
 def _table(ctx: "FileContext", node: cst.Subscript) -> Activation | None:
     """`ACT2FN[key]`: a module-level dict of activations (functions or classes)."""
     symbols = symbols_of(ctx, node.value)
+    if len(symbols) == 1 and symbols[0].kind == "external" and symbols[0].qualified in _LIBRARY_TABLES \
+            and len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+        key = node.slice[0].slice.value
+        table = _LIBRARY_TABLES[symbols[0].qualified]
+        if isinstance(key, cst.SimpleString):
+            kind = table.get(key.evaluated_value)
+            return Activation(frozenset({kind}), "table") if kind else None
+        return Activation(frozenset(table.values()), "table (key not known)")
     if len(symbols) != 1 or symbols[0].kind != "assign" or len(node.slice) != 1:
         return None
     table = getattr(symbols[0].node, "value", None)
@@ -202,6 +239,9 @@ def _getter(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> Activation | 
     if not isinstance(function, ast.FunctionDef) or not function.args.args:
         return None
     returns = [n for n in ast.walk(function) if isinstance(n, ast.Return) and n.value is not None]
+    if len(returns) > 1 or (returns and not isinstance(returns[0].value, ast.Subscript)
+                            and not _returned_subscript_call(returns[0].value)):
+        return _branch_getter(ctx, call, symbol)
     if len(returns) != 1:
         return None
     value = returns[0].value
@@ -216,7 +256,7 @@ def _getter(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> Activation | 
     tables = ctx.project.resolve_dotted(symbol.path, text) if text else []
     if len(tables) != 1 or not isinstance(getattr(tables[0].node, "value", None), ast.Dict):
         return None
-    key = call.args[0].value if call.args else None
+    key = _getter_key(call, function)
     wanted = key.evaluated_value if isinstance(key, cst.SimpleString) else None
     kinds = set()
     for entry, entry_value in zip(tables[0].node.value.keys, tables[0].node.value.values):
@@ -226,3 +266,73 @@ def _getter(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> Activation | 
                 return None
             kinds.add(kind)
     return Activation(frozenset(kinds), "getter" if wanted else "getter (name not known)") if kinds else None
+
+
+def _returned_subscript_call(value: ast.expr) -> bool:
+    return isinstance(value, ast.Call) and not value.args and isinstance(value.func, ast.Subscript)
+
+
+def _getter_key(call: cst.Call, function: ast.FunctionDef) -> cst.BaseExpression | None:
+    """What the call passes for the getter's first parameter (by position or keyword)."""
+    name = function.args.args[0].arg
+    for position, arg in enumerate(call.args):
+        if arg.star:
+            return None
+        if (arg.keyword is None and position == 0) or (arg.keyword is not None and arg.keyword.value == name):
+            return arg.value
+    return None
+
+
+def _branch_getter(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> Activation | None:
+    """`get_activation_fn(name)` written as `if name == "relu": return F.relu` / `elif ...` /
+    `else: raise`: the branch the call's literal selects, or every branch (a choice)."""
+    function = symbol.node
+    name = function.args.args[0].arg
+    branches: list[tuple[object, ast.expr]] = []
+    if not _collect_branches(function.body, name, None, branches) or not branches:
+        return None
+    key = _getter_key(call, function)
+    wanted = key.evaluated_value if isinstance(key, cst.SimpleString) else None
+    chosen = [value for literal, value in branches if wanted is None or literal == wanted]
+    if not chosen:
+        return None
+    kinds = set()
+    for value in chosen:
+        kind = "identity" if _identity_lambda(value) else _table_value(ctx, symbol.path, value)
+        if kind is None:
+            return None
+        kinds.add(kind)
+    return Activation(frozenset(kinds), "getter" if wanted is not None else "getter (name not known)")
+
+
+def _collect_branches(body: list[ast.stmt], name: str, literal, found: list) -> bool:
+    """Returns of an if/elif chain on `name == "..."`; False for any other statement that may
+    return or bind (a docstring, a warning call and `raise` are fine)."""
+    for statement in body:
+        if isinstance(statement, ast.Return):
+            if statement.value is None:
+                return False
+            found.append((literal, statement.value))
+            return True  # later statements of this body never run
+        if isinstance(statement, ast.If):
+            test = statement.test
+            case = None
+            if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq) \
+                    and isinstance(test.left, ast.Name) and test.left.id == name \
+                    and isinstance(test.comparators[0], ast.Constant):
+                case = test.comparators[0].value
+            if not _collect_branches(statement.body, name, case if case is not None else literal, found):
+                return False
+            if not _collect_branches(statement.orelse, name, literal, found):
+                return False
+        elif isinstance(statement, ast.Raise) or (isinstance(statement, ast.Expr) and isinstance(
+                statement.value, (ast.Constant, ast.Call))):
+            continue
+        else:
+            return False
+    return True
+
+
+def _identity_lambda(value: ast.expr) -> bool:
+    return isinstance(value, ast.Lambda) and len(value.args.args) == 1 and isinstance(value.body, ast.Name) \
+        and value.body.id == value.args.args[0].arg

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import body_nodes, children
+from tf_migrate.analysis.nodes import body_nodes, children, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -212,7 +212,7 @@ class _Binds(cst.CSTVisitor):
 
 def loads(node: cst.CSTNode, name: str | None) -> list[cst.Name]:
     visitor = _Loads(name)
-    node.visit(visitor)
+    visit(node, visitor)  # nodes.visit: libcst's walk, without rebuilding nodes
     return visitor.found
 
 
@@ -222,7 +222,7 @@ def read_names(node: cst.CSTNode) -> set[str]:
 
 def binds(node: cst.CSTNode, name: str) -> bool:
     visitor = _Binds(name)
-    node.visit(visitor)
+    visit(node, visitor)
     return visitor.found
 
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 
-from tf_migrate.analysis.activations import activation_of
+from tf_migrate.analysis.activations import Activation, activation_of
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
 from tf_migrate.analysis.legacy_attention import classifier_softmaxes
-from tf_migrate.analysis.linear import is_linear_layer
+from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.nodes import children, find
@@ -42,8 +42,25 @@ ACTIVATION_MODULES = ("torch.nn.ReLU", "torch.nn.GELU")
 ACTIVATION_FUNCTIONS = (
     "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.relu",
 )
-# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind.
-FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid"})
+# What a ReLU/GELU feed-forward may apply (the rule's scope), by `activations.activation_of` kind
+# (a Swish FFN, `x * sigmoid(x)`, becomes SwiGLU just the same).
+FFN_ACTIVATION_KINDS = frozenset({"relu", "gelu", "gelu_tanh", "gelu_sigmoid", "silu"})
+# Options a configured choice (`ACT2FN[config.act]`, `get_activation_fn(args.act)`) may offer
+# beside those: elementwise functions a config can name. The gate replaces the whole choice.
+_CHOICE_KINDS = frozenset({"tanh", "sigmoid", "mish", "leaky_relu", "elu", "softplus", "relu6", "hardswish",
+                           "identity", "elementwise", "configured"})
+_CHOICES = ("table (key not known)", "getter (name not known)", "conditional")
+
+
+def ffn_activation(found: "Activation | None") -> bool:
+    """Whether a feed-forward may apply `found`: ReLU, GELU (any approximation) or SiLU, or a
+    choice left to the configuration among elementwise functions that offers one of them."""
+    if found is None or not found.kinds:
+        return False
+    if found.kinds <= FFN_ACTIVATION_KINDS:
+        return True
+    return any(choice in found.construct for choice in _CHOICES) and bool(found.kinds & FFN_ACTIVATION_KINDS) \
+        and found.kinds <= FFN_ACTIVATION_KINDS | _CHOICE_KINDS
 _DROPOUT_FUNCTIONS = ("torch.nn.functional.dropout",)
 _METADATA = ("dtype", "shape", "device", "ndim", "size", "dim")  # reads that are not of the values
 _ATTENTION_CALLS = (
@@ -72,6 +89,7 @@ class Projection:
     weight: str  # the submodule (module form) or the weight parameter (raw form)
     bias: str | None = None  # raw form only: the bias parameter
     raw: bool = False
+    transposed: LinearLayer | None = None  # a Conv1D-style layer (weight stored (in, out))
 
 
 @dataclass
@@ -101,6 +119,7 @@ class SequentialFeedForward:
     indices: tuple[int, int] = (0, 3)
     modules: list[str] = field(default_factory=list)
     norm: cst.Call | None = None  # a LayerNorm first in the Sequential (pre-norm inside the FFN)
+    inner: str = ""  # the projections are Linear wrappers holding the nn.Linear as `.<inner>`
 
 
 def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None:
@@ -115,6 +134,14 @@ def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
         return None
     layer = is_linear_layer(ctx, cls, node.func)
     return self_attribute(node.func) if layer is not None and layer.linear_signature else None
+
+
+def _transposed(ctx, cls, node: cst.BaseExpression) -> LinearLayer | None:
+    """`self.c_fc(x)` where c_fc is built by a Conv1D-style class (`linear.transposed_linear`)."""
+    name = self_attribute(node.func) if isinstance(node, cst.Call) else None
+    if name is None or name not in cls.submodules or not isinstance(cls.submodules[name].call, cst.Call):
+        return None
+    return transposed_linear(ctx, cls.submodules[name].call)
 
 
 def _parameter(cls, node: cst.CSTNode) -> str | None:
@@ -138,6 +165,9 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     name = name or _linear_like(ctx, cls, node)
     if name is not None and len(node.args) == 1 and not node.args[0].keyword:
         return Projection(node, node.args[0].value, name)
+    transposed = _transposed(ctx, cls, node)
+    if transposed is not None and len(node.args) == 1 and not node.args[0].keyword and not node.args[0].star:
+        return Projection(node, node.args[0].value, self_attribute(node.func), transposed=transposed)
     bias = None
     core = node
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
@@ -173,7 +203,7 @@ def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpressi
 def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
     """A ReLU/GELU spelled otherwise: `x.relu()`, a project `gelu(x)`, `ACT2FN[...]`, `act_layer()`..."""
     found = activation_of(ctx, cls, node)
-    if found is not None and found.argument is not None and found.kinds <= FFN_ACTIVATION_KINDS:
+    if found is not None and found.argument is not None and ffn_activation(found):
         return found.argument
     return None
 
@@ -264,7 +294,7 @@ def _check_activation_callers(ctx, cls, ffn: FeedForward) -> None:
 
 def _activation_class(ctx, value: cst.BaseExpression | None) -> bool:
     found = activation_of(ctx, None, cst.Call(value)) if value is not None else None
-    return found is not None and found.kinds <= FFN_ACTIVATION_KINDS
+    return ffn_activation(found)
 
 
 def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
@@ -293,10 +323,152 @@ def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Itera
              if _changes_width(ctx, cls, found.first, found.second)}
     for node in _calls_and_ops(method.body):
         argument_ = _activation_argument(ctx, cls, node)
+        parent = ctx.parents.get(node)
+        if isinstance(parent, cst.BinaryOperation) and isinstance(parent.operator, cst.Multiply):
+            continue  # `silu(gate(x)) * up(x)`: already a gated FFN
         if argument_ is not None and id(node) not in heads:
             first = projection(ctx, cls, _Tracer(ctx, flow).back(argument_))
             if first is not None:
                 yield node
+
+
+@dataclass
+class SplitHalves:
+    """The FFN's down half, in another class: `parent` builds both halves and feeds the up half's
+    output only to the down half's first argument, whose first step is the projection `second`."""
+
+    parent: str
+    down: str  # the down half's class
+    second: str  # its projection attribute
+    second_call: cst.Call  # that projection's construction
+
+
+def split_feed_forward(ctx: "FileContext", cls, method: cst.FunctionDef, act: cst.Call) -> tuple[FeedForward, SplitHalves]:
+    """`act(self.dense(x))` returned by `forward`, the down projection in another class of this
+    file (BERT's Intermediate / Output). Raises Refused naming what is not proven."""
+    line = ctx.line(act)
+    flow = FunctionFlow(ctx, method)
+    tracer = _Tracer(ctx, flow)
+    gate_input = _activation_argument(ctx, cls, act)
+    first = projection(ctx, cls, tracer.back(gate_input)) if gate_input is not None else None
+    if first is None or first.raw or first.transposed is not None or method.name.value != "forward":
+        raise Refused(line, "an activation of a Linear with no second projection in this module: the FFN's "
+                      "projections live in two modules", "move both projections of the FFN into one module, then rerun")
+    halves = _halves_wiring(ctx, cls)
+    if isinstance(halves, str):
+        raise Refused(line, f"the FFN is split over two classes and {halves}",
+                      "move both projections of the FFN into one module, then rerun")
+    up = cls.submodules[first.weight].call
+    up_in, up_out = argument(up, 0, "in_features"), argument(up, 1, "out_features")
+    down_in, down_out = argument(halves.second_call, 0, "in_features"), argument(halves.second_call, 1, "out_features")
+    if None in (up_in, up_out, down_in, down_out) or _width(ctx, up_in) != _width(ctx, down_out) \
+            or _width(ctx, up_out) != _width(ctx, down_in):
+        raise Refused(line, f"the FFN is split over two classes and `{halves.down}.{halves.second}` does not map "
+                      f"{cls.node.name.value}.{first.weight}'s output back to its input width", "")
+    ffn = FeedForward(cls, first, first, act, gate_input)
+    tracer.check_single_use()
+    _check_input(ctx, flow, ffn)
+    return ffn, halves
+
+
+def _halves_wiring(ctx: "FileContext", cls) -> SplitHalves | str:
+    """The one class of the file that builds `cls`, and what it feeds the output to (a reason
+    when that is not a single down half)."""
+    name = cls.node.name.value
+    builders = [c for c in ctx.module_classes if any(
+        isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == name for n in _calls_and_ops(c.node))]
+    uses = [n for n in find(ctx.module, lambda n: isinstance(n, cst.Name) and n.value == name)
+            if not _super_argument(ctx, n)]
+    if len(builders) != 1 or len(uses) != 2:  # the class statement's name and one construction
+        return f"`{name}` is built or named in more than one place in this file"
+    if _built_in_other_files(ctx, cls):
+        return f"another file of the project builds `{name}`"
+    parent = builders[0]
+    attribute = next((a for a, sub in parent.submodules.items()
+                      if isinstance(sub.call, cst.Call) and isinstance(sub.call.func, cst.Name) and sub.call.func.value == name),
+                     None)
+    if attribute is None:
+        return f"`{parent.node.name.value}` does not hold `{name}` as a submodule"
+    consumers = set()
+    for method in parent.methods.values():
+        flow = FunctionFlow(ctx, method)
+        for call in _calls_and_ops(method):
+            if not (isinstance(call, cst.Call) and self_attribute(call.func) == attribute):
+                continue
+            consumer = _only_consumer(ctx, flow, call)
+            if consumer is None:
+                return f"`{parent.node.name.value}` uses the output of `self.{attribute}` other than as the first " \
+                       "argument of one module"
+            consumers.add(consumer)
+    if len(consumers) != 1:
+        return f"`{parent.node.name.value}` never or variously consumes `self.{attribute}`"
+    down_sub = parent.submodules.get(consumers.pop())
+    down = next((c for c in ctx.module_classes if down_sub is not None and isinstance(down_sub.call, cst.Call)
+                 and isinstance(down_sub.call.func, cst.Name) and c.node.name.value == down_sub.call.func.value), None)
+    if down is None or "forward" not in down.methods:
+        return "the module consuming its output is not a class of this file"
+    second = _first_projection(ctx, down, down.methods["forward"])
+    if second is None:
+        return f"`{down.node.name.value}.forward` does not start by projecting its first argument with a Linear"
+    return SplitHalves(parent.node.name.value, down.node.name.value, second, down.submodules[second].call)
+
+
+def _super_argument(ctx, name: cst.Name) -> bool:
+    """`super(Name, self)`."""
+    arg = ctx.parents.get(name)
+    call = ctx.parents.get(arg)
+    return isinstance(call, cst.Call) and isinstance(call.func, cst.Name) and call.func.value == "super"
+
+
+def _built_in_other_files(ctx: "FileContext", cls) -> bool:
+    """Another project file calls this class (a type annotation or an import alone is no use of
+    its output)."""
+    import re
+
+    name, here = cls.node.name.value, os.path.abspath(ctx.source_path)
+    project = ctx.project
+    called = re.compile(rf"\b{re.escape(name)}\s*\(")
+    for path in project.files:
+        if os.path.abspath(path) != here and called.search(project.text(path) or ""):
+            if any(s.kind == "class" and s.path and os.path.abspath(s.path) == here for s in project.resolve_name(path, name)):
+                return True
+    return False
+
+
+def _only_consumer(ctx, flow: FunctionFlow, call: cst.Call) -> str | None:
+    """`self.down(self.up(a), ...)` or `h = self.up(a)` read once, as `self.down(h, ...)`: "down"."""
+    parent = ctx.parents.get(call)
+    if isinstance(parent, cst.Arg):
+        outer = ctx.parents.get(parent)
+        if isinstance(outer, cst.Call) and outer.args and outer.args[0] is parent and self_attribute(outer.func):
+            return self_attribute(outer.func)
+        return None
+    if isinstance(parent, cst.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0].target, cst.Name):
+        statement = flow.statement_of(call)
+        uses = []
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 and statement.body[0] is parent:
+            uses = flow.uses(Binding(parent.targets[0].target.value, parent.value, statement))
+        if len(uses) == 1:
+            arg = ctx.parents.get(uses[0])
+            outer = ctx.parents.get(arg)
+            if isinstance(arg, cst.Arg) and isinstance(outer, cst.Call) and outer.args[0] is arg \
+                    and self_attribute(outer.func):
+                return self_attribute(outer.func)
+    return None
+
+
+def _first_projection(ctx, cls, forward: cst.FunctionDef) -> str | None:
+    """The Linear attribute `forward` applies first to its first parameter (`h = self.dense(h)`)."""
+    params = [p.name.value for p in forward.params.params[1:]]
+    if not params:
+        return None
+    for call in _calls_and_ops(forward):
+        if isinstance(call, cst.Call) and call.args and isinstance(call.args[0].value, cst.Name) \
+                and call.args[0].value.value == params[0]:
+            found = projection(ctx, cls, call)
+            return found.weight if found is not None and not found.raw and found.transposed is None \
+                and cls.submodules[found.weight].callee == LINEAR else None
+    return None
 
 
 def _chain(ctx, cls, tracer: _Tracer, second: Projection) -> FeedForward | None:
@@ -317,6 +489,10 @@ def _changes_width(ctx, cls, first: Projection, second: Projection) -> bool:
     residual stream back to its own width."""
     if first.raw:
         return False
+    if first.transposed is not None or second.transposed is not None:
+        if first.transposed is None or second.transposed is None:
+            return True  # one Conv1D-style, one not: not a pair this rule rewrites
+        return _width(ctx, first.transposed.in_features) != _width(ctx, second.transposed.out_features)
     width_in = argument(cls.submodules[first.weight].call, 0, _SIZES.get(cls.submodules[first.weight].callee, _SIZES[LINEAR])[0])
     width_out = argument(cls.submodules[second.weight].call, 1, _SIZES.get(cls.submodules[second.weight].callee, _SIZES[LINEAR])[1])
     if width_in is None or width_out is None:
@@ -412,6 +588,14 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         return None
     items = [a.value for a in sub.call.args]
     kinds = [ctx.names.callee(i) if isinstance(i, cst.Call) else None for i in items]
+    inner = {}  # position -> the attribute a Linear wrapper holds its nn.Linear in
+    for position, item in enumerate(items):
+        wrapped = wrapped_linear(ctx, item) if isinstance(item, cst.Call) and kinds[position] != LINEAR else None
+        if wrapped is not None and wrapped.linear_signature:
+            kinds[position], inner[position] = LINEAR, wrapped.inner
+        elif isinstance(item, cst.Call) and kinds[position] not in ACTIVATION_MODULES and not item.args \
+                and ffn_activation(activation_of(ctx, cls, item)):
+            kinds[position] = ACTIVATION_MODULES[0]  # `Swish()`, a project activation module
     start = 1 if kinds and kinds[0] == LAYER_NORM else 0
     if len(items) < start + 3 or kinds[start] != LINEAR or kinds[start + 1] not in ACTIVATION_MODULES:
         return None
@@ -426,8 +610,42 @@ def sequential_feed_forward(ctx: "FileContext", cls, attribute: str) -> Sequenti
         if position + 2 != len(items) or kinds[position + 1] != DROPOUT:
             return None
         trailing = items[position + 1]
+    if inner.get(start, "") != inner.get(position, ""):
+        return None  # one wrapped, one plain: two key layouts
     return SequentialFeedForward(cls, attribute, sub.call, items[start], items[position], dropout,
-                                 trailing, (start, position), norm=items[0] if start else None)
+                                 trailing, (start, position), norm=items[0] if start else None,
+                                 inner=inner.get(start, ""))
+
+
+@dataclass
+class TemporalConv:
+    """Two `nn.Conv1d` applied in one method with an activation between, one of them with a
+    kernel size not provably 1: it mixes neighbouring positions (FastSpeech's conv FFN)."""
+
+    first: str
+    second: str
+    kernel: cst.BaseExpression | None  # the kernel size that is not 1 (None: not given)
+    line: int  # of the activation
+
+
+def temporal_conv(ctx: "FileContext", cls) -> TemporalConv | None:
+    convs = [name for name, sub in cls.submodules.items() if sub.callee == CONV1D]
+    if len(convs) != 2 or all(pointwise_conv(cls.submodules[n].call) for n in convs):
+        return None
+    for method in cls.methods.values():
+        calls = {name: [c for c in _calls_and_ops(method) if isinstance(c, cst.Call) and self_attribute(c.func) == name]
+                 for name in convs}
+        if not all(calls.values()):
+            continue
+        first, second = sorted(convs, key=lambda n: ctx.line(calls[n][0]))
+        start, end = ctx.line(calls[first][0]), ctx.line(calls[second][-1])
+        for node in _calls_and_ops(method):
+            found = activation_of(ctx, cls, node) if isinstance(node, cst.Call) else None
+            if found is not None and found.argument is not None and start <= ctx.line(node) <= end:
+                wide = next(n for n in (first, second) if not pointwise_conv(cls.submodules[n].call))
+                return TemporalConv(first, second, argument(cls.submodules[wide].call, 2, "kernel_size"),
+                                    ctx.line(node))
+    return None
 
 
 def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset()) -> bool:
@@ -493,7 +711,8 @@ def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
 def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     """Whether an FFN held by `cls` sits in a transformer block.
 
-    True when `cls` itself holds an attention (or is one, or is handed one by its caller), or when
+    True when `cls` itself holds an attention (or is one, or is handed one by its caller, or builds
+    one defined in another project file), or when
     some function of this file or of another project file that builds a `cls` also builds an
     attention in the same body (a block's `__init__`, or a `make_model` that passes both to a
     layer). An MLP head built next to an encoder stack, not
@@ -502,17 +721,32 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     name = cls.node.name.value
     if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
+    if "__init__" in cls.methods and _builds_project_attention(ctx, cls.methods["__init__"]):
+        return True  # `self.self_attn = MultiheadAttention(...)` from another file of the project
     called_by_function = ctx.memo("ffn.called", lambda: _called_names(ctx))
     if any(name in called and (called & attention or _BUILDS_MHA in called) for called in called_by_function):
         return True
+    if any(name in called for called in called_by_function) and _built_beside_project_attention(ctx, name):
+        return True
     return _ffn_shaped(ctx, cls) and _built_beside_attention_elsewhere(ctx, cls)
+
+
+def _built_beside_project_attention(ctx: "FileContext", name: str) -> bool:
+    """A function of this file builds `name` and an attention class defined in another project
+    file (`self.attn = CausalSelfAttention(config)` imported from `attention.py`)."""
+    for function in find(ctx.module, lambda n: isinstance(n, cst.FunctionDef)):
+        if any(isinstance(c, cst.Call) and isinstance(c.func, cst.Name) and c.func.value == name
+               for c in _calls_and_ops(function)) and _builds_project_attention(ctx, function):
+            return True
+    return False
 
 
 def _ffn_shaped(ctx: "FileContext", cls) -> bool:
     """Holds a projection-activation-projection chain or a Sequential FFN (before asking other
     files, which costs more)."""
     return any(True for method in cls.methods.values() for _ in _chains(ctx, cls, FunctionFlow(ctx, method), method)) \
-        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules)
+        or any(sequential_feed_forward(ctx, cls, attribute) for attribute in cls.submodules) \
+        or temporal_conv(ctx, cls) is not None
 
 
 def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:

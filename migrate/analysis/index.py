@@ -14,9 +14,10 @@ from typing import Callable, Iterable
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import children
+from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
+_SCOPE_TYPES = frozenset(_SCOPES)
 
 
 class NodeIndex:
@@ -30,6 +31,7 @@ class NodeIndex:
         self._attributes: dict[str, list[int]] = {}
         self._calls: dict[str, list[int]] = {}
         self._end: list[int] = []  # per position: one past the last position of its subtree
+        self.shared = False  # whether some node object sits in two places (a fix reused it)
         stack: list[tuple[cst.CSTNode | None, int]] = [(root, -1)]
         while stack:
             node, scope = stack.pop()
@@ -41,7 +43,7 @@ class NodeIndex:
             self._nodes.append(node)
             self._end.append(at + 1)
             kind = type(node)
-            if isinstance(node, _SCOPES):
+            if kind in _SCOPE_TYPES:  # libcst's node classes have no subclasses: the type decides
                 scope = at
             self._scope.append(scope)
             self._by_type.setdefault(kind, []).append(at)
@@ -56,8 +58,12 @@ class NodeIndex:
                 # A node a fix put in two places keeps its first parent, as `nodes.parent_map` gives it.
                 if child not in self.parents:
                     self.parents[child] = node
+                else:
+                    self.shared = True
             stack.append((None, at))
             stack.extend((child, scope) for child in reversed(below))
+        if not self.shared:
+            remember(self)
 
     def __contains__(self, node: object) -> bool:
         return node in self._position
@@ -85,6 +91,15 @@ class NodeIndex:
     def calls_of(self, within: cst.CSTNode, name: str) -> list[cst.Call]:
         """Every `name(...)` call (a plain name as the callee) at or below `within`."""
         return self._select(within, [self._calls.get(name, ())], True, None)
+
+    def below(self, within: cst.CSTNode, into_scopes: bool = True) -> list[cst.CSTNode]:
+        """`within` and every node below it in source order, as `nodes.walk` yields them."""
+        start = self._position[within]
+        end = self._end[start]
+        if into_scopes:
+            return self._nodes[start:end]
+        scope = self._scope
+        return [self._nodes[at] for at in range(start, end) if scope[at] <= start]
 
     def enclosing(self, node: cst.CSTNode, kind: type) -> cst.CSTNode | None:
         """The innermost `kind` (FunctionDef, ClassDef or Lambda) strictly above `node`."""

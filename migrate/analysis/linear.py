@@ -17,6 +17,7 @@ from tf_migrate.analysis.helpers import bind_arguments
 from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.project import Symbol
 from tf_migrate.analysis.project.facts import LINEAR_ARGUMENTS, clones_function, forward_passes_through, returned_call
+from tf_migrate.analysis.project.index import dotted_text
 from tf_migrate.analysis.symbols import externals, init_values, symbols_of
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class LinearLayer:
     # Called as `construct(in, out, bias=...)` it builds a layer computing what nn.Linear(in, out,
     # bias) does: a fused or resized copy may be built with the same callee.
     linear_signature: bool = False
+    # A wrapper module holding the nn.Linear as `self.<inner>` (its keys are `<inner>.weight`).
+    inner: str = ""
 
 
 @dataclass
@@ -86,6 +89,59 @@ def _from_symbol(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLa
     if symbol.kind == "function":
         return _factory(ctx, call, symbol)
     return None
+
+
+def wrapped_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
+    """`call` builds a wrapper module around one nn.Linear (`_wrapped_layer`). Not part of
+    `linear_construction`: its keys carry the wrapper's prefix, which a caller must account for."""
+    symbols = symbols_of(ctx, call.func)
+    layers = [_wrapped_layer(ctx, call, s) if s.kind == "class" else None for s in symbols]
+    return layers[0] if layers and all(layers) else None
+
+
+def _wrapped_layer(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLayer | None:
+    """`class Linear(nn.Module)` whose `__init__` builds one `self.<inner> = nn.Linear(...)` from
+    its parameters (initialising it in place is fine) and whose `forward` only returns
+    `self.<inner>(x)`: a Linear under another key prefix."""
+    init, forward = ctx.project.method(symbol, "__init__"), ctx.project.method(symbol, "forward")
+    if init is None or forward is None or not ctx.project.is_nn_module(symbol):
+        return None
+    body = [s for s in forward[1].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    params = [a.arg for a in forward[1].args.args[1:]]
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or len(params) != 1:
+        return None
+    applied = body[0].value
+    if not (isinstance(applied, ast.Call) and len(applied.args) == 1 and not applied.keywords
+            and isinstance(applied.args[0], ast.Name) and applied.args[0].id == params[0]
+            and isinstance(applied.func, ast.Attribute) and isinstance(applied.func.value, ast.Name)
+            and applied.func.value.id == "self"):
+        return None
+    inner = applied.func.attr
+    built = [n.value for n in ast.walk(init[1]) if isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" for t in n.targets)
+        and any(isinstance(t, ast.Attribute) and t.attr == inner for t in n.targets)]
+    if len(built) != 1 or not isinstance(built[0], ast.Call):
+        return None
+    text = dotted_text(built[0].func)
+    if not text or not any(s.qualified == LINEAR for s in ctx.project.resolve_dotted(init[0].path, text)):
+        return None
+    bound = bind_arguments(init[1], call)
+    inner_args: dict[str, cst.BaseExpression] = {}
+    passed = {}
+    for position, arg in enumerate(built[0].args):
+        passed[LINEAR_ARGUMENTS[position] if position < 3 else ""] = arg
+    passed.update({k.arg: k.value for k in built[0].keywords if k.arg})
+    names = [a.arg for a in init[1].args.args[1:]]
+    for key in LINEAR_ARGUMENTS:
+        value = passed.get(key)
+        if isinstance(value, ast.Name) and bound is not None and value.id in bound:
+            inner_args[key] = bound[value.id]
+        elif isinstance(value, ast.Constant):
+            inner_args[key] = cst.parse_expression(ast.unparse(value))
+    signature = names[:3] == [passed.get(k).id if isinstance(passed.get(k), ast.Name) else None
+                              for k in LINEAR_ARGUMENTS][:len(names[:3])] and 2 <= len(names) <= 3
+    return LinearLayer(f"wrapper {symbol.qualname}", call, inner_args.get("in_features"),
+                       inner_args.get("out_features"), inner_args.get("bias"), signature, inner)
 
 
 def _layer(construct: str, call: cst.Call, args: dict[str, cst.BaseExpression] | None,
@@ -379,3 +435,74 @@ def _dotted(node: ast.AST) -> str | None:
     from tf_migrate.analysis.nn_bases import dotted_text
 
     return dotted_text(node)
+
+
+def transposed_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
+    """GPT-2's `Conv1D(nf, nx)`: a project module whose `__init__` makes `self.weight` a Parameter
+    of shape (in, out) from two of its parameters (and `self.bias` of shape (out,)), and whose
+    forward is `torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)` (or
+    `x @ self.weight + self.bias`): a Linear storing its weight transposed. Always has a bias.
+    Not part of `linear_construction`: its weight is (in, out), which a caller must account for."""
+    symbols = symbols_of(ctx, call.func)
+    if len(symbols) != 1 or symbols[0].kind != "class":
+        return None
+    symbol = symbols[0]
+    init, forward = ctx.project.method(symbol, "__init__"), ctx.project.method(symbol, "forward")
+    if init is None or forward is None or not ctx.project.is_nn_module(symbol) or not _addmm_forward(forward[1]):
+        return None
+    shape = _weight_shape(init[1])
+    bound = bind_arguments(init[1], call, bound_self=True)
+    if shape is None or bound is None or shape[0] not in bound or shape[1] not in bound:
+        return None
+    return LinearLayer(f"transposed {symbol.qualname}", call, bound[shape[0]], bound[shape[1]], None, False)
+
+
+def _addmm_forward(function: ast.FunctionDef) -> bool:
+    """The forward's only product is `addmm(self.bias, <input>, self.weight)` or
+    `<input> @ self.weight + self.bias`."""
+    def own(node: ast.AST, name: str) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.value, ast.Name) \
+            and node.value.id == "self"
+
+    found = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "addmm":
+            found.append(len(node.args) == 3 and own(node.args[0], "bias") and own(node.args[2], "weight"))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+            found.append(own(node.right, "weight"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("matmul", "mm"):
+            found.append(False)
+    return found == [True]
+
+
+def _weight_shape(init: ast.FunctionDef) -> tuple[str, str] | None:
+    """(in, out) parameter names: `w = torch.empty(nx, nf)` ... `self.weight = nn.Parameter(w)`
+    (or the constructor inline), with `self.bias` of shape (nf,)."""
+    params = {a.arg for a in init.args.args[1:]}
+    locals_: dict[str, ast.expr] = {}
+    weight = bias = None
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                locals_[target.id] = node.value
+            elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                if target.attr == "weight":
+                    weight = node.value
+                elif target.attr == "bias":
+                    bias = node.value
+
+    def sizes(value) -> list[str] | None:
+        if isinstance(value, ast.Call) and value.args and not value.keywords and dotted_text(value.func) \
+                and dotted_text(value.func).split(".")[-1] == "Parameter":
+            value = value.args[0]
+        if isinstance(value, ast.Name):
+            value = locals_.get(value.id)
+        if isinstance(value, ast.Call) and all(isinstance(a, ast.Name) and a.id in params for a in value.args):
+            return [a.id for a in value.args]
+        return None
+
+    w, b = sizes(weight), sizes(bias)
+    if w is None or len(w) != 2 or b is None or b != [w[1]]:
+        return None
+    return w[0], w[1]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import children, find
+from tf_migrate.analysis.nodes import children, find, visit as visit_read_only
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -95,7 +95,7 @@ class _SimpleStatements(cst.CSTVisitor):
 
 def _init_statements(init: cst.FunctionDef) -> list[cst.SimpleStatementLine]:
     collector = _SimpleStatements()
-    init.body.visit(collector)
+    visit_read_only(init.body, collector)  # libcst's walk, without rebuilding nodes
     return collector.found
 
 

@@ -33,14 +33,27 @@ def _child_fields(kind: type) -> Callable[[cst.CSTNode], tuple]:
     return read if len(fields) > 1 else (lambda node: (read(node),))
 
 
+# Type -> whether it is a libcst node. `isinstance` against libcst's abstract base classes goes
+# through `ABCMeta.__instancecheck__`, a Python-level call: a dict look-up per value is cheaper.
+_IS_NODE: dict[type, bool] = {}
+
+
+def _is_node(value: object) -> bool:
+    kind = type(value)
+    known = _IS_NODE.get(kind)
+    if known is None:
+        known = _IS_NODE[kind] = isinstance(value, cst.CSTNode)
+    return known
+
+
 def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
     """The same nodes, in the same order, as libcst's `node.children`."""
     found: list[cst.CSTNode] = []
     for value in _child_fields(type(node))(node):
-        if isinstance(value, cst.CSTNode):
+        if _is_node(value):
             found.append(value)
-        elif isinstance(value, (tuple, list)):
-            found.extend(item for item in value if isinstance(item, cst.CSTNode))
+        elif type(value) is tuple or type(value) is list or isinstance(value, (tuple, list)):
+            found.extend(item for item in value if _is_node(item))
     return found
 
 
@@ -55,8 +68,27 @@ def parent_map(root: cst.CSTNode) -> dict[cst.CSTNode, cst.CSTNode]:
     return parents
 
 
+# The latest per-file indexes (analysis/index.py) of trees where no node sits in two places: a
+# subtree of one of them is a slice of its source-order list. libcst nodes never change, so an
+# index stays true of every node it holds, also once a fix has built a new module around them.
+_INDEXES: list = []
+
+
+def remember(index) -> None:
+    """Let `walk` answer from `index` (a `NodeIndex` whose tree shares no node object)."""
+    _INDEXES.insert(0, index)
+    del _INDEXES[4:]
+
+
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
+    for index in _INDEXES:
+        if node in index:
+            return iter(index.below(node, into_scopes))
+    return _walk(node, into_scopes)
+
+
+def _walk(node: cst.CSTNode, into_scopes: bool) -> Iterator[cst.CSTNode]:
     stack = [node]
     while stack:
         current = stack.pop()
@@ -65,6 +97,34 @@ def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
         if not into_scopes:
             below = [child for child in below if not isinstance(child, _SCOPES)]
         stack.extend(reversed(below))
+
+
+@lru_cache(maxsize=None)
+def _has_attribute_hooks(kind: type) -> bool:
+    """Whether a visitor class defines `visit_<Type>_<field>` / `leave_<Type>_<field>` methods (node
+    type names have no underscore: such a method's name has two). libcst's own base classes
+    declare every one as a no-op."""
+    return any(name.startswith(("visit_", "leave_")) and name.count("_") >= 2
+               for cls in kind.__mro__ if not cls.__module__.startswith("libcst") for name in vars(cls))
+
+
+def visit(node: cst.CSTNode, visitor: cst.CSTVisitor) -> None:
+    """`node.visit(visitor)` for a read-only `CSTVisitor`: the same `on_visit` / `on_leave` calls,
+    in the same order, without libcst rebuilding every node it passes through.
+
+    A visitor with per-field hooks is handed to libcst's own walk."""
+    if _has_attribute_hooks(type(visitor)):
+        node.visit(visitor)
+        return
+    stack: list[tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        current, leaving = stack.pop()
+        if leaving:
+            visitor.on_leave(current)
+            continue
+        stack.append((current, True))
+        if visitor.on_visit(current):
+            stack.extend((child, False) for child in reversed(children(current)))
 
 
 def find(node: cst.CSTNode, predicate: Callable[[cst.CSTNode], bool],

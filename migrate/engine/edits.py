@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -10,10 +10,18 @@ from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 
 from tf_migrate.engine.rule import Fix
 
+if TYPE_CHECKING:
+    from tf_migrate.analysis.index import NodeIndex
+
 
 class _Replace(cst.CSTTransformer):
-    def __init__(self, replacements: Mapping[Any, Any]) -> None:
+    def __init__(self, replacements: Mapping[Any, Any], inside: set[Any] | None = None) -> None:
         self.replacements = replacements
+        self.inside = inside  # the nodes above some replaced node; None: visit every node
+
+    def on_visit(self, node) -> bool:
+        # A subtree holding no replaced node comes back unchanged: it need not be visited.
+        return self.inside is None or node in self.inside
 
     def on_leave(self, original_node, updated_node):
         if original_node in self.replacements:
@@ -23,9 +31,21 @@ class _Replace(cst.CSTTransformer):
         return updated_node
 
 
-def replace_nodes(node: cst.CSTNode, replacements: Mapping[Any, Any]) -> Any:
-    """`node` with every (original) node in `replacements` swapped at once."""
-    return node.visit(_Replace(replacements))
+def replace_nodes(node: cst.CSTNode, replacements: Mapping[Any, Any],
+                  parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None) -> Any:
+    """`node` with every (original) node in `replacements` swapped at once.
+
+    With `parents` (the complete parent map of `node`'s tree, where no node object sits in two
+    places), only the paths from `node` down to the replaced nodes are visited."""
+    inside = None
+    if parents is not None:
+        inside = set()
+        for replaced in replacements:
+            current = parents.get(replaced)
+            while current is not None and current not in inside:
+                inside.add(current)
+                current = parents.get(current)
+    return node.visit(_Replace(replacements, inside))
 
 
 class FixConflict(ValueError):
@@ -33,11 +53,13 @@ class FixConflict(ValueError):
 
 
 def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
-                parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None) -> cst.Module:
+                parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None,
+                index: "NodeIndex | None" = None) -> cst.Module:
     """`module` with every fix applied in one pass, then the imports the fixes add or may free.
 
     Conflicts are found before anything changes (see `conflicts`); `parents` (the module's parent
-    map) lets that also catch an edit nested inside another fix's replaced node."""
+    map) lets that also catch an edit nested inside another fix's replaced node. With `index` (the
+    module's `NodeIndex`), the pass visits only the paths down to the replaced nodes."""
     fixes = list(fixes)
     problem = conflicts(fixes, parents or {})
     if problem:
@@ -47,7 +69,8 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
         replacements.update(fix.replacements)
     if not replacements:
         return module
-    module = replace_nodes(module, replacements)
+    complete = index is not None and not index.shared and index.parents is parents
+    module = replace_nodes(module, replacements, parents if complete else None)
     context = CodemodContext()
     needs_add = needs_remove = False
     removals = []
@@ -61,8 +84,10 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
             needs_remove = True
     if needs_add:
         module = add_imports(module, context)
-    if needs_remove and not still_used(module.code, removals):
-        module = _no_blank_start(RemoveImportsVisitor(context).transform_module(module))
+    if needs_remove:
+        code = module.code
+        if not still_used(code, removals):
+            module = _no_blank_start(remove_imports(module, code, removals, context))
     return module
 
 
@@ -98,6 +123,44 @@ def add_imports(module: cst.Module, context: CodemodContext) -> cst.Module:
     head = module.with_changes(body=module.body[:end + 1])
     done = AddImportsVisitor(context).transform_module(head)
     return module.with_changes(body=[*done.body, *module.body[end + 1:]])
+
+
+def remove_imports(module: cst.Module, code: str, removals: list[tuple[str, str | None, str | None]],
+                   context: CodemodContext) -> cst.Module:
+    """What `RemoveImportsVisitor` (scheduled in `context` with `removals`; `code` is the module's
+    text) makes of `module`, computed over the leading imports only when that is certain to agree.
+
+    The visitor's scope analysis, deep copy and three visits of the whole file decide, per import
+    it may remove, whether anything uses the name. When every such name is either read elsewhere
+    (`still_used`: kept) or spelled nowhere in the file outside the leading import statements
+    (no reference, `__all__` entry, string annotation or other import can then exist), the
+    visitor run over those statements alone removes exactly what it removes from the whole file."""
+    start = 1 if _docstring_first(module) else 0
+    end = start
+    while end < len(module.body) and _is_import_line(module.body[end]):
+        end += 1
+    head = "".join(module.code_for_node(statement) for statement in module.body[start:end])
+    free = []
+    for removal in removals:
+        dotted, obj, alias = removal
+        local = alias or obj or dotted
+        if "." not in local and _spelled(local, code) == _spelled(local, head):
+            free.append(removal)
+        elif not still_used(code, [removal]):
+            return RemoveImportsVisitor(context).transform_module(module)
+    if not free:
+        return module
+    only_free = CodemodContext()
+    for removal in free:
+        RemoveImportsVisitor.remove_unused_import(only_free, *removal)
+    done = RemoveImportsVisitor(only_free).transform_module(module.with_changes(body=module.body[:end]))
+    return module.with_changes(body=[*done.body, *module.body[end:]])
+
+
+def _spelled(name: str, text: str) -> int:
+    import re
+
+    return len(re.findall(rf"(?<!\w){re.escape(name)}(?!\w)", text))
 
 
 def _docstring_first(module: cst.Module) -> bool:

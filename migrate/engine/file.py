@@ -166,6 +166,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     from tf_migrate.engine.context import FileContext
     from tf_migrate.engine.edits import apply_fixes
     from tf_migrate.engine.positions import Columns
+    from tf_migrate.engine.printed import printed
 
     try:
         module = cst.parse_module(text)
@@ -176,20 +177,21 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
+    positions = None  # of the rewritten module's nodes, from the printing that gave `code`
     column = Columns(text).column  # lines come from engine/lines.py, columns from the input's text
     used_skips: set[int] = set()  # skip comments the current rule used, in the lines it saw
     skip_lines: set[int] = set()  # the same, in the input's lines
     for rule in active:
         seen = code  # the text this rule reads: lines of its findings count there
         try:
-            ctx = ctx or FileContext(module, path, code, project, source_path)
+            ctx = ctx or FileContext(module, path, code, project, source_path, positions)
             findings = list(rule.check(ctx))
             components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             used_skips.update(ctx.used_skips)  # lines of `seen`: mapped below
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes, ctx.parents)
-                code = module.code
+                module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index)
+                code, positions = printed(module)
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tf_migrate.verify.direct import through_call
 from tf_migrate.verify.inputs import tensors
 from torch import nn
 
@@ -29,7 +30,7 @@ def _record(model: nn.Module, args: tuple) -> tuple[list[str], dict[str, list]]:
             calls.setdefault(path, []).append((tensors((a, kw)), tensors(out)))
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), through_call(model, [path for path, _ in model.named_modules()]):
             model(*args)
     finally:
         for handle in handles:

@@ -24,6 +24,8 @@ class Op:
     shape: tuple = ()  # the output's shape where the graph records it (not part of the eager record)
     where: str = field(default="", compare=False)  # "file.py:LINE: code" of the user's line that made it
     node: str = field(default="", compare=False)  # the graph node's name
+    file: str = field(default="", compare=False)  # the user's file and line that made it (full path)
+    line: int = field(default=0, compare=False)
 
 
 class TraceFailure(Exception):
@@ -57,7 +59,9 @@ def graph_ops(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[Op]:
         name = _node_name(node, modules)
         if name.startswith("assert") or name in _BOOKKEEPING:
             continue
-        ops.append(Op(_node_path(node), name, _shape(node), _node_where(node), node.name))
+        file, line, code = _user_frame(node)
+        where = f"{Path(file).name}:{line}: {code}" if file else ""
+        ops.append(Op(_node_path(node), name, _shape(node), where, node.name, file, line))
     return ops
 
 
@@ -84,15 +88,15 @@ def _node_path(node: fx.Node) -> str:
     return list(stack.values())[-1][0] if stack else ""
 
 
-def _node_where(node: fx.Node) -> str:
-    """The last frame of the node's stack trace that is the user's code, not torch's."""
+def _user_frame(node: fx.Node) -> tuple[str, int, str]:
+    """The last frame of the node's stack trace that is the user's code, not torch's: (file, line, code)."""
     torch_dir = str(Path(torch.__file__).parent)
     found = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.meta.get("stack_trace") or "")
     user = [(f, line, code) for f, line, code in found if not f.startswith(torch_dir)]
     if not user:
-        return ""
+        return "", 0, ""
     file, line, code = user[-1]
-    return f"{Path(file).name}:{line}: {code.split('  #')[0].strip()}"
+    return file, int(line), code.split("  #")[0].strip()
 
 
 def _shape(node: fx.Node) -> tuple:

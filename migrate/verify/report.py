@@ -25,6 +25,7 @@ def json_document(result: Verification) -> str:
         "first_node": result.first_node,
         "evidence": [asdict(e) | {"ok": e.ok} for e in result.evidence],
         "numerics": [asdict(c) for c in result.comparisons],
+        "float64_rounds_to_float32": result.narrowed,
         "divergence": asdict(result.divergence) if result.divergence else None,
     }
     return json.dumps(document, indent=2, default=str)
@@ -70,8 +71,9 @@ def _structure_lines(result: Verification) -> list[str]:
         lines = [f"structure: torch.fx graphs of before and after by {label}"]
         lines += [f"  tried first: {reason}" for reason in result.trace_failures]
     if result.outside is not None:
-        lines.append(f"  outside the migrated modules: {result.outside.compared} nodes identical" if result.outside.ok
-                     else f"  BAD outside the migrated modules: {result.outside.first}")
+        also = " and the lines the rewriter changed" if result.outside_lines else ""
+        lines.append(f"  outside the migrated modules{also}: {result.outside.compared} nodes identical" if result.outside.ok
+                     else f"  BAD outside the migrated modules{also}: {result.outside.first}")
     elif result.outside_note:
         lines.append(f"  outside the migrated modules: {result.outside_note}")
     for evidence in result.evidence:
@@ -88,6 +90,8 @@ def _numeric_lines(result: Verification) -> list[str]:
         return ["numerics: not run (the checkpoint did not load)"]
     lines = [(f"numerics (eval mode; float64 tolerances = float32 ones x {FLOAT64_FACTOR:g}; "
               "positions where the original is not finite, e.g. fully masked rows, are excluded):")]
+    lines += [f"  note: the float64 original itself rounds to float32 in {path or '<root>'} ({line}): "
+              "judged there, and for the whole model, at the float32 tolerances" for path, line in result.narrowed.items()]
     for c in result.comparisons:
         excluded = f", {c.excluded} excluded" if c.excluded else ""
         # compatible/retrain rules change the function on purpose: only the shape check and the

@@ -23,6 +23,8 @@ from tf_migrate.verify.loading import LoadError, Source, load_module, module_ent
 from tf_migrate.verify.localize import Divergence, first_divergence
 from tf_migrate.verify.options import VerifyOptions
 from tf_migrate.verify.plans import PlanSource, read_plan, recompute_plan
+from tf_migrate.verify.precision import narrowed_within, narrowings
+from tf_migrate.verify.regions import ChangedCode, changed_code, reconfigured
 from tf_migrate.verify.tracing import Capture, capture
 
 SEED = 0
@@ -40,9 +42,11 @@ class Verification:
     evidence: list[RuleEvidence] = field(default_factory=list)
     outside: OutsideDiff | None = None  # None: not compared (eager record, or a whole-model rule)
     outside_note: str = ""
+    outside_lines: bool = False  # the region also holds the lines the rewriter changed
     comparisons: list[numerics.Comparison] = field(default_factory=list)
     instances: list[InstanceCheck] = field(default_factory=list)
     low_precision: list[LowPrecision] = field(default_factory=list)
+    narrowed: dict[str, str] = field(default_factory=dict)  # path -> line where the float64 original rounds to float32
     divergence: Divergence | None = None
     first_node: str = ""  # inside the first failing instance: the node that departs
     failures: list[str] = field(default_factory=list)
@@ -89,9 +93,17 @@ def verify(options: VerifyOptions) -> Verification:
     # tensors, and a model that caches a tensor on itself or in its module (a rotary table
     # computed on first use) keeps a fake one; nothing runs the models after this.
     traced = (side.with_state(model.state_dict(), torch.float32) for side, model in zip(sides, (before, after)))
-    _structure(result, *traced, args[0], planned)
+    _structure(result, *traced, args[0], planned, _changed(options, before_src, after_src, plan))
     _judge(result)
     return result
+
+
+def _known(code: str) -> bool:
+    try:
+        find_rule(code)
+    except SelectionError:
+        return False
+    return True
 
 
 def _equivalence(code: str) -> str:
@@ -113,7 +125,14 @@ def _inputs(options: VerifyOptions, model, module) -> tuple[list[tuple], list[st
     return args, [f"inferred: {', '.join(f'{tuple(a.shape)} {a.dtype}' for a in arg)}" for arg in args]
 
 
-def _structure(result: Verification, before, after, args: tuple, planned: list) -> None:
+def _changed(options: VerifyOptions, before: Source, after: Source, plan: PlanSource) -> ChangedCode:
+    """The lines the rewriter changes, with the rules of the plan and of --select."""
+    known = [code for p in plan.plans for code in p.rules if _known(code)]  # a newer tf-migrate's plan may name more
+    select = list(dict.fromkeys([*options.select, *known]))
+    return changed_code(before, after, select)
+
+
+def _structure(result: Verification, before, after, args: tuple, planned: list, changed: ChangedCode) -> None:
     regions = sorted({path for path, _, _ in planned})
     found: Capture = capture(before, after, args, regions)
     result.tracing, result.trace_failures = found.tracer, found.failures
@@ -121,13 +140,14 @@ def _structure(result: Verification, before, after, args: tuple, planned: list) 
         paths = [path for path, _, rules in planned if code in rules]
         result.evidence.append(rule_evidence(code, paths, found.before, found.after))
     whole = [code for code in result.rules if EXPECTATIONS.get(code) and EXPECTATIONS[code].whole_model]
+    if whole:  # the model's own class may be planned (a final norm): its region is the changed lines
+        regions = [path for path in regions if path]
+    regions += reconfigured(before, after, changed.keywords)
     if not found.is_graph:
         result.outside_note = "not compared (no graph: the eager record has no shapes)"
-    elif whole:
-        verb = "change" if len(whole) > 1 else "changes"
-        result.outside_note = f"not compared ({', '.join(whole)} {verb} the model beyond the classes they name)"
     else:
-        result.outside = outside_diff(found.before, found.after, regions)
+        result.outside = outside_diff(found.before, found.after, regions, changed)
+        result.outside_lines = bool(changed)
 
 
 def _numerics(result: Verification, sides: tuple[Builder, Builder], before, after, args: list[tuple],
@@ -141,14 +161,20 @@ def _numerics(result: Verification, sides: tuple[Builder, Builder], before, afte
     states = before.state_dict(), after.state_dict()
     models = {torch.float32: (before, after)}
     models[torch.float64] = tuple(side.with_state(state, torch.float64) for side, state in zip(sides, states))
+    # an original that rounds to float32 on purpose, even in float64, is judged at float32 tolerances there
+    result.narrowed = narrowings(models[torch.float64][0], cast_floats(args[0], torch.float64))
+    loose = numerics.tolerances(torch.float32, options.rtol, options.atol)
     for dtype, (old, new) in models.items():
         rtol, atol = numerics.tolerances(dtype, options.rtol, options.atol)
+        wide = dtype == torch.float64 and bool(result.narrowed)
         for index, arg in enumerate(args):
             if exact:
-                result.comparisons.append(numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol))
+                result.comparisons.append(numerics.compare_outputs(old, new, arg, dtype, index, options.rtol, options.atol,
+                                                                   float32_tolerances=wide))
             elif dtype == torch.float32:
                 result.comparisons.append(numerics.check_outputs_sane(old, new, arg, index))
-        result.instances += compare_instances(old, new, planned, args, dtype, rtol, atol, exact_rules)
+        relaxed = {path: loose for path, _, _ in planned if wide and narrowed_within(path, result.narrowed)}
+        result.instances += compare_instances(old, new, planned, args, dtype, rtol, atol, exact_rules, relaxed)
     if planned:
         paths = [path for path, _, _ in planned]
         for dtype in LOW_PRECISION:

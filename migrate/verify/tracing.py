@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from tf_migrate.verify.direct import through_call
 from tf_migrate.verify.ops import Op, eager_ops, graph_ops, short_reason
 from torch import fx, nn
 
@@ -39,14 +40,15 @@ def capture(before: nn.Module, after: nn.Module, args: tuple, regions: list[str]
         graphs = []
         for side, model in (("before", before), ("after", after)):
             try:
-                with _quiet(), torch.no_grad():
+                with _quiet(), torch.no_grad(), through_call(model, regions):
                     graphs.append(graph_ops(*trace(model, args)))
             except Exception as exc:  # noqa: BLE001 - any tracer failure moves on to the next tracer
                 failures.append(f"{name} on {side}: {short_reason(exc)}")
                 break
         if len(graphs) == 2:
             return Capture(name, graphs[0], graphs[1], failures)
-    return Capture(EAGER, eager_ops(before, args), eager_ops(after, args), failures)
+    with through_call(before, regions), through_call(after, regions):
+        return Capture(EAGER, eager_ops(before, args), eager_ops(after, args), failures)
 
 
 def _export(model: nn.Module, args: tuple) -> tuple[fx.Graph, dict]:

@@ -12,6 +12,7 @@ from typing import Iterator
 import libcst as cst
 
 from tf_migrate.analysis import ffn as recognise
+from tf_migrate.analysis.names import self_attribute
 from tf_migrate.rules.swiglu.ffn_fixes import FixWriter
 from tf_migrate.rules.swiglu.gated import Unsupported
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Refusal, Rule
@@ -112,13 +113,46 @@ class FeedForwardToSwiGLU(Rule):
                               "write the block by hand (attention + FFN), then rerun TFM301")
         attention = recognise.attention_classes(ctx)
         writer = FixWriter(ctx, self.code, self.settings)
+        handled: set[str] = set()
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node) or not recognise.in_block(ctx, cls, attention):
                 continue
-            yield from self._class(ctx, cls, writer)
+            findings = list(self._class(ctx, cls, writer))
+            if findings:
+                handled.add(cls.qualname)
+            yield from findings
+        yield from self._replayed_elsewhere(ctx, handled)
+
+    def _replayed_elsewhere(self, ctx, handled: set[str]) -> Iterator[Refusal]:
+        """FFNs the census finds in classes the matcher did not read (layers it cannot resolve,
+        `from layers import *`) whose class replays them in another method: refused for that."""
+        from tf_migrate.rules.swiglu.census import components
+
+        classes = {c.qualname: c for c in ctx.module_classes}
+        for component in components(ctx, self.code):
+            cls = classes.get(component.cls)
+            if component.kind != "ffn" or cls is None or cls.qualname in handled or ctx.suppressed(self.code, cls.node):
+                continue
+            replay = _replay(ctx, cls)
+            if replay is not None:
+                handled.add(cls.qualname)
+                yield _replay_refusal(component.start_line, replay)
 
     def _class(self, ctx, cls, writer: "FixWriter") -> Iterator[Finding]:
+        chosen = _branch_built_layer_list(ctx, cls)
+        if chosen is not None:
+            yield chosen
+            return
+        temporal = recognise.temporal_conv(ctx, cls)
+        if temporal is not None:
+            kernel = f"`{ctx.code(temporal.kernel)}`" if temporal.kernel is not None else "not given"
+            yield Refusal(temporal.line, f"`{temporal.first}` -> activation -> `{temporal.second}` are nn.Conv1d "
+                          f"with a kernel size that is not provably 1 ({kernel}): a temporal convolution "
+                          "mixes neighbouring positions, so this is not a position-wise feed-forward",
+                          "gate it by hand if you want a gated conv block; TFM301 only gates position-wise FFNs")
+            return
         claimed: set[int] = set()
+        replay = _replay(ctx, cls)
         for method in cls.methods.values():
             try:
                 found = list(recognise.feed_forwards(ctx, cls, method))
@@ -127,20 +161,31 @@ class FeedForwardToSwiGLU(Rule):
                 continue
             for ffn in found:
                 claimed.add(id(ffn.activation))
-                if not ctx.suppressed(self.code, ffn.activation):
+                if replay is not None and not ctx.suppressed(self.code, ffn.activation):
+                    yield _replay_refusal(ctx.line(ffn.activation), replay)
+                elif not ctx.suppressed(self.code, ffn.activation):
                     yield self._guard(ctx, lambda: writer.chain(cls, ffn), ffn.activation)
-            yield from self._split(ctx, cls, method, claimed)
+            yield from self._split(ctx, cls, method, claimed, writer, replay)
         for attribute in list(cls.submodules):
             sequential = recognise.sequential_feed_forward(ctx, cls, attribute)
             if sequential is not None and not ctx.suppressed(self.code, sequential.call):
                 yield self._guard(ctx, lambda: writer.sequential(sequential), sequential.call)
 
-    def _split(self, ctx, cls, method, claimed: set[int]) -> Iterator[Refusal]:
+    def _split(self, ctx, cls, method, claimed: set[int], writer: "FixWriter", replay) -> Iterator[Finding]:
+        """An activation of a Linear with no second projection in this module: the up half of an
+        FFN split over two classes (gated when the wiring is proven), else refused."""
         for act in recognise.split_activations(ctx, cls, method):
-            if id(act) not in claimed and not ctx.suppressed(self.code, act):
-                yield Refusal(ctx.line(act), "an activation of a Linear with no second projection "
-                              "in this module: the FFN's projections live in two modules",
-                              "move both projections of the FFN into one module, then rerun")
+            if id(act) in claimed or ctx.suppressed(self.code, act):
+                continue
+            if replay is not None:
+                yield _replay_refusal(ctx.line(act), replay)
+                continue
+            try:
+                ffn, halves = recognise.split_feed_forward(ctx, cls, method, act)
+            except recognise.Refused as refusal:
+                yield Refusal(refusal.line, refusal.reason, refusal.hint)
+                continue
+            yield self._guard(ctx, lambda: writer.split(cls, ffn, halves), act)
 
     @staticmethod
     def _guard(ctx, build, node: cst.CSTNode) -> Finding:
@@ -149,3 +194,71 @@ class FeedForwardToSwiGLU(Rule):
         except (Unsupported, recognise.Refused) as exc:
             return Refusal(ctx.line(node), str(exc) if isinstance(exc, Unsupported) else exc.reason,
                            "" if isinstance(exc, Unsupported) else exc.hint)
+
+
+def _replay(ctx, cls) -> tuple[str, int, list[str]] | None:
+    """A method other than `__init__`/`forward` that calls methods of two or more submodules
+    `forward` applies (`self.fc2.relprop(...)`, `self.fc1.relprop(...)`): it replays the FFN
+    layer by layer (relevance propagation), which a gated forward would no longer match."""
+    forward = cls.methods.get("forward")
+    if forward is None:
+        return None
+    applied = {name for name in cls.submodules if any(
+        isinstance(c, cst.Call) and self_attribute(c.func) == name for c in _calls(forward))}
+    for name, method in cls.methods.items():
+        if name in ("__init__", "forward"):
+            continue
+        touched = []
+        for call in _calls(method):
+            if isinstance(call.func, cst.Attribute) and self_attribute(call.func.value) in applied \
+                    and self_attribute(call.func.value) not in touched:
+                touched.append(self_attribute(call.func.value))
+        if len(touched) >= 2:
+            return name, ctx.line(method), touched
+    return None
+
+
+def _replay_refusal(line: int, replay: tuple[str, int, list[str]]) -> Refusal:
+    method, at, names = replay
+    return Refusal(line, f"`{method}` (line {at}) replays the feed-forward layer by layer "
+                   f"({', '.join(names)}): a gated forward would leave it computing the old FFN",
+                   "rewrite the replay for the gated FFN by hand, or mark the class `# tf-migrate: skip[TFM301]`")
+
+
+def _calls(node: cst.CSTNode) -> list[cst.Call]:
+    from tf_migrate.analysis.nodes import find
+
+    return find(node, lambda n: isinstance(n, cst.Call))
+
+
+def _branch_built_layer_list(ctx, cls) -> Refusal | None:
+    """`forward` applies `self.<list>` module by module (`for m in self.net: h = m(h)`), the list
+    ends with a Linear, and `__init__` appends a module bound in the branches of an `if` to
+    different classes (diffusers' GEGLU or ApproximateGELU as the first projection): one class,
+    two FFN shapes."""
+    from tf_migrate.analysis.nodes import find
+
+    init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
+    if init is None or forward is None:
+        return None
+    loops = [f for f in find(forward, lambda n: isinstance(n, cst.For)) if self_attribute(f.iter) is not None]
+    for loop in loops:
+        attribute = self_attribute(loop.iter)
+        appended = [c.args[0].value for c in _calls(init) if isinstance(c.func, cst.Attribute)
+                    and c.func.attr.value == "append" and self_attribute(c.func.value) == attribute and len(c.args) == 1]
+        if not appended or not (isinstance(appended[-1], cst.Call)
+                                and ctx.names.callee(appended[-1]) == "torch.nn.Linear"):
+            continue
+        for value in appended:
+            if not isinstance(value, cst.Name):
+                continue
+            built = [a for a in find(init, lambda n: isinstance(n, cst.Assign)) if any(
+                isinstance(t.target, cst.Name) and t.target.value == value.value for t in a.targets)]
+            kinds = {ctx.code(a.value.func) for a in built if isinstance(a.value, cst.Call)}
+            tests = sorted({ctx.code(n.test) for n in find(init, lambda n: isinstance(n, cst.If))
+                            if any(a in find(n.body, lambda m: isinstance(m, cst.Assign)) for a in built)})
+            if len(built) >= 2 and len(kinds) >= 2 and tests:
+                return Refusal(ctx.line(loop), f"the first module of `self.{attribute}` is `{value.value}`, built as "
+                               f"{' or '.join(sorted(kinds))} depending on {' / '.join(tests[:2])}: one class, "
+                               "two feed-forward shapes", "write the FFN for each choice by hand")
+    return None

@@ -19,6 +19,7 @@ from tf_migrate.analysis.census import (
     product_operands, projection_name, self_attribute, unit_projection_class, walker,
 )
 from tf_migrate.analysis.ffn import attention_classes, in_block
+from tf_migrate.analysis.project.index import dotted_text
 from tf_migrate.engine.rule import Component
 
 
@@ -26,10 +27,71 @@ def components(ctx, code: str) -> Iterator[Component]:
     index = walker(ctx).index
     blocks = _block_classes(ctx)
     found = list(_chains(ctx, blocks)) + list(_sequentials(index, blocks, code))
+    found += list(_matcher_shapes(ctx, code, found))
     yield from found
     for call, cls, name in builtin_layers(index):
+        if not _torch_layer(ctx, call):
+            continue  # a project class named like torch's (fairseq's `TransformerEncoderLayer(args)`)
         yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
                         f"built-in `nn.{name}`")
+
+
+def _matcher_shapes(ctx, code: str, found: list[Component]) -> Iterator[Component]:
+    """What the matcher reads as an FFN (its own recognisers: chains, Sequentials, temporal conv
+    pairs, split halves) in a block class, where the name-based walk above found nothing: a
+    finding of the rule always has a component (IfExp activations, Swish modules, wrappers)."""
+    import libcst as cst
+
+    from tf_migrate.analysis import ffn as recognise
+    from tf_migrate.analysis.dataflow import FunctionFlow
+
+    attention = attention_classes(ctx)
+    covered = [(c.start_line, c.end_line) for c in found]
+
+    def new(cls, node, what: str) -> Component | None:
+        line = ctx.line(node)
+        if any(a <= line <= b for a, b in covered):
+            return None
+        covered.append((line, line))
+        span = (ctx.line(cls.node), ctx.line(cls.node) + ctx.code(cls.node).count("\n"))
+        return Component(code, "ffn", cls.qualname, line, line, what, scopes=(span,))
+
+    for cls in ctx.module_classes:
+        if not recognise.in_block(ctx, cls, attention):
+            continue
+        shapes = []
+        from tf_migrate.rules.swiglu import _branch_built_layer_list
+
+        chosen = _branch_built_layer_list(ctx, cls)
+        if chosen is not None:
+            loop = next(n for n in recognise.find(cls.node, lambda n: isinstance(n, cst.For)) if ctx.line(n) == chosen.line)
+            shapes.append((loop, "a layer list applied in turn: projection, dropout, Linear"))
+        temporal = recognise.temporal_conv(ctx, cls)
+        if temporal is not None:
+            method = next(m for m in cls.methods.values() if ctx.line(m) <= temporal.line <= ctx.line(m) + ctx.code(m).count("\n"))
+            act = next((n for n in recognise._calls_and_ops(method) if ctx.line(n) == temporal.line), method)
+            shapes.append((act, f"`{temporal.first}` -> activation -> `{temporal.second}` (Conv1d)"))
+        for method in cls.methods.values():
+            for ffn, _ in recognise._chains(ctx, cls, FunctionFlow(ctx, method), method):
+                shapes.append((ffn.activation, f"`{ffn.first.weight}` -> activation -> `{ffn.second.weight}`"))
+            for act in recognise.split_activations(ctx, cls, method):
+                shapes.append((act, "an activation of a Linear whose second projection is in another module"))
+        for attribute in cls.submodules:
+            sequential = recognise.sequential_feed_forward(ctx, cls, attribute)
+            if sequential is not None:
+                shapes.append((sequential.call, "nn.Sequential of a projection, an activation and a projection"))
+        for node, what in shapes:
+            if isinstance(node, cst.CSTNode):
+                component = new(cls, node, what)
+                if component is not None:
+                    yield component
+
+
+def _torch_layer(ctx, call: ast.Call) -> bool:
+    """The callee is torch's class (or cannot be resolved at all), not a project class."""
+    text = dotted_text(call.func)
+    symbols = ctx.project.resolve_dotted(ctx.source_path, text) if text else []
+    return not symbols or any(s.kind == "external" and s.qualified.startswith("torch.") for s in symbols)
 
 
 _FFN_NAMES = re.compile(r"feed_?forward|ffn|positionwise|intermediate", re.IGNORECASE)
@@ -83,7 +145,7 @@ def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
             continue
         inner = act.args[0] if act.args else (act.func.value if isinstance(act.func, ast.Attribute) else None)
         first = walk.back(inner, hit=lambda n, f: _is_projection(n, f, index),
-                          stop=lambda n, f: isinstance(n, ast.arg)) if inner is not None else None
+                          stop=lambda n, f: isinstance(n, ast.arg) or _mixing_layer(n, f)) if inner is not None else None
         if first is None or first is second or _gated(walk, source, index):
             continue
         seen.add(id(act))
@@ -126,21 +188,33 @@ def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) 
                         step="the FFN's two projections live in two modules")
 
 
+def _mixing_layer(node: ast.AST, function: Function) -> bool:
+    """A module of the class applied between the first projection and the activation that is
+    not a dropout or a norm (SegFormer's depthwise conv over the image grid): the chain is no
+    position-wise Linear-activation-Linear FFN."""
+    attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+    if attribute is None or function.cls is None:
+        return False
+    built = function.cls.constructor_call(attribute)
+    name = last_name(built.func) if built is not None else ""
+    return not any(word in name.lower() for word in ("dropout", "norm")) and not is_activation(node, function)
+
+
 def _activation_step(act: ast.Call, cls) -> str:
     """Why the matcher may not know this activation: not ReLU/GELU, or a module built by a name
     it cannot resolve (`act_layer()`, `ACT2FN[...]`)."""
     attribute = self_attribute(act.func)
     if attribute is None:
         name = last_name(act)
-        return "" if name.lower() in ("relu", "gelu") else \
-            f"the activation is `{name}`; the matcher knows ReLU and GELU"
+        return "" if name.lower() in ("relu", "gelu", "silu", "swish") else \
+            f"the activation is `{name}`; the matcher knows ReLU, GELU and SiLU"
     values = cls.attributes.get(attribute, ())
     built = next((v for v in values), None)
-    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU"):
+    if isinstance(built, ast.Call) and last_name(built.func) in ("ReLU", "GELU", "SiLU"):
         return ""
     code = ast.unparse(built) if built is not None else "?"
     return (f"the activation `self.{attribute}` is `{code}` (line {getattr(built, 'lineno', '?')}), "
-            "which the matcher cannot resolve to ReLU or GELU")
+            "which the matcher cannot resolve to ReLU, GELU or SiLU")
 
 
 def _input(projection: ast.AST, function: Function) -> ast.AST | None:

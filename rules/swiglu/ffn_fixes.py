@@ -63,6 +63,34 @@ class FixWriter:
             replacements, gate = self._raw(cls, ffn, plan, taken)
         else:
             replacements, gate = self._linear(cls, ffn, plan, taken)
+        return self._gated(cls, ffn, plan, replacements, gate, hoisting,
+                           f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated")
+
+    def split(self, cls, ffn: FeedForward, halves) -> Fix:
+        """The up half of an FFN split over two classes (`act(self.dense(x))` returned; the down
+        projection is `halves.down`'s): gated here, the down half unchanged."""
+        for node, name in naming_strings(self.ctx, [ffn.first.weight]):
+            raise Unsupported(f"the string {self.ctx.code(node)} on line {self.ctx.line(node)} names "
+                              f"`{name}`: the new gate projection would be missing beside it; add it by hand")
+        if self.hidden != "same":
+            raise Unsupported("hidden=param-matched is not supported for an FFN split over two classes; use hidden=same")
+        self._choose_kind(cls, ffn.activation)
+        self._freed = imports_bound_by(self.ctx, [ffn.activation.func])
+        plan = ClassPlan(self.ctx.path, cls.qualname, [self.code])
+        hoisting = self._hoist(ffn) if ffn.hoist_before is not None else {}
+        first = cls.submodules[ffn.first.weight]
+        name = gate_name(first.name, halves.second, lambda n: n in cls.submodules or any(cls.self_references(n)))
+        in_, hidden = linear_features(first.call)
+        plan.new = linear_keys(f"{name}.", code_of(in_), code_of(hidden), linear_bias(first.call))
+        new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
+        replacements = {first.statement: cst.FlattenSentinel([first.statement, new])}
+        gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
+        return self._gated(cls, ffn, plan, replacements, gate, hoisting,
+                           f"feed-forward {ffn.first.weight} (down projection `{halves.second}` in "
+                           f"{halves.down}, wired by {halves.parent}) -> gated")
+
+    def _gated(self, cls, ffn: FeedForward, plan: ClassPlan, replacements: dict, gate, hoisting: dict,
+               message: str) -> Fix:
         function = f"{self.functional}.{GATE_FUNCTIONS[self.kind]}"
         if ffn.gate_at_first:
             parent = self.ctx.parents.get(ffn.first.node)
@@ -75,8 +103,7 @@ class FixWriter:
                 ffn.activation, function, ffn.gate_input, gate, parenthesize=not isinstance(parent, _NO_PARENS))
         replacements.update(self._unused_activation_module(cls, ffn))
         replacements.update(hoisting)
-        return self._fix(ffn.activation, f"feed-forward {ffn.first.weight}/{ffn.second.weight} -> gated",
-                         replacements, plan, [self.import_] if self.import_ else [])
+        return self._fix(ffn.activation, message, replacements, plan, [self.import_] if self.import_ else [])
 
     def _hoist(self, ffn: FeedForward) -> dict:
         """Bind the FFN input (`self.norm(x)`) to a fresh local before the statement, use it twice."""
@@ -99,6 +126,8 @@ class FixWriter:
 
     def _linear(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         first, second = cls.submodules[ffn.first.weight], cls.submodules[ffn.second.weight]
+        if ffn.first.transposed is not None:
+            return self._transposed(cls, ffn, plan, taken)
         conv = first.callee == CONV1D
         if conv != (second.callee == CONV1D):
             raise Unsupported(f"`{first.name}` and `{second.name}` are not the same kind of layer")
@@ -128,6 +157,23 @@ class FixWriter:
                     + linear_keys(f"{second.name}.", size, code_of(in_), second_bias, conv)
                     + linear_keys(f"{name}.", code_of(in_), size, bias, conv))
         return {first.statement: cst.FlattenSentinel(statements), second_in: cst.Name(local)}, gate
+
+    def _transposed(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
+        """Conv1D-style projections: the gate is built like the first (`Conv1D(nf, nx)`); its
+        weight is stored (in, out) and it always has a bias."""
+        if self.hidden != "same":
+            raise Unsupported("hidden=param-matched is not supported for Conv1D-style projections "
+                              "(weights stored transposed); use hidden=same")
+        first = cls.submodules[ffn.first.weight]
+        name = gate_name(first.name, cls.submodules[ffn.second.weight].name, taken)
+        layer = ffn.first.transposed
+        in_, hidden = code_of(layer.in_features), code_of(layer.out_features)
+        new = cst.parse_statement(f"self.{name} = {code_of(first.call)}\n")
+        note = f"as {first.name}: {code_of(first.call)} (weight stored (in, out))"
+        plan.new = [NewKey(f"{name}.weight", "default", [in_, hidden], note),
+                    NewKey(f"{name}.bias", "default", [hidden], note)]
+        gate = cst.parse_expression(f"self.{name}({code_of(ffn.first.input)})")
+        return {first.statement: cst.FlattenSentinel([first.statement, new])}, gate
 
     def _raw(self, cls, ffn: FeedForward, plan: ClassPlan, taken):
         if self.hidden != "same":
@@ -161,7 +207,7 @@ class FixWriter:
         line = setting_line(cls, name) if name else None
         if line is not None and len(list(cls.self_references(name))) == 2:
             self._freed = self._freed + imports_bound_by(self.ctx, [line.body[0].value])
-            return {line: cst.RemoveFromParent()}
+            return {line: cst.RemoveFromParent(), **unused_relative_imports(self.ctx, line)}
         return {}
 
     def sequential(self, ffn: SequentialFeedForward) -> Fix:
@@ -187,7 +233,7 @@ class FixWriter:
             parts = [code_of(ffn.norm)] if ffn.norm is not None else []
             parts += [call] + ([code_of(ffn.trailing)] if ffn.trailing is not None else [])
             call = f"{nn}.Sequential({', '.join(parts)})"
-        replacements = {ffn.call: cst.parse_expression(call)}
+        replacements = {ffn.call: cst.parse_expression(call), **unused_relative_imports(self.ctx, ffn.call)}
         replacements.update(self._helper(ffn.cls, nn))
         plan = self._sequential_plan(ffn, code_of(in_), size, bias)
         imports = [i for i in (self.import_, nn_import) if i]
@@ -198,7 +244,7 @@ class FixWriter:
         plan = ClassPlan(self.ctx.path, ffn.cls.qualname, [self.code])
         base = f"{ffn.attribute}.{1 if ffn.norm is not None else 0}." \
             if ffn.trailing is not None or ffn.norm is not None else f"{ffn.attribute}."
-        old = [f"{ffn.attribute}.{i}." for i in ffn.indices]
+        old = [f"{ffn.attribute}.{i}." + (f"{ffn.inner}." if ffn.inner else "") for i in ffn.indices]
         suffixes = ["weight", "bias"] if bias else ["weight"]
         if self.hidden == "same":
             for source, target in zip(old, ("w1.", "w2.")):
@@ -240,3 +286,46 @@ def setting_line(cls, attribute: str) -> cst.SimpleStatementLine | None:
     in_init = [line for line in lines(init) if len(line.body) == 1 and isinstance(line.body[0], cst.Assign)
                and len(line.body[0].targets) == 1 and self_attribute(line.body[0].targets[0].target) == attribute]
     return in_init[0] if len(everywhere) == 1 and len(in_init) == 1 else None
+
+
+def unused_relative_imports(ctx, removed: cst.CSTNode) -> dict:
+    """`from .gelu import GELU` (or `from . import helpers`) whose names only `removed` read: the
+    replacements that drop them (libcst's import remover skips relative imports). A name also
+    listed in a string (`__all__`) or read anywhere else keeps its import."""
+    read = read_names(removed)
+    everywhere: dict[str, int] = {}
+    for node in find(ctx.module, lambda n: isinstance(n, cst.Name)):
+        everywhere[node.value] = everywhere.get(node.value, 0) + 1
+    inside: dict[str, int] = {}
+    for node in find(removed, lambda n: isinstance(n, cst.Name)):
+        inside[node.value] = inside.get(node.value, 0) + 1
+    strings = {s.evaluated_value for s in find(ctx.module, lambda n: isinstance(n, cst.SimpleString))
+               if isinstance(s.evaluated_value, str)}
+    replacements = {}
+    for line in ctx.module.body:
+        if not (isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1
+                and isinstance(line.body[0], cst.ImportFrom) and line.body[0].relative
+                and not isinstance(line.body[0].names, cst.ImportStar)):
+            continue
+        statement = line.body[0]
+        kept = []
+        for alias in statement.names:
+            local = alias.asname.name.value if alias.asname else code_of(alias.name)
+            # the import binds the name once (`everywhere` counts it there, `inside` does not)
+            unused = local in read and everywhere.get(local, 0) == inside.get(local, 0) + 1 + (
+                1 if alias.asname else 0) and local not in strings
+            if not unused:
+                kept.append(alias)
+        if len(kept) == len(statement.names):
+            continue
+        if not kept:
+            replacements[line] = cst.RemoveFromParent()
+            after = ctx.module.body.index(line) + 1
+            if line.leading_lines and after < len(ctx.module.body):  # keep the blank line(s) above it
+                following = ctx.module.body[after]
+                replacements[following] = lambda updated, blank=line.leading_lines: updated.with_changes(
+                    leading_lines=[*blank, *updated.leading_lines])
+        else:
+            kept[-1] = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            replacements[statement] = statement.with_changes(names=kept)
+    return replacements

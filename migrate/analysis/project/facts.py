@@ -247,9 +247,46 @@ def elementwise_kind(project: ProjectIndex, path: str, function: ast.FunctionDef
     if not params or _depth > 3:
         return None
     body = _body(function)
+    branches = _feature_branches(body, params)
+    if branches is not None:  # `if hasattr(F, "gelu"): return F.gelu(x) else: return <erf form>`
+        kinds = {_body_kind(project, path, function, params, b, set(), _depth) for b in branches}
+        return kinds.pop() if len(kinds) == 1 else None
+    kept = _memo_skipped(function, body)
+    memo = {dotted_text(s.body[0].targets[0]) for s in body if s not in kept}
+    return _body_kind(project, path, function, params, kept, memo, _depth)
+
+
+def _feature_branches(body: list[ast.stmt], params: list[str]) -> list[list[ast.stmt]] | None:
+    """A body that is one `if` on something other than the parameters (a feature or version
+    check), each branch ending in a return: the two branches, else None."""
+    if len(body) != 1 or not isinstance(body[0], ast.If) or not body[0].orelse:
+        return None
+    if any(isinstance(n, ast.Name) and n.id in params for n in ast.walk(body[0].test)):
+        return None
+    return [body[0].body, body[0].orelse]
+
+
+def _memo_skipped(function: ast.FunctionDef, body: list[ast.stmt]) -> list[ast.stmt]:
+    """Without `if not hasattr(f, "_a"): f._a = <number>`, a constant cached on the function itself."""
+    def memo(statement: ast.stmt) -> bool:
+        return isinstance(statement, ast.If) and not statement.orelse and len(statement.body) == 1 \
+            and isinstance(statement.body[0], ast.Assign) and len(statement.body[0].targets) == 1 \
+            and _own_attribute(function, statement.body[0].targets[0]) \
+            and not any(isinstance(n, ast.Name) and n.id in parameter_names(function, False)
+                        for n in ast.walk(statement.body[0].value))
+    return [s for s in body if not memo(s)]
+
+
+def _own_attribute(function: ast.FunctionDef, node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == function.name
+
+
+def _body_kind(project: ProjectIndex, path: str, function: ast.FunctionDef, params: list[str],
+               body: list[ast.stmt], memo: set[str], _depth: int) -> str | None:
     if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
         return None
     local = set(params)
+    local.update(memo)  # memoised constants (`_memo_skipped`) are read as `f._a`
     calls: set[str] = set()
     for statement in body[:-1]:
         if not (isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets)):
@@ -284,7 +321,7 @@ def _elementwise(project: ProjectIndex, path: str, node: ast.AST, local: set[str
     if isinstance(node, ast.UnaryOp):
         return _elementwise(project, path, node.operand, local, calls, depth)
     if isinstance(node, ast.Attribute):
-        return _constant(project, path, node)
+        return dotted_text(node) in local or _constant(project, path, node)
     if isinstance(node, ast.Call):
         return _elementwise_call(project, path, node, local, calls, depth)
     return False
