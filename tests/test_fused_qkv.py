@@ -766,7 +766,8 @@ def test_an_expression_input_is_named() -> None:
 
 
 def test_another_file_is_named_relative_to_the_run() -> None:
-    """A place in another file of the run reads `model.py:49`: never an absolute path."""
+    """A place in another file of the run reads `annotated/model.py:49` (from above the package):
+    never an absolute path."""
     from tf_migrate.analysis.project import ProjectIndex
 
     folder = FOLDER.parent / "projects" / "factory_pkg"
@@ -775,13 +776,13 @@ def test_another_file_is_named_relative_to_the_run() -> None:
     path = folder / "annotated" / "attention.py"
     result = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project)
     [refusal] = result.refusals
-    assert "`MultiHeadedAttention` on model.py:49 is used other than" in refusal.reason, refusal.reason
+    assert "`MultiHeadedAttention` on annotated/model.py:49 is used other than" in refusal.reason, refusal.reason
     assert str(folder) not in refusal.reason
 
 
 def test_paths_are_relative_to_the_run_not_to_a_root_far_above(tmp_path: Path) -> None:
-    """A `.git` above a site-packages tree makes that folder the project root; the run's files
-    are still named from the folder they share."""
+    """A `.git` above a site-packages tree makes that folder the project root; a file is still
+    named from the nearest folder it shares with the run's files."""
     from tf_migrate.analysis.project import ProjectIndex
     from tf_migrate.rules.fused_qkv.places import shown_path
 
@@ -794,5 +795,22 @@ def test_paths_are_relative_to_the_run_not_to_a_root_far_above(tmp_path: Path) -
     project = ProjectIndex.for_files(files)
     assert project.root == str(tmp_path)
     assert shown_path(project, str(package / "sub" / "b.py")) == os.path.join("sub", "b.py")
-    assert shown_path(project, str(tmp_path / "lib" / "c.py")) == os.path.join("lib", "c.py")
+    assert shown_path(project, str(tmp_path / "lib" / "tools" / "c.py")) == os.path.join("tools", "c.py")
     assert shown_path(project, "/elsewhere/d.py") == "/elsewhere/d.py"
+
+
+def test_a_consumer_under_a_root_far_above_the_run_is_named_from_the_run(tmp_path: Path) -> None:
+    """A run over two folders of a package installed under a `.git` (a site-packages torch tree):
+    the consumer in the other folder reads `tools/plan.py:1`, not a path from the `.git` folder."""
+    (tmp_path / ".git").mkdir()
+    package = tmp_path / "versions" / "lib" / "site-packages" / "pkg"
+    (package / "models").mkdir(parents=True)
+    (package / "tools").mkdir()
+    (package / "models" / "model.py").write_text((FOLDER / "mingpt_separate.before.py").read_text())
+    (package / "tools" / "plan.py").write_text('PLAN = {"blocks.0.attn.query": "colwise"}\n')
+    from tf_migrate.analysis.project import ProjectIndex
+
+    project = ProjectIndex.for_files([package / "models" / "model.py", package / "tools" / "plan.py"])
+    path = package / "models" / "model.py"
+    [refusal] = migrate_source(path.read_text(), str(path), [SeparateQkvToFused()], project).refusals
+    assert "(tools/plan.py:1)" in refusal.reason and "versions" not in refusal.reason, refusal.reason

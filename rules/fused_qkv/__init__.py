@@ -21,6 +21,7 @@ from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, CrossCall, constructo
                                                  sizes_in_forward, split_suffix, total_size)
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
 from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
+from tf_migrate.rules.fused_qkv.places import shown_root
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
@@ -240,7 +241,7 @@ def _consumer(ctx, cls, triple: Triple) -> str | None:
         name = triple.attributes[role]
         found = consumers_of(ctx.project, owner, name, {"hook", "string", "key", "attribute"})
         if found:
-            return f"`{name}` is used outside the class: {found[0].describe(ctx.project.root)}"
+            return f"`{name}` is used outside the class: {found[0].describe(shown_root(ctx.project, found[0].path))}"
     return None
 
 

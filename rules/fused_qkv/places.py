@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 
 
-def shown_path(project, path: str) -> str:
-    """`path` relative to the folder the run's files share (`model.py`, `pkg/blocks.py`), as the
-    user named the run; relative to the project root when it lies elsewhere inside it, else as is.
-    The root alone may sit far above the run (a `.git` above a site-packages torch tree)."""
+def shown_root(project, path: str) -> str:
+    """The folder to show `path` from: the nearest one that holds both the run's files and `path`,
+    above the packages it lies in (`gptlib/model.py`, `torch/nn/parallel/distributed.py`), else the
+    project root. The root alone may sit far above the run (a `.git` above site-packages)."""
     folders = [os.path.dirname(f) for f in project.files]
     if folders:
-        common = os.path.commonpath(folders)
-        if path.startswith(common + os.sep):
-            return os.path.relpath(path, common)
-    return os.path.relpath(path, project.root) if project.inside(path) else path
+        common = os.path.commonpath(folders + [os.path.dirname(path)])
+        while os.path.isfile(os.path.join(common, "__init__.py")) and os.path.dirname(common) != common:
+            common = os.path.dirname(common)  # name a package's files with the package: `gptlib/model.py`
+        if os.path.dirname(common) != common:  # not the filesystem's root
+            return common
+    return project.root
+
+
+def shown_path(project, path: str) -> str:
+    """`path` relative to `shown_root`, or as is when it lies outside that folder."""
+    root = shown_root(project, path)
+    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
 
 
 def place(ctx, fctx, node) -> str:
