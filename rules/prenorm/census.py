@@ -157,8 +157,8 @@ def _built_names(index, cls, attribute: str) -> set[str]:
         return names
     parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
     passed = {n.id for v in values for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in parameters}
-    for call in index.calls:
-        if not (passed and isinstance(call.func, ast.Name) and call.func.id == cls.node.name):
+    for call in index.calls if passed else ():
+        if not (isinstance(call.func, ast.Name) and call.func.id == cls.node.name):
             continue
         given = [(parameters[i], a) for i, a in enumerate(call.args[:len(parameters)])
                  if not isinstance(a, ast.Starred)] + [(k.arg, k.value) for k in call.keywords]
