@@ -107,7 +107,10 @@ def _file_consumers(project: ProjectIndex, owner: Symbol | None, path: str, tree
     text = project.text(path) or ""
     facts = _facts(tree)
     for node in facts.candidates(name, with_functions="key" in kinds and "assert" in text):
-        yield from node_consumers(project, path, node, name, kinds, module_types)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from facts.key_counts(node, path)  # the same for every name
+        else:
+            yield from node_consumers(project, path, node, name, kinds, module_types)
     if "attribute" in kinds and path != getattr(owner, "path", None) and name in text:
         # every class's ancestry is read, as the walk did, so the files this answer reads stay the same
         derives = {None: False} | {qualname: _derives(project, owner, path, qualname) for qualname in facts.classes}
@@ -152,6 +155,7 @@ class _FileFacts:
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
                 self._file(order, node, set(node.value.split(".")))
         self.attributes: dict[str, list[tuple[ast.Attribute, str | None]]] = {}
+        self._key_counts: dict[tuple[int, str], list[Consumer]] = {}  # by outer function (kept by the tree)
         self.classes: list[str] = []  # qualified names of the classes `_attributes` enters, in its order
         self._attributes(tree.body, None, "")
 
@@ -169,6 +173,12 @@ class _FileFacts:
             for node in ast.walk(statement):
                 if isinstance(node, ast.Attribute):
                     self.attributes.setdefault(node.attr, []).append((node, class_name))
+
+    def key_counts(self, function: ast.FunctionDef | ast.AsyncFunctionDef, path: str) -> list[Consumer]:
+        key = (id(function), path)
+        if key not in self._key_counts:
+            self._key_counts[key] = list(_key_counts(function, path))
+        return self._key_counts[key]
 
     def candidates(self, name: str, with_functions: bool) -> list[ast.AST]:
         found = self.by_name.get(name, []) + self.loops + (self.functions if with_functions else [])
