@@ -27,12 +27,7 @@ ACTS = ("apply", "refuse", "apply-or-refuse")
 _runs: dict[str, dict[str, FileResult]] = {}
 
 # (package or model, rule) -> the step a rule's census does not take yet (rules/<rule>/census.py).
-RULE_SIDE = {
-    ("aiayn", "TFM201"): "rules/prenorm/census.py `_becomes_stream`: `q += residual` then "
-                         "`q = self.layer_norm(q)`: an augmented assignment does not name the stream",
-    ("annotated_encdec", "TFM201"): "rules/prenorm/census.py `_stack_lines`: a stack built from a list "
-                                    "passed in (`nn.ModuleList(layers)`) anchors no final-norm fix",
-}
+RULE_SIDE: dict[tuple[str, str], str] = {}
 
 
 def _package(name: str) -> dict[str, FileResult]:
@@ -98,3 +93,48 @@ def test_the_rule_side_list_names_only_pairs_that_exist() -> None:
     known = set(SPECS) | {p.stem for p in MODEL_FILES}
     assert {name for name, _ in RULE_SIDE} <= known
     assert {code for _, code in RULE_SIDE} <= set(RULES)
+
+
+_MODEL = """import torch.nn as nn
+from blocks import Block
+
+
+class Model(nn.Module):
+    def __init__(self, width, depth):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(width) for _ in range(depth)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+"""
+_BLOCK = """import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.mix = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+{body}
+"""
+_POST = "        y = self.mix(x)\n        y += x\n        y = self.norm(y)\n        return y"
+_PRE = "        return x + self.mix(self.norm(x))"
+
+
+@pytest.mark.parametrize("body, expected", [(_POST, [("Model", 11, "migrated")]), (_PRE, [])],
+                         ids=["post-norm", "pre-norm"])
+def test_a_stack_of_blocks_from_another_file_is_a_component_only_when_they_are_post_norm(
+        tmp_path: Path, body: str, expected: list) -> None:
+    (tmp_path / "blocks.py").write_text(_BLOCK.format(body=body))
+    (tmp_path / "model.py").write_text(_MODEL)
+    files = sorted(tmp_path.glob("*.py"))
+    project = ProjectIndex.for_files(files)
+    rules = [rule() for rule in select_rules(["all"])]
+    result = migrate_source(_MODEL, str(tmp_path / "model.py"), rules, project)
+    found = [(c.cls, c.start_line, c.outcome) for c in result.components if c.rule == "TFM201"]
+    assert found == expected
+    assert [item.line for item in result.outside if item.code == "TFM201"] == []

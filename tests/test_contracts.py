@@ -101,3 +101,93 @@ def test_attribute_uses_in_other_files_but_not_the_owners_or_another_class_own(t
     assert found == {("tools.py", 30, "`model.block.query` reaches `query`")}
     assert _consumers(tmp_path, "attn_drop", {"string"}) == {
         ("tools.py", 20, "`getattr` looks up `attn_drop` by name")}
+
+
+def _walked(project, owner, path: str, tree, name: str, kinds, module_types) -> list:
+    """The reference: `_file_consumers` as one walk of the whole file per question."""
+    import ast
+
+    from tf_migrate.analysis import contracts
+
+    text = project.text(path) or ""
+    outer = {id(f) for f in contracts.outer_functions(tree.body)} if "key" in kinds and "assert" in text else set()
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or id(node) in outer:
+            found += contracts.node_consumers(project, path, node, name, kinds, module_types)
+
+    def attributes(body, inherits: bool, prefix: str = "") -> None:
+        for statement in body:
+            if isinstance(statement, ast.ClassDef):
+                symbol = project.class_symbol(path, prefix + statement.name)
+                derives = owner is not None and symbol is not None and owner in project.ancestors(symbol)
+                attributes(statement.body, derives, prefix + statement.name + ".")
+                continue
+            found.extend(contracts.Consumer(path, node.lineno, f"`{ast.unparse(node)}` reaches `{name}`")
+                         for node in ast.walk(statement) if isinstance(node, ast.Attribute) and node.attr == name
+                         and (inherits or contracts.dotted_text(node.value) != "self"))
+
+    if "attribute" in kinds and path != getattr(owner, "path", None) and name in text:
+        attributes(tree.body, False)
+    return found
+
+
+def _questions(tree) -> set[str]:
+    """Every name a fixture's questions can be about: attributes, and strings whole and split at dots."""
+    import ast
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 60:
+            names |= {node.value, *node.value.split(".")}
+    return names
+
+
+def test_file_facts_answer_as_the_whole_file_walk_on_every_fixture() -> None:
+    from tf_migrate.analysis import contracts
+    from tf_migrate.analysis.project import ProjectIndex
+
+    files = sorted(Path(__file__).resolve().parent.parent.joinpath("fixtures").rglob("*.py"))
+    project = ProjectIndex.for_files(files)
+    kinds = frozenset({"hook", "key", "string", "attribute"})
+    types = frozenset({"torch.nn.Dropout", "torch.nn.Linear"})
+    asked = 0
+    for path in map(str, project.files):
+        summary = project.summary(path)
+        if summary is None:
+            continue
+        owners = [None] + [project.class_symbol(path, q) for q in list(summary.classes)[:1]]
+        for name in sorted(_questions(summary.tree)):
+            for owner in owners:
+                got = list(contracts._file_consumers(project, owner, path, summary.tree, name, kinds, types))
+                assert got == _walked(project, owner, path, summary.tree, name, kinds, types), (path, name)
+                asked += 1
+    assert asked > 1000
+
+
+def test_a_changed_file_is_not_answered_from_the_facts_of_its_old_text(tmp_path: Path) -> None:
+    import ast
+
+    from tf_migrate.analysis import contracts
+
+    project = write_project(tmp_path, FILES)
+    tools = str(tmp_path / "pkg" / "tools.py")
+
+    def answers(name: str) -> list[tuple[int, str]]:
+        summary = project.summary(tools)
+        return sorted((c.line, c.what) for c in contracts._file_consumers(project, None, tools, summary.tree, name,
+                                                                     {"string"}, frozenset()))
+
+    assert answers("query") == [(20, "`model.get_submodule` looks up `query` by name"),
+                                (22, "a list of names includes 'query'")]
+    tree = project.summary(tools).tree
+    assert contracts._facts(tree) is contracts._facts(tree)  # one walk per tree, not one per question
+    text = project.text(tools).replace('"block.query"', '"block.value"')
+    project.add(tools, text, ast.parse(text))
+    assert answers("query") == [(22, "a list of names includes 'query'")]
+    text = text.replace('["query", "value"]', '["key"]')
+    project.add(tools, text)  # no tree given: the index parses it again
+    assert answers("query") == []
+    assert answers("value") == [(20, "`model.get_submodule` looks up `value` by name")]

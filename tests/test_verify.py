@@ -295,3 +295,26 @@ def test_every_model_verifies_after_all_rules(stem, tmp_path):
     assert run.exit_code == 0, run.output
     assert "structure: torch.fx graphs of before and after by " in run.output  # a graph, not the eager record
 
+
+
+def test_probabilities_returned_as_none_for_callers_that_ignore_them_verify(tmp_path):
+    """TFM101 returns None where a module returned probabilities no caller reads: the per-instance
+    check pairs the outputs element by element and says so, instead of calling the shapes different."""
+    source = Path(__file__).parent.parent / "fixtures" / "sdpa" / "module_returns_ignored_probs.before.py"
+    before = tmp_path / "before.py"
+    before.write_text(source.read_text())
+    after = _migrate(before, tmp_path / "after.py")
+    assert "return out, None" in after.read_text()
+    run = CliRunner().invoke(main, ["verify", str(before), str(after), "--plan", str(after.with_suffix(".plan.json")),
+                                    "--build", "TwoPassBlock(16, 2)"])
+    assert run.exit_code == 0, run.output
+    assert "output(s) now None: no caller reads them" in run.output
+
+
+def test_paired_tensors_skip_only_a_tensor_replaced_by_none():
+    from tf_migrate.verify.inputs import paired_tensors
+
+    a, b, c = torch.zeros(2), torch.ones(3), torch.ones(2)
+    assert paired_tensors((a, b), (c, None)) == ([a], [c], 1)
+    old, new, dropped = paired_tensors((a, b), (c,))  # a different structure is flattened, not excused
+    assert (len(old), len(new), dropped) == (2, 1, 0)

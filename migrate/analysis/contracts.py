@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import os
+import weakref
 from dataclasses import dataclass
 
 from tf_migrate.analysis.project.index import ProjectIndex, Symbol, dotted_text
@@ -104,50 +105,138 @@ def _owner_lines(owner: Symbol | None, path: str) -> range:
 def _file_consumers(project: ProjectIndex, owner: Symbol | None, path: str, tree: ast.Module, name: str,
                     kinds, module_types):
     text = project.text(path) or ""
-    outer = {id(f) for f in _outer_functions(tree.body)} if "key" in kinds and "assert" in text else set()
-    for node in ast.walk(tree):
-        if "hook" in kinds and isinstance(node, ast.Call) and _hook_call(node, name):
-            yield Consumer(path, node.lineno, f"a hook is registered on `.{name}`")
-        elif "hook" in kinds and isinstance(node, (ast.For, ast.comprehension)) and _walks_modules(node):
-            yield from _selected_hooks(project, path, node, name, module_types)
-        elif "key" in kinds and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in outer:
-            yield from _key_counts(node, path)
-        elif "string" in kinds and isinstance(node, (ast.List, ast.Tuple, ast.Set)) and any(
-                isinstance(e, ast.Constant) and e.value == name for e in node.elts):
-            yield Consumer(path, node.lineno, f"a list of names includes {name!r}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names(node.value, name):
-            if "key" in kinds and "." in node.value:
-                yield Consumer(path, node.lineno, f"the string {node.value!r} names `{name}`")
-        elif "string" in kinds and isinstance(node, ast.Call) and _by_name(node, name):
-            yield Consumer(path, node.lineno, f"`{ast.unparse(node.func)}` looks up `{name}` by name")
+    facts = _facts(tree)
+    for node in facts.candidates(name, with_functions="key" in kinds and "assert" in text):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from facts.key_counts(node, path)  # the same for every name
+        else:
+            yield from node_consumers(project, path, node, name, kinds, module_types)
     if "attribute" in kinds and path != getattr(owner, "path", None) and name in text:
-        yield from _attribute_uses(project, owner, path, tree.body, name, inherits=False)
-
-
-def _attribute_uses(project: ProjectIndex, owner: Symbol | None, path: str, body: list[ast.stmt], name: str,
-                    inherits: bool, prefix: str = ""):
-    """`<expr>.name` outside the owner; `self.name` counts only in a class deriving from the owner."""
-    for statement in body:
-        if isinstance(statement, ast.ClassDef):
-            symbol = project.class_symbol(path, prefix + statement.name)
-            derives = owner is not None and symbol is not None and owner in project.ancestors(symbol)
-            yield from _attribute_uses(project, owner, path, statement.body, name, derives,
-                                       prefix + statement.name + ".")
-            continue
-        for node in ast.walk(statement):
-            if isinstance(node, ast.Attribute) and node.attr == name and (inherits or dotted_text(node.value) != "self"):
+        # every class's ancestry is read, as the walk did, so the files this answer reads stay the same
+        derives = {None: False} | {qualname: _derives(project, owner, path, qualname) for qualname in facts.classes}
+        for node, class_name in facts.attributes.get(name, ()):
+            if derives[class_name] or dotted_text(node.value) != "self":
                 yield Consumer(path, node.lineno, f"`{ast.unparse(node)}` reaches `{name}`")
 
 
-def _outer_functions(body: list[ast.stmt]):
+_FACTS: "weakref.WeakKeyDictionary[ast.Module, _FileFacts]" = weakref.WeakKeyDictionary()
+
+
+def _facts(tree: ast.Module) -> "_FileFacts":
+    """One walk per parsed tree: a file given new text gets a new tree (`ProjectIndex.add`), so a
+    new entry, and the old one goes with its tree."""
+    facts = _FACTS.get(tree)
+    if facts is None:
+        facts = _FACTS[tree] = _FileFacts(tree)
+    return facts
+
+
+class _FileFacts:
+    """The nodes of one file that can answer a question about some name, filed by that name, in the
+    order of `ast.walk`, so that each question looks at its own few nodes instead of the file."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.by_name: dict[str, list[tuple[int, ast.AST]]] = {}
+        self.loops: list[tuple[int, ast.AST]] = []  # walks over `modules()` and the like: every name
+        self.functions: list[tuple[int, ast.AST]] = []  # outer functions: key counts, any name
+        outer = {id(f) for f in outer_functions(tree.body)}
+        for order, node in enumerate(ast.walk(tree)):
+            if isinstance(node, ast.Call):
+                self._file(order, node, _call_names(node))
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                if _walks_modules(node):
+                    self.loops.append((order, node))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if id(node) in outer:
+                    self.functions.append((order, node))
+            elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                self._file(order, node, {e.value for e in node.elts
+                                         if isinstance(e, ast.Constant) and isinstance(e.value, str)})
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
+                self._file(order, node, set(node.value.split(".")))
+        self.attributes: dict[str, list[tuple[ast.Attribute, str | None]]] = {}
+        self._key_counts: dict[tuple[int, str], list[Consumer]] = {}  # by outer function (kept by the tree)
+        self.classes: list[str] = []  # qualified names of the classes `_attributes` enters, in its order
+        self._attributes(tree.body, None, "")
+
+    def _file(self, order: int, node: ast.AST, names: set[str]) -> None:
+        for name in names:
+            self.by_name.setdefault(name, []).append((order, node))
+
+    def _attributes(self, body: list[ast.stmt], class_name: str | None, prefix: str) -> None:
+        """`<expr>.name` by name, with the class (qualified name) whose body holds it directly."""
+        for statement in body:
+            if isinstance(statement, ast.ClassDef):
+                self.classes.append(prefix + statement.name)
+                self._attributes(statement.body, prefix + statement.name, prefix + statement.name + ".")
+                continue
+            for node in ast.walk(statement):
+                if isinstance(node, ast.Attribute):
+                    self.attributes.setdefault(node.attr, []).append((node, class_name))
+
+    def key_counts(self, function: ast.FunctionDef | ast.AsyncFunctionDef, path: str) -> list[Consumer]:
+        key = (id(function), path)
+        if key not in self._key_counts:
+            self._key_counts[key] = list(_key_counts(function, path))
+        return self._key_counts[key]
+
+    def candidates(self, name: str, with_functions: bool) -> list[ast.AST]:
+        found = self.by_name.get(name, []) + self.loops + (self.functions if with_functions else [])
+        return [node for _, node in sorted(found, key=lambda pair: pair[0])]
+
+
+def _call_names(node: ast.Call) -> set[str]:
+    """The names a call can answer for: the attribute a hook is registered on, or the strings a
+    look-up by name is given (whole and split at dots)."""
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr in HOOKS:
+        return {func.value.attr} if isinstance(func.value, ast.Attribute) else set()
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if called not in _BY_NAME:
+        return set()
+    names: set[str] = set()
+    for a in node.args:
+        if isinstance(a, ast.Constant) and isinstance(a.value, str):
+            names.add(a.value)
+            if len(a.value) < 200:
+                names.update(a.value.split("."))
+    return names
+
+
+def _derives(project: ProjectIndex, owner: Symbol | None, path: str, qualname: str) -> bool:
+    """Whether a class of `path` derives from the owner (then its `self.name` is the owner's own)."""
+    symbol = project.class_symbol(path, qualname)
+    return owner is not None and symbol is not None and owner in project.ancestors(symbol)
+
+
+def node_consumers(project: ProjectIndex, path: str, node: ast.AST, name: str, kinds, module_types):
+    """What one node of a file says about `name` (a function is asked only when it is an outer one
+    and its file asserts something)."""
+    if "hook" in kinds and isinstance(node, ast.Call) and _hook_call(node, name):
+        yield Consumer(path, node.lineno, f"a hook is registered on `.{name}`")
+    elif "hook" in kinds and isinstance(node, (ast.For, ast.comprehension)) and _walks_modules(node):
+        yield from _selected_hooks(project, path, node, name, module_types)
+    elif "key" in kinds and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        yield from _key_counts(node, path)
+    elif "string" in kinds and isinstance(node, (ast.List, ast.Tuple, ast.Set)) and any(
+            isinstance(e, ast.Constant) and e.value == name for e in node.elts):
+        yield Consumer(path, node.lineno, f"a list of names includes {name!r}")
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _names(node.value, name):
+        if "key" in kinds and "." in node.value:
+            yield Consumer(path, node.lineno, f"the string {node.value!r} names `{name}`")
+    elif "string" in kinds and isinstance(node, ast.Call) and _by_name(node, name):
+        yield Consumer(path, node.lineno, f"`{ast.unparse(node.func)}` looks up `{name}` by name")
+
+
+def outer_functions(body: list[ast.stmt]):
     """Functions and methods not nested in another function (a nested one is walked with its parent)."""
     for statement in body:
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield statement
         elif isinstance(statement, ast.ClassDef):
-            yield from _outer_functions(statement.body)
+            yield from outer_functions(statement.body)
         elif isinstance(statement, (ast.If, ast.Try)):
-            yield from _outer_functions(statement.body + statement.orelse)
+            yield from outer_functions(statement.body + statement.orelse)
 
 
 def _names(text: str, name: str) -> bool:

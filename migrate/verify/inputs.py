@@ -43,6 +43,18 @@ def cast_floats(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
+def paired_tensors(old: Any, new: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """The tensors of two outputs side by side, and how many tensors of `old` the migrated side
+    returns as `None` (TFM101 returns `None` for probabilities no caller reads: the whole-model
+    check proves no caller does). Outputs of other shapes are flattened as `tensors` does."""
+    if isinstance(old, torch.Tensor) and new is None:
+        return [], [], 1
+    if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)) and len(old) == len(new):
+        pairs = [paired_tensors(a, b) for a, b in zip(old, new)]
+        return ([t for p in pairs for t in p[0]], [t for p in pairs for t in p[1]], sum(p[2] for p in pairs))
+    return tensors(old), tensors(new), 0
+
+
 def tensors(value: Any) -> list[torch.Tensor]:
     """Every tensor in a (nested) output, in a stable order."""
     if isinstance(value, torch.Tensor):

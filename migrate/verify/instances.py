@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils._pytree as pytree
 from tf_migrate.verify.direct import through_call
-from tf_migrate.verify.inputs import cast_floats, tensors
+from tf_migrate.verify.inputs import cast_floats, paired_tensors, tensors
 from tf_migrate.verify.numerics import compare_tensor_lists
 from torch import nn
 
@@ -33,6 +33,7 @@ class InstanceCheck:
     max_rel: float
     ok: bool
     problem: str = ""
+    returned_none: int = 0  # output tensors the migrated module returns as None (unread probabilities)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Call:
     args: tuple
     kwargs: dict
     output: list
+    raw: object = None  # the output as returned (tuple structure kept), for `paired_tensors`
 
 
 def clone(value):
@@ -62,7 +64,8 @@ def record_calls(model: nn.Module, paths: list[str], inputs: list[tuple]) -> dic
             args_, kwargs_ = pending[path].pop()
             if budget[path] > 0:
                 budget[path] -= 1
-                calls[path].append(Call(args_, kwargs_, [t.detach().clone() for t in tensors(output)]))
+                kept = clone(output)
+                calls[path].append(Call(args_, kwargs_, tensors(kept), kept))
         handles.append(modules[path].register_forward_pre_hook(before, with_kwargs=True))
         handles.append(modules[path].register_forward_hook(after, with_kwargs=True))
     try:
@@ -98,11 +101,12 @@ def compare_instances(before: nn.Module, after: nn.Module, planned: list[tuple[s
         check = InstanceCheck(path, cls, rules, name, len(calls[path]), 0.0, 0.0 if exact else float("nan"), True)
         for call in calls[path]:
             try:
-                new = tensors(module(*clone(call.args), **clone(call.kwargs)))
+                returned = module(*clone(call.args), **clone(call.kwargs))
             except Exception as exc:  # noqa: BLE001 - a migrated module that crashes is a failure
                 check.ok, check.problem = False, f"the migrated module raised {exc!r}"
                 break
-            found = compare_tensor_lists(call.output, new, *(loose or {}).get(path, (rtol, atol)))
+            old, new, check.returned_none = paired_tensors(call.raw, returned)
+            found = compare_tensor_lists(old, new, *(loose or {}).get(path, (rtol, atol)))
             check.max_abs = max(check.max_abs, found.max_abs)
             if exact:
                 check.max_rel = max(check.max_rel, found.max_rel)

@@ -118,7 +118,8 @@ def _instance_lines(result: Verification) -> list[str]:
         shape = {True: "ok", False: "BAD"}.get(structure.get(path), "whole model" if structure else "-")
         figures = " | ".join(_figures(row.get(d)) for d in ("float32", "float64"))
         lines.append(f"  {'ok ' if row['ok'] else 'BAD'} | {path or '<root>'} | {c.cls} | {', '.join(c.rules)} "
-                     f"| {shape} | {figures} |" + (f" {c.problem}" if c.problem else ""))
+                     f"| {shape} | {figures} |" + (f" {c.problem}" if c.problem else "")
+                     + (f" ({c.returned_none} output(s) now None: no caller reads them)" if c.returned_none else ""))
     if result.low_precision:
         lines.append("low precision (max deviation from the float64 original; reported, never judged):")
         lines += [f"  {p.path or '<root>'} {p.dtype}: before {p.before:.3g}, after {p.after:.3g}"

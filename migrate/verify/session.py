@@ -16,7 +16,7 @@ from tf_migrate.verify.building import Builder, as_args, evaluate
 from tf_migrate.verify.checkpoint import LoadReport, map_and_load, planned_instances
 from tf_migrate.verify.evidence import EXPECTATIONS, RuleEvidence, rule_evidence
 from tf_migrate.verify.graphdiff import OutsideDiff, outside_diff
-from tf_migrate.verify.inputs import cast_floats, infer_inputs, tensors
+from tf_migrate.verify.inputs import cast_floats, infer_inputs, paired_tensors, tensors
 from tf_migrate.verify.instances import (InstanceCheck, LowPrecision, compare_instances, low_precision,
                                          record_calls)
 from tf_migrate.verify.loading import LoadError, Source, load_module, module_entry, split_build
@@ -202,8 +202,8 @@ def _localise(result: Verification, models: dict, args: list[tuple], options: Ve
     calls = record_calls(old, [bad.path], [cast_floats(a, dtype) for a in args])[bad.path]
     for call in calls:
         with torch.no_grad():
-            out = tensors(new_module(*call.args, **call.kwargs))
-        if not numerics.compare_tensor_lists(call.output, out, rtol, atol).ok:
+            old_out, out, _ = paired_tensors(call.raw, new_module(*call.args, **call.kwargs))
+        if not numerics.compare_tensor_lists(old_out, out, rtol, atol).ok:
             result.first_node = f"{bad.path}: " + first_node(old_module, new_module, call.args, call.kwargs, rtol, atol)
             return
 

@@ -22,7 +22,30 @@ from tf_migrate.engine.rule import Component
 
 def components(ctx, code: str) -> Iterator[Component]:
     """One component per function holding post-norm residuals (the rule answers per block)."""
-    walk = walker(ctx)
+    index = walker(ctx).index
+    found = _post_norm_sites(ctx)
+    for function, sites in found.items():
+        cls = function.cls
+        start, end = line_span(*(node for site in sites for node in site))
+        described = "; ".join(f"residual add (line {add.lineno}) of a sublayer (line {sub.lineno}) "
+                              f"into a norm (line {norm.lineno})" for norm, add, sub in sites)
+        yield Component(code, "post-norm", cls.qualname, start, end,
+                        f"{len(sites)} post-norm sublayer(s): {described}",
+                        _stack_lines(index, cls) + _after_layer_loop(index, function, sites),
+                        scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
+                        step="" if function.node.name == "forward" else
+                        f"it is in `{function.qualname}`; the matcher reads `forward` only")
+    yield from _stacks_of_other_files(ctx, code)
+    yield from builtin_components(index, code)
+
+
+def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
+    """Function -> its (norm, residual add, sublayer) sites; computed once per file, as the stacks
+    of other files ask for it too."""
+    return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx)))
+
+
+def _find_sites(walk) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     index = walk.index
     seen: set[int] = set()
     found: dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]] = {}
@@ -40,18 +63,7 @@ def components(ctx, code: str) -> Iterator[Component]:
         sublayer = residual[0]
         seen.add(id(add))
         found.setdefault(function, []).append((call, add, sublayer))
-    for function, sites in found.items():
-        cls = function.cls
-        start, end = line_span(*(node for site in sites for node in site))
-        described = "; ".join(f"residual add (line {add.lineno}) of a sublayer (line {sub.lineno}) "
-                              f"into a norm (line {norm.lineno})" for norm, add, sub in sites)
-        yield Component(code, "post-norm", cls.qualname, start, end,
-                        f"{len(sites)} post-norm sublayer(s): {described}",
-                        _stack_lines(index, cls) + _after_layer_loop(index, function, sites),
-                        scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
-                        step="" if function.node.name == "forward" else
-                        f"it is in `{function.qualname}`; the matcher reads `forward` only")
-    yield from builtin_components(index, code)
+    return found
 
 
 def _after_layer_loop(index, function: Function, sites) -> tuple[int, ...]:
@@ -124,13 +136,87 @@ def _stack_lines(index, block) -> tuple[int, ...]:
     holders = {block.node.name} | {c.node.name for c in index.classes if _builds(c, {block.node.name})}
     lines = []
     for cls in index.classes:
-        held = [attribute for attribute, values in cls.attributes.items()
-                if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in holders
-                       for v in values for n in ast.walk(v))]
-        for node in ast.walk(cls.node):
-            if isinstance(node, ast.For) and any(self_attribute(n) in held for n in ast.walk(node.iter)):
-                lines.append(node.lineno)
+        for attribute in cls.attributes:
+            if _built_names(index, cls, attribute) & holders:
+                lines += _loops_over(cls, attribute)
     return tuple(sorted(set(lines)))
+
+
+def _loops_over(cls, attribute: str) -> list[int]:
+    return [node.lineno for node in ast.walk(cls.node)
+            if isinstance(node, ast.For) and any(self_attribute(n) == attribute for n in ast.walk(node.iter))]
+
+
+def _built_names(index, cls, attribute: str) -> set[str]:
+    """The classes called to build `self.X`: in its value, or, for an `__init__` parameter
+    (`nn.ModuleList(layers)`), in what the file's calls of the class pass for it."""
+    values = cls.attributes.get(attribute, ())
+    names = {n.func.id for v in values for n in ast.walk(v) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    init = cls.methods.get("__init__")
+    if init is None:
+        return names
+    parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
+    passed = {n.id for v in values for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in parameters}
+    for call in index.calls if passed else ():
+        if not (isinstance(call.func, ast.Name) and call.func.id == cls.node.name):
+            continue
+        given = [(parameters[i], a) for i, a in enumerate(call.args[:len(parameters)])
+                 if not isinstance(a, ast.Starred)] + [(k.arg, k.value) for k in call.keywords]
+        names |= {n.func.id for name, value in given if name in passed for n in ast.walk(value)
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return names
+
+
+def _stacks_of_other_files(ctx, code: str) -> Iterator[Component]:
+    """A stack here of blocks whose post-norm sublayers are in another file of the tree
+    (`for layer in self.layer_stack:` over `EncoderLayer`s holding an imported attention class
+    that norms its own output): the rule adds the final norm here, so the stack is a component."""
+    index = walker(ctx).index
+    for cls in index.classes:
+        for attribute in cls.attributes:
+            loops = _loops_over(cls, attribute)
+            if not loops:
+                continue
+            blocks = sorted(name for name in _built_names(index, cls, attribute)
+                            if _reaches_other_file(ctx, name, ctx.project_key, 0))
+            if blocks:
+                yield Component(code, "post-norm", cls.qualname, loops[0], loops[0],
+                                f"a stack `self.{attribute}` of `{blocks[0]}`, whose post-norm sublayers "
+                                "are defined in another file", tuple(loops),
+                                scopes=((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),),
+                                step="the final norm of a stack whose post-norm sublayers are in another file")
+
+
+def _reaches_other_file(fctx, name: str, home: str, depth: int) -> bool:
+    """`name` in `fctx` is a class of another file than `home` with post-norm residuals, or holds
+    one (three levels down). A post-norm class of `home` itself stops the search: its own
+    component claims the stack."""
+    resolved = _resolve(fctx, name) if depth <= 3 else None
+    if resolved is None:
+        return False
+    octx, info = resolved
+    if any(function.cls is info for function in _post_norm_sites(octx)):
+        return octx.project_key != home
+    index = walker(octx).index
+    return any(_reaches_other_file(octx, held, home, depth + 1)
+               for attribute in info.attributes for held in _built_names(index, info, attribute)
+               if held != info.node.name)
+
+
+def _resolve(fctx, name: str):
+    """(file context, class) that a bare name stands for in `fctx`: its own class or an imported one."""
+    local = walker(fctx).index.class_by_name.get(name)
+    if local is not None:
+        return fctx, local
+    for symbol in fctx.project.resolve_name(fctx.project_key, name):
+        if symbol.kind != "class" or not symbol.path or symbol.path == fctx.project_key:
+            continue
+        other = fctx.project.context(symbol.path)
+        info = next((c for c in walker(other).index.classes if c.qualname == symbol.qualname), None) \
+            if other is not None else None
+        if info is not None:
+            return other, info
+    return None
 
 
 def _builds(cls, names: set[str]) -> bool:
