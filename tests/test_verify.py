@@ -318,3 +318,5 @@ def test_paired_tensors_skip_only_a_tensor_replaced_by_none():
     assert paired_tensors((a, b), (c, None)) == ([a], [c], 1)
     old, new, dropped = paired_tensors((a, b), (c,))  # a different structure is flattened, not excused
     assert (len(old), len(new), dropped) == (2, 1, 0)
+    assert paired_tensors(a, None) == ([a], [], 0)  # a module that returns nothing at all is not excused
+    assert paired_tensors((a, b), (None, None)) == ([a, b], [], 0)

@@ -43,14 +43,16 @@ def cast_floats(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def paired_tensors(old: Any, new: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+def paired_tensors(old: Any, new: Any, inside: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
     """The tensors of two outputs side by side, and how many tensors of `old` the migrated side
-    returns as `None` (TFM101 returns `None` for probabilities no caller reads: the whole-model
-    check proves no caller does). Outputs of other shapes are flattened as `tensors` does."""
-    if isinstance(old, torch.Tensor) and new is None:
+    returns as `None` inside a tuple whose other elements it still returns (TFM101 returns `None`
+    for probabilities no caller reads: the whole-model check proves no caller does). Outputs of
+    other shapes are flattened as `tensors` does."""
+    if inside and isinstance(old, torch.Tensor) and new is None:
         return [], [], 1
-    if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)) and len(old) == len(new):
-        pairs = [paired_tensors(a, b) for a, b in zip(old, new)]
+    if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)) and len(old) == len(new) \
+            and any(b is not None for b in new):
+        pairs = [paired_tensors(a, b, inside=True) for a, b in zip(old, new)]
         return ([t for p in pairs for t in p[0]], [t for p in pairs for t in p[1]], sum(p[2] for p in pairs))
     return tensors(old), tensors(new), 0
 
