@@ -320,7 +320,7 @@ def _wrapper(project, symbol: Symbol) -> LinearWrapper | None:
     node = symbol.node
     if symbol.kind != "class" or not isinstance(node, ast.ClassDef) or len(node.bases) != 1 or node.keywords \
             or node.decorator_list or project.derives_from(symbol, LINEAR) \
-            or {s.qualified for s in project.resolve_dotted(symbol.path, _dotted(node.bases[0]) or "")} \
+            or {s.qualified for s in project.resolve_dotted(symbol.path, dotted_text(node.bases[0]) or "")} \
             != {"torch.nn.Module"}:
         return None
     body = [s for s in node.body if not _docstring(s)]
@@ -351,11 +351,11 @@ def _inner_linear(project, path: str, init: ast.FunctionDef) -> tuple[str, list[
         value = statement.value
         if isinstance(statement, ast.Expr) and isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
                 and value.func.attr == "__init__" and isinstance(value.func.value, ast.Call) \
-                and _dotted(value.func.value.func) == "super" and not value.args and not value.keywords:
+                and dotted_text(value.func.value.func) == "super" and not value.args and not value.keywords:
             continue
         if isinstance(statement, ast.Assign) and inner is None and len(statement.targets) == 1 \
                 and isinstance(value, ast.Call) and _self_attr(statement.targets[0]) is not None \
-                and {s.qualified for s in project.resolve_dotted(path, _dotted(value.func) or "")} == {LINEAR}:
+                and {s.qualified for s in project.resolve_dotted(path, dotted_text(value.func) or "")} == {LINEAR}:
             bias = _passes_through(value, params)
             if bias is False:
                 return None
@@ -364,10 +364,10 @@ def _inner_linear(project, path: str, init: ast.FunctionDef) -> tuple[str, list[
         if inner is not None and isinstance(statement, ast.Expr) and isinstance(value, ast.Call) \
                 and len(value.args) == 1 and not value.keywords \
                 and all(s.qualified.startswith(_INIT_MODULES) for s in project.resolve_dotted(
-                    path, _dotted(value.func) or "")) and project.resolve_dotted(path, _dotted(value.func) or "") \
+                    path, dotted_text(value.func) or "")) and project.resolve_dotted(path, dotted_text(value.func) or "") \
                 and isinstance(value.args[0], ast.Attribute) and value.args[0].attr in ("weight", "bias") \
                 and _self_attr(value.args[0].value) == inner:
-            inits.append(value.func.attr if isinstance(value.func, ast.Attribute) else _dotted(value.func) or "")
+            inits.append(value.func.attr if isinstance(value.func, ast.Attribute) else dotted_text(value.func) or "")
             continue
         return None
     return (inner, params, bias, inits) if inner is not None else None
@@ -429,12 +429,6 @@ def _self_attr(node: ast.AST) -> str | None:
 def _docstring(statement: ast.stmt) -> bool:
     return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) \
         and isinstance(statement.value.value, str)
-
-
-def _dotted(node: ast.AST) -> str | None:
-    from tf_migrate.analysis.nn_bases import dotted_text
-
-    return dotted_text(node)
 
 
 def transposed_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:

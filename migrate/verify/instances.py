@@ -40,8 +40,11 @@ class InstanceCheck:
 class Call:
     args: tuple
     kwargs: dict
-    output: list
-    raw: object = None  # the output as returned (tuple structure kept), for `paired_tensors`
+    raw: object  # the output as returned (tuple structure kept), for `paired_tensors`
+
+    @property
+    def output(self) -> list[torch.Tensor]:
+        return tensors(self.raw)
 
 
 def clone(value):
@@ -64,8 +67,7 @@ def record_calls(model: nn.Module, paths: list[str], inputs: list[tuple]) -> dic
             args_, kwargs_ = pending[path].pop()
             if budget[path] > 0:
                 budget[path] -= 1
-                kept = clone(output)
-                calls[path].append(Call(args_, kwargs_, tensors(kept), kept))
+                calls[path].append(Call(args_, kwargs_, clone(output)))
         handles.append(modules[path].register_forward_pre_hook(before, with_kwargs=True))
         handles.append(modules[path].register_forward_hook(after, with_kwargs=True))
     try:
