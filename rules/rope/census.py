@@ -29,6 +29,8 @@ _TRIG = ("sin", "cos", "sin_", "cos_")
 _RANGES = ("arange", "range")
 _POWERS = ("exp", "pow", "power", "float_power", "exp2", "logspace")
 _KIND = "sinusoidal-positions"
+# the helper TFM401 inserts (rotary_code.py): rotary already, its cos/sin are no absolute table
+_ROTARY_HELPERS = ("_rotary_cos_sin", "apply_rotary")
 
 
 @dataclass
@@ -111,7 +113,7 @@ def tables(walk) -> list[Table]:
             continue
         argument = call.args[0] if call.args else (
             call.func.value if isinstance(call.func, ast.Attribute) else None)
-        if argument is None:
+        if argument is None or index.function_of(call).qualname in _ROTARY_HELPERS:
             continue
         two_d = _grid(walk, argument)
         if not two_d and not _positions_times_frequencies(walk, argument):
@@ -257,9 +259,9 @@ def _exported_site(walk, code: str, table: Table, user) -> Site:
         reason, hint = user.reason, user.hint
     else:
         reason = (f"the table is returned by `{user.source}` and added to the token stream in {user.relpath} "
-                  f"(line {user.line}): TFM401 rewrites a table, its model and their attention only when "
-                  "all three are in one file")
-        hint = "move the position table into the file of the model that adds it"
+                  f"(line {user.line}), outside a method of a model class: TFM401 cannot tell which attention "
+                  "consumes it")
+        hint = "add the table inside a model class's forward"
     return Site(Component(code, _KIND, owner, table.start, table.end, what, (), scopes),
                 table.start, reason, hint)
 

@@ -26,9 +26,10 @@ _SOFTMAX_WORDS = ("softmax", "Softmax")
 
 @dataclass
 class RotarySite:
-    """Insert `q = apply_rotary(q, ...)` and the same for k right after statement `after`."""
+    """Insert `q = apply_rotary(q, ...)` and the same for k right after statement `after` (None:
+    at the start of `method`, where q and k are its parameters)."""
 
-    after: cst.SimpleStatementLine
+    after: cst.SimpleStatementLine | None
     query: str
     key: str
     seq_dims: tuple[int, int]  # sequence dim of q and of k, in their layout at `after`
@@ -38,12 +39,14 @@ class RotarySite:
     cached: bool = False  # k holds cached keys too: q is rotated with the offset of the cache
 
 
-def sites_in(ctx: "FileContext", cls: "ModuleClass") -> list[RotarySite]:
-    """The self-attentions of `cls`; raises Refused when q and k cannot be placed with certainty."""
+def sites_in(ctx: "FileContext", cls: "ModuleClass", entry: bool = False) -> list[RotarySite]:
+    """The self-attentions of `cls`; raises Refused when q and k cannot be placed with certainty.
+    With `entry`, q and k may be parameters of the method, rotated where it starts (the callers,
+    followed across the tree, must show they are one stream: see across.py)."""
     found: list[RotarySite] = []
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
-        here = [_site(ctx, matcher.flow, method, *pair) for pair in
+        here = [_site(ctx, matcher.flow, method, *pair, entry=entry) for pair in
                 (_operands(ctx, matcher, node) for node in body_nodes(method)) if pair is not None]
         if not here and _looks_like_attention(ctx, method):
             raise Refused(ctx.line(method), f"`{cls.qualname}.{method.name.value}` multiplies tensors and "
@@ -116,7 +119,7 @@ def _order(suffix: str, expr, at, matcher: AttentionMatcher) -> tuple[int, ...] 
     return tuple(order)
 
 
-def _site(ctx, flow: FunctionFlow, method, q, k, statement) -> RotarySite:
+def _site(ctx, flow: FunctionFlow, method, q, k, statement, entry: bool = False) -> RotarySite:
     dims = []
     for expr, order in (q, k):
         if not isinstance(expr, cst.Name):
@@ -130,6 +133,9 @@ def _site(ctx, flow: FunctionFlow, method, q, k, statement) -> RotarySite:
         else:
             dims.append(order[-2])
     names, seq_dims = (q[0].value, k[0].value), (dims[0], dims[1])
+    params = {p.name.value for p in method.params.params} - {"self"}
+    if entry and all(n in params and flow.definition(n, statement) is None for n in names):
+        return RotarySite(None, *names, seq_dims, method, statement, statement)
     cache = _cache_update(ctx, flow, names[1], statement)
     if cache is None:
         return RotarySite(_after(ctx, flow, statement, *names), *names, seq_dims, method, statement, statement)

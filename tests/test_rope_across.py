@@ -1,0 +1,166 @@
+"""TFM401 across files (rules/rope/across.py): a sinusoidal table built in one file, added to the
+token stream in another, and an attention reached through blocks of a third are one whole-tree
+component. Every file of it decides from the same component: the additions and the table's module
+or frozen parameter go, q and k are rotated where the scores are taken (at the start of a scores
+class whose callers, followed up the tree, pass one tensor as keys and queries), or every file
+refuses with the same reason. Fixtures: fixtures/rope/across_rows (a table module whose forward
+returns rows, added in an embedding class, attention behind a lambda sublayer), across_frozen (a
+numpy table function in frozen nn.Parameters of an encoder and a decoder sharing blocks, also
+recomputed per call for long inputs) and their noop twins."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import FIXTURES
+from tf_migrate.analysis.project import ProjectIndex
+from tf_migrate.engine.file import FileResult, migrate_source
+from tf_migrate.engine.registry import select_rules
+from test_projects import _load  # import a package from a folder, leaving sys.modules as it was
+
+ROPE = FIXTURES / "rope"
+
+
+def _migrate(folder: Path, only: list[Path] | None = None) -> dict[str, FileResult]:
+    files = sorted(folder.rglob("*.py"))
+    project = ProjectIndex.for_files(only or files)
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    results = {str(p.relative_to(folder)): migrate_source(p.read_text(), str(p), rules, project)
+               for p in (only or files)}
+    for result in results.values():
+        assert not result.errors, result.errors
+    return results
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("across_rows", {"rowbert/inputs.py", "rowbert/scores.py"}),
+    ("across_frozen", {"voice/model.py", "voice/attention.py"}),
+])
+def test_golden_across_files_and_idempotent(name: str, changed: set[str], tmp_path: Path) -> None:
+    results = _migrate(ROPE / name / "before")
+    for relative, result in results.items():
+        assert result.migrated == (ROPE / name / "after" / relative).read_text(), relative
+        assert not result.refusals, result.refusals
+        assert all(c.outcome == "migrated" for c in result.components), result.components
+    assert {r for r, res in results.items() if res.changed} == changed
+    shutil.copytree(ROPE / name / "after", tmp_path / "again")
+    for result in _migrate(tmp_path / "again").values():
+        assert not result.changed and not result.edits and not result.refusals and not result.components
+
+
+def test_the_table_file_is_migrated_with_its_users_and_keeps_its_table() -> None:
+    """The module that builds the table is left defined (nothing else changes there); its census
+    component is migrated by the same component, and says where the addition was removed."""
+    results = _migrate(ROPE / "across_rows" / "before")
+    [component] = results["rowbert/waves.py"].components
+    assert component.outcome == "migrated"
+    assert "no longer added (" in component.reason and "rowbert/inputs.py line 17)" in component.reason
+    assert not results["rowbert/waves.py"].changed
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("across_rows_noop", ["`self.attend.forward(h, memory, memory, mask=mask)` (", "rowbert/layers.py line 27) "
+                          "passes different tensors as `key`, `query`, `value`: the keys of cross-attention must "
+                          "not be rotated"]),
+    ("across_frozen_noop", ["`MixBlock` (", "voice/blocks.py), which runs attention rotated here, is also built "
+                            "by `Refiner` (", "voice/model.py line 62), whose positions stay as they are"]),
+])
+def test_a_component_that_cannot_be_rewritten_leaves_every_file_alone(name: str, fragments: list[str]) -> None:
+    results = _migrate(ROPE / name)
+    assert not any(r.changed or r.edits for r in results.values())
+    components = [c for r in results.values() for c in r.components]
+    assert components and all(c.outcome == "refused" for c in components)
+    reasons = {c.reason.split(": ", 1)[1] for c in components}  # one reason, said in every file
+    assert len(reasons) == 1, reasons
+    reason = reasons.pop()
+    assert all(fragment in reason for fragment in fragments), reason
+
+
+@pytest.mark.parametrize("name, alone", [("across_rows", "rowbert/inputs.py"), ("across_frozen", "voice/model.py")])
+def test_one_file_alone_is_not_migrated_half(name: str, alone: str) -> None:
+    folder = ROPE / name / "before"
+    [result] = _migrate(folder, only=[folder / alone]).values()
+    assert not result.changed and result.refusals
+    assert all("not part of this run" in r.reason for r in result.refusals), result.refusals
+
+
+def _copies(name: str, tmp_path: Path):
+    results = _migrate(ROPE / name / "before")
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(ROPE / name / "before", before)
+    shutil.copytree(ROPE / name / "before", after)
+    for relative, result in results.items():
+        (after / relative).write_text(result.migrated)
+    return before, after, [plan for r in results.values() for plan in r.plans]
+
+
+@pytest.mark.parametrize("name, module, build, inputs, dropped", [
+    ("across_rows", "rowbert.model", "RowBert(50)",
+     "(torch.randint(1, 50, (2, 9)), torch.randint(0, 3, (2, 9)))", ["inputs.where.rows"]),
+    ("across_frozen", "voice.model", "Voice(50)",
+     "(torch.randint(1, 50, (2, 9)).masked_fill(torch.arange(9) >= torch.tensor([[9], [6]]), 0),)",
+     ["frames.where", "text.where"]),
+])
+def test_migrated_model_loads_converted_checkpoint_strictly_and_trains(name, module, build, inputs, dropped,
+                                                                       tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    before, after, plans = _copies(name, tmp_path)
+    torch.manual_seed(0)
+    old_module, new_module = _load(before, module), _load(after, module)
+    old, new = eval(build, vars(old_module)), eval(build, vars(new_module))
+    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    assert sorted(set(old.state_dict()) - set(new.state_dict())) == dropped
+    assert not set(new.state_dict()) - set(old.state_dict())
+    for key, value in new.state_dict().items():  # every kept weight carried over as it was
+        assert torch.equal(value, old.state_dict()[key]), key
+    args = eval(inputs, {"torch": torch})
+    new.train()
+    optimiser = torch.optim.SGD(new.parameters(), lr=0.01)
+    loss = new(*args).float().pow(2).mean()
+    loss.backward()
+    optimiser.step()
+    assert torch.isfinite(loss)
+    new.eval()
+    with torch.no_grad():
+        out = new(*args)
+        assert torch.isfinite(out).all() and out.shape == old(*args).shape
+
+
+def test_rotated_scores_depend_only_on_the_distance_between_positions(tmp_path: Path) -> None:
+    """One vector at every position, as queries and keys: after the migration the weights of the
+    scores classes are the same along every diagonal (relative positions), before they are uniform."""
+    torch = pytest.importorskip("torch")
+    _, after, _ = _copies("across_rows", tmp_path / "rows")
+    scores = _load(after, "rowbert.scores").DotScores()
+    torch.manual_seed(1)
+    vector = torch.randn(1, 2, 1, 8, dtype=torch.float64).expand(1, 2, 7, 8)
+    _, weights = scores(vector, vector, vector)
+    assert not torch.allclose(weights[0, 0, 0, 0], weights[0, 0, 0, 1])  # no longer uniform
+    logits = torch.log(weights[0, 0])  # equal along a diagonal up to the per-row softmax constant
+    centred = logits - logits.diagonal().unsqueeze(1)
+    for offset in range(-3, 4):
+        diagonal = centred.diagonal(offset)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal), rtol=1e-6, atol=1e-6)  # cos/sin are computed in float32
+
+    _, after, _ = _copies("across_frozen", tmp_path / "frozen")
+    batch = _load(after, "voice.attention").BatchScores(2.0)
+    q = torch.randn(1, 1, 4, dtype=torch.float64).expand(3, 6, 4)
+    _, weights = batch(q, q, q)
+    logits = torch.log(weights[0]) - torch.log(weights[0]).diagonal().unsqueeze(1)
+    torch.testing.assert_close(logits[1, 0], logits[4, 3], rtol=1e-6, atol=1e-6)  # cos/sin are computed in float32
+    torch.testing.assert_close(logits[0, 2], logits[3, 5], rtol=1e-6, atol=1e-6)  # cos/sin are computed in float32
+
+
+def test_the_trigger_words_agree_with_the_rule() -> None:
+    """A file of a component without one of the rule's trigger words would never be analysed: the
+    component checks its files against the same words the engine uses."""
+    from tf_migrate.rules.rope import SinusoidalToRotary
+    from tf_migrate.rules.rope.across import TRIGGERS
+
+    assert tuple(SinusoidalToRotary.triggers) == TRIGGERS
