@@ -78,6 +78,8 @@ class Added:
     cls: str
     method: str
     source: Source
+    ordinal: int = 0  # which addition of `source` in `method`, in source order (lines move when
+    # an earlier rule rewrote the file: the file's own run finds its additions by this)
 
 
 @dataclass
@@ -134,7 +136,11 @@ def _groups(project) -> list[list[Added]]:
     """The additions of tables added outside the place that builds them, one group per table source,
     then groups whose models share classes merged (see `_merge`)."""
     by_source: dict[Source, list[Added]] = {}
-    for added in _all_additions(project):
+    seen: dict[tuple, int] = {}
+    for added in sorted(set(_all_additions(project)), key=lambda a: (a.path, a.line, a.source.path, a.source.name)):
+        key = (added.path, added.cls, added.method, added.source)
+        added = Added(added.path, added.line, added.cls, added.method, added.source, seen.get(key, 0))
+        seen[key] = added.ordinal + 1
         by_source.setdefault(added.source, []).append(added)
     groups = [by_source[s] for s in sorted(by_source, key=lambda s: (s.path, s.line))]
     return _merge(project, groups)
@@ -205,11 +211,14 @@ def _decide(project, decision: Decision) -> None:
     for added in decision.additions:
         fctx = _context(project, added.path)
         edit = edit_addition(fctx, added)  # raises when the addition cannot be taken out
+        if fctx.line(edit.statement) != added.line:
+            raise Refused(added.line, f"the addition at {_rel(project, added.path)} line {added.line} is not the "
+                          "one tf-migrate can take out of that method", "")
         keys = decision.dropped.setdefault((added.path, added.cls), [])
         keys += [key for key in edit.dropped if key not in keys]
-        model = _model(project, Where(added.path, added.cls))
-        if model not in models:
-            models.append(model)
+        for model in _models(project, Where(added.path, added.cls)):
+            if model not in models:
+                models.append(model)
     decision.models = models
     inside: list[Where] = []
     for model in models:
@@ -264,13 +273,14 @@ def _merge(project, groups: list[list[Added]]) -> list[list[Added]]:
         members: set[Where] = set()
         for added in group:
             try:
-                model = _model(project, Where(added.path, added.cls))
+                models = _models(project, Where(added.path, added.cls))
             except Refused:
-                model = Where(added.path, added.cls)
-            try:
-                members |= set(closure(project, model))
-            except Refused:
-                members.add(model)
+                models = [Where(added.path, added.cls)]
+            for model in models:
+                try:
+                    members |= set(closure(project, model))
+                except Refused:
+                    members.add(model)
         reach.append(members)
     merged: list[tuple[list[Added], set[Where]]] = []
     for group, members in zip(groups, reach):
@@ -297,17 +307,21 @@ def edit_addition(fctx: "FileContext", added: Added) -> AdditionEdit:
     """Take the table out of the addition at `added.line`; raises Refused."""
     cls = class_named(fctx, added.cls)
     method = cls.methods.get(added.method)
-    statement = _statement_at(fctx, method, added.line) if method is not None else None
+    statements = _adding_statements(fctx, cls, method, added.source) if method is not None else []
+    statement = statements[added.ordinal] if added.ordinal < len(statements) else None
     if statement is None:
         raise Refused(added.line, f"the addition at {_rel(fctx.project, added.path)} line {added.line} is not a "
-                      "simple statement of a method", "")
+                      "simple statement of a method that reads the table", "")
     if fctx.suppressed("TFM401", statement):
         raise Refused(added.line, "the addition is under a `tf-migrate: skip` comment", "")
     for node in find(statement, lambda n: isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Add)):
         for table, other in ((node.right, node.left), (node.left, node.right)):
-            read = _table_read(fctx, cls, table, added.source)
+            binding = _bound_read(fctx, method, table, statement)
+            read = _table_read(fctx, cls, binding.value if binding else table, added.source)
             if read is not None:
                 replacements = _remove(statement, node, other)
+                if binding is not None:
+                    replacements[binding.statement] = cst.RemoveFromParent()
                 stored, dropped = read
                 if stored is not None:
                     replacements.update(_unstore(fctx, cls, stored, added))
@@ -325,11 +339,39 @@ def edit_addition(fctx: "FileContext", added: Added) -> AdditionEdit:
                   "a computed table)", "add the table's rows `[:T]` directly")
 
 
-def _statement_at(fctx, method, line: int) -> cst.SimpleStatementLine | None:
+def _bound_read(fctx, method, expr, statement):
+    """`rows = self.where(ids)` on its own line, `rows` read only by the addition: the binding."""
+    from tf_migrate.analysis.dataflow import Binding
+
+    if not isinstance(expr, cst.Name):
+        return None
+    binding = FunctionFlow(fctx, method).definition(expr.value, statement)
+    if not isinstance(binding, Binding) or not isinstance(binding.value, cst.BaseExpression) \
+            or fctx.parents.get(binding.statement) is not fctx.parents.get(statement):
+        return None
+    names = find(method, lambda n: isinstance(n, cst.Name) and n.value == expr.value)
+    binding_names = {id(n) for n in find(binding.statement, lambda n: True)}
+    if any(n is not expr and id(n) not in binding_names for n in names):
+        return None  # read elsewhere too: the binding stays, and the table with it
+    return binding
+
+
+def _adding_statements(fctx, cls, method, source: Source) -> list[cst.SimpleStatementLine]:
+    """The one-statement lines of `method` that add rows of `source`, in source order."""
+    found = []
     for statement in find(method, lambda n: isinstance(n, cst.SimpleStatementLine)):
-        if fctx.line(statement) == line and len(statement.body) == 1:
-            return statement
-    return None
+        if len(statement.body) != 1:
+            continue
+        for node in find(statement, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign))):
+            if isinstance(node, cst.AugAssign):
+                sides = (node.value,) if isinstance(node.operator, cst.AddAssign) else ()
+            else:
+                sides = (node.left, node.right) if isinstance(node.operator, cst.Add) else ()
+            bound = [(b.value if (b := _bound_read(fctx, method, side, statement)) else side) for side in sides]
+            if any(_quiet_read(fctx, cls, side, source) for side in bound):
+                found.append(statement)
+                break
+    return found
 
 
 def _remove(statement: cst.SimpleStatementLine, node: cst.BinaryOperation, other) -> dict:
@@ -450,9 +492,13 @@ def _unstore(fctx, cls: "ModuleClass", name: str, added: Added) -> dict:
 
 
 def _additions_of(fctx, cls, method, source: Source) -> list[cst.CSTNode]:
+    """The additions of a table in `method`, and the `rows = <table>` bindings they read."""
     found = []
-    for node in find(method, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign))):
-        sides = (node.left, node.right) if isinstance(node, cst.BinaryOperation) else (node.value,)
+    for node in find(method, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign, cst.Assign))):
+        if isinstance(node, cst.Assign):
+            sides = (node.value,)
+        else:
+            sides = (node.left, node.right) if isinstance(node, cst.BinaryOperation) else (node.value,)
         if any(_quiet_read(fctx, cls, side, source) for side in sides):
             found.append(node)
     return found
@@ -481,20 +527,23 @@ def class_named(fctx, qualname: str) -> "ModuleClass":
     raise Refused(0, f"`{qualname}` is not an nn.Module class tf-migrate can read", "")
 
 
-def _model(project, where: Where) -> Where:
-    """The class that adds the table when its own parts hold attention, else its one holder (up)."""
-    current = where
-    for _ in range(_MAX_UP + 1):
-        if any(_has_attention(project, m) for m in closure(project, current)):
-            return current
-        holders = instantiations(project, current)
-        if len(holders) != 1 or holders[0].owner is None or not holders[0].in_init:
-            built = "nothing in the run builds it" if not holders else "it is built at " + ", ".join(
-                f"{_rel(project, h.path)} line {h.line}" for h in holders) + ", not once in one model's `__init__`"
-            raise Refused(0, f"`{current.qualname}` adds the positions but runs no attention, and {built}: "
-                          "tf-migrate cannot tell which attention consumes its positions", "")
-        current = Where(holders[0].path, holders[0].owner)
-    raise Refused(0, f"no attention found within {_MAX_UP} holders of `{where.qualname}`", "")
+def _models(project, where: Where, depth: int = 0) -> list[Where]:
+    """The class that adds the table when its own parts hold attention, else every class that
+    builds it in `__init__` (an embedding shared by an encoder and a decoder), followed up."""
+    if any(_has_attention(project, m) for m in closure(project, where)):
+        return [where]
+    holders = instantiations(project, where)
+    if depth >= _MAX_UP or not holders or any(h.owner is None or not h.in_init for h in holders):
+        built = "nothing in the run builds it" if not holders else "it is built at " + ", ".join(
+            f"{_rel(project, h.path)} line {h.line}" for h in holders) + ", not only in models' `__init__`"
+        raise Refused(0, f"`{where.qualname}` adds the positions but runs no attention, and {built}: "
+                      "tf-migrate cannot tell which attention consumes its positions", "")
+    found: list[Where] = []
+    for holder in holders:
+        for model in _models(project, Where(holder.path, holder.owner), depth + 1):
+            if model not in found:
+                found.append(model)
+    return found
 
 
 def _has_attention(project, where: Where) -> bool:

@@ -37,9 +37,38 @@ def across_findings(ctx: "FileContext", code: str, base: float, alibi: bool) -> 
 
 
 def _lines(ctx, decision: Decision) -> list[int]:
+    """This file's lines of the component (its text may have moved since the tree read it: an
+    earlier rule rewrote it), found again by what they are."""
     here = ctx.project_key
-    lines = [a.line for a in decision.additions if a.path == here]
-    return lines or [s.line for s in decision.sources if s.path == here]
+    lines = [_addition_line(ctx, a) for a in decision.additions if a.path == here]
+    return lines or [_table_line(ctx, s) for s in decision.sources if s.path == here]
+
+
+def _addition_line(ctx, added) -> int:
+    try:
+        return ctx.line(edit_addition(ctx, added).statement)
+    except Refused:
+        return added.line
+
+
+def _table_line(ctx, source) -> int:
+    from tf_migrate.rules.rope.census import sites
+
+    for site in sites(ctx, "TFM401"):
+        if site.component.cls == source.name:
+            return site.line
+    return source.line
+
+
+def _adders(ctx, decision: Decision) -> str:
+    """`Encoder`, `Decoder` (transformer/Models.py): where the additions were (no line numbers: an
+    earlier rule may have moved that file's lines)."""
+    files: dict[str, list[str]] = {}
+    for added in decision.additions:
+        names = files.setdefault(_rel(ctx.project, added.path), [])
+        if f"`{added.cls}`" not in names:
+            names.append(f"`{added.cls}`")
+    return "; ".join(f"{', '.join(names)} ({path})" for path, names in sorted(files.items()))
 
 
 def _summary(ctx, decision: Decision) -> str:
@@ -75,16 +104,14 @@ def _fixes(ctx, decision: Decision, code: str, base: float) -> Iterator[Fix]:
     if sites:
         torch, needed = reference(ctx, "torch", "torch")
         line = ctx.line(sites[0].after) if sites[0].after is not None else ctx.line(sites[0].method)
-        elsewhere = sorted({f"{_rel(ctx.project, a.path)} line {a.line}" for a in decision.additions})
         yield Fix(line, f"rotary embeddings applied to q and k ({len(sites)} attention(s)) for the positions "
-                  f"removed at {', '.join(elsewhere)}; the model needs fine-tuning",
+                  f"removed in {_adders(ctx, decision)}; the model needs fine-tuning",
                   insertions(ctx, sites, torch, base), imports=[needed] if needed else [])
     if not any(a.path == here for a in decision.additions):
         for source in decision.sources:
             if source.path == here:
-                users = sorted({f"{_rel(ctx.project, a.path)} line {a.line}" for a in decision.additions})
-                yield Fix(source.line, f"the table of `{source.name}` is no longer added ({', '.join(users)}); "
-                          "left defined here; " + _summary(ctx, decision), {})
+                yield Fix(_table_line(ctx, source), f"the table of `{source.name}` is no longer added (in "
+                          f"{_adders(ctx, decision)}); left defined here; " + _summary(ctx, decision), {})
 
 
 

@@ -63,7 +63,8 @@ def _sites(ctx, code: str) -> Iterator[Site]:
             if id(addition) in seen:
                 continue
             seen.add(id(addition))
-            yield _local_site(walk, code, table, addition)
+            if not _never_called(ctx, walk, index.function_of(addition)):
+                yield _local_site(walk, code, table, addition)
         if not table.additions and table.exports:
             user = tree.first_user(ctx, table)
             if user is not None:
@@ -82,6 +83,26 @@ def _sites(ctx, code: str) -> Iterator[Site]:
                 f"({use.source.relpath}, line {use.source.start}) added to the token stream (line {start})")
         yield Site(Component(code, _KIND, owner, start, end, what, (), scopes), start,
                    use.reason, use.hint)
+
+
+def _never_called(ctx, walk, function: Function) -> bool:
+    """A module-level helper that adds the table to its own argument, which no file of the run
+    names besides its definition: nothing puts these positions on any model's tokens."""
+    import re
+
+    node = function.node
+    if function.cls is not None or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+            or walk.index.owner.get(node) is not walk.index.functions[0]:
+        return False
+    word = re.compile(rf"\b{re.escape(node.name)}\b")
+    if len(word.findall(ctx.text)) != 1:
+        return False
+    project = ctx.project
+    for path in sorted(project.files):
+        text = project.text(path) if path != ctx.project_key else None
+        if text is not None and word.search(text):
+            return False
+    return True
 
 
 @dataclass

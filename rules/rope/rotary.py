@@ -74,9 +74,50 @@ def _operands(ctx, matcher: AttentionMatcher, node):
         return None
     q, k = found.query, found.key
     if k.suffix and ctx.names.callee(node) != "torch.einsum":
-        return None  # `probs @ v`, or keys stored transposed: not a scores product we can place
+        untransposed = _transposed_name(ctx, matcher, k)
+        if untransposed is None:
+            return None  # `probs @ v`, or keys stored transposed: not a scores product we can place
+        return ((q.expr, _order(q.suffix, q.expr, q.at, matcher)), (untransposed, None), statement)
     return ((q.expr, _order(q.suffix, q.expr, q.at, matcher)),
             (k.expr, _order(k.suffix, k.expr, k.at, matcher)), statement)
+
+
+def _unpacked_rank(matcher: AttentionMatcher, name: str) -> int | None:
+    """`batch, heads, length, size = k.size()` (or `.shape`) in the method: k has rank 4."""
+    for assign in find(matcher.function, lambda n: isinstance(n, cst.Assign)):
+        target = assign.targets[0].target if len(assign.targets) == 1 else None
+        value = assign.value
+        sized = method_call(value, "size") if isinstance(value, cst.Call) and not value.args else None
+        if sized is None and isinstance(value, cst.Attribute) and value.attr.value == "shape":
+            sized = value.value
+        if isinstance(target, cst.Tuple) and isinstance(sized, cst.Name) and sized.value == name \
+                and not any(isinstance(e, cst.StarredElement) for e in target.elements):
+            return len(target.elements)
+    return None
+
+
+def _transposed_name(ctx, matcher: AttentionMatcher, key):
+    """`k_t = k.transpose(2, 3)` then `q @ k_t`: the name `k` (keys in (..., T, head_dim) layout),
+    when `k_t` is a plain local bound right before the product and read nowhere else."""
+    if key.suffix not in (".transpose(-2, -1)", ".transpose(-1, -2)") or not isinstance(key.expr, cst.Name):
+        return None
+    definition = matcher.flow.definition(key.expr.value, key.at)
+    if not isinstance(definition, Binding):
+        return None
+    receiver = method_call(definition.value, "transpose")
+    if not isinstance(receiver, cst.Name) or len(definition.value.args) != 2:
+        return None
+    numbers = [int_value(a.value) for a in definition.value.args]
+    rank = matcher.shapes.rank(receiver, definition.statement) or _unpacked_rank(matcher, receiver.value)
+    if None in numbers or rank is None and any(n >= 0 for n in numbers):
+        return None
+    rank = rank or 2
+    if sorted(n % rank for n in numbers) != [rank - 2, rank - 1]:
+        return None
+    reads = find(matcher.function, lambda n: isinstance(n, cst.Name) and n.value == key.expr.value)
+    if len(reads) != 2:  # the binding and the product only
+        return None
+    return receiver
 
 
 def _is_product(node, ctx) -> bool:
