@@ -38,6 +38,7 @@ def _migrate(folder: Path, only: list[Path] | None = None, select: str = "TFM401
 @pytest.mark.parametrize("name, changed", [
     ("across_rows", {"rowbert/inputs.py", "rowbert/scores.py"}),
     ("across_frozen", {"voice/model.py", "voice/attention.py"}),
+    ("across_cross", {"seq2seq/embed.py", "seq2seq/attend.py"}),
 ])
 def test_golden_across_files_and_idempotent(name: str, changed: set[str], tmp_path: Path) -> None:
     results = _migrate(ROPE / name / "before")
@@ -67,6 +68,9 @@ def test_the_table_file_is_migrated_with_its_users_and_keeps_its_table() -> None
                           "not be rotated"]),
     ("across_frozen_noop", ["`MixBlock` (", "voice/blocks.py), which runs attention rotated here, is also built "
                             "by `Refiner` (", "voice/model.py line 62), whose positions stay as they are"]),
+    ("across_cross_noop", ["`Heads` (", "seq2seq/attend.py) serves self- and cross-attention, and `self.own(q=self."
+                           "norm1(y), k=self.norm1(y), v=self.norm1(y), mask=own_mask)` (", "seq2seq/layers.py line 32) "
+                           "passes its queries and keys as two tensors of one stream"]),
 ])
 def test_a_component_that_cannot_be_rewritten_leaves_every_file_alone(name: str, fragments: list[str]) -> None:
     results = _migrate(ROPE / name)
@@ -103,6 +107,8 @@ def _copies(name: str, tmp_path: Path):
     ("across_frozen", "voice.model", "Voice(50)",
      "(torch.randint(1, 50, (2, 9)).masked_fill(torch.arange(9) >= torch.tensor([[9], [6]]), 0),)",
      ["frames.where", "text.where"]),
+    ("across_cross", "seq2seq.model", "Seq2Seq()", "(torch.randint(1, 40, (2, 7)), torch.randint(1, 40, (2, 5)))",
+     []),  # a non-persistent buffer: no key
 ])
 def test_migrated_model_loads_converted_checkpoint_strictly_and_trains(name, module, build, inputs, dropped,
                                                                        tmp_path: Path) -> None:
@@ -113,7 +119,8 @@ def test_migrated_model_loads_converted_checkpoint_strictly_and_trains(name, mod
     torch.manual_seed(0)
     old_module, new_module = _load(before, module), _load(after, module)
     old, new = eval(build, vars(old_module)), eval(build, vars(new_module))
-    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    assert bool(plans) == bool(dropped)  # no plan when no key changes: the old checkpoint loads as it is
+    state = convert_state_dict(old.state_dict(), plans, new.state_dict())[0] if plans else old.state_dict()
     new.load_state_dict(state, strict=True)
     assert sorted(set(old.state_dict()) - set(new.state_dict())) == dropped
     assert not set(new.state_dict()) - set(old.state_dict())
@@ -200,3 +207,39 @@ def test_after_the_other_rules_rewrote_the_same_files(name, module, build, input
     loss = model(*eval(inputs, {"torch": torch})).float().pow(2).mean()
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_fourier_features_joined_to_the_input_are_no_component(tmp_path: Path) -> None:
+    """`torch.cat((data, features), dim=-1)` with `data` the model's input: the sin/cos become extra
+    input channels, not positions added to a token stream (#14). Added instead, they are one."""
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    path = ROPE / "fourier_features_concatenated.noop.py"
+    joined = migrate_source(path.read_text(), str(path), rules)
+    assert not joined.components and not joined.refusals and not joined.changed
+    added = tmp_path / "added.py"
+    added.write_text(path.read_text().replace(
+        "data = torch.cat((data, where.unsqueeze(0).expand(data.size(0), -1, -1)), dim=-1)",
+        "data = data + where.unsqueeze(0)"))
+    result = migrate_source(added.read_text(), str(added), rules)
+    assert [c.outcome for c in result.components] == ["refused"]
+
+
+def test_one_attention_class_rotates_self_attention_and_leaves_cross_attention(tmp_path: Path) -> None:
+    """`Heads` serves both: called with one tensor as queries and keys it rotates them after the head
+    split; called with the encoder's memory as keys it computes exactly what it did before."""
+    torch = pytest.importorskip("torch")
+    before, after, _ = _copies("across_cross", tmp_path)
+    old_cls, new_cls = _load(before, "seq2seq.attend").Heads, _load(after, "seq2seq.attend").Heads
+    rotary = _load(after, "seq2seq.attend").apply_rotary
+    torch.manual_seed(2)
+    new = new_cls(16, 2).double().eval()
+    old = old_cls(16, 2).double().eval()
+    old.load_state_dict(new.state_dict())
+    x, memory = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 7, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, memory, memory), old(x, memory, memory), rtol=1e-12, atol=1e-12)
+        q, k, v = (old.split(p(x)) for p in (old.to_q, old.to_k, old.to_v))
+        mixed = old.scores(rotary(q), rotary(k), v)
+        by_hand = old.out(mixed.transpose(1, 2).contiguous().view(2, 5, 16))
+        torch.testing.assert_close(new(x, x, x), by_hand, rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(new(x, x, x), old(x, x, x))

@@ -122,6 +122,8 @@ class SinusoidalToRotary(Rule):
                 model = model_of(ctx, addition)
                 sites.extend(s for s in self._sites(ctx, model) if s not in sites)
             torch, needed = reference(ctx, "torch", "torch")
+            if needed == ("torch", None, "torch"):
+                needed = ("torch", None, None)  # `import torch`, not `import torch as torch`
             if self.settings["positions"] == "alibi":
                 inserted = alibi_insertions(ctx, sites, torch)
             else:

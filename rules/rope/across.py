@@ -91,6 +91,7 @@ class Decision:
     models: list[Where] = field(default_factory=list)
     attention: list[Where] = field(default_factory=list)
     dropped: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (path, class) -> keys
+    guards: list["Guard"] = field(default_factory=list)  # attentions rotated only when `k is q`
     problem: str | None = None
     hint: str = ""
 
@@ -105,8 +106,13 @@ class Decision:
                 return None
         return keys
 
+    def rotated_at_entry(self) -> list[Where]:
+        """The attention classes rotated where they start (not those a guard rotates in its holder)."""
+        return [w for w in self.attention if w not in {g.scores for g in self.guards}]
+
     def files(self) -> set[str]:
-        return {a.path for a in self.additions} | {s.path for s in self.sources} | {w.path for w in self.attention}
+        return {a.path for a in self.additions} | {s.path for s in self.sources} | {
+            w.path for w in self.rotated_at_entry()} | {g.holder.path for g in self.guards}
 
 
 # -- the per-file answer -----------------------------------------------------------------------
@@ -232,16 +238,23 @@ def _decide(project, decision: Decision) -> None:
         fctx = _context(project, member.path)
         cls = class_named(fctx, member.qualname)
         sites = _sites(fctx, cls)
-        if sites:
-            attention.append(member)
+        if not sites:
+            continue
+        attention.append(member)
+        try:
             for site in sites:
                 _one_stream(project, member, site)
+        except Refused as refusal:  # one class for self- and cross-attention: rotated when `k is q`
+            guard = guarded(project, member, sites) if len(sites) == 1 else None  # raises a precise reason
+            if guard is None:
+                raise refusal
+            decision.guards.append(guard)
     if not attention:
         raise Refused(0, f"no attention found in {_names(models)}, the model(s) these positions feed", "")
     _not_shared(project, inside, models, attention)
     from tf_migrate.rules.rope.positions import find_additions
 
-    for member in attention:
+    for member in [*attention, *(g.holder for g in decision.guards)]:
         _in_run(project, member.path)
         if any(True for _ in find_additions(_context(project, member.path))):
             raise Refused(0, f"{_rel(project, member.path)} also holds a table of its own that TFM401 rewrites "
@@ -855,3 +868,129 @@ def _listed(names: set[str]) -> str:
 
 def _short(fctx, node) -> str:
     return " ".join(fctx.code(node).split())
+
+
+# -- one attention class for self- and cross-attention -------------------------------------------
+
+@dataclass(frozen=True)
+class Guard:
+    """A scores class `scores` whose only holder `holder` takes queries and keys as the parameters
+    `query`/`key` and hands its projections `q_arg`/`k_arg` to it: some callers of the holder pass
+    one tensor as both (self-attention), others not (cross-attention). The holder rotates
+    `q_arg`/`k_arg` before the call under `if <flag>:`, the flag being `key is query` taken where
+    forward starts: cross-attention keeps attending without rotation."""
+
+    holder: Where
+    scores: Where
+    attr: str
+    query: str
+    key: str
+    q_arg: str
+    k_arg: str
+    seq_dims: tuple[int, int]
+    flag: str
+
+
+def guarded(project, scores: Where, sites) -> Guard | None:
+    """The guard for a scores class used by self- and cross-attention, or None (then refused)."""
+    from tf_migrate.rules.rope.rotary import sources
+
+    site = sites[0]
+    if site.after is not None or site.method.name.value != "forward" or site.cached:
+        return None
+    built = instantiations(project, scores)
+    if len(built) != 1 or built[0].attr is None or not built[0].in_init:
+        return None
+    holder = Where(built[0].path, built[0].owner)
+    hctx = _context(project, holder.path)
+    hcls = class_named(hctx, holder.qualname)
+    forward = hcls.methods.get("forward")
+    try:
+        calls = _calls_of(hctx, hcls, built[0].attr, built[0].line)
+    except Refused:
+        return None
+    if forward is None or len(calls) != 1 or hctx.index.enclosing(calls[0], cst.FunctionDef) is not forward \
+            or _in_lambda(hctx, calls[0]) or not isinstance(forward.body, cst.IndentedBlock):
+        return None
+    order = [p.name.value for p in site.method.params.params][1:]
+    q_arg, k_arg = _argument(calls[0], order, site.query), _argument(calls[0], order, site.key)
+    if not (isinstance(q_arg, cst.Name) and isinstance(k_arg, cst.Name)) or q_arg.value == k_arg.value:
+        return None
+    flow = FunctionFlow(hctx, forward)
+    statement = flow.statement_of(calls[0])
+    query, key = _exact_sources(flow, q_arg.value, statement), _exact_sources(flow, k_arg.value, statement)
+    if len(query) != 1 or len(key) != 1 or query == key:
+        return None
+    (query,), (key,) = query, key
+    params = [p.name.value for p in forward.params.params][1:]
+    selves = 0
+    for b in instantiations(project, holder):
+        if b.attr is None or not b.in_init:
+            return None
+        cctx = _context(project, b.path)
+        try:
+            holder_calls = _calls_of(cctx, class_named(cctx, b.owner), b.attr, b.line)
+        except Refused:
+            return None
+        for call in holder_calls:
+            given = _argument(call, params, query), _argument(call, params, key)
+            if None in given:
+                return None
+            if all(isinstance(g, cst.Name) for g in given) and given[0].value == given[1].value:
+                selves += 1  # one tensor: `key is query` holds, rotated
+            elif _in_lambda(cctx, call) or _one_source(cctx, call, given):
+                raise Refused(cctx.line(call), f"`{holder.qualname}` ({_rel(project, holder.path)}) serves "
+                              f"self- and cross-attention, and `{_short(cctx, call)}` ({_rel(project, b.path)} "
+                              f"line {cctx.line(call)}) passes its queries and keys as two tensors of one stream: "
+                              f"`{key} is {query}` would not tell that self-attention from cross-attention",
+                              "pass one tensor (`h = norm(x)`, then `attn(h, h, h)`)")
+    if not selves:
+        return None
+    names = {n.value for n in find(forward, lambda n: isinstance(n, cst.Name))}
+    flag = next((f for f in ("self_attention", "rotate_qk", "rotate_keys") if f not in names), None)
+    if flag is None:
+        return None
+    return Guard(holder, scores, built[0].attr, query, key, q_arg.value, k_arg.value, site.seq_dims, flag)
+
+
+def _exact_sources(flow, name: str, at, depth: int = 0) -> set[str]:
+    """The parameters `name` is computed from, reading `a, b = f(a), g(b)` element by element
+    (rotary.sources reads the whole statement); {"?"} when a binding cannot be read."""
+    from tf_migrate.analysis.dataflow import Binding
+
+    if depth > 12:
+        return {"?"}
+    definition = flow.definition(name, at)
+    if definition is None:
+        params = {p.name.value for p in flow.function.params.params} - {"self"}
+        return {name} if name in params else {"?"}
+    value = definition.value if isinstance(definition, Binding) else None
+    statement = definition.statement
+    if value is None and isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
+            and isinstance(statement.body[0], cst.Assign) and len(statement.body[0].targets) == 1:
+        target, whole = statement.body[0].targets[0].target, statement.body[0].value
+        if isinstance(target, cst.Tuple) and isinstance(whole, cst.Tuple) \
+                and len(target.elements) == len(whole.elements):
+            for t, v in zip(target.elements, whole.elements):
+                if isinstance(t.value, cst.Name) and t.value.value == name:
+                    value = v.value
+    if value is None:
+        return {"?"}
+    found: set[str] = set()
+    for read in read_names(value) - {"self"}:
+        found |= _exact_sources(flow, read, statement, depth + 1)
+    return found
+
+
+def _one_source(cctx, call, given) -> bool:
+    """Two names for queries and keys that come from the same one parameter of the caller."""
+    from tf_migrate.rules.rope.rotary import sources
+
+    method = cctx.index.enclosing(call, cst.FunctionDef)
+    if method is None:
+        return True
+    flow = FunctionFlow(cctx, method)
+    statement = flow.statement_of(call)
+    found = [set().union(*(sources(cctx, flow, name, statement) for name in read_names(g) - {"self"}))
+             for g in given]
+    return found[0] == found[1] or not found[0] or not found[1]

@@ -10,7 +10,7 @@ from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.imports import reference
 from tf_migrate.engine.rule import Finding, Fix, Refusal
 from tf_migrate.plan import ClassPlan
-from tf_migrate.rules.rope.across import Decision, _rel, decisions_for, edit_addition, sites_of
+from tf_migrate.rules.rope.across import Decision, _rel, class_named, decisions_for, edit_addition, sites_of
 from tf_migrate.rules.rope.rotary_code import insertions
 
 if TYPE_CHECKING:
@@ -72,7 +72,9 @@ def _adders(ctx, decision: Decision) -> str:
 
 
 def _summary(ctx, decision: Decision) -> str:
-    attention = ", ".join(f"`{w.qualname}` ({_rel(ctx.project, w.path)})" for w in decision.attention)
+    attention = ", ".join([f"`{w.qualname}` ({_rel(ctx.project, w.path)})" for w in decision.rotated_at_entry()]
+                          + [f"`{g.holder.qualname}` ({_rel(ctx.project, g.holder.path)}, self-attention only)"
+                             for g in decision.guards])
     return f"rotary embeddings applied to q and k in {attention}; the model needs fine-tuning"
 
 
@@ -93,16 +95,33 @@ def _fixes(ctx, decision: Decision, code: str, base: float) -> Iterator[Fix]:
         if added.cls not in planned:
             planned.add(added.cls)
             dropped = decision.planned(here, added.cls)
-            if dropped is not None:
+            if dropped:  # a plan that changes no key would only stop the converter
                 plans.append(ClassPlan(ctx.path, added.cls, [code], dropped=dropped))
         source = added.source
         stored = f" (`self.{edit.stored}` removed)" if edit.stored else ""
         yield Fix(ctx.line(edit.statement), f"sinusoidal positions of `{source.name}` "
                   f"({_rel(ctx.project, source.path)}) removed{stored}; " + _summary(ctx, decision),
                   replacements, plans=plans, maybe_unused_imports=_TABLE_IMPORTS)
-    sites = [site for where in decision.attention if where.path == here for site in sites_of(ctx, where.qualname)]
+    sites = [site for where in decision.rotated_at_entry() if where.path == here
+             for site in sites_of(ctx, where.qualname)]
+    guards = [guard for guard in decision.guards if guard.holder.path == here]
+    if guards:
+        torch, needed = reference(ctx, "torch", "torch")
+        if needed == ("torch", None, "torch"):
+            needed = ("torch", None, None)
+        replacements = insertions(ctx, sites, torch, base)
+        for guard in guards:
+            _guard_edits(ctx, guard, replacements)
+        yield Fix(ctx.line(class_named(ctx, guards[0].holder.qualname).node),
+                  f"rotary embeddings applied to q and k in {', '.join(f'`{g.holder.qualname}`' for g in guards)} "
+                  f"when keys are the queries' own tensor (`{guards[0].flag}`: self-attention), not for "
+                  f"cross-attention, for the positions removed in {_adders(ctx, decision)}; "
+                  "the model needs fine-tuning", replacements, imports=[needed] if needed else [])
+        sites = []
     if sites:
         torch, needed = reference(ctx, "torch", "torch")
+        if needed == ("torch", None, "torch"):
+            needed = ("torch", None, None)  # `import torch`, not `import torch as torch`
         line = ctx.line(sites[0].after) if sites[0].after is not None else ctx.line(sites[0].method)
         yield Fix(line, f"rotary embeddings applied to q and k ({len(sites)} attention(s)) for the positions "
                   f"removed in {_adders(ctx, decision)}; the model needs fine-tuning",
@@ -146,3 +165,32 @@ def _freed_imports(ctx, names: set[str], removed: list) -> dict:
                 kept[-1] = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
                 replacements[node] = node.with_changes(names=kept)
     return replacements
+
+
+def _guard_edits(ctx, guard, replacements: dict) -> None:
+    """`self_attention = k is q` where the holder's forward starts; before its call of the scores
+    class, `if self_attention:` rotating the two names it passes (see across.Guard)."""
+    import libcst as cst
+
+    from tf_migrate.analysis.dataflow import FunctionFlow
+    from tf_migrate.analysis.names import self_attribute
+    from tf_migrate.analysis.nodes import find
+    from tf_migrate.rules.rope.rotary_code import HELPER_NAME, _method_start
+
+    cls = class_named(ctx, guard.holder.qualname)
+    forward = cls.methods["forward"]
+    [call] = [n for n in find(forward, lambda n: isinstance(n, cst.Call)) if self_attribute(n.func) == guard.attr]
+    statement = FunctionFlow(ctx, forward).statement_of(call)
+    extra = [", seq_dim=" + str(d) if d != -2 else "" for d in guard.seq_dims]
+    check = cst.parse_statement(f"if {guard.flag}:  # self-attention: keys are the queries' own tensor\n"
+                                f"    {guard.q_arg} = {HELPER_NAME}({guard.q_arg}{extra[0]})\n"
+                                f"    {guard.k_arg} = {HELPER_NAME}({guard.k_arg}{extra[1]})\n")
+    flag = cst.parse_statement(f"{guard.flag} = {guard.key} is {guard.query}\n")
+    first, docstring = _method_start(forward)
+    for node, before, after in ((first, [] if docstring else [flag], [flag] if docstring else []),
+                                (statement, [check], [])):
+        current = replacements.get(node, cst.FlattenSentinel([node]))
+        nodes = list(current.nodes)
+        at = nodes.index(node) if node in nodes else 0
+        nodes = [*nodes[:at], *before, *nodes[at:at + 1], *after, *nodes[at + 1:]]
+        replacements[node] = cst.FlattenSentinel(nodes)

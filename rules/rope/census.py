@@ -153,7 +153,7 @@ def tables(walk) -> list[Table]:
             return False
 
         def onward(start):
-            return walk.forward_every(start, hit=hit, follow_call=_carries_table,
+            return walk.forward_every(start, hit=hit, follow_call=following(walk),
                                       follow_returns=lambda f: _return_sites(walk, f))
 
         additions = list(onward(call))
@@ -414,8 +414,30 @@ _TABLE_CALLS = ("cat", "stack", "from_pretrained", "Parameter", "tensor", "from_
                 "concatenate", "hstack", "vstack", "expand_dims", "astype")
 
 
-def carries_table(call: ast.Call, function: Function) -> bool:
-    return _carries_table(call, function)
+def following(walk):
+    """The calls a table passes through, except a concatenation with an input of the model."""
+    return lambda call, function: _carries_table(call, function) and not _features(walk, call)
+
+
+_JOINS = ("cat", "concat", "concatenate", "hstack", "vstack", "column_stack")
+
+
+def _features(walk, call: ast.Call) -> bool:
+    """`torch.cat((data, table), dim=-1)` where `data` is an input of the model (a parameter no
+    call in the file fills): the table becomes extra input features, not positions added to the
+    token stream (Fourier features of coordinates)."""
+    if last_name(call.func) not in _JOINS or not call.args or not isinstance(call.args[0], (ast.Tuple, ast.List)):
+        return False
+
+    def outside_input(n, function):
+        return isinstance(n, ast.arg) and n.arg != "self" and not walk.arguments_for(n)
+
+    def table_part(n, function):
+        return isinstance(n, ast.Call) and last_name(n.func) in (*_TRIG, *_RANGES)
+
+    return any(walk.back(element, hit=table_part, into_functions=True) is None
+               and walk.back(element, hit=outside_input, into_functions=True) is not None
+               for element in call.args[0].elts)
 
 
 def _carries_table(call: ast.Call, function: Function) -> bool:

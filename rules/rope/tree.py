@@ -134,7 +134,7 @@ def imported_additions(ctx: "FileContext") -> list[Use]:
 
 
 def _imported(project, here: str, walk: Walker):
-    from tf_migrate.rules.rope.census import (_not_tokens, carries_table, is_addition, return_sites,
+    from tf_migrate.rules.rope.census import (_not_tokens, following, is_addition, return_sites,
                                               two_d_reason)
 
     for call in walk.index.calls:
@@ -171,7 +171,7 @@ def _imported(project, here: str, walk: Walker):
                           "attention consumes it")
                 hint = "add the table inside a model class's forward"
             for addition in walk.forward_every(call, hit=lambda n, f: is_addition(walk, n),
-                                               follow_call=carries_table,
+                                               follow_call=following(walk),
                                                follow_returns=lambda f: return_sites(walk, f)):
                 if not _not_tokens(walk, addition):
                     yield Use(addition, source, reason, hint, bool(factory))
