@@ -322,6 +322,8 @@ def edit_addition(fctx: "FileContext", added: Added) -> AdditionEdit:
     method = cls.methods.get(added.method)
     statements = _adding_statements(fctx, cls, method, added.source) if method is not None else []
     statement = statements[added.ordinal] if added.ordinal < len(statements) else None
+    if statement is None and method is not None:
+        _why_not(fctx, cls, method, added)
     if statement is None:
         raise Refused(added.line, f"the addition at {_rel(fctx.project, added.path)} line {added.line} is not a "
                       "simple statement of a method that reads the table", "")
@@ -350,6 +352,22 @@ def edit_addition(fctx: "FileContext", added: Added) -> AdditionEdit:
     raise Refused(added.line, f"the table of `{added.source.name}` reaches the addition at line {added.line} "
                   "through a value tf-migrate cannot take out (rows not read in position order from 0, or "
                   "a computed table)", "add the table's rows `[:T]` directly")
+
+
+def _why_not(fctx, cls, method, added: Added) -> None:
+    """The precise refusal (a trainable table, a table module with weights of its own...) of the
+    addition at the census's line, when reading its table raises one."""
+    for statement in find(method, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        if fctx.line(statement) != added.line:
+            continue
+        for node in find(statement, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign))):
+            if isinstance(node, cst.AugAssign):
+                sides = (node.value,) if isinstance(node.operator, cst.AddAssign) else ()
+            else:
+                sides = (node.left, node.right) if isinstance(node.operator, cst.Add) else ()
+            for side in sides:
+                binding = _bound_read(fctx, method, side, statement)
+                _table_read(fctx, cls, binding.value if binding else side, added.source)
 
 
 def _bound_read(fctx, method, expr, statement):
@@ -470,10 +488,18 @@ def _calls_source(fctx, func, source: Source) -> bool:
 
 
 def _module_keys(project, source: Source) -> list[str]:
-    """The state_dict keys of a table module (persistent buffers, parameters); refuses a module that
-    holds anything else (a learned weight would be lost)."""
+    """The state_dict keys of a table module (persistent buffers, parameters); refuses a module whose
+    forward does not hand back rows from position 0, or that holds anything else (a learned weight
+    would be lost)."""
     fctx = _context(project, source.path)
     cls = class_named(fctx, source.name)
+    forward = cls.methods.get("forward")
+    returns = find(forward, lambda n: isinstance(n, cst.Return)) if forward is not None else []
+    rows = _unwrap(fctx, returns[0].value) if len(returns) == 1 and returns[0].value is not None else None
+    if rows is None or self_attribute(rows) is None:
+        raise Refused(fctx.line(cls.node), f"`{source.name}.forward` does not return rows of its table read "
+                      "from position 0 (it looks them up by value, or computes them): tf-migrate cannot tell "
+                      "which positions it adds", "")
     keys = [b.name for b in cls.buffers.values() if b.persistent]
     for sub in cls.submodules.values():
         if sub.callee in _PARAMETERS:
@@ -481,12 +507,6 @@ def _module_keys(project, source: Source) -> list[str]:
         elif sub.callee not in _KEPT_MODULES and sub.callee is not None and sub.callee.startswith("torch.nn."):
             raise Refused(fctx.line(sub.statement), f"the table module `{source.name}` also builds "
                           f"`self.{sub.name}` ({sub.callee}), whose weights would be lost with it", "")
-    forward = cls.methods.get("forward")
-    returns = find(forward, lambda n: isinstance(n, cst.Return)) if forward is not None else []
-    if len(returns) != 1 or returns[0].value is None or self_attribute(_unwrap(fctx, returns[0].value) or
-                                                                       cst.Name("x")) is None:
-        raise Refused(fctx.line(cls.node), f"`{source.name}.forward` does not return rows of its table read "
-                      "from position 0: tf-migrate cannot tell which positions it adds", "")
     return keys
 
 
