@@ -6,7 +6,9 @@ class whose callers, followed up the tree, pass one tensor as keys and queries),
 refuses with the same reason. Fixtures: fixtures/rope/across_rows (a table module whose forward
 returns rows, added in an embedding class, attention behind a lambda sublayer), across_frozen (a
 numpy table function in frozen nn.Parameters of an encoder and a decoder sharing blocks, also
-recomputed per call for long inputs) and their noop twins."""
+recomputed per call for long inputs), across_cross (one attention class for self- and
+cross-attention, rotated under `k is q`), across_helper (a position module whose helper method
+builds the table and whose forward adds it) and their noop twins."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def _migrate(folder: Path, only: list[Path] | None = None, select: str = "TFM401
     ("across_rows", {"rowbert/inputs.py", "rowbert/scores.py"}),
     ("across_frozen", {"voice/model.py", "voice/attention.py"}),
     ("across_cross", {"seq2seq/embed.py", "seq2seq/attend.py"}),
+    ("across_helper", {"seq2seq/table.py", "seq2seq/attend.py"}),
 ])
 def test_golden_across_files_and_idempotent(name: str, changed: set[str], tmp_path: Path) -> None:
     results = _migrate(ROPE / name / "before")
@@ -109,6 +112,8 @@ def _copies(name: str, tmp_path: Path):
      ["frames.where", "text.where"]),
     ("across_cross", "seq2seq.model", "Seq2Seq()", "(torch.randint(1, 40, (2, 7)), torch.randint(1, 40, (2, 5)))",
      []),  # a non-persistent buffer: no key
+    ("across_helper", "seq2seq.model", "Seq2Seq()", "(torch.randint(1, 40, (2, 7)), torch.randint(1, 40, (2, 5)))",
+     ["decoder.embed.positions.waves", "encoder.embed.positions.waves"]),
 ])
 def test_migrated_model_loads_converted_checkpoint_strictly_and_trains(name, module, build, inputs, dropped,
                                                                        tmp_path: Path) -> None:

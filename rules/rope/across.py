@@ -171,10 +171,15 @@ def _all_additions(project) -> Iterator[Added]:
             built = walk.index.function_of(table.calls[0])
             if built.cls is None and _module_level(walk, built):
                 source = Source(path, built.qualname, "function", table.start)
-                for addition in table.additions:
-                    added = _added(walk, path, addition, source)
-                    if added is not None:
-                        yield added
+            elif built.cls is not None and getattr(built.node, "name", "__init__") not in ("__init__", "forward") \
+                    and built.cls.methods.get(built.node.name) is built.node:
+                source = Source(path, f"{built.cls.qualname}.{built.node.name}", "method", table.start)
+            else:
+                continue
+            for addition in table.additions:
+                added = _added(walk, path, addition, source)
+                if added is not None and (source.kind != "method" or _not_one_file(project, added)):
+                    yield added
         for name, export in exports_of(project, path).items():
             if not export.two_d:
                 exported[(path, name)] = Source(path, name, export.kind, export.start)
@@ -194,6 +199,17 @@ def _all_additions(project) -> Iterator[Added]:
             added = _added(walk, path, use.addition, source)
             if added is not None:
                 yield added
+
+
+def _not_one_file(project, added: Added) -> bool:
+    """A table a helper method builds is this component's only where the one-file rewrite
+    (positions.py) does not read that class's addition itself."""
+    from tf_migrate.rules.rope.positions import find_additions
+
+    fctx = project.context(added.path)
+    if fctx is None or not added.source.name.startswith(added.cls + "."):
+        return False  # a helper of another class: not followed
+    return not any(a.cls.qualname == added.cls for a in find_additions(fctx))
 
 
 def _module_level(walk, function) -> bool:
@@ -446,7 +462,8 @@ def _table_read(fctx, cls: "ModuleClass", expr, source: Source) -> tuple[str | N
     base = _unwrap(fctx, expr)
     if base is None:
         return None
-    if isinstance(base, cst.Call) and _calls_source(fctx, base.func, source) and source.kind == "function":
+    if isinstance(base, cst.Call) and source.kind in ("function", "method") \
+            and _calls_source(fctx, base.func, source, cls):
         return None, []  # the table computed on the spot
     if isinstance(base, cst.Call) and source.kind == "class":
         name = self_attribute(base.func)
@@ -455,7 +472,7 @@ def _table_read(fctx, cls: "ModuleClass", expr, source: Source) -> tuple[str | N
             return name, [f"{name}.{key}" for key in _module_keys(fctx.project, source)]
         return None
     name = self_attribute(base)
-    if name is None or source.kind != "function":
+    if name is None or source.kind not in ("function", "method"):
         return None
     if name in cls.buffers:
         value, dropped = cls.buffers[name].value, [name] if cls.buffers[name].persistent else []
@@ -470,15 +487,19 @@ def _table_read(fctx, cls: "ModuleClass", expr, source: Source) -> tuple[str | N
     else:
         return None
     inner = _unwrap(fctx, value)
-    if isinstance(inner, cst.Call) and _calls_source(fctx, inner.func, source):
+    if isinstance(inner, cst.Call) and _calls_source(fctx, inner.func, source, cls):
         return name, dropped
     return None
 
 
-def _calls_source(fctx, func, source: Source) -> bool:
+def _calls_source(fctx, func, source: Source, cls: "ModuleClass | None" = None) -> bool:
     from tf_migrate.analysis.symbols import dotted as dotted_text
 
     name = dotted_text(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    if source.kind == "method":  # `self._table(n, d)` inside the class that defines it
+        return cls is not None and source.path == fctx.project_key and name is not None \
+            and name.count(".") == 1 and name.startswith("self.") \
+            and f"{cls.qualname}.{name[5:]}" == source.name
     if not name or name.startswith("self."):
         return False
     if source.path == fctx.project_key and name == source.name:
@@ -981,9 +1002,9 @@ def _exact_sources(flow, name: str, at, depth: int = 0) -> set[str]:
     if depth > 12:
         return {"?"}
     definition = flow.definition(name, at)
-    if definition is None:
+    if definition is None:  # a parameter, or a module-level name (no per-call stream)
         params = {p.name.value for p in flow.function.params.params} - {"self"}
-        return {name} if name in params else {"?"}
+        return {name} if name in params else set()
     value = definition.value if isinstance(definition, Binding) else None
     statement = definition.statement
     if value is None and isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
@@ -997,8 +1018,38 @@ def _exact_sources(flow, name: str, at, depth: int = 0) -> set[str]:
     if value is None:
         return {"?"}
     found: set[str] = set()
-    for read in read_names(value) - {"self"}:
+    for read in _data_names(value) - {"self"}:
         found |= _exact_sources(flow, read, statement, depth + 1)
+    return found
+
+
+_SHAPED = ("view", "reshape", "expand", "repeat", "new_zeros", "new_ones", "unflatten")
+
+
+def _data_names(expr) -> set[str]:
+    """The names whose values flow into `expr`; sizes do not (`x.size(0)`, `x.shape`, the arguments
+    of `.view(batch, length, heads, size)`)."""
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute):
+        if expr.func.attr.value in ("size", "dim"):
+            return set()
+        if expr.func.attr.value in _SHAPED:
+            return _data_names(expr.func.value)
+    if isinstance(expr, cst.Call):  # what is passed, and the receiver of a method; not a function's name
+        found = set().union(*(_data_names(a.value) for a in expr.args)) if expr.args else set()
+        return found | (_data_names(expr.func.value) if isinstance(expr.func, cst.Attribute) else set())
+    if isinstance(expr, cst.Attribute) and expr.attr.value in ("shape", "ndim", "device", "dtype"):
+        return set()
+    if isinstance(expr, cst.Name):
+        return {expr.value}
+    found: set[str] = set()
+    for child in expr.children:
+        if isinstance(child, cst.BaseExpression) or isinstance(child, (cst.Arg, cst.Element, cst.Subscript,
+                                                                        cst.SubscriptElement, cst.Index, cst.Slice)):
+            found |= _data_names(child)
+        elif isinstance(child, cst.CSTNode) and not isinstance(child, (cst.BaseParenthesizableWhitespace,)):
+            found |= _data_names(child)
+    if isinstance(expr, cst.Attribute):
+        return _data_names(expr.value)
     return found
 
 
