@@ -248,3 +248,89 @@ def test_one_attention_class_rotates_self_attention_and_leaves_cross_attention(t
         by_hand = old.out(mixed.transpose(1, 2).contiguous().view(2, 5, 16))
         torch.testing.assert_close(new(x, x, x), by_hand, rtol=1e-12, atol=1e-12)
         assert not torch.allclose(new(x, x, x), old(x, x, x))
+
+
+_EMBED = """
+import math
+
+import torch
+import torch.nn as nn
+
+
+class WaveTable(nn.Module):
+    def __init__(self, width, longest=32):
+        super().__init__()
+        where = torch.arange(longest, dtype=torch.float32)[:, None]
+        rates = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+        table = torch.zeros(longest, width)
+        table[:, 0::2] = torch.sin(where * rates)
+        table[:, 1::2] = torch.cos(where * rates)
+        self.register_buffer("table", table[None])
+
+    def forward(self, x):
+        return self.table[:, : x.size(1)]
+
+
+class Embed(nn.Module):
+    def __init__(self, vocab, width):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.where = WaveTable(width)
+
+    def forward(self, ids):
+        return self.tokens(ids) + self.where(ids)
+"""
+
+_NET = """
+import torch.nn as nn
+
+from .embed import Embed
+
+
+class Attend(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+class Net(nn.Module):
+    def __init__(self, vocab, width, blocks):
+        super().__init__()
+        self.embed = Embed(vocab, width)
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+"""
+
+
+@pytest.mark.parametrize("blocks, outcome", [
+    ("nn.ModuleList(blocks)", "refused"),  # the blocks come from the caller: their attention is unseen
+    ("nn.ModuleList([Attend(width) for _ in range(2)])", "migrated"),
+])
+def test_a_table_module_added_by_another_class_of_its_file(blocks: str, outcome: str, tmp_path: Path) -> None:
+    """The table module and the class that adds it share a file; the attention lies in another. The
+    model keeping modules passed to its constructor (`nn.ModuleList(blocks)`) cannot show them all."""
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/embed.py": _EMBED,
+                                       "pkg/net.py": _NET.replace("nn.ModuleList(blocks)", blocks)})
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    results = {name: migrate_source((tmp_path / "pkg" / name).read_text(), str(tmp_path / "pkg" / name), rules,
+                                    project) for name in ("embed.py", "net.py")}
+    [component] = results["embed.py"].components
+    assert component.outcome == outcome, component.reason
+    if outcome == "refused":
+        assert "`Net` keeps a module passed to its constructor (`self.blocks = nn.ModuleList(blocks)`)" \
+            in component.reason
+        assert not any(r.changed for r in results.values())
+    else:
+        assert "self.where" not in results["embed.py"].migrated
+        assert "q = apply_rotary(q)" in results["net.py"].migrated

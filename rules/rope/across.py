@@ -174,12 +174,17 @@ def _all_additions(project) -> Iterator[Added]:
             elif built.cls is not None and getattr(built.node, "name", "__init__") not in ("__init__", "forward") \
                     and built.cls.methods.get(built.node.name) is built.node:
                 source = Source(path, f"{built.cls.qualname}.{built.node.name}", "method", table.start)
+            elif built.cls is not None and any(f.cls is built.cls for f in table.exports):
+                source = Source(path, built.cls.qualname, "class", table.start)  # added by another class here
             else:
                 continue
             for addition in table.additions:
                 added = _added(walk, path, addition, source)
-                if added is not None and (source.kind != "method" or _not_one_file(project, added)):
-                    yield added
+                if added is None or source.kind == "method" and not _not_one_file(project, added):
+                    continue
+                if source.kind == "class" and added.cls == source.name:
+                    continue  # added in its own forward: the one-file rewrite's
+                yield added
         for name, export in exports_of(project, path).items():
             if not export.two_d:
                 exported[(path, name)] = Source(path, name, export.kind, export.start)
@@ -654,6 +659,8 @@ def _passes_parameter(value, params: set[str]) -> bool:
         return value.value in params and _modulish(value.value)
     if isinstance(value, cst.Call) and isinstance(value.func, (cst.Name, cst.Attribute)):
         head = value.func.value if isinstance(value.func, cst.Name) else value.func.attr.value
+        if head in ("ModuleList", "Sequential", "ModuleDict"):  # `nn.ModuleList(layers)`: modules from outside
+            return any(isinstance(a.value, cst.Name) and a.value.value in params for a in value.args)
         if head[:1].isupper():
             return False
         return any(isinstance(a.value, cst.Name) and a.value.value in params and _modulish(a.value.value)
