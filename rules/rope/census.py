@@ -69,6 +69,7 @@ def _sites(ctx, code: str) -> Iterator[Site]:
             user = tree.first_user(ctx, table)
             if user is not None:
                 yield _exported_site(walk, code, table, user)
+    yield from _attention_sites(ctx, code)
     for use in [*tree.imported_additions(ctx), *tree.argument_additions(ctx)]:
         if id(use.addition) in seen:
             continue
@@ -103,6 +104,26 @@ def _never_called(ctx, walk, function: Function) -> bool:
         if text is not None and word.search(text):
             return False
     return True
+
+
+def _attention_sites(ctx, code: str) -> Iterator[Site]:
+    """The attention classes of this file that a whole-tree component rotates (across.py): part of
+    that component, so their edit is accounted for here."""
+    from tf_migrate.rules.rope.across import _rel, decisions_for
+
+    for decision in decisions_for(ctx):
+        if decision.problem is not None:
+            continue
+        for where in [*decision.rotated_at_entry(), *(g.holder for g in decision.guards)]:
+            cls = next((c for c in ctx.module_classes if c.qualname == where.qualname), None)
+            if where.path != ctx.project_key or cls is None:
+                continue
+            lines = ctx.lines(cls.node)
+            start, end = lines.start, lines.stop - 1
+            tables = ", ".join(f"`{s.name}` ({_rel(ctx.project, s.path)})" for s in decision.sources)
+            what = f"attention fed by the sinusoidal positions of {tables}, rotated with them"
+            yield Site(Component(code, "rotary-attention", where.qualname, start, end, what, (), ((start, end),)),
+                       start, f"the attention of the positions of {tables} could not be rotated here", "")
 
 
 @dataclass
