@@ -334,3 +334,72 @@ def test_a_table_module_added_by_another_class_of_its_file(blocks: str, outcome:
     else:
         assert "self.where" not in results["embed.py"].migrated
         assert "q = apply_rotary(q)" in results["net.py"].migrated
+
+
+_SHARED = """
+import torch.nn as nn
+
+
+class Feed(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU())
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+_MODEL = """
+import math
+
+import torch
+import torch.nn as nn
+
+from .shared import Feed
+
+
+def waves(length, width):
+    where = torch.arange(length, dtype=torch.float32)[:, None]
+    rates = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    return torch.cat([torch.sin(where * rates), torch.cos(where * rates)], dim=-1)
+
+
+class Mix(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return SCORES
+
+
+class Net(nn.Module):
+    def __init__(self, vocab, width):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.mix = Mix(width)
+        self.feed = Feed(width)
+
+    def forward(self, ids):
+        x = self.tokens(ids) + waves(ids.size(1), self.tokens.embedding_dim)
+        return self.feed(self.mix(x))
+"""
+
+
+def test_models_sharing_only_a_feed_forward_are_separate_components(tmp_path: Path) -> None:
+    """Two models share a feed-forward class but not their attention: one that cannot be rotated
+    (its scores are not a product tf-migrate can read) does not stop the other."""
+    from project_support import write_project
+
+    readable = "(q @ k.transpose(-2, -1)).softmax(-1) @ v"
+    unreadable = "torch.softmax(torch.einsum('btd,bsd->bts', q, k.flip(1)), -1) @ v"
+    project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/shared.py": _SHARED,
+                                       "pkg/good.py": _MODEL.replace("SCORES", readable),
+                                       "pkg/bad.py": _MODEL.replace("SCORES", unreadable)})
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    results = {name: migrate_source((tmp_path / "pkg" / name).read_text(), str(tmp_path / "pkg" / name), rules,
+                                    project) for name in ("good.py", "bad.py", "shared.py")}
+    assert [c.outcome for c in results["good.py"].components if c.kind == "sinusoidal-positions"] == ["migrated"]
+    assert [c.outcome for c in results["bad.py"].components] == ["refused"]
+    assert not results["bad.py"].changed and not results["shared.py"].changed

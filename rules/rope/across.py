@@ -311,8 +311,9 @@ def _merge(project, groups: list[list[Added]]) -> list[list[Added]]:
             except Refused:
                 models = [Where(added.path, added.cls)]
             for model in models:
-                try:
-                    members |= set(closure(project, model))
+                try:  # the classes on the way to an attention: sharing a feed-forward joins nothing
+                    members |= {m for m in closure(project, model)
+                                if any(_has_attention(project, a) for a in closure(project, m))}
                 except Refused:
                     members.add(model)
         reach.append(members)
