@@ -10,8 +10,11 @@ from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.imports import reference
 from tf_migrate.engine.rule import Finding, Fix, Refusal
 from tf_migrate.plan import ClassPlan
-from tf_migrate.rules.rope.across import Decision, _rel, class_named, decisions_for, edit_addition, sites_of
+from tf_migrate.rules.rope.across import Decision, decisions_for
+from tf_migrate.rules.rope.one_stream import sites_of
+from tf_migrate.rules.rope.places import _rel, class_named
 from tf_migrate.rules.rope.rotary_code import insertions
+from tf_migrate.rules.rope.table_edit import edit_addition
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -169,7 +172,7 @@ def _freed_imports(ctx, names: set[str], removed: list) -> dict:
 
 def _guard_edits(ctx, guard, replacements: dict) -> None:
     """`self_attention = k is q` where the holder's forward starts; before its call of the scores
-    class, `if self_attention:` rotating the two names it passes (see across.Guard)."""
+    class, `if self_attention:` rotating the two names it passes (see self_or_cross.Guard)."""
     import libcst as cst
 
     from tf_migrate.analysis.dataflow import FunctionFlow

@@ -109,7 +109,8 @@ def _never_called(ctx, walk, function: Function) -> bool:
 def _attention_sites(ctx, code: str) -> Iterator[Site]:
     """The attention classes of this file that a whole-tree component rotates (across.py): part of
     that component, so their edit is accounted for here."""
-    from tf_migrate.rules.rope.across import _rel, decisions_for
+    from tf_migrate.rules.rope.across import decisions_for
+    from tf_migrate.rules.rope.places import _rel
 
     for decision in decisions_for(ctx):
         if decision.problem is not None:

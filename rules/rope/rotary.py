@@ -42,7 +42,7 @@ class RotarySite:
 def sites_in(ctx: "FileContext", cls: "ModuleClass", entry: bool = False) -> list[RotarySite]:
     """The self-attentions of `cls`; raises Refused when q and k cannot be placed with certainty.
     With `entry`, q and k may be parameters of the method, rotated where it starts (the callers,
-    followed across the tree, must show they are one stream: see across.py)."""
+    followed across the tree, must show they are one stream: see one_stream.py)."""
     found: list[RotarySite] = []
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
