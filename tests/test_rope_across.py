@@ -8,7 +8,8 @@ returns rows, added in an embedding class, attention behind a lambda sublayer), 
 numpy table function in frozen nn.Parameters of an encoder and a decoder sharing blocks, also
 recomputed per call for long inputs), across_cross (one attention class for self- and
 cross-attention, rotated under `k is q`), across_helper (a position module whose helper method
-builds the table and whose forward adds it) and their noop twins."""
+builds the table and whose forward adds it), across_injected (a stack that keeps the layers its
+model builds and passes to its constructor) and their noop twins."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def _migrate(folder: Path, only: list[Path] | None = None, select: str = "TFM401
     ("across_frozen", {"voice/model.py", "voice/attention.py"}),
     ("across_cross", {"seq2seq/embed.py", "seq2seq/attend.py"}),
     ("across_helper", {"seq2seq/table.py", "seq2seq/attend.py"}),
+    ("across_injected", {"tagger/model.py", "tagger/layer.py"}),
 ])
 def test_golden_across_files_and_idempotent(name: str, changed: set[str], tmp_path: Path) -> None:
     results = _migrate(ROPE / name / "before")
@@ -74,6 +76,9 @@ def test_the_table_file_is_migrated_with_its_users_and_keeps_its_table() -> None
     ("across_cross_noop", ["`Heads` (", "seq2seq/attend.py) serves self- and cross-attention, and `self.own(q=self."
                            "norm1(y), k=self.norm1(y), v=self.norm1(y), mask=own_mask)` (", "seq2seq/layers.py line 32) "
                            "passes its queries and keys as two tensors of one stream"]),
+    ("across_injected_noop", ["`Stack` keeps a module passed to its constructor (`self.layers = nn.ModuleList("
+                              "layers)`), and `Stack(extra, width)` (", "tagger/model.py line 26) passes `layers` "
+                              "as something other than modules it builds there"]),
 ])
 def test_a_component_that_cannot_be_rewritten_leaves_every_file_alone(name: str, fragments: list[str]) -> None:
     results = _migrate(ROPE / name)
@@ -114,6 +119,8 @@ def _copies(name: str, tmp_path: Path):
      []),  # a non-persistent buffer: no key
     ("across_helper", "seq2seq.model", "Seq2Seq()", "(torch.randint(1, 40, (2, 7)), torch.randint(1, 40, (2, 5)))",
      ["decoder.embed.positions.waves", "encoder.embed.positions.waves"]),
+    ("across_injected", "tagger.model", "Tagger(50)",
+     "(torch.randint(1, 50, (2, 9)).masked_fill(torch.arange(9) >= torch.tensor([[9], [6]]), 0),)", ["waves"]),
 ])
 def test_migrated_model_loads_converted_checkpoint_strictly_and_trains(name, module, build, inputs, dropped,
                                                                        tmp_path: Path) -> None:
@@ -194,6 +201,7 @@ def test_a_timing_helper_nothing_calls_is_no_component(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name, module, build, inputs", [
     ("across_rows", "rowbert.model", "RowBert(50)", "(torch.randint(1, 50, (2, 9)), torch.randint(0, 3, (2, 9)))"),
     ("across_frozen", "voice.model", "Voice(50)", "(torch.randint(1, 50, (2, 9)),)"),
+    ("across_injected", "tagger.model", "Tagger(50)", "(torch.randint(1, 50, (2, 9)),)"),
 ])
 def test_after_the_other_rules_rewrote_the_same_files(name, module, build, inputs, tmp_path: Path) -> None:
     """Under `--select all` the attention files were rewritten first (SDPA, fused q/k/v): each file
@@ -403,3 +411,54 @@ def test_models_sharing_only_a_feed_forward_are_separate_components(tmp_path: Pa
     assert [c.outcome for c in results["good.py"].components if c.kind == "sinusoidal-positions"] == ["migrated"]
     assert [c.outcome for c in results["bad.py"].components] == ["refused"]
     assert not results["bad.py"].changed and not results["shared.py"].changed
+
+
+_STACKED = _NET.split("class Net")[0] + """class Stack(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self, vocab, width):
+        super().__init__()
+        self.embed = Embed(vocab, width)
+        self.stack = Stack([Attend(width), Attend(width)])
+
+    def forward(self, ids):
+        return self.stack(self.embed(ids))
+"""
+
+
+@pytest.mark.parametrize("extra, outcome, reason", [
+    ("", "migrated", ""),
+    ("\n\ndef spare(width):\n    return Stack([Attend(width)])\n", "refused",
+     "and it is built at pkg/net.py line 39 other than with plain arguments in a model's `__init__`"),
+    ("\n\nclass Other(nn.Module):\n    def __init__(self, width):\n        super().__init__()\n"
+     "        self.stack = Stack([make_layer(width)])\n", "refused",
+     "`Stack([make_layer(width)])` (pkg/net.py line 41) passes `layers` as something other than modules it "
+     "builds there"),
+    ("\n\nclass Other(nn.Module):\n    def __init__(self, *parts):\n        super().__init__()\n"
+     "        self.stack = Stack(*parts)\n", "refused", "and it is built at pkg/net.py line 41 other than with "
+     "plain arguments"),  # `layers=None` by default: the unpacked arguments may hold the layers
+])
+def test_a_stack_of_layers_its_model_passes_in(extra: str, outcome: str, reason: str, tmp_path: Path) -> None:
+    """A container keeping modules passed to its constructor is read through every place that builds
+    it: each must be a class's `__init__` that builds project classes right there (a factory, or a
+    place outside `__init__`, keeps the layers out of sight)."""
+    from project_support import write_project
+
+    net = (_STACKED + extra).replace("(self, layers)", "(self, layers=None)")
+    project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/embed.py": _EMBED, "pkg/net.py": net})
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    results = {name: migrate_source((tmp_path / "pkg" / name).read_text(), str(tmp_path / "pkg" / name), rules,
+                                    project) for name in ("embed.py", "net.py")}
+    [component] = results["embed.py"].components
+    assert component.outcome == outcome, component.reason
+    assert reason in component.reason
+    assert ("q = apply_rotary(q)" in results["net.py"].migrated) == (outcome == "migrated")

@@ -15,7 +15,7 @@ import libcst as cst
 from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.names import self_attribute
 from tf_migrate.analysis.nodes import find
-from tf_migrate.rules.rope.places import Where, _context, _rel, class_named
+from tf_migrate.rules.rope.places import Where, _context, _rel, _short, class_named
 
 _MAX_UP = 3  # holders followed up from the class that adds the table to the model with attention
 _BUILTIN_ATTENTION = (
@@ -47,6 +47,8 @@ def _has_attention(project, where: Where) -> bool:
     fctx = _context(project, where.path)
     cls = class_named(fctx, where.qualname)
     code = fctx.code(cls.node)
+    if "scaled_dot_product_attention" in code:  # TFM101 may have rewritten it first (an all-rules run)
+        return True
     return ("softmax" in code or "Softmax" in code) and ("@" in code or "matmul" in code or "bmm" in code
                                                          or "einsum" in code or "scaled_dot_product" in code)
 
@@ -86,8 +88,70 @@ def _closure(project, root: Where) -> list[Where]:
             for assign in find(sub, lambda n: isinstance(n, cst.Assign)):
                 target = assign.targets[0].target if len(assign.targets) == 1 else None
                 if target is not None and self_attribute(target) and _passes_parameter(assign.value, params):
-                    raise Refused(fctx.line(assign), f"`{where.qualname}` keeps a module passed to its "
-                                  f"constructor (`{fctx.code(assign)}`): tf-migrate cannot see its attention", "")
+                    kept = f"`{where.qualname}` keeps a module passed to its constructor (`{fctx.code(assign)}`)"
+                    pending += _injected(project, where, init, _passed(assign.value, params), kept)
+    return found
+
+
+def _passed(value, params: set[str]) -> list[str]:
+    """The constructor parameters `_passes_parameter` found kept in `value`."""
+    if isinstance(value, cst.Name):
+        return [value.value]
+    head = value.func.value if isinstance(value.func, cst.Name) else value.func.attr.value
+    return [a.value.value for a in value.args if isinstance(a.value, cst.Name) and a.value.value in params
+            and (head in ("ModuleList", "Sequential", "ModuleDict") or _modulish(a.value.value))]
+
+
+def _injected(project, where: Where, init, names: list[str], kept: str) -> list[Where]:
+    """The project classes every construction site of `where` builds in its arguments `names`
+    (dependency injection: `Encoder([Layer(d) for _ in range(n)])` in a model's `__init__`); refuses
+    unless every site is visible, in a class's `__init__`, and builds only classes it can read."""
+    from tf_migrate.rules.rope.one_stream import _argument  # one_stream follows callers with this module
+
+    built = instantiations(project, where)
+    if not built:
+        raise Refused(0, f"{kept}, and nothing in the run builds it: tf-migrate cannot see its attention", "")
+    order = [p.name.value for p in init.params.params][1:]
+    defaults = {p.name.value: p.default for p in init.params.params}
+    found: list[Where] = []
+    for b in built:
+        bctx = _context(project, b.path)
+        calls = [c for c in find(bctx.module, lambda n: isinstance(n, cst.Call))
+                 if bctx.line(c) == b.line and callee_class(bctx, c.func) == where]
+        if b.owner is None or not b.in_init or len(calls) != 1 or any(a.star for a in calls[0].args):
+            raise Refused(b.line, f"{kept}, and it is built at {_rel(project, b.path)} line {b.line} other than "
+                          "with plain arguments in a model's `__init__`: tf-migrate cannot see its attention", "")
+        for name in names:
+            given = _argument(calls[0], order, name)
+            if given is None and isinstance(defaults.get(name), cst.Name) and defaults[name].value == "None":
+                continue
+            what = _built_in(bctx, given) if given is not None else None
+            if what is None:
+                raise Refused(b.line, f"{kept}, and `{_short(bctx, calls[0])}` ({_rel(project, b.path)} line "
+                              f"{b.line}) passes `{name}` as something other than modules it builds there: "
+                              "tf-migrate cannot see its attention", "")
+            found += [w for w in what if w not in found]
+    return found
+
+
+def _built_in(fctx, expr) -> list[Where] | None:
+    """The project module classes `expr` builds (`Layer(...)`, a list or comprehension of them), or
+    None when it is anything else (a name, a factory, a class of another library) or builds none."""
+    if isinstance(expr, (cst.List, cst.Tuple)):
+        parts = [_built_in(fctx, e.value) for e in expr.elements]
+        return None if not parts or None in parts else [w for part in parts for w in part]
+    if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
+        return _built_in(fctx, expr.elt)
+    if not isinstance(expr, cst.Call) or callee_class(fctx, expr.func) is None:
+        return None
+    found = []
+    for call in find(expr, lambda n: isinstance(n, cst.Call)):
+        callee = fctx.names.callee(call) or ""
+        built = callee_class(fctx, call.func)
+        if built is not None:
+            found.append(built)
+        elif callee in _BUILTIN_ATTENTION or not (callee.startswith("torch.") or callee in ("range", "len", "int")):
+            return None
     return found
 
 
