@@ -111,3 +111,34 @@ def test_registrations_and_type_tests_in_the_order_of_the_text(tmp_path: Path) -
         (7, "model.a.register_forward_hook", "a"), (7, "model.b.register_forward_pre_hook", "b"),
         (9, "hooks.register_full_backward_hook", None)]
     assert [(t.line, t.type) for t in type_tests(project, path, _MODULES)] == [(8, "tnn.Softmax"), (10, "nn.Dropout")]
+
+
+PICKED = """
+    import torch.nn as nn
+
+
+    def watch_dropouts(model, seen):
+        drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+        for drop in drops:
+            drop.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+"""
+
+
+def test_modules_picked_by_type_in_another_file_then_hooked_are_refused(tmp_path: Path) -> None:
+    """The dropouts are picked in one statement and hooked in a later loop (not one walk over
+    `modules()`): in another file as in the attention's own, the rewrite is refused."""
+    write_project(tmp_path, {"pkg/__init__.py": "", "pkg/attention.py": ATTENTION, "pkg/watch.py": PICKED})
+    results = _tree(tmp_path / "pkg")
+    assert not results["attention.py"].edits
+    [refusal] = results["attention.py"].refusals
+    assert "stop calling `self.attn_drop`" in refusal.reason
+    assert "modules are picked by type (`isinstance(m, nn.Dropout)`) where hooks are registered (line 8)" \
+        in refusal.reason and "pkg/watch.py:6)" in refusal.reason
+
+
+def test_modules_picked_by_type_without_a_hook_are_no_reason(tmp_path: Path) -> None:
+    write_project(tmp_path, {"pkg/__init__.py": "", "pkg/attention.py": ATTENTION,
+                             "pkg/watch.py": PICKED.replace("drop.register_forward_hook", "seen.append")})
+    results = _tree(tmp_path / "pkg")
+    assert not results["attention.py"].refusals
+    assert "scaled_dot_product_attention" in results["attention.py"].migrated

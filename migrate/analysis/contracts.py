@@ -122,10 +122,25 @@ def _consumers(project: ProjectIndex, owner: Symbol | None, name: str, kinds, mo
         if summary is None:
             continue
         skip = _owner_lines(owner, path)
+        before = len(found)
         for consumer in _file_consumers(project, owner, path, summary.tree, name, kinds, module_types):
             if consumer.line not in skip:
                 found.append(consumer)
+        if len(found) == before and "hook" in kinds and module_types:
+            found.extend(_picked_by_type(project, path, module_types, skip))
     return sorted(set(found), key=lambda c: (c.path, c.line))
+
+
+def _picked_by_type(project: ProjectIndex, path: str, module_types, skip: range) -> list[Consumer]:
+    """A file that picks modules of the types asked by `isinstance` and registers hooks, though not
+    in one walk over `modules()` (`drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]`,
+    then a loop over `drops`): the hooks may go on the owner's module."""
+    tests = [t for t in type_tests(project, path, module_types) if t.line not in skip]
+    hooks = [h for h in hook_registrations(project, path) if h.line not in skip]
+    if not tests or not hooks:
+        return []
+    return [Consumer(path, tests[0].line, f"modules are picked by type (`{tests[0].text}`) where hooks are "
+                     f"registered (line {hooks[0].line})")]
 
 
 def _audience(project: ProjectIndex, owner: Symbol | None, name: str, kinds) -> list[str]:
