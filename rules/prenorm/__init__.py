@@ -13,6 +13,8 @@ from typing import Iterator
 
 import libcst as cst
 
+from tf_migrate.rules.prenorm import caller_residual
+from tf_migrate.rules.prenorm.caller_residual import output_class
 from tf_migrate.rules.prenorm.builtin_layers import (builtin_layers, builtin_transformers, stack_with_norm,
                                                      transformer_subclass_init, with_norm_first)
 from tf_migrate.analysis.imports import reference
@@ -113,6 +115,8 @@ class PostNormToPreNorm(Rule):
             forward = cls.methods.get("forward")
             if forward is None or ctx.suppressed(self.code, forward):
                 continue
+            if output_class(ctx, cls) is not None:
+                continue  # the residual comes from the caller: caller_residual decides (below)
             try:
                 found = ResidualFinder(ctx, cls, forward).find()
             except FlagChosen as exc:
@@ -156,6 +160,7 @@ class PostNormToPreNorm(Rule):
                 groups.setdefault(id(stack.statement), []).append((id(cls), stack, run))
         yield from self._rewrite(ctx, blocks, groups, refused)
         yield from self._stacks_of_other_files(ctx, groups)
+        yield from caller_residual.findings(self, ctx)
 
     def _layer_loop(self, ctx, cls, forward, found, loop) -> Iterator[Finding]:
         """The model's own loop over parallel per-layer lists: sublayers rewritten in the loop,
