@@ -68,8 +68,8 @@ class PostNormToPreNorm(Rule):
     norm is applied under an `if` that is no such flag; a norm of a post-norm block is not
     part of a sublayer the rule can read (`+=` sums, a residual scaled in a temporary); an intermediate of the sublayer or the
     norm's output is read outside the residual stream; the norm is not the whole value of its
-    statement; the residual comes in from the caller (the sublayer lives in another module, as
-    in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
+    statement; the residual comes in from the caller (BERT's `*Output` classes) and some caller
+    does not pass its sublayer's own input (`caller_residual`); no stack holding the block is found, or its forward does not
     run the blocks in a plain loop; a built-in layer is not stacked in the same function; an
     `nn.Transformer` is given a custom encoder or decoder. An `nn.Transformer` (instance, or the
     `super().__init__` of a subclass) gets `norm_first=True`: it owns final norms, so no new key.
