@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis import einsum
+from tf_migrate.analysis.census import META_ARGUMENT_METHODS, META_FUNCTIONS
 from tf_migrate.analysis.mask_helpers import UnknownHelper, in_place_triangle
 from tf_migrate.analysis.dataflow import (
     Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, binds, read_names,
@@ -812,12 +813,32 @@ _METADATA = ("dtype", "shape", "device", "ndim", "size", "dim")
 def _metadata_read(ctx: "FileContext", use: cst.Name) -> str | None:
     """`x.dtype` (or .shape, .device, .ndim, .size(), .dim()) when `use` is read only for that."""
     parent = ctx.parents.get(use)
+    like = _like_call(ctx, use, parent)
+    if like is not None:
+        return like
     if not (isinstance(parent, cst.Attribute) and parent.value is use and parent.attr.value in _METADATA):
         return None
     if parent.attr.value in ("size", "dim"):
         call = ctx.parents.get(parent)
         return f"{use.value}.{parent.attr.value}()" if isinstance(call, cst.Call) and call.func is parent else None
     return f"{use.value}.{parent.attr.value}"
+
+
+def _like_call(ctx: "FileContext", use: cst.Name, parent: cst.CSTNode | None) -> str | None:
+    """`torch.ones_like(x)` (census.META_FUNCTIONS) when `use` is its first argument, or
+    `m.expand_as(x)` (census.META_ARGUMENT_METHODS) when it is the only one: they read the shape,
+    dtype or device of `x`, not its values."""
+    call = ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
+    if not (isinstance(call, cst.Call) and call.args and call.args[0] is parent
+            and parent.keyword is None and parent.star == ""):
+        return None
+    if len(call.args) == 1 and method_call(call, *META_ARGUMENT_METHODS) is not None:
+        return f"{ctx.code(call.func)}({use.value})"  # `mask.expand_as(scores)`: its shape only
+    callee = ctx.names.callee(call) or ""
+    module, _, name = callee.rpartition(".")
+    if module != "torch" or name not in META_FUNCTIONS:
+        return None
+    return f"torch.{name}({use.value})"
 
 
 def _chained(statement: cst.BaseStatement) -> bool:

@@ -21,7 +21,7 @@ from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, CrossCall, constructo
                                                  sizes_in_forward, split_suffix, total_size)
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
 from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
-from tf_migrate.rules.fused_qkv.places import shown_root
+from tf_migrate.analysis.project.places import shown_root
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
