@@ -841,6 +841,22 @@ def _like_call(ctx: "FileContext", use: cst.Name, parent: cst.CSTNode | None) ->
     return f"torch.{name}({use.value})"
 
 
+def _rebound(ctx: "FileContext", use: cst.Name, small: cst.CSTNode | None) -> str | None:
+    """"bound to `kept`" when `use` is read by an assignment to other names (`kept, out = p, p @ v`,
+    `(kept := p)`): another name holds the values SDPA never materialises."""
+    current: cst.CSTNode | None = use
+    while current is not None and current is not small:
+        parent = ctx.parents.get(current)
+        if isinstance(parent, cst.NamedExpr) and parent.value is current:
+            return f"bound to `{ctx.code(parent.target)}` by `:=`"
+        current = parent
+    if isinstance(small, cst.Assign):
+        return "bound to `" + " = ".join(ctx.code(t.target) for t in small.targets) + "`"
+    if isinstance(small, cst.AnnAssign):
+        return f"bound to `{ctx.code(small.target)}`"
+    return None
+
+
 def _chained(statement: cst.BaseStatement) -> bool:
     """`a = b = value`: one statement, two or more targets."""
     return isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
@@ -901,5 +917,5 @@ def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: s
             return (f"`{name}` is passed to `{ctx.code(call.func)}(...)` at line {ctx.line(use)}, which may "
                     "read or change it in place (tf-migrate does not read that function)",
                     "inline what the function does to the scores, e.g. a masked_fill")
-        what = "read again"
+        what = _rebound(ctx, use, small) or "read again"
     return f"the attention {stage} `{name}` are {what} at line {ctx.line(use)}", hint

@@ -61,6 +61,9 @@ def _escapes(ctx, site: AttentionSite, index: FileIndex) -> Iterator[Escape]:
         parent = parents.get(node)
         if parent is None:
             continue
+        if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
+            at = index.statement_of(node)  # `(p := softmax(s)) @ v`: `p` is read after the statement too
+            queue.extend((load, None) for load in _reads_after(index, function, node.target.id, at))
         if isinstance(parent, ast.Attribute) and parent.value is node:
             call = parents.get(parent)
             if parent.attr in META_ATTRIBUTES:

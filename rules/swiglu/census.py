@@ -175,7 +175,8 @@ def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
         start, end = line_span(first, act, second)
         cls = function.cls
         names = [projection_name(n, index.function_of(n), index) for n in (first, second)]
-        anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}))
+        anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}
+                               | set(_configured_at(index, cls, act))))
         yield Component("TFM301", "ffn", cls.qualname, start, end,
                         f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
                         anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
@@ -209,6 +210,22 @@ def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) 
                         "the second projection is in another module",
                         scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
                         step="the FFN's two projections live in two modules")
+
+
+def _configured_at(index, cls, act: ast.Call) -> list[int]:
+    """The lines of this file that build `cls` when its activation is built from a parameter of
+    `__init__` (`self.act = act_layer()`): each of them chooses the activation, so a finding there
+    (a caller passing something that is not an activation class) belongs to this FFN."""
+    attribute = self_attribute(act.func)
+    init = cls.methods.get("__init__")
+    if attribute is None or init is None:
+        return []
+    parameters = {a.arg for a in init.args.args + init.args.kwonlyargs}
+    if not any(isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in parameters
+               for v in cls.attributes.get(attribute, ())):
+        return []
+    name = cls.node.name
+    return [c.lineno for c in index.calls if last_name(c.func) == name and enclosing_class(index, c) is not cls]
 
 
 def _mixing_layer(node: ast.AST, function: Function) -> bool:
