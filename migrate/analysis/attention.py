@@ -841,6 +841,27 @@ def _like_call(ctx: "FileContext", use: cst.Name, parent: cst.CSTNode | None) ->
     return f"torch.{name}({use.value})"
 
 
+def _stored_by_method(ctx: "FileContext", call: cst.Call) -> str | None:
+    """`X` when `call` is `self.m(value)` and method `m` of the enclosing class only keeps its
+    parameter as `self.X = param` (`save_attention_map`), else None."""
+    name = self_attribute(call.func)
+    current = ctx.parents.get(call)
+    while current is not None and not isinstance(current, cst.ClassDef):
+        current = ctx.parents.get(current)
+    if name is None or current is None or not isinstance(current.body, cst.IndentedBlock):
+        return None
+    method = next((m for m in current.body.body if isinstance(m, cst.FunctionDef) and m.name.value == name), None)
+    if method is None or not isinstance(method.body, cst.IndentedBlock) or len(method.body.body) != 1:
+        return None
+    params = [p.name.value for p in method.params.params[1:]]
+    line = method.body.body[0]
+    small = line.body[0] if isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1 else None
+    if isinstance(small, cst.Assign) and len(small.targets) == 1 and self_attribute(small.targets[0].target) \
+            and isinstance(small.value, cst.Name) and small.value.value in params:
+        return self_attribute(small.targets[0].target)
+    return None
+
+
 def _rebound(ctx: "FileContext", use: cst.Name, small: cst.CSTNode | None) -> str | None:
     """"bound to `kept`" when `use` is read by an assignment to other names (`kept, out = p, p @ v`,
     `(kept := p)`): another name holds the values SDPA never materialises."""
@@ -914,6 +935,10 @@ def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: s
         arg = parent if isinstance(parent, cst.Arg) else None
         call = ctx.parents.get(arg) if arg is not None else None
         if isinstance(call, cst.Call) and not isinstance(small, cst.Return):
+            kept = _stored_by_method(ctx, call)
+            if kept is not None:
+                return (f"the attention {stage} `{name}` are passed to `{ctx.code(call.func)}(...)` at line "
+                        f"{ctx.line(use)}, which stores them in `self.{kept}`", hint)
             return (f"`{name}` is passed to `{ctx.code(call.func)}(...)` at line {ctx.line(use)}, which may "
                     "read or change it in place (tf-migrate does not read that function)",
                     "inline what the function does to the scores, e.g. a masked_fill")
