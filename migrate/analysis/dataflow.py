@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import body_nodes, children, visit
+from tf_migrate.analysis.nodes import body_nodes, cached, children, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -156,10 +156,13 @@ class _Binds(cst.CSTVisitor):
     def __init__(self, name: str) -> None:
         self.name = name
         self.found = False
+        self.bound: set[str] = set()  # every name it binds, whatever `name` is
 
     def _check(self, target: cst.CSTNode | None) -> None:
-        if isinstance(target, cst.Name) and target.value == self.name:
-            self.found = True
+        if isinstance(target, cst.Name):
+            self.bound.add(target.value)
+            if target.value == self.name:
+                self.found = True
         elif isinstance(target, (cst.Tuple, cst.List)):
             for element in target.elements:
                 self._check(element.value)
@@ -221,9 +224,14 @@ def read_names(node: cst.CSTNode) -> set[str]:
 
 
 def binds(node: cst.CSTNode, name: str) -> bool:
-    visitor = _Binds(name)
+    return name in cached(node, "dataflow.binds", _bound_names)
+
+
+def _bound_names(node: cst.CSTNode) -> frozenset[str]:
+    """Every name `node` binds in its scope: one visit answers `binds` for any name."""
+    visitor = _Binds("")
     visit(node, visitor)
-    return visitor.found
+    return frozenset(visitor.bound)
 
 
 def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
