@@ -11,6 +11,7 @@ embeddings are not residuals. Built-in `nn.Transformer*` layers are components t
 from __future__ import annotations
 
 import ast
+import weakref
 from typing import Iterator
 
 from tf_migrate.analysis.census import (
@@ -133,13 +134,35 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, func
 def _stack_lines(index, block) -> tuple[int, ...]:
     """Where a model runs a stack of this block (`for layer in self.layers:`): the final norm
     the rule adds there belongs to the block's component."""
-    holders = {block.node.name} | {c.node.name for c in index.classes if _builds(c, {block.node.name})}
+    built, builders = _stacks(index)
+    holders = {block.node.name} | builders.get(block.node.name, set())
     lines = []
-    for cls in index.classes:
-        for attribute in cls.attributes:
-            if _built_names(index, cls, attribute) & holders:
-                lines += _loops_over(cls, attribute)
+    for name in holders:
+        for cls, attribute in built.get(name, ()):
+            lines += _loops_over(cls, attribute)
     return tuple(sorted(set(lines)))
+
+
+_STACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stacks(index) -> tuple[dict[str, list], dict[str, set[str]]]:
+    """Class name -> the (class, attribute) pairs whose `_built_names` hold it, and -> the classes
+    that `_builds` it: read once per file index, not once per block and class."""
+    if index not in _STACKS:
+        built: dict[str, list] = {}
+        builders: dict[str, set[str]] = {}
+        for cls in index.classes:
+            for attribute in cls.attributes:
+                for name in _built_names(index, cls, attribute):
+                    built.setdefault(name, []).append((cls, attribute))
+            for values in cls.attributes.values():
+                for v in values:
+                    for n in ast.walk(v):
+                        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+                            builders.setdefault(n.func.id, set()).add(cls.node.name)
+        _STACKS[index] = built, builders
+    return _STACKS[index]
 
 
 def _loops_over(cls, attribute: str) -> list[int]:
