@@ -42,14 +42,14 @@ def _opcodes(matcher, a, b):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 3), max_size=60), st.lists(st.integers(0, 3), max_size=60))
-def test_line_matcher_answers_as_difflib_on_repetitive_sequences(a, b):
-    saved = _LineMatcher._SMALL
-    _LineMatcher._SMALL = 0  # every question through the runs, however small the range
+@given(st.lists(st.integers(0, 3), max_size=60), st.lists(st.integers(0, 3), max_size=60), st.sampled_from([1, 2, 4]))
+def test_line_matcher_answers_as_difflib_on_repetitive_sequences(a, b, shortest):
+    saved = _LineMatcher._SMALL, _LineMatcher._SHORTEST
+    _LineMatcher._SMALL, _LineMatcher._SHORTEST = 0, shortest  # every question through the runs
     try:
         assert _opcodes(_LineMatcher, a, b) == _opcodes(difflib.SequenceMatcher, a, b)
     finally:
-        _LineMatcher._SMALL = saved
+        _LineMatcher._SMALL, _LineMatcher._SHORTEST = saved
 
 
 def test_line_matcher_answers_as_difflib_on_a_rewritten_file_of_many_copies():

@@ -45,9 +45,12 @@ class _LineMatcher(difflib.SequenceMatcher):
     they start; a question reads the buckets from the longest down, each from the first run that
     can reach the range. The answer is difflib's: the longest block inside the range, and of
     those the one starting first in `a`, then in `b` (a run cut by the range's start counts from
-    where the range starts, as difflib's counting does). Small ranges are left to difflib."""
+    where the range starts, as difflib's counting does). Only runs of `_SHORTEST` lines or more are
+    kept (most pairs of equal lines are single blank lines); a question whose answer is shorter,
+    and a small range, are left to difflib."""
 
     _SMALL = 64  # lines: below this on either side, difflib's own search is cheap
+    _SHORTEST = 4
     _buckets: list[tuple[int, list[int], list[tuple[int, int]]]] | None = None
 
     def find_longest_match(self, alo: int = 0, ahi: int | None = None, blo: int = 0,
@@ -72,20 +75,27 @@ class _LineMatcher(difflib.SequenceMatcher):
                     besti, bestj, bestsize = i + skip, j + skip, size
                 if size == length:
                     break  # whole and first: the bucket's later runs start later and are no longer
+        if bestsize < self._SHORTEST:  # a shorter run may be longer inside the range: difflib decides
+            return super().find_longest_match(alo, ahi, blo, bhi)
         return difflib.Match(besti, bestj, bestsize)
 
     def _runs(self) -> list[tuple[int, list[int], list[tuple[int, int]]]]:
-        """(length, starts in `a`, (start in `a`, start in `b`)) per run length, longest first;
-        runs in the order of their start in `a`, then in `b`."""
+        """(length, starts in `a`, (start in `a`, start in `b`)) per run length, longest first, for
+        runs of at least `_SHORTEST` lines; runs in the order of their start in `a`, then in `b`.
+        Found as runs of equal windows of `_SHORTEST` lines (a run of n windows: n + width - 1 lines)."""
+        width, a, b = self._SHORTEST, self.a, self.b
+        windows: dict[tuple, list[int]] = {}
+        for j in range(len(b) - width + 1):
+            windows.setdefault(tuple(b[j:j + width]), []).append(j)
         found: list[list[int]] = []
-        previous: dict[int, int] = {}  # j -> the run holding the pair (i - 1, j) of the last row
-        for i, line in enumerate(self.a):
+        previous: dict[int, int] = {}  # j -> the run holding the window pair (i - 1, j) of the last row
+        for i in range(len(a) - width + 1):
             current: dict[int, int] = {}
-            for j in self.b2j.get(line, ()):
+            for j in windows.get(tuple(a[i:i + width]), ()):
                 run = previous.get(j - 1)
                 if run is None:
                     run = len(found)
-                    found.append([i, j, 0])
+                    found.append([i, j, width - 1])
                 found[run][2] += 1
                 current[j] = run
             previous = current
