@@ -125,7 +125,7 @@ def test_json_and_statistics_carry_components_and_summary() -> None:
     lines = statistics(results)
     assert lines[0].split() == ["rule", "found", "migrated", "refused", "already", "modern", "not",
                                 "understood", "outside", "census"]
-    assert any("TFM201 refused:" in line for line in lines)
+    assert any("TFM301 refused:" in line for line in lines)  # whisper's kernel-3 Conv1d FFN, one line per reason
 
 
 def test_ordinary_module_gets_no_table_and_no_notes(tmp_path: Path) -> None:
@@ -561,3 +561,14 @@ def test_the_block_named_in_a_refusal_is_its_header_not_the_comment_above_it() -
     rule = next(r for r in all_rules() if r.code == "TFM101")
     reasons = [r.reason for r in migrate_source(source, "case.py", [rule()]).refusals]
     assert "`sim` is rebound inside `if mask is not None:` (line 25), which has an else branch" in reasons[2]
+
+
+def test_a_caller_choosing_the_activation_is_part_of_the_ffn_component() -> None:
+    """`Mlp(..., act_layer=make_layer(kind))`: the refusal at that call is the outcome of the Mlp's
+    FFN (its activation is `act_layer()`), not a finding outside the census."""
+    rule = next(r for r in all_rules() if r.code == "TFM301")
+    case = FIXTURES / "swiglu" / "act_layer_unknown.noop.py"
+    result = migrate_source(case.read_text(), case.name, [rule()])
+    assert [(c.cls, c.outcome, c.reason.split(":")[0]) for c in result.components] == [
+        ("Mlp", "refused", "line 40")]
+    assert result.outside == []

@@ -784,7 +784,7 @@ def test_paths_are_relative_to_the_run_not_to_a_root_far_above(tmp_path: Path) -
     """A `.git` above a site-packages tree makes that folder the project root; a file is still
     named from the nearest folder it shares with the run's files."""
     from tf_migrate.analysis.project import ProjectIndex
-    from tf_migrate.rules.fused_qkv.places import shown_path
+    from tf_migrate.analysis.project.places import shown_path
 
     (tmp_path / ".git").mkdir()
     package = tmp_path / "lib" / "site-packages" / "pkg"

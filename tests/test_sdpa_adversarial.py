@@ -33,7 +33,7 @@ def _refusals(case: str):
     # the hazard twins of the spellings issue 15 added
     ("scale_attribute_tensor_call", 17, ["`self.norm`", "not provably a Python number"]),
     ("inline_softmax_no_dim", 10, ["scores at line 8", "softmax at line 9"]),
-    ("masked_fill_in_place_alias", 10, ["`scores` are read again at line 10"]),
+    ("masked_fill_in_place_alias", 10, ["`scores` are bound to `raw` at line 10"]),
     ("mask_block_reads_scores", 11, ["`scores.shape` is read at line 11, outside the chain"]),
     ("baddbmm_adds_bias", 9, ["scores at line 8", "softmax at line 9",
                               "`torch.baddbmm` (line 8) adds `bias` to the scores it computes"]),

@@ -143,3 +143,17 @@ def test_no_caller_in_the_run_is_a_refusal(tmp_path: Path) -> None:
     reasons = [r.reason for r in result.refusals]
     assert len(reasons) == 2 and all("no caller of" in r for r in reasons), reasons
     assert result.edits == []
+
+
+def test_an_optional_instance_set_to_none_and_tested_for_none_reads_nothing(tmp_path: Path) -> None:
+    """`self.scoring = None` on another branch and `if self.scoring is not None:` neither call the
+    module nor read its results: the probabilities are still ignored by every caller."""
+    pad = " " * 12
+    block = BLOCK.replace(f"{pad}self.scoring = Scoring()\n",
+                          f"{pad}if heads:\n{pad}    self.scoring = Scoring()\n{pad}else:\n{pad}    self.scoring = None\n")
+    block = block.replace(f"{pad}y, maps = self.scoring(q, k, v, mask=mask)\n",
+                          f"{pad}y = v\n{pad}if self.scoring is not None:\n{pad}    y, maps = self.scoring(q, k, v, mask=mask)\n")
+    assert "self.scoring = None" in block and "if self.scoring is not None:" in block
+    result = _migrate(_package(tmp_path, block))
+    assert not result.refusals, [r.reason for r in result.refusals]
+    assert result.migrated.count("F.scaled_dot_product_attention(") == 2

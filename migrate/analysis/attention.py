@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis import einsum
+from tf_migrate.analysis.census import META_ARGUMENT_METHODS, META_FUNCTIONS
 from tf_migrate.analysis.mask_helpers import UnknownHelper, in_place_triangle
 from tf_migrate.analysis.dataflow import (
     Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, binds, read_names,
@@ -812,12 +813,69 @@ _METADATA = ("dtype", "shape", "device", "ndim", "size", "dim")
 def _metadata_read(ctx: "FileContext", use: cst.Name) -> str | None:
     """`x.dtype` (or .shape, .device, .ndim, .size(), .dim()) when `use` is read only for that."""
     parent = ctx.parents.get(use)
+    like = _like_call(ctx, use, parent)
+    if like is not None:
+        return like
     if not (isinstance(parent, cst.Attribute) and parent.value is use and parent.attr.value in _METADATA):
         return None
     if parent.attr.value in ("size", "dim"):
         call = ctx.parents.get(parent)
         return f"{use.value}.{parent.attr.value}()" if isinstance(call, cst.Call) and call.func is parent else None
     return f"{use.value}.{parent.attr.value}"
+
+
+def _like_call(ctx: "FileContext", use: cst.Name, parent: cst.CSTNode | None) -> str | None:
+    """`torch.ones_like(x)` (census.META_FUNCTIONS) when `use` is its first argument, or
+    `m.expand_as(x)` (census.META_ARGUMENT_METHODS) when it is the only one: they read the shape,
+    dtype or device of `x`, not its values."""
+    call = ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
+    if not (isinstance(call, cst.Call) and call.args and call.args[0] is parent
+            and parent.keyword is None and parent.star == ""):
+        return None
+    if len(call.args) == 1 and method_call(call, *META_ARGUMENT_METHODS) is not None:
+        return f"{ctx.code(call.func)}({use.value})"  # `mask.expand_as(scores)`: its shape only
+    callee = ctx.names.callee(call) or ""
+    module, _, name = callee.rpartition(".")
+    if module != "torch" or name not in META_FUNCTIONS:
+        return None
+    return f"torch.{name}({use.value})"
+
+
+def _stored_by_method(ctx: "FileContext", call: cst.Call) -> str | None:
+    """`X` when `call` is `self.m(value)` and method `m` of the enclosing class only keeps its
+    parameter as `self.X = param` (`save_attention_map`), else None."""
+    name = self_attribute(call.func)
+    current = ctx.parents.get(call)
+    while current is not None and not isinstance(current, cst.ClassDef):
+        current = ctx.parents.get(current)
+    if name is None or current is None or not isinstance(current.body, cst.IndentedBlock):
+        return None
+    method = next((m for m in current.body.body if isinstance(m, cst.FunctionDef) and m.name.value == name), None)
+    if method is None or not isinstance(method.body, cst.IndentedBlock) or len(method.body.body) != 1:
+        return None
+    params = [p.name.value for p in method.params.params[1:]]
+    line = method.body.body[0]
+    small = line.body[0] if isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1 else None
+    if isinstance(small, cst.Assign) and len(small.targets) == 1 and self_attribute(small.targets[0].target) \
+            and isinstance(small.value, cst.Name) and small.value.value in params:
+        return self_attribute(small.targets[0].target)
+    return None
+
+
+def _rebound(ctx: "FileContext", use: cst.Name, small: cst.CSTNode | None) -> str | None:
+    """"bound to `kept`" when `use` is read by an assignment to other names (`kept, out = p, p @ v`,
+    `(kept := p)`): another name holds the values SDPA never materialises."""
+    current: cst.CSTNode | None = use
+    while current is not None and current is not small:
+        parent = ctx.parents.get(current)
+        if isinstance(parent, cst.NamedExpr) and parent.value is current:
+            return f"bound to `{ctx.code(parent.target)}` by `:=`"
+        current = parent
+    if isinstance(small, cst.Assign):
+        return "bound to `" + " = ".join(ctx.code(t.target) for t in small.targets) + "`"
+    if isinstance(small, cst.AnnAssign):
+        return f"bound to `{ctx.code(small.target)}`"
+    return None
 
 
 def _chained(statement: cst.BaseStatement) -> bool:
@@ -877,8 +935,12 @@ def _describe_use(ctx: "FileContext", flow: FunctionFlow, use: cst.Name, name: s
         arg = parent if isinstance(parent, cst.Arg) else None
         call = ctx.parents.get(arg) if arg is not None else None
         if isinstance(call, cst.Call) and not isinstance(small, cst.Return):
+            kept = _stored_by_method(ctx, call)
+            if kept is not None:
+                return (f"the attention {stage} `{name}` are passed to `{ctx.code(call.func)}(...)` at line "
+                        f"{ctx.line(use)}, which stores them in `self.{kept}`", hint)
             return (f"`{name}` is passed to `{ctx.code(call.func)}(...)` at line {ctx.line(use)}, which may "
                     "read or change it in place (tf-migrate does not read that function)",
                     "inline what the function does to the scores, e.g. a masked_fill")
-        what = "read again"
+        what = _rebound(ctx, use, small) or "read again"
     return f"the attention {stage} `{name}` are {what} at line {ctx.line(use)}", hint

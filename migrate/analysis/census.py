@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 META_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"})
 META_METHODS = frozenset({"size", "dim", "numel", "type_as_dtype", "get_device", "is_floating_point",
                           "element_size", "stride"})
+# Functions that build a new tensor from another one's shape, dtype and device alone
+# (`torch.ones_like(scores)`): like `.shape`, not a use of its values.
+META_FUNCTIONS = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                            "randint_like"})
+# Methods whose argument gives only its shape or dtype (`x.type_as(p)`, `m.expand_as(scores)`).
+META_ARGUMENT_METHODS = frozenset({"type_as", "expand_as", "view_as", "reshape_as"})
 _BUDGET = 200  # nodes visited per walk: chains are short; this bounds odd code
 
 
@@ -310,6 +316,11 @@ def operands(node: ast.AST, modules: frozenset[str] = frozenset()) -> list[ast.A
             return []
         if last_name(func) == "len":
             return []
+        if isinstance(func, ast.Attribute) and func.attr in META_ARGUMENT_METHODS and len(node.args) == 1 \
+                and not is_namespace(func.value, modules):
+            return [func.value]
+        if metadata_call(node, modules):
+            return [a for a in node.args[1:]] + [k.value for k in node.keywords if k.arg == "fill_value"]
         inner = [func.value] if isinstance(func, ast.Attribute) and not self_attribute(func) \
             and not is_namespace(func.value, modules) else []
         return inner + [a.value if isinstance(a, ast.Starred) else a for a in node.args] \
@@ -331,6 +342,14 @@ def operands(node: ast.AST, modules: frozenset[str] = frozenset()) -> list[ast.A
     if isinstance(node, ast.Starred):
         return [node.value]
     return []
+
+
+def metadata_call(node: ast.AST, modules: frozenset[str] = frozenset()) -> bool:
+    """`torch.ones_like(x)`, `zeros_like`, `full_like`, ...: reads only the shape, dtype and device
+    of its first argument."""
+    if not isinstance(node, ast.Call) or last_name(node.func) not in META_FUNCTIONS:
+        return False
+    return isinstance(node.func, ast.Name) or is_namespace(node.func.value, modules)
 
 
 def is_namespace(node: ast.AST, modules: frozenset[str] = frozenset()) -> bool:

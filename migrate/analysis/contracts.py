@@ -12,6 +12,9 @@ owner class (its own file, and files that name its module, package or class) for
 - "attribute": `<expr>.name` in another file (not `self.name`, which is that class's own attribute,
   unless the class derives from the owner).
 Uses inside the owner class itself are the rule's own business and are not reported.
+
+Per file, for a rule's own questions about the file it rewrites (owner class included):
+`hook_registrations(project, path)` and `type_tests(project, path, module_types)`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import weakref
 from dataclasses import dataclass
 
-from tf_migrate.analysis.project.index import ProjectIndex, Symbol, dotted_text
+from tf_migrate.analysis.project.index import ProjectIndex, Symbol, absolute, canonical, dotted_text
 
 HOOKS = frozenset({"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
                    "register_backward_hook", "register_full_backward_pre_hook"})
@@ -50,6 +53,68 @@ def consumers_of(project: ProjectIndex, owner: Symbol | None, name: str, kinds: 
     return project.memo(key, lambda: _consumers(project, owner, name, kinds, module_types))
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A hook registered in a file: `<receiver>.register_forward_hook(...)`."""
+
+    line: int
+    callee: str  # as written: `self.mixer.softmax.register_forward_hook`
+    target: str | None  # the attribute the hook goes on (`softmax`); None unless `<expr>.<name>.register_*`
+
+
+@dataclass(frozen=True)
+class TypeTest:
+    """`isinstance(m, T)` (T alone or in a tuple) where T is one of the module types asked about."""
+
+    line: int
+    text: str  # the whole call, as written
+    type: str  # T, as written
+
+
+def hook_registrations(project: ProjectIndex, path: str) -> list[Registration]:
+    """Every hook registered in `path`, in the order of its text."""
+    path = absolute(path)
+    summary, text = project.summary(path), project.text(path) or ""
+    if summary is None:
+        return []
+    return [Registration(node.lineno, ast.get_source_segment(text, node.func) or ast.unparse(node.func),
+                         node.func.value.attr if isinstance(node.func.value, ast.Attribute) else None)
+            for node in _facts(summary.tree).hooks]
+
+
+def type_tests(project: ProjectIndex, path: str, module_types: frozenset[str]) -> list[TypeTest]:
+    """The `isinstance` tests of `path` that pick modules of `module_types`, in the order of its text."""
+    path = absolute(path)
+    summary, text = project.summary(path), project.text(path) or ""
+    if summary is None:
+        return []
+    facts = _facts(summary.tree)
+    found = []
+    for node in facts.type_tests:
+        tested = _tested_type(project, path, facts, node, module_types)
+        if tested is not None:
+            found.append(TypeTest(node.lineno, ast.get_source_segment(text, node) or ast.unparse(node), tested))
+    return found
+
+
+def _tested_type(project: ProjectIndex, path: str, facts: "_FileFacts", call: ast.Call,
+                 module_types) -> str | None:
+    """The first type `isinstance(x, T)` / `isinstance(x, (T, U))` tests that is one of
+    `module_types` (as written), else None. A name imported inside a function counts too."""
+    types = call.args[1].elts if isinstance(call.args[1], ast.Tuple) else [call.args[1]]
+    for type_ in types:
+        text = dotted_text(type_)
+        symbols = project.resolve_dotted(path, text) if text else []
+        qualified = {s.qualified for s in symbols}
+        if text and not symbols:
+            first, _, rest = text.partition(".")
+            qualified = {canonical(f"{module}.{rest}" if rest else module)
+                         for module in facts.local_imports.get(first, ())}
+        if qualified & set(module_types):
+            return text
+    return None
+
+
 def _consumers(project: ProjectIndex, owner: Symbol | None, name: str, kinds, module_types) -> list[Consumer]:
     found: list[Consumer] = []
     for path in _audience(project, owner, name, set(kinds)):
@@ -57,10 +122,25 @@ def _consumers(project: ProjectIndex, owner: Symbol | None, name: str, kinds, mo
         if summary is None:
             continue
         skip = _owner_lines(owner, path)
+        before = len(found)
         for consumer in _file_consumers(project, owner, path, summary.tree, name, kinds, module_types):
             if consumer.line not in skip:
                 found.append(consumer)
+        if len(found) == before and "hook" in kinds and module_types:
+            found.extend(_picked_by_type(project, path, module_types, skip))
     return sorted(set(found), key=lambda c: (c.path, c.line))
+
+
+def _picked_by_type(project: ProjectIndex, path: str, module_types, skip: range) -> list[Consumer]:
+    """A file that picks modules of the types asked by `isinstance` and registers hooks, though not
+    in one walk over `modules()` (`drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]`,
+    then a loop over `drops`): the hooks may go on the owner's module."""
+    tests = [t for t in type_tests(project, path, module_types) if t.line not in skip]
+    hooks = [h for h in hook_registrations(project, path) if h.line not in skip]
+    if not tests or not hooks:
+        return []
+    return [Consumer(path, tests[0].line, f"modules are picked by type (`{tests[0].text}`) where hooks are "
+                     f"registered (line {hooks[0].line})")]
 
 
 def _audience(project: ProjectIndex, owner: Symbol | None, name: str, kinds) -> list[str]:
@@ -139,10 +219,20 @@ class _FileFacts:
         self.by_name: dict[str, list[tuple[int, ast.AST]]] = {}
         self.loops: list[tuple[int, ast.AST]] = []  # walks over `modules()` and the like: every name
         self.functions: list[tuple[int, ast.AST]] = []  # outer functions: key counts, any name
+        self.hooks: list[ast.Call] = []  # every hook registration, in the order of the text
+        self.type_tests: list[ast.Call] = []  # every `isinstance(x, T)`, in the order of the text
+        self.local_imports: dict[str, set[str]] = {}  # name -> what an import below module level binds
         outer = {id(f) for f in outer_functions(tree.body)}
+        module_level = {id(statement) for statement in tree.body}
         for order, node in enumerate(ast.walk(tree)):
             if isinstance(node, ast.Call):
                 self._file(order, node, _call_names(node))
+                if isinstance(node.func, ast.Attribute) and node.func.attr in HOOKS:
+                    self.hooks.append(node)
+                elif isinstance(node.func, ast.Name) and node.func.id == "isinstance" and len(node.args) == 2:
+                    self.type_tests.append(node)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in module_level:
+                self._import(node)
             elif isinstance(node, (ast.For, ast.comprehension)):
                 if _walks_modules(node):
                     self.loops.append((order, node))
@@ -158,6 +248,17 @@ class _FileFacts:
         self._key_counts: dict[tuple[int, str], list[Consumer]] = {}  # by outer function (kept by the tree)
         self.classes: list[str] = []  # qualified names of the classes `_attributes` enters, in its order
         self._attributes(tree.body, None, "")
+        self.hooks.sort(key=_in_text)
+        self.type_tests.sort(key=_in_text)
+
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                self.local_imports.setdefault(bound, set()).add(alias.name if alias.asname else bound)
+        elif node.module and not node.level:
+            for alias in node.names:
+                self.local_imports.setdefault(alias.asname or alias.name, set()).add(f"{node.module}.{alias.name}")
 
     def _file(self, order: int, node: ast.AST, names: set[str]) -> None:
         for name in names:
@@ -183,6 +284,11 @@ class _FileFacts:
     def candidates(self, name: str, with_functions: bool) -> list[ast.AST]:
         found = self.by_name.get(name, []) + self.loops + (self.functions if with_functions else [])
         return [node for _, node in sorted(found, key=lambda pair: pair[0])]
+
+
+def _in_text(node: ast.expr) -> tuple[int, int, int, int]:
+    """Sorts nodes as they start in the text, an enclosing call before the calls inside it."""
+    return node.lineno, node.col_offset, -(node.end_lineno or 0), -(node.end_col_offset or 0)
 
 
 def _call_names(node: ast.Call) -> set[str]:
@@ -274,17 +380,14 @@ def _selected_hooks(project: ProjectIndex, path: str, loop, name: str, module_ty
     if not tests:
         yield Consumer(path, registrations[0].lineno, "hooks are registered on every module")
         return
+    facts = _facts(project.summary(path).tree)
     for test in tests:
         for part in ast.walk(test):
             if isinstance(part, ast.Call) and dotted_text(part.func) == "isinstance" and len(part.args) == 2:
-                types = part.args[1].elts if isinstance(part.args[1], ast.Tuple) else [part.args[1]]
-                for type_ in types:
-                    text = dotted_text(type_)
-                    symbols = project.resolve_dotted(path, text) if text else []
-                    if any(s.qualified in module_types for s in symbols):
-                        yield Consumer(path, registrations[0].lineno,
-                                       f"hooks are registered on every `{text}` module")
-                        return
+                text = _tested_type(project, path, facts, part, module_types)
+                if text is not None:
+                    yield Consumer(path, registrations[0].lineno, f"hooks are registered on every `{text}` module")
+                    return
             if isinstance(part, ast.Constant) and isinstance(part.value, str) and part.value and \
                     (part.value in name or name in part.value):
                 yield Consumer(path, registrations[0].lineno,

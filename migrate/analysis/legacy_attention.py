@@ -63,7 +63,7 @@ def _site(walk: Walker, function: Function, softmax: ast.Call) -> AttentionSite 
     if scores is None:
         return None
     output = walk.forward(softmax, hit=lambda n, f: module_product(n, f) is not None,
-                          follow_call=_carries, follow_returns=lambda f: _call_sites(walk.index, f))
+                          follow_call=carries, follow_returns=lambda f: _call_sites(walk.index, f))
     if output is None or output is scores:
         return None
     q, k = module_product(scores, walk.index.function_of(scores))
@@ -106,7 +106,7 @@ def _is_barrier(node: ast.AST, function: Function) -> bool:
 _CARRYING_SUBMODULES = ("dropout", "drop")
 
 
-def _carries(call: ast.Call, function: Function) -> bool:
+def carries(call: ast.Call, function: Function) -> bool:
     """Whether the probabilities flow on through a call they are an argument of: tensor functions
     and methods, dropout; not an arbitrary submodule (a hook, a logger)."""
     if is_dropout(call, function) or module_product(call, function) is not None:

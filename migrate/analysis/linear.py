@@ -92,56 +92,11 @@ def _from_symbol(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLa
 
 
 def wrapped_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
-    """`call` builds a wrapper module around one nn.Linear (`_wrapped_layer`). Not part of
-    `linear_construction`: its keys carry the wrapper's prefix, which a caller must account for."""
-    symbols = symbols_of(ctx, call.func)
-    layers = [_wrapped_layer(ctx, call, s) if s.kind == "class" else None for s in symbols]
-    return layers[0] if layers and all(layers) else None
-
-
-def _wrapped_layer(ctx: "FileContext", call: cst.Call, symbol: Symbol) -> LinearLayer | None:
-    """`class Linear(nn.Module)` whose `__init__` builds one `self.<inner> = nn.Linear(...)` from
-    its parameters (initialising it in place is fine) and whose `forward` only returns
-    `self.<inner>(x)`: a Linear under another key prefix."""
-    init, forward = ctx.project.method(symbol, "__init__"), ctx.project.method(symbol, "forward")
-    if init is None or forward is None or not ctx.project.is_nn_module(symbol):
-        return None
-    body = [s for s in forward[1].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    params = [a.arg for a in forward[1].args.args[1:]]
-    if len(body) != 1 or not isinstance(body[0], ast.Return) or len(params) != 1:
-        return None
-    applied = body[0].value
-    if not (isinstance(applied, ast.Call) and len(applied.args) == 1 and not applied.keywords
-            and isinstance(applied.args[0], ast.Name) and applied.args[0].id == params[0]
-            and isinstance(applied.func, ast.Attribute) and isinstance(applied.func.value, ast.Name)
-            and applied.func.value.id == "self"):
-        return None
-    inner = applied.func.attr
-    built = [n.value for n in ast.walk(init[1]) if isinstance(n, ast.Assign) and any(
-        isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" for t in n.targets)
-        and any(isinstance(t, ast.Attribute) and t.attr == inner for t in n.targets)]
-    if len(built) != 1 or not isinstance(built[0], ast.Call):
-        return None
-    text = dotted_text(built[0].func)
-    if not text or not any(s.qualified == LINEAR for s in ctx.project.resolve_dotted(init[0].path, text)):
-        return None
-    bound = bind_arguments(init[1], call)
-    inner_args: dict[str, cst.BaseExpression] = {}
-    passed = {}
-    for position, arg in enumerate(built[0].args):
-        passed[LINEAR_ARGUMENTS[position] if position < 3 else ""] = arg
-    passed.update({k.arg: k.value for k in built[0].keywords if k.arg})
-    names = [a.arg for a in init[1].args.args[1:]]
-    for key in LINEAR_ARGUMENTS:
-        value = passed.get(key)
-        if isinstance(value, ast.Name) and bound is not None and value.id in bound:
-            inner_args[key] = bound[value.id]
-        elif isinstance(value, ast.Constant):
-            inner_args[key] = cst.parse_expression(ast.unparse(value))
-    signature = names[:3] == [passed.get(k).id if isinstance(passed.get(k), ast.Name) else None
-                              for k in LINEAR_ARGUMENTS][:len(names[:3])] and 2 <= len(names) <= 3
-    return LinearLayer(f"wrapper {symbol.qualname}", call, inner_args.get("in_features"),
-                       inner_args.get("out_features"), inner_args.get("bias"), signature, inner)
+    """`call` builds a wrapper module around one nn.Linear (`linear_wrapper`), described as the
+    Linear it computes. Not part of `linear_construction`: its keys carry the wrapper's prefix
+    (`inner`), which a caller must account for."""
+    wrapper = linear_wrapper(ctx, call)
+    return wrapper.layer(call) if wrapper is not None else None
 
 
 def _layer(construct: str, call: cst.Call, args: dict[str, cst.BaseExpression] | None,
@@ -278,7 +233,10 @@ class LinearWrapper:
     """A project class `W(in, out[, bias])` whose `__init__` builds `self.<inner> = nn.Linear(in,
     out[, bias])` (then at most `nn.init` calls on its weight/bias) and whose forward returns
     `self.<inner>(x)`: called like nn.Linear it computes what nn.Linear does, and its state_dict
-    keys go through `<inner>.` (`proj.linear.weight`)."""
+    keys go through `<inner>.` (`proj.linear.weight`). The one recogniser of such wrappers: TFM102
+    asks it as is (`linear_wrapper`), TFM301 as a LinearLayer (`wrapped_linear`). Anything more in
+    the class (another method or attribute, `weight_norm(self.<inner>)`, a parameter of its own, an
+    inherited `__init__`/`forward`) and it is not one: its keys or behaviour could differ."""
 
     qualname: str
     inner: str  # the attribute holding the nn.Linear
@@ -308,6 +266,12 @@ class LinearWrapper:
                 return None
             found["bias"] = cst.Name(self.bias_default)
         return found
+
+    def layer(self, call: cst.Call) -> LinearLayer:
+        """A call of the wrapper as a LinearLayer: `linear_signature` when it is called like nn.Linear."""
+        found = self.arguments(call)
+        return LinearLayer(f"wrapper {self.qualname}", call, *((found or {}).get(k) for k in LINEAR_ARGUMENTS),
+                           found is not None, self.inner)
 
 
 def linear_wrapper(ctx: "FileContext", call: cst.Call) -> LinearWrapper | None:

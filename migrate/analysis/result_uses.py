@@ -105,7 +105,8 @@ def _instance_reads(file, new: ast.Call, parents, position, length, name) -> Kee
     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
         scope, attr = _enclosing(statement, parents, (ast.ClassDef,)), target.attr
         uses = [n for n in ast.walk(scope) if isinstance(n, ast.Attribute) and n.attr == attr
-                and isinstance(n.value, ast.Name) and n.value.id == "self" and n is not target] if scope else None
+                and isinstance(n.value, ast.Name) and n.value.id == "self" and n is not target
+                and isinstance(n.ctx, ast.Load)] if scope else None  # `self.attn = None` reads nothing
         shown = f"self.{attr}"
     elif isinstance(target, ast.Name):
         scope, shown = _enclosing(statement, parents, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)), target.id
@@ -118,12 +119,20 @@ def _instance_reads(file, new: ast.Call, parents, position, length, name) -> Kee
         return Keeper(file, new.lineno, f"`{shown}` is bound at module level (line {new.lineno})")
     for use in uses:
         call = parents.get(use)
+        if _none_test(call):
+            continue  # `if self.attn is not None:` reads no result
         if not (isinstance(call, ast.Call) and call.func is use):
             return Keeper(file, use.lineno, f"`{shown}` is used at line {use.lineno} without being called")
         found = _call_reads(file, call, parents, position, length)
         if found is not None:
             return found
     return None
+
+
+def _none_test(node: ast.AST | None) -> bool:
+    """`x is None` / `x is not None`."""
+    return isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Is, ast.IsNot)) \
+        and isinstance(node.comparators[0], ast.Constant) and node.comparators[0].value is None
 
 
 def _call_reads(file, call: ast.Call, parents, position: int, length: int) -> Keeper | None:

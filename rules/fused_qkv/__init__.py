@@ -21,8 +21,9 @@ from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, CrossCall, constructo
                                                  sizes_in_forward, split_suffix, total_size)
 from tf_migrate.rules.fused_qkv.listed import listed_candidates, listed_fusion, passed_as_one
 from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
-from tf_migrate.rules.fused_qkv.places import shown_root
+from tf_migrate.analysis.project.places import shown_root
 from tf_migrate.rules.fused_qkv.raw_qkv import raw_fusion
+from tf_migrate.rules.fused_qkv.unmatched import unmatched_refusals
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 
 _LINEAR = "torch.nn.Linear"
@@ -101,6 +102,13 @@ class SeparateQkvToFused(Rule):
         return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
+        lines: list[int] = []
+        for finding in self._check(ctx):
+            lines.append(finding.line)
+            yield finding
+        yield from unmatched_refusals(ctx, self.code, lines)
+
+    def _check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
             if ctx.suppressed(self.code, cls.node):
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from tf_migrate.analysis.census import projection_name, product_operands, is_softmax, walker
+from tf_migrate.analysis.census import ClassInfo, projection_name, product_operands, is_softmax, walker
 from tf_migrate.analysis.legacy_attention import attention_inputs
 from tf_migrate.analysis.linear import linear_construction
 from tf_migrate.engine.rule import Component
@@ -28,6 +28,21 @@ _PROJECTION_BUILDERS = ("Linear", "Conv1D", "Parameter")
 
 
 def components(ctx, code: str) -> Iterator[Component]:
+    for _, _, component in reached(ctx, code):
+        yield component
+    yield from declared(ctx, code, reached_keys(ctx, code))
+
+
+def reached_keys(ctx, code: str) -> set[tuple[str, frozenset[str]]]:
+    return {(cls.qualname, frozenset(n.removesuffix("[*]") for n in names)) for cls, names, _ in reached(ctx, code)}
+
+
+def reached(ctx, code: str) -> list[tuple[ClassInfo, list[str], Component]]:
+    """(class, projection names, component) of the q/k/v projections an attention site reaches."""
+    return ctx.memo(f"fused_qkv.census.{code}", lambda: list(_reached(ctx, code)))
+
+
+def _reached(ctx, code: str) -> Iterator[tuple[ClassInfo, list[str], Component]]:
     walk = walker(ctx)
     index = walk.index
     seen: set[tuple[str, ...]] = set()
@@ -63,9 +78,7 @@ def components(ctx, code: str) -> Iterator[Component]:
         else:
             what = f"q, k and v are produced by the items of the projection list `{names[0][:-3]}`"
             step = "the matcher fuses three named projections, not the items of a list"
-        yield Component(code, "qkv", cls.qualname, min(lines), max(lines), what, anchors, scopes, step)
-    yield from declared(ctx, code, {(qualname, frozenset(n.removesuffix("[*]") for n in names))
-                                    for qualname, *names in seen})
+        yield cls, names, Component(code, "qkv", cls.qualname, min(lines), max(lines), what, anchors, scopes, step)
 
 
 def declared(ctx, code: str, seen: set[tuple[str, frozenset[str]]]) -> Iterator[Component]:

@@ -22,7 +22,7 @@ from tf_migrate.analysis.names import int_value, self_attribute
 from tf_migrate.analysis.nodes import find
 from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.plan import ClassPlan, Concatenation
-from tf_migrate.rules.fused_qkv.places import place, shown_path
+from tf_migrate.analysis.project.places import place, shown_path
 from tf_migrate.rules.fused_qkv.projections import _inside, applied, different_inputs, same_input
 from tf_migrate.rules.fused_qkv.qkv_split import Blocked, CrossCall, forward_edits, split_suffix
 

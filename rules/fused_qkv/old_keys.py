@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tf_migrate.rules.fused_qkv.places import shown_path
+from tf_migrate.analysis.project.places import shown_path
 
 _KEY = re.compile(r"""["']([A-Za-z_][\w.]*\.(?:weight|bias)|[A-Za-z_][\w]*(?:\.[\w]+)+)["']""")
 

@@ -13,6 +13,7 @@ import libcst as cst
 
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
 from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consumer
+from tf_migrate.rules.sdpa.escapes import escaped_probabilities
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
@@ -122,6 +123,13 @@ class EinsumAttentionToSdpa(Rule):
         return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
+        lines: list[int] = []
+        for finding in self._check(ctx):
+            lines.append(finding.line)
+            yield finding
+        yield from escaped_probabilities(ctx, lines)
+
+    def _check(self, ctx) -> Iterator[Finding]:
         for cls in ctx.module_classes:
             calls: list[SdpaCall] = []
             for method in cls.methods.values():

@@ -13,6 +13,12 @@ from tf_migrate.engine.rule import Component
 
 
 def components(ctx, code: str) -> Iterator[Component]:
+    for _, component in sited(ctx, code):
+        yield component
+
+
+def sited(ctx, code: str) -> Iterator[tuple[AttentionSite, Component]]:
+    """Each attention site of the file with its component."""
     index = walker(ctx).index
     for site in attention_sites(ctx):
         start, end = line_span(*site.nodes)
@@ -21,7 +27,7 @@ def components(ctx, code: str) -> Iterator[Component]:
         cls = site.function.cls
         if cls is not None:
             scopes += ((cls.node.lineno, cls.node.end_lineno or cls.node.lineno),)
-        yield Component(code, "attention", cls.qualname if cls else site.function.qualname, start, end,
+        yield site, Component(code, "attention", cls.qualname if cls else site.function.qualname, start, end,
                         "softmax of a product of two tensors, multiplied with a third "
                         f"(scores line {site.scores.lineno}, softmax line {site.softmax.lineno}, "
                         f"product with v line {site.output.lineno})",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tf_migrate.analysis.contracts import consumers_of
 from tf_migrate.analysis.names import self_attribute
+from tf_migrate.analysis.project.places import shown_root
 
 import libcst as cst
 
@@ -26,8 +27,8 @@ def uncalled_module_consumer(ctx, cls, call) -> str | None:
         types = frozenset({sub.callee}) if sub.callee else frozenset()
         found = consumers_of(ctx.project, _owner(ctx, cls), name, {"hook"}, types)
         if found:
-            return (f"the rewrite would stop calling `self.{name}`, but {found[0].describe(ctx.project.root)}: "
-                    "it would no longer fire")
+            shown = found[0].describe(shown_root(ctx.project, found[0].path))
+            return f"the rewrite would stop calling `self.{name}`, but {shown}: it would no longer fire"
     return None
 
 
@@ -42,7 +43,8 @@ def kept_buffers(ctx, cls, unused: list[str]) -> tuple[list[str], list[str]]:
     for buffer in unused:
         found = consumers_of(ctx.project, _owner(ctx, cls), buffer, {"key", "string", "hook"})
         if found:
-            notes.append(f"unused buffer `{buffer}` kept registered: {found[0].describe(ctx.project.root)}")
+            shown = found[0].describe(shown_root(ctx.project, found[0].path))
+            notes.append(f"unused buffer `{buffer}` kept registered: {shown}")
         else:
             removed.append(buffer)
     return removed, notes

@@ -147,8 +147,22 @@ def _blocking_step(matcher, softmax: cst.Call, softmax_line: int, after: list, b
         # the default beta=1: the first argument is added, not an allocation to ignore
         return (f"`torch.baddbmm` (line {ctx.line(scores) or ctx.line(before[-1][1])}) adds "
                 f"`{ctx.code(scores.args[0].value)}` to the scores it computes, a bias this rule does not fold")
-    return _unusual_binding(ctx, softmax_line, after + before) or \
+    return _negated(ctx, softmax_line, before) or _unusual_binding(ctx, softmax_line, after + before) or \
         "a step between them is spelled in a way tf-migrate cannot fold into SDPA"
+
+
+def _negated(ctx, softmax_line: int, before: list) -> str | None:
+    """`m - scores` (or `-scores`) on the way to the softmax: it weighs the keys by the opposite
+    of the scores, which SDPA cannot express."""
+    for i, (node, at) in enumerate(before[:-1]):
+        following = before[i + 1][0]
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract) \
+                and node.right is following or isinstance(node, cst.UnaryOperation) \
+                and isinstance(node.operator, cst.Minus) and node.expression is following:
+            return (f"the softmax (line {softmax_line}) is taken of `{' '.join(ctx.code(node).split())}` "
+                    f"(line {ctx.line(node) or ctx.line(at)}), which subtracts the scores: SDPA takes the "
+                    "softmax of the scores themselves")
+    return None
 
 
 def _unusual_binding(ctx, softmax_line: int, steps: list) -> str | None:

@@ -8,6 +8,7 @@ import libcst as cst
 from tf_migrate.analysis.attention import Refused
 from tf_migrate.analysis.dataflow import FunctionFlow
 from tf_migrate.analysis.result_uses import result_keeper
+from tf_migrate.analysis.project.places import shown_root
 
 
 def ignored_by_callers(ctx, cls, method: cst.FunctionDef, call, free: bool) -> None:
@@ -41,7 +42,7 @@ def _kept(ctx, cls, method: cst.FunctionDef, found, free: bool) -> Refused | Non
     if keeper is None:
         return None
     refusal = Refused(line, f"the attention {_stage(ctx, method, found, element)} `{name}` are returned at line {line}, and "
-                      f"{keeper.describe(ctx.project.root)}",
+                      f"{keeper.describe(shown_root(ctx.project, keeper.path))}",
                       "SDPA does not return the attention probabilities; keep this attention as it is, "
                       "or stop reading them there")
     refusal.whole_tree = True

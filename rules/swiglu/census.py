@@ -119,8 +119,31 @@ def _is_projection(node: ast.AST, function: Function, index) -> bool:
         return False
     attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
     if attribute is None or function.cls is None:
-        return True  # F.linear / a product with a weight
+        members = _members(function, node)
+        return not members or any(unit_projection_class(m) for m in members)
     return unit_projection_class(function.cls.constructor_call(attribute))
+
+
+def _members(function: Function, node: ast.AST) -> list[ast.Call]:
+    """The layers built into the ModuleList a loop applies (`for layer in self.layers: x = layer(x)`):
+    its items (`nn.ModuleList([Block(...) for _ in ...])`) and what `__init__` appends to it;
+    empty when that cannot be seen (a helper builds the list, or the call is no loop variable)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and function.cls is not None):
+        return []
+    group = self_attribute(function.iterated.get(node.func.id))
+    if group is None:
+        return []
+    found = []
+    for value in function.cls.attributes.get(group, ()):
+        if isinstance(value, ast.Call) and last_name(value.func) in ("ModuleList", "Sequential"):
+            items = [i for a in value.args for i in (a.elts if isinstance(a, (ast.List, ast.Tuple)) else
+                                                     [a.elt] if isinstance(a, ast.ListComp) else [a])]
+            found.extend(i for i in items if isinstance(i, ast.Call))
+    for call in ast.walk(function.cls.node):
+        if isinstance(call, ast.Call) and last_name(call.func) == "append" and isinstance(call.func, ast.Attribute) \
+                and self_attribute(call.func.value) == group and call.args and isinstance(call.args[0], ast.Call):
+            found.append(call.args[0])
+    return found
 
 
 def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
@@ -152,7 +175,8 @@ def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
         start, end = line_span(first, act, second)
         cls = function.cls
         names = [projection_name(n, index.function_of(n), index) for n in (first, second)]
-        anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}))
+        anchors = tuple(sorted({v.lineno for a in names for v in cls.attributes.get(a, ())}
+                               | set(_configured_at(index, cls, act))))
         yield Component("TFM301", "ffn", cls.qualname, start, end,
                         f"`{names[0]}` -> {last_name(act) or 'activation'} -> `{names[1]}`",
                         anchors, (function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
@@ -173,7 +197,7 @@ def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) 
             continue
         inner = act.args[0] if act.args else None
         first = walk.back(inner, hit=lambda n, f: _is_projection(n, f, index),
-                          stop=lambda n, f: isinstance(n, ast.arg)) if inner is not None else None
+                          stop=lambda n, f: isinstance(n, ast.arg) or _mixing_layer(n, f)) if inner is not None else None
         returned = walk.forward(act, hit=lambda n, f: isinstance(index.parents.get(n), ast.Return),
                                 follow_call=lambda c, f: not _is_projection(c, f, index))
         if first is None or returned is None:
@@ -186,6 +210,22 @@ def _halves(walk, blocks: dict[str, bool], seen: set[int], attending: set[str]) 
                         "the second projection is in another module",
                         scopes=(function.lines, (cls.node.lineno, cls.node.end_lineno or cls.node.lineno)),
                         step="the FFN's two projections live in two modules")
+
+
+def _configured_at(index, cls, act: ast.Call) -> list[int]:
+    """The lines of this file that build `cls` when its activation is built from a parameter of
+    `__init__` (`self.act = act_layer()`): each of them chooses the activation, so a finding there
+    (a caller passing something that is not an activation class) belongs to this FFN."""
+    attribute = self_attribute(act.func)
+    init = cls.methods.get("__init__")
+    if attribute is None or init is None:
+        return []
+    parameters = {a.arg for a in init.args.args + init.args.kwonlyargs}
+    if not any(isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in parameters
+               for v in cls.attributes.get(attribute, ())):
+        return []
+    name = cls.node.name
+    return [c.lineno for c in index.calls if last_name(c.func) == name and enclosing_class(index, c) is not cls]
 
 
 def _mixing_layer(node: ast.AST, function: Function) -> bool:
