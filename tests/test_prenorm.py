@@ -294,6 +294,9 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
      ["(x, torch.randn(2, 5, 32))", "(x, None)"]),
     ("layer_loop_lists", "Encoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)", "(x, torch.ones(2, 6))"]),
     ("dropout_after_norm", "Classifier()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("chained_norm_assignment", "Mixer()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("block_class_chosen", "Relay()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("block_class_chosen", "Relay(wide=True)", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
     """`out += x; x = self.n1(out)`, a norm class of the file's own, an optional post-norm
@@ -327,3 +330,43 @@ def test_norm_under_a_condition_with_an_else_is_refused() -> None:
     result = _run((FOLDER / name).read_text(), name)
     assert any("`memory is not None`" in r.reason and "an `else`" in r.reason for r in result.refusals), \
         result.refusals
+
+
+def test_chained_norm_assignment_becomes_the_pre_norm_block() -> None:
+    """`ff_in = x = norm(x)`: after the rewrite each layer computes x + attn(n1(x)), then
+    x + ffn(n2(x)), and the stack ends in the final norm (checked against that formula)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    result = _run((FOLDER / "chained_norm_assignment.before.py").read_text(), "chained_norm_assignment.before.py")
+    assert [e.message.split(":")[0] for e in result.edits] == ["MixerLayer", "Mixer"]
+    torch.manual_seed(0)
+    model = load_module(FOLDER / "chained_norm_assignment.after.py").Mixer().eval()
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    model = model.double()
+    stream = x
+    for layer in model.layers:
+        h = layer.first_norm(stream)
+        stream = stream + layer.mix(h, h, h)[0]
+        stream = stream + layer.narrow(F.gelu(layer.widen(layer.second_norm(stream))))
+    with torch.no_grad():
+        out, maps = model(x)
+        torch.testing.assert_close(out, model.final_norm(stream))
+    assert len(maps) == 2
+
+
+def test_chained_norm_whose_second_name_is_returned_is_refused() -> None:
+    name = "chained_norm_output_reused.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (18, "Layer: the output of `self.norm_a(x)` is also read outside the residual stream")]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("block_class_chosen_prenorm_choice", "PreBlock is not post-norm: it would gain a final norm it never had"),
+    ("block_class_chosen_missing_norm", "OtherBlock has no `self.blocks[-1].final_mix` to size the final norm from"),
+])
+def test_block_class_chosen_at_run_time_is_refused_unless_every_choice_fits(name: str, reason: str) -> None:
+    result = _run((FOLDER / f"{name}.noop.py").read_text(), f"{name}.noop.py")
+    assert not result.edits
+    assert any("chosen at run time" in r.reason and r.reason.endswith(reason) for r in result.refusals), result.refusals

@@ -24,8 +24,8 @@ from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublay
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
 from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
-from tf_migrate.rules.prenorm.tree import (aliased_params, component, own_norm_of, own_norm_parameters,
-                                           reads_before, stack_members)
+from tf_migrate.rules.prenorm.tree import (aliased_params, chosen_block_problem, component, own_norm_of,
+                                           own_norm_parameters, reads_before, stack_members)
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
@@ -150,6 +150,12 @@ class PostNormToPreNorm(Rule):
                     "container of these blocks only, run whole by one loop in forward) was not "
                     "found, so the final norm cannot be placed"),
                     "build the blocks in an nn.ModuleList and run them in one for loop")
+                continue
+            chosen = next(((stack, problem) for stack in stacks if (problem := chosen_block_problem(
+                ctx, stack, stack.path, found.post[-1].norm, self._analyse))), None)
+            if chosen:
+                refused.setdefault(id(chosen[0].statement), ctx.line(found.post[0].statement))
+                yield Refusal(ctx.line(found.post[0].statement), f"{cls.qualname} is post-norm, but {chosen[1]}", _HINT)
                 continue
             blocks[id(cls)] = (cls, forward, found, aliases)
             for stack, run in zip(stacks, runs):

@@ -41,6 +41,7 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
     swap: dict[cst.CSTNode, cst.BaseExpression] = {}
     unwrap: set[cst.CSTNode] = set()
     removed: set[cst.CSTNode] = set()
+    dropped: dict[cst.CSTNode, str] = {}  # `y = x = norm(x)` -> `y = x`: the target x is dropped
     before: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
     for post in posts:
         norm = ctx.code(post.call.func)
@@ -55,6 +56,9 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
                 for alias in aliases.get(id(post), ())]
         if post.inline or not _rebinds_own_argument(post):
             unwrap.add(post.call)
+        elif len(post.statement.body[0].targets) > 1:
+            unwrap.add(post.call)
+            dropped[post.statement] = post.call.args[0].value.value
         else:
             removed.add(post.statement)
     replacements: dict[Any, Any] = {}
@@ -63,6 +67,10 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
             replacements[statement] = cst.RemoveFromParent()
             continue
         new = statement.visit(_Rewrite(swap, unwrap))
+        if statement in dropped:
+            small = new.body[0]
+            new = new.with_changes(body=[small.with_changes(
+                targets=[t for t in small.targets if t.target.value != dropped[statement]])])
         if statement in before:
             head, *rest = before[statement]
             new = cst.FlattenSentinel([head.with_changes(leading_lines=statement.leading_lines), *rest,
@@ -78,11 +86,12 @@ def _statement(ctx: "FileContext", node: cst.CSTNode) -> cst.CSTNode:
 
 
 def _rebinds_own_argument(post: PostNorm) -> bool:
-    """`x = self.norm(x)`: after the rewrite it would read `x = x`, so it goes."""
+    """`x = self.norm(x)`: after the rewrite it would read `x = x`, so it goes (in a chained
+    `y = x = self.norm(x)` only the target `x` goes: `y = x`)."""
     small = post.statement.body[0]
     argument = post.call.args[0].value
     return isinstance(small, cst.Assign) and isinstance(argument, cst.Name) \
-        and small.targets[0].target.value == argument.value
+        and any(t.target.value == argument.value for t in small.targets)
 
 
 def _free_name(method: cst.FunctionDef) -> str:

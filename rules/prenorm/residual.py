@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Hashable
 
 import libcst as cst
 
-from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
+from tf_migrate.analysis.dataflow import (Binding, FunctionFlow, GuardedBinding, OpaqueBinding, chained_binding,
+                                          loads)
 from tf_migrate.analysis.nodes import find
 from tf_migrate.rules.prenorm.layer_loop import listed_norm
 from tf_migrate.rules.prenorm.tree import NORMS, norm_class
@@ -84,7 +85,7 @@ class _Branch:
 class ResidualFinder:
     def __init__(self, ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionDef) -> None:
         self.ctx, self.cls, self.method = ctx, cls, method
-        self.flow = FunctionFlow(ctx, method)
+        self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
 
     def find(self) -> Sublayers:
         found = Sublayers()
@@ -127,6 +128,8 @@ class ResidualFinder:
             return ("param", name)
         if isinstance(definition, Binding) and isinstance(definition.value, cst.Name):
             return self.origin(definition.value.value, definition.statement)
+        if isinstance(definition, Binding) and chained_binding(name, definition.statement) is not None:
+            return ("bound", id(definition.statement), None)  # every target holds the one value
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
@@ -319,8 +322,8 @@ class ResidualFinder:
     def _check_whole_value(self, call: cst.Call, statement) -> None:
         small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
         ok = len(statement.body) == 1 and (
-            (isinstance(small, cst.Assign) and len(small.targets) == 1
-             and isinstance(small.targets[0].target, cst.Name) and small.value is call)
+            (isinstance(small, cst.Assign) and all(isinstance(t.target, cst.Name) for t in small.targets)
+             and small.value is call)
             or (isinstance(small, cst.Return) and (small.value is call or _first_of_tuple(small.value, call))))
         if not ok or len(call.args) != 1 or call.args[0].keyword or call.args[0].star:
             raise Unprovable(self.ctx.line(statement),
@@ -373,12 +376,13 @@ class ResidualFinder:
             small = post.statement.body[0]
             if not isinstance(small, cst.Assign):
                 continue
-            binding = Binding(small.targets[0].target.value, small.value, post.statement)
             loop = self._loop_of(post.statement) if isinstance(post.call.func, cst.Subscript) else None
-            for use in self._through_dropout(binding):
+            reads = [use for target in small.targets  # `y = x = norm(...)`: both names hold the output
+                     for use in self._through_dropout(Binding(target.target.value, small.value, post.statement))]
+            for use in reads:
                 where = self.flow.statement_of(use)
-                if id(where) in statements or _is_return(where):
-                    continue
+                if id(where) in statements or (_is_return(where) and len(small.targets) == 1):
+                    continue  # a chained norm's second name may only feed the next sublayer
                 if loop is not None and not self._within_node(use, loop):
                     continue  # after the loop over the layers: the stream the final norm will close
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "

@@ -57,8 +57,9 @@ def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
     """The container is built from instances of `name` only, or from an __init__ parameter that
     the file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`): with anything
     else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
+    choices = class_choices(cls)
     return bool(container.args) and all(
-        _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        _instances_of(arg.value, name, choices) or _filled_with(ctx, cls, arg.value, name)
         or _appended_locally(ctx, cls, container, arg, name)
         for arg in container.args)
 
@@ -69,7 +70,7 @@ def block_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> 
     places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
         + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
     names = {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
-             if isinstance(node.func, cst.Name)}
+             if isinstance(node.func, cst.Name)} | {n for chosen in class_choices(cls).values() for n in chosen}
     return sorted(name for name in names if _stacks(ctx, cls, container, name))
 
 
@@ -128,18 +129,59 @@ def _changed_later(ctx, cls: "ModuleClass", sub) -> bool:
     return False
 
 
-def _instances_of(expr: cst.BaseExpression, name: str) -> bool:
+def _instances_of(expr: cst.BaseExpression, name: str, choices: dict[str, set[str]] | None = None) -> bool:
     if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
-        return _is_call_of(expr.elt, name)
+        return _is_call_of(expr.elt, name, choices)
     if isinstance(expr, (cst.List, cst.Tuple)):
-        return bool(expr.elements) and all(_is_call_of(e.value, name) for e in expr.elements)
+        return bool(expr.elements) and all(_is_call_of(e.value, name, choices) for e in expr.elements)
     if isinstance(expr, cst.StarredElement):
-        return _instances_of(expr.value, name)
+        return _instances_of(expr.value, name, choices)
     return False
 
 
-def _is_call_of(expr: cst.BaseExpression, name: str) -> bool:
-    return isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == name
+def _is_call_of(expr: cst.BaseExpression, name: str, choices: dict[str, set[str]] | None = None) -> bool:
+    """`Name(...)`, or `self.<attr>(...)` where `self.<attr>` holds a class chosen among some
+    that include `name` (`self.layer_type = A if flag else B`)."""
+    if not isinstance(expr, cst.Call):
+        return False
+    if isinstance(expr.func, cst.Name):
+        return expr.func.value == name
+    attr = self_attribute(expr.func)
+    return attr is not None and name in (choices or {}).get(attr, ())
+
+
+def class_choices(cls: "ModuleClass") -> dict[str, set[str]]:
+    """`self.<attr> = Block` or `self.<attr> = A if flag else B` in `__init__`, the attribute's only
+    binding in the class: attr -> the class names it may hold. Calling it builds one of them."""
+    init = cls.methods.get("__init__")
+    found: dict[str, set[str]] = {}
+    if init is None:
+        return found
+    writes: dict[str, int] = {}
+    for node in find(cls.node, lambda n: isinstance(n, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign,
+                                                        cst.Del, cst.For, cst.AsName))):
+        target = node.name if isinstance(node, cst.AsName) else node.target
+        for written in find(target, lambda n: self_attribute(n) is not None):
+            writes[self_attribute(written)] = writes.get(self_attribute(written), 0) + 1
+    for statement in find(init.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
+            continue
+        attr = self_attribute(small.targets[0].target)
+        names = _class_names(small.value)
+        if attr is not None and names is not None and writes.get(attr) == 1:
+            found[attr] = names
+    return found
+
+
+def _class_names(value: cst.BaseExpression) -> set[str] | None:
+    """`Block` -> {"Block"}; `A if c else B` (nested too) -> {"A", "B"}; else None."""
+    if isinstance(value, cst.Name) and value.value[:1].isupper():
+        return {value.value}
+    if isinstance(value, cst.IfExp):
+        body, orelse = _class_names(value.body), _class_names(value.orelse)
+        return body | orelse if body is not None and orelse is not None else None
+    return None
 
 
 def _param_position(cls: "ModuleClass", param: str) -> int | None:

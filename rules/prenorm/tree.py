@@ -207,6 +207,10 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
                     return (f"{scls.qualname} in the same stack is refused: {sproblem}"), []
                 members.append((path, sfctx, scls, sfound))
                 queue.append((sfctx, scls))
+            last = [m for m in members if m[3] is not None and m[3].post][-1:]
+            chosen = last and chosen_block_problem(stack.fctx, stack, last[0][0], last[0][3].post[-1].norm, analyse)
+            if chosen:
+                return chosen, []
             stacks[skey] = (stack, members)
     return None, list(stacks.values())
 
@@ -285,3 +289,40 @@ def own_norm_of(fctx: "FileContext", cls: "ModuleClass", name: str) -> tuple["Fi
     if found is None or found[1] is cls:
         return None
     return found if own_norm_parameters(*found) is not None else None
+
+
+def chosen_block_problem(fctx: "FileContext", stack, path: str, norm_attr: str, analyse) -> str | None:
+    """Where the stack's block class is chosen at run time (`self.layer_type = A if flag else B`):
+    why the final norm cannot serve every choice, or None. Each choice must be post-norm (or hold
+    post-norm sublayers: a pre-norm choice would gain a norm it never had), and must have
+    `<path>.<norm_attr>` (`self.layers[-1].attn.norm`), the norm the final norm is sized from."""
+    from tf_migrate.rules.prenorm.stacks import block_names
+
+    names = block_names(fctx, stack.cls, stack.cls.submodules[stack.attr].call)
+    prefix = f"self.{stack.attr}[-1]"
+    if len(names) < 2:
+        return None
+    where = f"the blocks of `self.{stack.attr}` of {stack.cls.qualname} are chosen at run time, and"
+    if not path.startswith(prefix):
+        return f"{where} the final norm's source `{path}` is not read from them"
+    steps = [s for s in path[len(prefix):].split(".") if s] + [norm_attr]
+    for name in names:
+        found = resolve_class(fctx, name)
+        if found is None or not _post_norm_within(*found, analyse, 0):
+            return f"{where} {name} is not post-norm: it would gain a final norm it never had"
+        for position, step in enumerate(steps):
+            sub = found[1].submodules.get(step) if found is not None else None
+            if sub is None:
+                return f"{where} {name} has no `{path}.{norm_attr}` to size the final norm from"
+            if position + 1 < len(steps):
+                found = resolve_class(found[0], sub.call.func.value) \
+                    if isinstance(sub.call.func, cst.Name) else None
+    return None
+
+
+def _post_norm_within(fctx: "FileContext", cls: "ModuleClass", analyse, depth: int) -> bool:
+    found, problem = analyse(fctx, cls)
+    if problem or (found is not None and found.post):
+        return True  # a refused member answers for itself elsewhere in the component
+    return depth < 3 and any(_post_norm_within(sfctx, scls, analyse, depth + 1)
+                             for _, sfctx, scls in submodule_classes(fctx, cls))
