@@ -370,3 +370,12 @@ def test_block_class_chosen_at_run_time_is_refused_unless_every_choice_fits(name
     result = _run((FOLDER / f"{name}.noop.py").read_text(), f"{name}.noop.py")
     assert not result.edits
     assert any("chosen at run time" in r.reason and r.reason.endswith(reason) for r in result.refusals), result.refusals
+
+
+def test_post_norm_blocks_run_side_by_side_are_refused_with_that_reason() -> None:
+    name = "parallel_postnorm_branches.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [(14, (
+        "Expert is post-norm, but `self.experts` of Panel (line 20) runs these blocks side by side, each "
+        "on its own input (line 24), not one after another: there is no last block whose output a final "
+        "norm would close"))]

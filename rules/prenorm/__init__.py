@@ -25,7 +25,8 @@ from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, R
 from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
 from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
 from tf_migrate.rules.prenorm.tree import (aliased_params, chosen_block_problem, component, own_norm_of,
-                                           own_norm_parameters, reads_before, stack_members)
+                                           own_norm_parameters, reads_before, side_by_side,
+                                           stack_members)
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
@@ -143,6 +144,14 @@ class PostNormToPreNorm(Rule):
                 continue
             if any(stack.fctx.project_key != ctx.project_key for stack in stacks):
                 yield from self._across_files(ctx, cls, forward, found, aliases)
+                continue
+            parallel = next((stack for stack, run in zip(stacks, runs) if run is None and side_by_side(stack)), None)
+            if parallel is not None:
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but `self.{parallel.attr}` of {parallel.cls.qualname} "
+                    f"(line {ctx.line(parallel.statement)}) runs these blocks side by side, each on its own "
+                    f"input (line {side_by_side(parallel)}), not one after another: there is no last block "
+                    "whose output a final norm would close"), _HINT)
                 continue
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (

@@ -166,6 +166,27 @@ def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
     return find(node, lambda n: isinstance(n, cst.Call))
 
 
+def side_by_side(stack) -> int | None:
+    """The line where forward applies the container's items each to its own input, in a
+    comprehension over the container (`[f(o) for f, o in zip(self.ffns, outputs)]`), when no
+    `for` statement iterates it; else None."""
+    from tf_migrate.analysis.names import self_attribute
+    from tf_migrate.analysis.nodes import find
+
+    forward = stack.cls.methods.get("forward")
+    reads = find(forward, lambda n: self_attribute(n) == stack.attr) if forward is not None else []
+    found = None
+    for read in reads:
+        node = stack.fctx.parents.get(read)
+        while node is not None and not isinstance(node, (cst.CompFor, cst.BaseStatement)):
+            node = stack.fctx.parents.get(node)
+        if isinstance(node, cst.For):
+            return None
+        if isinstance(node, cst.CompFor) and found is None:
+            found = stack.fctx.line(node)
+    return found
+
+
 def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"]], analyse,
               find_stacks, find_run) -> tuple[str | None, list]:
     """Every post-norm class reachable from `start` through shared stacks, and the first problem
@@ -196,6 +217,11 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
             skey = (stack.fctx.project_key, id(stack.statement))
             if skey in stacks:
                 continue
+            if find_run(stack) is None and side_by_side(stack) is not None:
+                return (f"`self.{stack.attr}` of {stack.cls.qualname} ({_where(ctx, stack.fctx)}line "
+                        f"{stack.fctx.line(stack.statement)}) runs its post-norm blocks side by side, each on "
+                        f"its own input (line {side_by_side(stack)}), not one after another: there is no "
+                        "last block whose output a final norm would close"), []
             if find_run(stack) is None:
                 return (f"the stack `self.{stack.attr}` of {stack.cls.qualname} "
                         f"({_where(ctx, stack.fctx)}line {stack.fctx.line(stack.statement)}) is not run "
