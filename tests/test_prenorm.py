@@ -296,6 +296,7 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     ("dropout_after_norm", "Classifier()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("chained_norm_assignment", "Mixer()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("block_class_chosen", "Relay()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("project_norm_alias", "Tower()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("block_class_chosen", "Relay(wide=True)", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
@@ -379,3 +380,23 @@ def test_post_norm_blocks_run_side_by_side_are_refused_with_that_reason() -> Non
         "Expert is post-norm, but `self.experts` of Panel (line 20) runs these blocks side by side, each "
         "on its own input (line 24), not one after another: there is no last block whose output a final "
         "norm would close"))]
+
+
+def test_norm_position_flag_is_read_before_the_residuals_and_through_a_base_class() -> None:
+    """Every norm under `if self.norm_first:` / `else:` is "pre-norm available", though the
+    residual reading cannot follow the block's if/else input; a subclass using its base's norm too."""
+    name = "flag_chosen_opaque_residual.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert not result.refusals and not result.edits
+    assert [(n.line, n.message.split(":")[0]) for n in result.notes] == [
+        (23, "CachedAttention"), (40, "GatedCachedAttention")]
+    assert all("pre-norm is available: the norm position follows `self.norm_first`" in n.message
+               for n in result.notes)
+
+
+def test_a_loop_that_collects_each_block_output_is_refused() -> None:
+    name = "stack_collects_stream.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [(13, (
+        "Step is post-norm, but the loop over `self.steps` of Trace also reads `x` after each block "
+        "(line 26): the last block's output is taken there, before the final norm could close it"))]

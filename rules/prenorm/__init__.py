@@ -20,10 +20,12 @@ from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
 from tf_migrate.rules.prenorm.flags import flag_finding
+from tf_migrate.rules.prenorm.norm_names import project_norm_named
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
-from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
+from tf_migrate.rules.prenorm.stacks import (CONTAINERS, Stack, StackRun, find_run, find_stacks,
+                                             stream_read_in_loop)
 from tf_migrate.rules.prenorm.tree import (aliased_params, chosen_block_problem, component, own_norm_of,
                                            own_norm_parameters, reads_before, side_by_side,
                                            stack_members)
@@ -152,6 +154,16 @@ class PostNormToPreNorm(Rule):
                     f"(line {ctx.line(parallel.statement)}) runs these blocks side by side, each on its own "
                     f"input (line {side_by_side(parallel)}), not one after another: there is no last block "
                     "whose output a final norm would close"), _HINT)
+                continue
+            collected = next(((stack, read) for stack, run in zip(stacks, runs)
+                              if run is not None and (read := stream_read_in_loop(stack, run))), None)
+            if collected is not None:
+                stack, read = collected
+                refused.setdefault(id(stack.statement), ctx.line(found.post[0].statement))
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but the loop over `self.{stack.attr}` of "
+                    f"{stack.cls.qualname} also reads `{read.value}` after each block (line {ctx.line(read)}): "
+                    "the last block's output is taken there, before the final norm could close it"), _HINT)
                 continue
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
@@ -291,12 +303,14 @@ class PostNormToPreNorm(Rule):
         norm = mcls.submodules[found.post[-1].norm].call
         callee = mfctx.names.callee(norm) or ""
         own, func, imports = self._own(ctx, mfctx, mcls, found.post[-1].norm)
+        kind = project_norm_named(mfctx, mcls, found.post[-1].norm)
         if own is None:
             nn, needed = reference(ctx, "torch.nn", "nn")
             imports = [needed] if needed else []
-            func = f"{nn}.{callee.rsplit('.', 1)[-1]}"
+            func = f"{nn}.{kind or callee.rsplit('.', 1)[-1]}"
         replacements, keys, attr = final_norm(ctx, stack, find_run(stack), norm, found.post[-1].norm,
-                                              taken, norm_ctx=mfctx, path=path, func=func, own=own)
+                                              taken, norm_ctx=mfctx, path=path, func=func, own=own,
+                                              callee=kind and f"torch.nn.{kind}")
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(find_run(stack).statement), f"{stack.cls.qualname}: final norm `self.{attr}` "
                    f"after the last block (new, initialised to identity); its blocks' sublayers "
@@ -334,8 +348,12 @@ class PostNormToPreNorm(Rule):
         cls, _, found, _ = block
         norm = cls.submodules[found.post[-1].norm].call
         own, func, imports = self._own(ctx, ctx, cls, found.post[-1].norm)
+        kind = project_norm_named(ctx, cls, found.post[-1].norm)
+        if kind is not None and own is None:  # a project alias or factory: the torch class it builds
+            nn, needed = reference(ctx, "torch.nn", "nn")
+            func, imports = f"{nn}.{kind}", [needed] if needed else []
         replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken,
-                                              func=func, own=own)
+                                              func=func, own=own, callee=kind and f"torch.nn.{kind}")
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
                    "the last block (new, initialised to identity)", replacements, plans=[plan], imports=imports)

@@ -102,17 +102,19 @@ def _free_name(method: cst.FunctionDef) -> str:
 def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Call,
                norm_attr: str, taken: set, norm_ctx: "FileContext | None" = None,
                path: str | None = None, func: str | None = None,
-               own: list[tuple[str, str]] | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
+               own: list[tuple[str, str]] | None = None,
+               callee: str | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
     """`self.final_norm = <same norm type>(<shape and eps of the last block's norm>)` after the
     stack is built, applied once after the loop over the blocks. A norm read in another file
-    (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one."""
+    (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one; `callee`
+    names the torch norm a project alias or factory builds (its keys)."""
     norm_ctx = norm_ctx or ctx
     attr = _free_attribute(stack, {name for owner, name in taken if owner == id(stack.cls)})
     taken.add((id(stack.cls), attr))
     source = f"{path or stack.path}.{norm_attr}"
     args = [f"{source}.normalized_shape"]
     keywords = {a.keyword.value: norm_ctx.code(a.value) for a in norm.args if a.keyword}
-    if "eps" in keywords or sum(a.keyword is None for a in norm.args) > 1:
+    if "eps" in keywords or sum(a.keyword is None for a in norm.args) > 1 or callee:  # a factory's eps is its own
         args.append(f"eps={source}.eps")
     for flag in ("elementwise_affine", "bias"):
         if flag in keywords:
@@ -129,7 +131,7 @@ def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Ca
     }
     if own is not None:
         return replacements, [NewKey(f"{attr}.{name}", init) for name, init in own], attr
-    return replacements, norm_keys(norm_ctx.names.callee(norm) or "", keywords, attr), attr
+    return replacements, norm_keys(callee or norm_ctx.names.callee(norm) or "", keywords, attr), attr
 
 
 def norm_keys(callee: str, keywords: dict[str, str], prefix: str) -> list[NewKey]:

@@ -18,6 +18,7 @@ from tf_migrate.analysis.dataflow import (Binding, FunctionFlow, GuardedBinding,
                                           loads)
 from tf_migrate.analysis.nodes import find
 from tf_migrate.rules.prenorm.layer_loop import listed_norm
+from tf_migrate.rules.prenorm.norm_names import inherited_norm, project_norm
 from tf_migrate.rules.prenorm.tree import NORMS, norm_class
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class ResidualFinder:
         self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
 
     def find(self) -> Sublayers:
+        self._refuse_flag_only()
         found = Sublayers()
         adds = _adds(self.method)
         self._refuse_long_sums(adds)
@@ -134,7 +136,8 @@ class ResidualFinder:
 
     def is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
-            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None
+            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None \
+            or project_norm(self.ctx, self.cls, node) is not None
 
     def _own_norm(self, node: cst.CSTNode) -> str | None:
         """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
@@ -468,6 +471,22 @@ class ResidualFinder:
         if flags:
             raise Unprovable(self.ctx.line(first), "the norms follow several flags: "
                              + ", ".join(f"`self.{f}`" for f in sorted(flags)))
+
+    def _refuse_flag_only(self) -> None:
+        """Every norm of the method applied under `if self.pre_lnorm:` or its `else` (one flag named
+        for the norm position): the block offers both orders, however its residuals are spelled
+        (`FlagChosen` before they are read; a norm its base class builds counts)."""
+        calls = find(self.method, lambda node: isinstance(node, cst.Call) and (
+            self.is_norm(node.func) or inherited_norm(self.ctx, self.cls, node.func)))
+        flags = set()
+        for call in calls:
+            condition = self._condition(call)
+            flag = _position_flag(condition.test) if isinstance(condition, cst.If) else None
+            if flag is None:
+                return
+            flags.add(flag)
+        if len(flags) == 1 and any(self._condition(call).orelse is not None for call in calls):
+            raise FlagChosen(self.ctx.line(calls[0]), f"the norm position follows `self.{flags.pop()}`")
 
     def _optional_post(self, call: cst.Call, condition, found: Sublayers) -> bool:
         """`if enc is not None:` around a whole post-norm sublayer (residual alias, sublayer, add

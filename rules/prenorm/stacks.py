@@ -267,3 +267,29 @@ def _first_target(target: cst.BaseAssignTargetExpression) -> str | None:
             isinstance(e.value, cst.Name) for e in target.elements):
         return target.elements[0].value.value
     return None
+
+
+def stream_read_in_loop(stack: Stack, run: StackRun) -> cst.Name | None:
+    """A read of the carried stream in the loop body after the block call (`outputs.append(x)`):
+    the last block's output is taken there, where the final norm after the loop never reaches."""
+    loop = run.statement
+    if not isinstance(loop, cst.For) or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    seen_call = False
+    for statement in loop.body.body:
+        if seen_call:
+            reads = loads(statement, run.variable)
+            if reads:
+                return reads[0]
+            if any(isinstance(t.target, cst.Name) and t.target.value == run.variable
+                   for small in getattr(statement, "body", ()) if isinstance(small, cst.Assign)
+                   for t in small.targets):
+                return None  # rebound: later reads are of something else
+        elif loads(statement, run.variable) and _binds_name(statement, run.variable):
+            seen_call = True
+    return None
+
+
+def _binds_name(statement: cst.CSTNode, name: str) -> bool:
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    return isinstance(small, cst.Assign) and len(small.targets) == 1 and _first_target(small.targets[0].target) == name

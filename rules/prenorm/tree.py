@@ -193,6 +193,8 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
     (a refused member, a stack with no single run), as `(problem, stacks)`; `stacks` lists
     `(stack, members)` with each member's `(path, fctx, cls, found)`. The answer is the same
     whichever member the question starts from."""
+    from tf_migrate.rules.prenorm.stacks import stream_read_in_loop
+
     queue = list(start)
     seen: set[tuple[str, str]] = set()
     stacks: dict[tuple[str, int], tuple] = {}
@@ -222,6 +224,11 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
                         f"{stack.fctx.line(stack.statement)}) runs its post-norm blocks side by side, each on "
                         f"its own input (line {side_by_side(stack)}), not one after another: there is no "
                         "last block whose output a final norm would close"), []
+            collected = stream_read_in_loop(stack, find_run(stack)) if find_run(stack) is not None else None
+            if collected is not None:
+                return (f"the loop over `self.{stack.attr}` of {stack.cls.qualname} ({_where(ctx, stack.fctx)}"
+                        f"line {stack.fctx.line(collected)}) also reads `{collected.value}` after each block: "
+                        "the last block's output is taken there, before the final norm could close it"), []
             if find_run(stack) is None:
                 return (f"the stack `self.{stack.attr}` of {stack.cls.qualname} "
                         f"({_where(ctx, stack.fctx)}line {stack.fctx.line(stack.statement)}) is not run "
