@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.nn_bases import dotted_text
+from tf_migrate.analysis.symbols import dotted
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -43,20 +44,11 @@ def project_norm_named(fctx: "FileContext", cls: "ModuleClass", name: str) -> st
     sub = cls.submodules.get(name)
     if sub is None or sub.callee in _NORM_KINDS:
         return None
-    text = _dotted(sub.call.func)
+    text = dotted(sub.call.func)
     if text is None:
         return None
     project, path = fctx.project, fctx.project_key
     return project.memo(("prenorm.project_norm", path, text), lambda: _kind(project, path, text, 0))
-
-
-def _dotted(node: cst.BaseExpression) -> str | None:
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        inner = _dotted(node.value)
-        return f"{inner}.{node.attr.value}" if inner else None
-    return None
 
 
 def _kind(project, path: str, dotted: str, depth: int) -> str | None:
