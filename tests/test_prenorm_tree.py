@@ -347,3 +347,45 @@ def test_layer_class_chosen_at_build_time_across_files(tmp_path: Path, light: bo
     loss = new(x).pow(2).mean()
     loss.backward()
     assert torch.isfinite(loss) and new.final_norm.weight.grad is not None
+
+
+def test_a_project_class_named_like_a_builtin_layer_is_no_builtin_component(tmp_path: Path) -> None:
+    """`from .layer import TransformerEncoderLayer`, the project's own class: the census reads it
+    as any block (its file), not as torch's built-in layer with no outcome."""
+    from project_support import write_project
+
+    write_project(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/layer.py": """
+            import torch.nn as nn
+
+
+            class TransformerEncoderLayer(nn.Module):
+                def __init__(self, d):
+                    super().__init__()
+                    self.ff = nn.Linear(d, d)
+                    self.norm = nn.LayerNorm(d)
+
+                def forward(self, x):
+                    return x + self.ff(self.norm(x))
+            """,
+        "pkg/model.py": """
+            import torch.nn as nn
+
+            from .layer import TransformerEncoderLayer
+
+
+            class Model(nn.Module):
+                def __init__(self, d=8, depth=2):
+                    super().__init__()
+                    self.layers = nn.ModuleList([TransformerEncoderLayer(d) for _ in range(depth)])
+
+                def forward(self, x):
+                    for layer in self.layers:
+                        x = layer(x)
+                    return x
+            """,
+    })
+    results = _migrate(tmp_path)
+    assert not [c for r in results.values() for c in r.components if c.kind == "builtin-layer"]
+    assert not any(r.changed or r.refusals for r in results.values())

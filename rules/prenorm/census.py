@@ -17,6 +17,7 @@ from tf_migrate.analysis.census import (
     Function, builtin_layers, is_activation, is_dropout, is_norm, line_span,
     product_operands, self_attribute, walker,
 )
+from tf_migrate.analysis.nn_bases import dotted_text
 from tf_migrate.engine.rule import Component
 
 
@@ -36,7 +37,7 @@ def components(ctx, code: str) -> Iterator[Component]:
                         step="" if function.node.name == "forward" else
                         f"it is in `{function.qualname}`; the matcher reads `forward` only")
     yield from _stacks_of_other_files(ctx, code)
-    yield from builtin_components(index, code)
+    yield from builtin_components(index, code, ctx)
 
 
 def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
@@ -224,8 +225,10 @@ def _builds(cls, names: set[str]) -> bool:
                for values in cls.attributes.values() for v in values for n in ast.walk(v))
 
 
-def builtin_components(index, code: str) -> Iterator[Component]:
+def builtin_components(index, code: str, ctx=None) -> Iterator[Component]:
     for call, cls, name in builtin_layers(index):
+        if ctx is not None and _project_class(ctx, call.func):
+            continue  # the project's own `TransformerEncoderLayer` (imported): its forward is read as any block's
         yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
                         f"built-in `nn.{name}`")
 
@@ -274,3 +277,10 @@ def _embedding(node: ast.AST, function: Function) -> bool:
     attribute = self_attribute(node.func)
     built = function.cls.constructor(attribute) if attribute and function.cls else ""
     return "embed" in built.lower() or "embedding" in (attribute or "").lower()
+
+
+def _project_class(ctx, func: ast.AST) -> bool:
+    """`func` names a class defined in a file of the project (imports followed)."""
+    text = dotted_text(func)
+    symbols = ctx.project.resolve_dotted(ctx.project_key, text) if text else []
+    return bool(symbols) and all(symbol.kind == "class" for symbol in symbols)
