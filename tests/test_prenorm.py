@@ -297,6 +297,7 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     ("chained_norm_assignment", "Mixer()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("block_class_chosen", "Relay()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("project_norm_alias", "Tower()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("returned_list_stream", "Decoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("block_class_chosen", "Relay(wide=True)", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
@@ -400,3 +401,10 @@ def test_a_loop_that_collects_each_block_output_is_refused() -> None:
     assert [(r.line, r.reason) for r in result.refusals] == [(13, (
         "Step is post-norm, but the loop over `self.steps` of Trace also reads `x` after each block "
         "(line 26): the last block's output is taken there, before the final norm could close it"))]
+
+
+def test_a_stream_returned_after_its_extras_is_refused() -> None:
+    name = "returned_list_stream_not_first.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (14, "Layer: the output of `self.norm(x + self.inner(x))` is also read outside the residual stream")]

@@ -19,6 +19,7 @@ from tf_migrate.analysis.imports import reference
 from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
+from tf_migrate.rules.prenorm.add_modules import add_module_refusal
 from tf_migrate.rules.prenorm.flags import flag_finding
 from tf_migrate.rules.prenorm.norm_names import project_norm_named
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
@@ -115,6 +116,10 @@ class PostNormToPreNorm(Rule):
             yield from self._builtin(ctx, cls)
             forward = cls.methods.get("forward")
             if forward is None or ctx.suppressed(self.code, forward):
+                continue
+            added = add_module_refusal(ctx, cls, forward, ResidualFinder(ctx, cls, forward).is_norm)
+            if added is not None:
+                yield Refusal(added[0], f"{cls.qualname}: {added[1]}", _HINT)
                 continue
             try:
                 found = ResidualFinder(ctx, cls, forward).find()

@@ -18,6 +18,7 @@ from tf_migrate.analysis.census import (
     product_operands, self_attribute, walker,
 )
 from tf_migrate.analysis.nn_bases import dotted_text
+from tf_migrate.rules.prenorm.add_modules import is_add_class, is_norm_subclass
 from tf_migrate.engine.rule import Component
 
 
@@ -43,16 +44,21 @@ def components(ctx, code: str) -> Iterator[Component]:
 def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     """Function -> its (norm, residual add, sublayer) sites; computed once per file, as the stacks
     of other files ask for it too."""
-    return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx)))
+    return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx), ctx))
 
 
-def _find_sites(walk) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
+def _find_sites(walk, ctx=None) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     index = walk.index
     seen: set[int] = set()
     found: dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]] = {}
     for call in index.calls:
         function = index.function_of(call)
-        if function.cls is None or not call.args or not _is_norm(call, function):
+        if function.cls is None or not call.args or not (
+                _is_norm(call, function) or ctx is not None and _norm_subclass(ctx, call, function)):
+            continue
+        added = _add_module_site(walk, ctx, call, function) if ctx is not None else None
+        if added is not None:
+            found.setdefault(function, []).append(added)
             continue
         add = walk.back(call.args[0], hit=lambda n, f: isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add),
                         stop=lambda n, f: _ends_branch(n, f))
@@ -284,3 +290,33 @@ def _project_class(ctx, func: ast.AST) -> bool:
     text = dotted_text(func)
     symbols = ctx.project.resolve_dotted(ctx.project_key, text) if text else []
     return bool(symbols) and all(symbol.kind == "class" for symbol in symbols)
+
+
+def _add_module_site(walk, ctx, norm: ast.Call, function: Function):
+    """`s = self.add([f(h), input_tensor]); h = norm(s)`: a residual sum made by an add module (a
+    project class whose forward adds up its list argument), one item computed by a sublayer and
+    the other the stream passed in. (norm, add call, sublayer) or None."""
+    def adder(node, f):
+        attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+        return attribute is not None and len(node.args) == 1 and isinstance(node.args[0], ast.List) \
+            and bool(f.cls.constructor(attribute)) \
+            and is_add_class(ctx.project, ctx.project_key, f.cls.constructor(attribute))
+
+    add = walk.back(norm.args[0], hit=adder, stop=lambda n, f: _ends_branch(n, f))
+    if add is None or len(add.args[0].elts) != 2:
+        return None
+    parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
+    for branch, stream in (add.args[0].elts, reversed(add.args[0].elts)):
+        sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
+        leaves = walk.leaves(stream)
+        if sublayer is not None and walk.back(stream, hit=_embedding, stop=None) is None \
+                and leaves and leaves <= parameters:
+            return norm, add, sublayer
+    return None
+
+
+def _norm_subclass(ctx, call: ast.Call, function: Function) -> bool:
+    """`self.norm(...)` built by a project class deriving from a torch norm (`class TracedNorm(nn.LayerNorm)`)."""
+    attribute = self_attribute(call.func)
+    built = function.cls.constructor(attribute) if attribute else ""
+    return bool(built) and is_norm_subclass(ctx.project, ctx.project_key, built)

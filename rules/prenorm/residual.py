@@ -341,12 +341,29 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(binding.statement),
                                  "the sublayer is computed in another block than its residual add")
             for use in self.flow.uses(binding):
+                where = self.flow.statement_of(use)
+                if id(use) not in through and (_is_return(where) or self._only_returned(where)) \
+                        and self._after(use, norm_statement):
+                    continue  # returned beside the stream (`attn_outputs[1:]`): the new sublayer's extras
                 if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
                                      f"`{binding.name}` is also read outside the sublayer")
         if self.ctx.parents.get(statement) is not block:
             raise Unprovable(self.ctx.line(statement), "the residual add and its norm are in "
                              "different blocks")
+
+    def _after(self, node, statement) -> bool:
+        return self.ctx.line(node) > self.ctx.lines(statement).stop - 1 and self._loop_of(statement) is None
+
+    def _only_returned(self, statement) -> bool:
+        """`outputs = [h] + rest` (or a tuple) whose name is only ever returned as it is."""
+        small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name)
+                and _sequence_sum(small.value)):
+            return False
+        uses = self.flow.uses(Binding(small.targets[0].target.value, small.value, statement))
+        return bool(uses) and all(isinstance(ret := self.flow.statement_of(u), cst.SimpleStatementLine)
+                                  and isinstance(ret.body[0], cst.Return) and ret.body[0].value is u for u in uses)
 
     def _within(self, statement, block) -> bool:
         node = statement
@@ -386,6 +403,8 @@ class ResidualFinder:
                 where = self.flow.statement_of(use)
                 if id(where) in statements or (_is_return(where) and len(small.targets) == 1):
                     continue  # a chained norm's second name may only feed the next sublayer
+                if len(small.targets) == 1 and _first_item(self.ctx, use, where) and self._only_returned(where):
+                    continue  # `outputs = [h] + extras; return outputs`: the stream is returned first
                 if loop is not None and not self._within_node(use, loop):
                     continue  # after the loop over the layers: the stream the final norm will close
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
@@ -589,6 +608,23 @@ def _first_of_tuple(value, call: cst.Call) -> bool:
     """`return self.norm(x + y), attn`: the stream is the first item of the returned tuple."""
     return isinstance(value, cst.Tuple) and bool(value.elements) and value.elements[0].value is call \
         and not isinstance(value.elements[0], cst.StarredElement)
+
+
+def _sequence_sum(value) -> bool:
+    """`[a, b]`, `(a,)`, `[a] + rest`: a list or tuple display, or one concatenated with more."""
+    if isinstance(value, (cst.List, cst.Tuple)):
+        return True
+    return isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Add) \
+        and isinstance(value.left, (cst.List, cst.Tuple))
+
+
+def _first_item(ctx, use: cst.Name, statement) -> bool:
+    """`use` is the first item of the list/tuple display that starts the statement's value."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    value = small.value if isinstance(small, cst.Assign) else None
+    display = value.left if isinstance(value, cst.BinaryOperation) else value
+    return isinstance(display, (cst.List, cst.Tuple)) and bool(display.elements) \
+        and display.elements[0].value is use and not isinstance(display.elements[0], cst.StarredElement)
 
 
 def _is_return(statement) -> bool:

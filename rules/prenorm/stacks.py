@@ -246,7 +246,11 @@ def _loop_carried(loop: cst.For) -> str | None:
     targets = [e.value for e in loop.target.elements] if isinstance(loop.target, cst.Tuple) \
         else [loop.target]
     blocks = {t.value for t in targets if isinstance(t, cst.Name)}
-    for statement in loop.body.body:
+    body = list(loop.body.body)
+    for position, statement in enumerate(body):
+        unpacked = _first_of_output(statement, body[position + 1] if position + 1 < len(body) else None, blocks)
+        if unpacked is not None:
+            return unpacked
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
             small = statement.body[0]
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
@@ -256,6 +260,25 @@ def _loop_carried(loop: cst.For) -> str | None:
                 variable = _first_target(small.targets[0].target)
                 if any(n.value == variable for n in loads(small.value, variable)):
                     return variable
+    return None
+
+
+def _first_of_output(statement, following, blocks: set[str]) -> str | None:
+    """`outputs = block(x, ...)` then `x = outputs[0]` (a block returning a list or tuple whose first
+    item is the stream): the stream variable `x`."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    after = following.body[0] if isinstance(following, cst.SimpleStatementLine) and len(following.body) == 1 else None
+    if not (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name)
+            and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Name)
+            and small.value.func.value in blocks and isinstance(after, cst.Assign) and len(after.targets) == 1
+            and isinstance(after.targets[0].target, cst.Name) and isinstance(after.value, cst.Subscript)):
+        return None
+    holder, variable = small.targets[0].target.value, after.targets[0].target.value
+    index = after.value.slice[0].slice if len(after.value.slice) == 1 else None
+    first = isinstance(index, cst.Index) and isinstance(index.value, cst.Integer) and index.value.value == "0"
+    reads = {n.value for n in loads(small.value, variable)}
+    if first and isinstance(after.value.value, cst.Name) and after.value.value.value == holder and variable in reads:
+        return variable
     return None
 
 
