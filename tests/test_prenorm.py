@@ -298,6 +298,8 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
     ("block_class_chosen", "Relay()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("project_norm_alias", "Tower()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
     ("returned_list_stream", "Decoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("layer_loop_collects", "Reader()", {"weight": 1.0, "bias": 0.0},
+     ["(torch.randint(0, 50, (2, 6)), torch.tensor([[1.0] * 6, [1.0] * 4 + [0.0] * 2]))"]),
     ("block_class_chosen", "Relay(wide=True)", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
@@ -408,3 +410,12 @@ def test_a_stream_returned_after_its_extras_is_refused() -> None:
     result = _run((FOLDER / name).read_text(), name)
     assert [(r.line, r.reason) for r in result.refusals] == [
         (14, "Layer: the output of `self.norm(x + self.inner(x))` is also read outside the residual stream")]
+
+
+def test_a_model_loop_that_keeps_each_layer_output_is_refused() -> None:
+    """Twin of layer_loop_collects: kept at the end of the loop body, the last layer's output
+    would never pass the final norm."""
+    name = "layer_loop_collects_output.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (38, "Reader: the output of `self.feed_norms[i](x)` is also read outside the residual stream")]

@@ -266,7 +266,7 @@ def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.A
     """(the sublayer call, the stream operand) of a residual add, or None when it is not one."""
     for branch, stream in ((add.right, add.left), (add.left, add.right)):
         sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
-        if sublayer is None or walk.back(stream, hit=_embedding, stop=None) is not None:
+        if sublayer is None or _embedding_sum(walk, stream):
             continue
         stream_leaves = walk.leaves(stream)
         read = set().union(*(walk.leaves(a) for a in [*sublayer.args, *(k.value for k in sublayer.keywords)])) \
@@ -275,6 +275,13 @@ def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.A
         if stream_leaves & read or (stream_leaves and stream_leaves <= parameters):
             return sublayer, stream
     return None
+
+
+def _embedding_sum(walk, stream: ast.AST) -> bool:
+    """The stream operand is an embedding lookup reached without passing a norm or a sublayer
+    (`tok + pos`); a stream normalised or computed by a layer since the embeddings (a model's own
+    layer loop, which starts from them) is a residual stream."""
+    return walk.back(stream, hit=_embedding, stop=lambda n, f: _is_norm(n, f) or _is_sublayer(n, f)) is not None
 
 
 def _embedding(node: ast.AST, function: Function) -> bool:
@@ -309,7 +316,7 @@ def _add_module_site(walk, ctx, norm: ast.Call, function: Function):
     for branch, stream in (add.args[0].elts, reversed(add.args[0].elts)):
         sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
         leaves = walk.leaves(stream)
-        if sublayer is not None and walk.back(stream, hit=_embedding, stop=None) is None \
+        if sublayer is not None and not _embedding_sum(walk, stream) \
                 and leaves and leaves <= parameters:
             return norm, add, sublayer
     return None

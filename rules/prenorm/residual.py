@@ -261,6 +261,8 @@ class ResidualFinder:
 
     def _expand(self, expr, statement, origin, found: _Branch) -> None:
         for name in loads(expr, None):
+            if _metadata_read(self.ctx, name):
+                continue  # `pos.expand_as(x)`, `x.size(1)`: the shape, not the values
             if self.origin(name.value, statement) == origin:
                 found.inputs.append(name)
                 continue
@@ -345,6 +347,8 @@ class ResidualFinder:
                 if id(use) not in through and (_is_return(where) or self._only_returned(where)) \
                         and self._after(use, norm_statement):
                     continue  # returned beside the stream (`attn_outputs[1:]`): the new sublayer's extras
+                if id(use) not in through and self._collected(where):
+                    continue  # `maps = maps + (attn_outputs[1],)`: kept for the caller, not the stream
                 if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
                                      f"`{binding.name}` is also read outside the sublayer")
@@ -354,6 +358,33 @@ class ResidualFinder:
 
     def _after(self, node, statement) -> bool:
         return self.ctx.line(node) > self.ctx.lines(statement).stop - 1 and self._loop_of(statement) is None
+
+    def _collected(self, statement) -> bool:
+        """`acc = acc + (item,)` or `acc.append(item)` (alone, or alone under an `if`), where `acc` is
+        read nowhere in the method but in such statements, returns and tuples/lists being built for
+        a return: the item is collected for the caller and never flows back into the stream."""
+        acc = _accumulator(statement)
+        if acc is None:
+            return False
+        for read in find(self.method.body, lambda n: isinstance(n, cst.Name) and n.value == acc):
+            parent = self.ctx.parents.get(read)
+            if isinstance(parent, cst.AssignTarget) or isinstance(parent, cst.Attribute) and parent.attr is read:
+                continue
+            where = self.flow.statement_of(read)
+            if _accumulator(where) == acc or _is_return(where) or self._only_returned(where) \
+                    or self._feeds_returned(where):
+                continue
+            return False
+        return True
+
+    def _feeds_returned(self, statement) -> bool:
+        """`outputs = outputs + (maps,)` (alone or under an `if`) where `outputs` is only returned
+        or grown the same way."""
+        acc = _accumulator(statement)
+        return acc is not None and all(
+            _accumulator(self.flow.statement_of(r)) == acc or _is_return(self.flow.statement_of(r))
+            for r in find(self.method.body, lambda n: isinstance(n, cst.Name) and n.value == acc)
+            if not isinstance(self.ctx.parents.get(r), cst.AssignTarget))
 
     def _only_returned(self, statement) -> bool:
         """`outputs = [h] + rest` (or a tuple) whose name is only ever returned as it is."""
@@ -392,6 +423,7 @@ class ResidualFinder:
     def _check_norms_accounted(self, found: Sublayers) -> None:
         """A post-norm's output must only feed the next sublayer or be returned."""
         statements = {id(s) for post in found.post for s in post.statements}
+        first_line = min((self.ctx.line(s) for post in found.post for s in post.statements), default=0)
         for post in found.post:
             small = post.statement.body[0]
             if not isinstance(small, cst.Assign):
@@ -407,13 +439,16 @@ class ResidualFinder:
                     continue  # `outputs = [h] + extras; return outputs`: the stream is returned first
                 if loop is not None and not self._within_node(use, loop):
                     continue  # after the loop over the layers: the stream the final norm will close
+                if loop is not None and self._collected(where) and self.ctx.line(use) < first_line:
+                    continue  # each layer's input kept for the caller at the top of the loop
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
 
     def _through_dropout(self, binding: Binding) -> list[cst.Name]:
-        """The reads of a norm's output, looking through `x = self.drop(x)` right after it: a
-        dropout that rebinds the stream to itself is the stream, not a reader of it."""
-        found = []
+        """The reads of a norm's output, looking through `x = self.drop(x)` right after it (and a
+        padding mask `x *= mask`): a dropout that rebinds the stream to itself is the stream, not a
+        reader of it."""
+        found, masked = [], set()
         for use in self.flow.uses(binding):
             where = self.flow.statement_of(use)
             small = where.body[0] if isinstance(where, cst.SimpleStatementLine) and len(where.body) == 1 else None
@@ -423,9 +458,20 @@ class ResidualFinder:
                     and self.cls.submodule_of(small.value.func, "torch.nn.Dropout") is not None \
                     and len(small.value.args) == 1 and small.value.args[0].value is use:
                 found += self._through_dropout(Binding(binding.name, small.value, where))
+            elif self._masks_stream(small, binding.name):
+                if id(where) not in masked:  # the target and a `.dtype` read: one statement
+                    masked.add(id(where))
+                    found += self._through_dropout(Binding(binding.name, small.value, where))
             else:
                 found.append(use)
         return found
+
+    def _masks_stream(self, small, name: str) -> bool:
+        """`x *= mask.unsqueeze(-1).to(x.dtype)`: the stream scaled elementwise by a value that
+        reads it only for its dtype/shape stays the stream (padding positions zeroed)."""
+        return isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.MultiplyAssign) \
+            and isinstance(small.target, cst.Name) and small.target.value == name \
+            and all(_metadata_read(self.ctx, n) for n in loads(small.value, name))
 
     def _rebound_first(self, binding: Binding, use: cst.Name) -> bool:
         """In a loop body, a read before the binding is reached by it only through the next
@@ -540,7 +586,12 @@ class ResidualFinder:
         analysis did not read as a residual sublayer (a residual scaled in a temporary, a sum
         built with `+=`, parallel branches) would stay post-norm beside rewritten ones."""
         known = {id(post.call) for post in found.post} | {id(call) for call in found.pre_norms}
+        loops = {id(self._loop_of(post.statement)) for post in found.post}
+        loop = self._loop_of(found.post[0].statement) if len(loops) == 1 else None
         for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            if loop is not None and self.ctx.line(call) < self.ctx.line(loop) \
+                    and self.flow.statement_of(call) in loop_siblings(self.ctx, loop):
+                continue  # the embeddings' norm before a model's own loop over its layers: kept as is
             if id(call) not in known:
                 raise Unprovable(self.ctx.line(call), (
                     f"the norm `{self.ctx.code(call)}` is not part of a residual sublayer this "
@@ -610,6 +661,29 @@ def _first_of_tuple(value, call: cst.Call) -> bool:
         and not isinstance(value.elements[0], cst.StarredElement)
 
 
+def loop_siblings(ctx, loop: cst.For) -> list:
+    """The statements of the block the loop itself sits in."""
+    block = ctx.parents.get(loop)
+    return list(block.body) if isinstance(block, cst.IndentedBlock) else []
+
+
+def _accumulator(statement) -> str | None:
+    """`acc = acc + (...)`, `acc += (...)` or `acc.append(...)` alone on its line: `acc`."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name) \
+            and isinstance(small.value, cst.BinaryOperation) and isinstance(small.value.operator, cst.Add) \
+            and isinstance(small.value.left, cst.Name) and small.value.left.value == small.targets[0].target.value \
+            and isinstance(small.value.right, (cst.Tuple, cst.List)):
+        return small.targets[0].target.value
+    if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
+            and isinstance(small.target, cst.Name) and isinstance(small.value, (cst.Tuple, cst.List)):
+        return small.target.value
+    if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Attribute) \
+            and small.value.func.attr.value == "append" and isinstance(small.value.func.value, cst.Name):
+        return small.value.func.value.value
+    return None
+
+
 def _sequence_sum(value) -> bool:
     """`[a, b]`, `(a,)`, `[a] + rest`: a list or tuple display, or one concatenated with more."""
     if isinstance(value, (cst.List, cst.Tuple)):
@@ -625,6 +699,21 @@ def _first_item(ctx, use: cst.Name, statement) -> bool:
     display = value.left if isinstance(value, cst.BinaryOperation) else value
     return isinstance(display, (cst.List, cst.Tuple)) and bool(display.elements) \
         and display.elements[0].value is use and not isinstance(display.elements[0], cst.StarredElement)
+
+
+_SHAPE_OF_ARGUMENT = ("expand_as", "view_as", "reshape_as", "type_as")
+_METADATA = ("shape", "dtype", "device", "size", "dim", "ndim", "ndimension")
+
+
+def _metadata_read(ctx, name: cst.Name) -> bool:
+    """`name` is read only for its shape, dtype or device: `x.shape`, `x.size(1)`, `x.dtype`, or
+    the argument of `y.expand_as(x)` / `view_as` / `reshape_as` / `type_as`."""
+    parent = ctx.parents.get(name)
+    if isinstance(parent, cst.Attribute) and parent.value is name and parent.attr.value in _METADATA:
+        return True
+    call = ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
+    return isinstance(call, cst.Call) and len(call.args) == 1 and isinstance(call.func, cst.Attribute) \
+        and call.func.attr.value in _SHAPE_OF_ARGUMENT
 
 
 def _is_return(statement) -> bool:
