@@ -304,9 +304,9 @@ def stream_read_in_loop(stack: Stack, run: StackRun) -> cst.Name | None:
             reads = loads(statement, run.variable)
             if reads:
                 return reads[0]
-            if any(isinstance(t.target, cst.Name) and t.target.value == run.variable
-                   for small in getattr(statement, "body", ()) if isinstance(small, cst.Assign)
-                   for t in small.targets):
+            if isinstance(statement, cst.SimpleStatementLine) and any(
+                    isinstance(t.target, cst.Name) and t.target.value == run.variable
+                    for small in statement.body if isinstance(small, cst.Assign) for t in small.targets):
                 return None  # rebound: later reads are of something else
         elif loads(statement, run.variable) and _binds_name(statement, run.variable):
             seen_call = True
