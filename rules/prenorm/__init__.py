@@ -170,6 +170,14 @@ class PostNormToPreNorm(Rule):
                     f"{stack.cls.qualname} also reads `{read.value}` after each block (line {ctx.line(read)}): "
                     "the last block's output is taken there, before the final norm could close it"), _HINT)
                 continue
+            unrun = next((stack for stack, run in zip(stacks, runs) if run is None), None)
+            if unrun is not None:
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but its stack `self.{unrun.attr}` of {unrun.cls.qualname} "
+                    f"(line {ctx.line(unrun.statement)}) is not run whole by one loop in forward that feeds "
+                    "each block's output to the next as one stream, so the final norm cannot be placed"),
+                    "run the blocks in one for loop: `x = block(x, ...)`")
+                continue
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
                     f"{cls.qualname} is post-norm, but the stack of blocks that holds it (a "

@@ -134,7 +134,17 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, func
         streams |= {t.id for t in holder.targets if isinstance(t, ast.Name)}
     if isinstance(holder, ast.AugAssign) and isinstance(holder.target, ast.Name):
         streams.add(holder.target.id)  # `q += residual; q = norm(q)`: the walk reads it as `q + residual`
-    return current.targets[0].id in streams
+    return current.targets[0].id in streams or _returned_name(function, current.targets[0].id)
+
+
+def _returned_name(function: Function, name: str) -> bool:
+    """`output = norm(...)` then `return output`: the normed sum leaves as the result, nothing else
+    in the function reads it."""
+    reads = [n for n in ast.walk(function.node) if isinstance(n, ast.Name) and n.id == name
+             and isinstance(n.ctx, ast.Load)]
+    returns = [r for r in ast.walk(function.node) if isinstance(r, ast.Return)
+               and isinstance(r.value, ast.Name) and r.value.id == name]
+    return bool(returns) and len(reads) == len(returns)
 
 
 def _stack_lines(index, block) -> tuple[int, ...]:
@@ -248,6 +258,8 @@ def _ends_branch(node: ast.AST, function: Function) -> bool:
 
 
 def _is_sublayer(node: ast.AST, function: Function) -> bool:
+    if _parameter_projection(node, function):
+        return True
     if not isinstance(node, ast.Call) or is_dropout(node, function) or _is_norm(node, function) \
             or is_activation(node, function):
         return False
@@ -327,3 +339,13 @@ def _norm_subclass(ctx, call: ast.Call, function: Function) -> bool:
     attribute = self_attribute(call.func)
     built = function.cls.constructor(attribute) if attribute else ""
     return bool(built) and is_norm_subclass(ctx.project, ctx.project_key, built)
+
+
+def _parameter_projection(node: ast.AST, function: Function) -> bool:
+    """`torch.einsum('ibnd,hnd->ibh', v, self.o)`, `x @ self.w`: a projection by a raw weight
+    (`self.o = nn.Parameter(...)`), a sublayer written without a Linear."""
+    operands = product_operands(node)
+    if operands is None or function.cls is None:
+        return False
+    return any(self_attribute(o) is not None and "Parameter" in function.cls.constructor(self_attribute(o))
+               for o in operands)

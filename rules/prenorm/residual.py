@@ -239,8 +239,10 @@ class ResidualFinder:
                 else f"; `{self.ctx.code(branch_core)}` is scaled where it is bound"
             branch_scaled = branch_scaled or bool(where)
             found = _Branch()
-            self._expand(branch_core, statement, origin, found)
-            if found.inputs:
+            self._expand(branch_core, statement, origin, found, values_only=True)
+            if found.inputs:  # it reads the stream's values (not only its shape): every read counts
+                found = _Branch()
+                self._expand(branch_core, statement, origin, found)
                 if scaled or branch_scaled:
                     raise Unprovable(self.ctx.line(statement),
                                      "the residual or its branch is scaled "
@@ -259,16 +261,16 @@ class ResidualFinder:
         core, scaled = _unscaled(definition.value)
         return scaled or self._scaled_in_binding(core, definition.statement)
 
-    def _expand(self, expr, statement, origin, found: _Branch) -> None:
+    def _expand(self, expr, statement, origin, found: _Branch, values_only: bool = False) -> None:
         for name in loads(expr, None):
-            if _metadata_read(self.ctx, name):
+            if values_only and _metadata_read(self.ctx, name):
                 continue  # `pos.expand_as(x)`, `x.size(1)`: the shape, not the values
             if self.origin(name.value, statement) == origin:
                 found.inputs.append(name)
                 continue
             for binding in self._bindings(name, statement, origin):
                 inner = _Branch()
-                self._expand(binding.value, binding.statement, origin, inner)
+                self._expand(binding.value, binding.statement, origin, inner, values_only)
                 if inner.inputs:
                     found.inputs.extend(inner.inputs)
                     found.through.extend(inner.through + [(binding, name)])
@@ -344,10 +346,13 @@ class ResidualFinder:
                                  "the sublayer is computed in another block than its residual add")
             for use in self.flow.uses(binding):
                 where = self.flow.statement_of(use)
-                if id(use) not in through and (_is_return(where) or self._only_returned(where)) \
-                        and self._after(use, norm_statement):
+                if _metadata_read(self.ctx, use):
+                    continue  # its dtype or shape: the same after the rewrite
+                extras = id(use) not in through and _other_items(self.ctx, use, [
+                    n for b, n in branch.through if b is binding])
+                if extras and (_is_return(where) or self._only_returned(where)) and self._after(use, norm_statement):
                     continue  # returned beside the stream (`attn_outputs[1:]`): the new sublayer's extras
-                if id(use) not in through and self._collected(where):
+                if extras and self._collected(where):
                     continue  # `maps = maps + (attn_outputs[1],)`: kept for the caller, not the stream
                 if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
@@ -415,6 +420,13 @@ class ResidualFinder:
         for operand in (add.left, add.right):
             if isinstance(operand, cst.Name) and operand.value in params \
                     and self.flow.definition(operand.value, statement) is None:
+                other = add.right if operand is add.left else add.left
+                opaque = self.flow.definition(other.value, statement) if isinstance(other, cst.Name) else None
+                if isinstance(opaque, OpaqueBinding) and self.flow.contains(opaque.statement):
+                    raise Unprovable(self.ctx.line(opaque.statement), (
+                        f"`{other.value}` is bound by a statement this analysis cannot follow (line "
+                        f"{self.ctx.line(opaque.statement)}), so whether the sublayer reads `{operand.value}` "
+                        "cannot be read"))
                 raise Unprovable(self.ctx.line(statement), (
                     f"post-norm `{self.ctx.code(call)}` adds `{operand.value}`, which the caller "
                     "passes in: the sublayer this residual wraps is computed in another module, "
@@ -665,6 +677,27 @@ def loop_siblings(ctx, loop: cst.For) -> list:
     """The statements of the block the loop itself sits in."""
     block = ctx.parents.get(loop)
     return list(block.body) if isinstance(block, cst.IndentedBlock) else []
+
+
+def _other_items(ctx, use: cst.Name, path: list[cst.Name]) -> bool:
+    """The sublayer reads item 0 of a result (`out[0]`) and `use` reads only other items
+    (`out[1]`, `out[1:]`): the extras a sublayer returns beside its output, such as attention maps."""
+    def index(name):
+        parent = ctx.parents.get(name)
+        if not (isinstance(parent, cst.Subscript) and parent.value is name and len(parent.slice) == 1):
+            return None
+        return parent.slice[0].slice
+
+    def literal(node, value=None):
+        return isinstance(node, cst.Integer) and (value is None or node.value == value)
+
+    taken = [index(n) for n in path]
+    if not taken or not all(isinstance(t, cst.Index) and literal(t.value, "0") for t in taken):
+        return False
+    other = index(use)
+    if isinstance(other, cst.Index):
+        return literal(other.value) and other.value.value != "0"
+    return isinstance(other, cst.Slice) and literal(other.lower) and other.lower.value != "0" and other.upper is None
 
 
 def _accumulator(statement) -> str | None:
