@@ -1,8 +1,9 @@
 """TFM401 across the files of a tree: a sinusoidal table built in one file and added to the tokens
-in another is a component of both files, refused with its true reason (the file and line of the
-other side; a 2-D image table; a factory that may build a learned table instead; a table a script
-builds and passes to the model's constructor); a relative table handed to a projection in another
-file is no component; nothing is rewritten."""
+in another is a component of both files, refused here with its true reason (a model that runs no
+attention the tree shows; a 2-D image table; a factory that may build a learned table instead; a
+table a script builds and passes to the model's constructor), the same reason in both files; a
+relative table handed to a projection in another file is no component; nothing is rewritten.
+(The whole-tree rewrite itself: tests/test_rope_across.py.)"""
 
 from __future__ import annotations
 
@@ -210,8 +211,8 @@ def test_tables_added_in_another_file_are_refused_with_their_reason(tmp_path: Pa
     assert sorted(model) == [added, chosen, patches, passed]
     assert all(c.outcome == "refused" for c in model.values())
     sin = _line(TABLES, "table[:, 0::2] = torch.sin(where * rates)")
-    assert f"built by `WaveTable` in pkg/tables.py (line {sin}) and added here" in model[added].reason
-    assert "one file" in model[added].reason
+    assert "`Embed` adds the positions but runs no attention, and nothing in the run builds it" \
+        in model[added].reason
     assert "`make_positions` builds either the sinusoidal `WaveTable`" in model[chosen].reason
     assert "`LearnedTable`, a trained table" in model[chosen].reason
     assert "2-D image position table" in model[patches].reason and "grid_table" in model[patches].reason
@@ -228,8 +229,8 @@ def test_the_table_file_names_where_the_table_is_added(tmp_path: Path) -> None:
     assert sorted(tables) == [sin]
     added = _line(MODEL, "x += self.where(ids)")
     assert tables[sin].outcome == "refused"
-    assert f"returned by `WaveTable` and added to the token stream in pkg/model.py (line {added})" \
-        in tables[sin].reason
+    assert tables[sin].reason == f"line {sin}: " + next(
+        c.reason for c in results["model"].components if c.start_line == added).split(": ", 1)[1]
     grids = results["grids"].components  # a file without nn.Module classes is still read
     grid = _line(GRIDS, "return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)")
     assert [(c.start_line, c.outcome) for c in grids] == [(grid, "refused")]

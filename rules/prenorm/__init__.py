@@ -13,6 +13,8 @@ from typing import Iterator
 
 import libcst as cst
 
+from tf_migrate.rules.prenorm import caller_residual
+from tf_migrate.rules.prenorm.caller_residual import output_class
 from tf_migrate.rules.prenorm.builtin_layers import (builtin_layers, builtin_transformers, stack_with_norm,
                                                      transformer_subclass_init, with_norm_first)
 from tf_migrate.analysis.imports import reference
@@ -70,8 +72,8 @@ class PostNormToPreNorm(Rule):
     norm is applied under an `if` that is no such flag; a norm of a post-norm block is not
     part of a sublayer the rule can read (`+=` sums, a residual scaled in a temporary); an intermediate of the sublayer or the
     norm's output is read outside the residual stream; the norm is not the whole value of its
-    statement; the residual comes in from the caller (the sublayer lives in another module, as
-    in BERT's `*Output` classes); no stack holding the block is found, or its forward does not
+    statement; the residual comes in from the caller (BERT's `*Output` classes) and some caller
+    does not pass its sublayer's own input (`caller_residual`); no stack holding the block is found, or its forward does not
     run the blocks in a plain loop; a built-in layer is not stacked in the same function; an
     `nn.Transformer` is given a custom encoder or decoder. An `nn.Transformer` (instance, or the
     `super().__init__` of a subclass) gets `norm_first=True`: it owns final norms, so no new key.
@@ -121,6 +123,8 @@ class PostNormToPreNorm(Rule):
             if added is not None:
                 yield Refusal(added[0], f"{cls.qualname}: {added[1]}", _HINT)
                 continue
+            if output_class(ctx, cls) is not None:
+                continue  # the residual comes from the caller: caller_residual decides (below)
             try:
                 found = ResidualFinder(ctx, cls, forward).find()
             except FlagChosen as exc:
@@ -196,6 +200,7 @@ class PostNormToPreNorm(Rule):
                 groups.setdefault(id(stack.statement), []).append((id(cls), stack, run))
         yield from self._rewrite(ctx, blocks, groups, refused)
         yield from self._stacks_of_other_files(ctx, groups)
+        yield from caller_residual.findings(self, ctx)
 
     def _layer_loop(self, ctx, cls, forward, found, loop) -> Iterator[Finding]:
         """The model's own loop over parallel per-layer lists: sublayers rewritten in the loop,

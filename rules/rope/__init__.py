@@ -59,8 +59,9 @@ class SinusoidalToRotary(Rule):
     name = "rope"
     equivalence = Equivalence.COMPATIBLE
     summary = "sinusoidal absolute positions -> rotary embeddings (RoPE) on q and k; needs fine-tuning"
-    # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds
-    triggers = ("sin(", "sin_(", "pos", "Pos")
+    # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds;
+    # "softmax"/"Softmax": an attention another file's positions feed (across.TRIGGERS says the same)
+    triggers = ("sin(", "sin_(", "pos", "Pos", "softmax", "Softmax")
     outside_modules = ("sin(", "sin_(")  # a table function another file's model calls
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
@@ -97,7 +98,11 @@ class SinusoidalToRotary(Rule):
         return components(ctx, self.code)
 
     def check(self, ctx) -> Iterator[Finding]:
+        from tf_migrate.rules.rope.across_fixes import across_findings
+
         findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
+        findings += across_findings(ctx, self.code, float(self.settings["base"]),
+                                    self.settings["positions"] == "alibi")
         handled = {ctx.line(a.statement) for a in find_additions(ctx)} if findings else set()
         unmatched = list(_unmatched_refusals(ctx, self.code, findings, handled))
         # a refusal the table now points to is said once, at the table (the component's line)
@@ -117,6 +122,8 @@ class SinusoidalToRotary(Rule):
                 model = model_of(ctx, addition)
                 sites.extend(s for s in self._sites(ctx, model) if s not in sites)
             torch, needed = reference(ctx, "torch", "torch")
+            if needed == ("torch", None, "torch"):
+                needed = ("torch", None, None)  # `import torch`, not `import torch as torch`
             if self.settings["positions"] == "alibi":
                 inserted = alibi_insertions(ctx, sites, torch)
             else:

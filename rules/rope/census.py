@@ -29,6 +29,8 @@ _TRIG = ("sin", "cos", "sin_", "cos_")
 _RANGES = ("arange", "range")
 _POWERS = ("exp", "pow", "power", "float_power", "exp2", "logspace")
 _KIND = "sinusoidal-positions"
+# the helper TFM401 inserts (rotary_code.py): rotary already, its cos/sin are no absolute table
+_ROTARY_HELPERS = ("_rotary_cos_sin", "apply_rotary")
 
 
 @dataclass
@@ -61,11 +63,13 @@ def _sites(ctx, code: str) -> Iterator[Site]:
             if id(addition) in seen:
                 continue
             seen.add(id(addition))
-            yield _local_site(walk, code, table, addition)
+            if not _never_called(ctx, walk, index.function_of(addition)):
+                yield _local_site(walk, code, table, addition)
         if not table.additions and table.exports:
             user = tree.first_user(ctx, table)
             if user is not None:
                 yield _exported_site(walk, code, table, user)
+    yield from _attention_sites(ctx, code)
     for use in [*tree.imported_additions(ctx), *tree.argument_additions(ctx)]:
         if id(use.addition) in seen:
             continue
@@ -80,6 +84,46 @@ def _sites(ctx, code: str) -> Iterator[Site]:
                 f"({use.source.relpath}, line {use.source.start}) added to the token stream (line {start})")
         yield Site(Component(code, _KIND, owner, start, end, what, (), scopes), start,
                    use.reason, use.hint)
+
+
+def _never_called(ctx, walk, function: Function) -> bool:
+    """A module-level helper that adds the table to its own argument, which no file of the run
+    names besides its definition: nothing puts these positions on any model's tokens."""
+    import re
+
+    node = function.node
+    if function.cls is not None or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+            or walk.index.owner.get(node) is not walk.index.functions[0]:
+        return False
+    word = re.compile(rf"\b{re.escape(node.name)}\b")
+    if len(word.findall(ctx.text)) != 1:
+        return False
+    project = ctx.project
+    for path in sorted(project.files):
+        text = project.text(path) if path != ctx.project_key else None
+        if text is not None and word.search(text):
+            return False
+    return True
+
+
+def _attention_sites(ctx, code: str) -> Iterator[Site]:
+    """The attention classes of this file that a whole-tree component rotates (across.py): part of
+    that component, so their edit is accounted for here."""
+    from tf_migrate.rules.rope.across import _rel, decisions_for
+
+    for decision in decisions_for(ctx):
+        if decision.problem is not None:
+            continue
+        for where in [*decision.rotated_at_entry(), *(g.holder for g in decision.guards)]:
+            cls = next((c for c in ctx.module_classes if c.qualname == where.qualname), None)
+            if where.path != ctx.project_key or cls is None:
+                continue
+            lines = ctx.lines(cls.node)
+            start, end = lines.start, lines.stop - 1
+            tables = ", ".join(f"`{s.name}` ({_rel(ctx.project, s.path)})" for s in decision.sources)
+            what = f"attention fed by the sinusoidal positions of {tables}, rotated with them"
+            yield Site(Component(code, "rotary-attention", where.qualname, start, end, what, (), ((start, end),)),
+                       start, f"the attention of the positions of {tables} could not be rotated here", "")
 
 
 @dataclass
@@ -111,7 +155,7 @@ def tables(walk) -> list[Table]:
             continue
         argument = call.args[0] if call.args else (
             call.func.value if isinstance(call.func, ast.Attribute) else None)
-        if argument is None:
+        if argument is None or index.function_of(call).qualname in _ROTARY_HELPERS:
             continue
         two_d = _grid(walk, argument)
         if not two_d and not _positions_times_frequencies(walk, argument):
@@ -130,7 +174,7 @@ def tables(walk) -> list[Table]:
             return False
 
         def onward(start):
-            return walk.forward_every(start, hit=hit, follow_call=_carries_table,
+            return walk.forward_every(start, hit=hit, follow_call=following(walk),
                                       follow_returns=lambda f: _return_sites(walk, f))
 
         additions = list(onward(call))
@@ -257,9 +301,9 @@ def _exported_site(walk, code: str, table: Table, user) -> Site:
         reason, hint = user.reason, user.hint
     else:
         reason = (f"the table is returned by `{user.source}` and added to the token stream in {user.relpath} "
-                  f"(line {user.line}): TFM401 rewrites a table, its model and their attention only when "
-                  "all three are in one file")
-        hint = "move the position table into the file of the model that adds it"
+                  f"(line {user.line}), outside a method of a model class: TFM401 cannot tell which attention "
+                  "consumes it")
+        hint = "add the table inside a model class's forward"
     return Site(Component(code, _KIND, owner, table.start, table.end, what, (), scopes),
                 table.start, reason, hint)
 
@@ -391,8 +435,30 @@ _TABLE_CALLS = ("cat", "stack", "from_pretrained", "Parameter", "tensor", "from_
                 "concatenate", "hstack", "vstack", "expand_dims", "astype")
 
 
-def carries_table(call: ast.Call, function: Function) -> bool:
-    return _carries_table(call, function)
+def following(walk):
+    """The calls a table passes through, except a concatenation with an input of the model."""
+    return lambda call, function: _carries_table(call, function) and not _features(walk, call)
+
+
+_JOINS = ("cat", "concat", "concatenate", "hstack", "vstack", "column_stack")
+
+
+def _features(walk, call: ast.Call) -> bool:
+    """`torch.cat((data, table), dim=-1)` where `data` is an input of the model (a parameter no
+    call in the file fills): the table becomes extra input features, not positions added to the
+    token stream (Fourier features of coordinates)."""
+    if last_name(call.func) not in _JOINS or not call.args or not isinstance(call.args[0], (ast.Tuple, ast.List)):
+        return False
+
+    def outside_input(n, function):
+        return isinstance(n, ast.arg) and n.arg != "self" and not walk.arguments_for(n)
+
+    def table_part(n, function):
+        return isinstance(n, ast.Call) and last_name(n.func) in (*_TRIG, *_RANGES)
+
+    return any(walk.back(element, hit=table_part, into_functions=True) is None
+               and walk.back(element, hit=outside_input, into_functions=True) is not None
+               for element in call.args[0].elts)
 
 
 def _carries_table(call: ast.Call, function: Function) -> bool:

@@ -26,9 +26,10 @@ _SOFTMAX_WORDS = ("softmax", "Softmax")
 
 @dataclass
 class RotarySite:
-    """Insert `q = apply_rotary(q, ...)` and the same for k right after statement `after`."""
+    """Insert `q = apply_rotary(q, ...)` and the same for k right after statement `after` (None:
+    at the start of `method`, where q and k are its parameters)."""
 
-    after: cst.SimpleStatementLine
+    after: cst.SimpleStatementLine | None
     query: str
     key: str
     seq_dims: tuple[int, int]  # sequence dim of q and of k, in their layout at `after`
@@ -38,12 +39,14 @@ class RotarySite:
     cached: bool = False  # k holds cached keys too: q is rotated with the offset of the cache
 
 
-def sites_in(ctx: "FileContext", cls: "ModuleClass") -> list[RotarySite]:
-    """The self-attentions of `cls`; raises Refused when q and k cannot be placed with certainty."""
+def sites_in(ctx: "FileContext", cls: "ModuleClass", entry: bool = False) -> list[RotarySite]:
+    """The self-attentions of `cls`; raises Refused when q and k cannot be placed with certainty.
+    With `entry`, q and k may be parameters of the method, rotated where it starts (the callers,
+    followed across the tree, must show they are one stream: see across.py)."""
     found: list[RotarySite] = []
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
-        here = [_site(ctx, matcher.flow, method, *pair) for pair in
+        here = [_site(ctx, matcher.flow, method, *pair, entry=entry) for pair in
                 (_operands(ctx, matcher, node) for node in body_nodes(method)) if pair is not None]
         if not here and _looks_like_attention(ctx, method):
             raise Refused(ctx.line(method), f"`{cls.qualname}.{method.name.value}` multiplies tensors and "
@@ -71,9 +74,50 @@ def _operands(ctx, matcher: AttentionMatcher, node):
         return None
     q, k = found.query, found.key
     if k.suffix and ctx.names.callee(node) != "torch.einsum":
-        return None  # `probs @ v`, or keys stored transposed: not a scores product we can place
+        untransposed = _transposed_name(ctx, matcher, k)
+        if untransposed is None:
+            return None  # `probs @ v`, or keys stored transposed: not a scores product we can place
+        return ((q.expr, _order(q.suffix, q.expr, q.at, matcher)), (untransposed, None), statement)
     return ((q.expr, _order(q.suffix, q.expr, q.at, matcher)),
             (k.expr, _order(k.suffix, k.expr, k.at, matcher)), statement)
+
+
+def _unpacked_rank(matcher: AttentionMatcher, name: str) -> int | None:
+    """`batch, heads, length, size = k.size()` (or `.shape`) in the method: k has rank 4."""
+    for assign in find(matcher.function, lambda n: isinstance(n, cst.Assign)):
+        target = assign.targets[0].target if len(assign.targets) == 1 else None
+        value = assign.value
+        sized = method_call(value, "size") if isinstance(value, cst.Call) and not value.args else None
+        if sized is None and isinstance(value, cst.Attribute) and value.attr.value == "shape":
+            sized = value.value
+        if isinstance(target, cst.Tuple) and isinstance(sized, cst.Name) and sized.value == name \
+                and not any(isinstance(e, cst.StarredElement) for e in target.elements):
+            return len(target.elements)
+    return None
+
+
+def _transposed_name(ctx, matcher: AttentionMatcher, key):
+    """`k_t = k.transpose(2, 3)` then `q @ k_t`: the name `k` (keys in (..., T, head_dim) layout),
+    when `k_t` is a plain local bound right before the product and read nowhere else."""
+    if key.suffix not in (".transpose(-2, -1)", ".transpose(-1, -2)") or not isinstance(key.expr, cst.Name):
+        return None
+    definition = matcher.flow.definition(key.expr.value, key.at)
+    if not isinstance(definition, Binding):
+        return None
+    receiver = method_call(definition.value, "transpose")
+    if not isinstance(receiver, cst.Name) or len(definition.value.args) != 2:
+        return None
+    numbers = [int_value(a.value) for a in definition.value.args]
+    rank = matcher.shapes.rank(receiver, definition.statement) or _unpacked_rank(matcher, receiver.value)
+    if None in numbers or rank is None and any(n >= 0 for n in numbers):
+        return None
+    rank = rank or 2
+    if sorted(n % rank for n in numbers) != [rank - 2, rank - 1]:
+        return None
+    reads = find(matcher.function, lambda n: isinstance(n, cst.Name) and n.value == key.expr.value)
+    if len(reads) != 2:  # the binding and the product only
+        return None
+    return receiver
 
 
 def _is_product(node, ctx) -> bool:
@@ -116,7 +160,7 @@ def _order(suffix: str, expr, at, matcher: AttentionMatcher) -> tuple[int, ...] 
     return tuple(order)
 
 
-def _site(ctx, flow: FunctionFlow, method, q, k, statement) -> RotarySite:
+def _site(ctx, flow: FunctionFlow, method, q, k, statement, entry: bool = False) -> RotarySite:
     dims = []
     for expr, order in (q, k):
         if not isinstance(expr, cst.Name):
@@ -130,6 +174,9 @@ def _site(ctx, flow: FunctionFlow, method, q, k, statement) -> RotarySite:
         else:
             dims.append(order[-2])
     names, seq_dims = (q[0].value, k[0].value), (dims[0], dims[1])
+    params = {p.name.value for p in method.params.params} - {"self"}
+    if entry and all(n in params and flow.definition(n, statement) is None for n in names):
+        return RotarySite(None, *names, seq_dims, method, statement, statement)
     cache = _cache_update(ctx, flow, names[1], statement)
     if cache is None:
         return RotarySite(_after(ctx, flow, statement, *names), *names, seq_dims, method, statement, statement)

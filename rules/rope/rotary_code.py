@@ -87,6 +87,13 @@ def insertions(ctx: "FileContext", sites: list["RotarySite"], torch: str, base: 
     """Replacements that insert the rotary calls after each site, and the helper after the imports."""
     replacements: dict = {}
     for site in sites:
+        if site.after is None:  # q and k are parameters: rotated first thing in the method
+            first, docstring = _method_start(site.method)
+            current = replacements.get(first, cst.FlattenSentinel([first]))
+            nodes = list(current.nodes)
+            at = 1 if docstring else nodes.index(first)
+            replacements[first] = cst.FlattenSentinel([*nodes[:at], *rotary_statements(site), *nodes[at:]])
+            continue
         current = replacements.get(site.after, cst.FlattenSentinel([site.after]))
         replacements[site.after] = cst.FlattenSentinel([*current.nodes, *rotary_statements(site)])
     if not _has_helper(ctx):
@@ -95,6 +102,14 @@ def insertions(ctx: "FileContext", sites: list["RotarySite"], torch: str, base: 
         anchor = imports[-1] if imports else ctx.module.body[0]
         replacements[anchor] = cst.FlattenSentinel([anchor, *helper_statements(torch, base)])
     return replacements
+
+
+def _method_start(method: cst.FunctionDef) -> tuple[cst.BaseStatement, bool]:
+    """The first statement of `method`, and whether it is its docstring (the rotation goes after it)."""
+    first = method.body.body[0]
+    docstring = isinstance(first, cst.SimpleStatementLine) and isinstance(first.body[0], cst.Expr) \
+        and isinstance(first.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
+    return first, docstring
 
 
 def _has_helper(ctx: "FileContext") -> bool:

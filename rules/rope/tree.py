@@ -134,7 +134,7 @@ def imported_additions(ctx: "FileContext") -> list[Use]:
 
 
 def _imported(project, here: str, walk: Walker):
-    from tf_migrate.rules.rope.census import (_not_tokens, carries_table, is_addition, return_sites,
+    from tf_migrate.rules.rope.census import (_not_tokens, following, is_addition, return_sites,
                                               two_d_reason)
 
     for call in walk.index.calls:
@@ -160,13 +160,18 @@ def _imported(project, here: str, walk: Walker):
                           f"line {source.start}) or `{factory[0]}`, a trained table, and the same "
                           "addition serves both: trained positions cannot become rotary")
                 hint = "build the sinusoidal module directly, or migrate only models that never learn positions"
+            elif source.path not in project.files:
+                reason = (f"the table is built by `{source.name}` in {source.relpath} (line {source.start}), "
+                          "which is not part of this run: TFM401 rewrites a table added in another file only "
+                          "together with that file, the model and its attention")
+                hint = "run tf-migrate on the whole package"
             else:
                 reason = (f"the table is built by `{source.name}` in {source.relpath} (line {source.start}) "
-                          "and added here: TFM401 rewrites a table, its model and their attention only "
-                          "when all three are in one file")
-                hint = "move the position table into the file of the model that adds it"
+                          "and added here, outside a method of a model class: TFM401 cannot tell which "
+                          "attention consumes it")
+                hint = "add the table inside a model class's forward"
             for addition in walk.forward_every(call, hit=lambda n, f: is_addition(walk, n),
-                                               follow_call=carries_table,
+                                               follow_call=following(walk),
                                                follow_returns=lambda f: return_sites(walk, f)):
                 if not _not_tokens(walk, addition):
                     yield Use(addition, source, reason, hint, bool(factory))
