@@ -294,6 +294,13 @@ def test_builtin_stack_that_has_its_norm_only_flips_the_flag_and_names_the_class
      ["(x, torch.randn(2, 5, 32))", "(x, None)"]),
     ("layer_loop_lists", "Encoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)", "(x, torch.ones(2, 6))"]),
     ("dropout_after_norm", "Classifier()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("chained_norm_assignment", "Mixer()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("block_class_chosen", "Relay()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("project_norm_alias", "Tower()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("returned_list_stream", "Decoder()", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
+    ("layer_loop_collects", "Reader()", {"weight": 1.0, "bias": 0.0},
+     ["(torch.randint(0, 50, (2, 6)), torch.tensor([[1.0] * 6, [1.0] * 4 + [0.0] * 2]))"]),
+    ("block_class_chosen", "Relay(wide=True)", {"weight": 1.0, "bias": 0.0}, ["(x,)"]),
 ])
 def test_golden_model_converts_strictly_and_trains(name: str, build: str, keys: dict, calls: list) -> None:
     """`out += x; x = self.n1(out)`, a norm class of the file's own, an optional post-norm
@@ -327,3 +334,88 @@ def test_norm_under_a_condition_with_an_else_is_refused() -> None:
     result = _run((FOLDER / name).read_text(), name)
     assert any("`memory is not None`" in r.reason and "an `else`" in r.reason for r in result.refusals), \
         result.refusals
+
+
+def test_chained_norm_assignment_becomes_the_pre_norm_block() -> None:
+    """`ff_in = x = norm(x)`: after the rewrite each layer computes x + attn(n1(x)), then
+    x + ffn(n2(x)), and the stack ends in the final norm (checked against that formula)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    result = _run((FOLDER / "chained_norm_assignment.before.py").read_text(), "chained_norm_assignment.before.py")
+    assert [e.message.split(":")[0] for e in result.edits] == ["MixerLayer", "Mixer"]
+    torch.manual_seed(0)
+    model = load_module(FOLDER / "chained_norm_assignment.after.py").Mixer().eval()
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    model = model.double()
+    stream = x
+    for layer in model.layers:
+        h = layer.first_norm(stream)
+        stream = stream + layer.mix(h, h, h)[0]
+        stream = stream + layer.narrow(F.gelu(layer.widen(layer.second_norm(stream))))
+    with torch.no_grad():
+        out, maps = model(x)
+        torch.testing.assert_close(out, model.final_norm(stream))
+    assert len(maps) == 2
+
+
+def test_chained_norm_whose_second_name_is_returned_is_refused() -> None:
+    name = "chained_norm_output_reused.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (18, "Layer: the output of `self.norm_a(x)` is also read outside the residual stream")]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("block_class_chosen_prenorm_choice", "PreBlock is not post-norm: it would gain a final norm it never had"),
+    ("block_class_chosen_missing_norm", "OtherBlock has no `self.blocks[-1].final_mix` to size the final norm from"),
+])
+def test_block_class_chosen_at_run_time_is_refused_unless_every_choice_fits(name: str, reason: str) -> None:
+    result = _run((FOLDER / f"{name}.noop.py").read_text(), f"{name}.noop.py")
+    assert not result.edits
+    assert any("chosen at run time" in r.reason and r.reason.endswith(reason) for r in result.refusals), result.refusals
+
+
+def test_post_norm_blocks_run_side_by_side_are_refused_with_that_reason() -> None:
+    name = "parallel_postnorm_branches.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [(14, (
+        "Expert is post-norm, but `self.experts` of Panel (line 20) runs these blocks side by side, each "
+        "on its own input (line 24), not one after another: there is no last block whose output a final "
+        "norm would close"))]
+
+
+def test_norm_position_flag_is_read_before_the_residuals_and_through_a_base_class() -> None:
+    """Every norm under `if self.norm_first:` / `else:` is "pre-norm available", though the
+    residual reading cannot follow the block's if/else input; a subclass using its base's norm too."""
+    name = "flag_chosen_opaque_residual.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert not result.refusals and not result.edits
+    assert [(n.line, n.message.split(":")[0]) for n in result.notes] == [
+        (23, "CachedAttention"), (40, "GatedCachedAttention")]
+    assert all("pre-norm is available: the norm position follows `self.norm_first`" in n.message
+               for n in result.notes)
+
+
+def test_a_loop_that_collects_each_block_output_is_refused() -> None:
+    name = "stack_collects_stream.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [(13, (
+        "Step is post-norm, but the loop over `self.steps` of Trace also reads `x` after each block "
+        "(line 26): the last block's output is taken there, before the final norm could close it"))]
+
+
+def test_a_stream_returned_after_its_extras_is_refused() -> None:
+    name = "returned_list_stream_not_first.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (14, "Layer: the output of `self.norm(x + self.inner(x))` is also read outside the residual stream")]
+
+
+def test_a_model_loop_that_keeps_each_layer_output_is_refused() -> None:
+    """Twin of layer_loop_collects: kept at the end of the loop body, the last layer's output
+    would never pass the final norm."""
+    name = "layer_loop_collects_output.noop.py"
+    result = _run((FOLDER / name).read_text(), name)
+    assert [(r.line, r.reason) for r in result.refusals] == [
+        (38, "Reader: the output of `self.feed_norms[i](x)` is also read outside the residual stream")]

@@ -244,3 +244,148 @@ def test_a_skipped_sublayer_class_keeps_the_stack_without_final_norm(tmp_path: P
     results = _migrate(tmp_path / "p")
     assert not any(r.changed for r in results.values())
     assert any("HeadedAttention" in d.reason and "skipped" in d.reason for d in results["speechnet/model.py"].refusals)
+
+
+_CHOSEN = {
+    "pkg/__init__.py": "",
+    "pkg/parts.py": """
+        import torch.nn as nn
+
+
+        class SelfMix(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+                self.norm = nn.LayerNorm(d)
+
+            def forward(self, q, k, v):
+                kept = q
+                out = self.attn(q, k, v)[0]
+                return self.norm(kept + out)
+
+
+        class Widen(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.up = nn.Linear(d, 2 * d)
+                self.down = nn.Linear(2 * d, d)
+                self.norm = nn.LayerNorm(d)
+
+            def forward(self, x):
+                return self.norm(x + self.down(self.up(x).relu()))
+        """,
+    "pkg/layers.py": """
+        import torch.nn as nn
+
+        from .parts import SelfMix, Widen
+
+
+        class FullLayer(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.mix = SelfMix(d)
+                self.ff = Widen(d)
+
+            def forward(self, x):
+                return self.ff(self.mix(x, x, x))
+
+
+        class LightLayer(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.ff = Widen(d)
+
+            def forward(self, x):
+                return self.ff(x)
+        """,
+    "pkg/model.py": """
+        import torch.nn as nn
+
+        from .layers import FullLayer, LightLayer
+
+
+        class Model(nn.Module):
+            def __init__(self, d=8, depth=2, light=False):
+                super().__init__()
+                self.layer_class = LightLayer if light else FullLayer
+                self.layers = nn.ModuleList([self.layer_class(d) for _ in range(depth)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+        """,
+}
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_layer_class_chosen_at_build_time_across_files(tmp_path: Path, light: bool) -> None:
+    """`self.layer_class = LightLayer if light else FullLayer` builds the stack: every choice holds
+    post-norm sublayers of a third file, so they move their norms and the stack gets one final
+    norm, sized from `ff.norm`, which both choices have; both builds load the converted
+    checkpoint strictly and train."""
+    torch = pytest.importorskip("torch")
+    from project_support import write_project
+    from tf_migrate.convert.state_dict import convert_state_dict
+
+    (tmp_path / "before").mkdir()
+    write_project(tmp_path / "before", _CHOSEN)
+    results = _migrate(tmp_path / "before")
+    assert "return kept + out" in results["pkg/parts.py"].migrated
+    assert "self.final_norm = nn.LayerNorm(self.layers[-1].ff.norm.normalized_shape)" in results["pkg/model.py"].migrated
+    assert not results["pkg/layers.py"].changed
+    shutil.copytree(tmp_path / "before", tmp_path / "after")
+    for relative, result in results.items():
+        (tmp_path / "after" / relative).write_text(result.migrated)
+    plans = [plan for r in results.values() for plan in r.plans]
+    torch.manual_seed(0)
+    old = _load(tmp_path / "before", "pkg.model").Model(light=light)
+    new = _load(tmp_path / "after", "pkg.model").Model(light=light)
+    state, _ = convert_state_dict(old.state_dict(), plans, new.state_dict())
+    new.load_state_dict(state, strict=True)
+    x = torch.randn(2, 5, 8)
+    loss = new(x).pow(2).mean()
+    loss.backward()
+    assert torch.isfinite(loss) and new.final_norm.weight.grad is not None
+
+
+def test_a_project_class_named_like_a_builtin_layer_is_no_builtin_component(tmp_path: Path) -> None:
+    """`from .layer import TransformerEncoderLayer`, the project's own class: the census reads it
+    as any block (its file), not as torch's built-in layer with no outcome."""
+    from project_support import write_project
+
+    write_project(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/layer.py": """
+            import torch.nn as nn
+
+
+            class TransformerEncoderLayer(nn.Module):
+                def __init__(self, d):
+                    super().__init__()
+                    self.ff = nn.Linear(d, d)
+                    self.norm = nn.LayerNorm(d)
+
+                def forward(self, x):
+                    return x + self.ff(self.norm(x))
+            """,
+        "pkg/model.py": """
+            import torch.nn as nn
+
+            from .layer import TransformerEncoderLayer
+
+
+            class Model(nn.Module):
+                def __init__(self, d=8, depth=2):
+                    super().__init__()
+                    self.layers = nn.ModuleList([TransformerEncoderLayer(d) for _ in range(depth)])
+
+                def forward(self, x):
+                    for layer in self.layers:
+                        x = layer(x)
+                    return x
+            """,
+    })
+    results = _migrate(tmp_path)
+    assert not [c for r in results.values() for c in r.components if c.kind == "builtin-layer"]
+    assert not any(r.changed or r.refusals for r in results.values())

@@ -371,6 +371,7 @@ class Walker:
 
     def __init__(self, index: FileIndex) -> None:
         self.index = index
+        self._tables: tuple | None = None  # `_call_tables`, built on the first question
 
     def back(self, expr: ast.AST, hit: Callable[[ast.AST, Function], bool],
              stop: Callable[[ast.AST, Function], bool] | None = None,
@@ -441,8 +442,7 @@ class Walker:
         """What the callers in this file pass for `parameter`: `self.method(...)` calls in the
         class, `self.sub(...)` calls of a submodule built from the class (for `forward`), and calls
         of a plain function by name."""
-        function = next((f for f in self.index.functions if isinstance(f.node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                         and parameter in _arguments(f.node.args)), None)
+        function = self._call_tables()[0].get(id(parameter))
         if function is None:
             return []
         params = [*function.node.args.posonlyargs, *function.node.args.args]
@@ -467,20 +467,43 @@ class Walker:
     def _callers(self, function: Function) -> Iterator[ast.Call]:
         name = function.node.name
         cls = function.cls if self.is_method(function) else None
-        for call in self.index.calls:
-            if cls is None:
-                if isinstance(call.func, ast.Name) and call.func.id == name:
-                    yield call
-                continue
-            attribute = self_attribute(call.func)
-            if attribute is None:
-                continue
-            caller = self.index.function_of(call)
-            if attribute == name and caller.cls is cls:
-                yield call
-            elif name == "forward" and caller.cls is not None \
-                    and caller.cls.constructor(attribute).rsplit(".", 1)[-1] == cls.node.name:
-                yield call
+        _, named, by_attribute, by_constructor = self._call_tables()
+        if cls is None:
+            yield from named.get(name, ())
+            return
+        found = {at: call for at, call, caller in by_attribute.get(name, ()) if caller.cls is cls}
+        if name == "forward":
+            found.update((at, call) for at, call in by_constructor.get(cls.node.name, ()))
+        for at in sorted(found):  # the order of `index.calls`
+            yield found[at]
+
+    def _call_tables(self) -> tuple[dict, dict, dict, dict]:
+        """Look-ups that answer `arguments_for` and `_callers` without a scan of every function and
+        call of the file per question: parameter (by id) -> the first function that declares it;
+        plain name -> its calls; `self.X(...)` calls by X, and by the last part of X's constructor
+        (with their place in `index.calls` and the calling function)."""
+        if self._tables is None:
+            owners: dict[int, Function] = {}
+            for f in self.index.functions:
+                if isinstance(f.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for parameter in _arguments(f.node.args):
+                        owners.setdefault(id(parameter), f)
+            named: dict[str, list[ast.Call]] = {}
+            by_attribute: dict[str, list] = {}
+            by_constructor: dict[str, list] = {}
+            for at, call in enumerate(self.index.calls):
+                if isinstance(call.func, ast.Name):
+                    named.setdefault(call.func.id, []).append(call)
+                attribute = self_attribute(call.func)
+                if attribute is None:
+                    continue
+                caller = self.index.function_of(call)
+                by_attribute.setdefault(attribute, []).append((at, call, caller))
+                if caller.cls is not None:
+                    key = caller.cls.constructor(attribute).rsplit(".", 1)[-1]
+                    by_constructor.setdefault(key, []).append((at, call))
+            self._tables = owners, named, by_attribute, by_constructor
+        return self._tables
 
     def _outer(self, node: ast.Name, function: Function) -> list[ast.AST]:
         """A name a nested function reads from its enclosing function (or the module)."""

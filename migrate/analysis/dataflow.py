@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import body_nodes, children, visit
+from tf_migrate.analysis.nodes import body_nodes, cached, children, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -156,10 +156,13 @@ class _Binds(cst.CSTVisitor):
     def __init__(self, name: str) -> None:
         self.name = name
         self.found = False
+        self.bound: set[str] = set()  # every name it binds, whatever `name` is
 
     def _check(self, target: cst.CSTNode | None) -> None:
-        if isinstance(target, cst.Name) and target.value == self.name:
-            self.found = True
+        if isinstance(target, cst.Name):
+            self.bound.add(target.value)
+            if target.value == self.name:
+                self.found = True
         elif isinstance(target, (cst.Tuple, cst.List)):
             for element in target.elements:
                 self._check(element.value)
@@ -221,9 +224,14 @@ def read_names(node: cst.CSTNode) -> set[str]:
 
 
 def binds(node: cst.CSTNode, name: str) -> bool:
-    visitor = _Binds(name)
+    return name in cached(node, "dataflow.binds", _bound_names)
+
+
+def _bound_names(node: cst.CSTNode) -> frozenset[str]:
+    """Every name `node` binds in its scope: one visit answers `binds` for any name."""
+    visitor = _Binds("")
     visit(node, visitor)
-    return visitor.found
+    return frozenset(visitor.bound)
 
 
 def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
@@ -237,9 +245,12 @@ def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
 
 
 class FunctionFlow:
-    def __init__(self, ctx: "FileContext", function: cst.FunctionDef) -> None:
+    def __init__(self, ctx: "FileContext", function: cst.FunctionDef, chained: bool = False) -> None:
+        """`chained`: read `a = b = value` as a binding of each name to `value` (by default such
+        a statement is an `OpaqueBinding`; a rule that rewrites it must keep every target)."""
         self.ctx = ctx
         self.function = function
+        self.chained = chained
         self._where: dict[cst.CSTNode, _Place] = {}
         if isinstance(function.body, cst.IndentedBlock):
             self._index(function.body, function)
@@ -280,7 +291,8 @@ class FunctionFlow:
         if not binds(statement, name):
             return None
         if isinstance(statement, cst.SimpleStatementLine):
-            return _simple_binding(name, statement) or OpaqueBinding(name, statement)
+            return _simple_binding(name, statement) or (self.chained and chained_binding(name, statement)) \
+                or OpaqueBinding(name, statement)
         if (
             isinstance(statement, cst.If) and statement.orelse is None
             and isinstance(statement.body, cst.IndentedBlock) and len(statement.body.body) == 1
@@ -322,7 +334,8 @@ class FunctionFlow:
         while True:
             for statement in block[position + 1:]:
                 found.extend(loads(statement, name))
-                if _simple_binding(name, statement) is not None:
+                if _simple_binding(name, statement) is not None or (
+                        self.chained and chained_binding(name, statement) is not None):
                     return found
             if owner is self.function:
                 return found
@@ -354,6 +367,19 @@ def _simple_binding(name: str, statement: cst.CSTNode) -> Binding | None:
         # receiver node stands for the old value.
         call = small.value
         return Binding(name, call.with_changes(func=call.func.with_changes(attr=cst.Name("masked_fill"))), statement)
+    return None
+
+
+def chained_binding(name: str, statement: cst.CSTNode) -> Binding | None:
+    """`a = b = value` alone on its line (every target a plain name): `name` is bound to `value`,
+    as every other target is."""
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return None
+    small = statement.body[0]
+    if isinstance(small, cst.Assign) and len(small.targets) > 1 \
+            and all(isinstance(t.target, cst.Name) for t in small.targets) \
+            and name in {t.target.value for t in small.targets}:
+        return Binding(name, small.value, statement)
     return None
 
 

@@ -27,7 +27,7 @@ from tf_migrate.analysis.legacy_attention import classifier_softmaxes
 from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
-from tf_migrate.analysis.nodes import children, find
+from tf_migrate.analysis.nodes import children, find, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -259,7 +259,7 @@ class _Tracer:
 
 
 def _calls_and_ops(node: cst.CSTNode) -> list[cst.BaseExpression]:
-    return find(node, lambda n: isinstance(n, (cst.Call, cst.BinaryOperation)))
+    return find_types(node, (cst.Call, cst.BinaryOperation))
 
 
 def feed_forwards(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[FeedForward]:
@@ -694,6 +694,13 @@ def _direct_attention(ctx: "FileContext") -> set[str]:
 
 def _builds_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
     """`__init__` builds a class of another project file that computes attention itself."""
+    known = ctx.memo("ffn.builds_project_attention", dict)  # per function, asked per class
+    if init not in known:
+        known[init] = _find_project_attention(ctx, init)
+    return known[init]
+
+
+def _find_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
     for call in _calls_and_ops(init):
         if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
             for symbol in symbols_of(ctx, call.func):
@@ -718,6 +725,14 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     layer). An MLP head built next to an encoder stack, not
     next to an attention, does not count.
     """
+    known = ctx.memo("ffn.in_block", dict)  # asked by the rule's check and twice by its census
+    key = (cls.node, frozenset(attention))
+    if key not in known:
+        known[key] = _in_block(ctx, cls, attention)
+    return known[key]
+
+
+def _in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
     name = cls.node.name.value
     if name in attention or _instantiates(cls.node, attention) or _injected_attention(cls):
         return True
@@ -734,11 +749,21 @@ def in_block(ctx: "FileContext", cls, attention: set[str]) -> bool:
 def _built_beside_project_attention(ctx: "FileContext", name: str) -> bool:
     """A function of this file builds `name` and an attention class defined in another project
     file (`self.attn = CausalSelfAttention(config)` imported from `attention.py`)."""
-    for function in find(ctx.module, lambda n: isinstance(n, cst.FunctionDef)):
-        if any(isinstance(c, cst.Call) and isinstance(c.func, cst.Name) and c.func.value == name
-               for c in _calls_and_ops(function)) and _builds_project_attention(ctx, function):
+    for function in ctx.memo("ffn.functions_calling", lambda: _functions_calling(ctx)).get(name, ()):
+        if _builds_project_attention(ctx, function):
             return True
     return False
+
+
+def _functions_calling(ctx: "FileContext") -> dict[str, list[cst.FunctionDef]]:
+    """Plain name -> the functions of the file (in source order) that call it, nested functions'
+    calls included: one look-up per class instead of a search of every function."""
+    functions = find_types(ctx.module, cst.FunctionDef)
+    found: dict[str, list[cst.FunctionDef]] = {}
+    for function, calls in zip(functions, ctx.memo("ffn.calls_by_function", lambda: _calls_by_function(ctx))):
+        for name in dict.fromkeys(c.func.value for c in calls):
+            found.setdefault(name, []).append(function)
+    return found
 
 
 def _ffn_shaped(ctx: "FileContext", cls) -> bool:
@@ -773,7 +798,7 @@ def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
 
 def _calls_by_function(ctx: "FileContext") -> list[list[cst.Call]]:
     """Per function of the file, its calls of a plain name (nested functions' calls included)."""
-    functions = find(ctx.module, lambda n: isinstance(n, cst.FunctionDef))
+    functions = find_types(ctx.module, cst.FunctionDef)
     return [[c for c in _calls_and_ops(f) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)]
             for f in functions]
 

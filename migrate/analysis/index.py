@@ -32,6 +32,7 @@ class NodeIndex:
         self._calls: dict[str, list[int]] = {}
         self._end: list[int] = []  # per position: one past the last position of its subtree
         self.shared = False  # whether some node object sits in two places (a fix reused it)
+        self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
         stack: list[tuple[cst.CSTNode | None, int]] = [(root, -1)]
         while stack:
             node, scope = stack.pop()

@@ -80,6 +80,20 @@ def remember(index) -> None:
     del _INDEXES[4:]
 
 
+def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object]) -> object:
+    """`compute(node)`, remembered beside the remembered index that holds `node` (libcst nodes never
+    change, so the answer holds as long as the node lives): a fact asked of one statement again
+    and again (by every later statement's look back) is computed once."""
+    for index in _INDEXES:
+        if node in index:
+            store = index.facts.setdefault(kind, {})
+            key = id(node)  # the index keeps the node alive; `id` spares libcst's Python `__hash__`
+            if key not in store:
+                store[key] = compute(node)
+            return store[key]
+    return compute(node)
+
+
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
     for index in _INDEXES:
@@ -130,6 +144,18 @@ def visit(node: cst.CSTNode, visitor: cst.CSTVisitor) -> None:
 def find(node: cst.CSTNode, predicate: Callable[[cst.CSTNode], bool],
          into_scopes: bool = True) -> list[cst.CSTNode]:
     return [n for n in walk(node, into_scopes) if predicate(n)]
+
+
+def find_types(node: cst.CSTNode, kinds: type | tuple[type, ...], into_scopes: bool = True) -> list[cst.CSTNode]:
+    """`find(node, lambda n: isinstance(n, kinds))` for concrete node types (libcst's node classes
+    have no subclasses: the type decides), answered from a remembered `NodeIndex` when one holds
+    `node`: a slice of a per-type list instead of a test of every node below it."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    for index in _INDEXES:
+        if node in index:
+            return index.of_type(node, kinds, into_scopes)
+    wanted = frozenset(kinds)
+    return [n for n in _walk(node, into_scopes) if type(n) in wanted]
 
 
 def atom_code(ctx, expr: cst.BaseExpression, numbers: bool = False) -> str:

@@ -21,13 +21,17 @@ from tf_migrate.analysis.imports import reference
 from tf_migrate.analysis.names import argument
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.prenorm.prenorm_edit import final_norm, norm_keys, prenorm_replacements
+from tf_migrate.rules.prenorm.add_modules import add_module_refusal
 from tf_migrate.rules.prenorm.flags import flag_finding
+from tf_migrate.rules.prenorm.norm_names import project_norm_named
 from tf_migrate.rules.prenorm.residual import FlagChosen, ResidualFinder, Sublayers, Unprovable
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Note, Refusal, Rule
 from tf_migrate.rules.prenorm.layer_loop import layer_loop, own_list_norm
-from tf_migrate.rules.prenorm.stacks import CONTAINERS, Stack, StackRun, find_run, find_stacks
-from tf_migrate.rules.prenorm.tree import (aliased_params, component, own_norm_of, own_norm_parameters,
-                                           reads_before, stack_members)
+from tf_migrate.rules.prenorm.stacks import (CONTAINERS, Stack, StackRun, find_run, find_stacks,
+                                             stream_read_in_loop)
+from tf_migrate.rules.prenorm.tree import (aliased_params, chosen_block_problem, component, own_norm_of,
+                                           own_norm_parameters, reads_before, side_by_side,
+                                           stack_members)
 
 _HINT = "rewrite by hand, or mark the class `# tf-migrate: skip[TFM201]`"
 _FINE_TUNE = "fine-tune the migrated model before use: pre-norm computes a different function"
@@ -115,6 +119,10 @@ class PostNormToPreNorm(Rule):
             forward = cls.methods.get("forward")
             if forward is None or ctx.suppressed(self.code, forward):
                 continue
+            added = add_module_refusal(ctx, cls, forward, ResidualFinder(ctx, cls, forward).is_norm)
+            if added is not None:
+                yield Refusal(added[0], f"{cls.qualname}: {added[1]}", _HINT)
+                continue
             if output_class(ctx, cls) is not None:
                 continue  # the residual comes from the caller: caller_residual decides (below)
             try:
@@ -148,12 +156,44 @@ class PostNormToPreNorm(Rule):
             if any(stack.fctx.project_key != ctx.project_key for stack in stacks):
                 yield from self._across_files(ctx, cls, forward, found, aliases)
                 continue
+            parallel = next((stack for stack, run in zip(stacks, runs) if run is None and side_by_side(stack)), None)
+            if parallel is not None:
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but `self.{parallel.attr}` of {parallel.cls.qualname} "
+                    f"(line {ctx.line(parallel.statement)}) runs these blocks side by side, each on its own "
+                    f"input (line {side_by_side(parallel)}), not one after another: there is no last block "
+                    "whose output a final norm would close"), _HINT)
+                continue
+            collected = next(((stack, read) for stack, run in zip(stacks, runs)
+                              if run is not None and (read := stream_read_in_loop(stack, run))), None)
+            if collected is not None:
+                stack, read = collected
+                refused.setdefault(id(stack.statement), ctx.line(found.post[0].statement))
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but the loop over `self.{stack.attr}` of "
+                    f"{stack.cls.qualname} also reads `{read.value}` after each block (line {ctx.line(read)}): "
+                    "the last block's output is taken there, before the final norm could close it"), _HINT)
+                continue
+            unrun = next((stack for stack, run in zip(stacks, runs) if run is None), None)
+            if unrun is not None:
+                yield Refusal(ctx.line(found.post[0].statement), (
+                    f"{cls.qualname} is post-norm, but its stack `self.{unrun.attr}` of {unrun.cls.qualname} "
+                    f"(line {ctx.line(unrun.statement)}) is not run whole by one loop in forward that feeds "
+                    "each block's output to the next as one stream, so the final norm cannot be placed"),
+                    "run the blocks in one for loop: `x = block(x, ...)`")
+                continue
             if not stacks or None in runs:
                 yield Refusal(ctx.line(found.post[0].statement), (
                     f"{cls.qualname} is post-norm, but the stack of blocks that holds it (a "
                     "container of these blocks only, run whole by one loop in forward) was not "
                     "found, so the final norm cannot be placed"),
                     "build the blocks in an nn.ModuleList and run them in one for loop")
+                continue
+            chosen = next(((stack, problem) for stack in stacks if (problem := chosen_block_problem(
+                ctx, stack, stack.path, found.post[-1].norm, self._analyse))), None)
+            if chosen:
+                refused.setdefault(id(chosen[0].statement), ctx.line(found.post[0].statement))
+                yield Refusal(ctx.line(found.post[0].statement), f"{cls.qualname} is post-norm, but {chosen[1]}", _HINT)
                 continue
             blocks[id(cls)] = (cls, forward, found, aliases)
             for stack, run in zip(stacks, runs):
@@ -281,12 +321,14 @@ class PostNormToPreNorm(Rule):
         norm = mcls.submodules[found.post[-1].norm].call
         callee = mfctx.names.callee(norm) or ""
         own, func, imports = self._own(ctx, mfctx, mcls, found.post[-1].norm)
+        kind = project_norm_named(mfctx, mcls, found.post[-1].norm)
         if own is None:
             nn, needed = reference(ctx, "torch.nn", "nn")
             imports = [needed] if needed else []
-            func = f"{nn}.{callee.rsplit('.', 1)[-1]}"
+            func = f"{nn}.{kind or callee.rsplit('.', 1)[-1]}"
         replacements, keys, attr = final_norm(ctx, stack, find_run(stack), norm, found.post[-1].norm,
-                                              taken, norm_ctx=mfctx, path=path, func=func, own=own)
+                                              taken, norm_ctx=mfctx, path=path, func=func, own=own,
+                                              callee=kind and f"torch.nn.{kind}")
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(find_run(stack).statement), f"{stack.cls.qualname}: final norm `self.{attr}` "
                    f"after the last block (new, initialised to identity); its blocks' sublayers "
@@ -324,8 +366,12 @@ class PostNormToPreNorm(Rule):
         cls, _, found, _ = block
         norm = cls.submodules[found.post[-1].norm].call
         own, func, imports = self._own(ctx, ctx, cls, found.post[-1].norm)
+        kind = project_norm_named(ctx, cls, found.post[-1].norm)
+        if kind is not None and own is None:  # a project alias or factory: the torch class it builds
+            nn, needed = reference(ctx, "torch.nn", "nn")
+            func, imports = f"{nn}.{kind}", [needed] if needed else []
         replacements, keys, attr = final_norm(ctx, stack, run, norm, found.post[-1].norm, taken,
-                                              func=func, own=own)
+                                              func=func, own=own, callee=kind and f"torch.nn.{kind}")
         plan = ClassPlan(ctx.path, stack.cls.qualname, [self.code], new=keys)
         return Fix(ctx.line(run.statement), f"{stack.cls.qualname}: final norm `self.{attr}` after "
                    "the last block (new, initialised to identity)", replacements, plans=[plan], imports=imports)

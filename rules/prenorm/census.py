@@ -11,12 +11,15 @@ embeddings are not residuals. Built-in `nn.Transformer*` layers are components t
 from __future__ import annotations
 
 import ast
+import weakref
 from typing import Iterator
 
 from tf_migrate.analysis.census import (
     Function, builtin_layers, is_activation, is_dropout, is_norm, line_span,
     product_operands, self_attribute, walker,
 )
+from tf_migrate.analysis.nn_bases import dotted_text
+from tf_migrate.rules.prenorm.add_modules import is_add_class, is_norm_subclass
 from tf_migrate.engine.rule import Component
 
 
@@ -36,22 +39,27 @@ def components(ctx, code: str) -> Iterator[Component]:
                         step="" if function.node.name == "forward" else
                         f"it is in `{function.qualname}`; the matcher reads `forward` only")
     yield from _stacks_of_other_files(ctx, code)
-    yield from builtin_components(index, code)
+    yield from builtin_components(index, code, ctx)
 
 
 def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     """Function -> its (norm, residual add, sublayer) sites; computed once per file, as the stacks
     of other files ask for it too."""
-    return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx)))
+    return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx), ctx))
 
 
-def _find_sites(walk) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
+def _find_sites(walk, ctx=None) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     index = walk.index
     seen: set[int] = set()
     found: dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]] = {}
     for call in index.calls:
         function = index.function_of(call)
-        if function.cls is None or not call.args or not _is_norm(call, function):
+        if function.cls is None or not call.args or not (
+                _is_norm(call, function) or ctx is not None and _norm_subclass(ctx, call, function)):
+            continue
+        added = _add_module_site(walk, ctx, call, function) if ctx is not None else None
+        if added is not None:
+            found.setdefault(function, []).append(added)
             continue
         add = walk.back(call.args[0], hit=lambda n, f: isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add),
                         stop=lambda n, f: _ends_branch(n, f))
@@ -127,19 +135,51 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, func
         streams |= {t.id for t in holder.targets if isinstance(t, ast.Name)}
     if isinstance(holder, ast.AugAssign) and isinstance(holder.target, ast.Name):
         streams.add(holder.target.id)  # `q += residual; q = norm(q)`: the walk reads it as `q + residual`
-    return current.targets[0].id in streams
+    return current.targets[0].id in streams or _returned_name(function, current.targets[0].id)
+
+
+def _returned_name(function: Function, name: str) -> bool:
+    """`output = norm(...)` then `return output`: the normed sum leaves as the result, nothing else
+    in the function reads it."""
+    reads = [n for n in ast.walk(function.node) if isinstance(n, ast.Name) and n.id == name
+             and isinstance(n.ctx, ast.Load)]
+    returns = [r for r in ast.walk(function.node) if isinstance(r, ast.Return)
+               and isinstance(r.value, ast.Name) and r.value.id == name]
+    return bool(returns) and len(reads) == len(returns)
 
 
 def _stack_lines(index, block) -> tuple[int, ...]:
     """Where a model runs a stack of this block (`for layer in self.layers:`): the final norm
     the rule adds there belongs to the block's component."""
-    holders = {block.node.name} | {c.node.name for c in index.classes if _builds(c, {block.node.name})}
+    built, builders = _stacks(index)
+    holders = {block.node.name} | builders.get(block.node.name, set())
     lines = []
-    for cls in index.classes:
-        for attribute in cls.attributes:
-            if _built_names(index, cls, attribute) & holders:
-                lines += _loops_over(cls, attribute)
+    for name in holders:
+        for cls, attribute in built.get(name, ()):
+            lines += _loops_over(cls, attribute)
     return tuple(sorted(set(lines)))
+
+
+_STACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stacks(index) -> tuple[dict[str, list], dict[str, set[str]]]:
+    """Class name -> the (class, attribute) pairs whose `_built_names` hold it, and -> the classes
+    that `_builds` it: read once per file index, not once per block and class."""
+    if index not in _STACKS:
+        built: dict[str, list] = {}
+        builders: dict[str, set[str]] = {}
+        for cls in index.classes:
+            for attribute in cls.attributes:
+                for name in _built_names(index, cls, attribute):
+                    built.setdefault(name, []).append((cls, attribute))
+            for values in cls.attributes.values():
+                for v in values:
+                    for n in ast.walk(v):
+                        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+                            builders.setdefault(n.func.id, set()).add(cls.node.name)
+        _STACKS[index] = built, builders
+    return _STACKS[index]
 
 
 def _loops_over(cls, attribute: str) -> list[int]:
@@ -224,8 +264,10 @@ def _builds(cls, names: set[str]) -> bool:
                for values in cls.attributes.values() for v in values for n in ast.walk(v))
 
 
-def builtin_components(index, code: str) -> Iterator[Component]:
+def builtin_components(index, code: str, ctx=None) -> Iterator[Component]:
     for call, cls, name in builtin_layers(index):
+        if ctx is not None and _project_class(ctx, call.func):
+            continue  # the project's own `TransformerEncoderLayer` (imported): its forward is read as any block's
         yield Component(code, "builtin-layer", cls, call.lineno, call.end_lineno or call.lineno,
                         f"built-in `nn.{name}`")
 
@@ -239,6 +281,8 @@ def _ends_branch(node: ast.AST, function: Function) -> bool:
 
 
 def _is_sublayer(node: ast.AST, function: Function) -> bool:
+    if _parameter_projection(node, function):
+        return True
     if not isinstance(node, ast.Call) or is_dropout(node, function) or _is_norm(node, function) \
             or is_activation(node, function):
         return False
@@ -257,7 +301,7 @@ def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.A
     """(the sublayer call, the stream operand) of a residual add, or None when it is not one."""
     for branch, stream in ((add.right, add.left), (add.left, add.right)):
         sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
-        if sublayer is None or walk.back(stream, hit=_embedding, stop=None) is not None:
+        if sublayer is None or _embedding_sum(walk, stream):
             continue
         stream_leaves = walk.leaves(stream)
         read = set().union(*(walk.leaves(a) for a in [*sublayer.args, *(k.value for k in sublayer.keywords)])) \
@@ -268,9 +312,63 @@ def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.A
     return None
 
 
+def _embedding_sum(walk, stream: ast.AST) -> bool:
+    """The stream operand is an embedding lookup reached without passing a norm or a sublayer
+    (`tok + pos`); a stream normalised or computed by a layer since the embeddings (a model's own
+    layer loop, which starts from them) is a residual stream."""
+    return walk.back(stream, hit=_embedding, stop=lambda n, f: _is_norm(n, f) or _is_sublayer(n, f)) is not None
+
+
 def _embedding(node: ast.AST, function: Function) -> bool:
     if not isinstance(node, ast.Call):
         return False
     attribute = self_attribute(node.func)
     built = function.cls.constructor(attribute) if attribute and function.cls else ""
     return "embed" in built.lower() or "embedding" in (attribute or "").lower()
+
+
+def _project_class(ctx, func: ast.AST) -> bool:
+    """`func` names a class defined in a file of the project (imports followed)."""
+    text = dotted_text(func)
+    symbols = ctx.project.resolve_dotted(ctx.project_key, text) if text else []
+    return bool(symbols) and all(symbol.kind == "class" for symbol in symbols)
+
+
+def _add_module_site(walk, ctx, norm: ast.Call, function: Function):
+    """`s = self.add([f(h), input_tensor]); h = norm(s)`: a residual sum made by an add module (a
+    project class whose forward adds up its list argument), one item computed by a sublayer and
+    the other the stream passed in. (norm, add call, sublayer) or None."""
+    def adder(node, f):
+        attribute = self_attribute(node.func) if isinstance(node, ast.Call) else None
+        return attribute is not None and len(node.args) == 1 and isinstance(node.args[0], ast.List) \
+            and bool(f.cls.constructor(attribute)) \
+            and is_add_class(ctx.project, ctx.project_key, f.cls.constructor(attribute))
+
+    add = walk.back(norm.args[0], hit=adder, stop=lambda n, f: _ends_branch(n, f))
+    if add is None or len(add.args[0].elts) != 2:
+        return None
+    parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
+    for branch, stream in (add.args[0].elts, reversed(add.args[0].elts)):
+        sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
+        leaves = walk.leaves(stream)
+        if sublayer is not None and not _embedding_sum(walk, stream) \
+                and leaves and leaves <= parameters:
+            return norm, add, sublayer
+    return None
+
+
+def _norm_subclass(ctx, call: ast.Call, function: Function) -> bool:
+    """`self.norm(...)` built by a project class deriving from a torch norm (`class TracedNorm(nn.LayerNorm)`)."""
+    attribute = self_attribute(call.func)
+    built = function.cls.constructor(attribute) if attribute else ""
+    return bool(built) and is_norm_subclass(ctx.project, ctx.project_key, built)
+
+
+def _parameter_projection(node: ast.AST, function: Function) -> bool:
+    """`torch.einsum('ibnd,hnd->ibh', v, self.o)`, `x @ self.w`: a projection by a raw weight
+    (`self.o = nn.Parameter(...)`), a sublayer written without a Linear."""
+    operands = product_operands(node)
+    if operands is None or function.cls is None:
+        return False
+    return any(self_attribute(o) is not None and "Parameter" in function.cls.constructor(self_attribute(o))
+               for o in operands)

@@ -41,6 +41,7 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
     swap: dict[cst.CSTNode, cst.BaseExpression] = {}
     unwrap: set[cst.CSTNode] = set()
     removed: set[cst.CSTNode] = set()
+    dropped: dict[cst.CSTNode, str] = {}  # `y = x = norm(x)` -> `y = x`: the target x is dropped
     before: dict[cst.CSTNode, list[cst.BaseStatement]] = {}
     for post in posts:
         norm = ctx.code(post.call.func)
@@ -55,6 +56,9 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
                 for alias in aliases.get(id(post), ())]
         if post.inline or not _rebinds_own_argument(post):
             unwrap.add(post.call)
+        elif len(post.statement.body[0].targets) > 1:
+            unwrap.add(post.call)
+            dropped[post.statement] = post.call.args[0].value.value
         else:
             removed.add(post.statement)
     replacements: dict[Any, Any] = {}
@@ -63,6 +67,10 @@ def prenorm_replacements(ctx: "FileContext", method: cst.FunctionDef,
             replacements[statement] = cst.RemoveFromParent()
             continue
         new = statement.visit(_Rewrite(swap, unwrap))
+        if statement in dropped:
+            small = new.body[0]
+            new = new.with_changes(body=[small.with_changes(
+                targets=[t for t in small.targets if t.target.value != dropped[statement]])])
         if statement in before:
             head, *rest = before[statement]
             new = cst.FlattenSentinel([head.with_changes(leading_lines=statement.leading_lines), *rest,
@@ -78,11 +86,12 @@ def _statement(ctx: "FileContext", node: cst.CSTNode) -> cst.CSTNode:
 
 
 def _rebinds_own_argument(post: PostNorm) -> bool:
-    """`x = self.norm(x)`: after the rewrite it would read `x = x`, so it goes."""
+    """`x = self.norm(x)`: after the rewrite it would read `x = x`, so it goes (in a chained
+    `y = x = self.norm(x)` only the target `x` goes: `y = x`)."""
     small = post.statement.body[0]
     argument = post.call.args[0].value
     return isinstance(small, cst.Assign) and isinstance(argument, cst.Name) \
-        and small.targets[0].target.value == argument.value
+        and any(t.target.value == argument.value for t in small.targets)
 
 
 def _free_name(method: cst.FunctionDef) -> str:
@@ -93,17 +102,19 @@ def _free_name(method: cst.FunctionDef) -> str:
 def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Call,
                norm_attr: str, taken: set, norm_ctx: "FileContext | None" = None,
                path: str | None = None, func: str | None = None,
-               own: list[tuple[str, str]] | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
+               own: list[tuple[str, str]] | None = None,
+               callee: str | None = None) -> tuple[dict[Any, Any], list[NewKey], str]:
     """`self.final_norm = <same norm type>(<shape and eps of the last block's norm>)` after the
     stack is built, applied once after the loop over the blocks. A norm read in another file
-    (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one."""
+    (`norm_ctx`) is reached by `path` from the stack and built as `func` in this one; `callee`
+    names the torch norm a project alias or factory builds (its keys)."""
     norm_ctx = norm_ctx or ctx
     attr = _free_attribute(stack, {name for owner, name in taken if owner == id(stack.cls)})
     taken.add((id(stack.cls), attr))
     source = f"{path or stack.path}.{norm_attr}"
     args = [f"{source}.normalized_shape"]
     keywords = {a.keyword.value: norm_ctx.code(a.value) for a in norm.args if a.keyword}
-    if "eps" in keywords or sum(a.keyword is None for a in norm.args) > 1:
+    if "eps" in keywords or sum(a.keyword is None for a in norm.args) > 1 or callee:  # a factory's eps is its own
         args.append(f"eps={source}.eps")
     for flag in ("elementwise_affine", "bias"):
         if flag in keywords:
@@ -120,7 +131,7 @@ def final_norm(ctx: "FileContext", stack: "Stack", run: "StackRun", norm: cst.Ca
     }
     if own is not None:
         return replacements, [NewKey(f"{attr}.{name}", init) for name, init in own], attr
-    return replacements, norm_keys(norm_ctx.names.callee(norm) or "", keywords, attr), attr
+    return replacements, norm_keys(callee or norm_ctx.names.callee(norm) or "", keywords, attr), attr
 
 
 def norm_keys(callee: str, keywords: dict[str, str], prefix: str) -> list[NewKey]:

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Hashable
 
 import libcst as cst
 
-from tf_migrate.analysis.dataflow import Binding, FunctionFlow, GuardedBinding, OpaqueBinding, loads
+from tf_migrate.analysis.dataflow import (Binding, FunctionFlow, GuardedBinding, OpaqueBinding, chained_binding,
+                                          loads)
 from tf_migrate.analysis.nodes import find
 from tf_migrate.rules.prenorm.layer_loop import listed_norm
+from tf_migrate.rules.prenorm.norm_names import inherited_norm, project_norm
 from tf_migrate.rules.prenorm.tree import NORMS, norm_class
 
 if TYPE_CHECKING:
@@ -84,9 +86,10 @@ class _Branch:
 class ResidualFinder:
     def __init__(self, ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionDef) -> None:
         self.ctx, self.cls, self.method = ctx, cls, method
-        self.flow = FunctionFlow(ctx, method)
+        self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
 
     def find(self) -> Sublayers:
+        self._refuse_flag_only()
         found = Sublayers()
         adds = _adds(self.method)
         self._refuse_long_sums(adds)
@@ -127,11 +130,14 @@ class ResidualFinder:
             return ("param", name)
         if isinstance(definition, Binding) and isinstance(definition.value, cst.Name):
             return self.origin(definition.value.value, definition.statement)
+        if isinstance(definition, Binding) and chained_binding(name, definition.statement) is not None:
+            return ("bound", id(definition.statement), None)  # every target holds the one value
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
-            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None
+            or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None \
+            or project_norm(self.ctx, self.cls, node) is not None
 
     def _own_norm(self, node: cst.CSTNode) -> str | None:
         """A norm class written in the file (`class LayerNorm(nn.Module)`, Annotated style)."""
@@ -233,8 +239,10 @@ class ResidualFinder:
                 else f"; `{self.ctx.code(branch_core)}` is scaled where it is bound"
             branch_scaled = branch_scaled or bool(where)
             found = _Branch()
-            self._expand(branch_core, statement, origin, found)
-            if found.inputs:
+            self._expand(branch_core, statement, origin, found, values_only=True)
+            if found.inputs:  # it reads the stream's values (not only its shape): every read counts
+                found = _Branch()
+                self._expand(branch_core, statement, origin, found)
                 if scaled or branch_scaled:
                     raise Unprovable(self.ctx.line(statement),
                                      "the residual or its branch is scaled "
@@ -253,14 +261,16 @@ class ResidualFinder:
         core, scaled = _unscaled(definition.value)
         return scaled or self._scaled_in_binding(core, definition.statement)
 
-    def _expand(self, expr, statement, origin, found: _Branch) -> None:
+    def _expand(self, expr, statement, origin, found: _Branch, values_only: bool = False) -> None:
         for name in loads(expr, None):
+            if values_only and _metadata_read(self.ctx, name):
+                continue  # `pos.expand_as(x)`, `x.size(1)`: the shape, not the values
             if self.origin(name.value, statement) == origin:
                 found.inputs.append(name)
                 continue
             for binding in self._bindings(name, statement, origin):
                 inner = _Branch()
-                self._expand(binding.value, binding.statement, origin, inner)
+                self._expand(binding.value, binding.statement, origin, inner, values_only)
                 if inner.inputs:
                     found.inputs.extend(inner.inputs)
                     found.through.extend(inner.through + [(binding, name)])
@@ -319,8 +329,8 @@ class ResidualFinder:
     def _check_whole_value(self, call: cst.Call, statement) -> None:
         small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
         ok = len(statement.body) == 1 and (
-            (isinstance(small, cst.Assign) and len(small.targets) == 1
-             and isinstance(small.targets[0].target, cst.Name) and small.value is call)
+            (isinstance(small, cst.Assign) and all(isinstance(t.target, cst.Name) for t in small.targets)
+             and small.value is call)
             or (isinstance(small, cst.Return) and (small.value is call or _first_of_tuple(small.value, call))))
         if not ok or len(call.args) != 1 or call.args[0].keyword or call.args[0].star:
             raise Unprovable(self.ctx.line(statement),
@@ -335,12 +345,61 @@ class ResidualFinder:
                 raise Unprovable(self.ctx.line(binding.statement),
                                  "the sublayer is computed in another block than its residual add")
             for use in self.flow.uses(binding):
+                where = self.flow.statement_of(use)
+                if _metadata_read(self.ctx, use):
+                    continue  # its dtype or shape: the same after the rewrite
+                extras = id(use) not in through and _other_items(self.ctx, use, [
+                    n for b, n in branch.through if b is binding])
+                if extras and (_is_return(where) or self._only_returned(where)) and self._after(use, norm_statement):
+                    continue  # returned beside the stream (`attn_outputs[1:]`): the new sublayer's extras
+                if extras and self._collected(where):
+                    continue  # `maps = maps + (attn_outputs[1],)`: kept for the caller, not the stream
                 if id(use) not in through and not self._rebound_first(binding, use):
                     raise Unprovable(self.ctx.line(use), f"the sublayer's intermediate "
                                      f"`{binding.name}` is also read outside the sublayer")
         if self.ctx.parents.get(statement) is not block:
             raise Unprovable(self.ctx.line(statement), "the residual add and its norm are in "
                              "different blocks")
+
+    def _after(self, node, statement) -> bool:
+        return self.ctx.line(node) > self.ctx.lines(statement).stop - 1 and self._loop_of(statement) is None
+
+    def _collected(self, statement) -> bool:
+        """`acc = acc + (item,)` or `acc.append(item)` (alone, or alone under an `if`), where `acc` is
+        read nowhere in the method but in such statements, returns and tuples/lists being built for
+        a return: the item is collected for the caller and never flows back into the stream."""
+        acc = _accumulator(statement)
+        if acc is None:
+            return False
+        for read in find(self.method.body, lambda n: isinstance(n, cst.Name) and n.value == acc):
+            parent = self.ctx.parents.get(read)
+            if isinstance(parent, cst.AssignTarget) or isinstance(parent, cst.Attribute) and parent.attr is read:
+                continue
+            where = self.flow.statement_of(read)
+            if _accumulator(where) == acc or _is_return(where) or self._only_returned(where) \
+                    or self._feeds_returned(where):
+                continue
+            return False
+        return True
+
+    def _feeds_returned(self, statement) -> bool:
+        """`outputs = outputs + (maps,)` (alone or under an `if`) where `outputs` is only returned
+        or grown the same way."""
+        acc = _accumulator(statement)
+        return acc is not None and all(
+            _accumulator(self.flow.statement_of(r)) == acc or _is_return(self.flow.statement_of(r))
+            for r in find(self.method.body, lambda n: isinstance(n, cst.Name) and n.value == acc)
+            if not isinstance(self.ctx.parents.get(r), cst.AssignTarget))
+
+    def _only_returned(self, statement) -> bool:
+        """`outputs = [h] + rest` (or a tuple) whose name is only ever returned as it is."""
+        small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name)
+                and _sequence_sum(small.value)):
+            return False
+        uses = self.flow.uses(Binding(small.targets[0].target.value, small.value, statement))
+        return bool(uses) and all(isinstance(ret := self.flow.statement_of(u), cst.SimpleStatementLine)
+                                  and isinstance(ret.body[0], cst.Return) and ret.body[0].value is u for u in uses)
 
     def _within(self, statement, block) -> bool:
         node = statement
@@ -361,6 +420,13 @@ class ResidualFinder:
         for operand in (add.left, add.right):
             if isinstance(operand, cst.Name) and operand.value in params \
                     and self.flow.definition(operand.value, statement) is None:
+                other = add.right if operand is add.left else add.left
+                opaque = self.flow.definition(other.value, statement) if isinstance(other, cst.Name) else None
+                if isinstance(opaque, OpaqueBinding) and self.flow.contains(opaque.statement):
+                    raise Unprovable(self.ctx.line(opaque.statement), (
+                        f"`{other.value}` is bound by a statement this analysis cannot follow (line "
+                        f"{self.ctx.line(opaque.statement)}), so whether the sublayer reads `{operand.value}` "
+                        "cannot be read"))
                 raise Unprovable(self.ctx.line(statement), (
                     f"post-norm `{self.ctx.code(call)}` adds `{operand.value}`, which the caller "
                     "passes in: the sublayer this residual wraps is computed in another module, "
@@ -369,25 +435,32 @@ class ResidualFinder:
     def _check_norms_accounted(self, found: Sublayers) -> None:
         """A post-norm's output must only feed the next sublayer or be returned."""
         statements = {id(s) for post in found.post for s in post.statements}
+        first_line = min((self.ctx.line(s) for post in found.post for s in post.statements), default=0)
         for post in found.post:
             small = post.statement.body[0]
             if not isinstance(small, cst.Assign):
                 continue
-            binding = Binding(small.targets[0].target.value, small.value, post.statement)
             loop = self._loop_of(post.statement) if isinstance(post.call.func, cst.Subscript) else None
-            for use in self._through_dropout(binding):
+            reads = [use for target in small.targets  # `y = x = norm(...)`: both names hold the output
+                     for use in self._through_dropout(Binding(target.target.value, small.value, post.statement))]
+            for use in reads:
                 where = self.flow.statement_of(use)
-                if id(where) in statements or _is_return(where):
-                    continue
+                if id(where) in statements or (_is_return(where) and len(small.targets) == 1):
+                    continue  # a chained norm's second name may only feed the next sublayer
+                if len(small.targets) == 1 and _first_item(self.ctx, use, where) and self._only_returned(where):
+                    continue  # `outputs = [h] + extras; return outputs`: the stream is returned first
                 if loop is not None and not self._within_node(use, loop):
                     continue  # after the loop over the layers: the stream the final norm will close
+                if loop is not None and self._collected(where) and self.ctx.line(use) < first_line:
+                    continue  # each layer's input kept for the caller at the top of the loop
                 raise Unprovable(self.ctx.line(use), f"the output of `{self.ctx.code(post.call)}` "
                                  "is also read outside the residual stream")
 
     def _through_dropout(self, binding: Binding) -> list[cst.Name]:
-        """The reads of a norm's output, looking through `x = self.drop(x)` right after it: a
-        dropout that rebinds the stream to itself is the stream, not a reader of it."""
-        found = []
+        """The reads of a norm's output, looking through `x = self.drop(x)` right after it (and a
+        padding mask `x *= mask`): a dropout that rebinds the stream to itself is the stream, not a
+        reader of it."""
+        found, masked = [], set()
         for use in self.flow.uses(binding):
             where = self.flow.statement_of(use)
             small = where.body[0] if isinstance(where, cst.SimpleStatementLine) and len(where.body) == 1 else None
@@ -397,9 +470,20 @@ class ResidualFinder:
                     and self.cls.submodule_of(small.value.func, "torch.nn.Dropout") is not None \
                     and len(small.value.args) == 1 and small.value.args[0].value is use:
                 found += self._through_dropout(Binding(binding.name, small.value, where))
+            elif self._masks_stream(small, binding.name):
+                if id(where) not in masked:  # the target and a `.dtype` read: one statement
+                    masked.add(id(where))
+                    found += self._through_dropout(Binding(binding.name, small.value, where))
             else:
                 found.append(use)
         return found
+
+    def _masks_stream(self, small, name: str) -> bool:
+        """`x *= mask.unsqueeze(-1).to(x.dtype)`: the stream scaled elementwise by a value that
+        reads it only for its dtype/shape stays the stream (padding positions zeroed)."""
+        return isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.MultiplyAssign) \
+            and isinstance(small.target, cst.Name) and small.target.value == name \
+            and all(_metadata_read(self.ctx, n) for n in loads(small.value, name))
 
     def _rebound_first(self, binding: Binding, use: cst.Name) -> bool:
         """In a loop body, a read before the binding is reached by it only through the next
@@ -465,6 +549,22 @@ class ResidualFinder:
             raise Unprovable(self.ctx.line(first), "the norms follow several flags: "
                              + ", ".join(f"`self.{f}`" for f in sorted(flags)))
 
+    def _refuse_flag_only(self) -> None:
+        """Every norm of the method applied under `if self.pre_lnorm:` or its `else` (one flag named
+        for the norm position): the block offers both orders, however its residuals are spelled
+        (`FlagChosen` before they are read; a norm its base class builds counts)."""
+        calls = find(self.method, lambda node: isinstance(node, cst.Call) and (
+            self.is_norm(node.func) or inherited_norm(self.ctx, self.cls, node.func)))
+        flags = set()
+        for call in calls:
+            condition = self._condition(call)
+            flag = _position_flag(condition.test) if isinstance(condition, cst.If) else None
+            if flag is None:
+                return
+            flags.add(flag)
+        if len(flags) == 1 and any(self._condition(call).orelse is not None for call in calls):
+            raise FlagChosen(self.ctx.line(calls[0]), f"the norm position follows `self.{flags.pop()}`")
+
     def _optional_post(self, call: cst.Call, condition, found: Sublayers) -> bool:
         """`if enc is not None:` around a whole post-norm sublayer (residual alias, sublayer, add
         and norm, no else): skipped or not, the rewritten sublayer stays inside the same `if`."""
@@ -498,7 +598,12 @@ class ResidualFinder:
         analysis did not read as a residual sublayer (a residual scaled in a temporary, a sum
         built with `+=`, parallel branches) would stay post-norm beside rewritten ones."""
         known = {id(post.call) for post in found.post} | {id(call) for call in found.pre_norms}
+        loops = {id(self._loop_of(post.statement)) for post in found.post}
+        loop = self._loop_of(found.post[0].statement) if len(loops) == 1 else None
         for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+            if loop is not None and self.ctx.line(call) < self.ctx.line(loop) \
+                    and self.flow.statement_of(call) in loop_siblings(self.ctx, loop):
+                continue  # the embeddings' norm before a model's own loop over its layers: kept as is
             if id(call) not in known:
                 raise Unprovable(self.ctx.line(call), (
                     f"the norm `{self.ctx.code(call)}` is not part of a residual sublayer this "
@@ -566,6 +671,82 @@ def _first_of_tuple(value, call: cst.Call) -> bool:
     """`return self.norm(x + y), attn`: the stream is the first item of the returned tuple."""
     return isinstance(value, cst.Tuple) and bool(value.elements) and value.elements[0].value is call \
         and not isinstance(value.elements[0], cst.StarredElement)
+
+
+def loop_siblings(ctx, loop: cst.For) -> list:
+    """The statements of the block the loop itself sits in."""
+    block = ctx.parents.get(loop)
+    return list(block.body) if isinstance(block, cst.IndentedBlock) else []
+
+
+def _other_items(ctx, use: cst.Name, path: list[cst.Name]) -> bool:
+    """The sublayer reads item 0 of a result (`out[0]`) and `use` reads only other items
+    (`out[1]`, `out[1:]`): the extras a sublayer returns beside its output, such as attention maps."""
+    def index(name):
+        parent = ctx.parents.get(name)
+        if not (isinstance(parent, cst.Subscript) and parent.value is name and len(parent.slice) == 1):
+            return None
+        return parent.slice[0].slice
+
+    def literal(node, value=None):
+        return isinstance(node, cst.Integer) and (value is None or node.value == value)
+
+    taken = [index(n) for n in path]
+    if not taken or not all(isinstance(t, cst.Index) and literal(t.value, "0") for t in taken):
+        return False
+    other = index(use)
+    if isinstance(other, cst.Index):
+        return literal(other.value) and other.value.value != "0"
+    return isinstance(other, cst.Slice) and literal(other.lower) and other.lower.value != "0" and other.upper is None
+
+
+def _accumulator(statement) -> str | None:
+    """`acc = acc + (...)`, `acc += (...)` or `acc.append(...)` alone on its line: `acc`."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name) \
+            and isinstance(small.value, cst.BinaryOperation) and isinstance(small.value.operator, cst.Add) \
+            and isinstance(small.value.left, cst.Name) and small.value.left.value == small.targets[0].target.value \
+            and isinstance(small.value.right, (cst.Tuple, cst.List)):
+        return small.targets[0].target.value
+    if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
+            and isinstance(small.target, cst.Name) and isinstance(small.value, (cst.Tuple, cst.List)):
+        return small.target.value
+    if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Attribute) \
+            and small.value.func.attr.value == "append" and isinstance(small.value.func.value, cst.Name):
+        return small.value.func.value.value
+    return None
+
+
+def _sequence_sum(value) -> bool:
+    """`[a, b]`, `(a,)`, `[a] + rest`: a list or tuple display, or one concatenated with more."""
+    if isinstance(value, (cst.List, cst.Tuple)):
+        return True
+    return isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Add) \
+        and isinstance(value.left, (cst.List, cst.Tuple))
+
+
+def _first_item(ctx, use: cst.Name, statement) -> bool:
+    """`use` is the first item of the list/tuple display that starts the statement's value."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    value = small.value if isinstance(small, cst.Assign) else None
+    display = value.left if isinstance(value, cst.BinaryOperation) else value
+    return isinstance(display, (cst.List, cst.Tuple)) and bool(display.elements) \
+        and display.elements[0].value is use and not isinstance(display.elements[0], cst.StarredElement)
+
+
+_SHAPE_OF_ARGUMENT = ("expand_as", "view_as", "reshape_as", "type_as")
+_METADATA = ("shape", "dtype", "device", "size", "dim", "ndim", "ndimension")
+
+
+def _metadata_read(ctx, name: cst.Name) -> bool:
+    """`name` is read only for its shape, dtype or device: `x.shape`, `x.size(1)`, `x.dtype`, or
+    the argument of `y.expand_as(x)` / `view_as` / `reshape_as` / `type_as`."""
+    parent = ctx.parents.get(name)
+    if isinstance(parent, cst.Attribute) and parent.value is name and parent.attr.value in _METADATA:
+        return True
+    call = ctx.parents.get(parent) if isinstance(parent, cst.Arg) else None
+    return isinstance(call, cst.Call) and len(call.args) == 1 and isinstance(call.func, cst.Attribute) \
+        and call.func.attr.value in _SHAPE_OF_ARGUMENT
 
 
 def _is_return(statement) -> bool:

@@ -57,8 +57,9 @@ def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
     """The container is built from instances of `name` only, or from an __init__ parameter that
     the file fills with them (`Encoder([EncoderLayer(...) for _ in range(n)])`): with anything
     else in it (`nn.Sequential(*blocks, nn.Linear(d, n_out))`) its last item is not a block."""
+    choices = class_choices(cls)
     return bool(container.args) and all(
-        _instances_of(arg.value, name) or _filled_with(ctx, cls, arg.value, name)
+        _instances_of(arg.value, name, choices) or _filled_with(ctx, cls, arg.value, name)
         or _appended_locally(ctx, cls, container, arg, name)
         for arg in container.args)
 
@@ -69,7 +70,7 @@ def block_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> 
     places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
         + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
     names = {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
-             if isinstance(node.func, cst.Name)}
+             if isinstance(node.func, cst.Name)} | {n for chosen in class_choices(cls).values() for n in chosen}
     return sorted(name for name in names if _stacks(ctx, cls, container, name))
 
 
@@ -128,18 +129,59 @@ def _changed_later(ctx, cls: "ModuleClass", sub) -> bool:
     return False
 
 
-def _instances_of(expr: cst.BaseExpression, name: str) -> bool:
+def _instances_of(expr: cst.BaseExpression, name: str, choices: dict[str, set[str]] | None = None) -> bool:
     if isinstance(expr, (cst.ListComp, cst.GeneratorExp)):
-        return _is_call_of(expr.elt, name)
+        return _is_call_of(expr.elt, name, choices)
     if isinstance(expr, (cst.List, cst.Tuple)):
-        return bool(expr.elements) and all(_is_call_of(e.value, name) for e in expr.elements)
+        return bool(expr.elements) and all(_is_call_of(e.value, name, choices) for e in expr.elements)
     if isinstance(expr, cst.StarredElement):
-        return _instances_of(expr.value, name)
+        return _instances_of(expr.value, name, choices)
     return False
 
 
-def _is_call_of(expr: cst.BaseExpression, name: str) -> bool:
-    return isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == name
+def _is_call_of(expr: cst.BaseExpression, name: str, choices: dict[str, set[str]] | None = None) -> bool:
+    """`Name(...)`, or `self.<attr>(...)` where `self.<attr>` holds a class chosen among some
+    that include `name` (`self.layer_type = A if flag else B`)."""
+    if not isinstance(expr, cst.Call):
+        return False
+    if isinstance(expr.func, cst.Name):
+        return expr.func.value == name
+    attr = self_attribute(expr.func)
+    return attr is not None and name in (choices or {}).get(attr, ())
+
+
+def class_choices(cls: "ModuleClass") -> dict[str, set[str]]:
+    """`self.<attr> = Block` or `self.<attr> = A if flag else B` in `__init__`, the attribute's only
+    binding in the class: attr -> the class names it may hold. Calling it builds one of them."""
+    init = cls.methods.get("__init__")
+    found: dict[str, set[str]] = {}
+    if init is None:
+        return found
+    writes: dict[str, int] = {}
+    for node in find(cls.node, lambda n: isinstance(n, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign,
+                                                        cst.Del, cst.For, cst.AsName))):
+        target = node.name if isinstance(node, cst.AsName) else node.target
+        for written in find(target, lambda n: self_attribute(n) is not None):
+            writes[self_attribute(written)] = writes.get(self_attribute(written), 0) + 1
+    for statement in find(init.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        small = statement.body[0] if len(statement.body) == 1 else None
+        if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
+            continue
+        attr = self_attribute(small.targets[0].target)
+        names = _class_names(small.value)
+        if attr is not None and names is not None and writes.get(attr) == 1:
+            found[attr] = names
+    return found
+
+
+def _class_names(value: cst.BaseExpression) -> set[str] | None:
+    """`Block` -> {"Block"}; `A if c else B` (nested too) -> {"A", "B"}; else None."""
+    if isinstance(value, cst.Name) and value.value[:1].isupper():
+        return {value.value}
+    if isinstance(value, cst.IfExp):
+        body, orelse = _class_names(value.body), _class_names(value.orelse)
+        return body | orelse if body is not None and orelse is not None else None
+    return None
 
 
 def _param_position(cls: "ModuleClass", param: str) -> int | None:
@@ -204,7 +246,11 @@ def _loop_carried(loop: cst.For) -> str | None:
     targets = [e.value for e in loop.target.elements] if isinstance(loop.target, cst.Tuple) \
         else [loop.target]
     blocks = {t.value for t in targets if isinstance(t, cst.Name)}
-    for statement in loop.body.body:
+    body = list(loop.body.body)
+    for position, statement in enumerate(body):
+        unpacked = _first_of_output(statement, body[position + 1] if position + 1 < len(body) else None, blocks)
+        if unpacked is not None:
+            return unpacked
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
             small = statement.body[0]
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
@@ -217,6 +263,25 @@ def _loop_carried(loop: cst.For) -> str | None:
     return None
 
 
+def _first_of_output(statement, following, blocks: set[str]) -> str | None:
+    """`outputs = block(x, ...)` then `x = outputs[0]` (a block returning a list or tuple whose first
+    item is the stream): the stream variable `x`."""
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    after = following.body[0] if isinstance(following, cst.SimpleStatementLine) and len(following.body) == 1 else None
+    if not (isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name)
+            and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Name)
+            and small.value.func.value in blocks and isinstance(after, cst.Assign) and len(after.targets) == 1
+            and isinstance(after.targets[0].target, cst.Name) and isinstance(after.value, cst.Subscript)):
+        return None
+    holder, variable = small.targets[0].target.value, after.targets[0].target.value
+    index = after.value.slice[0].slice if len(after.value.slice) == 1 else None
+    first = isinstance(index, cst.Index) and isinstance(index.value, cst.Integer) and index.value.value == "0"
+    reads = {n.value for n in loads(small.value, variable)}
+    if first and isinstance(after.value.value, cst.Name) and after.value.value.value == holder and variable in reads:
+        return variable
+    return None
+
+
 def _first_target(target: cst.BaseAssignTargetExpression) -> str | None:
     """`x = layer(x)` -> x; `x, attn = layer(x)` (a block that also returns its attention) -> x."""
     if isinstance(target, cst.Name):
@@ -225,3 +290,29 @@ def _first_target(target: cst.BaseAssignTargetExpression) -> str | None:
             isinstance(e.value, cst.Name) for e in target.elements):
         return target.elements[0].value.value
     return None
+
+
+def stream_read_in_loop(stack: Stack, run: StackRun) -> cst.Name | None:
+    """A read of the carried stream in the loop body after the block call (`outputs.append(x)`):
+    the last block's output is taken there, where the final norm after the loop never reaches."""
+    loop = run.statement
+    if not isinstance(loop, cst.For) or not isinstance(loop.body, cst.IndentedBlock):
+        return None
+    seen_call = False
+    for statement in loop.body.body:
+        if seen_call:
+            reads = loads(statement, run.variable)
+            if reads:
+                return reads[0]
+            if isinstance(statement, cst.SimpleStatementLine) and any(
+                    isinstance(t.target, cst.Name) and t.target.value == run.variable
+                    for small in statement.body if isinstance(small, cst.Assign) for t in small.targets):
+                return None  # rebound: later reads are of something else
+        elif loads(statement, run.variable) and _binds_name(statement, run.variable):
+            seen_call = True
+    return None
+
+
+def _binds_name(statement: cst.CSTNode, name: str) -> bool:
+    small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 else None
+    return isinstance(small, cst.Assign) and len(small.targets) == 1 and _first_target(small.targets[0].target) == name

@@ -166,12 +166,35 @@ def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
     return find(node, lambda n: isinstance(n, cst.Call))
 
 
+def side_by_side(stack) -> int | None:
+    """The line where forward applies the container's items each to its own input, in a
+    comprehension over the container (`[f(o) for f, o in zip(self.ffns, outputs)]`), when no
+    `for` statement iterates it; else None."""
+    from tf_migrate.analysis.names import self_attribute
+    from tf_migrate.analysis.nodes import find
+
+    forward = stack.cls.methods.get("forward")
+    reads = find(forward, lambda n: self_attribute(n) == stack.attr) if forward is not None else []
+    found = None
+    for read in reads:
+        node = stack.fctx.parents.get(read)
+        while node is not None and not isinstance(node, (cst.CompFor, cst.BaseStatement)):
+            node = stack.fctx.parents.get(node)
+        if isinstance(node, cst.For):
+            return None
+        if isinstance(node, cst.CompFor) and found is None:
+            found = stack.fctx.line(node)
+    return found
+
+
 def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"]], analyse,
               find_stacks, find_run) -> tuple[str | None, list]:
     """Every post-norm class reachable from `start` through shared stacks, and the first problem
     (a refused member, a stack with no single run), as `(problem, stacks)`; `stacks` lists
     `(stack, members)` with each member's `(path, fctx, cls, found)`. The answer is the same
     whichever member the question starts from."""
+    from tf_migrate.rules.prenorm.stacks import stream_read_in_loop
+
     queue = list(start)
     seen: set[tuple[str, str]] = set()
     stacks: dict[tuple[str, int], tuple] = {}
@@ -196,6 +219,16 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
             skey = (stack.fctx.project_key, id(stack.statement))
             if skey in stacks:
                 continue
+            if find_run(stack) is None and side_by_side(stack) is not None:
+                return (f"`self.{stack.attr}` of {stack.cls.qualname} ({_where(ctx, stack.fctx)}line "
+                        f"{stack.fctx.line(stack.statement)}) runs its post-norm blocks side by side, each on "
+                        f"its own input (line {side_by_side(stack)}), not one after another: there is no "
+                        "last block whose output a final norm would close"), []
+            collected = stream_read_in_loop(stack, find_run(stack)) if find_run(stack) is not None else None
+            if collected is not None:
+                return (f"the loop over `self.{stack.attr}` of {stack.cls.qualname} ({_where(ctx, stack.fctx)}"
+                        f"line {stack.fctx.line(collected)}) also reads `{collected.value}` after each block: "
+                        "the last block's output is taken there, before the final norm could close it"), []
             if find_run(stack) is None:
                 return (f"the stack `self.{stack.attr}` of {stack.cls.qualname} "
                         f"({_where(ctx, stack.fctx)}line {stack.fctx.line(stack.statement)}) is not run "
@@ -207,6 +240,10 @@ def component(ctx: "FileContext", start: list[tuple["FileContext", "ModuleClass"
                     return (f"{scls.qualname} in the same stack is refused: {sproblem}"), []
                 members.append((path, sfctx, scls, sfound))
                 queue.append((sfctx, scls))
+            last = [m for m in members if m[3] is not None and m[3].post][-1:]
+            chosen = last and chosen_block_problem(stack.fctx, stack, last[0][0], last[0][3].post[-1].norm, analyse)
+            if chosen:
+                return chosen, []
             stacks[skey] = (stack, members)
     return None, list(stacks.values())
 
@@ -285,3 +322,40 @@ def own_norm_of(fctx: "FileContext", cls: "ModuleClass", name: str) -> tuple["Fi
     if found is None or found[1] is cls:
         return None
     return found if own_norm_parameters(*found) is not None else None
+
+
+def chosen_block_problem(fctx: "FileContext", stack, path: str, norm_attr: str, analyse) -> str | None:
+    """Where the stack's block class is chosen at run time (`self.layer_type = A if flag else B`):
+    why the final norm cannot serve every choice, or None. Each choice must be post-norm (or hold
+    post-norm sublayers: a pre-norm choice would gain a norm it never had), and must have
+    `<path>.<norm_attr>` (`self.layers[-1].attn.norm`), the norm the final norm is sized from."""
+    from tf_migrate.rules.prenorm.stacks import block_names
+
+    names = block_names(fctx, stack.cls, stack.cls.submodules[stack.attr].call)
+    prefix = f"self.{stack.attr}[-1]"
+    if len(names) < 2:
+        return None
+    where = f"the blocks of `self.{stack.attr}` of {stack.cls.qualname} are chosen at run time, and"
+    if not path.startswith(prefix):
+        return f"{where} the final norm's source `{path}` is not read from them"
+    steps = [s for s in path[len(prefix):].split(".") if s] + [norm_attr]
+    for name in names:
+        found = resolve_class(fctx, name)
+        if found is None or not _post_norm_within(*found, analyse, 0):
+            return f"{where} {name} is not post-norm: it would gain a final norm it never had"
+        for position, step in enumerate(steps):
+            sub = found[1].submodules.get(step) if found is not None else None
+            if sub is None:
+                return f"{where} {name} has no `{path}.{norm_attr}` to size the final norm from"
+            if position + 1 < len(steps):
+                found = resolve_class(found[0], sub.call.func.value) \
+                    if isinstance(sub.call.func, cst.Name) else None
+    return None
+
+
+def _post_norm_within(fctx: "FileContext", cls: "ModuleClass", analyse, depth: int) -> bool:
+    found, problem = analyse(fctx, cls)
+    if problem or (found is not None and found.post):
+        return True  # a refused member answers for itself elsewhere in the component
+    return depth < 3 and any(_post_norm_within(sfctx, scls, analyse, depth + 1)
+                             for _, sfctx, scls in submodule_classes(fctx, cls))

@@ -1,0 +1,177 @@
+"""Look-ups and caches that replace whole-file scans answer what the scans answered.
+
+Each faster path (issue 20) is compared here with the plain computation it replaced, over the
+fixtures: a cache or index that answered differently would change reports or rewrites silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import sys
+
+import libcst as cst
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import FIXTURES, MODELS, ROOT
+from tf_migrate.analysis import census, dataflow, ffn, nodes
+from tf_migrate.analysis.index import NodeIndex
+from tf_migrate.analysis.nodes import _walk
+from tf_migrate.engine.context import FileContext
+from tf_migrate.engine.lines import _LineMatcher, original_lines
+from tf_migrate.engine.source import split_lines
+
+SOURCES = sorted(FIXTURES.rglob("*.py"))
+MODEL_SOURCES = sorted(MODELS.glob("*.py")) + sorted((FIXTURES / "projects").rglob("*.py"))
+
+
+def _parses(path) -> bool:
+    try:
+        ast.parse(path.read_text())
+        return True
+    except SyntaxError:
+        return False
+
+
+# --- engine/lines.py: the line map's matcher -------------------------------------------------------
+
+def _opcodes(matcher, a, b):
+    return matcher(None, a, b, autojunk=False).get_opcodes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=60), st.lists(st.integers(0, 3), max_size=60), st.sampled_from([1, 2, 4]))
+def test_line_matcher_answers_as_difflib_on_repetitive_sequences(a, b, shortest):
+    saved = _LineMatcher._SMALL, _LineMatcher._SHORTEST
+    _LineMatcher._SMALL, _LineMatcher._SHORTEST = 0, shortest  # every question through the runs
+    try:
+        assert _opcodes(_LineMatcher, a, b) == _opcodes(difflib.SequenceMatcher, a, b)
+    finally:
+        _LineMatcher._SMALL, _LineMatcher._SHORTEST = saved
+
+
+def test_line_matcher_answers_as_difflib_on_a_rewritten_file_of_many_copies():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from growth import n_copies
+
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+
+    text = n_copies((MODELS / "einsum_gpt.py").read_text(), 6)
+    result = migrate_source(text, "copies.py", [rule() for rule in all_rules()])
+    old, new = split_lines(text), split_lines(result.migrated)
+    assert len(old) > 2 * _LineMatcher._SMALL and old != new  # the runs answer the large ranges
+    assert _opcodes(_LineMatcher, old, new) == _opcodes(difflib.SequenceMatcher, old, new)
+    assert _opcodes(_LineMatcher, new, old) == _opcodes(difflib.SequenceMatcher, new, old)
+    line_of = original_lines(text, result.migrated)
+    assert [line_of(n) for n in range(1, len(new) + 1)] == [
+        next(i1 + (n - 1 - j1) + 1 if tag == "equal" else min(i1 + 1, len(old))
+             for tag, i1, _, j1, j2 in _opcodes(difflib.SequenceMatcher, old, new) if j1 <= n - 1 < j2)
+        for n in range(1, len(new) + 1)]
+
+
+# --- analysis/nodes.py: type searches and per-node facts ------------------------------------------
+
+KINDS = [cst.Call, cst.FunctionDef, cst.SimpleStatementLine, (cst.Call, cst.BinaryOperation), cst.Assign]
+
+
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_type_search_answers_as_a_walk(path):
+    text = path.read_text()
+    indexed = cst.parse_module(text)
+    NodeIndex(indexed)  # remembered: `find_types` answers from it
+    plain = cst.parse_module(text)  # in no index: `find_types` walks
+    for module in (indexed, plain):
+        scopes = [module] + [n for n in _walk(module, True) if isinstance(n, (cst.ClassDef, cst.FunctionDef))]
+        for within in scopes:
+            for kinds in KINDS:
+                expected = [n for n in _walk(within, True) if isinstance(n, kinds)]
+                assert nodes.find_types(within, kinds) == expected
+
+
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_binds_answer_as_a_visit(path):
+    module = cst.parse_module(path.read_text())
+    NodeIndex(module)
+    statements = [n for n in _walk(module, True) if isinstance(n, (cst.BaseStatement, cst.IndentedBlock))]
+    for statement in statements:
+        for name in {n.value for n in _walk(statement, True) if isinstance(n, cst.Name)} | {"absent_name"}:
+            visitor = dataflow._Binds(name)
+            nodes.visit(statement, visitor)
+            assert dataflow.binds(statement, name) is visitor.found, (path.name, name)
+
+
+# --- analysis/census.py: callers and arguments by look-up -------------------------------------------
+
+def _every_caller(walker, function):
+    """The scan `Walker._callers` replaced: every call of the file, tested one by one."""
+    name = function.node.name
+    cls = function.cls if walker.is_method(function) else None
+    for call in walker.index.calls:
+        if cls is None:
+            if isinstance(call.func, ast.Name) and call.func.id == name:
+                yield call
+            continue
+        attribute = census.self_attribute(call.func)
+        if attribute is None:
+            continue
+        caller = walker.index.function_of(call)
+        if attribute == name and caller.cls is cls:
+            yield call
+        elif name == "forward" and caller.cls is not None \
+                and caller.cls.constructor(attribute).rsplit(".", 1)[-1] == cls.node.name:
+            yield call
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_callers_and_parameter_owners_answer_as_scans(path):
+    walker = census.Walker(census.FileIndex(ast.parse(path.read_text())))
+    for function in walker.index.functions:
+        if not isinstance(function.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        assert list(walker._callers(function)) == list(_every_caller(walker, function))
+        for parameter in census._arguments(function.node.args):
+            owner = next(f for f in walker.index.functions if isinstance(f.node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and parameter in census._arguments(f.node.args))
+            assert walker._call_tables()[0][id(parameter)] is owner
+
+
+def test_prenorm_stack_lines_answer_as_the_scan_of_every_class():
+    from tf_migrate.rules.prenorm import census as prenorm
+
+    checked = 0
+    for path in (p for p in SOURCES if _parses(p)):
+        index = census.FileIndex(ast.parse(path.read_text()))
+        for block in index.classes:
+            holders = {block.node.name} | {c.node.name for c in index.classes if prenorm._builds(c, {block.node.name})}
+            lines = [line for cls in index.classes for attribute in cls.attributes
+                     if prenorm._built_names(index, cls, attribute) & holders
+                     for line in prenorm._loops_over(cls, attribute)]
+            assert prenorm._stack_lines(index, block) == tuple(sorted(set(lines))), (path.name, block.qualname)
+            checked += bool(lines)
+    assert checked  # some fixture runs a stack of blocks
+
+
+# --- analysis/ffn.py: block questions answered once per class -------------------------------------
+
+def _built_beside_project_attention(ctx, name):
+    """The search of every function per class that `ffn._functions_calling` replaced."""
+    for function in [n for n in _walk(ctx.module, True) if isinstance(n, cst.FunctionDef)]:
+        if any(isinstance(c, cst.Call) and isinstance(c.func, cst.Name) and c.func.value == name
+               for c in _walk(function, True)) and ffn._find_project_attention(ctx, function):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_block_questions_answer_as_the_searches_they_replaced(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    attention = ffn.attention_classes(ctx)
+    for cls in ctx.module_classes:
+        name = cls.node.name.value
+        assert ffn._built_beside_project_attention(ctx, name) == _built_beside_project_attention(ctx, name)
+        assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)
+        assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)  # answered from the memo
