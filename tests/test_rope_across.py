@@ -462,3 +462,30 @@ def test_a_stack_of_layers_its_model_passes_in(extra: str, outcome: str, reason:
     assert component.outcome == outcome, component.reason
     assert reason in component.reason
     assert ("q = apply_rotary(q)" in results["net.py"].migrated) == (outcome == "migrated")
+
+
+@pytest.mark.parametrize("extra, outcome, reason", [
+    ("", "migrated", ""),
+    ("\n\nclass Other(nn.Module):\n    def __init__(self, width):\n        super().__init__()\n"
+     "        self.stack = Stack([make_layer(width)])\n", "refused",
+     "passes `layers` as something other than modules it builds there"),
+])
+def test_layers_kept_only_when_given_are_followed_too(extra: str, outcome: str, reason: str,
+                                                       tmp_path: Path) -> None:
+    """`self.layers = nn.ModuleList(layers) if layers is not None else None` keeps a constructor
+    argument as much as the plain form: its layers are followed (or the component refused), never
+    left out of sight."""
+    from project_support import write_project
+
+    net = (_STACKED + extra).replace(
+        "self.layers = nn.ModuleList(layers)",
+        "self.layers = nn.ModuleList(layers) if layers is not None else None")
+    assert "if layers is not None else None" in net
+    project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/embed.py": _EMBED, "pkg/net.py": net})
+    rules = [rule() for rule in select_rules(["TFM401"])]
+    results = {name: migrate_source((tmp_path / "pkg" / name).read_text(), str(tmp_path / "pkg" / name), rules,
+                                    project) for name in ("embed.py", "net.py")}
+    [component] = results["embed.py"].components
+    assert component.outcome == outcome, component.reason
+    assert reason in component.reason
+    assert ("q = apply_rotary(q)" in results["net.py"].migrated) == (outcome == "migrated")

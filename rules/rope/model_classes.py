@@ -95,6 +95,9 @@ def _closure(project, root: Where) -> list[Where]:
 
 def _passed(value, params: set[str]) -> list[str]:
     """The constructor parameters `_passes_parameter` found kept in `value`."""
+    if isinstance(value, cst.IfExp):
+        return [name for side in (value.body, value.orelse) if _passes_parameter(side, params)
+                for name in _passed(side, params)]
     if isinstance(value, cst.Name):
         return [value.value]
     head = value.func.value if isinstance(value.func, cst.Name) else value.func.attr.value
@@ -156,7 +159,10 @@ def _built_in(fctx, expr) -> list[Where] | None:
 
 
 def _passes_parameter(value, params: set[str]) -> bool:
-    """`self.x = layer`, `self.x = clones(layer, n)`: a constructor argument named like a module."""
+    """`self.x = layer`, `self.x = clones(layer, n)`: a constructor argument named like a module
+    (also one side of `... if layers is not None else None`)."""
+    if isinstance(value, cst.IfExp):
+        return _passes_parameter(value.body, params) or _passes_parameter(value.orelse, params)
     if isinstance(value, cst.Name):
         return value.value in params and _modulish(value.value)
     if isinstance(value, cst.Call) and isinstance(value.func, (cst.Name, cst.Attribute)):
