@@ -20,7 +20,6 @@ class for self- and cross-attention). What one file then does: across_fixes.py.
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -109,7 +108,7 @@ def _groups(project) -> list[list[Added]]:
 
 def _all_additions(project) -> Iterator[Added]:
     from tf_migrate.rules.rope.census import tables
-    from tf_migrate.rules.rope.tree import _imported, _walker, exports_of
+    from tf_migrate.rules.rope.tree import _walker, exports_of, imported_uses
 
     files = sorted(project.files)
     exported: dict[tuple[str, str], Source] = {}
@@ -144,14 +143,7 @@ def _all_additions(project) -> Iterator[Added]:
             if not export.two_d:
                 exported[(path, name)] = Source(path, name, export.kind, export.start)
     shorts = {name.rsplit(".", 1)[-1] for _, name in exported}
-    for path in files:
-        text = project.text(path)
-        if text is None or not any(re.search(rf"\b{re.escape(s)}\b", text) for s in shorts):
-            continue
-        walk = _walker(project, path)
-        if walk is None:
-            continue
-        uses = project.memo(("rope.imported", path), lambda: list(_imported(project, path, walk)))
+    for path, walk, uses in imported_uses(project, files, shorts):
         for use in uses:
             source = exported.get((use.source.path, use.source.name))
             if use.factory or source is None or source.path == path:

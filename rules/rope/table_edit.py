@@ -82,13 +82,16 @@ def _why_not(fctx, cls, method, added: Added) -> None:
         if fctx.line(statement) != added.line:
             continue
         for node in find(statement, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign))):
-            if isinstance(node, cst.AugAssign):
-                sides = (node.value,) if isinstance(node.operator, cst.AddAssign) else ()
-            else:
-                sides = (node.left, node.right) if isinstance(node.operator, cst.Add) else ()
-            for side in sides:
+            for side in _added_sides(node):
                 binding = _bound_read(fctx, method, side, statement)
                 _table_read(fctx, cls, binding.value if binding else side, added.source)
+
+
+def _added_sides(node) -> tuple:
+    """The operands an addition adds: both sides of `a + b`, the value of `x += b`; none otherwise."""
+    if isinstance(node, cst.AugAssign):
+        return (node.value,) if isinstance(node.operator, cst.AddAssign) else ()
+    return (node.left, node.right) if isinstance(node.operator, cst.Add) else ()
 
 
 def _bound_read(fctx, method, expr, statement):
@@ -115,11 +118,8 @@ def _adding_statements(fctx, cls, method, source: Source) -> list[cst.SimpleStat
         if len(statement.body) != 1:
             continue
         for node in find(statement, lambda n: isinstance(n, (cst.BinaryOperation, cst.AugAssign))):
-            if isinstance(node, cst.AugAssign):
-                sides = (node.value,) if isinstance(node.operator, cst.AddAssign) else ()
-            else:
-                sides = (node.left, node.right) if isinstance(node.operator, cst.Add) else ()
-            bound = [(b.value if (b := _bound_read(fctx, method, side, statement)) else side) for side in sides]
+            bound = [(b.value if (b := _bound_read(fctx, method, side, statement)) else side)
+                     for side in _added_sides(node)]
             if any(_quiet_read(fctx, cls, side, source) for side in bound):
                 found.append(statement)
                 break

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from tf_migrate.analysis.census import FileIndex, Walker, dotted, self_attribute, walker
 
@@ -133,6 +134,18 @@ def imported_additions(ctx: "FileContext") -> list[Use]:
     return ctx.memo("rope.imported", lambda: list(_imported(ctx.project, ctx.project_key, walker(ctx))))
 
 
+def imported_uses(project, paths, names) -> Iterator[tuple[str, Walker, list[Use]]]:
+    """Each file of `paths` that names one of `names` (exported tables, by their last part), its
+    walker, and the additions of imported tables it makes (computed once per file)."""
+    for path in paths:
+        text = project.text(path)
+        if text is None or not any(re.search(rf"\b{re.escape(name)}\b", text) for name in names):
+            continue
+        walk = _walker(project, path)
+        if walk is not None:
+            yield path, walk, project.memo(("rope.imported", path), lambda: list(_imported(project, path, walk)))
+
+
 def _imported(project, here: str, walk: Walker):
     from tf_migrate.rules.rope.census import (_not_tokens, following, is_addition, return_sites,
                                               two_d_reason)
@@ -184,16 +197,7 @@ def first_user(ctx: "FileContext", table) -> User | None:
     here = ctx.project_key
     exported = {(f.cls.qualname if f.cls is not None else f.qualname) for f in table.exports}
     short = {name.rsplit(".", 1)[-1] for name in exported}
-    for path in sorted(project.files):
-        if path == here:
-            continue
-        text = project.text(path)
-        if text is None or not any(name in text for name in short):
-            continue
-        other = _walker(project, path)
-        if other is None:
-            continue
-        uses = project.memo(("rope.imported", path), lambda: list(_imported(project, path, other)))
+    for path, other, uses in imported_uses(project, (p for p in sorted(project.files) if p != here), short):
         for use in uses:
             if use.source.path == here and use.source.name in exported:
                 line = other.index.statement_of(use.addition).lineno
