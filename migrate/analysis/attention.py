@@ -20,7 +20,7 @@ from tf_migrate.analysis.mask_helpers import UnknownHelper, in_place_triangle
 from tf_migrate.analysis.dataflow import (
     Binding, Definition, FunctionFlow, GuardedBinding, OpaqueBinding, binds, read_names,
 )
-from tf_migrate.analysis.nodes import body_nodes, find
+from tf_migrate.analysis.nodes import find, find_types
 from tf_migrate.analysis.names import argument, int_value, method_call, number_value, self_attribute
 from tf_migrate.analysis.shapes import Shapes
 
@@ -149,7 +149,8 @@ class AttentionMatcher:
         self.allow_returned = False
 
     def candidates(self) -> Iterator[tuple[cst.BaseExpression, cst.BaseStatement]]:
-        for node in body_nodes(self.function):
+        # only these two node types can be products (`_product_operands`): a look-up, not a walk
+        for node in find_types(self.function.body, (cst.BinaryOperation, cst.Call), into_scopes=False):
             if _product_operands(self.ctx, node) is not None:
                 statement = self.flow.statement_of(node)
                 if statement is not None:
@@ -782,7 +783,7 @@ def _escaping_names(ctx: "FileContext", function: cst.FunctionDef) -> set[str]:
     """Names another scope can read: `global`/`nonlocal` ones, and "locals()" if the function
     hands out its whole namespace (`locals()`, `vars()`)."""
     found: set[str] = set()
-    for node in body_nodes(function):
+    for node in find_types(function.body, (cst.Global, cst.Nonlocal, cst.Call), into_scopes=False):
         if isinstance(node, (cst.Global, cst.Nonlocal)):
             found.update(item.name.value for item in node.names)
         elif isinstance(node, cst.Call) and ctx.names.builtin(node.func) in ("builtins.locals", "builtins.vars") and not node.args:

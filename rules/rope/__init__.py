@@ -21,7 +21,7 @@ from tf_migrate.analysis.model_graph import model_parts, outside_users
 from tf_migrate.analysis.nodes import walk
 from tf_migrate.plan import ClassPlan
 from tf_migrate.rules.rope.position_models import model_of
-from tf_migrate.rules.rope.positions import Addition, find_additions
+from tf_migrate.rules.rope.positions import Addition, file_additions
 from tf_migrate.rules.rope.rotary import RotarySite, sites_in, sources
 from tf_migrate.rules.rope.rotary_code import alibi_insertions, insertions, remove_addition
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
@@ -103,7 +103,7 @@ class SinusoidalToRotary(Rule):
         findings = list(self._check(ctx)) if any(t in ctx.text for t in ("sin(", "sin_(")) else []
         findings += across_findings(ctx, self.code, float(self.settings["base"]),
                                     self.settings["positions"] == "alibi")
-        handled = {ctx.line(a.statement) for a in find_additions(ctx)} if findings else set()
+        handled = {ctx.line(a.statement) for a in file_additions(ctx)} if findings else set()
         unmatched = list(_unmatched_refusals(ctx, self.code, findings, handled))
         # a refusal the table now points to is said once, at the table (the component's line)
         answered = {id(answer) for _, answer in unmatched if answer is not None}
@@ -111,7 +111,7 @@ class SinusoidalToRotary(Rule):
         yield from (refusal for refusal, _ in unmatched)
 
     def _check(self, ctx) -> Iterator[Finding]:
-        additions = [a for a in find_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
+        additions = [a for a in file_additions(ctx) if not ctx.suppressed(self.code, a.statement)]
         if not additions:
             return
         base = float(self.settings["base"])  # checked in __init__

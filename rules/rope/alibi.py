@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused
-from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.analysis.nodes import find_types
 from tf_migrate.rules.rope.callers import key_query_evidence
 from tf_migrate.rules.rope.rotary import sources
 
@@ -64,7 +64,7 @@ def alibi_sites(ctx: "FileContext", cls: "ModuleClass") -> list[AlibiSite]:
     found = []
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
-        for node in body_nodes(method):
+        for node in find_types(method.body, (cst.Call, cst.BinaryOperation), into_scopes=False):
             if isinstance(node, cst.Call) and ctx.names.callee(node) == SDPA:
                 found.append(_site(ctx, matcher, method, node))
             elif isinstance(node, cst.Call) and ctx.names.callee(node) in _PRODUCTS or (

@@ -18,7 +18,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import read_names
 from tf_migrate.analysis.names import method_call, number_value, self_attribute
-from tf_migrate.analysis.nodes import find, walk
+from tf_migrate.analysis.nodes import find_types, walk
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -49,10 +49,17 @@ class Addition:
     table: Table
 
 
+def file_additions(ctx: "FileContext") -> list[Addition]:
+    """Every addition of the file, found once per file version (the rule's check asks twice)."""
+    return ctx.memo("rope.additions", lambda: list(find_additions(ctx)))
+
+
 def find_additions(ctx: "FileContext") -> Iterator[Addition]:
     for cls in ctx.module_classes:
         for method in cls.methods.values():
-            for node in find(method.body, _is_add, into_scopes=False):
+            for node in find_types(method.body, cst.BinaryOperation, into_scopes=False):
+                if not isinstance(node.operator, cst.Add):
+                    continue
                 for table_side, other in ((node.right, node.left), (node.left, node.right)):
                     table = _table_of(ctx, cls, method, table_side)
                     if table is not None:
@@ -60,10 +67,6 @@ def find_additions(ctx: "FileContext") -> Iterator[Addition]:
                         if statement is not None:
                             yield Addition(cls, method, node, statement, other, table)
                         break
-
-
-def _is_add(node: cst.CSTNode) -> bool:
-    return isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)
 
 
 def _statement(ctx: "FileContext", node: cst.CSTNode) -> cst.SimpleStatementLine | None:

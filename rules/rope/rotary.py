@@ -15,7 +15,7 @@ import libcst as cst
 from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, OpaqueBinding, binds, loads, read_names
 from tf_migrate.analysis.names import int_value, method_call
-from tf_migrate.analysis.nodes import body_nodes, find
+from tf_migrate.analysis.nodes import find, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -47,7 +47,7 @@ def sites_in(ctx: "FileContext", cls: "ModuleClass", entry: bool = False) -> lis
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
         here = [_site(ctx, matcher.flow, method, *pair, entry=entry) for pair in
-                (_operands(ctx, matcher, node) for node in body_nodes(method)) if pair is not None]
+                (_operands(ctx, matcher, node) for node in _products_and_calls(method)) if pair is not None]
         if not here and _looks_like_attention(ctx, method):
             raise Refused(ctx.line(method), f"`{cls.qualname}.{method.name.value}` multiplies tensors and "
                           "takes a softmax, but tf-migrate cannot find its q and k",
@@ -57,8 +57,23 @@ def sites_in(ctx: "FileContext", cls: "ModuleClass", entry: bool = False) -> lis
 
 
 def _looks_like_attention(ctx: "FileContext", method: cst.FunctionDef) -> bool:
-    code = ctx.code(method)
-    return any(word in code for word in _SOFTMAX_WORDS) and any(_is_product(n, ctx) for n in body_nodes(method))
+    return any(_is_product(n, ctx) for n in _products_and_calls(method)) and _mentions_softmax(ctx, method)
+
+
+def _products_and_calls(function: cst.FunctionDef) -> list[cst.CSTNode]:
+    """The nodes of the function's own body that can be a product or a call (`_operands` and
+    `_is_product` answer None / False for every other node), in source order."""
+    return find_types(function.body, (cst.BinaryOperation, cst.Call), into_scopes=False)
+
+
+def _mentions_softmax(ctx: "FileContext", function: cst.FunctionDef) -> bool:
+    """Whether the function's code spells softmax: printed once per function and file version, not
+    once per product (`_feeds_softmax`) and again per class (`_looks_like_attention`)."""
+    known = ctx.memo("rope.mentions_softmax", dict)
+    if id(function) not in known:
+        code = ctx.code(function)
+        known[id(function)] = any(word in code for word in _SOFTMAX_WORDS)
+    return known[id(function)]
 
 
 def _operands(ctx, matcher: AttentionMatcher, node):
@@ -66,8 +81,10 @@ def _operands(ctx, matcher: AttentionMatcher, node):
     if isinstance(node, cst.Call) and ctx.names.callee(node) == SDPA and len(node.args) >= 2:
         statement = matcher.flow.statement_of(node)
         return (*(_peel(ctx, matcher, a.value, statement) for a in node.args[:2]), statement)
+    if not _is_product(node, ctx):
+        return None
     statement = matcher.flow.statement_of(node)
-    if statement is None or not _is_product(node, ctx):
+    if statement is None:
         return None
     found = matcher.score_operands(node, statement)
     if found is None or not _feeds_softmax(ctx, matcher, statement):
@@ -128,8 +145,7 @@ def _is_product(node, ctx) -> bool:
 
 def _feeds_softmax(ctx, matcher: AttentionMatcher, statement) -> bool:
     """Scores of softmax attention, not of linear attention or a plain bilinear form."""
-    code = ctx.code(matcher.function)
-    return any(word in code for word in _SOFTMAX_WORDS)
+    return _mentions_softmax(ctx, matcher.function)
 
 
 def _peel(ctx, matcher, expr, statement):

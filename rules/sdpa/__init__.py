@@ -17,7 +17,7 @@ from tf_migrate.rules.sdpa.escapes import escaped_probabilities
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
 from tf_migrate.analysis.modules import ModuleClass
-from tf_migrate.analysis.nodes import body_nodes
+from tf_migrate.analysis.nodes import find_types
 from tf_migrate.plan import ClassPlan
 from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal, Rule
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
@@ -150,7 +150,8 @@ class EinsumAttentionToSdpa(Rule):
                 named: list[Refusal] | None = None) -> Iterator[Finding]:
         matcher = AttentionMatcher(ctx, cls, method)
         matcher.allow_returned = free or method.name.value == "forward"
-        if any(ctx.names.callee(node) == SDPA for node in body_nodes(method)):
+        own_calls = find_types(method.body, cst.Call, into_scopes=False)
+        if any(ctx.names.callee(node) == SDPA for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():

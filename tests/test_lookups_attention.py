@@ -1,0 +1,94 @@
+"""TFM101 / TFM401 look-ups answer what the walks they replaced answered (issue 20).
+
+The rules' per-method questions (products, SDPA calls, softmax spellings, the table additions)
+used to walk every node of every method; they now read type slices of the remembered index and
+per-file memos. Compared here with the plain walks over every fixture that parses.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import libcst as cst
+import pytest
+
+from helpers import FIXTURES
+from tf_migrate.analysis.nodes import _walk, body_nodes, find_types
+from tf_migrate.engine.context import FileContext
+from tf_migrate.rules.rope import positions, rotary
+
+SOURCES = sorted(FIXTURES.rglob("*.py"))
+
+
+def _parses(path) -> bool:
+    try:
+        ast.parse(path.read_text())
+        return True
+    except SyntaxError:
+        return False
+
+
+PARSED = [p for p in SOURCES if _parses(p)]
+_OWN_KINDS = [(cst.BinaryOperation, cst.Call), cst.Call, (cst.Global, cst.Nonlocal, cst.Call), cst.BinaryOperation]
+
+
+def _context(path) -> FileContext:
+    text = path.read_text()
+    return FileContext(cst.parse_module(text), str(path), text)
+
+
+def _functions(ctx) -> list[cst.FunctionDef]:
+    return [n for n in _walk(ctx.module, True) if isinstance(n, cst.FunctionDef)]
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_own_body_type_slices_answer_as_the_body_walk(path):
+    ctx = _context(path)
+    ctx.index  # remembered: `find_types` answers from it
+    for function in _functions(ctx):
+        for kinds in _OWN_KINDS:
+            assert find_types(function.body, kinds, into_scopes=False) == [
+                n for n in body_nodes(function) if isinstance(n, kinds)]
+
+
+def _plain_additions(ctx):
+    """The walk `find_additions` did before: every node of each method's own body, `+` kept."""
+    for cls in ctx.module_classes:
+        for method in cls.methods.values():
+            for node in _walk(method.body, False):
+                if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
+                    continue
+                for table_side, other in ((node.right, node.left), (node.left, node.right)):
+                    table = positions._table_of(ctx, cls, method, table_side)
+                    if table is not None:
+                        statement = positions._statement(ctx, node)
+                        if statement is not None:
+                            yield cls, method, node, statement, other, table.buffer, table.statements
+                        break
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_table_additions_answer_as_the_method_walk(path):
+    ctx = _context(path)
+    ctx.index
+    found = positions.file_additions(ctx)
+    assert positions.file_additions(ctx) is found  # the second question is answered from the memo
+    expected = list(_plain_additions(ctx))
+    assert len(found) == len(expected)
+    for addition, (cls, method, node, statement, other, buffer, statements) in zip(found, expected):
+        assert (addition.cls, addition.method, addition.node, addition.statement, addition.other) == (
+            cls, method, node, statement, other)
+        assert addition.table.buffer == buffer and addition.table.statements == statements
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_softmax_spelling_and_products_answer_as_the_printed_method(path):
+    ctx = _context(path)
+    ctx.index
+    for function in _functions(ctx):
+        code = ctx.code(function)
+        printed = any(word in code for word in ("softmax", "Softmax"))
+        assert rotary._mentions_softmax(ctx, function) is printed
+        assert rotary._mentions_softmax(ctx, function) is printed  # from the memo
+        products = any(rotary._is_product(n, ctx) for n in body_nodes(function))
+        assert rotary._looks_like_attention(ctx, function) is (printed and products)
