@@ -13,6 +13,7 @@ import libcst as cst
 import pytest
 
 from helpers import FIXTURES
+from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.nodes import _walk, body_nodes, find_types
 from tf_migrate.engine.context import FileContext
 from tf_migrate.rules.rope import positions, rotary
@@ -92,3 +93,11 @@ def test_softmax_spelling_and_products_answer_as_the_printed_method(path):
         assert rotary._mentions_softmax(ctx, function) is printed  # from the memo
         products = any(rotary._is_product(n, ctx) for n in body_nodes(function))
         assert rotary._looks_like_attention(ctx, function) is (printed and products)
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_callees_answer_as_the_resolver(path):
+    ctx = _context(path)
+    every = list(_walk(ctx.module, True))
+    for _ in range(2):  # the second round is answered from the memo
+        assert [callee(ctx, n) for n in every] == [ctx.names.callee(n) for n in every]

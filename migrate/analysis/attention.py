@@ -112,6 +112,18 @@ class Attention:
     notes: list[str] = field(default_factory=list)
 
 
+def callee(ctx: "FileContext", node: cst.CSTNode) -> str | None:
+    """`ctx.names.callee(node)`, resolved once per call and file version: TFM101 and TFM401 ask it of
+    every call of every method several times (an SDPA call? a product? a built-in layer?)."""
+    if not isinstance(node, cst.Call):
+        return None
+    known = ctx.memo("attention.callee", dict)
+    key = id(node)  # the module keeps the node alive as long as the context (and this memo) lives
+    if key not in known:
+        known[key] = ctx.names.callee(node)
+    return known[key]
+
+
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `a.matmul(b)`,
     `a.bmm(b)`, `einsum(s, a, b)`."""
@@ -119,16 +131,16 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
         return "matmul", node.left, node.right, None
     if not isinstance(node, cst.Call) or any(a.star for a in node.args):
         return None
-    callee = ctx.names.callee(node)
+    name = callee(ctx, node)
     values = [a.value for a in node.args if a.keyword is None]
-    if callee in ("torch.matmul", "torch.bmm") and len(values) == 2:
-        return callee.split(".")[-1], values[0], values[1], None
-    if callee == "torch.baddbmm" and len(values) == 3:
+    if name in ("torch.matmul", "torch.bmm") and len(values) == 2:
+        return name.split(".")[-1], values[0], values[1], None
+    if name == "torch.baddbmm" and len(values) == 3:
         return "baddbmm", values[1], values[2], None  # beta * input + alpha * (b1 @ b2): see _Chain._baddbmm
     receiver = method_call(node, "matmul", "bmm")
-    if receiver is not None and callee is None and len(node.args) == 1 and len(values) == 1:
+    if receiver is not None and name is None and len(node.args) == 1 and len(values) == 1:
         return node.func.attr.value, receiver, values[0], None  # `a.matmul(b)`, `a.bmm(b)`
-    if callee == "torch.einsum" and len(values) == 3 and isinstance(values[0], cst.SimpleString):
+    if name == "torch.einsum" and len(values) == 3 and isinstance(values[0], cst.SimpleString):
         spec = einsum.parse(values[0].evaluated_value)
         if spec is not None:
             return "einsum", values[1], values[2], spec

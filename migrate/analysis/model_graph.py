@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.names import self_attribute
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -43,15 +44,15 @@ def model_parts(ctx: "FileContext", root: "ModuleClass") -> ModelParts:
         if cls in parts.classes:
             continue
         parts.classes.append(cls)
-        for call in find(cls.node, _is_call):
-            if ctx.names.callee(call) == _FUNCTIONAL_ATTENTION:
+        for call in find_types(cls.node, cst.Call):
+            if callee(ctx, call) == _FUNCTIONAL_ATTENTION:
                 parts.builtin.append((_FUNCTIONAL_ATTENTION, ctx.line(call)))
         init = cls.methods.get("__init__")
-        for call in find(init, _is_call) if init is not None else []:
+        for call in find_types(init, cst.Call) if init is not None else []:
             if isinstance(call.func, cst.Name) and call.func.value in by_name:
                 pending.append(by_name[call.func.value])
                 continue
-            name = ctx.names.callee(call)
+            name = callee(ctx, call)
             if name in BUILTIN_ATTENTION:
                 parts.builtin.append((name, ctx.line(call)))
             elif name and _is_class_name(name) and not name.startswith("torch.") and _builds_submodule(ctx, call):
@@ -63,15 +64,11 @@ def _is_class_name(qualified: str) -> bool:
     return qualified.rsplit(".", 1)[-1][:1].isupper()  # CapWords: a class, not `math.sqrt`
 
 
-def _is_call(node: cst.CSTNode) -> bool:
-    return isinstance(node, cst.Call)
-
-
 def _builds_submodule(ctx: "FileContext", call: cst.Call) -> bool:
     """`self.x = Foreign(...)`, or `Foreign(...)` inside an nn container."""
     current = ctx.parents.get(call)
     while current is not None and not isinstance(current, cst.SimpleStatementLine):
-        if isinstance(current, cst.Call) and ctx.names.callee(current) in _CONTAINERS:
+        if callee(ctx, current) in _CONTAINERS:
             return True
         if isinstance(current, cst.Assign):
             return any(self_attribute(t.target) for t in current.targets) and current.value is call
