@@ -13,6 +13,7 @@ import libcst as cst
 import pytest
 
 from helpers import FIXTURES
+from tf_migrate.analysis import dataflow
 from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.nodes import _walk, body_nodes, find_types
 from tf_migrate.engine.context import FileContext
@@ -101,3 +102,40 @@ def test_remembered_callees_answer_as_the_resolver(path):
     every = list(_walk(ctx.module, True))
     for _ in range(2):  # the second round is answered from the memo
         assert [callee(ctx, n) for n in every] == [ctx.names.callee(n) for n in every]
+
+
+def _plain_table_statements(function, user, seed):
+    """`positions.table_statements` as it was: every statement's names read again per question."""
+    body = positions._top_level(function)
+    if user not in body:
+        return None
+    names = dataflow.read_names(seed) - {"self"}
+    while True:
+        more = set(names)
+        for statement in body[:body.index(user)]:
+            if (positions._defines(statement) or set()) & names:
+                more |= dataflow.read_names(statement) - {"self"}
+        if more == names:
+            break
+        names = more
+    while True:
+        chosen = [s for s in body if s is not user and (positions._defines(s) or {""}) <= names]
+        chosen_ids = {id(s) for s in chosen}
+        keep = {n for n in names if all(
+            id(s) in chosen_ids or (n not in dataflow.read_names(s) and n not in (positions._defines(s) or set()))
+            for s in body if s is not user)}
+        if keep == names:
+            return chosen
+        names = keep
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_table_statements_answer_as_the_repeated_reads(path):
+    ctx = _context(path)
+    ctx.index
+    for function in _functions(ctx):
+        for user in positions._top_level(function):
+            seeds = [n for n in _walk(user, False) if isinstance(n, (cst.Name, cst.Attribute, cst.Call))][:3]
+            for seed in seeds:
+                assert positions.table_statements(function, user, seed) == \
+                    _plain_table_statements(function, user, seed)

@@ -146,12 +146,19 @@ def table_statements(function, user: cst.CSTNode | None, seed: cst.CSTNode) -> l
     body = _top_level(function)
     if user not in body:
         return None
+    reads: dict[int, set[str]] = {}  # each statement's names, read once (the shrink asks per name)
+
+    def read(statement) -> set[str]:
+        if id(statement) not in reads:
+            reads[id(statement)] = read_names(statement)
+        return reads[id(statement)]
+
     names = read_names(seed) - {"self"}
     while True:  # grow: everything the seed names are computed from
         more = set(names)
         for statement in body[:body.index(user)]:
             if (_defines(statement) or set()) & names:
-                more |= read_names(statement) - {"self"}
+                more |= read(statement) - {"self"}
         if more == names:
             break
         names = more
@@ -159,7 +166,7 @@ def table_statements(function, user: cst.CSTNode | None, seed: cst.CSTNode) -> l
         chosen = [s for s in body if s is not user and (_defines(s) or {""}) <= names]
         chosen_ids = {id(s) for s in chosen}
         keep = {n for n in names if all(
-            id(s) in chosen_ids or (n not in read_names(s) and n not in (_defines(s) or set()))
+            id(s) in chosen_ids or (n not in read(s) and n not in (_defines(s) or set()))
             for s in body if s is not user)}
         if keep == names:
             return chosen
