@@ -103,8 +103,8 @@ def _choose_mask(ctx, found: Attention, call: SdpaCall) -> None:
         call.block_mask = (blocked[0], name, masks.allowed(ctx, blocked[0].expr))
         call.attn_mask = name
         return
-    _refuse_empty_rows(ctx, found, terms)
-    if len(terms) == 1 and terms[0].guard is None and _causal(ctx, found, terms[0], call):
+    triangles = _refuse_empty_rows(ctx, found, terms)
+    if len(terms) == 1 and terms[0].guard is None and _causal(ctx, found, terms[0], call, triangles[0]):
         call.is_causal = True
         return
     for term in terms:
@@ -178,17 +178,21 @@ def _block_mask_edits(term: Mask, name: str, allowed: str) -> dict[Any, Any]:
     return {inner: assigned, term.block: before}
 
 
-def _refuse_empty_rows(ctx, found: Attention, terms: list[Mask]) -> None:
+def _refuse_empty_rows(ctx, found: Attention, terms: list[Mask]) -> list[masks.Triangle | None]:
     """A triangle that hides the diagonal too leaves the first (or last) query with no key at all,
-    for every input: the original averages v there (or gives NaN), SDPA gives zeros."""
+    for every input: the original averages v there (or gives NaN), SDPA gives zeros. Returns the
+    triangle of each fill term (None for the others), read once for `_causal` too."""
     reader = masks.MaskReader(found.shapes)
+    triangles = []
     for term in terms:
         triangle = reader.triangle(term.expr, term.at) if term.kind == "fill" else None
+        triangles.append(triangle)
         if triangle is not None and triangle.region in ("j>=i", "i>=j"):
             row = "first" if triangle.region == "j>=i" else "last"
             raise Refused(ctx.line(term.at), f"the mask `{ctx.code(term.expr)}` hides the diagonal too: "
                           f"the {row} query sees no key, where SDPA returns zeros and the original "
                           "does not", "keep this attention, or let each query see itself")
+    return triangles
 
 
 def _bias_with_fills(ctx, found: Attention, call: SdpaCall, added: list[Mask], fills: list[Mask]) -> None:
@@ -237,11 +241,12 @@ def _paren(code: str, needed: bool) -> str:
     return f"({code})" if needed else code
 
 
-def _causal(ctx, found: Attention, term: Mask, call: SdpaCall) -> bool:
-    """A lower-triangular mask over provably equal query and key lengths."""
+def _causal(ctx, found: Attention, term: Mask, call: SdpaCall, filled: masks.Triangle | None) -> bool:
+    """A lower-triangular mask over provably equal query and key lengths (`filled`: the triangle
+    of a fill term, as `_refuse_empty_rows` read it)."""
     reader = masks.MaskReader(found.shapes)
     if term.kind == "fill":
-        triangle = reader.triangle(term.expr, term.at)
+        triangle = filled
         if triangle is None or triangle.region != "j>i":
             return False
     else:
