@@ -150,11 +150,14 @@ def _imported(project, here: str, walk: Walker):
     from tf_migrate.rules.rope.census import (_not_tokens, following, is_addition, return_sites,
                                               two_d_reason)
 
+    resolved: dict[str, list] = {}  # the same name at module level of `here`: resolved once
     for call in walk.index.calls:
         name = dotted(call.func)
         if not name or name.split(".")[0] == "self":
             continue
-        for symbol in project.resolve_dotted(here, name):
+        if name not in resolved:
+            resolved[name] = project.resolve_dotted(here, name)
+        for symbol in resolved[name]:
             if symbol.kind not in ("function", "class") or symbol.path is None:
                 continue
             factory: list[str] | None = None
