@@ -139,3 +139,18 @@ def test_table_statements_answer_as_the_repeated_reads(path):
             for seed in seeds:
                 assert positions.table_statements(function, user, seed) == \
                     _plain_table_statements(function, user, seed)
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_constructor_arguments_answer_as_the_scan_of_every_call(path):
+    from tf_migrate.analysis import census
+    from tf_migrate.rules.rope import tree
+
+    walk = census.Walker(census.FileIndex(ast.parse(path.read_text())))
+    for info in walk.index.classes:
+        init = info.methods.get("__init__")
+        for parameter in (init.args.args[1:] if isinstance(init, ast.FunctionDef) else []):
+            scanned = next((value for call in walk.index.calls
+                            if isinstance(call.func, ast.Name) and call.func.id == info.node.name
+                            for value in [tree._argument(call, info.node, parameter)] if value is not None), None)
+            assert tree._constructed_with(walk, info.node, parameter) is scanned
