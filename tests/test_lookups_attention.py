@@ -154,3 +154,18 @@ def test_constructor_arguments_answer_as_the_scan_of_every_call(path):
                             if isinstance(call.func, ast.Name) and call.func.id == info.node.name
                             for value in [tree._argument(call, info.node, parameter)] if value is not None), None)
             assert tree._constructed_with(walk, info.node, parameter) is scanned
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_submodule_owners_answer_as_the_scan_of_every_class(path):
+    from tf_migrate.rules.rope import position_models
+
+    ctx = _context(path)
+    ctx.index
+    for module in ctx.module_classes:
+        every = position_models._instantiations(ctx, module)
+        scanned = [(cls, sub) for cls in ctx.module_classes for sub in cls.submodules.values() if sub.call in every]
+        found = [owner for call in every for owner in position_models._submodule_owners(ctx).get(id(call), ())]
+        assert len(found) == len(scanned)
+        if len(every) == 1:  # the only case `_user` reads the pairs themselves
+            assert found == scanned

@@ -56,7 +56,7 @@ def _instantiations(ctx: "FileContext", module: "ModuleClass") -> list[cst.Call]
 def _user(ctx: "FileContext", module: "ModuleClass") -> "ModuleClass":
     """The one class that builds `module` as `self.x = Module(...)` and feeds it token embeddings."""
     every = _instantiations(ctx, module)
-    owners = [(cls, sub) for cls in ctx.module_classes for sub in cls.submodules.values() if sub.call in every]
+    owners = [owner for call in every for owner in _submodule_owners(ctx).get(id(call), ())]
     if len(owners) != 1 or len(every) != 1:
         where = ", ".join(str(ctx.line(c)) for c in every) or "nowhere in this file"
         raise Refused(ctx.line(module.node), f"`{module.qualname}` is instantiated at line(s) {where}, not "
@@ -71,3 +71,17 @@ def _user(ctx: "FileContext", module: "ModuleClass") -> "ModuleClass":
                 raise Refused(ctx.line(call), f"`{ctx.code(call)}` does not apply the positions to token "
                               "embeddings tf-migrate can trace", "")
     return cls
+
+
+def _submodule_owners(ctx: "FileContext") -> dict[int, list[tuple["ModuleClass", object]]]:
+    """id of a constructor call -> the (class, submodule) pairs it builds, once per file version
+    (each addition's model asked every class of the file)."""
+    def compute():
+        table: dict[int, list] = {}
+        for cls in ctx.module_classes:
+            for sub in cls.submodules.values():
+                if sub.call is not None:
+                    table.setdefault(id(sub.call), []).append((cls, sub))
+        return table
+
+    return ctx.memo("rope.submodule_owners", compute)
