@@ -169,3 +169,18 @@ def test_submodule_owners_answer_as_the_scan_of_every_class(path):
         assert len(found) == len(scanned)
         if len(every) == 1:  # the only case `_user` reads the pairs themselves
             assert found == scanned
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_a_file_alone_has_no_constructor_argument_tables(path, tmp_path):
+    """`argument_additions` stops before its walk when the run holds no other file; the walk itself,
+    made to run by an empty second file, finds nothing there either."""
+    from tf_migrate.rules.rope import tree
+
+    alone = _context(path)
+    assert tree.argument_additions(alone) == []
+    walked = _context(path)
+    other = tmp_path / "other.py"
+    other.write_text("")
+    walked.project.files = walked.project.files | {str(other)}
+    assert list(tree._argument_additions(walked)) == []

@@ -333,6 +333,8 @@ def argument_additions(ctx: "FileContext") -> list[Use]:
 def _argument_additions(ctx: "FileContext"):
     from tf_migrate.rules.rope.census import is_addition, sides
 
+    if not ctx.project.files - {ctx.project_key}:
+        return  # `_passed_tables` reads only the other files of the run: a file alone has none
     walk = walker(ctx)
     for node in ast.walk(walk.index.tree):
         if not is_addition(walk, node):
