@@ -2,7 +2,8 @@
 
 The rules' per-method questions (products, SDPA calls, softmax spellings, the table additions)
 used to walk every node of every method; they now read type slices of the remembered index and
-per-file memos. Compared here with the plain walks over every fixture that parses.
+per-file memos (callees, the calls of a class by name, the owners of submodule calls). Each is
+compared here with the plain walk or scan over every fixture that parses.
 """
 
 from __future__ import annotations
@@ -18,17 +19,7 @@ from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.nodes import _walk, body_nodes, find_types
 from tf_migrate.engine.context import FileContext
 from tf_migrate.rules.rope import positions, rotary
-
-SOURCES = sorted(FIXTURES.rglob("*.py"))
-
-
-def _parses(path) -> bool:
-    try:
-        ast.parse(path.read_text())
-        return True
-    except SyntaxError:
-        return False
-
+from test_lookups import SOURCES, _parses
 
 PARSED = [p for p in SOURCES if _parses(p)]
 _OWN_KINDS = [(cst.BinaryOperation, cst.Call), cst.Call, (cst.Global, cst.Nonlocal, cst.Call), cst.BinaryOperation]
