@@ -175,3 +175,48 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
         assert ffn._built_beside_project_attention(ctx, name) == _built_beside_project_attention(ctx, name)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)  # answered from the memo
+
+
+# --- analysis/nodes.py, scopes.py: per-node facts carried across a fix ------------------------------
+
+def _migrated_checking_facts(path, monkeypatch) -> int:
+    """Runs every rule over `path` with each remembered fact (`nodes.cached`: a scope's bindings, a
+    statement's bound names) compared with a fresh computation; returns how many answers came from
+    an earlier version of the file (the index of the rewritten module did not hold them yet)."""
+    from tf_migrate.analysis import scopes
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+
+    carried = 0
+    real = nodes.cached
+
+    def checked(node, kind, compute):
+        nonlocal carried
+        holding = [index for index in nodes._INDEXES if node in index]
+        earlier = [index.facts[kind][id(node)] for index in holding[1:]
+                   if id(node) in index.facts.get(kind, {})] if holding and id(node) not in \
+            holding[0].facts.get(kind, {}) else []
+        answer = real(node, kind, compute)
+        carried += any(answer is known for known in earlier)
+        assert answer == compute(node), (path.name, kind, type(node).__name__)
+        return answer
+
+    monkeypatch.setattr(scopes, "cached", checked)
+    monkeypatch.setattr(dataflow, "cached", checked)
+    result = migrate_source(path.read_text(), str(path), [rule() for rule in all_rules()])
+    assert not [e for e in result.errors if "internal error" in e]
+    return carried
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_facts_carried_across_fixes_answer_as_fresh_computations(path, monkeypatch):
+    _migrated_checking_facts(path, monkeypatch)
+
+
+def test_facts_of_unchanged_scopes_are_carried_across_fixes(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from growth import n_copies
+
+    path = tmp_path / "copies.py"
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
+    assert _migrated_checking_facts(path, monkeypatch) > 0
