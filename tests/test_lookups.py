@@ -220,3 +220,62 @@ def test_facts_of_unchanged_scopes_are_carried_across_fixes(tmp_path, monkeypatc
     path = tmp_path / "copies.py"
     path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
     assert _migrated_checking_facts(path, monkeypatch) > 0
+
+
+# --- analysis/index.py: an index built from the earlier version's ----------------------------------
+
+def _index_tables(index):
+    return (index.parents, list(index._position.items()), index._nodes, index._scope, index._by_type,
+            index._names, index._attributes, index._calls, index._end, index.shared)
+
+
+def _migrated_checking_indexes(path, monkeypatch) -> int:
+    """Runs every rule over `path`, comparing each index built from an earlier version's with the
+    plain walk of the same module; returns how many blocks were copied."""
+    from tf_migrate.analysis import index as index_module
+    from tf_migrate.engine import context
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+
+    copied = 0
+    real_copy = NodeIndex._copy
+
+    def counted(self, *args):
+        nonlocal copied
+        copied += 1
+        return real_copy(self, *args)
+
+    class Checked(NodeIndex):
+        def __init__(self, root, earlier=None):
+            super().__init__(root, earlier)
+            if earlier is not None:
+                assert _index_tables(self) == _index_tables(NodeIndex(root)), path.name
+
+    monkeypatch.setattr(index_module.NodeIndex, "_copy", counted)
+    monkeypatch.setattr(context, "NodeIndex", Checked)
+    result = migrate_source(path.read_text(), str(path), [rule() for rule in all_rules()])
+    assert not [e for e in result.errors if "internal error" in e]
+    return copied
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_index_built_from_the_earlier_version_answers_as_a_walk(path, monkeypatch):
+    _migrated_checking_indexes(path, monkeypatch)
+
+
+def test_index_of_a_rewritten_file_copies_unchanged_subtrees(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from growth import n_copies
+
+    path = tmp_path / "copies.py"
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
+    assert _migrated_checking_indexes(path, monkeypatch) > 0
+
+
+def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
+    module = cst.parse_module((MODELS / "einsum_gpt.py").read_text())
+    earlier = NodeIndex(module)
+    big = max(module.body, key=lambda statement: len(earlier.below(statement)))
+    twice = module.with_changes(body=[*module.body, big])  # one object in two places, as a fix may leave it
+    index = NodeIndex(twice, earlier)
+    assert index.shared and _index_tables(index) == _index_tables(NodeIndex(twice))

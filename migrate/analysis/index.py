@@ -18,10 +18,22 @@ from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 _SCOPE_TYPES = frozenset(_SCOPES)
+# Subtrees this small are walked again rather than copied: a copy looks up every node type.
+_SMALLEST_COPY = 24
 
 
 class NodeIndex:
-    def __init__(self, root: cst.CSTNode) -> None:
+    def __init__(self, root: cst.CSTNode, earlier: "NodeIndex | None" = None) -> None:
+        """`earlier`: the index of a version of the file that this one was rewritten from. A fix
+        keeps the subtrees it does not change, and each is copied from there as a block (positions
+        shifted) instead of being walked again."""
+        self._build(root, earlier if earlier is not None and not earlier.shared else None)
+        if self.shared and earlier is not None:  # a node in two places: walked as the plain build does
+            self._build(root, None)
+        if not self.shared:
+            remember(self)
+
+    def _build(self, root: cst.CSTNode, earlier: "NodeIndex | None") -> None:
         self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
         self._position: dict[cst.CSTNode, int] = {}
         self._nodes: list[cst.CSTNode] = []
@@ -33,12 +45,18 @@ class NodeIndex:
         self._end: list[int] = []  # per position: one past the last position of its subtree
         self.shared = False  # whether some node object sits in two places (a fix reused it)
         self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
+        reused = earlier._position if earlier is not None else {}
         stack: list[tuple[cst.CSTNode | None, int]] = [(root, -1)]
         while stack:
             node, scope = stack.pop()
             if node is None:  # the subtree that started at position `scope` is complete
                 self._end[scope] = len(self._nodes)
                 continue
+            if node in reused:
+                start = reused[node]
+                if earlier._end[start] - start >= _SMALLEST_COPY:
+                    self._copy(earlier, start, scope)
+                    continue
             at = len(self._nodes)
             self._position[node] = at
             self._nodes.append(node)
@@ -63,8 +81,40 @@ class NodeIndex:
                     self.shared = True
             stack.append((None, at))
             stack.extend((child, scope) for child in reversed(below))
-        if not self.shared:
-            remember(self)
+
+    def _copy(self, earlier: "NodeIndex", start: int, scope: int) -> None:
+        """Append the subtree at `earlier`'s position `start` (its root's parent is recorded already),
+        under the def/class/lambda at position `scope` of this index."""
+        end = earlier._end[start]
+        at = len(self._nodes)
+        shift = at - start
+        block = earlier._nodes[start:end]
+        self._nodes.extend(block)
+        self._position.update(zip(block, range(at, at + len(block))))
+        self._end.extend([e + shift for e in earlier._end[start:end]])
+        self._scope.extend([s + shift if s >= start else scope for s in earlier._scope[start:end]])
+        inner = block[1:]
+        before = len(self.parents)
+        self.parents.update(zip(inner, map(earlier.parents.__getitem__, inner)))
+        if len(self.parents) != before + len(inner):
+            self.shared = True  # some node of the block was placed already
+        for kind, positions in earlier._by_type.items():
+            first, last = bisect_left(positions, start), bisect_left(positions, end)
+            if first == last:
+                continue
+            found = positions[first:last]
+            self._by_type.setdefault(kind, []).extend([p + shift for p in found])
+            if kind is cst.Name:
+                for p in found:
+                    self._names.setdefault(earlier._nodes[p].value, []).append(p + shift)
+            elif kind is cst.Attribute:
+                for p in found:
+                    self._attributes.setdefault(earlier._nodes[p].attr.value, []).append(p + shift)
+            elif kind is cst.Call:
+                for p in found:
+                    func = earlier._nodes[p].func
+                    if type(func) is cst.Name:
+                        self._calls.setdefault(func.value, []).append(p + shift)
 
     def __contains__(self, node: object) -> bool:
         return node in self._position
