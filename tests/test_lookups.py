@@ -177,72 +177,38 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)  # answered from the memo
 
 
-# --- analysis/nodes.py, scopes.py: per-node facts carried across a fix ------------------------------
-
-def _migrated_checking_facts(path, monkeypatch) -> int:
-    """Runs every rule over `path` with each remembered fact (`nodes.cached`: a scope's bindings, a
-    statement's bound names) compared with a fresh computation; returns how many answers came from
-    an earlier version of the file (the index of the rewritten module did not hold them yet)."""
-    from tf_migrate.analysis import scopes
-    from tf_migrate.engine.file import migrate_source
-    from tf_migrate.engine.registry import all_rules
-
-    carried = 0
-    real = nodes.cached
-
-    def checked(node, kind, compute):
-        nonlocal carried
-        holding = [index for index in nodes._INDEXES if node in index]
-        earlier = [index.facts[kind][id(node)] for index in holding[1:]
-                   if id(node) in index.facts.get(kind, {})] if holding and id(node) not in \
-            holding[0].facts.get(kind, {}) else []
-        answer = real(node, kind, compute)
-        carried += any(answer is known for known in earlier)
-        assert answer == compute(node), (path.name, kind, type(node).__name__)
-        return answer
-
-    monkeypatch.setattr(scopes, "cached", checked)
-    monkeypatch.setattr(dataflow, "cached", checked)
-    result = migrate_source(path.read_text(), str(path), [rule() for rule in all_rules()])
-    assert not [e for e in result.errors if "internal error" in e]
-    return carried
-
-
-@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
-def test_facts_carried_across_fixes_answer_as_fresh_computations(path, monkeypatch):
-    _migrated_checking_facts(path, monkeypatch)
-
-
-def test_facts_of_unchanged_scopes_are_carried_across_fixes(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from growth import n_copies
-
-    path = tmp_path / "copies.py"
-    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
-    assert _migrated_checking_facts(path, monkeypatch) > 0
-
-
-# --- analysis/index.py: an index built from the earlier version's ----------------------------------
+# --- analysis/nodes.py, scopes.py, index.py: what a fix leaves unchanged is carried across it --------
 
 def _index_tables(index):
     return (index.parents, list(index._position.items()), index._nodes, index._scope, index._by_type,
             index._names, index._attributes, index._calls, index._end, index.shared)
 
 
-def _migrated_checking_indexes(path, monkeypatch) -> int:
-    """Runs every rule over `path`, comparing each index built from an earlier version's with the
-    plain walk of the same module; returns how many blocks were copied."""
-    from tf_migrate.analysis import index as index_module
+def _migrated_checking_carried(path, monkeypatch) -> dict[str, int]:
+    """Runs every rule over `path`, comparing each remembered fact (`nodes.cached`: a scope's
+    bindings, a statement's bound names) with a fresh computation and each index built from an
+    earlier version's with the plain walk of the same module. Returns how many facts came from an
+    earlier version (the newest index did not hold them yet) and how many index blocks were copied."""
+    from tf_migrate.analysis import scopes
     from tf_migrate.engine import context
     from tf_migrate.engine.file import migrate_source
     from tf_migrate.engine.registry import all_rules
 
-    copied = 0
-    real_copy = NodeIndex._copy
+    counts = {"facts": 0, "blocks": 0}
+    real_cached, real_copy = nodes.cached, NodeIndex._copy
+
+    def checked(node, kind, compute):
+        holding = [index for index in nodes._INDEXES if node in index]
+        earlier = [index.facts[kind][id(node)] for index in holding[1:]
+                   if id(node) in index.facts.get(kind, {})] if holding and id(node) not in \
+            holding[0].facts.get(kind, {}) else []
+        answer = real_cached(node, kind, compute)
+        counts["facts"] += any(answer is known for known in earlier)
+        assert answer == compute(node), (path.name, kind, type(node).__name__)
+        return answer
 
     def counted(self, *args):
-        nonlocal copied
-        copied += 1
+        counts["blocks"] += 1
         return real_copy(self, *args)
 
     class Checked(NodeIndex):
@@ -251,25 +217,28 @@ def _migrated_checking_indexes(path, monkeypatch) -> int:
             if earlier is not None:
                 assert _index_tables(self) == _index_tables(NodeIndex(root)), path.name
 
-    monkeypatch.setattr(index_module.NodeIndex, "_copy", counted)
+    monkeypatch.setattr(scopes, "cached", checked)
+    monkeypatch.setattr(dataflow, "cached", checked)
+    monkeypatch.setattr(NodeIndex, "_copy", counted)
     monkeypatch.setattr(context, "NodeIndex", Checked)
     result = migrate_source(path.read_text(), str(path), [rule() for rule in all_rules()])
     assert not [e for e in result.errors if "internal error" in e]
-    return copied
+    return counts
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
-def test_index_built_from_the_earlier_version_answers_as_a_walk(path, monkeypatch):
-    _migrated_checking_indexes(path, monkeypatch)
+def test_facts_and_index_carried_across_fixes_answer_as_fresh_computations(path, monkeypatch):
+    _migrated_checking_carried(path, monkeypatch)
 
 
-def test_index_of_a_rewritten_file_copies_unchanged_subtrees(tmp_path, monkeypatch):
+def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from growth import n_copies
 
     path = tmp_path / "copies.py"
     path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
-    assert _migrated_checking_indexes(path, monkeypatch) > 0
+    counts = _migrated_checking_carried(path, monkeypatch)
+    assert counts["facts"] > 0 and counts["blocks"] > 0
 
 
 def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
