@@ -248,3 +248,25 @@ def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
     twice = module.with_changes(body=[*module.body, big])  # one object in two places, as a fix may leave it
     index = NodeIndex(twice, earlier)
     assert index.shared and _index_tables(index) == _index_tables(NodeIndex(twice))
+
+
+# --- analysis/names.py: what a name stands for, remembered per node ---------------------------------
+
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_imported_names_answer_as_resolution(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    names = ctx.names
+    asked = [n for n in _walk(ctx.module, True) if isinstance(n, (cst.Name, cst.Attribute))]
+    for _ in range(2):  # the second round answers from the memo
+        for node in asked:
+            assert names.imported(node) == names._imported_name(node)
+
+
+def test_remembered_imported_names_are_not_confused_by_passing_nodes():
+    """Nodes built for one question and dropped: their ids come back for other objects."""
+    text = "import torch\nimport torch.nn.functional as F\n"
+    names = FileContext(cst.parse_module(text), "t.py", text).names
+    spellings = ["torch.softmax", "F.relu", "unknown.thing", "torch.nn.Linear", "F", "print"] * 50
+    expected = {s: names._imported_name(cst.parse_expression(s)) for s in set(spellings)}
+    assert [names.imported(cst.parse_expression(s)) for s in spellings] == [expected[s] for s in spellings]
