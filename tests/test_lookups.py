@@ -19,6 +19,7 @@ from helpers import FIXTURES, MODELS, ROOT
 from tf_migrate.analysis import census, dataflow, ffn, nodes
 from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.nodes import _walk
+from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.engine.context import FileContext
 from tf_migrate.engine.lines import _LineMatcher, original_lines
 from tf_migrate.engine.source import split_lines
@@ -175,3 +176,48 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
         assert ffn._built_beside_project_attention(ctx, name) == _built_beside_project_attention(ctx, name)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)  # answered from the memo
+
+
+def _find_project_attention(ctx, init):
+    """The search `ffn._owner_context` shortened: every class the function builds is asked of the
+    project's own context of its file (the analysed file parsed a second time), not of `ctx`."""
+    for call in [n for n in _walk(init, True) if isinstance(n, cst.Call) and isinstance(n.func, cst.Name)]:
+        for symbol in symbols_of(ctx, call.func):
+            owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+            if owner is not None and owner is not ctx and symbol.qualname in ffn._direct_attention(owner):
+                return True
+    return False
+
+
+def _assert_project_attention_as_the_search(ctx):
+    for function in [n for n in _walk(ctx.module, True) if isinstance(n, cst.FunctionDef)]:
+        assert ffn._find_project_attention(ctx, function) == _find_project_attention(ctx, function), \
+            (ctx.path, ctx.line(function))
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_own_file_classes_answer_as_the_projects_second_parse(path):
+    text = path.read_text()
+    _assert_project_attention_as_the_search(FileContext(cst.parse_module(text), str(path), text))
+
+
+@pytest.mark.parametrize("path", [p for p in MODEL_SOURCES if "Linear" in p.read_text() and "class " in p.read_text()],
+                         ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_own_file_classes_answer_as_the_projects_second_parse_after_earlier_rules(path, monkeypatch):
+    """After earlier rules' fixes the analysed module is the fixed tree, not a parse of its text."""
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+    from tf_migrate.rules.swiglu import FeedForwardToSwiGLU
+
+    asked = []
+    check = FeedForwardToSwiGLU.check
+
+    def checked(self, ctx):
+        _assert_project_attention_as_the_search(ctx)
+        asked.append(ctx.text)
+        return check(self, ctx)
+
+    monkeypatch.setattr(FeedForwardToSwiGLU, "check", checked)
+    text = path.read_text()
+    result = migrate_source(text, str(path), [rule() for rule in all_rules()])
+    assert not result.errors and asked

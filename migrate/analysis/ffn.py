@@ -27,6 +27,7 @@ from tf_migrate.analysis.legacy_attention import classifier_softmaxes
 from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
+from tf_migrate.analysis.project.index import absolute
 from tf_migrate.analysis.nodes import children, find, find_types
 
 if TYPE_CHECKING:
@@ -704,10 +705,30 @@ def _find_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
     for call in _calls_and_ops(init):
         if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
             for symbol in symbols_of(ctx, call.func):
-                owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
-                if owner is not None and owner is not ctx and symbol.qualname in _direct_attention(owner):
+                owner = _owner_context(ctx, symbol.path) if symbol.kind == "class" and symbol.path else None
+                if owner is not None and symbol.qualname in _direct_attention(owner):
                     return True
     return False
+
+
+def _owner_context(ctx: "FileContext", path: str) -> "FileContext | None":
+    """The context that answers for a class defined in `path`: the project's context of that file,
+    None when there is none or when it is `ctx` itself.
+
+    A file analysed by the engine is in the project too (at its current text): its project context
+    would be a second parse of the same text, analysed once more. `ctx` answers for it instead
+    (same text, same path, so the same answers); a context the project made stays excluded.
+    """
+    project = ctx.project
+    if not ctx.memo("ffn.from_project", lambda: False) and absolute(path) == ctx.project_key \
+            and project.text(ctx.project_key) == ctx.text:
+        project.summary(path)  # the read `project.context` records
+        return ctx
+    owner = project.context(path)
+    if owner is None or owner is ctx:
+        return None
+    owner.memo("ffn.from_project", lambda: True)
+    return owner
 
 
 def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
@@ -789,6 +810,7 @@ def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
         other = project.context(path)
         if other is None:
             continue
+        other.memo("ffn.from_project", lambda: True)
         for calls in other.memo("ffn.calls_by_function", lambda o=other: _calls_by_function(o)):
             ours = [c for c in calls if c.func.value == name and _is_class(other, c.func, here, cls.qualname)]
             if ours and any(_builds_attention(other, c) for c in calls if c.func.value != name):
@@ -817,6 +839,8 @@ def _builds_attention(ctx: "FileContext", call: cst.Call) -> bool:
         return True
     for symbol in symbols_of(ctx, call.func):
         owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+        if owner is not None:
+            owner.memo("ffn.from_project", lambda: True)
         if owner is not None and symbol.qualname in owner.memo("ffn.attention", lambda o=owner: attention_classes(o)):
             return True
     return False
