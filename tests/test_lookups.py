@@ -221,3 +221,26 @@ def test_own_file_classes_answer_as_the_projects_second_parse_after_earlier_rule
     text = path.read_text()
     result = migrate_source(text, str(path), [rule() for rule in all_rules()])
     assert not result.errors and asked
+
+
+def _chain_facts(pairs):
+    return [(id(f.activation), id(f.gate_input), f.first, f.second,
+             [(b.name, id(b.value), id(b.statement), id(t.reads[id(b)])) for b in t.followed]) for f, t in pairs]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_chains_and_split_activations_answer_as_the_searches(path):
+    """Each caller of `ffn._chains` gets fresh copies of what the first search found."""
+    from tf_migrate.analysis.dataflow import FunctionFlow
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for cls in ctx.module_classes:
+        for method in cls.methods.values():
+            flow = FunctionFlow(ctx, method)
+            first, again = list(ffn._chains(ctx, cls, flow, method)), list(ffn._chains(ctx, cls, flow, method))
+            assert _chain_facts(first) == _chain_facts(again) == _chain_facts(ffn._find_chains(ctx, cls, flow, method))
+            assert all(a[0] is not b[0] and a[0].first is not b[0].first and a[1] is not b[1]
+                       for a, b in zip(first, again))
+            assert list(ffn.split_activations(ctx, cls, method)) == list(ffn._split_activations(ctx, cls, method))
+            assert list(ffn.split_activations(ctx, cls, method)) == list(ffn._split_activations(ctx, cls, method))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
@@ -307,6 +307,22 @@ def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
 
 
 def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
+    """Every `second(drop(act(first(x))))` chain of `method`, with the tracer that followed it.
+
+    Found once per method (the rule's check, its split question, the census and the block
+    question each ask): every caller gets its own copies, which `_check_input` and the fix
+    writer change."""
+    known = ctx.memo("ffn.chains", dict)
+    key = (cls.node, method)
+    if key not in known:
+        known[key] = list(_find_chains(ctx, cls, flow, method))
+    for found, tracer in known[key]:
+        copy = _Tracer(ctx, flow)
+        copy.followed, copy.reads = list(tracer.followed), dict(tracer.reads)
+        yield FeedForward(cls, replace(found.first), replace(found.second), found.activation, found.gate_input), copy
+
+
+def _find_chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
     for node in _calls_and_ops(method.body):
         second = projection(ctx, cls, node)
         if second is not None:
@@ -318,7 +334,15 @@ def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[t
 
 def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[cst.Call]:
     """Activations of a Linear's output with no second projection in this method (an MLP head's
-    activation has one, which changes the width)."""
+    activation has one, which changes the width). Found once per method (the check and the census ask)."""
+    known = ctx.memo("ffn.split_activations", dict)
+    key = (cls.node, method)
+    if key not in known:
+        known[key] = list(_split_activations(ctx, cls, method))
+    return iter(known[key])
+
+
+def _split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[cst.Call]:
     flow = FunctionFlow(ctx, method)
     heads = {id(found.activation) for found, _ in _chains(ctx, cls, flow, method)
              if _changes_width(ctx, cls, found.first, found.second)}
