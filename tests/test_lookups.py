@@ -265,3 +265,28 @@ def test_callee_questions_answer_as_resolving_every_call(path):
         for names in _WANTED:
             assert ffn._callee_in(ctx, call, names) == (ctx.names.callee(call) in names), (ctx.line(call), names)
 
+
+def _called_names_walk(ctx):
+    """The whole-module walk `ffn._called_names` replaced: function -> the names its calls name."""
+    found, stack = {}, [(ctx.module, ())]
+    while stack:
+        node, owners = stack.pop()
+        if isinstance(node, cst.FunctionDef):
+            found[node] = set()
+            owners = owners + (found[node],)
+        elif isinstance(node, cst.Call) and owners:
+            called = {node.func.value} if isinstance(node.func, cst.Name) else set()
+            if ctx.names.callee(node) == "torch.nn.MultiheadAttention":
+                called.add(ffn._BUILDS_MHA)
+            for names in owners:
+                names |= called
+        stack.extend((child, owners) for child in nodes.children(node))
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_called_names_answer_as_the_walk(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    walked = _called_names_walk(ctx)
+    assert ffn._called_names(ctx) == [walked[f] for f in nodes.find_types(ctx.module, cst.FunctionDef)]

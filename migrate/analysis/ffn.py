@@ -29,7 +29,7 @@ from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
 from tf_migrate.analysis.project.index import absolute
-from tf_migrate.analysis.nodes import children, find, find_types
+from tf_migrate.analysis.nodes import find, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -917,22 +917,17 @@ _BUILDS_MHA = "<nn.MultiheadAttention>"
 
 def _called_names(ctx: "FileContext") -> list[set[str]]:
     """Per function of the file, the plain names it calls, nested functions' calls included (and
-    whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). One walk."""
-    found: list[set[str]] = []
+    whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). Read from the
+    per-function calls the block questions keep, not from a walk of the whole module."""
     mha_named = "MultiheadAttention" in ctx.text  # else no call can resolve to it: skip resolving
-    stack: list[tuple[cst.CSTNode, tuple[set[str], ...]]] = [(ctx.module, ())]
-    while stack:
-        node, owners = stack.pop()
-        if isinstance(node, cst.FunctionDef):
-            found.append(set())
-            owners = owners + (found[-1],)
-        elif isinstance(node, cst.Call) and owners:
-            called = {node.func.value} if isinstance(node.func, cst.Name) else set()
-            if mha_named and ctx.names.callee(node) == "torch.nn.MultiheadAttention":
-                called.add(_BUILDS_MHA)
-            for names in owners:
-                names |= called
-        stack.extend((child, owners) for child in children(node))
+    found: list[set[str]] = []
+    calls_by_function = ctx.memo("ffn.calls_by_function", lambda: _calls_by_function(ctx))
+    for function, calls in zip(find_types(ctx.module, cst.FunctionDef), calls_by_function):
+        called = {c.func.value for c in calls}
+        if mha_named and any(isinstance(c, cst.Call) and _callee_in(ctx, c, ("torch.nn.MultiheadAttention",))
+                             for c in _calls_and_ops(function)):
+            called.add(_BUILDS_MHA)
+        found.append(called)
     return found
 
 
