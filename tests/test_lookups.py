@@ -290,3 +290,18 @@ def test_called_names_answer_as_the_walk(path):
     ctx = FileContext(cst.parse_module(text), str(path), text)
     walked = _called_names_walk(ctx)
     assert ffn._called_names(ctx) == [walked[f] for f in nodes.find_types(ctx.module, cst.FunctionDef)]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_init_value_tables_answer_as_the_search_of_init(path):
+    from tf_migrate.analysis import activations
+    from tf_migrate.analysis.symbols import init_values
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for cls in ctx.module_classes:
+        init = cls.methods.get("__init__")
+        assigned = {a.attr.value for a in _walk(init, True) if isinstance(a, cst.Attribute)} if init else set()
+        for attribute in sorted(assigned | set(cls.submodules) | {"<none>"}):
+            assert activations._init_values(ctx, cls, attribute) == init_values(cls, attribute), (cls.qualname, attribute)
+
