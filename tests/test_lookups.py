@@ -305,3 +305,18 @@ def test_init_value_tables_answer_as_the_search_of_init(path):
         for attribute in sorted(assigned | set(cls.submodules) | {"<none>"}):
             assert activations._init_values(ctx, cls, attribute) == init_values(cls, attribute), (cls.qualname, attribute)
 
+
+@pytest.mark.parametrize("path", MODEL_SOURCES + sorted((FIXTURES / "swiglu").glob("*.py")),
+                         ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_swiglu_class_searches_answer_as_a_walk(path):
+    """The type searches of TFM301's replay and layer-list questions (`find_types` inside methods
+    and inside an `if`'s body) list what a walk lists, in its order."""
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    ctx.index  # remembered: `find_types` answers from it
+    for cls in ctx.module_classes:
+        for method in cls.methods.values():
+            within = [method] + [n.body for n in _walk(method, True) if isinstance(n, cst.If)]
+            for node in within:
+                for kind in (cst.Call, cst.For, cst.If, cst.Assign):
+                    assert nodes.find_types(node, kind) == [n for n in _walk(node, True) if isinstance(n, kind)]
