@@ -91,3 +91,52 @@ def _built_names_scan_values_only(cls, attribute: str) -> set[str]:
     return {n.func.id for v in cls.attributes.get(attribute, ()) for n in ast.walk(v)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
 
+
+# --- rules/fused_qkv/projections.py: references from outside a class --------------------------------
+
+def _foreign_attribute_scan(ctx, cls, names):
+    """`foreign_attribute` as it was: every `.<name>` of the file, walked up to its class, per class."""
+    from tf_migrate.rules.fused_qkv.projections import _own_attribute_elsewhere
+
+    own = {id(ref) for name in names for ref in cls.self_references(name)}
+    found = (n for name in names for n in ctx.index.attributes(ctx.module, name))
+    for node in sorted(found, key=ctx.line):
+        if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
+            return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
+                    "outside its class (a subclass or another object)")
+    return None
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_foreign_attributes_answer_as_the_scan_of_every_reference(path):
+    from tf_migrate.rules.fused_qkv.projections import foreign_attribute, triples
+
+    ctx = _context(path)
+    for cls in ctx.module_classes:
+        attributes = list(cls.submodules) + list(cls.buffers)
+        asked = [[name] for name in attributes] + [[t.attributes[r] for r in "qkv"] for t in triples(attributes)]
+        asked += [list(reversed(attributes))] if attributes else []
+        for names in asked:
+            assert foreign_attribute(ctx, cls, names) == _foreign_attribute_scan(ctx, cls, names), (cls.qualname, names)
+
+
+def test_foreign_attributes_are_found_in_subclasses_and_other_objects():
+    from tf_migrate.rules.fused_qkv.projections import foreign_attribute
+
+    text = (
+        "import torch.nn as nn\n\n"
+        "class A(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.q = nn.Linear(2, 2)\n\n"
+        "class B(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.q = nn.Linear(2, 2)\n\n"
+        "class C(A):\n"
+        "    def forward(self, x):\n        return self.q(x)\n\n"
+        "def use(b):\n    return b.q\n"
+    )
+    ctx = FileContext(cst.parse_module(text), "t.py", text)
+    a, b = ctx.module_classes[:2]
+    assert "line 15" in foreign_attribute(ctx, a, ["q"])  # the subclass C's `self.q`
+    assert "line 18" in foreign_attribute(ctx, b, ["q"])  # `b.q`; C's `self.q` is A's
+    assert foreign_attribute(ctx, a, ["q"]) == _foreign_attribute_scan(ctx, a, ["q"])
+    assert foreign_attribute(ctx, b, ["q"]) == _foreign_attribute_scan(ctx, b, ["q"])
+
