@@ -140,3 +140,35 @@ def test_foreign_attributes_are_found_in_subclasses_and_other_objects():
     assert foreign_attribute(ctx, a, ["q"]) == _foreign_attribute_scan(ctx, a, ["q"])
     assert foreign_attribute(ctx, b, ["q"]) == _foreign_attribute_scan(ctx, b, ["q"])
 
+
+# --- engine/edits.py: the imports the fixes of many classes may free -------------------------------
+
+REPEATED = [
+    ("import math\nimport numpy as np\n\ndef f(x):\n    return math.sqrt(x) + np.ones(2)\n", True),
+    ("import math\nimport numpy as np\n\ndef f(x):\n    return math.sqrt(x)\n", False),  # np unused
+    ("import math\nimport numpy as np\n\ndef f(x):\n    import math\n    return np.ones(2)\n", False),
+]
+
+
+@pytest.mark.parametrize("source, used", REPEATED)
+def test_a_name_freed_by_many_fixes_is_read_once_and_answered_as_each_alone(source, used, monkeypatch):
+    from libcst.codemod import CodemodContext
+    from libcst.codemod.visitors import RemoveImportsVisitor
+
+    from tf_migrate.engine import edits
+
+    removals = [("math", None, None), ("numpy", None, "np")] * 5
+    assert all(edits.still_used(source, [removal]) for removal in removals) is used
+    asked = []
+    original = edits._kept
+    monkeypatch.setattr(edits, "_kept", lambda top, name: asked.append(name) or original(top, name))
+    assert edits.still_used(source, removals) is used
+    assert len(asked) == len(set(asked))  # each name's scopes are read once, not once per fix
+    expected_context, context = CodemodContext(), CodemodContext()
+    for removal in removals:
+        RemoveImportsVisitor.remove_unused_import(expected_context, *removal)
+        RemoveImportsVisitor.remove_unused_import(context, *removal)
+    module = cst.parse_module(source)
+    expected = RemoveImportsVisitor(expected_context).transform_module(module).code
+    assert edits.remove_imports(module, module.code, removals, context).code == expected
+
