@@ -172,3 +172,27 @@ def test_a_name_freed_by_many_fixes_is_read_once_and_answered_as_each_alone(sour
     expected = RemoveImportsVisitor(expected_context).transform_module(module).code
     assert edits.remove_imports(module, module.code, removals, context).code == expected
 
+
+# --- per-file tables of TFM201's tree walk and census, TFM102's initialisers -----------------------
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_holders_post_norm_classes_and_fan_inits_answer_as_their_scans(path):
+    from tf_migrate.analysis.census import walker
+    from tf_migrate.rules.fused_qkv import fan_inits
+    from tf_migrate.rules.prenorm import census as prenorm
+    from tf_migrate.rules.prenorm.tree import holders
+
+    ctx = _context(path)
+    for cls in ctx.module_classes:
+        name = cls.node.name.value
+        scanned = [(ctx, holder, sub) for holder in ctx.module_classes if holder is not cls
+                   for sub in holder.submodules.values()
+                   if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name]
+        assert [(id(h), id(s)) for _, h, s in holders(ctx, cls)] == [(id(h), id(s)) for _, h, s in scanned]
+    sites = prenorm._post_norm_sites(ctx)
+    for info in walker(ctx).index.classes:
+        assert (id(info) in prenorm._post_norm_classes(ctx)) == any(f.cls is info for f in sites)
+    for dim in (0, 1):
+        expected = [call for call in fan_inits._generic_calls(ctx) if fan_inits._reads_dim(ctx, call, dim)]
+        assert fan_inits.generic_shape_inits(ctx, dim) == expected
+        assert fan_inits.generic_shape_inits(ctx, dim) == expected  # answered from the memo

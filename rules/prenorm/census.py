@@ -48,6 +48,12 @@ def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.
     return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx), ctx))
 
 
+def _post_norm_classes(ctx) -> set[int]:
+    """The ids of the classes that hold a function with post-norm sites (the file's walker index
+    keeps the classes alive as long as the memo)."""
+    return ctx.memo("prenorm.census.site_classes", lambda: {id(function.cls) for function in _post_norm_sites(ctx)})
+
+
 def _find_sites(walk, ctx=None) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     index = walk.index
     seen: set[int] = set()
@@ -248,7 +254,7 @@ def _reaches_other_file(fctx, name: str, home: str, depth: int) -> bool:
     if resolved is None:
         return False
     octx, info = resolved
-    if any(function.cls is info for function in _post_norm_sites(octx)):
+    if id(info) in _post_norm_classes(octx):
         return octx.project_key != home
     index = walker(octx).index
     return any(_reaches_other_file(octx, held, home, depth + 1)
