@@ -196,3 +196,18 @@ def test_holders_post_norm_classes_and_fan_inits_answer_as_their_scans(path):
         expected = [call for call in fan_inits._generic_calls(ctx) if fan_inits._reads_dim(ctx, call, dim)]
         assert fan_inits.generic_shape_inits(ctx, dim) == expected
         assert fan_inits.generic_shape_inits(ctx, dim) == expected  # answered from the memo
+
+
+def test_prenorm_loops_over_an_attribute_answer_as_the_walk_per_attribute():
+    from tf_migrate.rules.prenorm import census as prenorm
+
+    found = 0
+    for path in PARSED:
+        index = census.FileIndex(ast.parse(path.read_text()))
+        for cls in index.classes:
+            for attribute in [*cls.attributes, "absent_attribute"]:
+                expected = [node.lineno for node in ast.walk(cls.node) if isinstance(node, ast.For)
+                            and any(census.self_attribute(n) == attribute for n in ast.walk(node.iter))]
+                assert prenorm._loops_over(cls, attribute) == expected, (path.name, cls.qualname, attribute)
+                found += bool(expected)
+    assert found  # some fixture loops over a stack

@@ -188,9 +188,21 @@ def _stacks(index) -> tuple[dict[str, list], dict[str, set[str]]]:
     return _STACKS[index]
 
 
+_FORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _loops_over(cls, attribute: str) -> list[int]:
-    return [node.lineno for node in ast.walk(cls.node)
-            if isinstance(node, ast.For) and any(self_attribute(n) == attribute for n in ast.walk(node.iter))]
+    """The lines of the class's `for` loops whose iterable reads `self.<attribute>`."""
+    return [line for line, attributes in _fors(cls) if attribute in attributes]
+
+
+def _fors(cls) -> list[tuple[int, set[str]]]:
+    """(line, the `self.<x>` its iterable reads) per `for` of the class, in walk order: one walk
+    per class, not one per class and attribute."""
+    if cls not in _FORS:
+        _FORS[cls] = [(node.lineno, {self_attribute(n) for n in ast.walk(node.iter)})
+                      for node in ast.walk(cls.node) if isinstance(node, ast.For)]
+    return _FORS[cls]
 
 
 def _built_names(index, cls, attribute: str) -> set[str]:
