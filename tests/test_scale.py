@@ -133,3 +133,14 @@ def test_without_paths_allow_empty_is_a_quiet_success():
     done = subprocess.run(exe + ["--allow-empty", "--write"], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert subprocess.run(exe + ["migrate"], capture_output=True).returncode == 2
+
+
+def test_two_jobs_load_the_rules_once_before_the_workers_fork(tmp_path):
+    """Forked workers inherit the rules instead of importing them again each (engine/parallel.py)."""
+    folder = _tree(tmp_path)
+    code = ("import io, sys\nfrom pathlib import Path\n"
+            "from tf_migrate.engine.run import RunOptions, run\n"
+            f"rc = run(RunOptions([Path({str(folder)!r})], select=['TFM101'], jobs=2, use_cache=False), io.StringIO())\n"
+            "print('tf_migrate.rules.sdpa' in sys.modules, 'tf_migrate.rules.swiglu' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-2:] == ["True", "False"]

@@ -141,6 +141,8 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterat
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    if any(not item.syntax_only for item in pending):
+        _load_rules_before_forking(rules)
     # Longest files first, so no worker is left with a big file at the end.
     pending = sorted(pending, key=lambda item: -len(item.text))
     lost: list[_Pending] = []
@@ -159,6 +161,24 @@ def _run(pending: list[_Pending], rules: Sequence, jobs: int, project) -> Iterat
                     lost.append(item)
     for item in lost:  # which file killed the worker is unknown: each gets a child of its own
         yield item, _alone(item, rules, project)
+
+
+def _load_rules_before_forking(rules: Sequence) -> None:
+    """Import the rules and what they run on (libcst, the engine's fix pass) here, once: workers
+    forked from this process inherit the modules instead of each importing them again (about
+    0.7 s of CPU per worker, as much as the rules take on a few small files)."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=False) != "fork":
+        return
+    import tf_migrate.engine.context  # noqa: F401
+    import tf_migrate.engine.edits  # noqa: F401
+    import tf_migrate.engine.printed  # noqa: F401
+
+    for rule in rules:
+        real = getattr(rule, "real", None)
+        if real is not None:
+            real()
 
 
 def _alone(item: _Pending, rules: Sequence, project) -> FileResult:
