@@ -19,6 +19,7 @@ from helpers import FIXTURES, MODELS, ROOT
 from tf_migrate.analysis import census, dataflow, ffn, nodes
 from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.nodes import _walk
+from tf_migrate.analysis.symbols import symbols_of
 from tf_migrate.engine.context import FileContext
 from tf_migrate.engine.lines import _LineMatcher, original_lines
 from tf_migrate.engine.source import split_lines
@@ -175,3 +176,256 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
         assert ffn._built_beside_project_attention(ctx, name) == _built_beside_project_attention(ctx, name)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)
         assert ffn.in_block(ctx, cls, attention) == ffn._in_block(ctx, cls, attention)  # answered from the memo
+
+
+# --- analysis/nodes.py, scopes.py, index.py: what a fix leaves unchanged is carried across it --------
+
+def _index_tables(index):
+    return (index.parents, list(index._position.items()), index._nodes, index._parent, index._scope, index._by_type,
+            index._names, index._attributes, index._calls, index._end, index.shared)
+
+
+def _migrated_checking_carried(path, monkeypatch) -> dict[str, int]:
+    """Runs every rule over `path`, comparing each remembered fact (`nodes.cached`: a scope's
+    bindings, a statement's bound names) with a fresh computation and each index built from an
+    earlier version's with the plain walk of the same module. Returns how many facts came from an
+    earlier version (the newest index did not hold them yet) and how many index blocks were copied."""
+    from tf_migrate.analysis import scopes
+    from tf_migrate.engine import context
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+
+    counts = {"facts": 0, "blocks": 0}
+    real_cached, real_copy = nodes.cached, NodeIndex._copy
+
+    def checked(node, kind, compute):
+        holding = [index for index in nodes._INDEXES if node in index]
+        earlier = [index.facts[kind][id(node)] for index in holding[1:]
+                   if id(node) in index.facts.get(kind, {})] if holding and id(node) not in \
+            holding[0].facts.get(kind, {}) else []
+        answer = real_cached(node, kind, compute)
+        counts["facts"] += any(answer is known for known in earlier)
+        assert answer == compute(node), (path.name, kind, type(node).__name__)
+        return answer
+
+    def counted(self, *args):
+        counts["blocks"] += 1
+        return real_copy(self, *args)
+
+    class Checked(NodeIndex):
+        def __init__(self, root, earlier=None):
+            super().__init__(root, earlier)
+            if earlier is not None:
+                assert _index_tables(self) == _index_tables(NodeIndex(root)), path.name
+
+    monkeypatch.setattr(scopes, "cached", checked)
+    monkeypatch.setattr(dataflow, "cached", checked)
+    monkeypatch.setattr(NodeIndex, "_copy", counted)
+    monkeypatch.setattr(context, "NodeIndex", Checked)
+    result = migrate_source(path.read_text(), str(path), [rule() for rule in all_rules()])
+    assert not [e for e in result.errors if "internal error" in e]
+    return counts
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_facts_and_index_carried_across_fixes_answer_as_fresh_computations(path, monkeypatch):
+    _migrated_checking_carried(path, monkeypatch)
+
+
+def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from growth import n_copies
+
+    path = tmp_path / "copies.py"
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
+    counts = _migrated_checking_carried(path, monkeypatch)
+    assert counts["facts"] > 0 and counts["blocks"] > 0
+
+
+def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
+    module = cst.parse_module((MODELS / "einsum_gpt.py").read_text())
+    earlier = NodeIndex(module)
+    big = max(module.body, key=lambda statement: len(earlier.below(statement)))
+    twice = module.with_changes(body=[*module.body, big])  # one object in two places, as a fix may leave it
+    index = NodeIndex(twice, earlier)
+    assert index.shared and _index_tables(index) == _index_tables(NodeIndex(twice))
+
+
+# --- analysis/names.py: what a name stands for, remembered per node ---------------------------------
+
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_imported_names_answer_as_resolution(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    names = ctx.names
+    asked = [n for n in _walk(ctx.module, True) if isinstance(n, (cst.Name, cst.Attribute))]
+    for _ in range(2):  # the second round answers from the memo
+        for node in asked:
+            assert names.imported(node) == names._imported_name(node)
+
+
+def test_remembered_imported_names_are_not_confused_by_passing_nodes():
+    """Nodes built for one question and dropped: their ids come back for other objects."""
+    text = "import torch\nimport torch.nn.functional as F\n"
+    names = FileContext(cst.parse_module(text), "t.py", text).names
+    spellings = ["torch.softmax", "F.relu", "unknown.thing", "torch.nn.Linear", "F", "print"] * 50
+    expected = {s: names._imported_name(cst.parse_expression(s)) for s in set(spellings)}
+    assert [names.imported(cst.parse_expression(s)) for s in spellings] == [expected[s] for s in spellings]
+
+
+def _find_project_attention(ctx, init):
+    """The search `ffn._owner_context` shortened: every class the function builds is asked of the
+    project's own context of its file (the analysed file parsed a second time), not of `ctx`."""
+    for call in [n for n in _walk(init, True) if isinstance(n, cst.Call) and isinstance(n.func, cst.Name)]:
+        for symbol in symbols_of(ctx, call.func):
+            owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+            if owner is not None and owner is not ctx and symbol.qualname in ffn._direct_attention(owner):
+                return True
+    return False
+
+
+def _assert_project_attention_as_the_search(ctx):
+    for function in [n for n in _walk(ctx.module, True) if isinstance(n, cst.FunctionDef)]:
+        assert ffn._find_project_attention(ctx, function) == _find_project_attention(ctx, function), \
+            (ctx.path, ctx.line(function))
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_own_file_classes_answer_as_the_projects_second_parse(path):
+    text = path.read_text()
+    _assert_project_attention_as_the_search(FileContext(cst.parse_module(text), str(path), text))
+
+
+@pytest.mark.parametrize("path", [p for p in MODEL_SOURCES if "Linear" in p.read_text() and "class " in p.read_text()],
+                         ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_own_file_classes_answer_as_the_projects_second_parse_after_earlier_rules(path, monkeypatch):
+    """After earlier rules' fixes the analysed module is the fixed tree, not a parse of its text."""
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+    from tf_migrate.rules.swiglu import FeedForwardToSwiGLU
+
+    asked = []
+    check = FeedForwardToSwiGLU.check
+
+    def checked(self, ctx):
+        _assert_project_attention_as_the_search(ctx)
+        asked.append(ctx.text)
+        return check(self, ctx)
+
+    monkeypatch.setattr(FeedForwardToSwiGLU, "check", checked)
+    text = path.read_text()
+    result = migrate_source(text, str(path), [rule() for rule in all_rules()])
+    assert not result.errors and asked
+
+
+def _chain_facts(pairs):
+    return [(id(f.activation), id(f.gate_input), f.first, f.second,
+             [(b.name, id(b.value), id(b.statement), id(t.reads[id(b)])) for b in t.followed]) for f, t in pairs]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_chains_and_split_activations_answer_as_the_searches(path):
+    """Each caller of `ffn._chains` gets fresh copies of what the first search found."""
+    from tf_migrate.analysis.dataflow import FunctionFlow
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for cls in ctx.module_classes:
+        for method in cls.methods.values():
+            flow = FunctionFlow(ctx, method)
+            first, again = list(ffn._chains(ctx, cls, flow, method)), list(ffn._chains(ctx, cls, flow, method))
+            assert _chain_facts(first) == _chain_facts(again) == _chain_facts(ffn._find_chains(ctx, cls, flow, method))
+            assert all(a[0] is not b[0] and a[0].first is not b[0].first and a[1] is not b[1]
+                       for a, b in zip(first, again))
+            assert list(ffn.split_activations(ctx, cls, method)) == list(ffn._split_activations(ctx, cls, method))
+            assert list(ffn.split_activations(ctx, cls, method)) == list(ffn._split_activations(ctx, cls, method))
+
+
+def test_canonical_spellings_keep_the_last_part():
+    """`ffn._callee_in` skips a dotted callee whose attribute is not the last part of a wanted name."""
+    from tf_migrate.analysis.names import _ALIASES
+
+    assert all(old.rsplit(".", 1)[-1] == new.rsplit(".", 1)[-1] for old, new in _ALIASES.items())
+
+
+_WANTED = [ffn._ATTENTION_CALLS, ffn.ACTIVATION_FUNCTIONS, ffn._DROPOUT_FUNCTIONS, ("torch.matmul",),
+           ("torch.nn.functional.linear",), ("torch.softmax", "torch.special.softmax", "torch.nn.Softmax")]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_callee_questions_answer_as_resolving_every_call(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for call in [n for n in _walk(ctx.module, True) if isinstance(n, cst.Call)]:
+        for names in _WANTED:
+            assert ffn._callee_in(ctx, call, names) == (ctx.names.callee(call) in names), (ctx.line(call), names)
+
+
+def _called_names_walk(ctx):
+    """The whole-module walk `ffn._called_names` replaced: function -> the names its calls name."""
+    found, stack = {}, [(ctx.module, ())]
+    while stack:
+        node, owners = stack.pop()
+        if isinstance(node, cst.FunctionDef):
+            found[node] = set()
+            owners = owners + (found[node],)
+        elif isinstance(node, cst.Call) and owners:
+            called = {node.func.value} if isinstance(node.func, cst.Name) else set()
+            if ctx.names.callee(node) == "torch.nn.MultiheadAttention":
+                called.add(ffn._BUILDS_MHA)
+            for names in owners:
+                names |= called
+        stack.extend((child, owners) for child in nodes.children(node))
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_called_names_answer_as_the_walk(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    walked = _called_names_walk(ctx)
+    assert ffn._called_names(ctx) == [walked[f] for f in nodes.find_types(ctx.module, cst.FunctionDef)]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_init_value_tables_answer_as_the_search_of_init(path):
+    from tf_migrate.analysis import activations
+    from tf_migrate.analysis.symbols import init_values
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for cls in ctx.module_classes:
+        init = cls.methods.get("__init__")
+        assigned = {a.attr.value for a in _walk(init, True) if isinstance(a, cst.Attribute)} if init else set()
+        for attribute in sorted(assigned | set(cls.submodules) | {"<none>"}):
+            assert activations._init_values(ctx, cls, attribute) == init_values(cls, attribute), (cls.qualname, attribute)
+
+
+@pytest.mark.parametrize("path", MODEL_SOURCES + sorted((FIXTURES / "swiglu").glob("*.py")),
+                         ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_swiglu_class_searches_answer_as_a_walk(path):
+    """The type searches of TFM301's replay and layer-list questions (`find_types` inside methods
+    and inside an `if`'s body) list what a walk lists, in its order."""
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    ctx.index  # remembered: `find_types` answers from it
+    for cls in ctx.module_classes:
+        for method in cls.methods.values():
+            within = [method] + [n.body for n in _walk(method, True) if isinstance(n, cst.If)]
+            for node in within:
+                for kind in (cst.Call, cst.For, cst.If, cst.Assign):
+                    assert nodes.find_types(node, kind) == [n for n in _walk(node, True) if isinstance(n, kind)]
+
+
+def test_every_attention_callee_is_spelled_by_an_attention_word():
+    """`ffn._may_compute_attention` skips files whose text holds none of the words."""
+    for callee in ffn._ATTENTION_CALLS:
+        assert callee.rsplit(".", 1)[-1] in ffn._ATTENTION_WORDS
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_files_computing_attention_hold_an_attention_word(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    if ffn._direct_attention(ctx) or ffn._attention_functions(ctx):
+        assert any(word in text for word in ffn._ATTENTION_WORDS)

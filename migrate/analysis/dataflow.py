@@ -393,13 +393,16 @@ def _in_place_fill(node: cst.CSTNode) -> cst.BaseExpression | None:
 
 
 def _mutates(node: cst.CSTNode, name: str) -> bool:
-    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+    kind = type(node)  # asked of every node of a body: types compared directly, not through ABCMeta
+    if kind is cst.Call and type(node.func) is cst.Attribute:
         method = node.func.attr.value
         return (_is_name(node.func.value, name) and method.endswith("_")
                 and not method.startswith("_"))
-    targets = [node.target] if isinstance(node, (cst.AssignTarget, cst.AugAssign)) else []
-    return any(isinstance(t, (cst.Subscript, cst.Attribute)) and _is_name(t.value, name) for t in targets)
+    if kind is not cst.AssignTarget and kind is not cst.AugAssign:
+        return False
+    target = type(node.target)
+    return (target is cst.Subscript or target is cst.Attribute) and _is_name(node.target.value, name)
 
 
 def _is_name(node: cst.CSTNode, name: str) -> bool:
-    return isinstance(node, cst.Name) and node.value == name
+    return type(node) is cst.Name and node.value == name

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
@@ -27,7 +28,8 @@ from tf_migrate.analysis.legacy_attention import classifier_softmaxes
 from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
 from tf_migrate.analysis.names import argument, int_value, self_attribute
-from tf_migrate.analysis.nodes import children, find, find_types
+from tf_migrate.analysis.project.index import absolute
+from tf_migrate.analysis.nodes import find, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -128,6 +130,27 @@ def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None
     return None
 
 
+def _callee_in(ctx, call: cst.Call, names: tuple[str, ...]) -> bool:
+    """`ctx.names.callee(call) in names`, resolving only the callees that can be one of them.
+
+    A dotted callee (`F.relu`, `torch.nn.functional.relu`) resolves to its first name's binding
+    followed by the rest, so it ends with its attribute (the canonical spellings keep the last
+    part); a callee that is neither a name nor a dotted chain resolves to nothing. Only a plain
+    name can stand for anything (`from torch import softmax as sm`)."""
+    func = call.func
+    if isinstance(func, cst.Attribute):
+        if func.attr.value not in _last_parts(names):
+            return False
+    elif not isinstance(func, cst.Name):
+        return False
+    return ctx.names.callee(call) in names
+
+
+@lru_cache(maxsize=None)
+def _last_parts(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name.rsplit(".", 1)[-1] for name in names)
+
+
 def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
     """`self.fc(x)` where fc is built like nn.Linear by a subclass or a factory (`Linear(d, h)`)."""
     if not isinstance(node, cst.Call) or self_attribute(node.func) not in cls.submodules:
@@ -176,10 +199,10 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     if isinstance(core, cst.BinaryOperation) and isinstance(core.operator, cst.MatrixMultiply):
         weight = _parameter(cls, core.right)
         return Projection(node, core.left, weight, bias, raw=True) if weight else None
-    if isinstance(core, cst.Call) and ctx.names.is_call(core, "torch.matmul"):
+    if isinstance(core, cst.Call) and _callee_in(ctx, core, ("torch.matmul",)):
         weight = _parameter(cls, argument(core, 1, "other"))
         return Projection(node, argument(core, 0, "input"), weight, bias, raw=True) if weight else None
-    if isinstance(core, cst.Call) and bias is None and ctx.names.is_call(core, "torch.nn.functional.linear"):
+    if isinstance(core, cst.Call) and bias is None and _callee_in(ctx, core, ("torch.nn.functional.linear",)):
         weight = _parameter(cls, argument(core, 1, "weight"))
         b = argument(core, 2, "bias")
         bias = _parameter(cls, b) if b is not None else None
@@ -193,7 +216,7 @@ def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpressi
         return _other_spelling(ctx, cls, node)  # `x.relu()`
     if not isinstance(node, cst.Call) or len(node.args) < 1 or node.args[0].keyword:
         return None
-    if ctx.names.callee(node) in ACTIVATION_FUNCTIONS:
+    if _callee_in(ctx, node, ACTIVATION_FUNCTIONS):
         return node.args[0].value
     if len(node.args) == 1 and _self_calls(ctx, node, cls, *ACTIVATION_MODULES):
         return node.args[0].value
@@ -210,7 +233,7 @@ def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
 
 def _dropout_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
     if isinstance(node, cst.Call) and node.args and not node.args[0].keyword:
-        if ctx.names.callee(node) in _DROPOUT_FUNCTIONS or _self_calls(ctx, node, cls, DROPOUT):
+        if _callee_in(ctx, node, _DROPOUT_FUNCTIONS) or _self_calls(ctx, node, cls, DROPOUT):
             return node.args[0].value
     return None
 
@@ -306,6 +329,22 @@ def _forwarded_activation(ctx, value: cst.BaseExpression) -> bool:
 
 
 def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
+    """Every `second(drop(act(first(x))))` chain of `method`, with the tracer that followed it.
+
+    Found once per method (the rule's check, its split question, the census and the block
+    question each ask): every caller gets its own copies, which `_check_input` and the fix
+    writer change."""
+    known = ctx.memo("ffn.chains", dict)
+    key = (cls.node, method)
+    if key not in known:
+        known[key] = list(_find_chains(ctx, cls, flow, method))
+    for found, tracer in known[key]:
+        copy = _Tracer(ctx, flow)
+        copy.followed, copy.reads = list(tracer.followed), dict(tracer.reads)
+        yield FeedForward(cls, replace(found.first), replace(found.second), found.activation, found.gate_input), copy
+
+
+def _find_chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[tuple[FeedForward, _Tracer]]:
     for node in _calls_and_ops(method.body):
         second = projection(ctx, cls, node)
         if second is not None:
@@ -317,7 +356,15 @@ def _chains(ctx, cls, flow: FunctionFlow, method: cst.FunctionDef) -> Iterator[t
 
 def split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[cst.Call]:
     """Activations of a Linear's output with no second projection in this method (an MLP head's
-    activation has one, which changes the width)."""
+    activation has one, which changes the width). Found once per method (the check and the census ask)."""
+    known = ctx.memo("ffn.split_activations", dict)
+    key = (cls.node, method)
+    if key not in known:
+        known[key] = list(_split_activations(ctx, cls, method))
+    return iter(known[key])
+
+
+def _split_activations(ctx: "FileContext", cls, method: cst.FunctionDef) -> Iterator[cst.Call]:
     flow = FunctionFlow(ctx, method)
     heads = {id(found.activation) for found, _ in _chains(ctx, cls, flow, method)
              if _changes_width(ctx, cls, found.first, found.second)}
@@ -656,7 +703,7 @@ def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset())
         if isinstance(call, cst.Call) and classifiers and (ctx.line(call), ctx.column(call)) in classifiers:
             continue
         if isinstance(call, cst.Call) and (
-            ctx.names.callee(call) in _ATTENTION_CALLS
+            _callee_in(ctx, call, _ATTENTION_CALLS)
             or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax")
             or (isinstance(call.func, cst.Name) and call.func.value in helpers
                 and ctx.names.imported(call.func) is None)
@@ -704,10 +751,46 @@ def _find_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
     for call in _calls_and_ops(init):
         if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
             for symbol in symbols_of(ctx, call.func):
-                owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
-                if owner is not None and owner is not ctx and symbol.qualname in _direct_attention(owner):
+                if symbol.kind != "class" or not symbol.path or not _may_compute_attention(ctx, symbol.path):
+                    continue
+                owner = _owner_context(ctx, symbol.path)
+                if owner is not None and symbol.qualname in _direct_attention(owner):
                     return True
     return False
+
+
+# Every callee `_is_attention` accepts ends with one of these (a dotted callee ends with its
+# attribute, `names._ALIASES` keep it), and `.softmax(...)` spells one: a file whose text holds
+# none of them computes no attention, and needs no parse to say so.
+_ATTENTION_WORDS = ("softmax", "Softmax", "scaled_dot_product_attention", "MultiheadAttention")
+
+
+def _may_compute_attention(ctx: "FileContext", path: str) -> bool:
+    text = ctx.project.text(absolute(path))
+    if text is None or any(word in text for word in _ATTENTION_WORDS):
+        return True
+    ctx.project.summary(path)  # the read `project.context` would have recorded
+    return False
+
+
+def _owner_context(ctx: "FileContext", path: str) -> "FileContext | None":
+    """The context that answers for a class defined in `path`: the project's context of that file,
+    None when there is none or when it is `ctx` itself.
+
+    A file analysed by the engine is in the project too (at its current text): its project context
+    would be a second parse of the same text, analysed once more. `ctx` answers for it instead
+    (same text, same path, so the same answers); a context the project made stays excluded.
+    """
+    project = ctx.project
+    if not ctx.memo("ffn.from_project", lambda: False) and absolute(path) == ctx.project_key \
+            and project.text(ctx.project_key) == ctx.text:
+        project.summary(path)  # the read `project.context` records
+        return ctx
+    owner = project.context(path)
+    if owner is None or owner is ctx:
+        return None
+    owner.memo("ffn.from_project", lambda: True)
+    return owner
 
 
 def _instantiates(node: cst.CSTNode, names: set[str]) -> set[str]:
@@ -789,6 +872,7 @@ def _built_beside_attention_elsewhere(ctx: "FileContext", cls) -> bool:
         other = project.context(path)
         if other is None:
             continue
+        other.memo("ffn.from_project", lambda: True)
         for calls in other.memo("ffn.calls_by_function", lambda o=other: _calls_by_function(o)):
             ours = [c for c in calls if c.func.value == name and _is_class(other, c.func, here, cls.qualname)]
             if ours and any(_builds_attention(other, c) for c in calls if c.func.value != name):
@@ -817,6 +901,8 @@ def _builds_attention(ctx: "FileContext", call: cst.Call) -> bool:
         return True
     for symbol in symbols_of(ctx, call.func):
         owner = ctx.project.context(symbol.path) if symbol.kind == "class" and symbol.path else None
+        if owner is not None:
+            owner.memo("ffn.from_project", lambda: True)
         if owner is not None and symbol.qualname in owner.memo("ffn.attention", lambda o=owner: attention_classes(o)):
             return True
     return False
@@ -847,22 +933,17 @@ _BUILDS_MHA = "<nn.MultiheadAttention>"
 
 def _called_names(ctx: "FileContext") -> list[set[str]]:
     """Per function of the file, the plain names it calls, nested functions' calls included (and
-    whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). One walk."""
-    found: list[set[str]] = []
+    whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). Read from the
+    per-function calls the block questions keep, not from a walk of the whole module."""
     mha_named = "MultiheadAttention" in ctx.text  # else no call can resolve to it: skip resolving
-    stack: list[tuple[cst.CSTNode, tuple[set[str], ...]]] = [(ctx.module, ())]
-    while stack:
-        node, owners = stack.pop()
-        if isinstance(node, cst.FunctionDef):
-            found.append(set())
-            owners = owners + (found[-1],)
-        elif isinstance(node, cst.Call) and owners:
-            called = {node.func.value} if isinstance(node.func, cst.Name) else set()
-            if mha_named and ctx.names.callee(node) == "torch.nn.MultiheadAttention":
-                called.add(_BUILDS_MHA)
-            for names in owners:
-                names |= called
-        stack.extend((child, owners) for child in children(node))
+    found: list[set[str]] = []
+    calls_by_function = ctx.memo("ffn.calls_by_function", lambda: _calls_by_function(ctx))
+    for function, calls in zip(find_types(ctx.module, cst.FunctionDef), calls_by_function):
+        called = {c.func.value for c in calls}
+        if mha_named and any(isinstance(c, cst.Call) and _callee_in(ctx, c, ("torch.nn.MultiheadAttention",))
+                             for c in _calls_and_ops(function)):
+            called.add(_BUILDS_MHA)
+        found.append(called)
     return found
 
 

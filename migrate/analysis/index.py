@@ -18,13 +18,28 @@ from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 _SCOPE_TYPES = frozenset(_SCOPES)
+# Subtrees this small are walked again rather than copied: a copy looks up every node type.
+_SMALLEST_COPY = 24
 
 
 class NodeIndex:
-    def __init__(self, root: cst.CSTNode) -> None:
+    def __init__(self, root: cst.CSTNode, earlier: "NodeIndex | None" = None) -> None:
+        """`earlier`: the index of a version of the file that this one was rewritten from. A fix
+        keeps the subtrees it does not change, and each is copied from there as a block (positions
+        shifted) instead of being walked again."""
+        self._build(root, earlier if earlier is not None and not earlier.shared else None)
+        if self.shared and earlier is not None:  # a node in two places: walked as the plain build does
+            self._build(root, None)
+        if not self.shared:
+            remember(self)
+
+    def _build(self, root: cst.CSTNode, earlier: "NodeIndex | None") -> None:
         self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
-        self._position: dict[cst.CSTNode, int] = {}
+        # id(node) -> its position: the index keeps its nodes alive, so no other object has their ids,
+        # and `id` spares libcst's Python-level `__hash__` on every look-up
+        self._position: dict[int, int] = {}
         self._nodes: list[cst.CSTNode] = []
+        self._parent: list[int] = []  # per position: the position of its parent here, or -1
         self._scope: list[int] = []  # per position: the innermost def/class/lambda at or above it, or -1
         self._by_type: dict[type, list[int]] = {}
         self._names: dict[str, list[int]] = {}
@@ -33,15 +48,22 @@ class NodeIndex:
         self._end: list[int] = []  # per position: one past the last position of its subtree
         self.shared = False  # whether some node object sits in two places (a fix reused it)
         self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
-        stack: list[tuple[cst.CSTNode | None, int]] = [(root, -1)]
+        reused = earlier._position if earlier is not None else {}
+        parents = self.parents
+        stack: list[tuple[cst.CSTNode | None, int, int]] = [(root, -1, -1)]
         while stack:
-            node, scope = stack.pop()
+            node, scope, parent = stack.pop()
             if node is None:  # the subtree that started at position `scope` is complete
                 self._end[scope] = len(self._nodes)
                 continue
+            start = reused.get(id(node))
+            if start is not None and earlier._end[start] - start >= _SMALLEST_COPY:
+                self._copy(earlier, start, scope, parent)
+                continue
             at = len(self._nodes)
-            self._position[node] = at
+            self._position[id(node)] = at
             self._nodes.append(node)
+            self._parent.append(parent)
             self._end.append(at + 1)
             kind = type(node)
             if kind in _SCOPE_TYPES:  # libcst's node classes have no subclasses: the type decides
@@ -55,23 +77,58 @@ class NodeIndex:
             elif kind is cst.Call and type(node.func) is cst.Name:
                 self._calls.setdefault(node.func.value, []).append(at)
             below = children(node)
-            for child in below:
+            if below:
                 # A node a fix put in two places keeps its first parent, as `nodes.parent_map` gives it.
-                if child not in self.parents:
-                    self.parents[child] = node
-                else:
+                before = len(parents)
+                for child in below:
+                    parents.setdefault(child, node)
+                if len(parents) != before + len(below):
                     self.shared = True
-            stack.append((None, at))
-            stack.extend((child, scope) for child in reversed(below))
-        if not self.shared:
-            remember(self)
+            stack.append((None, at, -1))
+            stack.extend((child, scope, at) for child in reversed(below))
+
+    def _copy(self, earlier: "NodeIndex", start: int, scope: int, parent: int) -> None:
+        """Append the subtree at `earlier`'s position `start` (its root's parent is recorded already),
+        under the def/class/lambda at position `scope` and the parent at position `parent` here."""
+        end = earlier._end[start]
+        at = len(self._nodes)
+        shift = at - start
+        block = earlier._nodes[start:end]
+        self._nodes.extend(block)
+        self._position.update(zip(map(id, block), range(at, at + len(block))))
+        self._parent.extend([q + shift if q >= start else parent for q in earlier._parent[start:end]])
+        self._end.extend([e + shift for e in earlier._end[start:end]])
+        self._scope.extend([s + shift if s >= start else scope for s in earlier._scope[start:end]])
+        inner = block[1:]
+        before = len(self.parents)
+        nodes = earlier._nodes
+        self.parents.update(zip(inner, [nodes[q] for q in earlier._parent[start + 1:end]]))
+        if len(self.parents) != before + len(inner):
+            self.shared = True  # some node of the block was placed already
+        for kind, positions in earlier._by_type.items():
+            first, last = bisect_left(positions, start), bisect_left(positions, end)
+            if first == last:
+                continue
+            found = positions[first:last]
+            self._by_type.setdefault(kind, []).extend([p + shift for p in found])
+            if kind is cst.Name:
+                for p in found:
+                    self._names.setdefault(earlier._nodes[p].value, []).append(p + shift)
+            elif kind is cst.Attribute:
+                for p in found:
+                    self._attributes.setdefault(earlier._nodes[p].attr.value, []).append(p + shift)
+            elif kind is cst.Call:
+                for p in found:
+                    func = earlier._nodes[p].func
+                    if type(func) is cst.Name:
+                        self._calls.setdefault(func.value, []).append(p + shift)
 
     def __contains__(self, node: object) -> bool:
-        return node in self._position
+        return id(node) in self._position
 
     def position(self, node: cst.CSTNode) -> int:
         """The node's place in source order (pre-order), for sorting what the look-ups return."""
-        return self._position[node]
+        return self._position[id(node)]
 
     def of_type(self, within: cst.CSTNode, kinds: type | tuple[type, ...], into_scopes: bool = True,
                 predicate: Callable[[cst.CSTNode], bool] | None = None) -> list[cst.CSTNode]:
@@ -95,7 +152,7 @@ class NodeIndex:
 
     def below(self, within: cst.CSTNode, into_scopes: bool = True) -> list[cst.CSTNode]:
         """`within` and every node below it in source order, as `nodes.walk` yields them."""
-        start = self._position[within]
+        start = self._position[id(within)]
         end = self._end[start]
         if into_scopes:
             return self._nodes[start:end]
@@ -104,19 +161,19 @@ class NodeIndex:
 
     def enclosing(self, node: cst.CSTNode, kind: type) -> cst.CSTNode | None:
         """The innermost `kind` (FunctionDef, ClassDef or Lambda) strictly above `node`."""
-        at = self._scope[self._position[node]]
-        if at == self._position[node]:
-            at = self._scope[self._position[self.parents[node]]] if node in self.parents else -1
+        at = self._scope[self._position[id(node)]]
+        if at == self._position[id(node)]:
+            at = self._scope[self._position[id(self.parents[node])]] if node in self.parents else -1
         while at >= 0:
             if isinstance(self._nodes[at], kind):
                 return self._nodes[at]
             parent = self.parents.get(self._nodes[at])
-            at = self._scope[self._position[parent]] if parent is not None else -1
+            at = self._scope[self._position[id(parent)]] if parent is not None else -1
         return None
 
     def _select(self, within: cst.CSTNode, lists: Iterable, into_scopes: bool,
                 predicate: Callable[[cst.CSTNode], bool] | None) -> list:
-        start = self._position[within]
+        start = self._position[id(within)]
         end = self._end[start]
         found: list[int] = []
         for positions in lists:

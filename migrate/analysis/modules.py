@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import children, find, visit as visit_read_only
+from tf_migrate.analysis.nodes import children, find_types, visit as visit_read_only
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -60,7 +60,7 @@ class ModuleClass:
 
     def self_references(self, attribute: str) -> Iterator[cst.Attribute]:
         """Every `self.<attribute>` in the class body, the `__init__` included."""
-        return iter(find(self.node, lambda node: self_attribute(node) == attribute))
+        return iter([node for node in find_types(self.node, cst.Attribute) if self_attribute(node) == attribute])
 
 
 def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str], qualname: str) -> bool:

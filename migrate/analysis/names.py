@@ -28,12 +28,23 @@ def canonical(qualified: str) -> str:
 class NameResolver:
     def __init__(self, scopes: Scopes) -> None:
         self._scopes = scopes
+        # id(node) -> (node, answer): the same nodes are asked about again and again (three in four
+        # questions on a large file); holding the node keeps its id from naming another object.
+        self._imported: dict[int, tuple[cst.CSTNode, str | None]] = {}
 
     def imported(self, node: cst.CSTNode) -> str | None:
         """The fully qualified name of an expression that refers to something imported, else None.
 
         Ambiguous names (imported and also bound locally) resolve to None.
         """
+        known = self._imported.get(id(node))
+        if known is not None and known[0] is node:
+            return known[1]
+        answer = self._imported_name(node)
+        self._imported[id(node)] = (node, answer)
+        return answer
+
+    def _imported_name(self, node: cst.CSTNode) -> str | None:
         names = self._scopes.resolve(node)
         if len(names) != 1:
             return None
@@ -75,11 +86,9 @@ def method_call(node: cst.CSTNode, *methods: str) -> cst.BaseExpression | None:
 
 def self_attribute(node: cst.CSTNode) -> str | None:
     """`self.name` -> "name"."""
-    if (
-        isinstance(node, cst.Attribute)
-        and isinstance(node.value, cst.Name)
-        and node.value.value == "self"
-    ):
+    # Types compared directly (libcst's node classes have no subclasses): asked of every node of
+    # many searches, `isinstance` through ABCMeta was most of its cost.
+    if type(node) is cst.Attribute and type(node.value) is cst.Name and node.value.value == "self":
         return node.attr.value
     return None
 

@@ -83,15 +83,24 @@ def remember(index) -> None:
 def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object]) -> object:
     """`compute(node)`, remembered beside the remembered index that holds `node` (libcst nodes never
     change, so the answer holds as long as the node lives): a fact asked of one statement again
-    and again (by every later statement's look back) is computed once."""
+    and again (by every later statement's look back) is computed once. `compute` must read only
+    the subtree of `node`: a fix keeps the nodes it does not change, so an answer found beside an
+    earlier version's index is carried to the newest index holding the node."""
+    key = id(node)  # the index keeps the node alive; `id` spares libcst's Python `__hash__`
+    newest = None
     for index in _INDEXES:
         if node in index:
-            store = index.facts.setdefault(kind, {})
-            key = id(node)  # the index keeps the node alive; `id` spares libcst's Python `__hash__`
-            if key not in store:
-                store[key] = compute(node)
-            return store[key]
-    return compute(node)
+            store = index.facts.get(kind)
+            if store is not None and key in store:
+                if newest is not None:
+                    newest.facts.setdefault(kind, {})[key] = store[key]
+                return store[key]
+            if newest is None:
+                newest = index
+    if newest is None:
+        return compute(node)
+    answer = newest.facts.setdefault(kind, {})[key] = compute(node)
+    return answer
 
 
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:

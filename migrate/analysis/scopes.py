@@ -19,9 +19,14 @@ from typing import Iterator, Mapping
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import children, walk
+from tf_migrate.analysis.nodes import cached, children, walk
 
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
+# libcst's node classes have no subclasses: a type look-up in a set answers what `isinstance`
+# answers, without a call through ABCMeta for each node.
+_DEF_TYPES = frozenset((cst.FunctionDef, cst.ClassDef, cst.Lambda))
+_COMPREHENSION_TYPES = frozenset(_COMPREHENSIONS)
+_NESTED_TYPES = frozenset((cst.Lambda, *_COMPREHENSIONS))
 _BUILTINS = frozenset(dir(builtins))
 _DECLARATIONS = re.compile(r"\b(global|nonlocal)\b")
 
@@ -46,6 +51,10 @@ class _Bindings:
 
     def add(self, name: str, binding: Binding) -> None:
         self.names.setdefault(name, set()).add(binding)
+
+    def copy(self) -> "_Bindings":
+        return _Bindings({name: set(found) for name, found in self.names.items()}, set(self.globals),
+                         set(self.nonlocals))
 
 
 class Scopes:
@@ -74,9 +83,10 @@ class Scopes:
         current = self._parents.get(node)
         while current is not None:
             child = path[-1]
-            if isinstance(current, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) and child is current.body:
+            kind = type(current)
+            if kind in _DEF_TYPES and child is current.body:
                 return current
-            if isinstance(current, _COMPREHENSIONS) and not (
+            if kind in _COMPREHENSION_TYPES and not (
                     child is current.for_in and len(path) > 1 and path[-2] is current.for_in.iter):
                 return current
             path.append(current)
@@ -122,7 +132,10 @@ class Scopes:
             if self._declared:
                 self._add_declared_elsewhere()
         if scope not in self._bindings:
-            self._bindings[scope] = _collect(scope)
+            # What a scope binds is read from its own subtree: a scope a fix left unchanged keeps it.
+            found = cached(scope, "scopes.bindings", _collect)
+            # `global`/`nonlocal` add to the bindings of other scopes: those are this file's own.
+            self._bindings[scope] = found.copy() if self._declared else found
         return self._bindings[scope]
 
     def _add_declared_elsewhere(self) -> None:
@@ -173,11 +186,12 @@ def _collect(scope: cst.CSTNode) -> _Bindings:
     stack = list(reversed(roots))
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef)):
+        kind = type(node)
+        if kind is cst.FunctionDef or kind is cst.ClassDef:
             local(node.name.value)
             continue
-        if isinstance(node, (cst.Lambda, *_COMPREHENSIONS)):
-            stack.extend(n for n in walk(node) if isinstance(n, cst.NamedExpr))  # walrus binds here
+        if kind in _NESTED_TYPES:
+            stack.extend(n for n in walk(node) if type(n) is cst.NamedExpr)  # walrus binds here
             continue
         _bind(node, found, local)
         stack.extend(children(node))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.names import self_attribute
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import find_types
 from tf_migrate.analysis.project import Symbol
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def init_values(cls: "ModuleClass", attribute: str) -> list[cst.BaseExpression]:
     if init is None:
         return []
     values = []
-    for node in find(init, lambda n: isinstance(n, cst.Assign)):
+    for node in find_types(init, cst.Assign):
         if any(self_attribute(t.target) == attribute for t in node.targets):
             values.append(node.value)
     return values
@@ -76,6 +76,6 @@ def is_parameter(ctx: "FileContext", node: cst.CSTNode) -> cst.FunctionDef | Non
     names = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
     if node.value not in names:
         return None
-    assigned = [n for n in find(function.body, lambda n: isinstance(n, (cst.AssignTarget, cst.AugAssign)))
+    assigned = [n for n in find_types(function.body, (cst.AssignTarget, cst.AugAssign))
                 if isinstance(getattr(n, "target", None), cst.Name) and n.target.value == node.value]
     return None if assigned else function

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 class FileContext:
     def __init__(self, module: cst.Module, path: str, text: str, project: "ProjectIndex | None" = None,
-                 source_path: str | None = None, positions: Mapping[cst.CSTNode, Any] | None = None) -> None:
+                 source_path: str | None = None, positions: Mapping[cst.CSTNode, Any] | None = None,
+                 earlier: NodeIndex | None = None) -> None:
+        """`earlier`: the index of the file's version a fix rewrote into `module` (its unchanged
+        subtrees are copied from there)."""
         self.path = path
         self.source_path = source_path or path  # the file on disk, as the project index knows it
         self._project = project
@@ -31,6 +34,7 @@ class FileContext:
         self.text = text
         if positions is not None:  # from the printing that produced `text` (engine/printed.py)
             self._positions = positions
+        self._earlier = earlier
 
     @property
     def skips(self) -> dict[int, frozenset[str]]:
@@ -70,7 +74,8 @@ class FileContext:
     @cached_property
     def index(self) -> NodeIndex:
         """The module's nodes by type, name, attribute and callee: whole-module searches as look-ups."""
-        return NodeIndex(self.module)
+        index, self._earlier = NodeIndex(self.module, self._earlier), None
+        return index
 
     @property
     def parents(self) -> Mapping[cst.CSTNode, cst.CSTNode]:

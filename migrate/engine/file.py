@@ -179,18 +179,20 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     positions = None  # of the rewritten module's nodes, from the printing that gave `code`
     column = Columns(text).column  # lines come from engine/lines.py, columns from the input's text
+    earlier = None  # the index of the module a fix rewrote: the next one copies unchanged subtrees
     used_skips: set[int] = set()  # skip comments the current rule used, in the lines it saw
     skip_lines: set[int] = set()  # the same, in the input's lines
     for rule in active:
         seen = code  # the text this rule reads: lines of its findings count there
         try:
-            ctx = ctx or FileContext(module, path, code, project, source_path, positions)
+            ctx = ctx or FileContext(module, path, code, project, source_path, positions, earlier)
             findings = list(rule.check(ctx))
             components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             used_skips.update(ctx.used_skips)  # lines of `seen`: mapped below
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
                 module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index)
+                earlier = ctx.index
                 code, positions = printed(module)
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None

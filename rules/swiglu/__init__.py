@@ -203,8 +203,8 @@ def _replay(ctx, cls) -> tuple[str, int, list[str]] | None:
     forward = cls.methods.get("forward")
     if forward is None:
         return None
-    applied = {name for name in cls.submodules if any(
-        isinstance(c, cst.Call) and self_attribute(c.func) == name for c in _calls(forward))}
+    called = {self_attribute(c.func) for c in _calls(forward)}
+    applied = {name for name in cls.submodules if name in called}
     for name, method in cls.methods.items():
         if name in ("__init__", "forward"):
             continue
@@ -226,9 +226,9 @@ def _replay_refusal(line: int, replay: tuple[str, int, list[str]]) -> Refusal:
 
 
 def _calls(node: cst.CSTNode) -> list[cst.Call]:
-    from tf_migrate.analysis.nodes import find
+    from tf_migrate.analysis.nodes import find_types
 
-    return find(node, lambda n: isinstance(n, cst.Call))
+    return find_types(node, cst.Call)
 
 
 def _branch_built_layer_list(ctx, cls) -> Refusal | None:
@@ -236,12 +236,12 @@ def _branch_built_layer_list(ctx, cls) -> Refusal | None:
     ends with a Linear, and `__init__` appends a module bound in the branches of an `if` to
     different classes (diffusers' GEGLU or ApproximateGELU as the first projection): one class,
     two FFN shapes."""
-    from tf_migrate.analysis.nodes import find
+    from tf_migrate.analysis.nodes import find_types
 
     init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
     if init is None or forward is None:
         return None
-    loops = [f for f in find(forward, lambda n: isinstance(n, cst.For)) if self_attribute(f.iter) is not None]
+    loops = [f for f in find_types(forward, cst.For) if self_attribute(f.iter) is not None]
     for loop in loops:
         attribute = self_attribute(loop.iter)
         appended = [c.args[0].value for c in _calls(init) if isinstance(c.func, cst.Attribute)
@@ -252,11 +252,11 @@ def _branch_built_layer_list(ctx, cls) -> Refusal | None:
         for value in appended:
             if not isinstance(value, cst.Name):
                 continue
-            built = [a for a in find(init, lambda n: isinstance(n, cst.Assign)) if any(
+            built = [a for a in find_types(init, cst.Assign) if any(
                 isinstance(t.target, cst.Name) and t.target.value == value.value for t in a.targets)]
             kinds = {ctx.code(a.value.func) for a in built if isinstance(a.value, cst.Call)}
-            tests = sorted({ctx.code(n.test) for n in find(init, lambda n: isinstance(n, cst.If))
-                            if any(a in find(n.body, lambda m: isinstance(m, cst.Assign)) for a in built)})
+            tests = sorted({ctx.code(n.test) for n in find_types(init, cst.If)
+                            if any(a in find_types(n.body, cst.Assign) for a in built)})
             if len(built) >= 2 and len(kinds) >= 2 and tests:
                 return Refusal(ctx.line(loop), f"the first module of `self.{attribute}` is `{value.value}`, built as "
                                f"{' or '.join(sorted(kinds))} depending on {' / '.join(tests[:2])}: one class, "

@@ -24,6 +24,11 @@ from tf_migrate.engine.rule import Component
 
 
 def components(ctx, code: str) -> Iterator[Component]:
+    """The census, computed once per file version: the rule's check asks it too (`_replayed_elsewhere`)."""
+    return iter(ctx.memo(f"swiglu.components.{code}", lambda: list(_components(ctx, code))))
+
+
+def _components(ctx, code: str) -> Iterator[Component]:
     index = walker(ctx).index
     blocks = _block_classes(ctx)
     found = list(_chains(ctx, blocks)) + list(_sequentials(index, blocks, code))
