@@ -415,3 +415,17 @@ def test_swiglu_class_searches_answer_as_a_walk(path):
             for node in within:
                 for kind in (cst.Call, cst.For, cst.If, cst.Assign):
                     assert nodes.find_types(node, kind) == [n for n in _walk(node, True) if isinstance(n, kind)]
+
+
+def test_every_attention_callee_is_spelled_by_an_attention_word():
+    """`ffn._may_compute_attention` skips files whose text holds none of the words."""
+    for callee in ffn._ATTENTION_CALLS:
+        assert callee.rsplit(".", 1)[-1] in ffn._ATTENTION_WORDS
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_files_computing_attention_hold_an_attention_word(path):
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    if ffn._direct_attention(ctx) or ffn._attention_functions(ctx):
+        assert any(word in text for word in ffn._ATTENTION_WORDS)

@@ -751,9 +751,25 @@ def _find_project_attention(ctx: "FileContext", init: cst.FunctionDef) -> bool:
     for call in _calls_and_ops(init):
         if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
             for symbol in symbols_of(ctx, call.func):
-                owner = _owner_context(ctx, symbol.path) if symbol.kind == "class" and symbol.path else None
+                if symbol.kind != "class" or not symbol.path or not _may_compute_attention(ctx, symbol.path):
+                    continue
+                owner = _owner_context(ctx, symbol.path)
                 if owner is not None and symbol.qualname in _direct_attention(owner):
                     return True
+    return False
+
+
+# Every callee `_is_attention` accepts ends with one of these (a dotted callee ends with its
+# attribute, `names._ALIASES` keep it), and `.softmax(...)` spells one: a file whose text holds
+# none of them computes no attention, and needs no parse to say so.
+_ATTENTION_WORDS = ("softmax", "Softmax", "scaled_dot_product_attention", "MultiheadAttention")
+
+
+def _may_compute_attention(ctx: "FileContext", path: str) -> bool:
+    text = ctx.project.text(absolute(path))
+    if text is None or any(word in text for word in _ATTENTION_WORDS):
+        return True
+    ctx.project.summary(path)  # the read `project.context` would have recorded
     return False
 
 

@@ -141,12 +141,20 @@ def remove_imports(module: cst.Module, code: str, removals: list[tuple[str, str 
         end += 1
     head = "".join(module.code_for_node(statement) for statement in module.body[start:end])
     free = []
+    # name -> free, and -> still used: fixes of many classes free the same few names
+    free_names: dict[str, bool] = {}
+    used_names: dict[str, bool] = {}
     for removal in removals:
         dotted, obj, alias = removal
         local = alias or obj or dotted
-        if "." not in local and _spelled(local, code) == _spelled(local, head):
+        if local not in free_names:
+            free_names[local] = "." not in local and _spelled(local, code) == _spelled(local, head)
+        if free_names[local]:
             free.append(removal)
-        elif not still_used(code, [removal]):
+            continue
+        if local not in used_names:
+            used_names[local] = still_used(code, [removal])
+        if not used_names[local]:
             return RemoveImportsVisitor(context).transform_module(module)
     if not free:
         return module
@@ -188,10 +196,14 @@ def still_used(code: str, removals: list[tuple[str, str | None, str | None]]) ->
         top = symtable.symtable(code, "<fixed>", "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
+    kept: set[str] = set()  # fixes of many classes may free the same few names: each is read once
     for dotted, obj, alias in removals:
         local = alias or obj or dotted
+        if local in kept:
+            continue
         if "." in local or not _kept(top, local):
             return False
+        kept.add(local)
     return True
 
 

@@ -27,9 +27,9 @@ _NAMES = {f"{name}{tail}" for name in _WHOLE_MATRIX + _KAIMING for tail in ("_",
 
 def generic_shape_inits(ctx: "FileContext", stacked_dim: int) -> list[cst.Call]:
     """Generic initialiser calls in the file whose result changes when a weight grows along
-    `stacked_dim` (0: fan_out, 1: fan_in)."""
-    return [call for call in ctx.memo("fan_inits", lambda: _generic_calls(ctx))
-            if _reads_dim(ctx, call, stacked_dim)]
+    `stacked_dim` (0: fan_out, 1: fan_in); once per file version, not once per fused class."""
+    return ctx.memo(f"fan_inits.{stacked_dim}", lambda: [
+        call for call in ctx.memo("fan_inits", lambda: _generic_calls(ctx)) if _reads_dim(ctx, call, stacked_dim)])
 
 
 def _generic_calls(ctx: "FileContext") -> list[cst.Call]:

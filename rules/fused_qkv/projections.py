@@ -211,12 +211,48 @@ def foreign_attribute(ctx: "FileContext", cls, names: list[str]) -> str | None:
     """Why fusing would leave a reference dangling: another object's `.q`, or `self.q` in a
     subclass (which may replace or call it). None when only the class itself reaches them."""
     own = {id(ref) for name in names for ref in cls.self_references(name)}
-    found = (n for name in names for n in ctx.index.attributes(ctx.module, name))
-    for node in sorted(found, key=ctx.line):  # first in the file
+    table = _attribute_owners(ctx)
+    found = [entry for number, name in enumerate(names) for entry in _candidates(table, name, number, cls)]
+    for _, node in sorted(found, key=lambda entry: entry[0]):  # first in the file
         if id(node) not in own and not _own_attribute_elsewhere(ctx, cls, node):
             return (f"`{ctx.code(node)}` on line {ctx.line(node)} reaches `{node.attr.value}` from "
                     "outside its class (a subclass or another object)")
     return None
+
+
+def _candidates(table, name: str, number: int, cls) -> list[tuple[tuple[int, int, int], cst.Attribute]]:
+    """The `.<name>` references that may reach it from outside `cls`, keyed by (line, position of
+    `name` in the asked names, position in the file) as the scan ordered them: every one not
+    spelled `self.<name>` inside a class, and `self.<name>` in a class naming `cls` as a base.
+    (`self.<name>` anywhere else is the class's own or another class's own attribute.)"""
+    loose, by_base = table.get(name, ((), {}))
+    own_name = cls.node.name.value
+    return [((line, number, at), node) for line, at, node in (*loose, *by_base.get(own_name, ()))]
+
+
+def _attribute_owners(ctx: "FileContext") -> dict[str, tuple[list, dict[str, list]]]:
+    """Attribute name -> its references `<expr>.<name>` (line, position in the file, node), split
+    into those that are not `self.<name>` inside a class, and, by each plain-name base of the
+    class, the `self.<name>` inside it: one walk up from every reference per file version, where
+    `foreign_attribute` walked up from every reference of the file per class."""
+    def build() -> dict[str, tuple[list, dict[str, list]]]:
+        table: dict[str, tuple[list, dict[str, list]]] = {}
+        for at, node in enumerate(ctx.index.of_type(ctx.module, (cst.Attribute,), True)):
+            loose, by_base = table.setdefault(node.attr.value, ([], {}))
+            entry = (ctx.line(node), at, node)
+            owner = None
+            if isinstance(node.value, cst.Name) and node.value.value == "self":
+                owner = ctx.parents.get(node)
+                while owner is not None and not isinstance(owner, cst.ClassDef):
+                    owner = ctx.parents.get(owner)
+            if owner is None:
+                loose.append(entry)
+                continue
+            for base in {b.value.value for b in owner.bases if isinstance(b.value, cst.Name)}:
+                by_base.setdefault(base, []).append(entry)
+        return table
+
+    return ctx.memo("fused_qkv.attribute_owners", build)
 
 
 def naming_string(ctx: "FileContext", names: list[str]) -> str | None:

@@ -48,6 +48,12 @@ def _post_norm_sites(ctx) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.
     return ctx.memo("prenorm.census.sites", lambda: _find_sites(walker(ctx), ctx))
 
 
+def _post_norm_classes(ctx) -> set[int]:
+    """The ids of the classes that hold a function with post-norm sites (the file's walker index
+    keeps the classes alive as long as the memo)."""
+    return ctx.memo("prenorm.census.site_classes", lambda: {id(function.cls) for function in _post_norm_sites(ctx)})
+
+
 def _find_sites(walk, ctx=None) -> dict[Function, list[tuple[ast.Call, ast.BinOp, ast.Call]]]:
     index = walk.index
     seen: set[int] = set()
@@ -182,9 +188,21 @@ def _stacks(index) -> tuple[dict[str, list], dict[str, set[str]]]:
     return _STACKS[index]
 
 
+_FORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _loops_over(cls, attribute: str) -> list[int]:
-    return [node.lineno for node in ast.walk(cls.node)
-            if isinstance(node, ast.For) and any(self_attribute(n) == attribute for n in ast.walk(node.iter))]
+    """The lines of the class's `for` loops whose iterable reads `self.<attribute>`."""
+    return [line for line, attributes in _fors(cls) if attribute in attributes]
+
+
+def _fors(cls) -> list[tuple[int, set[str]]]:
+    """(line, the `self.<x>` its iterable reads) per `for` of the class, in walk order: one walk
+    per class, not one per class and attribute."""
+    if cls not in _FORS:
+        _FORS[cls] = [(node.lineno, {self_attribute(n) for n in ast.walk(node.iter)})
+                      for node in ast.walk(cls.node) if isinstance(node, ast.For)]
+    return _FORS[cls]
 
 
 def _built_names(index, cls, attribute: str) -> set[str]:
@@ -197,14 +215,27 @@ def _built_names(index, cls, attribute: str) -> set[str]:
         return names
     parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
     passed = {n.id for v in values for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in parameters}
-    for call in index.calls if passed else ():
-        if not (isinstance(call.func, ast.Name) and call.func.id == cls.node.name):
-            continue
+    for call in _calls_by_name(index).get(cls.node.name, ()) if passed else ():
         given = [(parameters[i], a) for i, a in enumerate(call.args[:len(parameters)])
                  if not isinstance(a, ast.Starred)] + [(k.arg, k.value) for k in call.keywords]
         names |= {n.func.id for name, value in given if name in passed for n in ast.walk(value)
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     return names
+
+
+_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _calls_by_name(index) -> dict[str, list[ast.Call]]:
+    """Plain name -> the file's calls `name(...)`, in `index.calls` order: read once per file
+    index, not once per class and attribute."""
+    if index not in _CALLS:
+        table: dict[str, list[ast.Call]] = {}
+        for call in index.calls:
+            if isinstance(call.func, ast.Name):
+                table.setdefault(call.func.id, []).append(call)
+        _CALLS[index] = table
+    return _CALLS[index]
 
 
 def _stacks_of_other_files(ctx, code: str) -> Iterator[Component]:
@@ -235,7 +266,7 @@ def _reaches_other_file(fctx, name: str, home: str, depth: int) -> bool:
     if resolved is None:
         return False
     octx, info = resolved
-    if any(function.cls is info for function in _post_norm_sites(octx)):
+    if id(info) in _post_norm_classes(octx):
         return octx.project_key != home
     index = walker(octx).index
     return any(_reaches_other_file(octx, held, home, depth + 1)

@@ -12,7 +12,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import loads
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import find, walk
+from tf_migrate.analysis.nodes import cached, find, walk
 from tf_migrate.rules.prenorm.tree import files_naming, holders, names_class
 
 if TYPE_CHECKING:
@@ -36,15 +36,13 @@ def find_stacks(ctx: "FileContext", block: "ModuleClass", depth: int = 0) -> lis
     this file or, through imports, in another file of the tree (then `fctx` names that file)."""
     name = block.node.name.value
     found = [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", ctx)
-             for cls in ctx.module_classes for sub in cls.submodules.values()
-             if sub.callee in CONTAINERS and _stacks(ctx, cls, sub.call, name)
-             and not _changed_later(ctx, cls, sub)]
+             for cls, sub in _containers_naming(ctx).get(name, ())
+             if _stacks(ctx, cls, sub.call, name) and not _changed_later(ctx, cls, sub)]
     for other in files_naming(ctx, name):
         if names_class(other, name, ctx, block):
             found += [Stack(cls, sub.name, sub.statement, f"self.{sub.name}[-1]", other)
-                      for cls in other.module_classes for sub in cls.submodules.values()
-                      if sub.callee in CONTAINERS and _stacks(other, cls, sub.call, name)
-                      and not _changed_later(other, cls, sub)]
+                      for cls, sub in _containers_naming(other).get(name, ())
+                      if _stacks(other, cls, sub.call, name) and not _changed_later(other, cls, sub)]
     if depth >= 3:
         return found
     for fctx, cls, sub in holders(ctx, block):
@@ -67,11 +65,33 @@ def _stacks(ctx, cls: "ModuleClass", container: cst.Call, name: str) -> bool:
 def block_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> list[str]:
     """The block class names this container stacks, exactly those `_stacks` accepts: every
     called name near the container (its arguments, `__init__`, calls of the class) is tried."""
+    return sorted(name for name in _tried_names(ctx, cls, container) if _stacks(ctx, cls, container, name))
+
+
+def _tried_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) -> set[str]:
+    """Every name `_stacks` can accept for this container: each of its ways to accept a name needs
+    a call of that name in the container, in `__init__` or in a call of the class, or the name
+    among the class's choices."""
     places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
         + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
-    names = {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
-             if isinstance(node.func, cst.Name)} | {n for chosen in class_choices(cls).values() for n in chosen}
-    return sorted(name for name in names if _stacks(ctx, cls, container, name))
+    return {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
+            if isinstance(node.func, cst.Name)} | {n for chosen in class_choices(cls).values() for n in chosen}
+
+
+def _containers_naming(ctx: "FileContext") -> dict[str, list[tuple["ModuleClass", object]]]:
+    """Block name -> the (class, container submodule) pairs, in class and submodule order, whose
+    `_tried_names` hold it: a block's stacks are looked for among these only, not in every class
+    of the file. Built once per file version."""
+    def build() -> dict[str, list[tuple["ModuleClass", object]]]:
+        table: dict[str, list[tuple["ModuleClass", object]]] = {}
+        for cls in ctx.module_classes:
+            for sub in cls.submodules.values():
+                if sub.callee in CONTAINERS:
+                    for name in _tried_names(ctx, cls, sub.call):
+                        table.setdefault(name, []).append((cls, sub))
+        return table
+
+    return ctx.memo("prenorm.stacks.containers", build)
 
 
 def _appended_locally(ctx, cls: "ModuleClass", container: cst.Call, arg: cst.Arg, name: str) -> bool:
@@ -152,7 +172,12 @@ def _is_call_of(expr: cst.BaseExpression, name: str, choices: dict[str, set[str]
 
 def class_choices(cls: "ModuleClass") -> dict[str, set[str]]:
     """`self.<attr> = Block` or `self.<attr> = A if flag else B` in `__init__`, the attribute's only
-    binding in the class: attr -> the class names it may hold. Calling it builds one of them."""
+    binding in the class: attr -> the class names it may hold. Calling it builds one of them.
+    Read once per class node (the answer depends on the class's own code only)."""
+    return cached(cls.node, "prenorm.class_choices", lambda node: _class_choices(cls))
+
+
+def _class_choices(cls: "ModuleClass") -> dict[str, set[str]]:
     init = cls.methods.get("__init__")
     found: dict[str, set[str]] = {}
     if init is None:

@@ -72,13 +72,22 @@ def holders(ctx: "FileContext", cls: "ModuleClass") -> list[tuple["FileContext",
     for fctx in [ctx, *files_naming(ctx, name)]:
         if fctx is not ctx and not names_class(fctx, name, ctx, cls):
             continue
-        for holder in fctx.module_classes:
-            if holder is cls:
-                continue
-            for sub in holder.submodules.values():
-                if isinstance(sub.call.func, cst.Name) and sub.call.func.value == name:
-                    found.append((fctx, holder, sub))
+        found += [(fctx, holder, sub) for holder, sub in _built_by_name(fctx).get(name, ()) if holder is not cls]
     return found
+
+
+def _built_by_name(fctx: "FileContext") -> dict[str, list[tuple["ModuleClass", object]]]:
+    """Class name -> every (class, submodule) `self.<sub> = Name(...)` of the file, in class and
+    submodule order: built once per file version, not searched per block."""
+    def build() -> dict[str, list[tuple["ModuleClass", object]]]:
+        table: dict[str, list[tuple["ModuleClass", object]]] = {}
+        for holder in fctx.module_classes:
+            for sub in holder.submodules.values():
+                if isinstance(sub.call.func, cst.Name):
+                    table.setdefault(sub.call.func.value, []).append((holder, sub))
+        return table
+
+    return fctx.memo("prenorm.tree.built_by_name", build)
 
 
 def submodule_classes(fctx: "FileContext", cls: "ModuleClass") -> Iterator[tuple[str, "FileContext", "ModuleClass"]]:
