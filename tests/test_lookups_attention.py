@@ -175,3 +175,28 @@ def test_a_file_alone_has_no_constructor_argument_tables(path, tmp_path):
     other.write_text("")
     walked.project.files = walked.project.files | {str(other)}
     assert list(tree._argument_additions(walked)) == []
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_files_with_a_flat_table_pass_the_text_filter(path):
+    """rope/across.py skips files `may_hold_a_flat_table` rejects: none of them has a table that is
+    not 2-D (nor a non-2-D export)."""
+    from tf_migrate.analysis.census import FileIndex, Walker
+    from tf_migrate.rules.rope.census import may_hold_a_flat_table, tables
+
+    text = path.read_text()
+    if not any(t in text for t in ("sin(", "sin_(")):
+        return
+    found = tables(Walker(FileIndex(ast.parse(text))))
+    if any(not table.two_d for table in found):
+        assert may_hold_a_flat_table(text)
+
+
+def test_the_text_filter_leaves_out_sin_of_the_input():
+    text = ("import torch\n\n\nclass Wave(torch.nn.Module):\n"
+            "    def forward(self, x):\n        return x + torch.sin(x) * 2\n")
+    from tf_migrate.analysis.census import FileIndex, Walker
+    from tf_migrate.rules.rope.census import may_hold_a_flat_table, tables
+
+    assert not may_hold_a_flat_table(text)
+    assert all(table.two_d for table in tables(Walker(FileIndex(ast.parse(text)))))

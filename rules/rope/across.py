@@ -107,14 +107,14 @@ def _groups(project) -> list[list[Added]]:
 
 
 def _all_additions(project) -> Iterator[Added]:
-    from tf_migrate.rules.rope.census import tables
+    from tf_migrate.rules.rope.census import may_hold_a_flat_table, tables
     from tf_migrate.rules.rope.tree import _walker, exports_of, imported_uses
 
     files = sorted(project.files)
     exported: dict[tuple[str, str], Source] = {}
     for path in files:
         text = project.text(path)
-        if text is None or not any(t in text for t in ("sin(", "sin_(")):
+        if text is None or not may_hold_a_flat_table(text):  # only 2-D tables, all left out below
             continue
         walk = _walker(project, path)
         if walk is None:

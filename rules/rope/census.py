@@ -28,6 +28,14 @@ from tf_migrate.engine.rule import Component
 _TRIG = ("sin", "cos", "sin_", "cos_")
 _RANGES = ("arange", "range")
 _POWERS = ("exp", "pow", "power", "float_power", "exp2", "logspace")
+
+
+def may_hold_a_flat_table(text: str) -> bool:
+    """Whether `tables` can find a table that is not 2-D in a file with this text: its sin/cos reads
+    positions from an `arange`/`range` call and frequencies from a power (`_POWERS` or `**`) of the
+    same file (`_positions_times_frequencies` walks back inside the file only)."""
+    return any(t in text for t in ("sin(", "sin_(")) and any(r in text for r in _RANGES) and (
+        "**" in text or any(p in text for p in _POWERS))
 _KIND = "sinusoidal-positions"
 # the helper TFM401 inserts (rotary_code.py): rotary already, its cos/sin are no absolute table
 _ROTARY_HELPERS = ("_rotary_cos_sin", "apply_rotary")
