@@ -429,3 +429,29 @@ def test_files_computing_attention_hold_an_attention_word(path):
     ctx = FileContext(cst.parse_module(text), str(path), text)
     if ffn._direct_attention(ctx) or ffn._attention_functions(ctx):
         assert any(word in text for word in ffn._ATTENTION_WORDS)
+
+
+def _naming_strings_scan(ctx, names):
+    """The scan `string_refs.naming_strings` replaced: every literal evaluated per question."""
+    from tf_migrate.analysis.string_refs import _literal_texts
+
+    wanted = set(names)
+    for node in ctx.index.of_type(ctx.module, (cst.SimpleString, cst.FormattedString)):
+        for text in _literal_texts(node):
+            hit = next((segment for segment in text.split(".") if segment in wanted), None)
+            if hit is not None:
+                yield node, hit
+                break
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_naming_strings_answer_as_the_scan(path):
+    from tf_migrate.analysis.string_refs import _literal_texts, naming_strings
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    segments = sorted({segment for node in ctx.index.of_type(ctx.module, (cst.SimpleString, cst.FormattedString))
+                       for literal in _literal_texts(node) for segment in literal.split(".")})
+    attributes = sorted({n.attr.value for n in ctx.index.of_type(ctx.module, cst.Attribute)})
+    for names in (segments, attributes, segments[::3], segments[1::2] + attributes[:5], ["weight"], []):
+        assert list(naming_strings(ctx, names)) == list(_naming_strings_scan(ctx, names))

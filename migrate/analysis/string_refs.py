@@ -21,12 +21,27 @@ def naming_strings(ctx: "FileContext", names: Iterable[str]) -> Iterator[tuple[c
     """(string node, the name it holds) for every literal of this file that names one of `names`:
     plain strings, and the literal parts of f-strings (`f"layers.{i}.wq"`)."""
     wanted = set(names)
-    for node in ctx.index.of_type(ctx.module, (cst.SimpleString, cst.FormattedString)):
-        for text in _literal_texts(node):
-            hit = next((segment for segment in text.split(".") if segment in wanted), None)
+    strings, holding = ctx.memo("string_refs.segments", lambda: _segments(ctx))
+    for at in sorted({at for name in wanted for at in holding.get(name, ())}):
+        node, texts = strings[at]
+        for segments in texts:
+            hit = next((segment for segment in segments if segment in wanted), None)
             if hit is not None:
                 yield node, hit
                 break
+
+
+def _segments(ctx: "FileContext") -> tuple[list, dict[str, list[int]]]:
+    """The file's string literals in source order, each with its literal texts split at dots, and
+    the literals (by their place in that list) that hold each segment: one evaluation of every
+    literal per file version, not one per question."""
+    strings, holding = [], {}
+    for node in ctx.index.of_type(ctx.module, (cst.SimpleString, cst.FormattedString)):
+        texts = [text.split(".") for text in _literal_texts(node)]
+        for segment in {segment for segments in texts for segment in segments}:
+            holding.setdefault(segment, []).append(len(strings))
+        strings.append((node, texts))
+    return strings, holding
 
 
 def _literal_texts(node: cst.CSTNode) -> list[str]:
