@@ -177,8 +177,11 @@ def _load_rules_before_forking(rules: Sequence) -> None:
 
     for rule in rules:
         real = getattr(rule, "real", None)
-        if real is not None:
-            real()
+        try:
+            if real is not None:
+                real()
+        except Exception:  # noqa: BLE001 - the workers meet it again and report it per file, as before
+            continue
 
 
 def _alone(item: _Pending, rules: Sequence, project) -> FileResult:
