@@ -15,7 +15,6 @@ import pytest
 
 from helpers import FIXTURES
 from tf_migrate.analysis import dataflow
-from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.nodes import _walk, body_nodes, find_types
 from tf_migrate.engine.context import FileContext
 from tf_migrate.rules.rope import positions, rotary
@@ -90,9 +89,9 @@ def test_softmax_spelling_and_products_answer_as_the_printed_method(path):
 @pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
 def test_remembered_callees_answer_as_the_resolver(path):
     ctx = _context(path)
-    every = list(_walk(ctx.module, True))
-    for _ in range(2):  # the second round is answered from the memo
-        assert [callee(ctx, n) for n in every] == [ctx.names.callee(n) for n in every]
+    calls = [n for n in _walk(ctx.module, True) if isinstance(n, cst.Call)]
+    for _ in range(2):  # the second round is answered from `NameResolver.imported`'s memo
+        assert [ctx.names.callee(n) for n in calls] == [ctx.names._imported_name(n.func) for n in calls]
 
 
 def _plain_table_statements(function, user, seed):

@@ -112,18 +112,6 @@ class Attention:
     notes: list[str] = field(default_factory=list)
 
 
-def callee(ctx: "FileContext", node: cst.CSTNode) -> str | None:
-    """`ctx.names.callee(node)`, resolved once per call and file version: TFM101 and TFM401 ask it of
-    every call of every method several times (an SDPA call? a product? a built-in layer?)."""
-    if not isinstance(node, cst.Call):
-        return None
-    known = ctx.memo("attention.callee", dict)
-    key = id(node)  # the module keeps the node alive as long as the context (and this memo) lives
-    if key not in known:
-        known[key] = ctx.names.callee(node)
-    return known[key]
-
-
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `a.matmul(b)`,
     `a.bmm(b)`, `einsum(s, a, b)`."""
@@ -131,7 +119,7 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
         return "matmul", node.left, node.right, None
     if not isinstance(node, cst.Call) or any(a.star for a in node.args):
         return None
-    name = callee(ctx, node)
+    name = ctx.names.callee(node)
     values = [a.value for a in node.args if a.keyword is None]
     if name in ("torch.matmul", "torch.bmm") and len(values) == 2:
         return name.split(".")[-1], values[0], values[1], None

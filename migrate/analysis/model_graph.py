@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from tf_migrate.analysis.attention import callee
 from tf_migrate.analysis.names import self_attribute
 from tf_migrate.analysis.nodes import find_types
 
@@ -45,14 +44,14 @@ def model_parts(ctx: "FileContext", root: "ModuleClass") -> ModelParts:
             continue
         parts.classes.append(cls)
         for call in find_types(cls.node, cst.Call):
-            if callee(ctx, call) == _FUNCTIONAL_ATTENTION:
+            if ctx.names.callee(call) == _FUNCTIONAL_ATTENTION:
                 parts.builtin.append((_FUNCTIONAL_ATTENTION, ctx.line(call)))
         init = cls.methods.get("__init__")
         for call in find_types(init, cst.Call) if init is not None else []:
             if isinstance(call.func, cst.Name) and call.func.value in by_name:
                 pending.append(by_name[call.func.value])
                 continue
-            name = callee(ctx, call)
+            name = ctx.names.callee(call)
             if name in BUILTIN_ATTENTION:
                 parts.builtin.append((name, ctx.line(call)))
             elif name and _is_class_name(name) and not name.startswith("torch.") and _builds_submodule(ctx, call):
@@ -68,7 +67,7 @@ def _builds_submodule(ctx: "FileContext", call: cst.Call) -> bool:
     """`self.x = Foreign(...)`, or `Foreign(...)` inside an nn container."""
     current = ctx.parents.get(call)
     while current is not None and not isinstance(current, cst.SimpleStatementLine):
-        if callee(ctx, current) in _CONTAINERS:
+        if ctx.names.callee(current) in _CONTAINERS:
             return True
         if isinstance(current, cst.Assign):
             return any(self_attribute(t.target) for t in current.targets) and current.value is call

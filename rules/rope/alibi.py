@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused, callee
+from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused
 from tf_migrate.analysis.nodes import find_types
 from tf_migrate.rules.rope.callers import key_query_evidence
 from tf_migrate.rules.rope.rotary import sources
@@ -65,9 +65,9 @@ def alibi_sites(ctx: "FileContext", cls: "ModuleClass") -> list[AlibiSite]:
     for method in cls.methods.values():
         matcher = AttentionMatcher(ctx, cls, method)
         for node in find_types(method.body, (cst.Call, cst.BinaryOperation), into_scopes=False):
-            if callee(ctx, node) == SDPA:
+            if ctx.names.callee(node) == SDPA:
                 found.append(_site(ctx, matcher, method, node))
-            elif callee(ctx, node) in _PRODUCTS or (
+            elif ctx.names.callee(node) in _PRODUCTS or (
                     isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply)):
                 if "softmax" in ctx.code(method).lower():
                     raise Refused(ctx.line(node), f"`{cls.qualname}.{method.name.value}` computes attention by "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused, callee
+from tf_migrate.analysis.attention import SDPA, AttentionMatcher, Refused
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow, OpaqueBinding, binds, loads, read_names
 from tf_migrate.analysis.names import int_value, method_call
 from tf_migrate.analysis.nodes import find, find_types
@@ -78,7 +78,7 @@ def _mentions_softmax(ctx: "FileContext", function: cst.FunctionDef) -> bool:
 
 def _operands(ctx, matcher: AttentionMatcher, node):
     """((q expr, layout order), (k expr, layout order), statement) of a scores product or SDPA call."""
-    if callee(ctx, node) == SDPA and len(node.args) >= 2:
+    if ctx.names.callee(node) == SDPA and len(node.args) >= 2:
         statement = matcher.flow.statement_of(node)
         return (*(_peel(ctx, matcher, a.value, statement) for a in node.args[:2]), statement)
     if not _is_product(node, ctx):
@@ -90,7 +90,7 @@ def _operands(ctx, matcher: AttentionMatcher, node):
     if found is None or not _feeds_softmax(ctx, matcher, statement):
         return None
     q, k = found.query, found.key
-    if k.suffix and callee(ctx, node) != "torch.einsum":
+    if k.suffix and ctx.names.callee(node) != "torch.einsum":
         untransposed = _transposed_name(ctx, matcher, k)
         if untransposed is None:
             return None  # `probs @ v`, or keys stored transposed: not a scores product we can place
@@ -140,7 +140,7 @@ def _transposed_name(ctx, matcher: AttentionMatcher, key):
 def _is_product(node, ctx) -> bool:
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
         return True
-    return callee(ctx, node) in ("torch.matmul", "torch.bmm", "torch.einsum")
+    return ctx.names.callee(node) in ("torch.matmul", "torch.bmm", "torch.einsum")
 
 
 def _feeds_softmax(ctx, matcher: AttentionMatcher, statement) -> bool:

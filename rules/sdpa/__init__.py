@@ -11,7 +11,7 @@ from typing import Iterator
 
 import libcst as cst
 
-from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused, callee
+from tf_migrate.analysis.attention import SDPA, AttentionMatcher, NotAttention, Refused
 from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consumer
 from tf_migrate.rules.sdpa.escapes import escaped_probabilities
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
@@ -151,7 +151,7 @@ class EinsumAttentionToSdpa(Rule):
         matcher = AttentionMatcher(ctx, cls, method)
         matcher.allow_returned = free or method.name.value == "forward"
         own_calls = find_types(method.body, cst.Call, into_scopes=False)
-        if any(callee(ctx, node) == SDPA for node in own_calls):
+        if any(ctx.names.callee(node) == SDPA for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
