@@ -133,6 +133,7 @@ class FileIndex:
         self.by_name: dict[str, list[Function]] = {}  # plain function/method name -> functions
         self.class_by_name: dict[str, ClassInfo] = {}
         self.calls: list[ast.Call] = []  # every call of the file, in walk order
+        self._calls_named: dict[str, list[ast.Call]] | None = None  # see `calls_named`
         self._in_branch = False  # whether the statement being recorded may not run
         # names bound by imports (`th`, `Fn`, `tnn`): a receiver named so is a namespace, not a tensor
         self.modules: frozenset[str] = frozenset(
@@ -251,6 +252,16 @@ class FileIndex:
             for element, source in zip(target.elts, iterable.args):
                 if isinstance(element, ast.Name):
                     function.iterated[element.id] = source
+
+    def calls_named(self, name: str) -> list[ast.Call]:
+        """The file's calls `name(...)` of a plain name, in `calls` order: one table per file,
+        built on the first question, not a scan of every call per question."""
+        if self._calls_named is None:
+            self._calls_named = {}
+            for call in self.calls:
+                if isinstance(call.func, ast.Name):
+                    self._calls_named.setdefault(call.func.id, []).append(call)
+        return self._calls_named.get(name, [])
 
     def function_of(self, node: ast.AST) -> Function:
         current: ast.AST | None = node

@@ -215,27 +215,12 @@ def _built_names(index, cls, attribute: str) -> set[str]:
         return names
     parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
     passed = {n.id for v in values for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in parameters}
-    for call in _calls_by_name(index).get(cls.node.name, ()) if passed else ():
+    for call in index.calls_named(cls.node.name) if passed else ():
         given = [(parameters[i], a) for i, a in enumerate(call.args[:len(parameters)])
                  if not isinstance(a, ast.Starred)] + [(k.arg, k.value) for k in call.keywords]
         names |= {n.func.id for name, value in given if name in passed for n in ast.walk(value)
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     return names
-
-
-_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _calls_by_name(index) -> dict[str, list[ast.Call]]:
-    """Plain name -> the file's calls `name(...)`, in `index.calls` order: read once per file
-    index, not once per class and attribute."""
-    if index not in _CALLS:
-        table: dict[str, list[ast.Call]] = {}
-        for call in index.calls:
-            if isinstance(call.func, ast.Name):
-                table.setdefault(call.func.id, []).append(call)
-        _CALLS[index] = table
-    return _CALLS[index]
 
 
 def _stacks_of_other_files(ctx, code: str) -> Iterator[Component]:

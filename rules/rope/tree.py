@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import os
 import re
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -245,27 +244,11 @@ def _constructor_parameter(walk, side: ast.AST) -> tuple[ast.ClassDef, ast.arg] 
 
 def _constructed_with(walk, cls: ast.ClassDef, parameter: ast.arg) -> ast.AST | None:
     """What a call `Cls(...)` of this file passes for the constructor's `parameter` (the first)."""
-    for call in _calls_named(walk.index, cls.name):
+    for call in walk.index.calls_named(cls.name):
         value = _argument(call, cls, parameter)
         if value is not None:
             return value
     return None
-
-
-# FileIndex -> plain name -> the calls `name(...)` of the file, in the index's order: built once per
-# file version instead of a scan of every call per constructor parameter (could live in FileIndex)
-_CALLS_BY_NAME: "weakref.WeakKeyDictionary[FileIndex, dict[str, list[ast.Call]]]" = weakref.WeakKeyDictionary()
-
-
-def _calls_named(index: FileIndex, name: str) -> list[ast.Call]:
-    table = _CALLS_BY_NAME.get(index)
-    if table is None:
-        table = {}
-        for call in index.calls:
-            if isinstance(call.func, ast.Name):
-                table.setdefault(call.func.id, []).append(call)
-        _CALLS_BY_NAME[index] = table
-    return table.get(name, [])
 
 
 def _argument(call: ast.Call, cls: ast.ClassDef, parameter: ast.arg) -> ast.AST | None:
