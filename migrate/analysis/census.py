@@ -134,82 +134,69 @@ class FileIndex:
         self.class_by_name: dict[str, ClassInfo] = {}
         self.calls: list[ast.Call] = []  # every call of the file, in walk order
         self._calls_named: dict[str, list[ast.Call]] | None = None  # see `calls_named`
-        self._in_branch = False  # whether the statement being recorded may not run
-        # names bound by imports (`th`, `Fn`, `tnn`): a receiver named so is a namespace, not a tensor
-        self.modules: frozenset[str] = frozenset(
-            (alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names)
+        self._imports: list[ast.AST] = []  # Import/ImportFrom nodes, met by the scan
         module = Function(tree, None, "<module>")
         self.functions.append(module)
-        self._scan(tree, module, None, "")
+        self._scan(tree, module, None, "", False)
+        # names bound by imports (`th`, `Fn`, `tnn`): a receiver named so is a namespace, not a tensor
+        self.modules: frozenset[str] = frozenset(
+            (alias.asname or alias.name).split(".")[0] for node in self._imports for alias in node.names)
+        del self._imports
 
-    def _scan(self, node: ast.AST, function: Function, cls: ClassInfo | None, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            self.parents[child] = node
-            if isinstance(child, ast.ClassDef):
-                info = ClassInfo(child, prefix + child.name)
-                self.classes.append(info)
-                self.class_by_name.setdefault(child.name, info)
-                self.owner[child] = function
-                self._scan(child, function, info, info.qualname + ".")
+    def _scan(self, node: ast.AST, function: Function, cls: ClassInfo | None, prefix: str,
+              branch: bool) -> None:
+        """Every child of `node` (the order of `ast.iter_child_nodes`, depth first), then its own
+        children. `branch`: whether `node` lies in an if/while/try/with/match of `function`."""
+        parents, owner = self.parents, self.owner
+        inside = branch or _conditional_type(type(node))  # what the children of `node` lie in
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                children = [item for item in value if isinstance(item, ast.AST)]
+            elif isinstance(value, ast.AST):
+                children = (value,)
+            else:
                 continue
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                inner = Function(child, cls, prefix + child.name)
-                self.functions.append(inner)
-                self.by_name.setdefault(child.name, []).append(inner)
-                if cls is not None and self.parents.get(child) is cls.node:
-                    cls.methods[child.name] = inner.node
-                self.owner[child] = function
-                _bind(function, child.name, child.lineno, child)
-                for arg in _arguments(child.args):
-                    inner.bindings.setdefault(arg.arg, []).append((child.lineno, arg, False))
-                self._scan(child, inner, cls, inner.qualname + ".")
-                continue
-            self.owner[child] = function
-            self._record(child, function, cls)
-            self._scan(child, function, cls, prefix)
+            for child in children:
+                parents[child] = node
+                owner[child] = function
+                kind = _KINDS.get(type(child))
+                if kind is None:
+                    kind = _KINDS[type(child)] = _kind(type(child))
+                if kind is _LEAF:  # `Load()`, `Add()`: no children, nothing recorded
+                    continue
+                if kind is _CLASS:
+                    info = ClassInfo(child, prefix + child.name)
+                    self.classes.append(info)
+                    self.class_by_name.setdefault(child.name, info)
+                    self._scan(child, function, info, info.qualname + ".", inside)
+                    continue
+                if kind is _FUNCTION:
+                    inner = Function(child, cls, prefix + child.name)
+                    self.functions.append(inner)
+                    self.by_name.setdefault(child.name, []).append(inner)
+                    if cls is not None and node is cls.node:
+                        cls.methods[child.name] = inner.node
+                    _bind(function, child.name, child.lineno, child)
+                    for arg in _arguments(child.args):
+                        inner.bindings.setdefault(arg.arg, []).append((child.lineno, arg, False))
+                    self._scan(child, inner, cls, inner.qualname + ".", False)
+                    continue
+                if kind is not _OTHER:
+                    self._record(child, kind, function, cls, inside)
+                self._scan(child, function, cls, prefix, inside)
 
-    def _conditional(self, node: ast.AST, function: Function) -> bool:
-        """Whether `node` sits in an if/while/try/with/match of `function` (a `for` counts as run)."""
-        current = self.parents.get(node)
-        while current is not None and current is not function.node:
-            if isinstance(current, (ast.If, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)) \
-                    or type(current).__name__ == "TryStar":
-                return True
-            current = self.parents.get(current)
-        return False
-
-    def _record(self, node: ast.AST, function: Function, cls: ClassInfo | None) -> None:
-        if isinstance(node, (ast.stmt, ast.NamedExpr, ast.comprehension)):
-            self._in_branch = self._conditional(node, function)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            function.loads.setdefault(node.id, []).append(node)
-        elif isinstance(node, ast.Call):
+    def _record(self, node: ast.AST, kind: int, function: Function, cls: ClassInfo | None,
+                conditional: bool) -> None:
+        """What one node binds, loads or calls. `conditional`: whether it lies in an
+        if/while/try/with/match of `function` (a `for` counts as run)."""
+        if kind is _NAME:
+            if isinstance(node.ctx, ast.Load):
+                function.loads.setdefault(node.id, []).append(node)
+        elif kind is _CALL:
             self.calls.append(node)
-        if isinstance(node, ast.Assign):
-            for target in node.targets:  # `a = b = v` binds both: chained assignments are assignments
-                self._target(target, node.value, node.lineno, function, cls)
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:
-            value = node.value
-            if isinstance(node, ast.AugAssign):
-                value = ast.BinOp(left=_load_copy(node.target), op=node.op, right=node.value)
-                ast.copy_location(value, node)
-                self.parents[value] = node
-                self.parents[value.left] = value
-            self._target(node.target, value, node.lineno, function, cls)
-        elif isinstance(node, ast.NamedExpr):
-            self._target(node.target, node.value, node.lineno, function, cls)
-        elif isinstance(node, (ast.For, ast.AsyncFor)):
-            self._target(node.target, node.iter, node.lineno, function, cls)
-            self._iterated(node.target, node.iter, function)
-        elif isinstance(node, ast.comprehension):
-            self._target(node.target, node.iter, node.iter.lineno, function, cls)
-            self._iterated(node.target, node.iter, function)
-        elif isinstance(node, (ast.With, ast.AsyncWith)):
-            for item in node.items:
-                if item.optional_vars is not None:
-                    self._target(item.optional_vars, item.context_expr, node.lineno, function, cls)
-        elif isinstance(node, ast.Call) and cls is not None:
+            if cls is None:
+                return
             name = last_name(node.func)
             if name in ("register_buffer", "register_parameter") and len(node.args) >= 2:
                 key = literal_string(node.args[0])
@@ -218,20 +205,46 @@ class FileIndex:
             elif name == "setattr" and len(node.args) == 3 and isinstance(node.args[0], ast.Name) \
                     and node.args[0].id == "self" and literal_string(node.args[1]):
                 cls.attributes.setdefault(literal_string(node.args[1]), []).append(node.args[2])
+        elif kind is _ASSIGN:
+            for target in node.targets:  # `a = b = v` binds both: chained assignments are assignments
+                self._target(target, node.value, node.lineno, function, cls, conditional)
+        elif kind is _ANNOTATED:
+            if node.value is not None:
+                value = node.value
+                if isinstance(node, ast.AugAssign):
+                    value = ast.BinOp(left=_load_copy(node.target), op=node.op, right=node.value)
+                    ast.copy_location(value, node)
+                    self.parents[value] = node
+                    self.parents[value.left] = value
+                self._target(node.target, value, node.lineno, function, cls, conditional)
+        elif kind is _NAMED:
+            self._target(node.target, node.value, node.lineno, function, cls, conditional)
+        elif kind is _FOR:
+            self._target(node.target, node.iter, node.lineno, function, cls, conditional)
+            self._iterated(node.target, node.iter, function)
+        elif kind is _COMPREHENSION:
+            self._target(node.target, node.iter, node.iter.lineno, function, cls, conditional)
+            self._iterated(node.target, node.iter, function)
+        elif kind is _WITH:
+            for item in node.items:
+                if item.optional_vars is not None:
+                    self._target(item.optional_vars, item.context_expr, node.lineno, function, cls, conditional)
+        elif kind is _IMPORT:
+            self._imports.append(node)
 
     def _target(self, target: ast.AST, value: ast.expr, line: int, function: Function,
-                cls: ClassInfo | None) -> None:
+                cls: ClassInfo | None, conditional: bool) -> None:
         if isinstance(target, ast.Name):
-            _bind(function, target.id, line, value, self._in_branch)
+            _bind(function, target.id, line, value, conditional)
         elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
                 and len(target.elts) == len(value.elts) \
                 and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
             for element, part in zip(target.elts, value.elts):  # `q, k = a(x), b(x)`: pairwise
-                self._target(element, part, line, function, cls)
+                self._target(element, part, line, function, cls, conditional)
         elif isinstance(target, (ast.Tuple, ast.List)):
             for element in target.elts:
                 self._target(element.value if isinstance(element, ast.Starred) else element,
-                             value, line, function, cls)
+                             value, line, function, cls, conditional)
         elif isinstance(target, ast.Subscript):  # `pe[:, 0::2] = sin(...)`: pe holds the value
             root = _root_name(target)
             if root is not None:  # a partial update: what was there before still reaches
@@ -290,6 +303,38 @@ def _arguments(args: ast.arguments) -> list[ast.arg]:
 
 def _bind(function: Function, name: str, line: int, value: ast.AST, conditional: bool = False) -> None:
     function.bindings.setdefault(name, []).append((line, value, conditional))
+
+
+# What `FileIndex._scan` does with a node, by its type (`_kind`, remembered per type in `_KINDS`).
+_LEAF, _OTHER, _CLASS, _FUNCTION, _NAME, _CALL, _ASSIGN, _ANNOTATED, _NAMED, _FOR, _COMPREHENSION, _WITH, \
+    _IMPORT = range(13)
+_KINDS: dict[type, int] = {}
+
+
+def _kind(node_type: type) -> int:
+    if not node_type._fields:
+        return _LEAF  # expression contexts and operators: no children, nothing to record
+    for base, kind in ((ast.ClassDef, _CLASS), ((ast.FunctionDef, ast.AsyncFunctionDef), _FUNCTION),
+                       (ast.Name, _NAME), (ast.Call, _CALL), (ast.Assign, _ASSIGN),
+                       ((ast.AnnAssign, ast.AugAssign), _ANNOTATED), (ast.NamedExpr, _NAMED),
+                       ((ast.For, ast.AsyncFor), _FOR), (ast.comprehension, _COMPREHENSION),
+                       ((ast.With, ast.AsyncWith), _WITH), ((ast.Import, ast.ImportFrom), _IMPORT)):
+        if issubclass(node_type, base):
+            return kind
+    return _OTHER
+
+
+_CONDITIONAL_TYPES: dict[type, bool] = {}
+
+
+def _conditional_type(node_type: type) -> bool:
+    """An if/while/try/with/match: what lies inside it may not run (a `for` counts as run)."""
+    found = _CONDITIONAL_TYPES.get(node_type)
+    if found is None:
+        found = _CONDITIONAL_TYPES[node_type] = issubclass(
+            node_type, (ast.If, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)) \
+            or node_type.__name__ == "TryStar"
+    return found
 
 
 def _load_copy(target: ast.AST) -> ast.expr:

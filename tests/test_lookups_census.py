@@ -1,0 +1,232 @@
+"""The census index (analysis/census.py `FileIndex`) answers what its first build answered (issue 20).
+
+`FileIndex` is built for every file a census looks at and for the files TFM401's whole-tree pass
+reads. Its build now visits each node once with the node's kind looked up per type, carries
+"inside an if/while/try/with of this function" down the walk instead of climbing the parents per
+statement, and collects the imports on the way instead of a second walk. `_ScannedIndex` below
+keeps the build it replaced; every table of the two (parents, owners, classes, functions with
+their bindings, loads and iterables, calls, imports), in order, is compared over every fixture.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from helpers import FIXTURES
+from tf_migrate.analysis.census import (ClassInfo, FileIndex, Function, _arguments, _bind, _load_copy, _root,
+                                        _root_name, last_name, literal_string, self_attribute)
+from test_lookups import SOURCES, _parses
+
+PARSED = [p for p in SOURCES if _parses(p)]
+
+
+class _ScannedIndex(FileIndex):
+    """The build `FileIndex` replaced (kept to compare with)."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.tree = tree
+        self.parents = {}
+        self.classes = []
+        self.functions = []
+        self.owner = {}
+        self.by_name = {}
+        self.class_by_name = {}
+        self.calls = []
+        self._calls_named = None
+        self._in_branch = False
+        self.modules = frozenset(
+            (alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names)
+        module = Function(tree, None, "<module>")
+        self.functions.append(module)
+        self._scan(tree, module, None, "")
+
+    def _scan(self, node, function, cls, prefix):
+        for child in ast.iter_child_nodes(node):
+            self.parents[child] = node
+            if isinstance(child, ast.ClassDef):
+                info = ClassInfo(child, prefix + child.name)
+                self.classes.append(info)
+                self.class_by_name.setdefault(child.name, info)
+                self.owner[child] = function
+                self._scan(child, function, info, info.qualname + ".")
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = Function(child, cls, prefix + child.name)
+                self.functions.append(inner)
+                self.by_name.setdefault(child.name, []).append(inner)
+                if cls is not None and self.parents.get(child) is cls.node:
+                    cls.methods[child.name] = inner.node
+                self.owner[child] = function
+                _bind(function, child.name, child.lineno, child)
+                for arg in _arguments(child.args):
+                    inner.bindings.setdefault(arg.arg, []).append((child.lineno, arg, False))
+                self._scan(child, inner, cls, inner.qualname + ".")
+                continue
+            self.owner[child] = function
+            self._record(child, function, cls)
+            self._scan(child, function, cls, prefix)
+
+    def _conditional(self, node, function):
+        current = self.parents.get(node)
+        while current is not None and current is not function.node:
+            if isinstance(current, (ast.If, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)) \
+                    or type(current).__name__ == "TryStar":
+                return True
+            current = self.parents.get(current)
+        return False
+
+    def _record(self, node, function, cls):
+        if isinstance(node, (ast.stmt, ast.NamedExpr, ast.comprehension)):
+            self._in_branch = self._conditional(node, function)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            function.loads.setdefault(node.id, []).append(node)
+        elif isinstance(node, ast.Call):
+            self.calls.append(node)
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                self._target(target, node.value, node.lineno, function, cls)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+            value = node.value
+            if isinstance(node, ast.AugAssign):
+                value = ast.BinOp(left=_load_copy(node.target), op=node.op, right=node.value)
+                ast.copy_location(value, node)
+                self.parents[value] = node
+                self.parents[value.left] = value
+            self._target(node.target, value, node.lineno, function, cls)
+        elif isinstance(node, ast.NamedExpr):
+            self._target(node.target, node.value, node.lineno, function, cls)
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            self._target(node.target, node.iter, node.lineno, function, cls)
+            self._iterated(node.target, node.iter, function)
+        elif isinstance(node, ast.comprehension):
+            self._target(node.target, node.iter, node.iter.lineno, function, cls)
+            self._iterated(node.target, node.iter, function)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    self._target(item.optional_vars, item.context_expr, node.lineno, function, cls)
+        elif isinstance(node, ast.Call) and cls is not None:
+            name = last_name(node.func)
+            if name in ("register_buffer", "register_parameter") and len(node.args) >= 2:
+                key = literal_string(node.args[0])
+                if key:
+                    cls.attributes.setdefault(key, []).append(node.args[1])
+            elif name == "setattr" and len(node.args) == 3 and isinstance(node.args[0], ast.Name) \
+                    and node.args[0].id == "self" and literal_string(node.args[1]):
+                cls.attributes.setdefault(literal_string(node.args[1]), []).append(node.args[2])
+
+    def _target(self, target, value, line, function, cls, conditional=None):
+        if isinstance(target, ast.Name):
+            _bind(function, target.id, line, value, self._in_branch)
+        elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+                and len(target.elts) == len(value.elts) \
+                and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
+            for element, part in zip(target.elts, value.elts):
+                self._target(element, part, line, function, cls)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                self._target(element.value if isinstance(element, ast.Starred) else element,
+                             value, line, function, cls)
+        elif isinstance(target, ast.Subscript):
+            root = _root_name(target)
+            if root is not None:
+                _bind(function, root, line, value, conditional=True)
+            elif cls is not None and self_attribute(_root(target)):
+                cls.attributes.setdefault(self_attribute(_root(target)), []).append(value)
+        elif isinstance(target, ast.Attribute):
+            attribute = self_attribute(target) or self_attribute(_root(target))
+            if cls is not None and attribute:
+                cls.attributes.setdefault(attribute, []).append(value)
+
+
+def tables_of(index: FileIndex) -> dict:
+    """Every table of an index, with nodes named so that two builds over one tree compare equal:
+    a node of the tree by its identity, a node the build made (`a += b` read as `a + b`) by its
+    dump and place; functions and classes by their position in the index's lists, dicts in order."""
+    in_tree = {id(n) for n in ast.walk(index.tree)}
+    made: dict[int, int] = {}  # id of a node the build made -> the order it is first met
+
+    def key(node):
+        if node is None:
+            return None
+        if id(node) in in_tree:
+            return "tree", id(node)
+        return "made", made.setdefault(id(node), len(made)), ast.dump(node, include_attributes=True)
+
+    functions = {id(f): i for i, f in enumerate(index.functions)}
+    classes = {id(c): i for i, c in enumerate(index.classes)}
+    return {
+        "parents": [(key(n), key(p)) for n, p in index.parents.items()],
+        "owner": [(key(n), functions[id(f)]) for n, f in index.owner.items()],
+        "classes": [(key(c.node), c.qualname, [(a, [key(v) for v in vs]) for a, vs in c.attributes.items()],
+                     [(m, key(n)) for m, n in c.methods.items()]) for c in index.classes],
+        "functions": [(key(f.node), classes[id(f.cls)] if f.cls is not None else None, f.qualname,
+                       [(n, [(line, key(v), c) for line, v, c in bs]) for n, bs in f.bindings.items()],
+                       [(n, [key(v) for v in vs]) for n, vs in f.loads.items()],
+                       [(n, key(v)) for n, v in f.iterated.items()]) for f in index.functions],
+        "by_name": [(n, [functions[id(f)] for f in fs]) for n, fs in index.by_name.items()],
+        "class_by_name": [(n, classes[id(c)]) for n, c in index.class_by_name.items()],
+        "calls": [key(c) for c in index.calls],
+        "modules": index.modules,
+    }
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_census_index_answers_as_the_scan_it_replaced(path):
+    tree = ast.parse(path.read_text())
+    assert tables_of(FileIndex(tree)) == tables_of(_ScannedIndex(tree))
+
+
+def test_census_index_answers_as_the_scan_on_every_kind_of_binding():
+    """Branches, loops, handlers, matches, walrus, comprehensions, augmented and annotated
+    assignments, nested classes and functions, decorators, lambdas, imports anywhere."""
+    text = '''
+import torch as th, os.path
+from torch import nn as tnn, functional
+if th:
+    import numpy as np
+    class A(tnn.Module):
+        x: int = 3
+        y: int
+        def __init__(self, d, *a, k=1, **kw):
+            self.register_buffer("pe", th.zeros(d))
+            setattr(self, "q", tnn.Linear(d, d))
+            self.w[0] = d
+            self.v += d
+            try:
+                import math as m
+                u = (z := d) ** 2
+            except ValueError as e:
+                u = [i for i in range(d) if (j := i)]
+            finally:
+                pass
+            with open(d) as (f, g), open(d):
+                h, *t = f, g, d
+            match d:
+                case [a1, *rest] if (w := a1):
+                    u **= w
+        @staticmethod
+        def build(n, f=lambda v, *w: v + 1):
+            while n:
+                for i, (s, c) in zip(range(n), f(n)):
+                    r = s = n
+                    break
+                else:
+                    continue
+            async def inner():
+                async for x in n:
+                    y = x
+                async with n as m2:
+                    pass
+            return n
+        class B:
+            def m(self): return self.m
+else:
+    def free(x): return x.sin()
+lst[0], obj.attr = 1, 2
+'''
+    tree = ast.parse(text)
+    assert tables_of(FileIndex(tree)) == tables_of(_ScannedIndex(tree))
