@@ -230,3 +230,65 @@ lst[0], obj.attr = 1, 2
 '''
     tree = ast.parse(text)
     assert tables_of(FileIndex(tree)) == tables_of(_ScannedIndex(tree))
+
+
+# --- rules/rope/tree.py: another file's walker, and factories read once per file ---------------------
+
+def _described(tables) -> list:
+    return [(t.start, t.end, t.two_d, t.condition, [(a.lineno, a.col_offset) for a in t.additions],
+             [f.qualname for f in t.exports]) for t in tables]
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_another_files_walker_shares_the_summary_tree_and_finds_the_same_tables(path):
+    """`tree._walker` builds its index on the tree the project summary parsed, not a second parse."""
+    from tf_migrate.analysis.census import Walker
+    from tf_migrate.analysis.project import ProjectIndex
+    from tf_migrate.rules.rope import tree
+    from tf_migrate.rules.rope.census import tables
+
+    project = ProjectIndex.for_files([path])
+    key = str(path.resolve())
+    walk = tree._walker(project, key)
+    assert walk.index.tree is project.summary(key).tree
+    fresh = Walker(FileIndex(ast.parse(path.read_text())))
+    assert _described(tables(walk)) == _described(tables(fresh))
+
+
+def _project_files(tmp_path):
+    import test_rope_tree
+    from project_support import write_project
+
+    projects = [sorted(folder.rglob("*.py")) for folder in sorted((FIXTURES / "projects").iterdir()) if folder.is_dir()]
+    written = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/tables.py": test_rope_tree.TABLES,
+                                       "pkg/model.py": test_rope_tree.MODEL, "pkg/attention.py": test_rope_tree.ATTENTION,
+                                       "pkg/grids.py": test_rope_tree.GRIDS, "train.py": test_rope_tree.SCRIPT})
+    return projects + [sorted(written.files)]
+
+
+def test_factory_answers_remembered_per_file_answer_as_each_call_alone(tmp_path):
+    """`_imported` reads a factory function's body once per file: every call's answer is the one
+    `_source_of` gives with nothing remembered."""
+    from tf_migrate.analysis.census import dotted
+    from tf_migrate.analysis.project import ProjectIndex
+    from tf_migrate.rules.rope import tree
+
+    factories_found = 0
+    for files in _project_files(tmp_path):
+        project = ProjectIndex.for_files(files)
+        for path in sorted(project.files):
+            walk = tree._walker(project, path)
+            if walk is None:
+                continue
+            remembered: dict = {}
+            for call in walk.index.calls:
+                name = dotted(call.func)
+                if not name or name.split(".")[0] == "self":
+                    continue
+                for symbol in project.resolve_dotted(path, name):
+                    if symbol.kind not in ("function", "class") or symbol.path is None:
+                        continue
+                    answer = tree._source_of(project, path, symbol, remembered)
+                    assert answer == tree._source_of(project, path, symbol, {})
+                    factories_found += bool(answer[1])
+    assert factories_found  # the learned-or-sinusoidal factory of test_rope_tree's project

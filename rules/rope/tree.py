@@ -61,15 +61,18 @@ class User:
 
 
 def _walker(project, path: str) -> Walker | None:
-    """The census walker of another file, from its `ast` alone (no libcst parse)."""
+    """The census walker of another file, from its `ast` alone (no libcst parse): the tree its
+    project summary parsed from the same text (the walker's nodes never meet the summary's in one
+    question, so sharing them changes no `is`)."""
     def compute():
         text = project.text(path)
         try:
-            return Walker(FileIndex(ast.parse(text))) if text is not None else None
+            tree = summary.tree if summary is not None else ast.parse(text) if text is not None else None
+            return Walker(FileIndex(tree)) if tree is not None else None
         except (SyntaxError, ValueError, RecursionError):
             return None
 
-    project.summary(path)  # records the read
+    summary = project.summary(path)  # records the read; its tree is of `project.text(path)`
     return project.memo(("rope.walker", path), compute)
 
 
@@ -151,6 +154,7 @@ def _imported(project, here: str, walk: Walker):
                                               two_d_reason)
 
     resolved: dict[str, list] = {}  # the same name at module level of `here`: resolved once
+    factories: dict[tuple, tuple | None] = {}  # a function called many times: its body read once
     for call in walk.index.calls:
         name = dotted(call.func)
         if not name or name.split(".")[0] == "self":
@@ -160,12 +164,7 @@ def _imported(project, here: str, walk: Walker):
         for symbol in resolved[name]:
             if symbol.kind not in ("function", "class") or symbol.path is None:
                 continue
-            factory: list[str] | None = None
-            source = exports_of(project, symbol.path).get(symbol.qualname) if symbol.path != here else None
-            if source is None and symbol.kind == "function":
-                found = _factory_source(project, symbol)
-                if found is not None and (found[0].path != here):
-                    source, factory = found[0], found[1]
+            source, factory = _source_of(project, here, symbol, factories)
             if source is None:
                 continue
             if source.two_d:
@@ -192,6 +191,22 @@ def _imported(project, here: str, walk: Walker):
                 if not _not_tokens(walk, addition):
                     yield Use(addition, source, reason, hint, bool(factory))
             break
+
+
+def _source_of(project, here: str, symbol, factories: dict) -> tuple[Source | None, list[str] | None]:
+    """The exported table a call of `symbol` in `here` builds, and the other classes it may build
+    instead when `symbol` is a factory. `factories`: the answers of `_factory_source` so far in
+    this file (a function called in many places: its body is read once)."""
+    factory: list[str] | None = None
+    source = exports_of(project, symbol.path).get(symbol.qualname) if symbol.path != here else None
+    if source is None and symbol.kind == "function":
+        key = (symbol.path, symbol.qualname, symbol.node)  # nodes compare by identity
+        if key not in factories:
+            factories[key] = _factory_source(project, symbol)
+        found = factories[key]
+        if found is not None and (found[0].path != here):
+            source, factory = found[0], found[1]
+    return source, factory
 
 
 def first_user(ctx: "FileContext", table) -> User | None:
