@@ -145,15 +145,16 @@ class _ScannedIndex(FileIndex):
 def tables_of(index: FileIndex) -> dict:
     """Every table of an index, with nodes named so that two builds over one tree compare equal:
     a node of the tree by its identity, a node the build made (`a += b` read as `a + b`) by its
-    dump and place; functions and classes by their position in the index's lists, dicts in order."""
-    in_tree = {id(n) for n in ast.walk(index.tree)}
+    dump and place (a node of the tree by its place in `ast.walk` order, so that the index of another
+    parse of the same text compares equal); functions and classes by their position in the index's lists, dicts in order."""
+    in_tree = {id(n): at for at, n in enumerate(ast.walk(index.tree))}  # comparable across two parses
     made: dict[int, int] = {}  # id of a node the build made -> the order it is first met
 
     def key(node):
         if node is None:
             return None
         if id(node) in in_tree:
-            return "tree", id(node)
+            return "tree", in_tree[id(node)]
         return "made", made.setdefault(id(node), len(made)), ast.dump(node, include_attributes=True)
 
     functions = {id(f): i for i, f in enumerate(index.functions)}
@@ -292,3 +293,49 @@ def test_factory_answers_remembered_per_file_answer_as_each_call_alone(tmp_path)
                     assert answer == tree._source_of(project, path, symbol, {})
                     factories_found += bool(answer[1])
     assert factories_found  # the learned-or-sinusoidal factory of test_rope_tree's project
+
+
+# --- analysis/census.py `file_index`: the engine's parse of the file, shared ---------------------------
+
+def _censuses(ctx) -> list:
+    from tf_migrate.engine.registry import select_rules
+
+    return [component for rule in select_rules(["all"]) for component in rule().census(ctx)]
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_census_index_on_the_engines_tree_answers_as_its_own_parse(path):
+    """`file_index` builds on the tree the project already holds for the same text (the engine's parse
+    of the file it migrates) instead of parsing again: same index, same census components."""
+    import libcst as cst
+
+    from tf_migrate.analysis.census import file_index
+    from tf_migrate.analysis.project import ProjectIndex
+    from tf_migrate.engine.context import FileContext
+
+    text = path.read_text()
+    shared, alone = ProjectIndex.for_files([path]), ProjectIndex.for_files([path])
+    tree = ast.parse(text)
+    shared.add(path, text, tree)  # as migrate_source does
+    alone.add(path, text)  # no tree held: the census parses its own
+    on_tree = FileContext(cst.parse_module(text), str(path), text, shared, str(path))
+    parsed = FileContext(cst.parse_module(text), str(path), text, alone, str(path))
+    assert file_index(on_tree).tree is tree
+    assert file_index(parsed).tree is not alone.summary(path).tree
+    assert tables_of(file_index(on_tree)) == tables_of(file_index(parsed))
+    assert _censuses(on_tree) == _censuses(parsed)
+
+
+def test_a_held_tree_of_another_text_is_not_shared(tmp_path):
+    from tf_migrate.analysis.project import ProjectIndex
+
+    path = tmp_path / "m.py"
+    path.write_text("x = 1\n")
+    project = ProjectIndex.for_files([path])
+    tree = ast.parse("x = 1\n")
+    project.add(path, "x = 1\n", tree)
+    assert project.parsed(path, "x = 1\n") is tree
+    assert project.parsed(path, "x = 2\n") is None
+    project.add(path, "x = 2\n")  # a rewritten text without its tree
+    assert project.parsed(path, "x = 2\n") is None
+    assert project.summary(path).tree is project.parsed(path, "x = 2\n")  # a question parsed it since

@@ -357,7 +357,11 @@ def _root_name(node: ast.AST) -> str | None:
 
 def file_index(ctx: "FileContext") -> FileIndex:
     """The census index of the file as the context holds it (shared by every rule's census)."""
-    return ctx.memo("census.index", lambda: FileIndex(ast.parse(ctx.text)))
+    def compute():
+        tree = ctx.project.parsed(ctx.project_key, ctx.text)
+        return FileIndex(tree if tree is not None else ast.parse(ctx.text))
+
+    return ctx.memo("census.index", compute)
 
 
 def is_parameter(function: Function, node: ast.AST) -> bool:

@@ -122,6 +122,17 @@ class ProjectIndex:
             self._summaries[key] = self._parse(key)
         return self._summaries[key]
 
+    def parsed(self, path: str, text: str) -> ast.Module | None:
+        """The `ast` the index already holds for `path` when it was parsed from `text` (the engine's
+        parse of the file it migrates, or a summary a question made), so that another reading of the
+        same text needs no parse of its own; None otherwise. Records no read and parses nothing."""
+        key = absolute(path)
+        summary = self._summaries.get(key)
+        held = self._texts.get(key)
+        if summary is None or held is None or (held is not text and held != text):
+            return None
+        return summary.tree  # a summary is always of the text held beside it (`add`, `_parse`)
+
     def _parse(self, key: str) -> FileSummary | None:
         text = self.text(key)
         try:
