@@ -339,3 +339,36 @@ def test_a_held_tree_of_another_text_is_not_shared(tmp_path):
     project.add(path, "x = 2\n")  # a rewritten text without its tree
     assert project.parsed(path, "x = 2\n") is None
     assert project.summary(path).tree is project.parsed(path, "x = 2\n")  # a question parsed it since
+
+
+# --- rules/sdpa: a method's SDPA path is looked for only in a file that spells SDPA's name -------------
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_every_call_resolving_to_sdpa_is_in_a_text_spelling_its_name(path):
+    """TFM101 resolves a method's calls (is there an SDPA path already?) only when the text holds
+    `scaled_dot_product_attention`: no call of a file without it resolves to SDPA."""
+    import libcst as cst
+
+    from tf_migrate.analysis.attention import SDPA
+    from tf_migrate.analysis.nodes import find_types
+    from tf_migrate.engine.context import FileContext
+    from tf_migrate.rules.sdpa import _SDPA_NAME
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    if any(ctx.names.callee(call) == SDPA for call in find_types(ctx.module, cst.Call)):
+        assert _SDPA_NAME in text
+
+
+def test_a_text_without_sdpas_name_resolves_no_call_to_it():
+    import libcst as cst
+
+    from tf_migrate.analysis.attention import SDPA
+    from tf_migrate.analysis.nodes import find_types
+    from tf_migrate.engine.context import FileContext
+
+    spelled = ("import torch.nn.functional as F\nfrom torch.nn.functional import scaled_dot_product_attention as a\n"
+               "def f(q, k, v):\n    return F.scaled_dot_product_attention(q, k, v), a(q, k, v)\n")
+    for text, expected in ((spelled, 2), (spelled.replace("scaled_dot_product_attention", "softmax"), 0)):
+        ctx = FileContext(cst.parse_module(text), "m.py", text)
+        assert sum(ctx.names.callee(c) == SDPA for c in find_types(ctx.module, cst.Call)) == expected

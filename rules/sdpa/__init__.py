@@ -24,6 +24,8 @@ from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.returned import ignored_by_callers, returned_reason
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
 
+_SDPA_NAME = SDPA.rsplit(".", 1)[-1]
+
 
 class EinsumAttentionToSdpa(Rule):
     """Replace a hand-written attention chain with one `F.scaled_dot_product_attention` call.
@@ -151,7 +153,9 @@ class EinsumAttentionToSdpa(Rule):
         matcher = AttentionMatcher(ctx, cls, method)
         matcher.allow_returned = free or method.name.value == "forward"
         own_calls = find_types(method.body, cst.Call, into_scopes=False)
-        if any(ctx.names.callee(node) == SDPA for node in own_calls):
+        # A callee resolves to SDPA only through names this file spells (an import, an attribute
+        # chain), so a text without SDPA's own name needs none of its calls resolved.
+        if _SDPA_NAME in ctx.text and any(ctx.names.callee(node) == SDPA for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
