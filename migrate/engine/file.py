@@ -166,7 +166,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     from tf_migrate.engine.context import FileContext
     from tf_migrate.engine.edits import apply_fixes
     from tf_migrate.engine.positions import Columns
-    from tf_migrate.engine.printed import printed
+    from tf_migrate.engine.printed import Printer
 
     try:
         module = cst.parse_module(text)
@@ -176,6 +176,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
         return
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
+    printer = Printer()  # prints each version, reusing the top-level statements a fix left alone
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     positions = None  # of the rewritten module's nodes, from the printing that gave `code`
     column = Columns(text).column  # lines come from engine/lines.py, columns from the input's text
@@ -185,15 +186,15 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     for rule in active:
         seen = code  # the text this rule reads: lines of its findings count there
         try:
-            ctx = ctx or FileContext(module, path, code, project, source_path, positions, earlier)
+            ctx = ctx or FileContext(module, path, code, project, source_path, positions, earlier, printer)
             findings = list(rule.check(ctx))
             components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             used_skips.update(ctx.used_skips)  # lines of `seen`: mapped below
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index)
+                module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index, printer.code)
                 earlier = ctx.index
-                code, positions = printed(module)
+                code, positions = printer(module)
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run
@@ -221,7 +222,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     result.warnings.extend(Edit(suppress.UNUSED, line, message, column(line))
                            for line, message in suppress.unused(text, skip_lines, active))
     result.migrated = code
-    if code != text and parsed.code != text:
+    if code != text and printer.code(parsed) != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
         # (`\r`-only line ends lose the last one), the untouched parts would change too.
         result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
