@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
-from tf_migrate.engine import suppress
+from tf_migrate.engine import collector, suppress
 from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
 from tf_migrate.engine.lines import original_lines, relabel
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
@@ -75,6 +75,12 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     """Run `rules` over one file's text. `project` is the run's whole-tree index (a single-file one
     rooted where `source_path`, else `path`, lies when not given); `source_path` is the file on disk
     when `path` is only how it is displayed."""
+    with collector.paused():
+        return _migrate_source(text, path, rules, project, source_path)
+
+
+def _migrate_source(text: str, path: str, rules: Sequence[Rule], project: "ProjectIndex | None",
+                    source_path: str | None) -> FileResult:
     result = FileResult(path, original=text, migrated=text)
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:  # no rule looks at it, but a file Python cannot parse is still an error
