@@ -372,3 +372,21 @@ def test_a_text_without_sdpas_name_resolves_no_call_to_it():
     for text, expected in ((spelled, 2), (spelled.replace("scaled_dot_product_attention", "softmax"), 0)):
         ctx = FileContext(cst.parse_module(text), "m.py", text)
         assert sum(ctx.names.callee(c) == SDPA for c in find_types(ctx.module, cst.Call)) == expected
+
+
+# --- rules/rope/tree.py: additions from the parent map, in walk order ----------------------------------
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_addition_candidates_in_walk_rank_answer_as_the_walk(path):
+    """`_argument_additions` reads the additions from the census index's parent map and gives its
+    answers in `ast.walk` order: the same nodes, in the same order, as the walk over every node."""
+    from tf_migrate.analysis.census import Walker
+    from tf_migrate.rules.rope import tree
+    from tf_migrate.rules.rope.census import is_addition
+
+    text = path.read_text() + "\nx += 1\ny[0] += z + 1\n"  # an augmented addition, whose `a + b` the index makes
+    walk = Walker(FileIndex(ast.parse(text)))
+    walked = [n for n in ast.walk(walk.index.tree) if is_addition(walk, n)]
+    ranked = sorted((n for n in tree._addition_candidates(walk) if is_addition(walk, n)),
+                    key=lambda n: tree._walk_rank(walk.index.parents, n))
+    assert [id(n) for n in ranked] == [id(n) for n in walked]

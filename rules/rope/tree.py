@@ -334,7 +334,8 @@ def _argument_additions(ctx: "FileContext"):
     if not ctx.project.files - {ctx.project_key}:
         return  # `_passed_tables` reads only the other files of the run: a file alone has none
     walk = walker(ctx)
-    for node in ast.walk(walk.index.tree):
+    uses: list[Use] = []
+    for node in _addition_candidates(walk):
         if not is_addition(walk, node):
             continue
         for side in sides(walk, node):
@@ -348,5 +349,30 @@ def _argument_additions(ctx: "FileContext"):
             reason = (f"the table is the constructor argument `{found[1].arg}` of `{found[0].name}`, filled by "
                       f"`{source.name}` ({source.relpath}, line {source.start}) in {relpath} (line {line}): the "
                       "model cannot show what it holds, and the caller would still build and pass it")
-            yield Use(node, source, reason, "build the table inside the model")
+            uses.append(Use(node, source, reason, "build the table inside the model"))
             break
+    # in `ast.walk` order, as a walk over every node of the file would have found them
+    yield from sorted(uses, key=lambda use: _walk_rank(walk.index.parents, use.addition))
+
+
+def _addition_candidates(walk) -> Iterator[ast.AST]:
+    """Every node of the file `is_addition` may accept (a `+`, or the value of a `+=`), from the
+    census index's parent map rather than a walk of every node; not the `a + b` the index made for
+    `a += b` (that node is not in the tree)."""
+    for node, parent in walk.index.parents.items():
+        if type(parent) is ast.AugAssign:
+            if node is parent.value:
+                yield node
+        elif type(node) is ast.BinOp:
+            yield node
+
+
+def _walk_rank(parents, node: ast.AST) -> tuple[int, list[int]]:
+    """Where `ast.walk` (breadth first) meets `node`: by depth, then by the positions of it and its
+    ancestors among their parents' children, from the root down."""
+    path: list[int] = []
+    while node in parents:
+        parent = parents[node]
+        path.append(next(i for i, child in enumerate(ast.iter_child_nodes(parent)) if child is node))
+        node = parent
+    return len(path), path[::-1]
