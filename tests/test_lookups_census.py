@@ -390,3 +390,23 @@ def test_addition_candidates_in_walk_rank_answer_as_the_walk(path):
     ranked = sorted((n for n in tree._addition_candidates(walk) if is_addition(walk, n)),
                     key=lambda n: tree._walk_rank(walk.index.parents, n))
     assert [id(n) for n in ranked] == [id(n) for n in walked]
+
+
+# --- analysis/attention.py: products are resolved only where the spelling can name one ----------------
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_products_of_attribute_calls_are_spelled_by_their_last_name(path):
+    """`_product_operands` leaves `a.b.f(...)` unresolved unless `f` is a product's name: every
+    call of a fixture that resolves to matmul, bmm, baddbmm or einsum is a plain name or ends so."""
+    import libcst as cst
+
+    from tf_migrate.analysis.attention import _PRODUCT_NAMES
+    from tf_migrate.analysis.nodes import find_types
+    from tf_migrate.engine.context import FileContext
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for call in find_types(ctx.module, cst.Call):
+        callee = ctx.names.callee(call)
+        if callee in ("torch.matmul", "torch.bmm", "torch.baddbmm", "torch.einsum"):
+            assert not isinstance(call.func, cst.Attribute) or call.func.attr.value in _PRODUCT_NAMES

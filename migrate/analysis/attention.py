@@ -112,6 +112,9 @@ class Attention:
     notes: list[str] = field(default_factory=list)
 
 
+_PRODUCT_NAMES = frozenset({"matmul", "bmm", "baddbmm", "einsum"})  # the last names `_product_operands` reads
+
+
 def _product_operands(ctx: "FileContext", node: cst.CSTNode):
     """(kind, left, right, einsum spec) of `a @ b`, `matmul(a, b)`, `bmm(a, b)`, `a.matmul(b)`,
     `a.bmm(b)`, `einsum(s, a, b)`."""
@@ -119,6 +122,8 @@ def _product_operands(ctx: "FileContext", node: cst.CSTNode):
         return "matmul", node.left, node.right, None
     if not isinstance(node, cst.Call) or any(a.star for a in node.args):
         return None
+    if isinstance(node.func, cst.Attribute) and node.func.attr.value not in _PRODUCT_NAMES:
+        return None  # `a.b.f(...)` resolves to a name ending in `f`, if to any: not a product's
     name = ctx.names.callee(node)
     values = [a.value for a in node.args if a.keyword is None]
     if name in ("torch.matmul", "torch.bmm") and len(values) == 2:
