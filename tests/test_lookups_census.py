@@ -346,7 +346,8 @@ def test_a_held_tree_of_another_text_is_not_shared(tmp_path):
 @pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
 def test_every_call_resolving_to_sdpa_is_in_a_text_spelling_its_name(path):
     """TFM101 resolves a method's calls (is there an SDPA path already?) only when the text holds
-    `scaled_dot_product_attention`: no call of a file without it resolves to SDPA."""
+    `scaled_dot_product_attention`, and an attribute call only when it ends so: no other call
+    resolves to SDPA."""
     import libcst as cst
 
     from tf_migrate.analysis.attention import SDPA
@@ -356,8 +357,10 @@ def test_every_call_resolving_to_sdpa_is_in_a_text_spelling_its_name(path):
 
     text = path.read_text()
     ctx = FileContext(cst.parse_module(text), str(path), text)
-    if any(ctx.names.callee(call) == SDPA for call in find_types(ctx.module, cst.Call)):
-        assert _SDPA_NAME in text
+    for call in find_types(ctx.module, cst.Call):
+        if ctx.names.callee(call) == SDPA:
+            assert _SDPA_NAME in text
+            assert not isinstance(call.func, cst.Attribute) or call.func.attr.value == _SDPA_NAME
 
 
 def test_a_text_without_sdpas_name_resolves_no_call_to_it():
