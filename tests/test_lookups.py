@@ -251,6 +251,25 @@ def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
     assert index.shared and _index_tables(index) == _index_tables(NodeIndex(twice))
 
 
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_parents_read_from_positions_answer_as_the_parent_map(path):
+    """`NodeIndex.parents` answers from the index's positions, not a dict built per version."""
+    module = cst.parse_module(path.read_text())
+    index = NodeIndex(module)
+    plain = nodes.parent_map(module)
+    outside = [cst.Name("x"), module.deep_clone()]  # objects the tree does not hold
+    for node in [*_walk(module, True), *outside]:
+        assert index.parents.get(node) is plain.get(node)
+        assert index.parents.get(node, "absent") is plain.get(node, "absent")
+        assert (node in index.parents) is (node in plain)
+        if node in plain:
+            assert index.parents[node] is plain[node]
+        else:
+            with pytest.raises(KeyError):
+                index.parents[node]
+    assert len(index.parents) == len(plain) and list(index.parents) == list(_walk(module, True))[1:]
+
+
 # --- analysis/names.py: what a name stands for, remembered per node ---------------------------------
 
 @pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
