@@ -104,6 +104,123 @@ def test_remembered_binds_answer_as_a_visit(path):
             assert dataflow.binds(statement, name) is visitor.found, (path.name, name)
 
 
+# --- analysis/dataflow.py: the names an expression or statement reads --------------------------------
+
+class _Loads(cst.CSTVisitor):
+    """The visitor `dataflow.loads` ran before it read the fields itself. Collects the `Name` nodes that read `name` (not targets, attributes or keywords).
+
+    With `name=None`, every read name.
+    """
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.found: list[cst.Name] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if self.name is None or node.value == self.name:
+            self.found.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
+        _visit_target(node.target, self)
+        return False
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
+        _visit_target(node.target, self)
+        node.annotation.visit(self)
+        if node.value is not None:
+            node.value.visit(self)
+        return False
+
+    def visit_For(self, node: cst.For) -> bool:
+        _visit_target(node.target, self)
+        for child in (node.iter, node.body, node.orelse):
+            if child is not None:
+                child.visit(self)
+        return False
+
+    def visit_CompFor(self, node: cst.CompFor) -> bool:
+        _visit_target(node.target, self)
+        node.iter.visit(self)
+        for condition in node.ifs:
+            condition.visit(self)
+        if node.inner_for_in is not None:
+            node.inner_for_in.visit(self)
+        return False
+
+    def visit_AsName(self, node: cst.AsName) -> bool:
+        return False
+
+    def visit_Param(self, node: cst.Param) -> bool:
+        if node.default is not None:
+            node.default.visit(self)
+        return False
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        node.params.visit(self)
+        node.body.visit(self)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        node.body.visit(self)
+        return False
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Global(self, node: cst.Global) -> bool:
+        return False
+
+    def visit_Nonlocal(self, node: cst.Nonlocal) -> bool:
+        return False
+
+
+def _visit_target(target: cst.BaseExpression, visitor: _Loads) -> None:
+    """Targets bind plain names; subscripts and attributes in them read their base."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            _visit_target(element.value, visitor)
+    elif isinstance(target, cst.StarredElement):
+        _visit_target(target.value, visitor)
+    elif not isinstance(target, cst.Name):
+        target.visit(visitor)
+
+
+def _visitor_loads(node, name):
+    visitor = _Loads(name)
+    nodes.visit(node, visitor)
+    return visitor.found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_loads_answer_as_the_visitor(path):
+    module = cst.parse_module(path.read_text())
+    # each statement reaches every node type below it; the types read part by part also as the root
+    roots = (cst.Module, cst.BaseStatement, cst.BaseSmallStatement, *dataflow._LOAD_PARTS)
+    for node in _walk(module, True):
+        if not isinstance(node, roots):
+            continue
+        assert dataflow.loads(node, None) == _visitor_loads(node, None), (path.name, type(node).__name__)
+        if isinstance(node, (cst.BaseStatement, cst.BaseSmallStatement)):
+            read = sorted({n.value for n in dataflow.loads(node, None)})
+            for name in [*read[:1], *read[-1:], "absent_name"]:  # a name only filters what is read
+                assert dataflow.loads(node, name) == _visitor_loads(node, name), (path.name, name)
+
+
 # --- analysis/census.py: callers and arguments by look-up -------------------------------------------
 
 def _every_caller(walker, function):

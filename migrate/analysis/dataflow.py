@@ -56,98 +56,22 @@ Definition = Union[Binding, GuardedBinding, OpaqueBinding]
 _Place = tuple[tuple[cst.BaseStatement, ...], int, cst.CSTNode]
 
 
-class _Loads(cst.CSTVisitor):
-    """Collects the `Name` nodes that read `name` (not targets, attributes or keywords).
-
-    With `name=None`, every read name.
-    """
-
-    def __init__(self, name: str | None) -> None:
-        self.name = name
-        self.found: list[cst.Name] = []
-
-    def visit_Name(self, node: cst.Name) -> None:
-        if self.name is None or node.value == self.name:
-            self.found.append(node)
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
-        _visit_target(node.target, self)
-        return False
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
-        _visit_target(node.target, self)
-        node.annotation.visit(self)
-        if node.value is not None:
-            node.value.visit(self)
-        return False
-
-    def visit_For(self, node: cst.For) -> bool:
-        _visit_target(node.target, self)
-        for child in (node.iter, node.body, node.orelse):
-            if child is not None:
-                child.visit(self)
-        return False
-
-    def visit_CompFor(self, node: cst.CompFor) -> bool:
-        _visit_target(node.target, self)
-        node.iter.visit(self)
-        for condition in node.ifs:
-            condition.visit(self)
-        if node.inner_for_in is not None:
-            node.inner_for_in.visit(self)
-        return False
-
-    def visit_AsName(self, node: cst.AsName) -> bool:
-        return False
-
-    def visit_Param(self, node: cst.Param) -> bool:
-        if node.default is not None:
-            node.default.visit(self)
-        return False
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        node.params.visit(self)
-        node.body.visit(self)
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        node.body.visit(self)
-        return False
-
-    def visit_Import(self, node: cst.Import) -> bool:
-        return False
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
-        return False
-
-    def visit_Global(self, node: cst.Global) -> bool:
-        return False
-
-    def visit_Nonlocal(self, node: cst.Nonlocal) -> bool:
-        return False
-
-
-def _visit_target(target: cst.BaseExpression, visitor: _Loads) -> None:
-    """Targets bind plain names; subscripts and attributes in them read their base."""
-    if isinstance(target, (cst.Tuple, cst.List)):
-        for element in target.elements:
-            _visit_target(element.value, visitor)
-    elif isinstance(target, cst.StarredElement):
-        _visit_target(target.value, visitor)
-    elif not isinstance(target, cst.Name):
-        target.visit(visitor)
+# What `loads` reads of each node type that holds targets, keywords or nested bindings (the rest
+# is read whole): (field, is a target) in source order. A target binds plain names; subscripts and
+# attributes in it read their base.
+_LOAD_PARTS: dict[type, tuple[tuple[str, bool], ...]] = {
+    cst.Attribute: (("value", False),),
+    cst.Arg: (("value", False),),
+    cst.NamedExpr: (("value", False),),
+    cst.AssignTarget: (("target", True),),
+    cst.AnnAssign: (("target", True), ("annotation", False), ("value", False)),
+    cst.For: (("target", True), ("iter", False), ("body", False), ("orelse", False)),
+    cst.CompFor: (("target", True), ("iter", False), ("ifs", False), ("inner_for_in", False)),
+    cst.Param: (("default", False),),
+    cst.FunctionDef: (("params", False), ("body", False)),
+    cst.ClassDef: (("body", False),),
+    cst.AsName: (), cst.Import: (), cst.ImportFrom: (), cst.Global: (), cst.Nonlocal: (),
+}
 
 
 class _Binds(cst.CSTVisitor):
@@ -214,9 +138,37 @@ class _Binds(cst.CSTVisitor):
 
 
 def loads(node: cst.CSTNode, name: str | None) -> list[cst.Name]:
-    visitor = _Loads(name)
-    visit(node, visitor)  # nodes.visit: libcst's walk, without rebuilding nodes
-    return visitor.found
+    """The `Name` nodes that read `name` (not targets, attribute names or keywords), in source
+    order; with `name=None`, every read name. Imports, `global`/`nonlocal` and `as` names read
+    nothing; a def reads its parameters' defaults and its body, a class its body."""
+    found: list[cst.Name] = []
+    stack: list[tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        current, target = stack.pop()
+        kind = type(current)  # libcst's node classes have no subclasses: the type decides
+        if target:
+            if kind is cst.Tuple or kind is cst.List:
+                stack.extend([(element.value, True) for element in reversed(current.elements)])
+            elif kind is cst.StarredElement:
+                stack.append((current.value, True))
+            elif kind is not cst.Name:
+                stack.append((current, False))
+            continue
+        if kind is cst.Name:
+            if name is None or current.value == name:
+                found.append(current)
+            continue
+        parts = _LOAD_PARTS.get(kind)
+        if parts is None:
+            stack.extend([(child, False) for child in reversed(children(current))])
+            continue
+        for field, is_target in reversed(parts):
+            value = getattr(current, field)
+            if type(value) is tuple or type(value) is list:
+                stack.extend([(item, is_target) for item in reversed(value)])
+            elif value is not None:
+                stack.append((value, is_target))
+    return found
 
 
 def read_names(node: cst.CSTNode) -> set[str]:
