@@ -221,6 +221,43 @@ def test_loads_answer_as_the_visitor(path):
                 assert dataflow.loads(node, name) == _visitor_loads(node, name), (path.name, name)
 
 
+# --- analysis/scopes.py: a scope's bindings from the index's source-order list ---------------------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_scope_bindings_from_the_index_answer_as_the_walk(path):
+    from tf_migrate.analysis import scopes
+
+    _check_scope_bindings(path.read_text())
+
+
+def test_scope_bindings_from_the_index_answer_as_the_walk_in_corner_cases():
+    from test_scopes import CORNERS
+
+    _check_scope_bindings(CORNERS + """
+def walrus(xs, f=lambda: (hidden := 1)):
+    ys = {k: (seen := v) for k, v in xs if (kept := k)}
+    zs = [lambda: (deep := y) for y in xs for z in (w := ys)]
+    g = (q for q in xs if [(inner := q) for _ in q])
+    @decorate(named := 2)
+    def nested(a=(default := 3)):
+        local = 1
+    class Local(Base, meta=(kw := 4)):
+        attr = 5
+    return ys, zs, g
+""")
+
+
+def _check_scope_bindings(text):
+    from tf_migrate.analysis import scopes
+
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    kinds = (cst.Module, cst.FunctionDef, cst.ClassDef, cst.Lambda, *scopes._COMPREHENSIONS)
+    for scope in _walk(module, True):
+        if isinstance(scope, kinds):
+            assert scope in index and scopes._collect(scope) == scopes._collect_walk(scope), type(scope).__name__
+
+
 # --- analysis/census.py: callers and arguments by look-up -------------------------------------------
 
 def _every_caller(walker, function):
