@@ -196,6 +196,25 @@ def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
             yield from _blocks(child)
 
 
+def _places(function: cst.FunctionDef) -> dict[cst.CSTNode, _Place]:
+    """Every statement of the function's blocks (nested defs' own bodies not included): its
+    block's statements, its position there and the statement (or function) owning the block."""
+    where: dict[cst.CSTNode, _Place] = {}
+
+    def index(block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
+        statements = tuple(block.body)
+        for position, statement in enumerate(statements):
+            where[statement] = (statements, position, owner)
+            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+                continue
+            for inner in _blocks(statement):
+                index(inner, statement)
+
+    if isinstance(function.body, cst.IndentedBlock):
+        index(function.body, function)
+    return where
+
+
 class FunctionFlow:
     def __init__(self, ctx: "FileContext", function: cst.FunctionDef, chained: bool = False) -> None:
         """`chained`: read `a = b = value` as a binding of each name to `value` (by default such
@@ -203,18 +222,9 @@ class FunctionFlow:
         self.ctx = ctx
         self.function = function
         self.chained = chained
-        self._where: dict[cst.CSTNode, _Place] = {}
-        if isinstance(function.body, cst.IndentedBlock):
-            self._index(function.body, function)
-
-    def _index(self, block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
-        statements = tuple(block.body)
-        for position, statement in enumerate(statements):
-            self._where[statement] = (statements, position, owner)
-            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
-                continue
-            for inner in _blocks(statement):
-                self._index(inner, statement)
+        # statement -> its block, place and owner: read from the function's own subtree, so kept
+        # beside the remembered index (carried across fixes that leave the function unchanged)
+        self._where: dict[cst.CSTNode, _Place] = cached(function, "dataflow.places", _places)
 
     def statement_of(self, node: cst.CSTNode) -> cst.BaseStatement | None:
         """The innermost statement of this function that contains `node`."""
