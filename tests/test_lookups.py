@@ -258,6 +258,42 @@ def _check_scope_bindings(text):
             assert scope in index and scopes._collect(scope) == scopes._collect_walk(scope), type(scope).__name__
 
 
+# --- analysis/modules.py: the simple statements of `__init__` ---------------------------------------
+
+class _SimpleStatements(cst.CSTVisitor):
+    """The visitor `modules._init_statements` ran before it sliced the index: simple statements of
+    a body, nested blocks included, nested defs and classes not."""
+
+    def __init__(self) -> None:
+        self.found: list[cst.SimpleStatementLine] = []
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        self.found.append(node)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_init_statements_answer_as_the_visitor(path):
+    from tf_migrate.analysis import modules
+
+    for module in (cst.parse_module(path.read_text()), None):
+        if module is None:  # a tree no remembered index holds: answered by a walk
+            module = cst.parse_module(path.read_text())
+        else:
+            NodeIndex(module)
+        for function in _walk(module, True):
+            if isinstance(function, cst.FunctionDef):
+                collector = _SimpleStatements()
+                nodes.visit(function.body, collector)
+                assert modules._init_statements(function) == collector.found
+
+
 # --- analysis/census.py: callers and arguments by look-up -------------------------------------------
 
 def _every_caller(walker, function):
@@ -435,6 +471,7 @@ def test_remembered_imported_names_answer_as_resolution(path):
     for _ in range(2):  # the second round answers from the memo
         for node in asked:
             assert names.imported(node) == names._imported_name(node)
+            assert names.module_level(node) == names._module_level_binding(node)
 
 
 def test_remembered_imported_names_are_not_confused_by_passing_nodes():
