@@ -11,7 +11,8 @@ import pytest
 from libcst.metadata import PositionProvider
 
 from helpers import FIXTURES
-from tf_migrate.engine.printed import positions, printed
+from tf_migrate.engine import printed as printed_module
+from tf_migrate.engine.printed import Printer, positions, printed
 
 SOURCES = sorted(FIXTURES.rglob("*.py"))
 ODD = [
@@ -27,9 +28,9 @@ ODD = [
 ]
 
 
-def _assert_same(module: cst.Module) -> None:
+def _assert_same(module: cst.Module, printer=printed) -> None:
     expected = cst.MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
-    code, found = printed(module)
+    code, found = printer(module)
     assert code == module.code
     assert set(found) == set(expected)
     for node, where in expected.items():
@@ -51,3 +52,74 @@ def test_positions_of_a_rewritten_module():
     rewritten = module.with_changes(body=[cst.parse_statement("import torch\n"), *module.body])
     _assert_same(rewritten)
     assert positions(rewritten)[rewritten.body[2]].start.line == 5
+
+
+def _versions(module: cst.Module) -> list[cst.Module]:
+    """Versions as fixes make them: statements rebuilt in place, one inserted before the others,
+    one removed, the file's last line end dropped -- the rest the same objects."""
+    body = list(module.body)
+    rebuilt = [cst.parse_statement(module.code_for_node(s)) if i % 3 == 0 else s for i, s in enumerate(body)]
+    versions = [module.with_changes(body=rebuilt)]
+    versions.append(versions[-1].with_changes(body=[cst.parse_statement("import torch\n"), *rebuilt]))
+    versions.append(versions[-1].with_changes(body=versions[-1].body[:-1]))
+    versions.append(versions[-1].with_changes(has_trailing_newline=False))
+    versions.append(versions[-1].with_changes(footer=[cst.EmptyLine(comment=cst.Comment("# end"))]))
+    return versions
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_printer_reusing_unchanged_statements_gives_every_version_as_printed(path):
+    module = cst.parse_module(path.read_text())
+    printer = Printer()
+    _assert_same(module, printer)
+    for version in _versions(module):
+        _assert_same(version, printer)
+        assert printer.code(module) == module.code  # remembered, not reprinted from the latest
+
+
+@pytest.mark.parametrize("source", ODD)
+def test_printer_in_unusual_files(source):
+    module = cst.parse_module(source)
+    printer = Printer()
+    _assert_same(module, printer)
+    for version in _versions(module):
+        _assert_same(version, printer)
+
+
+def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
+    made = []
+    statement = printed_module._Statement
+
+    class Counted(statement):
+        __slots__ = ()
+
+        def __init__(self, module, node):
+            made.append(node)
+            super().__init__(module, node)
+
+    monkeypatch.setattr(printed_module, "_Statement", Counted)
+    module = cst.parse_module("import math\n\n\ndef f(x):\n    return x\n\n\ndef g(x):\n    return x\n")
+    printer = Printer()
+    printer(module)
+    assert made == list(module.body)
+    made.clear()
+    changed = cst.parse_statement("def g(x):\n    return -x\n")
+    printer(module.with_changes(body=[*module.body[:2], changed]))
+    assert made == [changed]
+
+
+def test_a_node_printed_in_two_places_is_printed_whole():
+    shared = cst.parse_statement("y = 1\n")
+    first = cst.parse_module("x = 0\n")
+    module = first.with_changes(body=[shared, *first.body, shared])
+    printer = Printer()
+    printer(first)
+    code, found = printer(module)
+    expected_code, expected = printed(module)
+    assert code == expected_code == "y = 1\nx = 0\ny = 1\n"
+    assert {n: found[n] for n in expected} == dict(expected.items())
+    inner = cst.parse_statement("z = f(a)\n")
+    call = inner.body[0].value
+    twice = first.with_changes(body=[inner, cst.SimpleStatementLine([cst.Expr(call)])])
+    code, found = printer(twice)
+    assert code == printed(twice)[0] and found[call] == printed(twice)[1][call]

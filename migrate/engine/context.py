@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 class FileContext:
     def __init__(self, module: cst.Module, path: str, text: str, project: "ProjectIndex | None" = None,
                  source_path: str | None = None, positions: Mapping[cst.CSTNode, Any] | None = None,
-                 earlier: NodeIndex | None = None) -> None:
+                 earlier: NodeIndex | None = None,
+                 printer: Callable[[cst.Module], tuple[str, Mapping[cst.CSTNode, Any]]] | None = None) -> None:
         """`earlier`: the index of the file's version a fix rewrote into `module` (its unchanged
-        subtrees are copied from there)."""
+        subtrees are copied from there). `printer`: prints the module when positions are asked
+        (the engine's, which reuses that printing for the file's next versions)."""
         self.path = path
         self.source_path = source_path or path  # the file on disk, as the project index knows it
         self._project = project
@@ -35,6 +37,7 @@ class FileContext:
         if positions is not None:  # from the printing that produced `text` (engine/printed.py)
             self._positions = positions
         self._earlier = earlier
+        self._printer = printer
 
     @property
     def skips(self) -> dict[int, frozenset[str]]:
@@ -67,6 +70,8 @@ class FileContext:
     @cached_property
     def _positions(self) -> Mapping[cst.CSTNode, Any]:
         """What `self.wrapper.resolve(PositionProvider)` gives, for a fraction of its cost."""
+        if self._printer is not None:
+            return self._printer(self.module)[1]
         from tf_migrate.engine.printed import positions
 
         return positions(self.module)

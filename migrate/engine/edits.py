@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -54,12 +54,14 @@ class FixConflict(ValueError):
 
 def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
                 parents: Mapping[cst.CSTNode, cst.CSTNode] | None = None,
-                index: "NodeIndex | None" = None) -> cst.Module:
+                index: "NodeIndex | None" = None,
+                code_of: Callable[[cst.Module], str] | None = None) -> cst.Module:
     """`module` with every fix applied in one pass, then the imports the fixes add or may free.
 
     Conflicts are found before anything changes (see `conflicts`); `parents` (the module's parent
     map) lets that also catch an edit nested inside another fix's replaced node. With `index` (the
-    module's `NodeIndex`), the pass visits only the paths down to the replaced nodes."""
+    module's `NodeIndex`), the pass visits only the paths down to the replaced nodes. `code_of`
+    prints a module (the engine's `Printer`, which the caller then asks again for the result)."""
     fixes = list(fixes)
     problem = conflicts(fixes, parents or {})
     if problem:
@@ -85,7 +87,7 @@ def apply_fixes(module: cst.Module, fixes: Iterable[Fix],
     if needs_add:
         module = add_imports(module, context)
     if needs_remove:
-        code = module.code
+        code = code_of(module) if code_of is not None else module.code
         if not still_used(code, removals):
             module = _no_blank_start(remove_imports(module, code, removals, context))
     return module

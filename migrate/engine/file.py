@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from tf_migrate.plan import ClassPlan
-from tf_migrate.engine import suppress
+from tf_migrate.engine import collector, suppress
 from tf_migrate.engine.census import ComponentOutcome, reconcile, unsuppressed
 from tf_migrate.engine.lines import original_lines, relabel
 from tf_migrate.engine.rule import Fix, Note, Refusal, Rule
@@ -75,6 +75,12 @@ def migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Projec
     """Run `rules` over one file's text. `project` is the run's whole-tree index (a single-file one
     rooted where `source_path`, else `path`, lies when not given); `source_path` is the file on disk
     when `path` is only how it is displayed."""
+    with collector.paused():
+        return _migrate_source(text, path, rules, project, source_path)
+
+
+def _migrate_source(text: str, path: str, rules: Sequence[Rule], project: "ProjectIndex | None",
+                    source_path: str | None) -> FileResult:
     result = FileResult(path, original=text, migrated=text)
     active = [rule for rule in rules if any(word in text for word in rule.triggers)]
     if not active:  # no rule looks at it, but a file Python cannot parse is still an error
@@ -166,7 +172,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     from tf_migrate.engine.context import FileContext
     from tf_migrate.engine.edits import apply_fixes
     from tf_migrate.engine.positions import Columns
-    from tf_migrate.engine.printed import printed
+    from tf_migrate.engine.printed import Printer
 
     try:
         module = cst.parse_module(text)
@@ -176,6 +182,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
         return
     parsed = module
     code = text  # printing a large module costs as much as parsing it: only after a fix
+    printer = Printer()  # prints each version, reusing the top-level statements a fix left alone
     ctx = None  # shared by rules until one changes the module: its analyses are computed once
     positions = None  # of the rewritten module's nodes, from the printing that gave `code`
     column = Columns(text).column  # lines come from engine/lines.py, columns from the input's text
@@ -185,15 +192,15 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     for rule in active:
         seen = code  # the text this rule reads: lines of its findings count there
         try:
-            ctx = ctx or FileContext(module, path, code, project, source_path, positions, earlier)
+            ctx = ctx or FileContext(module, path, code, project, source_path, positions, earlier, printer)
             findings = list(rule.check(ctx))
             components = unsuppressed(list(rule.census(ctx)), ctx.skips)
             used_skips.update(ctx.used_skips)  # lines of `seen`: mapped below
             fixes = [f for f in findings if isinstance(f, Fix)]
             if fixes:
-                module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index)
+                module = apply_fixes(ctx.module, fixes, ctx.parents, ctx.index, printer.code)
                 earlier = ctx.index
-                code, positions = printed(module)
+                code, positions = printer(module)
                 project.add(source_path, code)  # later rules' questions see the rewritten file
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run
@@ -221,7 +228,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
     result.warnings.extend(Edit(suppress.UNUSED, line, message, column(line))
                            for line, message in suppress.unused(text, skip_lines, active))
     result.migrated = code
-    if code != text and parsed.code != text:
+    if code != text and printer.code(parsed) != text:
         # Edits are spliced into libcst's printing of the file: if that is not the file byte for byte
         # (`\r`-only line ends lose the last one), the untouched parts would change too.
         result.errors.append(_form_feed_error(text) or "libcst does not reproduce this file byte "
@@ -284,15 +291,14 @@ def syntax_error(text: str) -> str | None:
 
 
 def _check_output(result: FileResult) -> None:
-    """Drop every edit of a file whose rewritten text no longer parses or compiles."""
+    """Drop every edit of a file whose rewritten text no longer compiles. The text is libcst's
+    printing of the tree it parsed, as the rules edited it; Python's compiler is the check (a
+    second libcst parse of the whole text, done here before, cost as much as the file's first)."""
     if result.migrated == result.original:
         return
-    import libcst as cst
-
     try:
-        cst.parse_module(result.migrated)
         compile(result.migrated, result.path, "exec")
-    except (cst.ParserSyntaxError, SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError) as exc:
         result.errors.append(f"the rewrite did not compile, edits dropped: {exc}")
         result.migrated = result.original
         result.edits.clear()

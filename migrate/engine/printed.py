@@ -5,6 +5,11 @@ and node, through a generator-based context manager: about twice the cost of par
 again by every rule that follows a changing one. Here the printing keeps only character offsets;
 lines and columns are worked out for the nodes a rule asks about. The printed text is the
 module's `code`, so a rewritten module is printed once for both.
+
+A fix rebuilds only the top-level statements it touches; the others are the same objects in the
+new module. A top-level statement prints the same text whatever surrounds it (nothing is indented
+around it; the module's indent and newline are the same), so a `Printer` keeps each top-level
+statement's printing, offsets relative to its start, and prints only the new ones.
 """
 
 from __future__ import annotations
@@ -34,23 +39,25 @@ class _Recorded:
 
     def __exit__(self, *exc: object) -> None:
         spans = self.state.spans
-        start = spans[self.start_node][0] if self.start_node is not None else self.start
-        end = spans[self.end_node][1] if self.end_node is not None else self.state.offset
-        spans[self.node] = (start, end)
+        start = spans[self.start_node][1] if self.start_node is not None else self.start
+        end = spans[self.end_node][2] if self.end_node is not None else self.state.offset
+        spans[self.node] = (self.state.key, start, end)
 
 
 class _OffsetState(CodegenState):
-    """Libcst's printing state, recording each node's (start, end) character offsets.
+    """Libcst's printing state, recording each node's (key, start, end): character offsets from the
+    start of the printing of `key` (a top-level statement printed on its own; None: the module).
 
     Same rules as `PositionProvidingCodegenState`: a syntactic position recorded inside a node's
     printing wins over its whole extent, which is recorded only when nothing was."""
 
-    __slots__ = ("offset", "spans", "line_starts", "_stack")
+    __slots__ = ("key", "offset", "spans", "line_starts", "_stack")
 
-    def __init__(self, module: cst.Module) -> None:
+    def __init__(self, module: cst.Module, key: cst.CSTNode | None = None) -> None:
         super().__init__(default_indent=module.default_indent, default_newline=module.default_newline)
+        self.key = key
         self.offset = 0
-        self.spans: dict[cst.CSTNode, tuple[int, int]] = {}
+        self.spans: dict[cst.CSTNode, tuple[Any, int, int]] = {}
         self.line_starts: list[int] = []  # offsets just after each newline, in printing order
         self._stack: list[int] = []
 
@@ -74,7 +81,7 @@ class _OffsetState(CodegenState):
     def after_codegen(self, node: cst.CSTNode) -> None:
         start = self._stack.pop()
         if node not in self.spans:
-            self.spans[node] = (start, self.offset)
+            self.spans[node] = (self.key, start, self.offset)
 
     def record_syntactic_position(self, node: cst.CSTNode, *, start_node: cst.CSTNode | None = None,
                                   end_node: cst.CSTNode | None = None) -> _Recorded:
@@ -84,17 +91,20 @@ class _OffsetState(CodegenState):
 class Positions(Mapping[cst.CSTNode, CodeRange]):
     """Node -> `CodeRange` (1-based lines, 0-based columns), computed when asked."""
 
-    def __init__(self, spans: dict[cst.CSTNode, tuple[int, int]], line_starts: list[int]) -> None:
+    def __init__(self, spans: dict[cst.CSTNode, tuple[Any, int, int]], line_starts: list[int],
+                 bases: dict[Any, int]) -> None:
         self._spans = spans
         self._line_starts = line_starts
+        self._bases = bases  # where the printing of each key (see `_OffsetState`) starts
 
     def _position(self, offset: int) -> CodePosition:
         before = bisect_right(self._line_starts, offset)
         return CodePosition(before + 1, offset - (self._line_starts[before - 1] if before else 0))
 
     def __getitem__(self, node: cst.CSTNode) -> CodeRange:
-        start, end = self._spans[node]
-        return CodeRange(self._position(start), self._position(end))
+        key, start, end = self._spans[node]
+        base = self._bases[key]
+        return CodeRange(self._position(base + start), self._position(base + end))
 
     def __contains__(self, node: object) -> bool:
         return node in self._spans
@@ -106,12 +116,97 @@ class Positions(Mapping[cst.CSTNode, CodeRange]):
         return len(self._spans)
 
 
+class _Statement:
+    """One top-level statement printed on its own: its text, spans and line starts relative to it."""
+
+    __slots__ = ("text", "spans", "line_starts", "last_token")
+
+    def __init__(self, module: cst.Module, statement: cst.CSTNode) -> None:
+        state = _OffsetState(module, statement)
+        statement._codegen(state)
+        self.text = "".join(state.tokens)
+        self.spans = state.spans
+        self.line_starts = state.line_starts
+        self.last_token = state.tokens[-1] if state.tokens else None
+
+
 def printed(module: cst.Module) -> tuple[str, Positions]:
     """`module.code` and the positions `PositionProvider` would give every node, in one printing."""
     state = _OffsetState(module)
     module._codegen(state)
-    return "".join(state.tokens), Positions(state.spans, state.line_starts)
+    return "".join(state.tokens), Positions(state.spans, state.line_starts, {None: 0})
 
 
 def positions(module: cst.Module) -> Mapping[cst.CSTNode, Any]:
     return printed(module)[1]
+
+
+class Printer:
+    """Prints the versions of one file's module (each rule's fixes make one), reusing the printing
+    of every top-level statement the previous version also had (the same object)."""
+
+    def __init__(self) -> None:
+        self._statements: dict[cst.CSTNode, _Statement] = {}  # of the latest printing
+        self._layout: tuple[str, str] | None = None  # its module's indent and newline
+        self._latest: tuple[cst.Module, str, Positions] | None = None
+        self._codes: dict[int, tuple[cst.Module, str]] = {}  # id -> (module, code) of every printing
+
+    def __call__(self, module: cst.Module) -> tuple[str, Positions]:
+        if self._latest is not None and self._latest[0] is module:
+            return self._latest[1], self._latest[2]
+        layout = (module.default_indent, module.default_newline)
+        earlier = self._statements if layout == self._layout else {}
+        statements = {statement: earlier.get(statement) or _Statement(module, statement)
+                      for statement in module.body}
+        found = _assembled(module, statements)
+        code, where = found if found is not None else printed(module)
+        self._statements, self._layout = (statements, layout) if found is not None else ({}, None)
+        self._latest = (module, code, where)
+        self._codes[id(module)] = (module, code)
+        return code, where
+
+    def code(self, module: cst.Module) -> str:
+        """`module.code`, from an earlier printing of this printer when there was one."""
+        known = self._codes.get(id(module))
+        return known[1] if known is not None and known[0] is module else self(module)[0]
+
+
+def _assembled(module: cst.Module, statements: dict[cst.CSTNode, _Statement]) -> tuple[str, Positions] | None:
+    """What `printed` gives, from the statements' own printings (`Module._codegen_impl` in order:
+    header, body, footer, then the trailing newline dropped or added). None where that could differ:
+    a node object printed in two places (the first printing's span is kept), or a statement with no
+    tokens (the dropped trailing newline would be another statement's)."""
+    if len(statements) != len(module.body) or any(s.last_token is None for s in statements.values()):
+        return None
+    state = _OffsetState(module)
+    state.before_codegen(module)
+    for node in module.header:
+        node._codegen(state)
+    bases: dict[Any, int] = {None: 0}
+    last: _Statement | None = None
+    for statement in module.body:
+        printing = statements[statement]
+        bases[statement] = state.offset
+        state.line_starts.extend([state.offset + start for start in printing.line_starts])
+        state.tokens.append(printing.text)
+        state.offset += len(printing.text)
+        last = printing
+    body_end = len(state.tokens)
+    for node in module.footer:
+        node._codegen(state)
+    if module.has_trailing_newline:
+        if not state.tokens:
+            state.add_token(state.default_newline)
+    elif state.tokens:  # `pop_trailing_newline`: drops the last token (offsets keep counting it)
+        if last is not None and len(state.tokens) == body_end:
+            state.tokens[-1] = last.text[:len(last.text) - len(last.last_token)]
+        else:
+            state.tokens.pop()
+    state.after_codegen(module)
+    spans: dict[cst.CSTNode, tuple[Any, int, int]] = {}
+    for printing in statements.values():
+        spans.update(printing.spans)
+    spans.update(state.spans)
+    if len(spans) != len(state.spans) + sum(len(p.spans) for p in statements.values()):
+        return None
+    return "".join(state.tokens), Positions(spans, state.line_starts, bases)

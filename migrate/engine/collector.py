@@ -1,0 +1,32 @@
+"""Python's cycle collector paused while one file is analysed.
+
+A run keeps what later files' questions need (the whole-tree index, other files' census tables:
+about 4.5 M objects in the torch tree), and the analysis of one file allocates millions of objects
+of its own. With the collector on, the full collections those allocations trigger walk every live
+object again and again: 40 % of the CPU on mid-sized torch files, a quarter on the N-copies file
+(benchmarks/results/growth.md). Paused, a file's cyclic garbage (the contexts of the versions its
+rules rewrote) waits for the end of the file, where one collection of the young generations -- the
+objects the file made -- frees it; full collections happen between files, under CPython's own rule.
+The price is memory: a file's garbage lives until the file is done.
+"""
+
+from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No automatic collection inside; one of the young generations at the end. Where the collector
+    is off already, its owner decides: nothing is changed."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect(1)
+        gc.enable()
