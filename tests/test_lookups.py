@@ -294,6 +294,47 @@ def test_init_statements_answer_as_the_visitor(path):
                 assert modules._init_statements(function) == collector.found
 
 
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_bound_names_from_the_index_answer_as_the_visitor(path):
+    _check_bound_names(path.read_text())
+
+
+def test_bound_names_from_the_index_answer_as_the_visitor_in_corner_cases():
+    from test_scopes import CORNERS
+
+    _check_bound_names(CORNERS + """
+def binder(xs, mask):
+    del xs[0], gone
+    scores.masked_fill_(mask, 0)
+    total: int = 0
+    total += 1
+    for i, (j, *rest) in xs:
+        with open(i) as handle, open(j) as (a, b):
+            pass
+    try:
+        pass
+    except ValueError as error:
+        pass
+    f = lambda inner=(w := 1): (lam := inner)
+    g = [(comp := x) for x in xs]
+    class Local:
+        hidden = 1
+    def nested():
+        deeper = 2
+    return (walrus := f)
+""")
+
+
+def _check_bound_names(text):
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    for node in _walk(module, True):
+        if isinstance(node, (cst.BaseStatement, cst.BaseSmallStatement, cst.IndentedBlock, cst.Module)):
+            visitor = dataflow._Binds("")
+            nodes.visit(node, visitor)
+            assert dataflow._bound_names_indexed(node, index) == frozenset(visitor.bound), type(node).__name__
+
+
 # --- analysis/census.py: callers and arguments by look-up -------------------------------------------
 
 def _every_caller(walker, function):

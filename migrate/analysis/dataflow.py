@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import body_nodes, cached, children, visit
+from tf_migrate.analysis.nodes import _INDEXES, body_nodes, cached, children, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -180,10 +180,49 @@ def binds(node: cst.CSTNode, name: str) -> bool:
 
 
 def _bound_names(node: cst.CSTNode) -> frozenset[str]:
-    """Every name `node` binds in its scope: one visit answers `binds` for any name."""
+    """Every name `node` binds in its scope: one pass answers `binds` for any name. Read from the
+    source-order list of a remembered index that holds `node`, else by a visit of `_Binds`."""
+    for index in _INDEXES:
+        if node in index:
+            return _bound_names_indexed(node, index)
     visitor = _Binds("")
     visit(node, visitor)
     return frozenset(visitor.bound)
+
+
+# What `_Binds` reads as a target, per node type; the subtrees it does not enter.
+_BOUND_TARGETS = {cst.AssignTarget: "target", cst.AnnAssign: "target", cst.AugAssign: "target",
+                  cst.For: "target", cst.NamedExpr: "target", cst.Del: "target", cst.AsName: "name"}
+_UNBOUND_SUBTREES = frozenset((cst.Lambda, cst.CompFor))
+
+
+def _bound_names_indexed(node: cst.CSTNode, index) -> frozenset[str]:
+    """`_Binds`' answer from the index's positions: a def or class binds its name and is skipped
+    as a block, so are lambdas and comprehension loops."""
+    binds = _Binds("")
+    nodes, ends = index._nodes, index._end
+    at = index._position[id(node)]
+    stop = ends[at]
+    while at < stop:
+        current = nodes[at]
+        kind = type(current)  # libcst's node classes have no subclasses: the type decides
+        if kind is cst.FunctionDef or kind is cst.ClassDef:
+            binds._check(current.name)
+            at = ends[at]
+            continue
+        if kind in _UNBOUND_SUBTREES:
+            at = ends[at]
+            continue
+        field = _BOUND_TARGETS.get(kind)
+        if field is not None:
+            binds._check(getattr(current, field))
+        elif kind is cst.ExceptHandler:
+            if current.name is not None:
+                binds._check(current.name.name)
+        elif kind is cst.Expr and _in_place_fill(current.value) is not None:
+            binds._check(current.value.func.value)
+        at += 1
+    return frozenset(binds.bound)
 
 
 def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
