@@ -104,6 +104,237 @@ def test_remembered_binds_answer_as_a_visit(path):
             assert dataflow.binds(statement, name) is visitor.found, (path.name, name)
 
 
+# --- analysis/dataflow.py: the names an expression or statement reads --------------------------------
+
+class _Loads(cst.CSTVisitor):
+    """The visitor `dataflow.loads` ran before it read the fields itself. Collects the `Name` nodes that read `name` (not targets, attributes or keywords).
+
+    With `name=None`, every read name.
+    """
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.found: list[cst.Name] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        if self.name is None or node.value == self.name:
+            self.found.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
+        _visit_target(node.target, self)
+        return False
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
+        _visit_target(node.target, self)
+        node.annotation.visit(self)
+        if node.value is not None:
+            node.value.visit(self)
+        return False
+
+    def visit_For(self, node: cst.For) -> bool:
+        _visit_target(node.target, self)
+        for child in (node.iter, node.body, node.orelse):
+            if child is not None:
+                child.visit(self)
+        return False
+
+    def visit_CompFor(self, node: cst.CompFor) -> bool:
+        _visit_target(node.target, self)
+        node.iter.visit(self)
+        for condition in node.ifs:
+            condition.visit(self)
+        if node.inner_for_in is not None:
+            node.inner_for_in.visit(self)
+        return False
+
+    def visit_AsName(self, node: cst.AsName) -> bool:
+        return False
+
+    def visit_Param(self, node: cst.Param) -> bool:
+        if node.default is not None:
+            node.default.visit(self)
+        return False
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        node.params.visit(self)
+        node.body.visit(self)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        node.body.visit(self)
+        return False
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Global(self, node: cst.Global) -> bool:
+        return False
+
+    def visit_Nonlocal(self, node: cst.Nonlocal) -> bool:
+        return False
+
+
+def _visit_target(target: cst.BaseExpression, visitor: _Loads) -> None:
+    """Targets bind plain names; subscripts and attributes in them read their base."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        for element in target.elements:
+            _visit_target(element.value, visitor)
+    elif isinstance(target, cst.StarredElement):
+        _visit_target(target.value, visitor)
+    elif not isinstance(target, cst.Name):
+        target.visit(visitor)
+
+
+def _visitor_loads(node, name):
+    visitor = _Loads(name)
+    nodes.visit(node, visitor)
+    return visitor.found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_loads_answer_as_the_visitor(path):
+    module = cst.parse_module(path.read_text())
+    # each statement reaches every node type below it; the types read part by part also as the root
+    roots = (cst.Module, cst.BaseStatement, cst.BaseSmallStatement, *dataflow._LOAD_PARTS)
+    for node in _walk(module, True):
+        if not isinstance(node, roots):
+            continue
+        assert dataflow.loads(node, None) == _visitor_loads(node, None), (path.name, type(node).__name__)
+        if isinstance(node, (cst.BaseStatement, cst.BaseSmallStatement)):
+            read = sorted({n.value for n in dataflow.loads(node, None)})
+            for name in [*read[:1], *read[-1:], "absent_name"]:  # a name only filters what is read
+                assert dataflow.loads(node, name) == _visitor_loads(node, name), (path.name, name)
+
+
+# --- analysis/scopes.py: a scope's bindings from the index's source-order list ---------------------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_scope_bindings_from_the_index_answer_as_the_walk(path):
+    from tf_migrate.analysis import scopes
+
+    _check_scope_bindings(path.read_text())
+
+
+def test_scope_bindings_from_the_index_answer_as_the_walk_in_corner_cases():
+    from test_scopes import CORNERS
+
+    _check_scope_bindings(CORNERS + """
+def walrus(xs, f=lambda: (hidden := 1)):
+    ys = {k: (seen := v) for k, v in xs if (kept := k)}
+    zs = [lambda: (deep := y) for y in xs for z in (w := ys)]
+    g = (q for q in xs if [(inner := q) for _ in q])
+    @decorate(named := 2)
+    def nested(a=(default := 3)):
+        local = 1
+    class Local(Base, meta=(kw := 4)):
+        attr = 5
+    return ys, zs, g
+""")
+
+
+def _check_scope_bindings(text):
+    from tf_migrate.analysis import scopes
+
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    kinds = (cst.Module, cst.FunctionDef, cst.ClassDef, cst.Lambda, *scopes._COMPREHENSIONS)
+    for scope in _walk(module, True):
+        if isinstance(scope, kinds):
+            assert scope in index and scopes._collect(scope) == scopes._collect_walk(scope), type(scope).__name__
+
+
+# --- analysis/modules.py: the simple statements of `__init__` ---------------------------------------
+
+class _SimpleStatements(cst.CSTVisitor):
+    """The visitor `modules._init_statements` ran before it sliced the index: simple statements of
+    a body, nested blocks included, nested defs and classes not."""
+
+    def __init__(self) -> None:
+        self.found: list[cst.SimpleStatementLine] = []
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        self.found.append(node)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_init_statements_answer_as_the_visitor(path):
+    from tf_migrate.analysis import modules
+
+    for module in (cst.parse_module(path.read_text()), None):
+        if module is None:  # a tree no remembered index holds: answered by a walk
+            module = cst.parse_module(path.read_text())
+        else:
+            NodeIndex(module)
+        for function in _walk(module, True):
+            if isinstance(function, cst.FunctionDef):
+                collector = _SimpleStatements()
+                nodes.visit(function.body, collector)
+                assert modules._init_statements(function) == collector.found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_bound_names_from_the_index_answer_as_the_visitor(path):
+    _check_bound_names(path.read_text())
+
+
+def test_bound_names_from_the_index_answer_as_the_visitor_in_corner_cases():
+    from test_scopes import CORNERS
+
+    _check_bound_names(CORNERS + """
+def binder(xs, mask):
+    del xs[0], gone
+    scores.masked_fill_(mask, 0)
+    total: int = 0
+    total += 1
+    for i, (j, *rest) in xs:
+        with open(i) as handle, open(j) as (a, b):
+            pass
+    try:
+        pass
+    except ValueError as error:
+        pass
+    f = lambda inner=(w := 1): (lam := inner)
+    g = [(comp := x) for x in xs]
+    class Local:
+        hidden = 1
+    def nested():
+        deeper = 2
+    return (walrus := f)
+""")
+
+
+def _check_bound_names(text):
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    for node in _walk(module, True):
+        if isinstance(node, (cst.BaseStatement, cst.BaseSmallStatement, cst.IndentedBlock, cst.Module)):
+            visitor = dataflow._Binds("")
+            nodes.visit(node, visitor)
+            assert dataflow._bound_names_indexed(node, index) == frozenset(visitor.bound), type(node).__name__
+
+
 # --- analysis/census.py: callers and arguments by look-up -------------------------------------------
 
 def _every_caller(walker, function):
@@ -251,6 +482,25 @@ def test_index_of_a_version_that_reuses_a_subtree_twice_answers_as_a_walk():
     assert index.shared and _index_tables(index) == _index_tables(NodeIndex(twice))
 
 
+@pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_parents_read_from_positions_answer_as_the_parent_map(path):
+    """`NodeIndex.parents` answers from the index's positions, not a dict built per version."""
+    module = cst.parse_module(path.read_text())
+    index = NodeIndex(module)
+    plain = nodes.parent_map(module)
+    outside = [cst.Name("x"), module.deep_clone()]  # objects the tree does not hold
+    for node in [*_walk(module, True), *outside]:
+        assert index.parents.get(node) is plain.get(node)
+        assert index.parents.get(node, "absent") is plain.get(node, "absent")
+        assert (node in index.parents) is (node in plain)
+        if node in plain:
+            assert index.parents[node] is plain[node]
+        else:
+            with pytest.raises(KeyError):
+                index.parents[node]
+    assert len(index.parents) == len(plain) and list(index.parents) == list(_walk(module, True))[1:]
+
+
 # --- analysis/names.py: what a name stands for, remembered per node ---------------------------------
 
 @pytest.mark.parametrize("path", MODEL_SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
@@ -262,6 +512,7 @@ def test_remembered_imported_names_answer_as_resolution(path):
     for _ in range(2):  # the second round answers from the memo
         for node in asked:
             assert names.imported(node) == names._imported_name(node)
+            assert names.module_level(node) == names._module_level_binding(node)
 
 
 def test_remembered_imported_names_are_not_confused_by_passing_nodes():

@@ -52,6 +52,39 @@ def test_stack_containers_answer_as_the_scan_of_every_class(path):
         assert [(id(c), id(s)) for c, s in looked_up] == [(id(c), id(s)) for c, s in scanned]
 
 
+# --- rules/prenorm/tree.py, residual.py: class names and norm questions, answered once ---------------
+
+def _resolve_class_scan(fctx, name):
+    """`resolve_class` as it was, for the file's own classes: a scan of every module class."""
+    for cls in fctx.module_classes:
+        if cls.node.name.value == name and "." not in cls.qualname:
+            return fctx, cls
+    return None
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_prenorm_class_and_norm_look_ups_answer_as_their_scans(path):
+    from tf_migrate.rules.prenorm import tree
+    from tf_migrate.rules.prenorm.residual import ResidualFinder
+
+    ctx = _context(path)
+    names = {n.value for n in _walk(ctx.module, True) if isinstance(n, cst.Name)}
+    for name in names:
+        scanned = _resolve_class_scan(ctx, name)
+        if scanned is not None:
+            assert tree.resolve_class(ctx, name) == scanned and tree.resolve_class(ctx, name)[1] is scanned[1]
+        else:
+            assert name not in tree._top_level_classes(ctx)
+    for cls in ctx.module_classes:
+        for _ in range(2):  # the second answer comes from the memo
+            assert tree.own_norm_parameters(ctx, cls) == tree._own_norm_parameters(ctx, cls)
+        for method in cls.methods.values():
+            finder = ResidualFinder(ctx, cls, method)
+            for node in _walk(method, True):
+                if isinstance(node, (cst.Name, cst.Attribute, cst.Subscript, cst.Call)):
+                    assert finder.is_norm(node) == finder._is_norm(node) == finder.is_norm(node)
+
+
 # --- rules/prenorm/census.py: the classes built for an attribute ----------------------------------
 
 def _built_names_scan(index, cls, attribute: str) -> set[str]:

@@ -106,6 +106,8 @@ def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
     changed = cst.parse_statement("def g(x):\n    return -x\n")
     printer(module.with_changes(body=[*module.body[:2], changed]))
     assert made == [changed]
+    made.clear()
+    assert printer.code(module) == module.code and made == []  # the file as parsed is remembered
 
 
 def test_a_node_printed_in_two_places_is_printed_whole():

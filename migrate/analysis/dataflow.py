@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import body_nodes, cached, children, visit
+from tf_migrate.analysis.nodes import _INDEXES, body_nodes, cached, children, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -56,98 +56,22 @@ Definition = Union[Binding, GuardedBinding, OpaqueBinding]
 _Place = tuple[tuple[cst.BaseStatement, ...], int, cst.CSTNode]
 
 
-class _Loads(cst.CSTVisitor):
-    """Collects the `Name` nodes that read `name` (not targets, attributes or keywords).
-
-    With `name=None`, every read name.
-    """
-
-    def __init__(self, name: str | None) -> None:
-        self.name = name
-        self.found: list[cst.Name] = []
-
-    def visit_Name(self, node: cst.Name) -> None:
-        if self.name is None or node.value == self.name:
-            self.found.append(node)
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
-        _visit_target(node.target, self)
-        return False
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
-        _visit_target(node.target, self)
-        node.annotation.visit(self)
-        if node.value is not None:
-            node.value.visit(self)
-        return False
-
-    def visit_For(self, node: cst.For) -> bool:
-        _visit_target(node.target, self)
-        for child in (node.iter, node.body, node.orelse):
-            if child is not None:
-                child.visit(self)
-        return False
-
-    def visit_CompFor(self, node: cst.CompFor) -> bool:
-        _visit_target(node.target, self)
-        node.iter.visit(self)
-        for condition in node.ifs:
-            condition.visit(self)
-        if node.inner_for_in is not None:
-            node.inner_for_in.visit(self)
-        return False
-
-    def visit_AsName(self, node: cst.AsName) -> bool:
-        return False
-
-    def visit_Param(self, node: cst.Param) -> bool:
-        if node.default is not None:
-            node.default.visit(self)
-        return False
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        node.params.visit(self)
-        node.body.visit(self)
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        node.body.visit(self)
-        return False
-
-    def visit_Import(self, node: cst.Import) -> bool:
-        return False
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
-        return False
-
-    def visit_Global(self, node: cst.Global) -> bool:
-        return False
-
-    def visit_Nonlocal(self, node: cst.Nonlocal) -> bool:
-        return False
-
-
-def _visit_target(target: cst.BaseExpression, visitor: _Loads) -> None:
-    """Targets bind plain names; subscripts and attributes in them read their base."""
-    if isinstance(target, (cst.Tuple, cst.List)):
-        for element in target.elements:
-            _visit_target(element.value, visitor)
-    elif isinstance(target, cst.StarredElement):
-        _visit_target(target.value, visitor)
-    elif not isinstance(target, cst.Name):
-        target.visit(visitor)
+# What `loads` reads of each node type that holds targets, keywords or nested bindings (the rest
+# is read whole): (field, is a target) in source order. A target binds plain names; subscripts and
+# attributes in it read their base.
+_LOAD_PARTS: dict[type, tuple[tuple[str, bool], ...]] = {
+    cst.Attribute: (("value", False),),
+    cst.Arg: (("value", False),),
+    cst.NamedExpr: (("value", False),),
+    cst.AssignTarget: (("target", True),),
+    cst.AnnAssign: (("target", True), ("annotation", False), ("value", False)),
+    cst.For: (("target", True), ("iter", False), ("body", False), ("orelse", False)),
+    cst.CompFor: (("target", True), ("iter", False), ("ifs", False), ("inner_for_in", False)),
+    cst.Param: (("default", False),),
+    cst.FunctionDef: (("params", False), ("body", False)),
+    cst.ClassDef: (("body", False),),
+    cst.AsName: (), cst.Import: (), cst.ImportFrom: (), cst.Global: (), cst.Nonlocal: (),
+}
 
 
 class _Binds(cst.CSTVisitor):
@@ -214,9 +138,37 @@ class _Binds(cst.CSTVisitor):
 
 
 def loads(node: cst.CSTNode, name: str | None) -> list[cst.Name]:
-    visitor = _Loads(name)
-    visit(node, visitor)  # nodes.visit: libcst's walk, without rebuilding nodes
-    return visitor.found
+    """The `Name` nodes that read `name` (not targets, attribute names or keywords), in source
+    order; with `name=None`, every read name. Imports, `global`/`nonlocal` and `as` names read
+    nothing; a def reads its parameters' defaults and its body, a class its body."""
+    found: list[cst.Name] = []
+    stack: list[tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        current, target = stack.pop()
+        kind = type(current)  # libcst's node classes have no subclasses: the type decides
+        if target:
+            if kind is cst.Tuple or kind is cst.List:
+                stack.extend([(element.value, True) for element in reversed(current.elements)])
+            elif kind is cst.StarredElement:
+                stack.append((current.value, True))
+            elif kind is not cst.Name:
+                stack.append((current, False))
+            continue
+        if kind is cst.Name:
+            if name is None or current.value == name:
+                found.append(current)
+            continue
+        parts = _LOAD_PARTS.get(kind)
+        if parts is None:
+            stack.extend([(child, False) for child in reversed(children(current))])
+            continue
+        for field, is_target in reversed(parts):
+            value = getattr(current, field)
+            if type(value) is tuple or type(value) is list:
+                stack.extend([(item, is_target) for item in reversed(value)])
+            elif value is not None:
+                stack.append((value, is_target))
+    return found
 
 
 def read_names(node: cst.CSTNode) -> set[str]:
@@ -228,10 +180,49 @@ def binds(node: cst.CSTNode, name: str) -> bool:
 
 
 def _bound_names(node: cst.CSTNode) -> frozenset[str]:
-    """Every name `node` binds in its scope: one visit answers `binds` for any name."""
+    """Every name `node` binds in its scope: one pass answers `binds` for any name. Read from the
+    source-order list of a remembered index that holds `node`, else by a visit of `_Binds`."""
+    for index in _INDEXES:
+        if node in index:
+            return _bound_names_indexed(node, index)
     visitor = _Binds("")
     visit(node, visitor)
     return frozenset(visitor.bound)
+
+
+# What `_Binds` reads as a target, per node type; the subtrees it does not enter.
+_BOUND_TARGETS = {cst.AssignTarget: "target", cst.AnnAssign: "target", cst.AugAssign: "target",
+                  cst.For: "target", cst.NamedExpr: "target", cst.Del: "target", cst.AsName: "name"}
+_UNBOUND_SUBTREES = frozenset((cst.Lambda, cst.CompFor))
+
+
+def _bound_names_indexed(node: cst.CSTNode, index) -> frozenset[str]:
+    """`_Binds`' answer from the index's positions: a def or class binds its name and is skipped
+    as a block, so are lambdas and comprehension loops."""
+    binds = _Binds("")
+    nodes, ends = index._nodes, index._end
+    at = index._position[id(node)]
+    stop = ends[at]
+    while at < stop:
+        current = nodes[at]
+        kind = type(current)  # libcst's node classes have no subclasses: the type decides
+        if kind is cst.FunctionDef or kind is cst.ClassDef:
+            binds._check(current.name)
+            at = ends[at]
+            continue
+        if kind in _UNBOUND_SUBTREES:
+            at = ends[at]
+            continue
+        field = _BOUND_TARGETS.get(kind)
+        if field is not None:
+            binds._check(getattr(current, field))
+        elif kind is cst.ExceptHandler:
+            if current.name is not None:
+                binds._check(current.name.name)
+        elif kind is cst.Expr and _in_place_fill(current.value) is not None:
+            binds._check(current.value.func.value)
+        at += 1
+    return frozenset(binds.bound)
 
 
 def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
@@ -244,6 +235,25 @@ def _blocks(node: cst.CSTNode) -> Iterator[cst.IndentedBlock]:
             yield from _blocks(child)
 
 
+def _places(function: cst.FunctionDef) -> dict[cst.CSTNode, _Place]:
+    """Every statement of the function's blocks (nested defs' own bodies not included): its
+    block's statements, its position there and the statement (or function) owning the block."""
+    where: dict[cst.CSTNode, _Place] = {}
+
+    def index(block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
+        statements = tuple(block.body)
+        for position, statement in enumerate(statements):
+            where[statement] = (statements, position, owner)
+            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+                continue
+            for inner in _blocks(statement):
+                index(inner, statement)
+
+    if isinstance(function.body, cst.IndentedBlock):
+        index(function.body, function)
+    return where
+
+
 class FunctionFlow:
     def __init__(self, ctx: "FileContext", function: cst.FunctionDef, chained: bool = False) -> None:
         """`chained`: read `a = b = value` as a binding of each name to `value` (by default such
@@ -251,18 +261,9 @@ class FunctionFlow:
         self.ctx = ctx
         self.function = function
         self.chained = chained
-        self._where: dict[cst.CSTNode, _Place] = {}
-        if isinstance(function.body, cst.IndentedBlock):
-            self._index(function.body, function)
-
-    def _index(self, block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
-        statements = tuple(block.body)
-        for position, statement in enumerate(statements):
-            self._where[statement] = (statements, position, owner)
-            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
-                continue
-            for inner in _blocks(statement):
-                self._index(inner, statement)
+        # statement -> its block, place and owner: read from the function's own subtree, so kept
+        # beside the remembered index (carried across fixes that leave the function unchanged)
+        self._where: dict[cst.CSTNode, _Place] = cached(function, "dataflow.places", _places)
 
     def statement_of(self, node: cst.CSTNode) -> cst.BaseStatement | None:
         """The innermost statement of this function that contains `node`."""

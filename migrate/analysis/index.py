@@ -10,6 +10,7 @@ their identifier, and calls by the plain name they call.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator, Mapping
 from typing import Callable, Iterable
 
 import libcst as cst
@@ -18,8 +19,8 @@ from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 _SCOPE_TYPES = frozenset(_SCOPES)
-# Subtrees this small are walked again rather than copied: a copy looks up every node type.
-_SMALLEST_COPY = 24
+# Subtrees this small are walked again rather than copied (a copy has a fixed cost of its own).
+_SMALLEST_COPY = 6
 
 
 class NodeIndex:
@@ -27,69 +28,56 @@ class NodeIndex:
         """`earlier`: the index of a version of the file that this one was rewritten from. A fix
         keeps the subtrees it does not change, and each is copied from there as a block (positions
         shifted) instead of being walked again."""
+        self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
         self._build(root, earlier if earlier is not None and not earlier.shared else None)
-        if self.shared and earlier is not None:  # a node in two places: walked as the plain build does
-            self._build(root, None)
-        if not self.shared:
+        # A node object in two places (a fix reused it): one position per id cannot say where it is.
+        self.shared = len(self._position) != len(self._nodes)
+        if self.shared:
+            self._build_shared(root)
+        else:
+            self.parents: Mapping[cst.CSTNode, cst.CSTNode] = _Parents(self)
             remember(self)
+        self._group()
 
     def _build(self, root: cst.CSTNode, earlier: "NodeIndex | None") -> None:
-        self.parents: dict[cst.CSTNode, cst.CSTNode] = {}
+        """The source-order list of the nodes, with each one's parent, innermost def/class/lambda
+        and subtree end; unchanged subtrees of `earlier` are copied as blocks."""
         # id(node) -> its position: the index keeps its nodes alive, so no other object has their ids,
         # and `id` spares libcst's Python-level `__hash__` on every look-up
         self._position: dict[int, int] = {}
         self._nodes: list[cst.CSTNode] = []
         self._parent: list[int] = []  # per position: the position of its parent here, or -1
         self._scope: list[int] = []  # per position: the innermost def/class/lambda at or above it, or -1
-        self._by_type: dict[type, list[int]] = {}
-        self._names: dict[str, list[int]] = {}
-        self._attributes: dict[str, list[int]] = {}
-        self._calls: dict[str, list[int]] = {}
         self._end: list[int] = []  # per position: one past the last position of its subtree
-        self.shared = False  # whether some node object sits in two places (a fix reused it)
-        self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
-        reused = earlier._position if earlier is not None else {}
-        parents = self.parents
+        position, nodes, parents, scopes, ends = self._position, self._nodes, self._parent, self._scope, self._end
+        reused = earlier._position if earlier is not None else None
         stack: list[tuple[cst.CSTNode | None, int, int]] = [(root, -1, -1)]
         while stack:
             node, scope, parent = stack.pop()
             if node is None:  # the subtree that started at position `scope` is complete
-                self._end[scope] = len(self._nodes)
+                ends[scope] = len(nodes)
                 continue
-            start = reused.get(id(node))
-            if start is not None and earlier._end[start] - start >= _SMALLEST_COPY:
-                self._copy(earlier, start, scope, parent)
-                continue
-            at = len(self._nodes)
-            self._position[id(node)] = at
-            self._nodes.append(node)
-            self._parent.append(parent)
-            self._end.append(at + 1)
-            kind = type(node)
-            if kind in _SCOPE_TYPES:  # libcst's node classes have no subclasses: the type decides
+            if reused is not None:
+                start = reused.get(id(node))
+                if start is not None and earlier._end[start] - start >= _SMALLEST_COPY:
+                    self._copy(earlier, start, scope, parent)
+                    continue
+            at = len(nodes)
+            position[id(node)] = at
+            nodes.append(node)
+            parents.append(parent)
+            ends.append(at + 1)
+            if type(node) in _SCOPE_TYPES:  # libcst's node classes have no subclasses: the type decides
                 scope = at
-            self._scope.append(scope)
-            self._by_type.setdefault(kind, []).append(at)
-            if kind is cst.Name:
-                self._names.setdefault(node.value, []).append(at)
-            elif kind is cst.Attribute:
-                self._attributes.setdefault(node.attr.value, []).append(at)
-            elif kind is cst.Call and type(node.func) is cst.Name:
-                self._calls.setdefault(node.func.value, []).append(at)
+            scopes.append(scope)
             below = children(node)
             if below:
-                # A node a fix put in two places keeps its first parent, as `nodes.parent_map` gives it.
-                before = len(parents)
-                for child in below:
-                    parents.setdefault(child, node)
-                if len(parents) != before + len(below):
-                    self.shared = True
-            stack.append((None, at, -1))
-            stack.extend((child, scope, at) for child in reversed(below))
+                stack.append((None, at, -1))
+                stack.extend([(child, scope, at) for child in reversed(below)])
 
     def _copy(self, earlier: "NodeIndex", start: int, scope: int, parent: int) -> None:
-        """Append the subtree at `earlier`'s position `start` (its root's parent is recorded already),
-        under the def/class/lambda at position `scope` and the parent at position `parent` here."""
+        """Append the subtree at `earlier`'s position `start` under the def/class/lambda at position
+        `scope` and the parent at position `parent` here."""
         end = earlier._end[start]
         at = len(self._nodes)
         shift = at - start
@@ -99,29 +87,55 @@ class NodeIndex:
         self._parent.extend([q + shift if q >= start else parent for q in earlier._parent[start:end]])
         self._end.extend([e + shift for e in earlier._end[start:end]])
         self._scope.extend([s + shift if s >= start else scope for s in earlier._scope[start:end]])
-        inner = block[1:]
-        before = len(self.parents)
-        nodes = earlier._nodes
-        self.parents.update(zip(inner, [nodes[q] for q in earlier._parent[start + 1:end]]))
-        if len(self.parents) != before + len(inner):
-            self.shared = True  # some node of the block was placed already
-        for kind, positions in earlier._by_type.items():
-            first, last = bisect_left(positions, start), bisect_left(positions, end)
-            if first == last:
+
+    def _group(self) -> None:
+        """Positions by node type, and names, attributes and plain-name calls by their identifier."""
+        self._by_type: dict[type, list[int]] = {}
+        by_type = self._by_type
+        for at, kind in enumerate(map(type, self._nodes)):
+            found = by_type.get(kind)
+            if found is None:
+                by_type[kind] = [at]
+            else:
+                found.append(at)
+        nodes = self._nodes
+        self._names: dict[str, list[int]] = {}
+        for at in by_type.get(cst.Name, ()):
+            self._names.setdefault(nodes[at].value, []).append(at)
+        self._attributes: dict[str, list[int]] = {}
+        for at in by_type.get(cst.Attribute, ()):
+            self._attributes.setdefault(nodes[at].attr.value, []).append(at)
+        self._calls: dict[str, list[int]] = {}
+        for at in by_type.get(cst.Call, ()):
+            func = nodes[at].func
+            if type(func) is cst.Name:
+                self._calls.setdefault(func.value, []).append(at)
+
+    def _build_shared(self, root: cst.CSTNode) -> None:
+        """The plain walk of a tree where some node sits in two places: each place gets a position
+        (a node's id names the last), and the node keeps its first parent, as `nodes.parent_map`
+        gives it."""
+        self.parents = {}
+        self._position, self._nodes, self._parent, self._scope, self._end = {}, [], [], [], []
+        stack: list[tuple[cst.CSTNode | None, int, int]] = [(root, -1, -1)]
+        while stack:
+            node, scope, parent = stack.pop()
+            if node is None:
+                self._end[scope] = len(self._nodes)
                 continue
-            found = positions[first:last]
-            self._by_type.setdefault(kind, []).extend([p + shift for p in found])
-            if kind is cst.Name:
-                for p in found:
-                    self._names.setdefault(earlier._nodes[p].value, []).append(p + shift)
-            elif kind is cst.Attribute:
-                for p in found:
-                    self._attributes.setdefault(earlier._nodes[p].attr.value, []).append(p + shift)
-            elif kind is cst.Call:
-                for p in found:
-                    func = earlier._nodes[p].func
-                    if type(func) is cst.Name:
-                        self._calls.setdefault(func.value, []).append(p + shift)
+            at = len(self._nodes)
+            self._position[id(node)] = at
+            self._nodes.append(node)
+            self._parent.append(parent)
+            self._end.append(at + 1)
+            if type(node) in _SCOPE_TYPES:
+                scope = at
+            self._scope.append(scope)
+            below = children(node)
+            for child in below:
+                self.parents.setdefault(child, node)
+            stack.append((None, at, -1))
+            stack.extend((child, scope, at) for child in reversed(below))
 
     def __contains__(self, node: object) -> bool:
         return id(node) in self._position
@@ -184,3 +198,37 @@ class NodeIndex:
             found = [at for at in found if self._scope[at] <= start]
         nodes = [self._nodes[at] for at in found]
         return nodes if predicate is None else [node for node in nodes if predicate(node)]
+
+
+class _Parents(Mapping):
+    """Node -> its parent, read from the index's positions: no dict of every node (each insert a
+    call of libcst's Python-level `__hash__`) is built per version of the file."""
+
+    __slots__ = ("_position", "_parent", "_nodes")
+
+    def __init__(self, index: NodeIndex) -> None:
+        self._position, self._parent, self._nodes = index._position, index._parent, index._nodes
+
+    def get(self, node: object, default: object = None) -> object:
+        at = self._position.get(id(node))
+        if at is None:
+            return default
+        at = self._parent[at]
+        return default if at < 0 else self._nodes[at]
+
+    def __getitem__(self, node: object) -> cst.CSTNode:
+        at = self._position.get(id(node))
+        if at is None or self._parent[at] < 0:
+            raise KeyError(node)
+        return self._nodes[self._parent[at]]
+
+    def __contains__(self, node: object) -> bool:
+        at = self._position.get(id(node))
+        return at is not None and self._parent[at] >= 0
+
+    def __iter__(self) -> Iterator[cst.CSTNode]:
+        parent = self._parent
+        return (node for at, node in enumerate(self._nodes) if parent[at] >= 0)
+
+    def __len__(self) -> int:
+        return sum(1 for at in self._parent if at >= 0)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import children, find_types, visit as visit_read_only
+from tf_migrate.analysis.nodes import children, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -76,27 +76,9 @@ def _is_module_class(ctx: "FileContext", node: cst.ClassDef, known: set[str], qu
     return False
 
 
-class _SimpleStatements(cst.CSTVisitor):
-    """Simple statements of a body, nested blocks included, nested defs and classes not."""
-
-    def __init__(self) -> None:
-        self.found: list[cst.SimpleStatementLine] = []
-
-    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
-        self.found.append(node)
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        return False
-
-
 def _init_statements(init: cst.FunctionDef) -> list[cst.SimpleStatementLine]:
-    collector = _SimpleStatements()
-    visit_read_only(init.body, collector)  # libcst's walk, without rebuilding nodes
-    return collector.found
+    """Simple statements of a body, nested blocks included, nested defs and classes not."""
+    return find_types(init.body, cst.SimpleStatementLine, into_scopes=False)
 
 
 def _read_init(ctx: "FileContext", cls: ModuleClass, init: cst.FunctionDef) -> None:

@@ -31,6 +31,7 @@ class NameResolver:
         # id(node) -> (node, answer): the same nodes are asked about again and again (three in four
         # questions on a large file); holding the node keeps its id from naming another object.
         self._imported: dict[int, tuple[cst.CSTNode, str | None]] = {}
+        self._module_level: dict[int, tuple[cst.CSTNode, bool]] = {}
 
     def imported(self, node: cst.CSTNode) -> str | None:
         """The fully qualified name of an expression that refers to something imported, else None.
@@ -54,7 +55,16 @@ class NameResolver:
         return canonical(name.name)
 
     def module_level(self, node: cst.CSTNode) -> bool:
-        """Whether a Name (or `a.b.c`'s `a`) reads a module-level binding of the file."""
+        """Whether a Name (or `a.b.c`'s `a`) reads a module-level binding of the file (remembered
+        per node, as `imported`)."""
+        known = self._module_level.get(id(node))
+        if known is not None and known[0] is node:
+            return known[1]
+        answer = self._module_level_binding(node)
+        self._module_level[id(node)] = (node, answer)
+        return answer
+
+    def _module_level_binding(self, node: cst.CSTNode) -> bool:
         scope = self._scopes.binding_scope(node)
         return scope is not None and scope is self._scopes.module
 

@@ -49,11 +49,17 @@ def _is_node(value: object) -> bool:
 def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
     """The same nodes, in the same order, as libcst's `node.children`."""
     found: list[cst.CSTNode] = []
+    known = _IS_NODE  # `_is_node` inlined: this runs for every node of every walk
     for value in _child_fields(type(node))(node):
-        if _is_node(value):
+        kind = type(value)
+        if kind is tuple or kind is list:
+            for item in value:
+                if known.get(type(item)) or (type(item) not in known and _is_node(item)):
+                    found.append(item)
+        elif known.get(kind) or (kind not in known and _is_node(value)):
             found.append(value)
-        elif type(value) is tuple or type(value) is list or isinstance(value, (tuple, list)):
-            found.extend(item for item in value if _is_node(item))
+        elif isinstance(value, (tuple, list)):
+            found.extend([item for item in value if _is_node(item)])
     return found
 
 

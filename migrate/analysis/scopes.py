@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import cached, children, walk
+from tf_migrate.analysis.nodes import _INDEXES, cached, children, walk
 
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
 # libcst's node classes have no subclasses: a type look-up in a set answers what `isinstance`
@@ -171,18 +171,56 @@ def _statement_nodes(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
 
 
 def _collect(scope: cst.CSTNode) -> _Bindings:
-    found = _Bindings()
-    local = lambda name: found.add(name, Binding(name, Source.LOCAL))  # noqa: E731
+    """What `scope` binds: from the source-order list of a remembered index that holds it (nested
+    defs, classes, lambdas and comprehensions skipped as blocks), else by a walk."""
+    for index in _INDEXES:
+        if scope in index:
+            return _collect_indexed(scope, index)
+    return _collect_walk(scope)
+
+
+def _roots(scope: cst.CSTNode, found: _Bindings, local) -> list[cst.CSTNode]:
+    """The parts of `scope` whose nodes bind in it (a def's parameters are bound here)."""
     if isinstance(scope, (cst.FunctionDef, cst.Lambda)):
         for param in _params(scope.params):
             local(param.name.value)
-        roots: list[cst.CSTNode] = [scope.body]
-    elif isinstance(scope, _COMPREHENSIONS):
-        roots = _comprehension_parts(scope, local)
-    elif isinstance(scope, cst.ClassDef):
-        roots = [scope.body]
-    else:
-        roots = [scope]
+        return [scope.body]
+    if isinstance(scope, _COMPREHENSIONS):
+        return _comprehension_parts(scope, local)
+    if isinstance(scope, cst.ClassDef):
+        return [scope.body]
+    return [scope]
+
+
+def _collect_indexed(scope: cst.CSTNode, index) -> _Bindings:
+    found = _Bindings()
+    local = lambda name: found.add(name, Binding(name, Source.LOCAL))  # noqa: E731
+    nodes, ends, position = index._nodes, index._end, index._position
+    for root in _roots(scope, found, local):
+        at = position[id(root)]
+        stop = ends[at]
+        while at < stop:
+            node = nodes[at]
+            kind = type(node)
+            if kind is cst.FunctionDef or kind is cst.ClassDef:
+                local(node.name.value)
+                at = ends[at]
+                continue
+            if kind in _NESTED_TYPES:  # only a walrus in it binds here
+                for inner in range(at, ends[at]):
+                    if type(nodes[inner]) is cst.NamedExpr:
+                        _bind(nodes[inner], found, local)
+                at = ends[at]
+                continue
+            _bind(node, found, local)
+            at += 1
+    return found
+
+
+def _collect_walk(scope: cst.CSTNode) -> _Bindings:
+    found = _Bindings()
+    local = lambda name: found.add(name, Binding(name, Source.LOCAL))  # noqa: E731
+    roots = _roots(scope, found, local)
     stack = list(reversed(roots))
     while stack:
         node = stack.pop()

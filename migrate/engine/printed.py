@@ -149,7 +149,7 @@ class Printer:
         self._statements: dict[cst.CSTNode, _Statement] = {}  # of the latest printing
         self._layout: tuple[str, str] | None = None  # its module's indent and newline
         self._latest: tuple[cst.Module, str, Positions] | None = None
-        self._codes: dict[int, tuple[cst.Module, str]] = {}  # id -> (module, code) of every printing
+        self._first: tuple[cst.Module, str] | None = None  # the file as parsed, when printed first
 
     def __call__(self, module: cst.Module) -> tuple[str, Positions]:
         if self._latest is not None and self._latest[0] is module:
@@ -162,13 +162,15 @@ class Printer:
         code, where = found if found is not None else printed(module)
         self._statements, self._layout = (statements, layout) if found is not None else ({}, None)
         self._latest = (module, code, where)
-        self._codes[id(module)] = (module, code)
+        self._first = self._first or (module, code)
         return code, where
 
     def code(self, module: cst.Module) -> str:
-        """`module.code`, from an earlier printing of this printer when there was one."""
-        known = self._codes.get(id(module))
-        return known[1] if known is not None and known[0] is module else self(module)[0]
+        """`module.code`: remembered for the first and the latest module printed (the file as
+        parsed, for the check that libcst reproduces it; the version a fix just made)."""
+        if self._first is not None and self._first[0] is module:
+            return self._first[1]
+        return self(module)[0]
 
 
 def _assembled(module: cst.Module, statements: dict[cst.CSTNode, _Statement]) -> tuple[str, Positions] | None:

@@ -12,7 +12,7 @@ import libcst as cst
 
 from tf_migrate.analysis.names import self_attribute
 from tf_migrate.analysis.nn_bases import dotted_text
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import find, find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -67,8 +67,8 @@ def _is_norm_subclass(project, path: str, name: str) -> bool:
 def add_module_refusal(ctx: "FileContext", cls: "ModuleClass", forward: cst.FunctionDef,
                        is_norm) -> tuple[int, str] | None:
     """(line, reason) when forward applies a norm to a sum made by an add module."""
-    adds = find(forward, lambda n: isinstance(n, cst.Call) and len(n.args) == 1
-                and isinstance(n.args[0].value, cst.List) and self_attribute(n.func) is not None)
+    adds = [n for n in find_types(forward, cst.Call) if len(n.args) == 1
+            and isinstance(n.args[0].value, cst.List) and self_attribute(n.func) is not None]
     adds = [add for add in adds if _built_by(ctx, cls, self_attribute(add.func), is_add_class)
             and _adds_passed_input(ctx, forward, add)]
     for add in adds:

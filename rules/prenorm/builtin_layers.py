@@ -11,7 +11,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import find_types
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -35,7 +35,7 @@ class BuiltinLayer:
 
 def builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinLayer]:
     flow = FunctionFlow(ctx, function)
-    calls = find(function, lambda node: isinstance(node, cst.Call))
+    calls = find_types(function, cst.Call)
     for call in calls:
         stack_name = LAYERS.get(ctx.names.callee(call))
         if stack_name is None:
@@ -60,7 +60,7 @@ class BuiltinTransformer:
 
 def builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinTransformer]:
     """`nn.Transformer(...)` calls: their encoder and decoder always end in a norm of their own."""
-    for call in find(function, lambda node: isinstance(node, cst.Call)):
+    for call in find_types(function, cst.Call):
         if ctx.names.callee(call) == TRANSFORMER:
             custom = argument(call, _CUSTOM_ENCODER, "custom_encoder") or argument(
                 call, _CUSTOM_DECODER, "custom_decoder")
@@ -73,7 +73,7 @@ def transformer_subclass_init(ctx: "FileContext", cls) -> Iterator[BuiltinTransf
     if not any(ctx.names.imported(base.value) == TRANSFORMER for base in cls.node.bases):
         return
     init = cls.methods.get("__init__")
-    for call in find(init, lambda node: isinstance(node, cst.Call)) if init is not None else ():
+    for call in find_types(init, cst.Call) if init is not None else ():
         func = call.func
         if (isinstance(func, cst.Attribute) and func.attr.value == "__init__" and isinstance(func.value, cst.Call)
                 and isinstance(func.value.func, cst.Name) and func.value.func.value == "super"):

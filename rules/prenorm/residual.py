@@ -16,7 +16,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import (Binding, FunctionFlow, GuardedBinding, OpaqueBinding, chained_binding,
                                           loads)
-from tf_migrate.analysis.nodes import find
+from tf_migrate.analysis.nodes import find, find_types
 from tf_migrate.rules.prenorm.layer_loop import listed_norm
 from tf_migrate.rules.prenorm.norm_names import inherited_norm, project_norm
 from tf_migrate.rules.prenorm.tree import NORMS, norm_class
@@ -87,6 +87,8 @@ class ResidualFinder:
     def __init__(self, ctx: "FileContext", cls: "ModuleClass", method: cst.FunctionDef) -> None:
         self.ctx, self.cls, self.method = ctx, cls, method
         self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
+        # id(node) -> (node, answer) of `is_norm`: several searches of the method ask about each call
+        self._norms: dict[int, tuple[cst.CSTNode, bool]] = {}
 
     def find(self) -> Sublayers:
         self._refuse_flag_only()
@@ -135,6 +137,14 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
+        known = self._norms.get(id(node))
+        if known is not None and known[0] is node:
+            return known[1]
+        answer = self._is_norm(node)
+        self._norms[id(node)] = (node, answer)
+        return answer
+
+    def _is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
             or norm_class(self.ctx, self.cls, node) is not None or listed_norm(self.ctx, self.cls, node) is not None \
             or project_norm(self.ctx, self.cls, node) is not None
@@ -209,7 +219,7 @@ class ResidualFinder:
             return None
         name = small.targets[0].target.value
         line = self.ctx.line(statement)
-        for later in find(self.method.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+        for later in find_types(self.method.body, cst.SimpleStatementLine):
             if self.ctx.line(later) <= line or not later.body or not isinstance(later.body[0], cst.Assign):
                 continue
             assign = later.body[0]
@@ -527,7 +537,7 @@ class ResidualFinder:
         pre_norms = {id(call) for call in found.pre_norms}
         flags: set[str] = set()
         first: cst.Call | None = None
-        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+        for call in [node for node in find_types(self.method, cst.Call) if self.is_norm(node.func)]:
             condition = self._condition(call)
             if condition is None or (
                     id(call) in pre_norms and isinstance(condition, cst.If)
@@ -553,8 +563,8 @@ class ResidualFinder:
         """Every norm of the method applied under `if self.pre_lnorm:` or its `else` (one flag named
         for the norm position): the block offers both orders, however its residuals are spelled
         (`FlagChosen` before they are read; a norm its base class builds counts)."""
-        calls = find(self.method, lambda node: isinstance(node, cst.Call) and (
-            self.is_norm(node.func) or inherited_norm(self.ctx, self.cls, node.func)))
+        calls = [node for node in find_types(self.method, cst.Call)
+                 if self.is_norm(node.func) or inherited_norm(self.ctx, self.cls, node.func)]
         flags = set()
         for call in calls:
             condition = self._condition(call)
@@ -600,7 +610,7 @@ class ResidualFinder:
         known = {id(post.call) for post in found.post} | {id(call) for call in found.pre_norms}
         loops = {id(self._loop_of(post.statement)) for post in found.post}
         loop = self._loop_of(found.post[0].statement) if len(loops) == 1 else None
-        for call in find(self.method, lambda node: isinstance(node, cst.Call) and self.is_norm(node.func)):
+        for call in [node for node in find_types(self.method, cst.Call) if self.is_norm(node.func)]:
             if loop is not None and self.ctx.line(call) < self.ctx.line(loop) \
                     and self.flow.statement_of(call) in loop_siblings(self.ctx, loop):
                 continue  # the embeddings' norm before a model's own loop over its layers: kept as is
@@ -618,15 +628,15 @@ class ResidualFinder:
 
 def _adds(method: cst.FunctionDef) -> list[cst.BinaryOperation]:
     """The `+` operations of the method's own body (an iterative walk: a 400-term sum is fine)."""
-    return find(method.body, lambda node: isinstance(node, cst.BinaryOperation)
-                and isinstance(node.operator, cst.Add), into_scopes=False)
+    return [node for node in find_types(method.body, cst.BinaryOperation, into_scopes=False)
+            if isinstance(node.operator, cst.Add)]
 
 
 def _augmented_adds(method: cst.FunctionDef) -> list[tuple[cst.BinaryOperation, cst.SimpleStatementLine]]:
     """`t += r` alone on its line (r a name), read as the add `t + r` (the target node standing for
     the old value, as the dataflow reads it): `q += residual; q = self.layer_norm(q)` is post-norm."""
     found = []
-    for statement in find(method.body, lambda node: isinstance(node, cst.SimpleStatementLine), into_scopes=False):
+    for statement in find_types(method.body, cst.SimpleStatementLine, into_scopes=False):
         small = statement.body[0] if len(statement.body) == 1 else None
         if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) \
                 and isinstance(small.target, cst.Name) and isinstance(small.value, cst.Name):

@@ -12,7 +12,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import loads
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import cached, find, walk
+from tf_migrate.analysis.nodes import cached, find, find_types, walk
 from tf_migrate.rules.prenorm.tree import files_naming, holders, names_class
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _tried_names(ctx: "FileContext", cls: "ModuleClass", container: cst.Call) ->
     among the class's choices."""
     places = [container] + [m for m in (cls.methods.get("__init__"),) if m is not None] \
         + list(ctx.index.calls_of(ctx.module, cls.node.name.value))
-    return {node.func.value for place in places for node in find(place, lambda n: isinstance(n, cst.Call))
+    return {node.func.value for place in places for node in find_types(place, cst.Call)
             if isinstance(node.func, cst.Name)} | {n for chosen in class_choices(cls).values() for n in chosen}
 
 
@@ -183,12 +183,11 @@ def _class_choices(cls: "ModuleClass") -> dict[str, set[str]]:
     if init is None:
         return found
     writes: dict[str, int] = {}
-    for node in find(cls.node, lambda n: isinstance(n, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign,
-                                                        cst.Del, cst.For, cst.AsName))):
+    for node in find_types(cls.node, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign, cst.Del, cst.For, cst.AsName)):
         target = node.name if isinstance(node, cst.AsName) else node.target
         for written in find(target, lambda n: self_attribute(n) is not None):
             writes[self_attribute(written)] = writes.get(self_attribute(written), 0) + 1
-    for statement in find(init.body, lambda n: isinstance(n, cst.SimpleStatementLine)):
+    for statement in find_types(init.body, cst.SimpleStatementLine):
         small = statement.body[0] if len(statement.body) == 1 else None
         if not (isinstance(small, cst.Assign) and len(small.targets) == 1):
             continue

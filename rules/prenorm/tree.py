@@ -50,9 +50,9 @@ def names_class(fctx: "FileContext", name: str, home: "FileContext", cls: "Modul
 
 def resolve_class(fctx: "FileContext", name: str) -> tuple["FileContext", "ModuleClass"] | None:
     """The module class a bare name stands for in `fctx`: this file's, or an imported one."""
-    for cls in fctx.module_classes:
-        if cls.node.name.value == name and "." not in cls.qualname:
-            return fctx, cls
+    cls = _top_level_classes(fctx).get(name)
+    if cls is not None:
+        return fctx, cls
     for symbol in fctx.project.resolve_name(fctx.project_key, name):
         if symbol.kind != "class" or symbol.path is None or symbol.path == fctx.project_key:
             continue
@@ -63,6 +63,19 @@ def resolve_class(fctx: "FileContext", name: str) -> tuple["FileContext", "Modul
             if cls.qualname == symbol.qualname:
                 return other, cls
     return None
+
+
+def _top_level_classes(fctx: "FileContext") -> dict[str, "ModuleClass"]:
+    """Name -> the first module class of the file by that name outside any class, as a scan of
+    `module_classes` finds it: one table per file version, not a scan per question."""
+    def build() -> dict[str, "ModuleClass"]:
+        table: dict[str, "ModuleClass"] = {}
+        for cls in fctx.module_classes:
+            if "." not in cls.qualname:
+                table.setdefault(cls.node.name.value, cls)
+        return table
+
+    return fctx.memo("prenorm.tree.top_level_classes", build)
 
 
 def holders(ctx: "FileContext", cls: "ModuleClass") -> list[tuple["FileContext", "ModuleClass", object]]:
@@ -170,9 +183,9 @@ def stack_members(fctx: "FileContext", stack) -> list[tuple[str, "FileContext", 
 
 
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
-    from tf_migrate.analysis.nodes import find
+    from tf_migrate.analysis.nodes import find_types
 
-    return find(node, lambda n: isinstance(n, cst.Call))
+    return find_types(node, cst.Call)
 
 
 def side_by_side(stack) -> int | None:
@@ -287,7 +300,16 @@ def own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[s
     init, `[("gamma", "ones"), ("beta", "zeros")]`, when `__init__` builds only parameters of
     `torch.ones` / `torch.zeros` (the identity a fresh final norm starts at) and forward
     normalises (`F.layer_norm`, or a mean taken away and a std / variance / rsqrt divided by);
-    None for anything else."""
+    None for anything else. Read once per class of a file version (a norm class is asked about
+    by every call of every block that holds one)."""
+    known = fctx.memo("prenorm.tree.own_norm_parameters", dict)
+    found = known.get(id(cls))
+    if found is None or found[0] is not cls:
+        found = known[id(cls)] = (cls, _own_norm_parameters(fctx, cls))
+    return list(found[1]) if found[1] is not None else None
+
+
+def _own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[str, str]] | None:
     init, forward = cls.methods.get("__init__"), cls.methods.get("forward")
     if init is None or forward is None or cls.buffers or any(
             sub.callee not in _PARAMETERS for sub in cls.submodules.values()):
