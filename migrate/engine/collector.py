@@ -6,8 +6,10 @@ of its own. With the collector on, the full collections those allocations trigge
 object again and again: 40 % of the CPU on mid-sized torch files, a quarter on the N-copies file
 (benchmarks/results/growth.md). Paused, a file's cyclic garbage (the contexts of the versions its
 rules rewrote) waits for the end of the file, where one collection of the young generations -- the
-objects the file made -- frees it; full collections happen between files, under CPython's own rule.
-The price is memory: a file's garbage lives until the file is done.
+objects the file made -- frees it; full collections are left to CPython's own rule between files.
+The price is memory: a file's garbage lives until the file is done (the N-copies file at N = 256:
+peak 2.55 GB against 2.1 GB; the torch tree's largest worker needs less than before, other work
+having shrunk).
 """
 
 from __future__ import annotations
