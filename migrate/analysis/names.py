@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from tf_migrate.analysis.nodes import PerNode
 from tf_migrate.analysis.scopes import Scopes, Source
 
 # Canonical spellings: the same function reachable under several module paths.
@@ -30,20 +31,15 @@ class NameResolver:
         self._scopes = scopes
         # id(node) -> (node, answer): the same nodes are asked about again and again (three in four
         # questions on a large file); holding the node keeps its id from naming another object.
-        self._imported: dict[int, tuple[cst.CSTNode, str | None]] = {}
-        self._module_level: dict[int, tuple[cst.CSTNode, bool]] = {}
+        self._imported = PerNode(self._imported_name)
+        self._module_level = PerNode(self._module_level_binding)
 
     def imported(self, node: cst.CSTNode) -> str | None:
         """The fully qualified name of an expression that refers to something imported, else None.
 
         Ambiguous names (imported and also bound locally) resolve to None.
         """
-        known = self._imported.get(id(node))
-        if known is not None and known[0] is node:
-            return known[1]
-        answer = self._imported_name(node)
-        self._imported[id(node)] = (node, answer)
-        return answer
+        return self._imported(node)
 
     def _imported_name(self, node: cst.CSTNode) -> str | None:
         names = self._scopes.resolve(node)
@@ -57,12 +53,7 @@ class NameResolver:
     def module_level(self, node: cst.CSTNode) -> bool:
         """Whether a Name (or `a.b.c`'s `a`) reads a module-level binding of the file (remembered
         per node, as `imported`)."""
-        known = self._module_level.get(id(node))
-        if known is not None and known[0] is node:
-            return known[1]
-        answer = self._module_level_binding(node)
-        self._module_level[id(node)] = (node, answer)
-        return answer
+        return self._module_level(node)
 
     def _module_level_binding(self, node: cst.CSTNode) -> bool:
         scope = self._scopes.binding_scope(node)

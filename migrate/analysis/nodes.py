@@ -109,6 +109,25 @@ def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object
     return answer
 
 
+class PerNode:
+    """One answer per node object, computed when first asked: keyed by `id` (libcst's `__hash__` is
+    a Python call), the node kept beside its answer so that a recycled id is never taken for it."""
+
+    __slots__ = ("_compute", "_known")
+
+    def __init__(self, compute: Callable[[cst.CSTNode], object]) -> None:
+        self._compute = compute
+        self._known: dict[int, tuple[cst.CSTNode, object]] = {}
+
+    def __call__(self, node: cst.CSTNode) -> object:
+        known = self._known.get(id(node))
+        if known is not None and known[0] is node:
+            return known[1]
+        answer = self._compute(node)
+        self._known[id(node)] = (node, answer)
+        return answer
+
+
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
     for index in _INDEXES:

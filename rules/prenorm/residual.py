@@ -16,7 +16,7 @@ import libcst as cst
 
 from tf_migrate.analysis.dataflow import (Binding, FunctionFlow, GuardedBinding, OpaqueBinding, chained_binding,
                                           loads)
-from tf_migrate.analysis.nodes import find, find_types
+from tf_migrate.analysis.nodes import PerNode, find, find_types
 from tf_migrate.rules.prenorm.layer_loop import listed_norm
 from tf_migrate.rules.prenorm.norm_names import inherited_norm, project_norm
 from tf_migrate.rules.prenorm.tree import NORMS, norm_class
@@ -88,7 +88,7 @@ class ResidualFinder:
         self.ctx, self.cls, self.method = ctx, cls, method
         self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
         # id(node) -> (node, answer) of `is_norm`: several searches of the method ask about each call
-        self._norms: dict[int, tuple[cst.CSTNode, bool]] = {}
+        self._norms = PerNode(self._is_norm)
 
     def find(self) -> Sublayers:
         self._refuse_flag_only()
@@ -137,12 +137,7 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
-        known = self._norms.get(id(node))
-        if known is not None and known[0] is node:
-            return known[1]
-        answer = self._is_norm(node)
-        self._norms[id(node)] = (node, answer)
-        return answer
+        return self._norms(node)
 
     def _is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \
