@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Union
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import _INDEXES, body_nodes, cached, children, visit
+from tf_migrate.analysis.nodes import body_nodes, cached, children, index_holding, visit
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -182,9 +182,9 @@ def binds(node: cst.CSTNode, name: str) -> bool:
 def _bound_names(node: cst.CSTNode) -> frozenset[str]:
     """Every name `node` binds in its scope: one pass answers `binds` for any name. Read from the
     source-order list of a remembered index that holds `node`, else by a visit of `_Binds`."""
-    for index in _INDEXES:
-        if node in index:
-            return _bound_names_indexed(node, index)
+    index = index_holding(node)
+    if index is not None:
+        return _bound_names_indexed(node, index)
     visitor = _Binds("")
     visit(node, visitor)
     return frozenset(visitor.bound)

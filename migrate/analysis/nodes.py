@@ -86,6 +86,14 @@ def remember(index) -> None:
     del _INDEXES[4:]
 
 
+def index_holding(node: cst.CSTNode):
+    """The newest remembered `NodeIndex` that holds `node`, or None (then: walk the subtree)."""
+    for index in _INDEXES:
+        if node in index:
+            return index
+    return None
+
+
 def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object]) -> object:
     """`compute(node)`, remembered beside the remembered index that holds `node` (libcst nodes never
     change, so the answer holds as long as the node lives): a fact asked of one statement again
@@ -130,10 +138,8 @@ class PerNode:
 
 def walk(node: cst.CSTNode, into_scopes: bool = True) -> Iterator[cst.CSTNode]:
     """`node` and every node below it, in source order; nested defs/lambdas only if asked."""
-    for index in _INDEXES:
-        if node in index:
-            return iter(index.below(node, into_scopes))
-    return _walk(node, into_scopes)
+    index = index_holding(node)
+    return iter(index.below(node, into_scopes)) if index is not None else _walk(node, into_scopes)
 
 
 def _walk(node: cst.CSTNode, into_scopes: bool) -> Iterator[cst.CSTNode]:
@@ -185,9 +191,9 @@ def find_types(node: cst.CSTNode, kinds: type | tuple[type, ...], into_scopes: b
     have no subclasses: the type decides), answered from a remembered `NodeIndex` when one holds
     `node`: a slice of a per-type list instead of a test of every node below it."""
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    for index in _INDEXES:
-        if node in index:
-            return index.of_type(node, kinds, into_scopes)
+    index = index_holding(node)
+    if index is not None:
+        return index.of_type(node, kinds, into_scopes)
     wanted = frozenset(kinds)
     return [n for n in _walk(node, into_scopes) if type(n) in wanted]
 

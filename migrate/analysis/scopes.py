@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 
 import libcst as cst
 
-from tf_migrate.analysis.nodes import _INDEXES, cached, children, walk
+from tf_migrate.analysis.nodes import cached, children, index_holding, walk
 
 _COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
 # libcst's node classes have no subclasses: a type look-up in a set answers what `isinstance`
@@ -173,10 +173,8 @@ def _statement_nodes(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
 def _collect(scope: cst.CSTNode) -> _Bindings:
     """What `scope` binds: from the source-order list of a remembered index that holds it (nested
     defs, classes, lambdas and comprehensions skipped as blocks), else by a walk."""
-    for index in _INDEXES:
-        if scope in index:
-            return _collect_indexed(scope, index)
-    return _collect_walk(scope)
+    index = index_holding(scope)
+    return _collect_indexed(scope, index) if index is not None else _collect_walk(scope)
 
 
 def _roots(scope: cst.CSTNode, found: _Bindings, local) -> list[cst.CSTNode]:
