@@ -593,14 +593,15 @@ def test_remembered_chains_and_split_activations_answer_as_the_searches(path):
 
 
 def test_canonical_spellings_keep_the_last_part():
-    """`ffn._callee_in` skips a dotted callee whose attribute is not the last part of a wanted name."""
+    """`NameResolver.is_call` skips a dotted callee whose attribute is not the last part of a wanted name."""
     from tf_migrate.analysis.names import _ALIASES
 
     assert all(old.rsplit(".", 1)[-1] == new.rsplit(".", 1)[-1] for old, new in _ALIASES.items())
 
 
 _WANTED = [ffn._ATTENTION_CALLS, ffn.ACTIVATION_FUNCTIONS, ffn._DROPOUT_FUNCTIONS, ("torch.matmul",),
-           ("torch.nn.functional.linear",), ("torch.softmax", "torch.special.softmax", "torch.nn.Softmax")]
+           ("torch.nn.functional.linear",), ("torch.softmax", "torch.special.softmax", "torch.nn.Softmax"),
+           ("torch.nn.functional.scaled_dot_product_attention",)]
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
@@ -609,7 +610,7 @@ def test_callee_questions_answer_as_resolving_every_call(path):
     ctx = FileContext(cst.parse_module(text), str(path), text)
     for call in [n for n in _walk(ctx.module, True) if isinstance(n, cst.Call)]:
         for names in _WANTED:
-            assert ffn._callee_in(ctx, call, names) == (ctx.names.callee(call) in names), (ctx.line(call), names)
+            assert ctx.names.is_call(call, *names) == (ctx.names.callee(call) in names), (ctx.line(call), names)
 
 
 def _called_names_walk(ctx):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
@@ -130,27 +129,6 @@ def _self_calls(ctx, node: cst.BaseExpression, cls, *callees: str) -> str | None
     return None
 
 
-def _callee_in(ctx, call: cst.Call, names: tuple[str, ...]) -> bool:
-    """`ctx.names.callee(call) in names`, resolving only the callees that can be one of them.
-
-    A dotted callee (`F.relu`, `torch.nn.functional.relu`) resolves to its first name's binding
-    followed by the rest, so it ends with its attribute (the canonical spellings keep the last
-    part); a callee that is neither a name nor a dotted chain resolves to nothing. Only a plain
-    name can stand for anything (`from torch import softmax as sm`)."""
-    func = call.func
-    if isinstance(func, cst.Attribute):
-        if func.attr.value not in _last_parts(names):
-            return False
-    elif not isinstance(func, cst.Name):
-        return False
-    return ctx.names.callee(call) in names
-
-
-@lru_cache(maxsize=None)
-def _last_parts(names: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(name.rsplit(".", 1)[-1] for name in names)
-
-
 def _linear_like(ctx, cls, node: cst.BaseExpression) -> str | None:
     """`self.fc(x)` where fc is built like nn.Linear by a subclass or a factory (`Linear(d, h)`)."""
     if not isinstance(node, cst.Call) or self_attribute(node.func) not in cls.submodules:
@@ -199,10 +177,10 @@ def projection(ctx: "FileContext", cls, node: cst.BaseExpression) -> Projection 
     if isinstance(core, cst.BinaryOperation) and isinstance(core.operator, cst.MatrixMultiply):
         weight = _parameter(cls, core.right)
         return Projection(node, core.left, weight, bias, raw=True) if weight else None
-    if isinstance(core, cst.Call) and _callee_in(ctx, core, ("torch.matmul",)):
+    if isinstance(core, cst.Call) and ctx.names.is_call(core, "torch.matmul"):
         weight = _parameter(cls, argument(core, 1, "other"))
         return Projection(node, argument(core, 0, "input"), weight, bias, raw=True) if weight else None
-    if isinstance(core, cst.Call) and bias is None and _callee_in(ctx, core, ("torch.nn.functional.linear",)):
+    if isinstance(core, cst.Call) and bias is None and ctx.names.is_call(core, "torch.nn.functional.linear"):
         weight = _parameter(cls, argument(core, 1, "weight"))
         b = argument(core, 2, "bias")
         bias = _parameter(cls, b) if b is not None else None
@@ -216,7 +194,7 @@ def _activation_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpressi
         return _other_spelling(ctx, cls, node)  # `x.relu()`
     if not isinstance(node, cst.Call) or len(node.args) < 1 or node.args[0].keyword:
         return None
-    if _callee_in(ctx, node, ACTIVATION_FUNCTIONS):
+    if ctx.names.is_call(node, *ACTIVATION_FUNCTIONS):
         return node.args[0].value
     if len(node.args) == 1 and _self_calls(ctx, node, cls, *ACTIVATION_MODULES):
         return node.args[0].value
@@ -233,7 +211,7 @@ def _other_spelling(ctx, cls, node: cst.Call) -> cst.BaseExpression | None:
 
 def _dropout_argument(ctx, cls, node: cst.BaseExpression) -> cst.BaseExpression | None:
     if isinstance(node, cst.Call) and node.args and not node.args[0].keyword:
-        if _callee_in(ctx, node, _DROPOUT_FUNCTIONS) or _self_calls(ctx, node, cls, DROPOUT):
+        if ctx.names.is_call(node, *_DROPOUT_FUNCTIONS) or _self_calls(ctx, node, cls, DROPOUT):
             return node.args[0].value
     return None
 
@@ -703,7 +681,7 @@ def _is_attention(ctx, node: cst.CSTNode, helpers: frozenset[str] = frozenset())
         if isinstance(call, cst.Call) and classifiers and (ctx.line(call), ctx.column(call)) in classifiers:
             continue
         if isinstance(call, cst.Call) and (
-            _callee_in(ctx, call, _ATTENTION_CALLS)
+            ctx.names.is_call(call, *_ATTENTION_CALLS)
             or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax")
             or (isinstance(call.func, cst.Name) and call.func.value in helpers
                 and ctx.names.imported(call.func) is None)
@@ -940,7 +918,7 @@ def _called_names(ctx: "FileContext") -> list[set[str]]:
     calls_by_function = ctx.memo("ffn.calls_by_function", lambda: _calls_by_function(ctx))
     for function, calls in zip(find_types(ctx.module, cst.FunctionDef), calls_by_function):
         called = {c.func.value for c in calls}
-        if mha_named and any(isinstance(c, cst.Call) and _callee_in(ctx, c, ("torch.nn.MultiheadAttention",))
+        if mha_named and any(isinstance(c, cst.Call) and ctx.names.is_call(c, "torch.nn.MultiheadAttention")
                              for c in _calls_and_ops(function)):
             called.add(_BUILDS_MHA)
         found.append(called)

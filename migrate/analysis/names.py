@@ -6,6 +6,8 @@ all resolve to `torch.nn.functional.softmax`; a local function called `softmax` 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import libcst as cst
 
 from tf_migrate.analysis.nodes import PerNode
@@ -71,7 +73,25 @@ class NameResolver:
         return None
 
     def is_call(self, node: cst.CSTNode, *names: str) -> bool:
-        return self.callee(node) in names
+        """`callee(node) in names`, resolving only the callees that can be one of them. A dotted
+        callee (`F.relu`, `torch.nn.functional.relu`) resolves to its first name's binding followed
+        by the rest, so it ends with its attribute (`_ALIASES` keep the last part); a callee that is
+        neither a name nor a dotted chain resolves to nothing. Only a plain name can stand for
+        anything (`from torch import softmax as sm`)."""
+        if not isinstance(node, cst.Call):
+            return False
+        func = node.func
+        if type(func) is cst.Attribute:
+            if func.attr.value not in _last_parts(names):
+                return False
+        elif type(func) is not cst.Name:
+            return False
+        return self.imported(func) in names
+
+
+@lru_cache(maxsize=None)
+def _last_parts(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name.rsplit(".", 1)[-1] for name in names)
 
 
 def method_call(node: cst.CSTNode, *methods: str) -> cst.BaseExpression | None:

@@ -154,11 +154,8 @@ class EinsumAttentionToSdpa(Rule):
         matcher.allow_returned = free or method.name.value == "forward"
         own_calls = find_types(method.body, cst.Call, into_scopes=False)
         # A callee resolves to SDPA only through names this file spells (an import, an attribute
-        # chain), so a text without SDPA's own name needs none of its calls resolved, and
-        # `a.b.f(...)` resolves to a name ending in `f`.
-        if _SDPA_NAME in ctx.text and any(ctx.names.callee(node) == SDPA for node in own_calls
-                                          if not isinstance(node.func, cst.Attribute)
-                                          or node.func.attr.value == _SDPA_NAME):
+        # chain): a text without SDPA's own name needs none of its calls resolved.
+        if _SDPA_NAME in ctx.text and any(ctx.names.is_call(node, SDPA) for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
