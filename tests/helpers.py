@@ -60,3 +60,21 @@ def load_module(path: Path) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_removes_as_the_visitor(source: str, removals: list) -> None:
+    """`edits.remove_imports` removes from `source` what libcst's `RemoveImportsVisitor`, run over
+    the whole module with the same removals scheduled, removes."""
+    import libcst as cst
+    from libcst.codemod import CodemodContext
+    from libcst.codemod.visitors import RemoveImportsVisitor
+
+    from tf_migrate.engine.edits import remove_imports
+
+    expected_context, context = CodemodContext(), CodemodContext()
+    for removal in removals:
+        RemoveImportsVisitor.remove_unused_import(expected_context, *removal)
+        RemoveImportsVisitor.remove_unused_import(context, *removal)
+    module = cst.parse_module(source)
+    expected = RemoveImportsVisitor(expected_context).transform_module(module).code
+    assert remove_imports(module, module.code, removals, context).code == expected

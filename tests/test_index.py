@@ -14,7 +14,7 @@ import pytest
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 
-from helpers import FIXTURES, ROOT
+from helpers import FIXTURES, ROOT, assert_removes_as_the_visitor
 from tf_migrate.analysis import nodes
 from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.nodes import _walk, parent_map
@@ -259,15 +259,7 @@ REMOVED = [
 
 @pytest.mark.parametrize("source, removals", REMOVED)
 def test_imports_removed_over_the_head_as_over_the_whole_module(source, removals):
-    from tf_migrate.engine.edits import remove_imports
-
-    expected_context, context = CodemodContext(), CodemodContext()
-    for removal in removals:
-        RemoveImportsVisitor.remove_unused_import(expected_context, *removal)
-        RemoveImportsVisitor.remove_unused_import(context, *removal)
-    module = cst.parse_module(source)
-    expected = RemoveImportsVisitor(expected_context).transform_module(module).code
-    assert remove_imports(module, module.code, removals, context).code == expected
+    assert_removes_as_the_visitor(source, removals)
 
 
 def test_a_name_spelled_only_in_the_head_is_removed_without_visiting_the_rest(monkeypatch):

@@ -11,7 +11,7 @@ import ast
 import libcst as cst
 import pytest
 
-from helpers import FIXTURES
+from helpers import FIXTURES, assert_removes_as_the_visitor
 from test_lookups import SOURCES, _parses
 from tf_migrate.analysis import census
 from tf_migrate.analysis.nodes import _walk
@@ -185,9 +185,6 @@ REPEATED = [
 
 @pytest.mark.parametrize("source, used", REPEATED)
 def test_a_name_freed_by_many_fixes_is_read_once_and_answered_as_each_alone(source, used, monkeypatch):
-    from libcst.codemod import CodemodContext
-    from libcst.codemod.visitors import RemoveImportsVisitor
-
     from tf_migrate.engine import edits
 
     removals = [("math", None, None), ("numpy", None, "np")] * 5
@@ -197,13 +194,7 @@ def test_a_name_freed_by_many_fixes_is_read_once_and_answered_as_each_alone(sour
     monkeypatch.setattr(edits, "_kept", lambda top, name: asked.append(name) or original(top, name))
     assert edits.still_used(source, removals) is used
     assert len(asked) == len(set(asked))  # each name's scopes are read once, not once per fix
-    expected_context, context = CodemodContext(), CodemodContext()
-    for removal in removals:
-        RemoveImportsVisitor.remove_unused_import(expected_context, *removal)
-        RemoveImportsVisitor.remove_unused_import(context, *removal)
-    module = cst.parse_module(source)
-    expected = RemoveImportsVisitor(expected_context).transform_module(module).code
-    assert edits.remove_imports(module, module.code, removals, context).code == expected
+    assert_removes_as_the_visitor(source, removals)
 
 
 # --- per-file tables of TFM201's tree walk and census, TFM102's initialisers -----------------------
