@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.names import argument, self_attribute
-from tf_migrate.analysis.nodes import find_types
 from tf_migrate.analysis.project import Symbol
 from tf_migrate.analysis.project.facts import (ACTIVATION_CLASSES, ACTIVATION_FUNCTIONS, ACTIVATION_METHODS,
                                                elementwise_kind)
-from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
+from tf_migrate.analysis.symbols import init_values, is_parameter, parameter_default, symbols_of
 
 if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass
@@ -89,7 +88,7 @@ def _callable(ctx: "FileContext", cls, node: cst.CSTNode, _depth: int) -> Activa
         return _table(ctx, node)
     attribute = self_attribute(node)
     if attribute is not None and cls is not None:
-        values = _init_values(ctx, cls, attribute)
+        values = init_values(cls, attribute)
         found = [_callable(ctx, cls, v, _depth + 1) for v in values]
         found = [f if f is not None else _configured(ctx, v, values) for f, v in zip(found, values)]
         result = _union(found, None)
@@ -98,23 +97,6 @@ def _callable(ctx: "FileContext", cls, node: cst.CSTNode, _depth: int) -> Activa
         return result
     kinds = _symbols_kinds(ctx, symbols_of(ctx, node), instance=False)
     return Activation(kinds, "function") if kinds else None
-
-
-def _init_values(ctx: "FileContext", cls: "ModuleClass", attribute: str) -> list[cst.BaseExpression]:
-    """`symbols.init_values`, read from one pass over `__init__` per file version (an activation
-    question asks it per attribute applied)."""
-    init = cls.methods.get("__init__")
-    if init is None:
-        return []
-    tables = ctx.memo("activations.init_values", dict)
-    if init not in tables:
-        table: dict[str, list[cst.BaseExpression]] = {}
-        for node in find_types(init, cst.Assign):
-            for name in dict.fromkeys(self_attribute(t.target) for t in node.targets):
-                if name is not None:
-                    table.setdefault(name, []).append(node.value)
-        tables[init] = table
-    return list(tables[init].get(attribute, ()))
 
 
 def _configured(ctx: "FileContext", value: cst.BaseExpression, values: list[cst.BaseExpression]) -> Activation | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from tf_migrate.analysis.names import self_attribute
-from tf_migrate.analysis.nodes import find_types
+from tf_migrate.analysis.nodes import cached, find_types
 from tf_migrate.analysis.project import Symbol
 
 if TYPE_CHECKING:
@@ -42,15 +42,21 @@ def externals(symbols: list[Symbol]) -> set[str]:
 
 
 def init_values(cls: "ModuleClass", attribute: str) -> list[cst.BaseExpression]:
-    """Every value `__init__` assigns to `self.<attribute>` (both branches of an `if` included)."""
+    """Every value `__init__` assigns to `self.<attribute>` (both branches of an `if` included),
+    from one table per `__init__` (questions come per attribute; kept beside the index)."""
     init = cls.methods.get("__init__")
     if init is None:
         return []
-    values = []
+    return list(cached(init, "symbols.init_values", _init_values_table).get(attribute, ()))
+
+
+def _init_values_table(init: cst.FunctionDef) -> dict[str, list[cst.BaseExpression]]:
+    table: dict[str, list[cst.BaseExpression]] = {}
     for node in find_types(init, cst.Assign):
-        if any(self_attribute(t.target) == attribute for t in node.targets):
-            values.append(node.value)
-    return values
+        for name in dict.fromkeys(self_attribute(t.target) for t in node.targets):
+            if name is not None:
+                table.setdefault(name, []).append(node.value)
+    return table
 
 
 def enclosing_function(ctx: "FileContext", node: cst.CSTNode) -> cst.FunctionDef | None:
