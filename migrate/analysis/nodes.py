@@ -118,8 +118,9 @@ def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object
 
 
 class PerNode:
-    """One answer per node object, computed when first asked: keyed by `id` (libcst's `__hash__` is
-    a Python call), the node kept beside its answer so that a recycled id is never taken for it."""
+    """One answer per node object (or any object asked about), computed when first asked: keyed by
+    `id` (libcst's `__hash__` is a Python call), the object kept beside its answer so that a
+    recycled id is never taken for it."""
 
     __slots__ = ("_compute", "_known")
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import libcst as cst
 
+from tf_migrate.analysis.nodes import PerNode
+
 
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
@@ -302,11 +304,9 @@ def own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[s
     normalises (`F.layer_norm`, or a mean taken away and a std / variance / rsqrt divided by);
     None for anything else. Read once per class of a file version (a norm class is asked about
     by every call of every block that holds one)."""
-    known = fctx.memo("prenorm.tree.own_norm_parameters", dict)
-    found = known.get(id(cls))
-    if found is None or found[0] is not cls:
-        found = known[id(cls)] = (cls, _own_norm_parameters(fctx, cls))
-    return list(found[1]) if found[1] is not None else None
+    found = fctx.memo("prenorm.tree.own_norm_parameters",
+                      lambda: PerNode(lambda of: _own_norm_parameters(fctx, of)))(cls)
+    return list(found) if found is not None else None
 
 
 def _own_norm_parameters(fctx: "FileContext", cls: "ModuleClass") -> list[tuple[str, str]] | None:
