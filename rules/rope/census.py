@@ -36,6 +36,8 @@ def may_hold_a_flat_table(text: str) -> bool:
     same file (`_positions_times_frequencies` walks back inside the file only)."""
     return any(t in text for t in ("sin(", "sin_(")) and any(r in text for r in _RANGES) and (
         "**" in text or any(p in text for p in _POWERS))
+
+
 _KIND = "sinusoidal-positions"
 # the helper TFM401 inserts (rotary_code.py): rotary already, its cos/sin are no absolute table
 _ROTARY_HELPERS = ("_rotary_cos_sin", "apply_rotary")
