@@ -314,16 +314,25 @@ def test_census_index_on_the_engines_tree_answers_as_its_own_parse(path):
     from tf_migrate.engine.context import FileContext
 
     text = path.read_text()
-    shared, alone = ProjectIndex.for_files([path]), ProjectIndex.for_files([path])
+    shared, alone, own = (ProjectIndex.for_files([path]) for _ in range(3))
     tree = ast.parse(text)
     shared.add(path, text, tree)  # as migrate_source does
-    alone.add(path, text)  # no tree held: the census parses its own
+    alone.add(path, text)  # a rewritten text, no tree held: the census parses it for the summary too
     on_tree = FileContext(cst.parse_module(text), str(path), text, shared, str(path))
     parsed = FileContext(cst.parse_module(text), str(path), text, alone, str(path))
     assert file_index(on_tree).tree is tree
-    assert file_index(parsed).tree is not alone.summary(path).tree
+    assert file_index(parsed).tree is alone.summary(path).tree
     assert tables_of(file_index(on_tree)) == tables_of(file_index(parsed))
     assert _censuses(on_tree) == _censuses(parsed)
+    own.add(path, text)
+    own.summary(path)  # the summary parsed before the census: parsed once, shared the same way
+    asked_after = FileContext(cst.parse_module(text), str(path), text, own, str(path))
+    assert file_index(asked_after).tree is own.summary(path).tree
+    assert _censuses(asked_after) == _censuses(parsed)
+    # the answers of an index on a parse of its own, as before the parse was shared
+    separate = FileContext(cst.parse_module(text), str(path), text, ProjectIndex.for_files([path]), str(path))
+    separate._memo["census.index"] = FileIndex(ast.parse(text))
+    assert _censuses(separate) == _censuses(parsed)
 
 
 def test_a_held_tree_of_another_text_is_not_shared(tmp_path):
@@ -338,7 +347,15 @@ def test_a_held_tree_of_another_text_is_not_shared(tmp_path):
     assert project.parsed(path, "x = 2\n") is None
     project.add(path, "x = 2\n")  # a rewritten text without its tree
     assert project.parsed(path, "x = 2\n") is None
+    assert project.shared_tree(path, "x = 3\n") is None  # not the text held: not parsed, not kept
+    assert project.parsed(path, "x = 2\n") is None
     assert project.summary(path).tree is project.parsed(path, "x = 2\n")  # a question parsed it since
+    project.add(path, "x = 4\n")
+    shared = project.shared_tree(path, "x = 4\n")  # the census asks first: parsed once, kept
+    assert shared is project.parsed(path, "x = 4\n") is project.summary(path).tree
+    assert ast.dump(shared) == ast.dump(ast.parse("x = 4\n"))
+    project.add(path, "x = (\n")
+    assert project.shared_tree(path, "x = (\n") is None and project.summary(path) is None
 
 
 # --- rules/sdpa: a method's SDPA path is looked for only in a file that spells SDPA's name -------------

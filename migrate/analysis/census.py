@@ -356,9 +356,10 @@ def _root_name(node: ast.AST) -> str | None:
 
 
 def file_index(ctx: "FileContext") -> FileIndex:
-    """The census index of the file as the context holds it (shared by every rule's census)."""
+    """The census index of the file as the context holds it (shared by every rule's census), on the
+    `ast` the project holds for the same text (the engine's parse, or one the summary shares)."""
     def compute():
-        tree = ctx.project.parsed(ctx.project_key, ctx.text)
+        tree = ctx.project.shared_tree(ctx.project_key, ctx.text)
         return FileIndex(tree if tree is not None else ast.parse(ctx.text))
 
     return ctx.memo("census.index", compute)

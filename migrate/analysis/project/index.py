@@ -133,6 +133,19 @@ class ProjectIndex:
             return None
         return summary.tree  # a summary is always of the text held beside it (`add`, `_parse`)
 
+    def shared_tree(self, path: str, text: str) -> ast.Module | None:
+        """`parsed`, or, when `text` is the text the index holds for `path` and no question has parsed
+        it yet, its parse, kept as the file's summary: the census and the summary of a rewritten file
+        read one `ast.parse` of it, whichever asks first. None when the index holds another text or
+        Python cannot parse it. Records no read (`summary` still does when a question comes)."""
+        tree = self.parsed(path, text)
+        key = absolute(path)
+        held = self._texts.get(key)
+        if tree is not None or key in self._summaries or held is None or (held is not text and held != text):
+            return tree
+        summary = self._summaries[key] = self._parse(key)
+        return summary.tree if summary is not None else None
+
     def _parse(self, key: str) -> FileSummary | None:
         text = self.text(key)
         try:
