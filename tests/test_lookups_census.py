@@ -430,3 +430,37 @@ def test_products_of_attribute_calls_are_spelled_by_their_last_name(path):
         callee = ctx.names.callee(call)
         if callee in ("torch.matmul", "torch.bmm", "torch.baddbmm", "torch.einsum"):
             assert not isinstance(call.func, cst.Attribute) or call.func.attr.value in _PRODUCT_NAMES
+
+
+# --- analysis/walked.py: `ast.walk`'s order from one list; census reads of `self.X` per class ----------
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_walked_lists_every_subtree_as_ast_walk(path):
+    """`walked` gives the nodes `ast.walk` yields, the same objects in the same order, for the module
+    and for every subtree in it (the census, contracts and rules' censuses read whole modules,
+    classes, functions and single expressions with it)."""
+    from tf_migrate.analysis.walked import walked
+
+    tree = ast.parse(path.read_text())
+    index = FileIndex(tree)
+    synthetic = [v for cls in index.classes for values in cls.attributes.values() for v in values
+                 if v not in index.parents or isinstance(index.parents[v], ast.AugAssign)]
+    for node in [*ast.walk(tree), *synthetic]:
+        got, expected = walked(node), list(ast.walk(node))
+        assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("path", PARSED, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_attribute_reads_from_one_table_per_class_answer_as_the_walk_per_question(path):
+    """`Walker.attribute_reads` files a class's `self.X` reads by X in one walk; each answer is the
+    walk of the class per question it replaced, in order, also when asked twice."""
+    from tf_migrate.analysis.census import Walker
+
+    walk = Walker(FileIndex(ast.parse(path.read_text())))
+    for cls in walk.index.classes:
+        names = {n.attr for n in ast.walk(cls.node) if isinstance(n, ast.Attribute)} | set(cls.attributes) | {"absent"}
+        for attribute in sorted(names) * 2:
+            expected = [n for n in ast.walk(cls.node) if self_attribute(n) == attribute and isinstance(n.ctx, ast.Load)]
+            got = walk.attribute_reads(cls, attribute)
+            assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected)), (cls.qualname, attribute)
+            got.append(None)  # a caller's list of its own: the table is not changed

@@ -18,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from tf_migrate.analysis.walked import walked
+
 if TYPE_CHECKING:
     from tf_migrate.engine.context import FileContext
 
@@ -433,6 +435,7 @@ class Walker:
     def __init__(self, index: FileIndex) -> None:
         self.index = index
         self._tables: tuple | None = None  # `_call_tables`, built on the first question
+        self._reads: dict[ClassInfo, dict[str, list[ast.AST]]] = {}  # class -> `attribute_reads` by name
 
     def back(self, expr: ast.AST, hit: Callable[[ast.AST, Function], bool],
              stop: Callable[[ast.AST, Function], bool] | None = None,
@@ -487,7 +490,7 @@ class Walker:
         found = operands(node, self.index.modules)
         if into_functions and isinstance(node, ast.Call):
             for callee in self.local_functions(node, function):
-                found.extend(r.value for r in ast.walk(callee.node)
+                found.extend(r.value for r in walked(callee.node)
                              if isinstance(r, ast.Return) and r.value is not None)
         return found
 
@@ -670,8 +673,17 @@ class Walker:
         return found
 
     def attribute_reads(self, cls: ClassInfo, attribute: str) -> list[ast.AST]:
-        return [n for n in ast.walk(cls.node) if self_attribute(n) == attribute
-                and isinstance(n.ctx, ast.Load)]
+        """Every read of `self.<attribute>` in the class (nested classes included), in `ast.walk`'s
+        order: one walk per class, filed by attribute, not one walk per question."""
+        reads = self._reads.get(cls)
+        if reads is None:
+            reads = self._reads[cls] = {}
+            for n in walked(cls.node):
+                if isinstance(n, ast.Attribute):
+                    name = self_attribute(n)
+                    if name is not None and isinstance(n.ctx, ast.Load):
+                        reads.setdefault(name, []).append(n)
+        return list(reads.get(attribute, ()))
 
 
 def _bound_names(target: ast.AST) -> list[str]:

@@ -20,11 +20,13 @@ Per file, for a rule's own questions about the file it rewrites (owner class inc
 from __future__ import annotations
 
 import ast
+import bisect
 import os
 import weakref
 from dataclasses import dataclass
 
 from tf_migrate.analysis.project.index import ProjectIndex, Symbol, absolute, canonical, dotted_text
+from tf_migrate.analysis.walked import walked
 
 HOOKS = frozenset({"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
                    "register_backward_hook", "register_full_backward_pre_hook"})
@@ -218,13 +220,20 @@ class _FileFacts:
     def __init__(self, tree: ast.Module) -> None:
         self.by_name: dict[str, list[tuple[int, ast.AST]]] = {}
         self.loops: list[tuple[int, ast.AST]] = []  # walks over `modules()` and the like: every name
-        self.functions: list[tuple[int, ast.AST]] = []  # outer functions: key counts, any name
+        self.functions: list[tuple[int, ast.AST]] = []  # outer functions holding an assert: key counts, any name
         self.hooks: list[ast.Call] = []  # every hook registration, in the order of the text
         self.type_tests: list[ast.Call] = []  # every `isinstance(x, T)`, in the order of the text
         self.local_imports: dict[str, set[str]] = {}  # name -> what an import below module level binds
         outer = {id(f) for f in outer_functions(tree.body)}
         module_level = {id(statement) for statement in tree.body}
-        for order, node in enumerate(ast.walk(tree)):
+        asserts: list[int] = []  # the line of every `assert`: a function without one counts no keys
+        asked = _ASKED
+        for order, node in enumerate(walked(tree)):
+            kind = node.__class__
+            if kind not in asked:
+                asked[kind] = issubclass(kind, _ASKED_BASES)
+            if not asked[kind]:
+                continue
             if isinstance(node, ast.Call):
                 self._file(order, node, _call_names(node))
                 if isinstance(node.func, ast.Attribute) and node.func.attr in HOOKS:
@@ -244,6 +253,11 @@ class _FileFacts:
                                          if isinstance(e, ast.Constant) and isinstance(e.value, str)})
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
                 self._file(order, node, set(node.value.split(".")))
+            elif isinstance(node, ast.Assert):
+                asserts.append(node.lineno)
+        asserts.sort()
+        self.functions = [(order, node) for order, node in self.functions
+                          if _any_between(asserts, node.lineno, node.end_lineno or node.lineno)]
         self.attributes: dict[str, list[tuple[ast.Attribute, str | None]]] = {}
         self._key_counts: dict[tuple[int, str], list[Consumer]] = {}  # by outer function (kept by the tree)
         self.classes: list[str] = []  # qualified names of the classes `_attributes` enters, in its order
@@ -271,7 +285,7 @@ class _FileFacts:
                 self.classes.append(prefix + statement.name)
                 self._attributes(statement.body, prefix + statement.name, prefix + statement.name + ".")
                 continue
-            for node in ast.walk(statement):
+            for node in walked(statement):
                 if isinstance(node, ast.Attribute):
                     self.attributes.setdefault(node.attr, []).append((node, class_name))
 
@@ -284,6 +298,18 @@ class _FileFacts:
     def candidates(self, name: str, with_functions: bool) -> list[ast.AST]:
         found = self.by_name.get(name, []) + self.loops + (self.functions if with_functions else [])
         return [node for _, node in sorted(found, key=lambda pair: pair[0])]
+
+
+# The node types the walk of `_FileFacts` files something for (subclasses found once, per type).
+_ASKED_BASES = (ast.Call, ast.Import, ast.ImportFrom, ast.For, ast.comprehension, ast.FunctionDef,
+                ast.AsyncFunctionDef, ast.List, ast.Tuple, ast.Set, ast.Constant, ast.Assert)
+_ASKED: dict[type, bool] = {}
+
+
+def _any_between(lines: list[int], first: int, last: int) -> bool:
+    """Whether the sorted `lines` hold one in first..last (a function's lines hold all its nodes)."""
+    at = bisect.bisect_left(lines, first)
+    return at < len(lines) and lines[at] <= last
 
 
 def _in_text(node: ast.expr) -> tuple[int, int, int, int]:
@@ -398,7 +424,7 @@ def _selected_hooks(project: ProjectIndex, path: str, loop, name: str, module_ty
 def _key_counts(function: ast.FunctionDef | ast.AsyncFunctionDef, path: str):
     """`assert len(sd_keys) == len(sd_keys_hf)` in a function that reads a `state_dict()`."""
     asserts, reads = [], False
-    for node in ast.walk(function):
+    for node in walked(function):
         if isinstance(node, ast.Assert):
             asserts.append(node)
         elif isinstance(node, ast.Attribute) and node.attr == "state_dict":

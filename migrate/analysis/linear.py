@@ -19,6 +19,7 @@ from tf_migrate.analysis.project import Symbol
 from tf_migrate.analysis.project.facts import LINEAR_ARGUMENTS, clones_function, forward_passes_through, returned_call
 from tf_migrate.analysis.project.index import dotted_text
 from tf_migrate.analysis.symbols import externals, init_values, symbols_of
+from tf_migrate.analysis.walked import walked
 
 if TYPE_CHECKING:
     from tf_migrate.analysis.modules import ModuleClass
@@ -423,7 +424,7 @@ def _addmm_forward(function: ast.FunctionDef) -> bool:
             and node.value.id == "self"
 
     found = []
-    for node in ast.walk(function):
+    for node in walked(function):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "addmm":
             found.append(len(node.args) == 3 and own(node.args[0], "bias") and own(node.args[2], "weight"))
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):

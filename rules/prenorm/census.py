@@ -19,6 +19,7 @@ from tf_migrate.analysis.census import (
     product_operands, self_attribute, walker,
 )
 from tf_migrate.analysis.nn_bases import dotted_text
+from tf_migrate.analysis.walked import walked
 from tf_migrate.rules.prenorm.add_modules import is_add_class, is_norm_subclass
 from tf_migrate.engine.rule import Component
 
@@ -109,7 +110,7 @@ def _is_norm(node: ast.AST, function: Function) -> bool:
 
 def _listed_norms(cls, attribute: str) -> bool:
     items = []
-    for node in ast.walk(cls.node):
+    for node in walked(cls.node):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append" \
                 and self_attribute(node.func.value) == attribute and len(node.args) == 1:
             items.append(node.args[0])
@@ -147,9 +148,9 @@ def _becomes_stream(index, norm: ast.Call, add: ast.BinOp, stream: ast.AST, func
 def _returned_name(function: Function, name: str) -> bool:
     """`output = norm(...)` then `return output`: the normed sum leaves as the result, nothing else
     in the function reads it."""
-    reads = [n for n in ast.walk(function.node) if isinstance(n, ast.Name) and n.id == name
+    reads = [n for n in walked(function.node) if isinstance(n, ast.Name) and n.id == name
              and isinstance(n.ctx, ast.Load)]
-    returns = [r for r in ast.walk(function.node) if isinstance(r, ast.Return)
+    returns = [r for r in walked(function.node) if isinstance(r, ast.Return)
                and isinstance(r.value, ast.Name) and r.value.id == name]
     return bool(returns) and len(reads) == len(returns)
 
@@ -181,7 +182,7 @@ def _stacks(index) -> tuple[dict[str, list], dict[str, set[str]]]:
                     built.setdefault(name, []).append((cls, attribute))
             for values in cls.attributes.values():
                 for v in values:
-                    for n in ast.walk(v):
+                    for n in walked(v):
                         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
                             builders.setdefault(n.func.id, set()).add(cls.node.name)
         _STACKS[index] = built, builders
@@ -200,8 +201,8 @@ def _fors(cls) -> list[tuple[int, set[str]]]:
     """(line, the `self.<x>` its iterable reads) per `for` of the class, in walk order: one walk
     per class, not one per class and attribute."""
     if cls not in _FORS:
-        _FORS[cls] = [(node.lineno, {self_attribute(n) for n in ast.walk(node.iter)})
-                      for node in ast.walk(cls.node) if isinstance(node, ast.For)]
+        _FORS[cls] = [(node.lineno, {self_attribute(n) for n in walked(node.iter)})
+                      for node in walked(cls.node) if isinstance(node, ast.For)]
     return _FORS[cls]
 
 
@@ -209,16 +210,16 @@ def _built_names(index, cls, attribute: str) -> set[str]:
     """The classes called to build `self.X`: in its value, or, for an `__init__` parameter
     (`nn.ModuleList(layers)`), in what the file's calls of the class pass for it."""
     values = cls.attributes.get(attribute, ())
-    names = {n.func.id for v in values for n in ast.walk(v) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    names = {n.func.id for v in values for n in walked(v) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     init = cls.methods.get("__init__")
     if init is None:
         return names
     parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
-    passed = {n.id for v in values for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in parameters}
+    passed = {n.id for v in values for n in walked(v) if isinstance(n, ast.Name) and n.id in parameters}
     for call in index.calls_named(cls.node.name) if passed else ():
         given = [(parameters[i], a) for i, a in enumerate(call.args[:len(parameters)])
                  if not isinstance(a, ast.Starred)] + [(k.arg, k.value) for k in call.keywords]
-        names |= {n.func.id for name, value in given if name in passed for n in ast.walk(value)
+        names |= {n.func.id for name, value in given if name in passed for n in walked(value)
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     return names
 
@@ -277,7 +278,7 @@ def _resolve(fctx, name: str):
 
 def _builds(cls, names: set[str]) -> bool:
     return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names
-               for values in cls.attributes.values() for v in values for n in ast.walk(v))
+               for values in cls.attributes.values() for v in values for n in walked(v))
 
 
 def builtin_components(index, code: str, ctx=None) -> Iterator[Component]:
@@ -322,7 +323,7 @@ def _residual(walk, add: ast.BinOp, function: Function) -> tuple[ast.Call, ast.A
         stream_leaves = walk.leaves(stream)
         read = set().union(*(walk.leaves(a) for a in [*sublayer.args, *(k.value for k in sublayer.keywords)])) \
             if sublayer.args or sublayer.keywords else set()
-        parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
+        parameters = {a.arg for a in walked(function.node.args) if isinstance(a, ast.arg)} - {"self"}
         if stream_leaves & read or (stream_leaves and stream_leaves <= parameters):
             return sublayer, stream
     return None
@@ -363,7 +364,7 @@ def _add_module_site(walk, ctx, norm: ast.Call, function: Function):
     add = walk.back(norm.args[0], hit=adder, stop=lambda n, f: _ends_branch(n, f))
     if add is None or len(add.args[0].elts) != 2:
         return None
-    parameters = {a.arg for a in ast.walk(function.node.args) if isinstance(a, ast.arg)} - {"self"}
+    parameters = {a.arg for a in walked(function.node.args) if isinstance(a, ast.arg)} - {"self"}
     for branch, stream in (add.args[0].elts, reversed(add.args[0].elts)):
         sublayer = walk.back(branch, hit=_is_sublayer, stop=lambda n, f: isinstance(n, ast.arg))
         leaves = walk.leaves(stream)

@@ -20,6 +20,7 @@ from tf_migrate.analysis.census import (
 )
 from tf_migrate.analysis.ffn import attention_classes, in_block
 from tf_migrate.analysis.project.index import dotted_text
+from tf_migrate.analysis.walked import walked
 from tf_migrate.engine.rule import Component
 
 
@@ -144,7 +145,7 @@ def _members(function: Function, node: ast.AST) -> list[ast.Call]:
             items = [i for a in value.args for i in (a.elts if isinstance(a, (ast.List, ast.Tuple)) else
                                                      [a.elt] if isinstance(a, ast.ListComp) else [a])]
             found.extend(i for i in items if isinstance(i, ast.Call))
-    for call in ast.walk(function.cls.node):
+    for call in walked(function.cls.node):
         if isinstance(call, ast.Call) and last_name(call.func) == "append" and isinstance(call.func, ast.Attribute) \
                 and self_attribute(call.func.value) == group and call.args and isinstance(call.args[0], ast.Call):
             found.append(call.args[0])
@@ -155,7 +156,7 @@ def _chains(ctx, blocks: dict[str, bool]) -> Iterator[Component]:
     walk = walker(ctx)
     index = walk.index
     seen: set[int] = set()
-    for second in index.calls + [n for n in ast.walk(index.tree) if isinstance(n, ast.BinOp)]:
+    for second in index.calls + [n for n in walked(index.tree) if isinstance(n, ast.BinOp)]:
         function = index.function_of(second)
         if function.cls is None or function.cls.qualname not in blocks \
                 or not _is_projection(second, function, index):
