@@ -464,3 +464,109 @@ def test_attribute_reads_from_one_table_per_class_answer_as_the_walk_per_questio
             got = walk.attribute_reads(cls, attribute)
             assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected)), (cls.qualname, attribute)
             got.append(None)  # a caller's list of its own: the table is not changed
+
+
+# --- analysis/project/index.py: `resolve_name` answered once per file version ----------------------------
+
+class _Forgetful(dict):
+    """A `_resolved` table that keeps nothing: every question is resolved again, as before the table."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def _resolution_sets(tmp_path):
+    import test_rope_tree
+    from project_support import write_project
+
+    projects = [sorted(folder.rglob("*.py")) for folder in sorted((FIXTURES / "projects").iterdir()) if folder.is_dir()]
+    written = write_project(tmp_path, {"pkg/__init__.py": "from .model import *\n", "pkg/tables.py": test_rope_tree.TABLES,
+                                       "pkg/model.py": test_rope_tree.MODEL, "pkg/attention.py": test_rope_tree.ATTENTION,
+                                       "pkg/grids.py": test_rope_tree.GRIDS, "train.py": test_rope_tree.SCRIPT})
+    return projects + [sorted(written.files)] + [[p] for p in PARSED if "projects" not in p.parts]
+
+
+def _answer(symbols) -> list:
+    return [(s, type(s.node).__name__, getattr(s.node, "lineno", None), getattr(s.node, "col_offset", None))
+            for s in symbols]
+
+
+def _resolved_again(project, question):
+    """`question()` on `project` with nothing remembered (outside `analysing`: no reads recorded)."""
+    saved, project._resolved = project._resolved, _Forgetful()
+    try:
+        return question()
+    finally:
+        project._resolved = saved
+
+
+def test_remembered_resolutions_answer_and_record_reads_as_resolving_again(tmp_path):
+    """Each dotted name a file spells, resolved by an index that remembers answers and by one that
+    resolves every time, while each file is analysed in turn: the same symbols (the same nodes) and
+    the same files recorded as read, also for an answer given from the table to a later file."""
+    from tf_migrate.analysis.nn_bases import dotted_text
+    from tf_migrate.analysis.project import ProjectIndex
+
+    remembered = 0
+    for files in _resolution_sets(tmp_path):
+        kept, again = ProjectIndex.for_files(files), ProjectIndex.for_files(files)
+        again._resolved = _Forgetful()
+        for path in sorted(kept.files):
+            summary = kept.summary(path)
+            if summary is None:
+                continue
+            spelled = sorted({text for node in ast.walk(summary.tree) if isinstance(node, (ast.Name, ast.Attribute))
+                              and (text := dotted_text(node))} | set(summary.bindings))
+            with kept.analysing(path), again.analysing(path):
+                for text in spelled * 2:
+                    got = kept.resolve_dotted(path, text)
+                    assert _answer(got) == _answer(again.resolve_dotted(path, text)), text
+                    first = text.split(".")[0]
+                    assert _answer(kept.resolve_name(path, first)) == _answer(again.resolve_name(path, first))
+                    assert kept.reads == again.reads, (path, text)
+            for text in spelled:
+                expected = _resolved_again(kept, lambda: kept.resolve_dotted(path, text))
+                assert [(s, id(s.node)) for s in kept.resolve_dotted(path, text)] == \
+                    [(s, id(s.node)) for s in expected], text  # the same nodes of the same trees
+        remembered += len(kept._resolved)
+        assert not again._resolved
+    assert remembered > 100
+
+
+def test_remembered_resolutions_follow_a_changed_text(tmp_path):
+    from project_support import write_project
+
+    project = write_project(tmp_path, {"pkg/__init__.py": "", "pkg/layers.py": "class Norm:\n    pass\n",
+                                       "pkg/model.py": "from pkg.layers import Norm\n"})
+    model, layers = str(tmp_path / "pkg" / "model.py"), str(tmp_path / "pkg" / "layers.py")
+    with project.analysing(model):
+        (first,) = project.resolve_name(model, "Norm")
+        assert first.kind == "class" and project.resolve_name(model, "Norm") == [first]
+        assert project.reads == {layers}
+    with project.analysing(str(tmp_path / "other.py")):
+        project.resolve_name(model, "Norm")  # from the table: the files it read are read here too
+        assert project.reads == {model, layers}
+    project.add(layers, "from torch.nn import LayerNorm as Norm\n")
+    with project.analysing(model):
+        assert [s.qualified for s in project.resolve_name(model, "Norm")] == ["torch.nn.LayerNorm"]
+    project.add(layers, "class Norm:\n    pass\n", ast.parse("class Norm:\n    pass\n"))
+    with project.analysing(model):
+        (again,) = project.resolve_name(model, "Norm")
+        assert again == first and again.node is not first.node  # the new tree's class
+
+
+def test_remembered_addmm_forward_answers_answer_as_the_walk():
+    """`linear._addmm_forward` keeps its answer per function: asked again (any function of any
+    fixture), the walk of the function it replaced answers the same."""
+    from tf_migrate.analysis import linear
+
+    asked = yes = 0
+    for path in PARSED:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for _ in range(2):
+                    assert linear._addmm_forward(node) == linear._only_addmm(node)
+                asked += 1
+                yes += linear._addmm_forward(node)
+    assert asked > 1000 and yes  # GPT-2's Conv1D forward is one
+

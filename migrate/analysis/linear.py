@@ -8,6 +8,7 @@ expressions of the file being migrated (None when not known) and which construct
 from __future__ import annotations
 
 import ast
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -419,6 +420,17 @@ def transposed_linear(ctx: "FileContext", call: cst.Call) -> LinearLayer | None:
 def _addmm_forward(function: ast.FunctionDef) -> bool:
     """The forward's only product is `addmm(self.bias, <input>, self.weight)` or
     `<input> @ self.weight + self.bias`."""
+    known = _ADDMM_FORWARDS.get(function)
+    if known is None:
+        known = _ADDMM_FORWARDS[function] = _only_addmm(function)
+    return known
+
+
+# forward -> `_addmm_forward`'s answer (it reads only the function's subtree; asked per call of the class)
+_ADDMM_FORWARDS: "weakref.WeakKeyDictionary[ast.AST, bool]" = weakref.WeakKeyDictionary()
+
+
+def _only_addmm(function: ast.FunctionDef) -> bool:
     def own(node: ast.AST, name: str) -> bool:
         return isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.value, ast.Name) \
             and node.value.id == "self"

@@ -50,7 +50,17 @@ def canonical(qualified: str) -> str:
 
 
 def absolute(path: str | os.PathLike) -> str:
+    if path.__class__ is str:
+        found = _ABSOLUTE.get(path)
+        if found is not None:
+            return found
+        if os.path.isabs(path):  # no working folder in the answer: it can be remembered
+            found = _ABSOLUTE[path] = os.path.abspath(path)
+            return found
     return os.path.abspath(path)
+
+
+_ABSOLUTE: dict[str, str] = {}  # an absolute path as given -> `os.path.abspath` of it (asked per question)
 
 
 def find_root(paths: Iterable[str | os.PathLike]) -> str:
@@ -73,6 +83,8 @@ class ProjectIndex:
         self._reads: set[str] = set()
         self._contexts: dict[str, object] = {}
         self._memo: dict[object, object] = {}
+        # (file, name) -> `resolve_name`'s answer and the files it read; forgotten when a text changes
+        self._resolved: dict[tuple[str, str], tuple[list[Symbol], set[str]]] = {}
         # Set by the engine: (index, path, text) -> its FileContext (analysis does not import the engine).
         self.make_context = None
 
@@ -95,6 +107,7 @@ class ProjectIndex:
         key = absolute(path)
         self._texts[key] = text
         self._contexts.pop(key, None)
+        self._resolved.clear()
         if tree is not None:
             self._summaries[key] = FileSummary(key, tree)
         else:
@@ -227,8 +240,31 @@ class ProjectIndex:
     # -- names ------------------------------------------------------------------------------
 
     def resolve_name(self, path: str, name: str, _seen: frozenset = frozenset()) -> list[Symbol]:
-        """Every thing a module-level `name` of file `path` may stand for, imports followed."""
+        """Every thing a module-level `name` of file `path` may stand for, imports followed.
+
+        Answered once per (file, name) while the index's texts stay as they are (`add` forgets the
+        answers); an answer given again records the files its computation read, as asking again
+        would have. Computed outside `analysing` (no reads recorded), an answer is not kept."""
         path = absolute(path)
+        if _seen:
+            return self._resolve_name(path, name, _seen)
+        key = (path, name)
+        known = self._resolved.get(key)
+        if known is not None:
+            if self._current is not None:
+                self._reads |= known[1]
+            return list(known[0])
+        if self._current is None:
+            return self._resolve_name(path, name, _seen)
+        outer, self._reads = self._reads, set()
+        try:
+            found = self._resolve_name(path, name, _seen)
+        finally:
+            read, self._reads = self._reads, outer | self._reads
+        self._resolved[key] = found, read
+        return list(found)
+
+    def _resolve_name(self, path: str, name: str, _seen: frozenset) -> list[Symbol]:
         if (path, name) in _seen:
             return []
         seen = _seen | {(path, name)}
