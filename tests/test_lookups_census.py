@@ -570,3 +570,16 @@ def test_remembered_addmm_forward_answers_answer_as_the_walk():
                 yes += linear._addmm_forward(node)
     assert asked > 1000 and yes  # GPT-2's Conv1D forward is one
 
+
+def test_remembered_canonical_spellings_answer_as_the_look_up():
+    from tf_migrate.analysis import names
+    from tf_migrate.analysis.project.index import canonical
+
+    def looked_up(qualified: str) -> str:  # what `canonical` computed per question
+        qualified = names.canonical(qualified)
+        return "torch.nn." + qualified.rsplit(".", 1)[-1] if qualified.startswith("torch.nn.modules.") else qualified
+
+    spellings = [*names._ALIASES, *names._ALIASES.values(), "torch.nn.modules.linear.Linear",
+                 "torch.nn.modules.activation.Softmax", "torch.nn.Linear", "math.sqrt", "pkg.layers.Norm", ""]
+    for qualified in spellings * 2:
+        assert canonical(qualified) == looked_up(qualified), qualified

@@ -149,23 +149,39 @@ class FileIndex:
               branch: bool) -> None:
         """Every child of `node` (the order of `ast.iter_child_nodes`, depth first), then its own
         children. `branch`: whether `node` lies in an if/while/try/with/match of `function`."""
-        parents, owner = self.parents, self.owner
-        inside = branch or _conditional_type(type(node))  # what the children of `node` lie in
+        parents, owner, kinds = self.parents, self.owner, _KINDS
+        inside = branch or _conditional_type(node.__class__)  # what the children of `node` lie in
         for field in node._fields:
             value = getattr(node, field, None)
             if isinstance(value, list):
-                children = [item for item in value if isinstance(item, ast.AST)]
-            elif isinstance(value, ast.AST):
+                children = value
+            elif isinstance(value, _AST):
                 children = (value,)
             else:
                 continue
             for child in children:
+                if not isinstance(child, _AST):  # `Dict.keys`' None for `**d`, `Global.names`
+                    continue
                 parents[child] = node
                 owner[child] = function
-                kind = _KINDS.get(type(child))
+                kind = kinds.get(child.__class__)
                 if kind is None:
-                    kind = _KINDS[type(child)] = _kind(type(child))
+                    kind = kinds[child.__class__] = _kind(child.__class__)
                 if kind is _LEAF:  # `Load()`, `Add()`: no children, nothing recorded
+                    continue
+                if kind is _NAME:  # the most frequent node: its one child, `ctx`, without a call
+                    if isinstance(child.ctx, ast.Load):
+                        function.loads.setdefault(child.id, []).append(child)
+                    ctx = child.ctx
+                    if ctx.__class__ in _CONTEXTS:
+                        parents[ctx] = child
+                        owner[ctx] = function
+                    else:
+                        self._scan(child, function, cls, prefix, inside)
+                    continue
+                if kind is _CONSTANT:  # no child unless its value is a node (never, when parsed)
+                    if isinstance(child.value, (list, _AST)):
+                        self._scan(child, function, cls, prefix, inside)
                     continue
                 if kind is _CLASS:
                     info = ClassInfo(child, prefix + child.name)
@@ -192,10 +208,7 @@ class FileIndex:
                 conditional: bool) -> None:
         """What one node binds, loads or calls. `conditional`: whether it lies in an
         if/while/try/with/match of `function` (a `for` counts as run)."""
-        if kind is _NAME:
-            if isinstance(node.ctx, ast.Load):
-                function.loads.setdefault(node.id, []).append(node)
-        elif kind is _CALL:
+        if kind is _CALL:  # (a Name's load is recorded by `_scan` itself)
             self.calls.append(node)
             if cls is None:
                 return
@@ -309,8 +322,10 @@ def _bind(function: Function, name: str, line: int, value: ast.AST, conditional:
 
 # What `FileIndex._scan` does with a node, by its type (`_kind`, remembered per type in `_KINDS`).
 _LEAF, _OTHER, _CLASS, _FUNCTION, _NAME, _CALL, _ASSIGN, _ANNOTATED, _NAMED, _FOR, _COMPREHENSION, _WITH, \
-    _IMPORT = range(13)
+    _IMPORT, _CONSTANT = range(14)
 _KINDS: dict[type, int] = {}
+_CONTEXTS = frozenset({ast.Load, ast.Store, ast.Del})  # a Name's `ctx`: no fields, nothing recorded
+_AST = ast.AST
 
 
 def _kind(node_type: type) -> int:
@@ -320,7 +335,8 @@ def _kind(node_type: type) -> int:
                        (ast.Name, _NAME), (ast.Call, _CALL), (ast.Assign, _ASSIGN),
                        ((ast.AnnAssign, ast.AugAssign), _ANNOTATED), (ast.NamedExpr, _NAMED),
                        ((ast.For, ast.AsyncFor), _FOR), (ast.comprehension, _COMPREHENSION),
-                       ((ast.With, ast.AsyncWith), _WITH), ((ast.Import, ast.ImportFrom), _IMPORT)):
+                       ((ast.With, ast.AsyncWith), _WITH), ((ast.Import, ast.ImportFrom), _IMPORT),
+                       (ast.Constant, _CONSTANT)):
         if issubclass(node_type, base):
             return kind
     return _OTHER

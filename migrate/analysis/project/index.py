@@ -41,12 +41,18 @@ class Symbol:
 
 def canonical(qualified: str) -> str:
     """One spelling per torch object: `torch.nn.modules.linear.Linear` is `torch.nn.Linear`."""
-    from tf_migrate.analysis.names import canonical as known
+    found = _CANONICAL.get(qualified)
+    if found is None:
+        from tf_migrate.analysis.names import canonical as known
 
-    qualified = known(qualified)
-    if qualified.startswith("torch.nn.modules."):
-        return "torch.nn." + qualified.rsplit(".", 1)[-1]
-    return qualified
+        found = known(qualified)
+        if found.startswith("torch.nn.modules."):
+            found = "torch.nn." + found.rsplit(".", 1)[-1]
+        _CANONICAL[qualified] = found
+    return found
+
+
+_CANONICAL: dict[str, str] = {}  # `canonical`'s answers (a fixed table's look-up, asked per resolution)
 
 
 def absolute(path: str | os.PathLike) -> str:
