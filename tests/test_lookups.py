@@ -412,7 +412,7 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
 # --- analysis/nodes.py, scopes.py, index.py: what a fix leaves unchanged is carried across it --------
 
 def _index_tables(index):
-    return (index.parents, list(index._position.items()), index._nodes, index._parent, index._scope, index._by_type,
+    return (index.parents, len(index.parents), list(index._position.items()), index._nodes, index._parent, index._scope, index._by_type,
             index._names, index._attributes, index._calls, index._end, index.shared)
 
 

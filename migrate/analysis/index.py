@@ -231,4 +231,6 @@ class _Parents(Mapping):
         return (node for at, node in enumerate(self._nodes) if parent[at] >= 0)
 
     def __len__(self) -> int:
-        return sum(1 for at in self._parent if at >= 0)
+        # Only the root has no parent (-1): `_build` and `_copy` give every other position its
+        # parent's. Asked once per fix (`parents or {}`): a count of the list was a pass per version.
+        return len(self._parent) - 1

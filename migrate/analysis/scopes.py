@@ -62,7 +62,8 @@ class Scopes:
         self.module = module
         self._parents = parents
         self._bindings: dict[cst.CSTNode, _Bindings] = {}
-        self._declared = _DECLARATIONS.search(text) is not None
+        # the substrings first: on a file without either word no regex runs over the whole text
+        self._declared = ("global" in text or "nonlocal" in text) and _DECLARATIONS.search(text) is not None
 
     def resolve(self, node: cst.CSTNode) -> set[Binding]:
         """What a Name or a dotted Attribute chain (`torch.nn.Linear`) may refer to."""
