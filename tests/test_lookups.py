@@ -713,3 +713,47 @@ def test_naming_strings_answer_as_the_scan(path):
     attributes = sorted({n.attr.value for n in ctx.index.of_type(ctx.module, cst.Attribute)})
     for names in (segments, attributes, segments[::3], segments[1::2] + attributes[:5], ["weight"], []):
         assert list(naming_strings(ctx, names)) == list(_naming_strings_scan(ctx, names))
+
+
+# --- rules/fused_qkv: replacements visit only the paths down to the swapped nodes -----------------
+
+def _fused_qkv_replacements_checked(path, monkeypatch) -> int:
+    """Runs TFM101 and TFM102 (the rule after the first fix of a file) over `path`, comparing
+    each replacement made along the paths of the file's parent map with the whole visit it
+    replaced. Returns how many were compared."""
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+    from tf_migrate.rules.fused_qkv import qkv_split
+
+    real = qkv_split.replace_nodes
+    compared = [0]
+
+    def checked(node, swaps, parents=None):
+        answer = real(node, swaps, parents)
+        if parents is not None:
+            whole = real(node, swaps)
+            assert answer.deep_equals(whole) and cst.Module([]).code_for_node(answer) == \
+                cst.Module([]).code_for_node(whole), path.name
+            compared[0] += 1
+        return answer
+
+    monkeypatch.setattr(qkv_split, "replace_nodes", checked)
+    rules = [rule() for rule in all_rules() if rule.code in ("TFM101", "TFM102")]
+    result = migrate_source(path.read_text(), str(path), rules)
+    assert not [e for e in result.errors if "internal error" in e]
+    return compared[0]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_fused_qkv_replacements_along_paths_answer_as_whole_visits(path, monkeypatch):
+    _fused_qkv_replacements_checked(path, monkeypatch)
+
+
+def test_fused_qkv_replacements_along_paths_are_made(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from growth import n_copies
+
+    path = tmp_path / "copies.py"
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
+    assert _fused_qkv_replacements_checked(path, monkeypatch) > 0
+
