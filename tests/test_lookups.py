@@ -463,13 +463,18 @@ def test_facts_and_index_carried_across_fixes_answer_as_fresh_computations(path,
     _migrated_checking_carried(path, monkeypatch)
 
 
-def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
+def _copies_file(tmp_path, count: int):
+    """The N-copies einsum GPT file (benchmarks/growth.py) written to `tmp_path`."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from growth import n_copies
 
     path = tmp_path / "copies.py"
-    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
-    counts = _migrated_checking_carried(path, monkeypatch)
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), count))
+    return path
+
+
+def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
+    counts = _migrated_checking_carried(_copies_file(tmp_path, 3), monkeypatch)
     assert counts["facts"] > 0 and counts["blocks"] > 0
 
 
@@ -750,10 +755,21 @@ def test_fused_qkv_replacements_along_paths_answer_as_whole_visits(path, monkeyp
 
 
 def test_fused_qkv_replacements_along_paths_are_made(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from growth import n_copies
+    assert _fused_qkv_replacements_checked(_copies_file(tmp_path, 3), monkeypatch) > 0
 
-    path = tmp_path / "copies.py"
-    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
-    assert _fused_qkv_replacements_checked(path, monkeypatch) > 0
 
+# --- analysis/scopes.py: what a name read in a scope refers to, remembered per scope and name -------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_scope_lookups_answer_as_the_search(path):
+    from tf_migrate.analysis.scopes import Scopes
+
+    text = path.read_text()
+    module = cst.parse_module(text)
+    parents = NodeIndex(module).parents
+    remembered, plain = Scopes(module, parents, text), Scopes(module, parents, text)
+    plain._lookup = plain._search  # every lookup searches the scopes again
+    asked = [n for n in _walk(module, True) if type(n) in (cst.Name, cst.Attribute)]
+    for node in asked + asked[::-1]:
+        assert remembered.resolve(node) == plain.resolve(node)
+        assert remembered.binding_scope(node) is plain.binding_scope(node)

@@ -62,6 +62,10 @@ class Scopes:
         self.module = module
         self._parents = parents
         self._bindings: dict[cst.CSTNode, _Bindings] = {}
+        # (id(scope), name) -> what `_lookup` found: the names of a method (`torch`, `F`, `self`)
+        # are looked up again and again, each time through the same enclosing scopes. The scopes
+        # are nodes of `module`, which this object keeps alive.
+        self._found: dict[tuple[int, str], set[Binding]] = {}
         # the substrings first: on a file without either word no regex runs over the whole text
         self._declared = ("global" in text or "nonlocal" in text) and _DECLARATIONS.search(text) is not None
 
@@ -115,6 +119,14 @@ class Scopes:
         return None if scope is self.module else self.scope_of(scope)
 
     def _lookup(self, scope: cst.CSTNode, name: str) -> set[Binding]:
+        """What `name` read in `scope` may refer to (callers copy, never change, the set)."""
+        key = (id(scope), name)
+        found = self._found.get(key)
+        if found is None:
+            found = self._found[key] = self._search(scope, name)
+        return found
+
+    def _search(self, scope: cst.CSTNode, name: str) -> set[Binding]:
         bindings = self.bindings(scope)
         if name in bindings.globals:
             return self._lookup(self.module, name)
