@@ -773,3 +773,18 @@ def test_remembered_scope_lookups_answer_as_the_search(path):
     for node in asked + asked[::-1]:
         assert remembered.resolve(node) == plain.resolve(node)
         assert remembered.binding_scope(node) is plain.binding_scope(node)
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_scopes_read_from_the_index_answer_as_the_walk_up_the_parents(path):
+    from tf_migrate.analysis.scopes import Scopes, _indexed_scope
+
+    text = path.read_text()
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    scopes = Scopes(module, index.parents, text)
+    read = 0
+    for node in _walk(module, True):
+        assert scopes.scope_of(node) is scopes._walked_scope(node)
+        read += _indexed_scope(index, index.position(node)) is not None
+    assert read or len(index._nodes) < 50  # the index answers, not only the walk

@@ -19,6 +19,7 @@ from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 _SCOPE_TYPES = frozenset(_SCOPES)
+_COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
 # Subtrees this small are walked again rather than copied (a copy has a fixed cost of its own).
 _SMALLEST_COPY = 6
 
@@ -29,6 +30,7 @@ class NodeIndex:
         keeps the subtrees it does not change, and each is copied from there as a block (positions
         shifted) instead of being walked again."""
         self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
+        self._comprehensions: list[int] | None = None
         self._build(root, earlier if earlier is not None and not earlier.shared else None)
         # A node object in two places (a fix reused it): one position per id cannot say where it is.
         self.shared = len(self._position) != len(self._nodes)
@@ -140,6 +142,12 @@ class NodeIndex:
     def __contains__(self, node: object) -> bool:
         return id(node) in self._position
 
+    def comprehensions(self) -> list[int]:
+        """The positions of every list/set/dict comprehension and generator expression, in order."""
+        if self._comprehensions is None:
+            self._comprehensions = sorted(at for kind in _COMPREHENSIONS for at in self._by_type.get(kind, ()))
+        return self._comprehensions
+
     def position(self, node: cst.CSTNode) -> int:
         """The node's place in source order (pre-order), for sorting what the look-ups return."""
         return self._position[id(node)]
@@ -204,10 +212,11 @@ class _Parents(Mapping):
     """Node -> its parent, read from the index's positions: no dict of every node (each insert a
     call of libcst's Python-level `__hash__`) is built per version of the file."""
 
-    __slots__ = ("_position", "_parent", "_nodes")
+    __slots__ = ("_position", "_parent", "_nodes", "index")
 
     def __init__(self, index: NodeIndex) -> None:
         self._position, self._parent, self._nodes = index._position, index._parent, index._nodes
+        self.index = index  # the index these parents are read from (one position per node)
 
     def get(self, node: object, default: object = None) -> object:
         at = self._position.get(id(node))
