@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from typing import Callable, Iterable
 
 import libcst as cst
@@ -91,7 +92,7 @@ class NodeIndex:
         self._scope.extend([s + shift if s >= start else scope for s in earlier._scope[start:end]])
 
     def _group(self) -> None:
-        """Positions by node type, and names, attributes and plain-name calls by their identifier."""
+        """Positions by node type."""
         self._by_type: dict[type, list[int]] = {}
         by_type = self._by_type
         for at, kind in enumerate(map(type, self._nodes)):
@@ -100,18 +101,31 @@ class NodeIndex:
                 by_type[kind] = [at]
             else:
                 found.append(at)
+
+    # Names, attributes and plain-name calls by their identifier: grouped on the first question
+    # (many versions of a file are asked none of them).
+
+    @cached_property
+    def _names(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Name, lambda node: node.value)
+
+    @cached_property
+    def _attributes(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Attribute, lambda node: node.attr.value)
+
+    @cached_property
+    def _calls(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Call, lambda node: node.func.value if type(node.func) is cst.Name else None)
+
+    def _grouped(self, kind: type, key: Callable[[cst.CSTNode], str | None]) -> dict[str, list[int]]:
+        """The positions of the nodes of `kind` by `key` of the node (None: left out)."""
+        found: dict[str, list[int]] = {}
         nodes = self._nodes
-        self._names: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Name, ()):
-            self._names.setdefault(nodes[at].value, []).append(at)
-        self._attributes: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Attribute, ()):
-            self._attributes.setdefault(nodes[at].attr.value, []).append(at)
-        self._calls: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Call, ()):
-            func = nodes[at].func
-            if type(func) is cst.Name:
-                self._calls.setdefault(func.value, []).append(at)
+        for at in self._by_type.get(kind, ()):
+            name = key(nodes[at])
+            if name is not None:
+                found.setdefault(name, []).append(at)
+        return found
 
     def _build_shared(self, root: cst.CSTNode) -> None:
         """The plain walk of a tree where some node sits in two places: each place gets a position
