@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import sys
 
 import libcst as cst
@@ -788,3 +789,16 @@ def test_scopes_read_from_the_index_answer_as_the_walk_up_the_parents(path):
         assert scopes.scope_of(node) is scopes._walked_scope(node)
         read += _indexed_scope(index, index.position(node)) is not None
     assert read or len(index._nodes) < 50  # the index answers, not only the walk
+
+
+# --- rules/prenorm: built-in layers looked for only in files that spell them ---------------------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_builtin_layers_of_files_spelling_none_answer_as_resolving_every_call(path):
+    layers = importlib.import_module("tf_migrate.rules.prenorm.builtin_layers")
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for function in ctx.index.of_type(ctx.module, cst.FunctionDef):
+        assert list(layers.builtin_layers(ctx, function)) == list(layers._builtin_layers(ctx, function))
+        assert list(layers.builtin_transformers(ctx, function)) == list(layers._builtin_transformers(ctx, function))
