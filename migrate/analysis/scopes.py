@@ -81,6 +81,8 @@ class Scopes:
         if isinstance(parent, (cst.Param, cst.FunctionDef, cst.ClassDef)) and parent.name is node:
             return {Binding(node.value, Source.LOCAL)}
         found = self._lookup(self.scope_of(node), parts[0])
+        if len(parts) == 1:
+            return set(found)  # the bindings themselves (frozen): a copy of the set, not of each
         suffix = "".join("." + part for part in parts[1:])
         return {Binding(b.name + suffix, b.source) for b in found}
 
