@@ -18,7 +18,7 @@ from helpers import FIXTURES, ROOT, assert_removes_as_the_visitor
 from tf_migrate.analysis import nodes
 from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.nodes import _walk, parent_map
-from tf_migrate.engine.edits import FixConflict, add_imports, apply_fixes, still_used
+from tf_migrate.engine.edits import FixConflict, _spelled, add_imports, apply_fixes, still_used
 from tf_migrate.engine.rule import Fix
 
 SOURCES = sorted(FIXTURES.rglob("*.py"))
@@ -269,12 +269,89 @@ def test_a_name_spelled_only_in_the_head_is_removed_without_visiting_the_rest(mo
     original = RemoveImportsVisitor.transform_module
     monkeypatch.setattr(RemoveImportsVisitor, "transform_module",
                         lambda self, tree: seen.append(len(tree.body)) or original(self, tree))
-    source = "import math\nimport torch\n\n\ndef f(x):\n    return torch.relu(x)\n\n\ndef g():\n    pass\n"
+    # `math` leaves a statement that keeps `os`: the visitor re-punctuates it, run over the head
+    source = "import math, os\nimport torch\n\n\ndef f(x):\n    return torch.relu(x)\n\n\ndef g():\n    pass\n"
     context = CodemodContext()
     RemoveImportsVisitor.remove_unused_import(context, "math", None, None)
     module = cst.parse_module(source)
-    assert remove_imports(module, module.code, [("math", None, None)], context).code == source.replace("import math\n", "")
+    assert remove_imports(module, module.code, [("math", None, None)], context).code == source.replace("math, ", "")
     assert seen == [2]  # the two imports, not the four statements
+
+
+HEADS = [
+    "import math\nimport torch\n\nx = torch.ones(1)\n",
+    "# header\n\nimport math  # trailing\n# above torch\nimport torch\n\nx = torch.ones(1)\n",
+    '"""Doc."""\n\n# above\nimport math\n\nimport numpy as np\nfrom torch import einsum\n\nx = 1\n',
+    "import math as m\nimport numpy\nfrom torch import einsum as e\n\nx = 1\n",
+    "import math, numpy\n\nx = 1\n",  # both aliases of one statement go
+    "from torch import (\n    einsum,  # old\n    nn,\n)\n\nx = nn\n",  # partial: the visitor decides
+    "from __future__ import annotations\nimport math\n\nx = 1\n",
+    "from . import math\nfrom .. import numpy\nimport math\n\nx = 1\n",  # relative: never matched
+    "from torch import *\nimport math\n\nx = 1\n",
+    "import torch.nn.functional\nimport math\n\nx = 1\n",
+    "import math\n\nx = 1  # math\n",  # spelled in a comment: the visitor decides
+    "import math\n\n__all__ = ['math']\n",
+    "import numpy\nimport numpy as np\n\nx = 1\n",  # one alias per module: the last scheduled
+    "import math\nimport math\n\nx = 1\n",
+]
+HEAD_REMOVALS = [("math", None, None), ("math", None, "m"), ("numpy", None, None), ("numpy", None, "np"),
+                 ("torch", "einsum", None), ("torch", "einsum", "e"), ("__future__", "annotations", None),
+                 ("torch.nn.functional", None, None)]
+
+
+@pytest.mark.parametrize("source", HEADS)
+@pytest.mark.parametrize("count", [1, 2, len(HEAD_REMOVALS)])
+def test_imports_read_off_the_head_as_the_visitor_removes_them(source, count):
+    named = [removal for removal in HEAD_REMOVALS if removal[0].split(".")[0] in source]
+    for first in range(len(named) if count < len(named) else 1):
+        removals = (named[first:] + named[:first])[:count]
+        assert_removes_as_the_visitor(source, removals)
+        if count > 1:
+            assert_removes_as_the_visitor(source, removals[::-1])  # one alias per module: the last
+
+
+def test_every_fixture_head_loses_its_imports_as_with_the_visitor():
+    seen_heads = set()  # 525 files share 91 heads: one file per head keeps this test short
+    for path in sorted(FIXTURES.rglob("*.py")):
+        source = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            module = cst.parse_module(source)
+        except cst.ParserSyntaxError:
+            continue
+        per_statement, head = [], ""
+        for statement in module.body:
+            small = statement.body[0] if isinstance(statement, cst.SimpleStatementLine) else None
+            if isinstance(small, cst.Import):
+                per_statement.append([(alias.evaluated_name, None, alias.evaluated_alias) for alias in small.names])
+            elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative \
+                    and not isinstance(small.names, cst.ImportStar):
+                dotted = cst.helpers.get_full_name_for_node(small.module)
+                per_statement.append([(dotted, alias.evaluated_name, alias.evaluated_alias) for alias in small.names])
+            else:
+                continue
+            head += module.code_for_node(statement)
+        if head in seen_heads:
+            continue
+        seen_heads.add(head)
+        for removals in per_statement:  # the statements the read-off may drop whole (the rest: the visitor)
+            if all(_spelled(alias or obj or dotted, source) == 1 for dotted, obj, alias in removals):
+                assert_removes_as_the_visitor(source, removals)
+
+
+def test_whole_unread_imports_are_removed_without_building_the_visitor(monkeypatch):
+    from tf_migrate.engine.edits import remove_imports
+
+    built = []
+    original = RemoveImportsVisitor.__init__
+    monkeypatch.setattr(RemoveImportsVisitor, "__init__",
+                        lambda self, *args, **kwargs: built.append(1) or original(self, *args, **kwargs))
+    source = "import math\nimport numpy as np\nimport torch\n\n\ndef f(x):\n    return torch.relu(x)\n"
+    removals = [("math", None, None), ("numpy", None, "np"), ("scipy", None, None)]
+    module = cst.parse_module(source)
+    done = remove_imports(module, module.code, removals, CodemodContext())
+    assert done.code == "import torch\n\n\ndef f(x):\n    return torch.relu(x)\n"
+    assert built == []
+    assert done.body[-1] is module.body[-1]  # statements left alone stay the same objects
 
 
 def test_walk_steps_grow_linearly_with_the_file():

@@ -802,3 +802,47 @@ def test_builtin_layers_of_files_spelling_none_answer_as_resolving_every_call(pa
     for function in ctx.index.of_type(ctx.module, cst.FunctionDef):
         assert list(layers.builtin_layers(ctx, function)) == list(layers._builtin_layers(ctx, function))
         assert list(layers.builtin_transformers(ctx, function)) == list(layers._builtin_transformers(ctx, function))
+
+
+# --- engine/file.py: which free-function rules a file without nn.Module classes keeps ---------------
+
+def _function_naming_walk(tree, words) -> bool:
+    """The walk of every top-level function that `_function_naming` shortens."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                name = inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else ""
+                if any(word in name for word in words):
+                    return True
+    return False
+
+
+FUNCTION_NAMING = [
+    "def f(x):\n    return x.softmax(-1)\n",
+    "# softmax in a comment\ndef f(x):\n    return x\n",
+    "def f(x):\n    '''softmax in a docstring'''\n    return x\n",
+    "@torch.softmax\ndef f(x):\n    return x\n",  # a decorator above the def line
+    "def f(x):\r    return x\rdef g(x):\r    return F.softmax(x, -1)\r",  # old Mac line ends
+    "def f(x):\r\n    return x\r\n\r\ndef g(y=torch.softmax):\r\n    return y\r\n",
+    "def f(x):\n    return x.ｓｏｆｔｍａｘ(-1)\n",  # NFKC: the attribute is `softmax`
+    "def f(x):\n    return x  # pos\ndef g(x: 'Pos'):\n    return x\nx = softmax\n",
+]
+
+
+@pytest.mark.parametrize("source", FUNCTION_NAMING)
+def test_function_naming_answers_as_the_walk_in_corner_cases(source):
+    from tf_migrate.engine.file import _function_naming
+
+    tree = ast.parse(source)
+    for words in (("softmax", "Softmax"), ("sin(", "pos", "Pos"), ("nothing",)):
+        assert _function_naming(tree, words, source) == _function_naming_walk(tree, words)
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_function_naming_answers_as_the_walk(path):
+    from tf_migrate.engine.file import _function_naming
+
+    source = path.read_text()
+    tree = ast.parse(source)
+    for words in (("softmax", "Softmax"), ("sin(", "sin_(", "pos", "Pos", "softmax", "Softmax"), ("Linear",)):
+        assert _function_naming(tree, words, source) == _function_naming_walk(tree, words)

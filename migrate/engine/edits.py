@@ -160,11 +160,67 @@ def remove_imports(module: cst.Module, code: str, removals: list[tuple[str, str 
             return RemoveImportsVisitor(context).transform_module(module)
     if not free:
         return module
+    read_off = _head_without(module, start, end, free, code)
+    if read_off is not None:
+        return read_off
     only_free = CodemodContext()
     for removal in free:
         RemoveImportsVisitor.remove_unused_import(only_free, *removal)
     done = RemoveImportsVisitor(only_free).transform_module(module.with_changes(body=module.body[:end]))
     return module.with_changes(body=[*done.body, *module.body[end:]])
+
+
+def _head_without(module: cst.Module, start: int, end: int, free: list[tuple[str, str | None, str | None]],
+                  code: str) -> cst.Module | None:
+    """What `RemoveImportsVisitor`, scheduled with `free`, makes of the import statements
+    `module.body[start:end]`, read off the statements without building the visitor (its
+    construction alone costs more than a small file's rules); None where that is not certain.
+
+    The visitor matches an `import` alias by module and alias (one alias per module: the last
+    scheduled), a `from` alias by module, name and alias, and removes a matched alias that nothing
+    reads, exports or names in a string annotation; a statement left with no alias goes whole,
+    comments on its lines included. Certain here: every matched alias's name is spelled once in
+    the file (the import itself), and every statement loses all its aliases or none."""
+    modules = {dotted: alias for dotted, obj, alias in free if obj is None}
+    objects: dict[str, set[tuple[str, str | None]]] = {}
+    for dotted, obj, alias in free:
+        if obj is not None:
+            objects.setdefault(dotted, set()).add((obj, alias))
+    body = list(module.body)
+    for at in range(end - 1, start - 1, -1):
+        statement = body[at].body[0]
+        matched = _matched_aliases(statement, modules, objects)
+        if matched is None:
+            return None
+        if not matched:
+            continue
+        if len(matched) != len(statement.names):
+            return None  # a partial removal re-punctuates the statement: the visitor does it
+        for alias in matched:
+            local = alias.evaluated_alias or alias.evaluated_name
+            if "." in local or _spelled(local, code) != 1:
+                return None
+        del body[at]
+    return module.with_changes(body=body) if len(body) != len(module.body) else module
+
+
+def _matched_aliases(statement: cst.Import | cst.ImportFrom, modules: dict[str, str | None],
+                     objects: dict[str, set[tuple[str, str | None]]]) -> list[cst.ImportAlias] | None:
+    """The aliases of `statement` that `RemoveImportsVisitor` would consider removing; None where
+    its answer for them depends on more than their use (`__future__` names are never removed)."""
+    if isinstance(statement, cst.Import):
+        return [alias for alias in statement.names
+                if alias.evaluated_name in modules and alias.evaluated_alias == modules[alias.evaluated_name]]
+    if isinstance(statement.names, cst.ImportStar):
+        return []
+    from libcst.helpers import get_absolute_module_from_package_for_import
+
+    dotted = get_absolute_module_from_package_for_import(None, statement)
+    if dotted is None or dotted not in objects:
+        return []
+    matched = [alias for alias in statement.names
+               if (alias.evaluated_name, alias.evaluated_alias) in objects[dotted]]
+    return None if matched and dotted == "__future__" else matched
 
 
 def _spelled(name: str, text: str) -> int:

@@ -103,7 +103,7 @@ def _migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Proje
     with project.analysing(key):
         # Every rule works inside nn.Module classes; a base may be one through another project file.
         if not (may_define_modules(tree) or project.defines_modules(key)):
-            active = [rule for rule in active if (rule.free_functions and _function_naming(tree, rule.triggers))
+            active = [rule for rule in active if (rule.free_functions and _function_naming(tree, rule.triggers, text))
                       or any(word in text for word in rule.outside_modules)]
         if active:
             _with_deep_stack(_run_rules, result, text, path, active, project, key)
@@ -143,13 +143,22 @@ def _with_deep_stack(function, *args):
     return outcome[0]
 
 
-def _function_naming(tree, words: Sequence[str]) -> bool:
+def _function_naming(tree, words: Sequence[str], text: str) -> bool:
     """Whether a top-level function of the file reads a name or attribute holding one of `words`
-    (`torch.softmax(...)`, `w.softmax(...)`): a cheap look for work a free-functions rule can do."""
+    (`torch.softmax(...)`, `w.softmax(...)`): a cheap look for work a free-functions rule can do.
+    A function whose lines (`tree` is the parse of `text`) spell none of the words holds no such
+    name and is not walked; a non-ASCII one is (Python normalises identifiers: NFKC)."""
     import ast
+    import re
 
+    starts = [0] + [match.end() for match in re.finditer(r"\r\n|\r|\n", text)]  # Python's line ends
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([decorator.lineno for decorator in node.decorator_list] + [node.lineno])
+            last = node.end_lineno or len(starts)
+            lines = text[starts[first - 1]:starts[last] if last < len(starts) else len(text)]
+            if lines.isascii() and not any(word in lines for word in words):
+                continue
             for inner in ast.walk(node):
                 name = inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else ""
                 if any(word in name for word in words):
