@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import sys
 
 import libcst as cst
@@ -412,7 +413,7 @@ def test_block_questions_answer_as_the_searches_they_replaced(path):
 # --- analysis/nodes.py, scopes.py, index.py: what a fix leaves unchanged is carried across it --------
 
 def _index_tables(index):
-    return (index.parents, list(index._position.items()), index._nodes, index._parent, index._scope, index._by_type,
+    return (index.parents, len(index.parents), list(index._position.items()), index._nodes, index._parent, index._scope, index._by_type,
             index._names, index._attributes, index._calls, index._end, index.shared)
 
 
@@ -463,13 +464,18 @@ def test_facts_and_index_carried_across_fixes_answer_as_fresh_computations(path,
     _migrated_checking_carried(path, monkeypatch)
 
 
-def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
+def _copies_file(tmp_path, count: int):
+    """The N-copies einsum GPT file (benchmarks/growth.py) written to `tmp_path`."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from growth import n_copies
 
     path = tmp_path / "copies.py"
-    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), 3))
-    counts = _migrated_checking_carried(path, monkeypatch)
+    path.write_text(n_copies((MODELS / "einsum_gpt.py").read_text(), count))
+    return path
+
+
+def test_unchanged_scopes_and_subtrees_are_carried_across_fixes(tmp_path, monkeypatch):
+    counts = _migrated_checking_carried(_copies_file(tmp_path, 3), monkeypatch)
     assert counts["facts"] > 0 and counts["blocks"] > 0
 
 
@@ -713,6 +719,89 @@ def test_naming_strings_answer_as_the_scan(path):
     attributes = sorted({n.attr.value for n in ctx.index.of_type(ctx.module, cst.Attribute)})
     for names in (segments, attributes, segments[::3], segments[1::2] + attributes[:5], ["weight"], []):
         assert list(naming_strings(ctx, names)) == list(_naming_strings_scan(ctx, names))
+
+
+# --- rules/fused_qkv: replacements visit only the paths down to the swapped nodes -----------------
+
+def _fused_qkv_replacements_checked(path, monkeypatch) -> int:
+    """Runs TFM101 and TFM102 (the rule after the first fix of a file) over `path`, comparing
+    each replacement made along the paths of the file's parent map with the whole visit it
+    replaced. Returns how many were compared."""
+    from tf_migrate.engine.file import migrate_source
+    from tf_migrate.engine.registry import all_rules
+    from tf_migrate.rules.fused_qkv import qkv_split
+
+    real = qkv_split.replace_nodes
+    compared = [0]
+
+    def checked(node, swaps, parents=None):
+        answer = real(node, swaps, parents)
+        if parents is not None:
+            whole = real(node, swaps)
+            assert answer.deep_equals(whole) and cst.Module([]).code_for_node(answer) == \
+                cst.Module([]).code_for_node(whole), path.name
+            compared[0] += 1
+        return answer
+
+    monkeypatch.setattr(qkv_split, "replace_nodes", checked)
+    rules = [rule() for rule in all_rules() if rule.code in ("TFM101", "TFM102")]
+    result = migrate_source(path.read_text(), str(path), rules)
+    assert not [e for e in result.errors if "internal error" in e]
+    return compared[0]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_fused_qkv_replacements_along_paths_answer_as_whole_visits(path, monkeypatch):
+    _fused_qkv_replacements_checked(path, monkeypatch)
+
+
+def test_fused_qkv_replacements_along_paths_are_made(tmp_path, monkeypatch):
+    assert _fused_qkv_replacements_checked(_copies_file(tmp_path, 3), monkeypatch) > 0
+
+
+# --- analysis/scopes.py: what a name read in a scope refers to, remembered per scope and name -------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_remembered_scope_lookups_answer_as_the_search(path):
+    from tf_migrate.analysis.scopes import Scopes
+
+    text = path.read_text()
+    module = cst.parse_module(text)
+    parents = NodeIndex(module).parents
+    remembered, plain = Scopes(module, parents, text), Scopes(module, parents, text)
+    plain._lookup = plain._search  # every lookup searches the scopes again
+    asked = [n for n in _walk(module, True) if type(n) in (cst.Name, cst.Attribute)]
+    for node in asked + asked[::-1]:
+        assert remembered.resolve(node) == plain.resolve(node)
+        assert remembered.binding_scope(node) is plain.binding_scope(node)
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_scopes_read_from_the_index_answer_as_the_walk_up_the_parents(path):
+    from tf_migrate.analysis.scopes import Scopes, _indexed_scope
+
+    text = path.read_text()
+    module = cst.parse_module(text)
+    index = NodeIndex(module)
+    scopes = Scopes(module, index.parents, text)
+    read = 0
+    for node in _walk(module, True):
+        assert scopes.scope_of(node) is scopes._walked_scope(node)
+        read += _indexed_scope(index, index.position(node)) is not None
+    assert read or len(index._nodes) < 50  # the index answers, not only the walk
+
+
+# --- rules/prenorm: built-in layers looked for only in files that spell them ---------------------
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _parses(p)], ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_builtin_layers_of_files_spelling_none_answer_as_resolving_every_call(path):
+    layers = importlib.import_module("tf_migrate.rules.prenorm.builtin_layers")
+
+    text = path.read_text()
+    ctx = FileContext(cst.parse_module(text), str(path), text)
+    for function in ctx.index.of_type(ctx.module, cst.FunctionDef):
+        assert list(layers.builtin_layers(ctx, function)) == list(layers._builtin_layers(ctx, function))
+        assert list(layers.builtin_transformers(ctx, function)) == list(layers._builtin_transformers(ctx, function))
 
 
 # --- engine/file.py: which free-function rules a file without nn.Module classes keeps ---------------

@@ -25,6 +25,10 @@ ODD = [
     "x = 1\r\n# a comment without a line end",
     "def f():\n    pass\n\n\n\n",
     "s = 'a\\\nb'\nt = f'{x!r:>{w}}'\n",
+    "# only a comment",  # a header, no body, no line end
+    "\n\n# a comment\n\n",
+    "x = 1\r\n\r\n# end\r",  # line ends mixed, a footer without its own
+    "x = '''a\r\nb'''\ry = 2\n",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from typing import Callable, Iterable
 
 import libcst as cst
@@ -19,6 +20,7 @@ from tf_migrate.analysis.nodes import children, remember
 
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
 _SCOPE_TYPES = frozenset(_SCOPES)
+_COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp)
 # Subtrees this small are walked again rather than copied (a copy has a fixed cost of its own).
 _SMALLEST_COPY = 6
 
@@ -29,6 +31,7 @@ class NodeIndex:
         keeps the subtrees it does not change, and each is copied from there as a block (positions
         shifted) instead of being walked again."""
         self.facts: dict[str, dict[int, object]] = {}  # per kind, node id -> answer (`nodes.cached`)
+        self._comprehensions: list[int] | None = None
         self._build(root, earlier if earlier is not None and not earlier.shared else None)
         # A node object in two places (a fix reused it): one position per id cannot say where it is.
         self.shared = len(self._position) != len(self._nodes)
@@ -89,7 +92,7 @@ class NodeIndex:
         self._scope.extend([s + shift if s >= start else scope for s in earlier._scope[start:end]])
 
     def _group(self) -> None:
-        """Positions by node type, and names, attributes and plain-name calls by their identifier."""
+        """Positions by node type."""
         self._by_type: dict[type, list[int]] = {}
         by_type = self._by_type
         for at, kind in enumerate(map(type, self._nodes)):
@@ -98,18 +101,31 @@ class NodeIndex:
                 by_type[kind] = [at]
             else:
                 found.append(at)
+
+    # Names, attributes and plain-name calls by their identifier: grouped on the first question
+    # (many versions of a file are asked none of them).
+
+    @cached_property
+    def _names(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Name, lambda node: node.value)
+
+    @cached_property
+    def _attributes(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Attribute, lambda node: node.attr.value)
+
+    @cached_property
+    def _calls(self) -> dict[str, list[int]]:
+        return self._grouped(cst.Call, lambda node: node.func.value if type(node.func) is cst.Name else None)
+
+    def _grouped(self, kind: type, key: Callable[[cst.CSTNode], str | None]) -> dict[str, list[int]]:
+        """The positions of the nodes of `kind` by `key` of the node (None: left out)."""
+        found: dict[str, list[int]] = {}
         nodes = self._nodes
-        self._names: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Name, ()):
-            self._names.setdefault(nodes[at].value, []).append(at)
-        self._attributes: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Attribute, ()):
-            self._attributes.setdefault(nodes[at].attr.value, []).append(at)
-        self._calls: dict[str, list[int]] = {}
-        for at in by_type.get(cst.Call, ()):
-            func = nodes[at].func
-            if type(func) is cst.Name:
-                self._calls.setdefault(func.value, []).append(at)
+        for at in self._by_type.get(kind, ()):
+            name = key(nodes[at])
+            if name is not None:
+                found.setdefault(name, []).append(at)
+        return found
 
     def _build_shared(self, root: cst.CSTNode) -> None:
         """The plain walk of a tree where some node sits in two places: each place gets a position
@@ -139,6 +155,12 @@ class NodeIndex:
 
     def __contains__(self, node: object) -> bool:
         return id(node) in self._position
+
+    def comprehensions(self) -> list[int]:
+        """The positions of every list/set/dict comprehension and generator expression, in order."""
+        if self._comprehensions is None:
+            self._comprehensions = sorted(at for kind in _COMPREHENSIONS for at in self._by_type.get(kind, ()))
+        return self._comprehensions
 
     def position(self, node: cst.CSTNode) -> int:
         """The node's place in source order (pre-order), for sorting what the look-ups return."""
@@ -204,10 +226,11 @@ class _Parents(Mapping):
     """Node -> its parent, read from the index's positions: no dict of every node (each insert a
     call of libcst's Python-level `__hash__`) is built per version of the file."""
 
-    __slots__ = ("_position", "_parent", "_nodes")
+    __slots__ = ("_position", "_parent", "_nodes", "index")
 
     def __init__(self, index: NodeIndex) -> None:
         self._position, self._parent, self._nodes = index._position, index._parent, index._nodes
+        self.index = index  # the index these parents are read from (one position per node)
 
     def get(self, node: object, default: object = None) -> object:
         at = self._position.get(id(node))
@@ -231,4 +254,6 @@ class _Parents(Mapping):
         return (node for at, node in enumerate(self._nodes) if parent[at] >= 0)
 
     def __len__(self) -> int:
-        return sum(1 for at in self._parent if at >= 0)
+        # Only the root has no parent (-1): `_build` and `_copy` give every other position its
+        # parent's. Asked once per fix (`parents or {}`): a count of the list was a pass per version.
+        return len(self._parent) - 1

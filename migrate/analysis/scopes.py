@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterator, Mapping
@@ -62,7 +63,14 @@ class Scopes:
         self.module = module
         self._parents = parents
         self._bindings: dict[cst.CSTNode, _Bindings] = {}
-        self._declared = _DECLARATIONS.search(text) is not None
+        # (id(scope), name) -> what `_lookup` found: the names of a method (`torch`, `F`, `self`)
+        # are looked up again and again, each time through the same enclosing scopes. The scopes
+        # are nodes of `module`, which this object keeps alive.
+        self._found: dict[tuple[int, str], set[Binding]] = {}
+        # the substrings first: on a file without either word no regex runs over the whole text
+        self._declared = ("global" in text or "nonlocal" in text) and _DECLARATIONS.search(text) is not None
+        # The index whose positions `parents` reads (one position per node), for `scope_of`.
+        self._index = getattr(parents, "index", None)
 
     def resolve(self, node: cst.CSTNode) -> set[Binding]:
         """What a Name or a dotted Attribute chain (`torch.nn.Linear`) may refer to."""
@@ -73,12 +81,24 @@ class Scopes:
         if isinstance(parent, (cst.Param, cst.FunctionDef, cst.ClassDef)) and parent.name is node:
             return {Binding(node.value, Source.LOCAL)}
         found = self._lookup(self.scope_of(node), parts[0])
+        if len(parts) == 1:
+            return set(found)  # the bindings themselves (frozen): a copy of the set, not of each
         suffix = "".join("." + part for part in parts[1:])
         return {Binding(b.name + suffix, b.source) for b in found}
 
     def scope_of(self, node: cst.CSTNode) -> cst.CSTNode:
         """The scope whose names `node` reads: decorators, defaults, bases and a comprehension's
         first iterable are evaluated in the scope around their def, class or comprehension."""
+        index = self._index
+        if index is not None:
+            at = index._position.get(id(node))
+            if at is not None:
+                found = _indexed_scope(index, at)
+                if found is not None:
+                    return self.module if found < 0 else index._nodes[found]
+        return self._walked_scope(node)
+
+    def _walked_scope(self, node: cst.CSTNode) -> cst.CSTNode:
         path = [node]
         current = self._parents.get(node)
         while current is not None:
@@ -114,6 +134,14 @@ class Scopes:
         return None if scope is self.module else self.scope_of(scope)
 
     def _lookup(self, scope: cst.CSTNode, name: str) -> set[Binding]:
+        """What `name` read in `scope` may refer to (callers copy, never change, the set)."""
+        key = (id(scope), name)
+        found = self._found.get(key)
+        if found is None:
+            found = self._found[key] = self._search(scope, name)
+        return found
+
+    def _search(self, scope: cst.CSTNode, name: str) -> set[Binding]:
         bindings = self.bindings(scope)
         if name in bindings.globals:
             return self._lookup(self.module, name)
@@ -150,6 +178,25 @@ class Scopes:
                 for binding in assigned.get(item.name.value, ()):
                     if target is not None:
                         self.bindings(target).add(item.name.value, binding)
+
+
+def _indexed_scope(index, at: int) -> int | None:
+    """`scope_of` the node at position `at`, read from the index: the innermost def, class or
+    lambda strictly above it (-1: the module) when no comprehension lies between and the node
+    is in its body; None (walk the parents) otherwise: a decorator, default or base, or a
+    comprehension on the way up."""
+    parent = index._parent[at]
+    scope = index._scope[parent] if parent >= 0 else -1
+    comprehensions = index.comprehensions()
+    after = bisect_right(comprehensions, scope)
+    if after < len(comprehensions) and comprehensions[after] < at:
+        return None  # a comprehension between them (perhaps around the node): walk
+    if scope < 0:
+        return -1
+    body = index._position.get(id(index._nodes[scope].body))
+    if body is None or not body <= at < index._end[body]:
+        return None
+    return scope
 
 
 def _dotted(node: cst.CSTNode) -> list[str] | None:

@@ -84,8 +84,6 @@ def _reached(ctx, code: str) -> Iterator[tuple[ClassInfo, list[str], Component]]
 def declared(ctx, code: str, seen: set[tuple[str, frozenset[str]]]) -> Iterator[Component]:
     """Named q/k/v projection triples and q/k/v lists of each class that no attention site reached."""
     for cls in ctx.module_classes:
-        extent = ctx.lines(cls.node)
-        span = (extent.start, extent.stop - 1)
         found = []
         for triple in triples(list(cls.submodules)):
             subs = [cls.submodules[triple.attributes[r]] for r in ROLES]
@@ -97,11 +95,15 @@ def declared(ctx, code: str, seen: set[tuple[str, frozenset[str]]]) -> Iterator[
             sub = cls.submodules[attribute]
             found.append(([attribute], [sub.statement],
                           f"q, k and v are produced by the items of the projection list `{attribute}`"))
+        span = None  # asked only of a class with a candidate: positions print the whole module
         for names, statements, what in found:
             key = (cls.qualname, frozenset(names))
             if key in seen:
                 continue
             seen.add(key)
+            if span is None:
+                extent = ctx.lines(cls.node)
+                span = (extent.start, extent.stop - 1)
             lines = [ctx.line(s) for s in statements]
             uses = tuple(sorted({ctx.line(ref) for name in names for ref in cls.self_references(name)}))
             yield Component(code, "qkv", cls.qualname, min(lines), max(lines), what, uses, (span,))

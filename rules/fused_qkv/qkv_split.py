@@ -36,7 +36,7 @@ def forward_edits(ctx, apps: list[Application], value: str) -> dict:
         raise Blocked("the projections' outputs would need the same name")
     function = _function_of(ctx, block)
     for app, name in zip(apps, names):
-        _check_free(body, first, app, name, function)
+        _check_free(ctx, body, first, app, name, function)
     split = cst.parse_statement(f"{', '.join(names)} = {value}")
     edits: dict = {}
     calls: dict = {}  # several projections may share one statement (`q, k = self.q(x), self.k(x)`)
@@ -45,7 +45,7 @@ def forward_edits(ctx, apps: list[Application], value: str) -> dict:
             edits[app.statement] = cst.RemoveFromParent()
         else:
             calls.setdefault(app.statement, {})[app.call] = cst.Name(name)
-    edits.update({statement: replace_nodes(statement, swaps) for statement, swaps in calls.items()})
+    edits.update({statement: replaced(ctx, statement, swaps) for statement, swaps in calls.items()})
     kept = edits[first]
     split = split.with_changes(leading_lines=first.leading_lines)
     if isinstance(kept, cst.RemovalSentinel):
@@ -53,6 +53,16 @@ def forward_edits(ctx, apps: list[Application], value: str) -> dict:
     else:
         edits[first] = cst.FlattenSentinel([split, kept.with_changes(leading_lines=[])])
     return edits
+
+
+def replaced(ctx, node: cst.CSTNode, swaps: dict) -> cst.CSTNode:
+    """`replace_nodes(node, swaps)` for nodes of the analysed file: with its parent map only the
+    paths down to the swapped nodes are visited (the rest of `node` comes back as it is, where a
+    whole visit rebuilt every node of it). A tree whose index holds a node in two places, or a
+    node the index does not hold, gets the whole visit."""
+    index = ctx.index
+    whole = index.shared or node not in index or any(swapped not in index for swapped in swaps)
+    return replace_nodes(node, swaps, None if whole else ctx.parents)
 
 
 def _plain_binding(app) -> str | None:
@@ -74,7 +84,7 @@ def _function_of(ctx, node):
     return node
 
 
-def _check_free(body, first, app, name: str, function) -> None:
+def _check_free(ctx, body, first, app, name: str, function) -> None:
     """The split binds `name` early: nothing between may read or bind it, and the old use may not
     read it outside the projection call that the name replaces (`k = self.w_k(k).view(...)` reads
     parameter k only as the projection's input). A name the old use did not bind (`q` for
@@ -83,7 +93,7 @@ def _check_free(body, first, app, name: str, function) -> None:
     between = body[body.index(first):body.index(statement)]
     if any(loads(s, name) or binds(s, name) for s in between):
         raise Blocked(f"`{name}` is used between the projections")
-    if loads(replace_nodes(statement, {app.call: cst.Name("_")}), name):
+    if loads(replaced(ctx, statement, {app.call: cst.Name("_")}), name):
         raise Blocked(f"`{name}` is read where a projection is applied")
     if not binds(statement, name) and (function is None or _mentions(function, name)):
         raise Blocked(f"the split would bind `{name}`, a name this function already uses elsewhere")

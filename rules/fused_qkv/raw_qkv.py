@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import libcst as cst
 
 from tf_migrate.analysis.nodes import atom_code
-from tf_migrate.engine.edits import replace_nodes
 from tf_migrate.rules.fused_qkv.projections import (ROLES, Triple, applied, different_inputs, foreign_attribute,
                                                    naming_string)
-from tf_migrate.rules.fused_qkv.qkv_split import Blocked, constructor_edits, forward_edits, split_suffix, total_size
+from tf_migrate.rules.fused_qkv.qkv_split import (Blocked, constructor_edits, forward_edits, replaced, split_suffix,
+                                                   total_size)
 from tf_migrate.rules.fused_qkv.old_keys import old_key_reader
 from tf_migrate.rules.fused_qkv.raw_weights import Product, bias_size, init_site, product, shape
 
@@ -63,7 +63,7 @@ def raw_fusion(ctx, cls, triple: Triple, subs) -> RawFusion:
     swaps = {uses[0][1]: fused}
     if biases is not None:
         swaps[products[0].bias] = cst.parse_expression(f"self.{biases.fused_name}")
-    value = atom_code(ctx, replace_nodes(products[0].node, swaps))
+    value = atom_code(ctx, replaced(ctx, products[0].node, swaps))
     edits = forward_edits(ctx, apps, value + split_suffix(outs, products[0].output_dim))
     constructor = subs[0].call.deep_replace(sizes[0], cst.parse_expression(total_size(outs)))
     edits.update(constructor_edits(ctx, [s.statement for s in subs],
@@ -155,7 +155,7 @@ def _fused_name(names: list[str]) -> str | None:
 
 def _same(ctx, pairs, what: str) -> None:
     """The nodes are the same code but for the parts each pair names."""
-    masked = {ctx.code(replace_nodes(node, {part: cst.Name("_") for part in parts})) for node, parts in pairs}
+    masked = {ctx.code(replaced(ctx, node, {part: cst.Name("_") for part in parts})) for node, parts in pairs}
     if len(masked) != 1:
         raise Blocked(f"{what}: " + "; ".join(f"line {ctx.line(node)}: {ctx.code(node)}" for node, _ in pairs))
 

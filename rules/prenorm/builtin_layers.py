@@ -33,13 +33,29 @@ class BuiltinLayer:
     stack_attr: str | None  # self.<attr> = stack
 
 
+def _spelled(ctx: "FileContext", qualified: tuple[str, ...]) -> bool:
+    """Whether the file's text spells the last part of one of `qualified`: a callee resolves to a
+    name of torch only through an import or attribute chain that spells its last part (the
+    canonical spellings keep it), so without one no call of the file can be one of them."""
+    return ctx.memo(f"prenorm.spelled.{qualified}", lambda: any(
+        name.rsplit(".", 1)[1] in ctx.text for name in qualified))
+
+
 def builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinLayer]:
-    flow = FunctionFlow(ctx, function)
+    if not _spelled(ctx, tuple(LAYERS)):
+        return iter(())
+    return _builtin_layers(ctx, function)
+
+
+def _builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinLayer]:
+    flow = None  # built for the first layer found
     calls = find_types(function, cst.Call)
     for call in calls:
         stack_name = LAYERS.get(ctx.names.callee(call))
         if stack_name is None:
             continue
+        if flow is None:
+            flow = FunctionFlow(ctx, function)
         stack = next((s for s in calls if ctx.names.callee(s) == stack_name
                       and _stacks(ctx, flow, s, call)), None)
         attr = None
@@ -60,6 +76,12 @@ class BuiltinTransformer:
 
 def builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinTransformer]:
     """`nn.Transformer(...)` calls: their encoder and decoder always end in a norm of their own."""
+    if not _spelled(ctx, (TRANSFORMER,)):
+        return iter(())
+    return _builtin_transformers(ctx, function)
+
+
+def _builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinTransformer]:
     for call in find_types(function, cst.Call):
         if ctx.names.callee(call) == TRANSFORMER:
             custom = argument(call, _CUSTOM_ENCODER, "custom_encoder") or argument(

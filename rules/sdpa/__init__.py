@@ -155,7 +155,8 @@ class EinsumAttentionToSdpa(Rule):
         own_calls = find_types(method.body, cst.Call, into_scopes=False)
         # A callee resolves to SDPA only through names this file spells (an import, an attribute
         # chain): a text without SDPA's own name needs none of its calls resolved.
-        if _SDPA_NAME in ctx.text and any(ctx.names.is_call(node, SDPA) for node in own_calls):
+        spelled = ctx.memo("sdpa.spelled", lambda: _SDPA_NAME in ctx.text)  # once per version, not per method
+        if spelled and any(ctx.names.is_call(node, SDPA) for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
