@@ -26,7 +26,7 @@ from tf_migrate.analysis.dataflow import Binding, FunctionFlow, binds
 from tf_migrate.analysis.legacy_attention import classifier_softmaxes
 from tf_migrate.analysis.linear import LinearLayer, is_linear_layer, transposed_linear, wrapped_linear
 from tf_migrate.analysis.symbols import is_parameter, parameter_default, symbols_of
-from tf_migrate.analysis.names import argument, int_value, self_attribute
+from tf_migrate.analysis.names import argument, int_value, may_call, self_attribute
 from tf_migrate.analysis.project.index import absolute
 from tf_migrate.analysis.nodes import find, find_types
 
@@ -913,7 +913,7 @@ def _called_names(ctx: "FileContext") -> list[set[str]]:
     """Per function of the file, the plain names it calls, nested functions' calls included (and
     whether it builds torch's `nn.MultiheadAttention`, an attention under any alias). Read from the
     per-function calls the block questions keep, not from a walk of the whole module."""
-    mha_named = "MultiheadAttention" in ctx.text  # else no call can resolve to it: skip resolving
+    mha_named = may_call(ctx, "torch.nn.MultiheadAttention")  # else skip resolving
     found: list[set[str]] = []
     calls_by_function = ctx.memo("ffn.calls_by_function", lambda: _calls_by_function(ctx))
     for function, calls in zip(find_types(ctx.module, cst.FunctionDef), calls_by_function):
@@ -926,8 +926,8 @@ def _called_names(ctx: "FileContext") -> list[set[str]]:
 
 
 def builtin_layers(ctx: "FileContext") -> Iterator[cst.Call]:
-    if not any(name.rsplit(".", 1)[1] in ctx.text for name in BUILTIN_LAYERS):
-        return  # no spelling of these classes, aliased or not, can avoid naming them
+    if not may_call(ctx, *BUILTIN_LAYERS):
+        return
     for call in _calls_and_ops(ctx.module):
         if isinstance(call, cst.Call) and ctx.names.callee(call) in BUILTIN_LAYERS:
             yield call

@@ -7,11 +7,15 @@ all resolve to `torch.nn.functional.softmax`; a local function called `softmax` 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from tf_migrate.analysis.nodes import PerNode
 from tf_migrate.analysis.scopes import Scopes, Source
+
+if TYPE_CHECKING:
+    from tf_migrate.engine.context import FileContext
 
 # Canonical spellings: the same function reachable under several module paths.
 _ALIASES = {
@@ -87,6 +91,15 @@ class NameResolver:
         elif type(func) is not cst.Name:
             return False
         return self.imported(func) in names
+
+
+def may_call(ctx: "FileContext", *names: str) -> bool:
+    """Whether a call of the file can resolve to one of `names` at all: a callee resolves to an
+    imported name only through an import or an attribute chain that spells its last part (the
+    canonical spellings keep it), so a text spelling none of them has no such call. Answered once
+    per file version."""
+    parts = _last_parts(names)
+    return ctx.memo(("names.may_call", parts), lambda: any(part in ctx.text for part in parts))
 
 
 @lru_cache(maxsize=None)

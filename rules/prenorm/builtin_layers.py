@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 import libcst as cst
 
 from tf_migrate.analysis.dataflow import Binding, FunctionFlow
-from tf_migrate.analysis.names import argument, self_attribute
+from tf_migrate.analysis.names import argument, may_call, self_attribute
 from tf_migrate.analysis.nodes import find_types
 
 if TYPE_CHECKING:
@@ -33,16 +33,8 @@ class BuiltinLayer:
     stack_attr: str | None  # self.<attr> = stack
 
 
-def _spelled(ctx: "FileContext", qualified: tuple[str, ...]) -> bool:
-    """Whether the file's text spells the last part of one of `qualified`: a callee resolves to a
-    name of torch only through an import or attribute chain that spells its last part (the
-    canonical spellings keep it), so without one no call of the file can be one of them."""
-    return ctx.memo(f"prenorm.spelled.{qualified}", lambda: any(
-        name.rsplit(".", 1)[1] in ctx.text for name in qualified))
-
-
 def builtin_layers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinLayer]:
-    if not _spelled(ctx, tuple(LAYERS)):
+    if not may_call(ctx, *LAYERS):
         return iter(())
     return _builtin_layers(ctx, function)
 
@@ -76,7 +68,7 @@ class BuiltinTransformer:
 
 def builtin_transformers(ctx: "FileContext", function: cst.FunctionDef) -> Iterator[BuiltinTransformer]:
     """`nn.Transformer(...)` calls: their encoder and decoder always end in a norm of their own."""
-    if not _spelled(ctx, (TRANSFORMER,)):
+    if not may_call(ctx, TRANSFORMER):
         return iter(())
     return _builtin_transformers(ctx, function)
 

@@ -16,6 +16,7 @@ from tf_migrate.rules.sdpa.consumers import kept_buffers, uncalled_module_consum
 from tf_migrate.rules.sdpa.escapes import escaped_probabilities
 from tf_migrate.rules.sdpa.loose_attention import unfollowed_softmax
 from tf_migrate.analysis.imports import FUNCTIONAL, reference
+from tf_migrate.analysis.names import may_call
 from tf_migrate.analysis.modules import ModuleClass
 from tf_migrate.analysis.nodes import find_types
 from tf_migrate.plan import ClassPlan
@@ -23,8 +24,6 @@ from tf_migrate.engine.rule import Component, Equivalence, Finding, Fix, Refusal
 from tf_migrate.rules.sdpa.module_hooks import refuse_hooked
 from tf_migrate.rules.sdpa.returned import ignored_by_callers, returned_reason
 from tf_migrate.rules.sdpa.sdpa_call import SdpaCall, build_call
-
-_SDPA_NAME = SDPA.rsplit(".", 1)[-1]
 
 
 class EinsumAttentionToSdpa(Rule):
@@ -153,10 +152,7 @@ class EinsumAttentionToSdpa(Rule):
         matcher = AttentionMatcher(ctx, cls, method)
         matcher.allow_returned = free or method.name.value == "forward"
         own_calls = find_types(method.body, cst.Call, into_scopes=False)
-        # A callee resolves to SDPA only through names this file spells (an import, an attribute
-        # chain): a text without SDPA's own name needs none of its calls resolved.
-        spelled = ctx.memo("sdpa.spelled", lambda: _SDPA_NAME in ctx.text)  # once per version, not per method
-        if spelled and any(ctx.names.is_call(node, SDPA) for node in own_calls):
+        if may_call(ctx, SDPA) and any(ctx.names.is_call(node, SDPA) for node in own_calls):
             return  # already has an SDPA path (often beside a manual fallback): leave it alone
         claimed: set[int] = set()
         for product, statement in matcher.candidates():
