@@ -118,10 +118,7 @@ def add_imports(module: cst.Module, context: CodemodContext) -> cst.Module:
     The visitor reads and changes only the leading run of import statements (after a docstring)
     and puts a blank line before the first statement after them; the rest of the body is passed
     through. Running it on the head alone spares a deep copy and a visit of the whole file."""
-    start = 1 if _docstring_first(module) else 0
-    end = start
-    while end < len(module.body) and _is_import_line(module.body[end]):
-        end += 1
+    _, end = _leading_imports(module)
     head = module.with_changes(body=module.body[:end + 1])
     done = AddImportsVisitor(context).transform_module(head)
     return module.with_changes(body=[*done.body, *module.body[end + 1:]])
@@ -137,10 +134,7 @@ def remove_imports(module: cst.Module, code: str, removals: list[tuple[str, str 
     (`still_used`: kept) or spelled nowhere in the file outside the leading import statements
     (no reference, `__all__` entry, string annotation or other import can then exist), the
     visitor run over those statements alone removes exactly what it removes from the whole file."""
-    start = 1 if _docstring_first(module) else 0
-    end = start
-    while end < len(module.body) and _is_import_line(module.body[end]):
-        end += 1
+    start, end = _leading_imports(module)
     head = "".join(module.code_for_node(statement) for statement in module.body[start:end])
     free = []
     # name -> free, and -> still used: fixes of many classes free the same few names
@@ -227,6 +221,15 @@ def _spelled(name: str, text: str) -> int:
     import re
 
     return len(re.findall(rf"(?<!\w){re.escape(name)}(?!\w)", text))
+
+
+def _leading_imports(module: cst.Module) -> tuple[int, int]:
+    """Where the leading run of import statements (after a docstring) starts and ends in the body."""
+    start = 1 if _docstring_first(module) else 0
+    end = start
+    while end < len(module.body) and _is_import_line(module.body[end]):
+        end += 1
+    return start, end
 
 
 def _docstring_first(module: cst.Module) -> bool:
