@@ -239,19 +239,19 @@ def _places(function: cst.FunctionDef) -> dict[cst.CSTNode, _Place]:
     """Every statement of the function's blocks (nested defs' own bodies not included): its
     block's statements, its position there and the statement (or function) owning the block."""
     where: dict[cst.CSTNode, _Place] = {}
-
-    def index(block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
-        statements = tuple(block.body)
-        for position, statement in enumerate(statements):
-            where[statement] = (statements, position, owner)
-            if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
-                continue
-            for inner in _blocks(statement):
-                index(inner, statement)
-
     if isinstance(function.body, cst.IndentedBlock):
-        index(function.body, function)
+        _place_block(where, function.body, function)
     return where
+
+
+def _place_block(where: dict[cst.CSTNode, _Place], block: cst.IndentedBlock, owner: cst.CSTNode) -> None:
+    statements = tuple(block.body)
+    for position, statement in enumerate(statements):
+        where[statement] = (statements, position, owner)
+        if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+            continue
+        for inner in _blocks(statement):
+            _place_block(where, inner, statement)
 
 
 class FunctionFlow:

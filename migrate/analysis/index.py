@@ -9,6 +9,7 @@ their identifier, and calls by the plain name they call.
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from functools import cached_property
@@ -226,11 +227,16 @@ class _Parents(Mapping):
     """Node -> its parent, read from the index's positions: no dict of every node (each insert a
     call of libcst's Python-level `__hash__`) is built per version of the file."""
 
-    __slots__ = ("_position", "_parent", "_nodes", "index")
+    __slots__ = ("_position", "_parent", "_nodes", "_index")
 
     def __init__(self, index: NodeIndex) -> None:
         self._position, self._parent, self._nodes = index._position, index._parent, index._nodes
-        self.index = index  # the index these parents are read from (one position per node)
+        self._index = weakref.ref(index)  # the index holds these parents: a strong reference is a cycle
+
+    @property
+    def index(self) -> NodeIndex | None:
+        """The index these parents are read from (one position per node), while it lives."""
+        return self._index()
 
     def get(self, node: object, default: object = None) -> object:
         at = self._position.get(id(node))

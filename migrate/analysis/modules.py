@@ -115,21 +115,23 @@ def _read_register_buffer(cls: ModuleClass, call: cst.Call, statement: cst.Simpl
 
 def find_module_classes(ctx: "FileContext") -> list[ModuleClass]:
     found: list[ModuleClass] = []
-    known: set[str] = set()
-
-    def visit(body: list[cst.CSTNode], prefix: str) -> None:
-        for statement in body:
-            if isinstance(statement, cst.ClassDef):
-                qualname = prefix + statement.name.value
-                if _is_module_class(ctx, statement, known, qualname):
-                    known.add(statement.name.value)
-                    found.append(_analyse(ctx, statement, qualname))
-                visit(list(statement.body.body), qualname + ".")
-            elif isinstance(statement, _BLOCK_OWNERS):  # `except ImportError: class LayerNorm(...)`
-                visit(list(_block_statements(statement)), prefix)
-
-    visit(list(ctx.module.body), "")
+    _find_in(ctx, list(ctx.module.body), "", found, set())
     return found
+
+
+def _find_in(ctx: "FileContext", body: list[cst.CSTNode], prefix: str, found: list[ModuleClass],
+             known: set[str]) -> None:
+    """The module classes of `body` and of the classes and blocks in it, appended to `found`;
+    `known`: the names of those found so far (a base may be one of them)."""
+    for statement in body:
+        if isinstance(statement, cst.ClassDef):
+            qualname = prefix + statement.name.value
+            if _is_module_class(ctx, statement, known, qualname):
+                known.add(statement.name.value)
+                found.append(_analyse(ctx, statement, qualname))
+            _find_in(ctx, list(statement.body.body), qualname + ".", found, known)
+        elif isinstance(statement, _BLOCK_OWNERS):  # `except ImportError: class LayerNorm(...)`
+            _find_in(ctx, list(_block_statements(statement)), prefix, found, known)
 
 
 _BLOCK_OWNERS = (cst.If, cst.Else, cst.Try, cst.TryStar, cst.ExceptHandler, cst.ExceptStarHandler,

@@ -37,15 +37,15 @@ class NameResolver:
         self._scopes = scopes
         # id(node) -> (node, answer): the same nodes are asked about again and again (three in four
         # questions on a large file); holding the node keeps its id from naming another object.
-        self._imported = PerNode(self._imported_name)
-        self._module_level = PerNode(self._module_level_binding)
+        self._imported = PerNode()
+        self._module_level = PerNode()
 
     def imported(self, node: cst.CSTNode) -> str | None:
         """The fully qualified name of an expression that refers to something imported, else None.
 
         Ambiguous names (imported and also bound locally) resolve to None.
         """
-        return self._imported(node)
+        return self._imported.answer(node, self._imported_name)
 
     def _imported_name(self, node: cst.CSTNode) -> str | None:
         names = self._scopes.resolve(node)
@@ -59,7 +59,7 @@ class NameResolver:
     def module_level(self, node: cst.CSTNode) -> bool:
         """Whether a Name (or `a.b.c`'s `a`) reads a module-level binding of the file (remembered
         per node, as `imported`)."""
-        return self._module_level(node)
+        return self._module_level.answer(node, self._module_level_binding)
 
     def _module_level_binding(self, node: cst.CSTNode) -> bool:
         scope = self._scopes.binding_scope(node)

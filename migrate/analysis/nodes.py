@@ -120,19 +120,26 @@ def cached(node: cst.CSTNode, kind: str, compute: Callable[[cst.CSTNode], object
 class PerNode:
     """One answer per node object (or any object asked about), computed when first asked: keyed by
     `id` (libcst's `__hash__` is a Python call), the object kept beside its answer so that a
-    recycled id is never taken for it."""
+    recycled id is never taken for it.
+
+    An object that remembers answers of its own method asks with `answer(node, self._method)`:
+    holding the bound method would make a reference cycle through the object, freed only by the
+    cycle collector (with the version of the file it holds)."""
 
     __slots__ = ("_compute", "_known")
 
-    def __init__(self, compute: Callable[[cst.CSTNode], object]) -> None:
+    def __init__(self, compute: Callable[[cst.CSTNode], object] | None = None) -> None:
         self._compute = compute
         self._known: dict[int, tuple[cst.CSTNode, object]] = {}
 
     def __call__(self, node: cst.CSTNode) -> object:
+        return self.answer(node, self._compute)
+
+    def answer(self, node: cst.CSTNode, compute: Callable[[cst.CSTNode], object]) -> object:
         known = self._known.get(id(node))
         if known is not None and known[0] is node:
             return known[1]
-        answer = self._compute(node)
+        answer = compute(node)
         self._known[id(node)] = (node, answer)
         return answer
 

@@ -92,6 +92,15 @@ class FileContext:
 
         return find_module_classes(self)
 
+    def release(self) -> None:
+        """Forget every analysis of this version (the engine is done with it). Analyses refer back
+        to the context (a remembered table whose questions read `ctx`): cycles that only the
+        cycle collector frees, holding the whole version until it runs. Forgotten here, the
+        version is freed as soon as nothing else holds it."""
+        self._memo.clear()
+        for name in ("names", "index", "module_classes", "_positions"):
+            self.__dict__.pop(name, None)
+
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """A per-file analysis computed once: rules share the context until one changes the file."""
         if key not in self._memo:

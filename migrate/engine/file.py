@@ -211,6 +211,7 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
                 earlier = ctx.index
                 code, positions = printer(module)
                 project.add(source_path, code)  # later rules' questions see the rewritten file
+                ctx.release()
                 ctx = None
         except Exception as exc:  # a rule bug must not damage the file or stop the run
             result.errors.append(f"internal error in {rule.code}: {exc!r}\n{traceback.format_exc()}")
@@ -234,6 +235,8 @@ def _run_rules(result: FileResult, text: str, path: str, active: Sequence[Rule],
         result.outside.extend(Edit(rule.code, line_of(f.line), "fix" if isinstance(f, Fix) else "refusal",
                                    column(line_of(f.line)))
                               for f in outside)
+    if ctx is not None:
+        ctx.release()
     result.warnings.extend(Edit(suppress.UNUSED, line, message, column(line))
                            for line, message in suppress.unused(text, skip_lines, active))
     result.migrated = code

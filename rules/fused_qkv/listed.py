@@ -268,45 +268,48 @@ def _same_parameters(ctx, cls, method: cst.FunctionDef, reads: list[tuple[str, c
         rebound = None
     except Blocked as exc:  # raised after the callers: a call passing other tensors says more
         rebound = exc
-    if method.name.value != "forward":
-        raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
-    params = [p.name.value for p in method.params.params]
-    if any(name not in params for name in inputs) or method.params.posonly_params:
-        raise Blocked(f"the names ({', '.join(inputs)}) are not all parameters of forward")
-    positions = [params.index(name) - 1 for name in inputs]  # without self
-    inner = find(cls.node, lambda n: self_attribute(n) == "forward" or (
-        isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
-    if inner:
-        raise Blocked(f"`{ctx.code(inner[0])}` on line {ctx.line(inner[0])} calls forward from inside the class")
     try:
-        calls = callers(ctx, cls)
-    except Blocked:
+        if method.name.value != "forward":
+            raise Blocked(f"the projections are in `{method.name.value}`, not forward: its callers are not followed")
+        params = [p.name.value for p in method.params.params]
+        if any(name not in params for name in inputs) or method.params.posonly_params:
+            raise Blocked(f"the names ({', '.join(inputs)}) are not all parameters of forward")
+        positions = [params.index(name) - 1 for name in inputs]  # without self
+        inner = find(cls.node, lambda n: self_attribute(n) == "forward" or (
+            isinstance(n, cst.Call) and isinstance(n.func, cst.Name) and n.func.value == "self"))
+        if inner:
+            raise Blocked(f"`{ctx.code(inner[0])}` on line {ctx.line(inner[0])} calls forward from inside the class")
+        try:
+            calls = callers(ctx, cls)
+        except Blocked:
+            if rebound is not None:
+                raise rebound
+            raise
+        if not calls and rebound is not None:
+            raise rebound
+        if not calls:
+            raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
+                          f"{', '.join(inputs)} are one tensor")
+        for fctx, call in calls:
+            passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
+            if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
+                through = _passed_through(fctx, call, passed) if depth < _WRAPPING_DEPTH else None
+                if through is not None:
+                    try:
+                        _same_parameters(fctx, *through, [(p.value, call) for p in passed], depth + 1)
+                        continue
+                    except CrossCall:
+                        raise
+                    except Blocked:
+                        pass  # the outer callers cannot be followed: this call is the nearest evidence
+                raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on {place(ctx, fctx, call)} passes "
+                              f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
+                              f"{', '.join(inputs)}: cross-attention, not one tensor")
         if rebound is not None:
             raise rebound
-        raise
-    if not calls and rebound is not None:
-        raise rebound
-    if not calls:
-        raise Blocked(f"no call of a `{cls.node.name.value}` in the tree: its callers decide whether "
-                      f"{', '.join(inputs)} are one tensor")
-    for fctx, call in calls:
-        passed = [_argument(call, position, name) for position, name in zip(positions, inputs)]
-        if not all(isinstance(p, cst.Name) for p in passed) or len({p.value for p in passed}) != 1:
-            through = _passed_through(fctx, call, passed) if depth < _WRAPPING_DEPTH else None
-            if through is not None:
-                try:
-                    _same_parameters(fctx, *through, [(p.value, call) for p in passed], depth + 1)
-                    continue
-                except CrossCall:
-                    raise
-                except Blocked:
-                    pass  # the outer callers cannot be followed: this call is the nearest evidence
-            raise CrossCall(f"`{' '.join(fctx.code(call).split())}` on {place(ctx, fctx, call)} passes "
-                          f"{', '.join(fctx.code(p) if p is not None else '?' for p in passed)} as "
-                          f"{', '.join(inputs)}: cross-attention, not one tensor")
-    if rebound is not None:
-        raise rebound
-    return inputs[0]
+        return inputs[0]
+    finally:
+        rebound = None  # the error's traceback holds this frame: a local naming it is a cycle
 
 
 def _passed_through(fctx, call: cst.Call, passed: list) -> tuple | None:

@@ -88,7 +88,7 @@ class ResidualFinder:
         self.ctx, self.cls, self.method = ctx, cls, method
         self.flow = FunctionFlow(ctx, method, chained=True)  # `y = x = norm(x)` binds both names
         # id(node) -> (node, answer) of `is_norm`: several searches of the method ask about each call
-        self._norms = PerNode(self._is_norm)
+        self._norms = PerNode()
 
     def find(self) -> Sublayers:
         self._refuse_flag_only()
@@ -137,7 +137,7 @@ class ResidualFinder:
         return ("bound", id(definition.statement), name)
 
     def is_norm(self, node: cst.CSTNode) -> bool:
-        return self._norms(node)
+        return self._norms.answer(node, self._is_norm)
 
     def _is_norm(self, node: cst.CSTNode) -> bool:
         return self.cls.submodule_of(node, *NORMS) is not None or self._own_norm(node) is not None \

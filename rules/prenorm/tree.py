@@ -167,21 +167,21 @@ def stack_members(fctx: "FileContext", stack) -> list[tuple[str, "FileContext", 
     names = block_names(fctx, stack.cls, container)
     found: list[tuple[str, "FileContext", "ModuleClass"]] = []
     seen: set[tuple[str, str]] = set()
-
-    def visit(path: str, mfctx, mcls, depth: int) -> None:
-        key = (mfctx.project_key, mcls.qualname)
-        if key in seen or depth > 3:
-            return
-        seen.add(key)
-        found.append((path, mfctx, mcls))
-        for attr, sfctx, scls in submodule_classes(mfctx, mcls):
-            visit(f"{path}.{attr}", sfctx, scls, depth + 1)
-
     for name in sorted(names):
         resolved = resolve_class(fctx, name)
         if resolved is not None:
-            visit(f"self.{stack.attr}[-1]", *resolved, 0)
+            _add_members(found, seen, f"self.{stack.attr}[-1]", *resolved, 0)
     return found
+
+
+def _add_members(found: list, seen: set[tuple[str, str]], path: str, mfctx, mcls, depth: int) -> None:
+    key = (mfctx.project_key, mcls.qualname)
+    if key in seen or depth > 3:
+        return
+    seen.add(key)
+    found.append((path, mfctx, mcls))
+    for attr, sfctx, scls in submodule_classes(mfctx, mcls):
+        _add_members(found, seen, f"{path}.{attr}", sfctx, scls, depth + 1)
 
 
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:

@@ -16,7 +16,10 @@ def ignored_by_callers(ctx, cls, method: cst.FunctionDef, call, free: bool) -> N
     set the call up to return None in their place."""
     refusal = _kept(ctx, cls, method, call.found, free)
     if refusal is not None:
-        raise refusal
+        try:
+            raise refusal
+        finally:
+            refusal = None  # the error's traceback holds this frame: a local naming it is a cycle
     element = call.found.returned[0]
     line = ctx.line(element)
     call.returned_none = element.value
