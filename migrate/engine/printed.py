@@ -38,26 +38,32 @@ class _Recorded:
         self.start = self.state.offset
 
     def __exit__(self, *exc: object) -> None:
-        spans = self.state.spans
-        start = spans[self.start_node][1] if self.start_node is not None else self.start
-        end = spans[self.end_node][2] if self.end_node is not None else self.state.offset
-        spans[self.node] = (self.state.key, start, end)
+        state = self.state
+        spans = state.spans
+        start = spans[id(self.start_node)][1] if self.start_node is not None else self.start
+        end = spans[id(self.end_node)][2] if self.end_node is not None else state.offset
+        if id(self.node) not in spans:
+            state.nodes.append(self.node)
+        spans[id(self.node)] = (state.key, start, end)
 
 
 class _OffsetState(CodegenState):
     """Libcst's printing state, recording each node's (key, start, end): character offsets from the
     start of the printing of `key` (a top-level statement printed on its own; None: the module).
+    Spans are keyed by the node's `id` (libcst's `__hash__` is a Python call, twice per node);
+    `nodes` keeps the nodes, in the order first recorded.
 
     Same rules as `PositionProvidingCodegenState`: a syntactic position recorded inside a node's
     printing wins over its whole extent, which is recorded only when nothing was."""
 
-    __slots__ = ("key", "offset", "spans", "line_starts", "_stack")
+    __slots__ = ("key", "offset", "spans", "nodes", "line_starts", "_stack")
 
     def __init__(self, module: cst.Module, key: cst.CSTNode | None = None) -> None:
         super().__init__(default_indent=module.default_indent, default_newline=module.default_newline)
-        self.key = key
+        self.key = id(key) if key is not None else None
         self.offset = 0
-        self.spans: dict[cst.CSTNode, tuple[Any, int, int]] = {}
+        self.spans: dict[int, tuple[Any, int, int]] = {}
+        self.nodes: list[cst.CSTNode] = []
         self.line_starts: list[int] = []  # offsets just after each newline, in printing order
         self._stack: list[int] = []
 
@@ -80,8 +86,9 @@ class _OffsetState(CodegenState):
 
     def after_codegen(self, node: cst.CSTNode) -> None:
         start = self._stack.pop()
-        if node not in self.spans:
-            self.spans[node] = (self.key, start, self.offset)
+        if id(node) not in self.spans:
+            self.spans[id(node)] = (self.key, start, self.offset)
+            self.nodes.append(node)
 
     def record_syntactic_position(self, node: cst.CSTNode, *, start_node: cst.CSTNode | None = None,
                                   end_node: cst.CSTNode | None = None) -> _Recorded:
@@ -91,9 +98,10 @@ class _OffsetState(CodegenState):
 class Positions(Mapping[cst.CSTNode, CodeRange]):
     """Node -> `CodeRange` (1-based lines, 0-based columns), computed when asked."""
 
-    def __init__(self, spans: dict[cst.CSTNode, tuple[Any, int, int]], line_starts: list[int],
-                 bases: dict[Any, int]) -> None:
-        self._spans = spans
+    def __init__(self, spans: dict[int, tuple[Any, int, int]], nodes: list[cst.CSTNode],
+                 line_starts: list[int], bases: dict[Any, int]) -> None:
+        self._spans = spans  # by id of the node: `nodes` keeps them alive, so no other object has one
+        self._nodes = nodes
         self._line_starts = line_starts
         self._bases = bases  # where the printing of each key (see `_OffsetState`) starts
 
@@ -102,15 +110,21 @@ class Positions(Mapping[cst.CSTNode, CodeRange]):
         return CodePosition(before + 1, offset - (self._line_starts[before - 1] if before else 0))
 
     def __getitem__(self, node: cst.CSTNode) -> CodeRange:
-        key, start, end = self._spans[node]
+        found = self._spans.get(id(node))
+        if found is None:
+            raise KeyError(node)
+        key, start, end = found
         base = self._bases[key]
         return CodeRange(self._position(base + start), self._position(base + end))
 
+    def get(self, node: object, default: Any = None) -> Any:
+        return self[node] if id(node) in self._spans else default
+
     def __contains__(self, node: object) -> bool:
-        return node in self._spans
+        return id(node) in self._spans
 
     def __iter__(self) -> Iterator[cst.CSTNode]:
-        return iter(self._spans)
+        return iter(self._nodes)
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -119,13 +133,14 @@ class Positions(Mapping[cst.CSTNode, CodeRange]):
 class _Statement:
     """One top-level statement printed on its own: its text, spans and line starts relative to it."""
 
-    __slots__ = ("text", "spans", "line_starts", "last_token")
+    __slots__ = ("text", "spans", "nodes", "line_starts", "last_token")
 
     def __init__(self, module: cst.Module, statement: cst.CSTNode) -> None:
         state = _OffsetState(module, statement)
         statement._codegen(state)
         self.text = "".join(state.tokens)
         self.spans = state.spans
+        self.nodes = state.nodes
         self.line_starts = state.line_starts
         self.last_token = state.tokens[-1] if state.tokens else None
 
@@ -134,7 +149,7 @@ def printed(module: cst.Module) -> tuple[str, Positions]:
     """`module.code` and the positions `PositionProvider` would give every node, in one printing."""
     state = _OffsetState(module)
     module._codegen(state)
-    return "".join(state.tokens), Positions(state.spans, state.line_starts, {None: 0})
+    return "".join(state.tokens), Positions(state.spans, state.nodes, state.line_starts, {None: 0})
 
 
 def positions(module: cst.Module) -> Mapping[cst.CSTNode, Any]:
@@ -188,7 +203,7 @@ def _assembled(module: cst.Module, statements: dict[cst.CSTNode, _Statement]) ->
     last: _Statement | None = None
     for statement in module.body:
         printing = statements[statement]
-        bases[statement] = state.offset
+        bases[id(statement)] = state.offset
         state.line_starts.extend([state.offset + start for start in printing.line_starts])
         state.tokens.append(printing.text)
         state.offset += len(printing.text)
@@ -205,10 +220,13 @@ def _assembled(module: cst.Module, statements: dict[cst.CSTNode, _Statement]) ->
         else:
             state.tokens.pop()
     state.after_codegen(module)
-    spans: dict[cst.CSTNode, tuple[Any, int, int]] = {}
+    spans: dict[int, tuple[Any, int, int]] = {}
+    nodes: list[cst.CSTNode] = []
     for printing in statements.values():
         spans.update(printing.spans)
+        nodes.extend(printing.nodes)
     spans.update(state.spans)
-    if len(spans) != len(state.spans) + sum(len(p.spans) for p in statements.values()):
+    nodes.extend(state.nodes)
+    if len(spans) != len(nodes):
         return None
-    return "".join(state.tokens), Positions(spans, state.line_starts, bases)
+    return "".join(state.tokens), Positions(spans, nodes, state.line_starts, bases)
