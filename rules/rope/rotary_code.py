@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -51,10 +52,16 @@ def {name}(x, seq_dim=-2, offset=0, base={base}):
 
 
 def helper_statements(torch_alias: str, base: float) -> list[cst.BaseStatement]:
-    code = _HELPER.format(torch=torch_alias, name=HELPER_NAME, base=repr(float(base)))
+    return list(_helper(torch_alias, float(base)))
+
+
+@lru_cache(maxsize=8)
+def _helper(torch_alias: str, base: float) -> tuple[cst.BaseStatement, ...]:
+    """Parsed once per spelling: libcst nodes never change, so every file can hold the same ones."""
+    code = _HELPER.format(torch=torch_alias, name=HELPER_NAME, base=repr(base))
     body = list(cst.parse_module(code).body)
     blank = [cst.EmptyLine(), cst.EmptyLine()]
-    return [body[0].with_changes(leading_lines=blank), *body[1:]]
+    return (body[0].with_changes(leading_lines=blank), *body[1:])
 
 
 def rotary_statements(site: "RotarySite") -> list[cst.SimpleStatementLine]:
