@@ -129,3 +129,15 @@ def test_a_node_printed_in_two_places_is_printed_whole():
     twice = first.with_changes(body=[inner, cst.SimpleStatementLine([cst.Expr(call)])])
     code, found = printer(twice)
     assert code == printed(twice)[0] and found[call] == printed(twice)[1][call]
+
+
+def test_libcst_prints_its_own_way_again_after_a_printing():
+    """The plain parentheses (`_Parenthesized`) are in place only while this module prints."""
+    from libcst._nodes.expression import _BaseParenthesizedNode
+
+    own = _BaseParenthesizedNode.__dict__["_parenthesize"]
+    module = cst.parse_module("x = (a + (b))\n")
+    Printer()(module)
+    printed(module)
+    assert _BaseParenthesizedNode.__dict__["_parenthesize"] is own
+    assert module.code == "x = (a + (b))\n"

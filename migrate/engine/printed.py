@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import libcst as cst
@@ -95,6 +96,60 @@ class _OffsetState(CodegenState):
         return _Recorded(self, node, start_node, end_node)
 
 
+class _Parenthesized:
+    """What libcst's `_parenthesize` does around an expression's printing, for an `_OffsetState`:
+    the left parentheses, the expression's own span recorded (as `record_syntactic_position`
+    records it), the right parentheses. Libcst's is a generator behind contextlib's wrapper,
+    entered for every expression printed: about a tenth of a printing."""
+
+    __slots__ = ("node", "state", "start")
+
+    def __init__(self, node: cst.CSTNode, state: _OffsetState) -> None:
+        self.node, self.state = node, state
+
+    def __enter__(self) -> None:
+        for lpar in self.node.lpar:
+            lpar._codegen(self.state)
+        self.start = self.state.offset
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is not None:  # the printing failed: as the generator, nothing more is printed
+            return
+        state, node = self.state, self.node
+        if id(node) not in state.spans:
+            state.nodes.append(node)
+        state.spans[id(node)] = (state.key, self.start, state.offset)
+        for rpar in node.rpar:
+            rpar._codegen(state)
+
+
+try:
+    from libcst._nodes.expression import _BaseParenthesizedNode
+    _LIBCST_PARENTHESIZE = _BaseParenthesizedNode.__dict__["_parenthesize"]
+except (ImportError, KeyError):  # a libcst laid out otherwise: its own printing, as it is
+    _BaseParenthesizedNode = None
+
+
+def _parenthesize(node: cst.CSTNode, state: CodegenState) -> Any:
+    if type(state) is _OffsetState:
+        return _Parenthesized(node, state)
+    return _LIBCST_PARENTHESIZE(node, state)
+
+
+@contextmanager
+def _plain_parentheses() -> Iterator[None]:
+    """Libcst's expressions print their parentheses through `_Parenthesized` while inside."""
+    if _BaseParenthesizedNode is None:
+        yield
+        return
+    outer = _BaseParenthesizedNode.__dict__["_parenthesize"]
+    _BaseParenthesizedNode._parenthesize = _parenthesize
+    try:
+        yield
+    finally:
+        _BaseParenthesizedNode._parenthesize = outer
+
+
 class Positions(Mapping[cst.CSTNode, CodeRange]):
     """Node -> `CodeRange` (1-based lines, 0-based columns), computed when asked."""
 
@@ -148,7 +203,8 @@ class _Statement:
 def printed(module: cst.Module) -> tuple[str, Positions]:
     """`module.code` and the positions `PositionProvider` would give every node, in one printing."""
     state = _OffsetState(module)
-    module._codegen(state)
+    with _plain_parentheses():
+        module._codegen(state)
     return "".join(state.tokens), Positions(state.spans, state.nodes, state.line_starts, {None: 0})
 
 
@@ -171,10 +227,11 @@ class Printer:
             return self._latest[1], self._latest[2]
         layout = (module.default_indent, module.default_newline)
         earlier = self._statements if layout == self._layout else {}
-        statements = {statement: earlier.get(statement) or _Statement(module, statement)
-                      for statement in module.body}
-        found = _assembled(module, statements)
-        code, where = found if found is not None else printed(module)
+        with _plain_parentheses():
+            statements = {statement: earlier.get(statement) or _Statement(module, statement)
+                          for statement in module.body}
+            found = _assembled(module, statements)
+            code, where = found if found is not None else printed(module)
         self._statements, self._layout = (statements, layout) if found is not None else ({}, None)
         self._latest = (module, code, where)
         self._first = self._first or (module, code)
