@@ -134,7 +134,7 @@ def _run(paths, show_diff, output_dir, select, extend_select, ignore, rule_optio
         max_file_size=max_file_size,
         extend_exclude=list(extend_exclude), respect_gitignore=not no_respect_gitignore,
         force_exclude=force_exclude, stdin_filename=stdin_filename, exit_zero=exit_zero,
-        exit_non_zero_on_refusal=exit_non_zero_on_refusal, **mode,
+        exit_non_zero_on_refusal=exit_non_zero_on_refusal, settle_after_analysis=True, **mode,
     )
     try:
         code = run(options, sys.stdout)

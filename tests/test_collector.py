@@ -4,6 +4,9 @@ it is done (engine/collector.py)."""
 from __future__ import annotations
 
 import gc
+import io
+import subprocess
+import sys
 import weakref
 from collections import Counter
 
@@ -13,6 +16,7 @@ from helpers import FIXTURES, MODELS
 from tf_migrate.analysis.project import ProjectIndex
 from tf_migrate.engine.file import migrate_source
 from tf_migrate.engine.registry import select_rules
+from tf_migrate.engine.run import RunOptions, run
 
 MODEL_SOURCES = sorted(MODELS.glob("*.py")) + sorted((FIXTURES / "projects").rglob("*.py"))
 
@@ -93,3 +97,20 @@ def test_a_migrated_file_leaves_no_cyclic_garbage(path):
         gc.garbage.clear()
         gc.enable()
     assert not ours, Counter(type(o).__qualname__ for o in ours).most_common(8)
+
+
+def test_the_command_line_freezes_what_its_run_keeps(tmp_path):
+    """Once its files are analysed, the command line's process ends with the run: the heap is
+    frozen (an exit handler registered first runs last, and sees it). A library call is left alone."""
+    source = tmp_path / "model.py"
+    source.write_text(SOURCE)
+    program = ("import atexit, gc, sys\n"
+               "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, file=sys.stderr))\n"
+               "from tf_migrate.cli import main\n"
+               "main()")
+    done = subprocess.run([sys.executable, "-c", program, str(source), "--no-cache"], capture_output=True,
+                          text=True)
+    assert done.stderr.endswith("frozen True\n"), done.stderr
+    frozen = gc.get_freeze_count()
+    run(RunOptions(paths=[source], use_cache=False), io.StringIO())
+    assert gc.get_freeze_count() == frozen

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from tf_migrate.engine import report
+from tf_migrate.engine import collector, report
 from tf_migrate.engine.config import Config, ConfigError, Overrides, Resolver
 from tf_migrate.engine.discovery import Excludes, iter_python_files, real_path
 from tf_migrate.engine.file import FileResult
@@ -53,6 +53,9 @@ class RunOptions:
     color: bool | None = None  # None: on a terminal unless NO_COLOR
     statistics: bool = False  # print only the census table and its reasons
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    # The command line's: the process ends with the run, so what the analysis kept (results, the
+    # whole-tree index) is moved out of the cycle collector's view once the files are analysed.
+    settle_after_analysis: bool = False
 
 
 def _overrides(options: RunOptions) -> Overrides:
@@ -169,6 +172,8 @@ def _run(options: RunOptions, out: TextIO) -> int:
     configs = [resolver.for_file(path) for path in files]
     targets = _targets(options, files)
     results = _process(options, configs, rules_of, files)
+    if options.settle_after_analysis:
+        collector.settle()
     _write(options, targets, results)
     _copy_failed(options, files, targets, results)
     _print(options, results, out)
