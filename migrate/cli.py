@@ -134,8 +134,11 @@ def _run(paths, show_diff, output_dir, select, extend_select, ignore, rule_optio
         max_file_size=max_file_size,
         extend_exclude=list(extend_exclude), respect_gitignore=not no_respect_gitignore,
         force_exclude=force_exclude, stdin_filename=stdin_filename, exit_zero=exit_zero,
-        exit_non_zero_on_refusal=exit_non_zero_on_refusal, settle_after_analysis=True, **mode,
+        exit_non_zero_on_refusal=exit_non_zero_on_refusal, **mode,
     )
+    from tf_migrate.engine import collector
+
+    collector.frozen_at_exit()  # the process ends with the run: its teardown need not walk what it kept
     try:
         code = run(options, sys.stdout)
     except UsageError as exc:

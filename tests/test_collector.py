@@ -14,6 +14,7 @@ import pytest
 
 from helpers import FIXTURES, MODELS
 from tf_migrate.analysis.project import ProjectIndex
+from tf_migrate.engine import collector
 from tf_migrate.engine.file import migrate_source
 from tf_migrate.engine.registry import select_rules
 from tf_migrate.engine.run import RunOptions, run
@@ -99,9 +100,34 @@ def test_a_migrated_file_leaves_no_cyclic_garbage(path):
     assert not ours, Counter(type(o).__qualname__ for o in ours).most_common(8)
 
 
-def test_the_command_line_freezes_what_its_run_keeps(tmp_path):
-    """Once its files are analysed, the command line's process ends with the run: the heap is
-    frozen (an exit handler registered first runs last, and sees it). A library call is left alone."""
+def test_the_report_is_written_with_the_heap_frozen_and_thawed_after(tmp_path, monkeypatch):
+    """The report of a run walks nothing the run kept: a full collection there would (engine/run.py)."""
+    from tf_migrate.engine import run as running
+
+    source = tmp_path / "model.py"
+    source.write_text(SOURCE)
+    during = []
+    printing = running._print
+    monkeypatch.setattr(running, "_print", lambda *a: (during.append(gc.get_freeze_count()), printing(*a)))
+    gc.unfreeze()  # a clean start: nothing frozen by anyone
+    run(RunOptions(paths=[source], use_cache=False), io.StringIO())
+    assert during and during[0] > 0
+    assert gc.get_freeze_count() == 0  # a library caller gets its collector back as it was
+
+
+def test_a_caller_that_froze_objects_keeps_them_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collector.frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_the_command_line_freezes_the_heap_before_the_interpreter_tears_down(tmp_path):
+    """An exit handler registered first runs last: it sees what `frozen_at_exit`'s handler did."""
     source = tmp_path / "model.py"
     source.write_text(SOURCE)
     program = ("import atexit, gc, sys\n"
@@ -111,6 +137,3 @@ def test_the_command_line_freezes_what_its_run_keeps(tmp_path):
     done = subprocess.run([sys.executable, "-c", program, str(source), "--no-cache"], capture_output=True,
                           text=True)
     assert done.stderr.endswith("frozen True\n"), done.stderr
-    frozen = gc.get_freeze_count()
-    run(RunOptions(paths=[source], use_cache=False), io.StringIO())
-    assert gc.get_freeze_count() == frozen

@@ -9,12 +9,13 @@ where one collection of the young generations -- the objects the file made -- fr
 collections are left to CPython's own rule between files. The analysis itself leaves no cycles
 (the engine releases each version's context: tests/test_collector.py), so a version a fix
 replaced is freed at once, not at the file's end (the N-copies file at N = 256: peak 2.05 GB,
-against 2.54 GB while the versions waited). Once the command line's files are analysed, what the
-run keeps is frozen (`settle`).
+against 2.54 GB while the versions waited). What a run keeps is not walked again by the full
+collections that would come while its report is written and while the interpreter tears down.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 from contextlib import contextmanager
 from typing import Iterator
@@ -35,9 +36,30 @@ def paused() -> Iterator[None]:
         gc.enable()
 
 
-def settle() -> None:
-    """Every object alive now stays alive until the process ends (the command line, its files
-    analysed): out of the collector's view. A full collection walks them all and frees nothing --
-    3.8 s once while the report is written after a one-process run over the torch tree, then
-    12.6 s in the interpreter's teardown (benchmarks/results/growth.md, perf8)."""
+@contextmanager
+def frozen() -> Iterator[None]:
+    """Every object alive on entry is out of the collector's view inside: for the report of a run,
+    which keeps them all (results, the whole-tree index) and makes no cyclic garbage. A full
+    collection there walks them all and frees nothing: 3.8 s after a one-process run over the torch
+    tree (benchmarks/results/growth.md, perf8). A caller that froze objects itself keeps them so."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def frozen_at_exit() -> None:
+    """At the interpreter's exit, before it tears down, every object is moved out of the collector's
+    view: the teardown's full collections walk all that a run kept and free nothing (12.6 s after a
+    one-process run over the torch tree). For the command line; registered once per process."""
+    global _freezing_at_exit
+    if not _freezing_at_exit:
+        atexit.register(gc.freeze)
+        _freezing_at_exit = True
+
+
+_freezing_at_exit = False

@@ -53,9 +53,6 @@ class RunOptions:
     color: bool | None = None  # None: on a terminal unless NO_COLOR
     statistics: bool = False  # print only the census table and its reasons
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    # The command line's: the process ends with the run, so what the analysis kept (results, the
-    # whole-tree index) is moved out of the cycle collector's view once the files are analysed.
-    settle_after_analysis: bool = False
 
 
 def _overrides(options: RunOptions) -> Overrides:
@@ -172,17 +169,16 @@ def _run(options: RunOptions, out: TextIO) -> int:
     configs = [resolver.for_file(path) for path in files]
     targets = _targets(options, files)
     results = _process(options, configs, rules_of, files)
-    if options.settle_after_analysis:
-        collector.settle()
-    _write(options, targets, results)
-    _copy_failed(options, files, targets, results)
-    _print(options, results, out)
-    if options.plan_path is not None:
-        document = plan_document(p for r in results for p in r.plans)
-        try:
-            write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
-        except OSError as exc:
-            raise UsageError(f"--plan {options.plan_path}: cannot write ({exc.strerror or exc})") from None
+    with collector.frozen():
+        _write(options, targets, results)
+        _copy_failed(options, files, targets, results)
+        _print(options, results, out)
+        if options.plan_path is not None:
+            document = plan_document(p for r in results for p in r.plans)
+            try:
+                write_atomic(options.plan_path, json.dumps(document, indent=2) + "\n")
+            except OSError as exc:
+                raise UsageError(f"--plan {options.plan_path}: cannot write ({exc.strerror or exc})") from None
     return _exit_code(options, results, wrote=options.write)
 
 
