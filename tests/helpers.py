@@ -15,6 +15,8 @@ from tf_migrate.engine.rule import Rule
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 MODELS = FIXTURES / "models"
+# whole models and multi-file projects: the fixtures that exercise every rule together
+MODEL_SOURCES = sorted(MODELS.glob("*.py")) + sorted((FIXTURES / "projects").rglob("*.py"))
 _counter = itertools.count()
 
 

@@ -12,14 +12,13 @@ from collections import Counter
 
 import pytest
 
-from helpers import FIXTURES, MODELS
+from helpers import FIXTURES, MODEL_SOURCES
 from tf_migrate.analysis.project import ProjectIndex
 from tf_migrate.engine import collector
 from tf_migrate.engine.file import migrate_source
 from tf_migrate.engine.registry import select_rules
 from tf_migrate.engine.run import RunOptions, run
 
-MODEL_SOURCES = sorted(MODELS.glob("*.py")) + sorted((FIXTURES / "projects").rglob("*.py"))
 
 SOURCE = "import torch.nn as nn\n\n\nclass Block(nn.Module):\n    pass\n"
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import FIXTURES, MODELS, ROOT
+from helpers import FIXTURES, MODEL_SOURCES, MODELS, ROOT
 from tf_migrate.analysis import census, dataflow, ffn, nodes
 from tf_migrate.analysis.index import NodeIndex
 from tf_migrate.analysis.nodes import _walk
@@ -26,7 +26,6 @@ from tf_migrate.engine.lines import _LineMatcher, original_lines
 from tf_migrate.engine.source import split_lines
 
 SOURCES = sorted(FIXTURES.rglob("*.py"))
-MODEL_SOURCES = sorted(MODELS.glob("*.py")) + sorted((FIXTURES / "projects").rglob("*.py"))
 
 
 def _parses(path) -> bool:
