@@ -98,7 +98,7 @@ class FileContext:
         cycle collector frees, holding the whole version until it runs. Forgotten here, the
         version is freed as soon as nothing else holds it."""
         self._memo.clear()
-        for name in ("names", "index", "module_classes", "_positions"):
+        for name in _ANALYSES:
             self.__dict__.pop(name, None)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -141,6 +141,10 @@ class FileContext:
                         return True
             current = self.parents.get(current)
         return False
+
+
+# What `release` forgets besides the memo: every analysis the context computes when first asked.
+_ANALYSES = tuple(name for name, value in vars(FileContext).items() if isinstance(value, cached_property))
 
 
 def _other_file_context(project: "ProjectIndex", path: str, text: str) -> "FileContext | None":
