@@ -104,7 +104,7 @@ def _migrate_source(text: str, path: str, rules: Sequence[Rule], project: "Proje
         # Every rule works inside nn.Module classes; a base may be one through another project file.
         if not (may_define_modules(tree) or project.defines_modules(key)):
             active = [rule for rule in active if (rule.free_functions and _function_naming(tree, rule.triggers, text))
-                      or any(word in text for word in rule.outside_modules)]
+                      or _calling(tree, rule.outside_modules, text)]
         if active:
             _with_deep_stack(_run_rules, result, text, path, active, project, key)
         result.depends = sorted(project.reads)
@@ -163,6 +163,23 @@ def _function_naming(tree, words: Sequence[str], text: str) -> bool:
                 name = inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else ""
                 if any(word in name for word in words):
                     return True
+    return False
+
+
+def _calling(tree, names: Sequence[str], text: str) -> bool:
+    """Whether the file (`tree` is the parse of `text`) calls a function or method named one of
+    `names` (`torch.sin(x)`, `x.sin_()`): a name in a comment, a string or `asin(` is no call.
+    Only a file whose text spells a name is walked, or a non-ASCII one (NFKC identifiers)."""
+    if not names or (text.isascii() and not any(name in text for name in names)):
+        return False
+    import ast
+
+    for node in ast.walk(tree):
+        if node.__class__ is ast.Call:
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name in names:
+                return True
     return False
 
 

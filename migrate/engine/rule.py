@@ -87,8 +87,9 @@ class Rule:
     summary: ClassVar[str]
     # Words one of which must appear in a file's raw text for the rule to have a candidate.
     triggers: ClassVar[tuple[str, ...]]
-    # Words that make the rule look at a file that defines no nn.Module class (a module-level
-    # function another file's model calls); by default a rule looks only inside modules.
+    # Names of functions or methods a call to which makes the rule look at a file that defines no
+    # nn.Module class (a module-level function another file's model calls); by default a rule
+    # looks only inside modules.
     outside_modules: ClassVar[tuple[str, ...]] = ()
     # Also reads module-level functions: the rule runs on a file without any nn.Module class when
     # the file defines a function at its top level (attention written as a free function).

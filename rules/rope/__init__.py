@@ -62,7 +62,7 @@ class SinusoidalToRotary(Rule):
     # torch.sin(, .sin(), math.sin(, .sin_(); "pos"/"Pos": a file that adds a table another file builds;
     # "softmax"/"Softmax": an attention another file's positions feed (across.TRIGGERS says the same)
     triggers = ("sin(", "sin_(", "pos", "Pos", "softmax", "Softmax")
-    outside_modules = ("sin(", "sin_(")  # a table function another file's model calls
+    outside_modules = ("sin", "sin_")  # called by a table function another file's model calls
     options = {"positions": "rope", "base": 10000.0}
     example_before = (
         "x = self.pos(self.embed(tokens))  # PositionalEncoding: x + self.pe[:, :T], then dropout\n"
