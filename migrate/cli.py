@@ -139,6 +139,7 @@ def _run(paths, show_diff, output_dir, select, extend_select, ignore, rule_optio
     from tf_migrate.engine import collector
 
     collector.frozen_at_exit()  # the process ends with the run: its teardown need not walk what it kept
+    collector.own_process()
     try:
         code = run(options, sys.stdout)
     except UsageError as exc:

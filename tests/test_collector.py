@@ -136,3 +136,30 @@ def test_the_command_line_freezes_the_heap_before_the_interpreter_tears_down(tmp
     done = subprocess.run([sys.executable, "-c", program, str(source), "--no-cache"], capture_output=True,
                           text=True)
     assert done.stderr.endswith("frozen True\n"), done.stderr
+
+
+def test_the_command_line_freezes_what_a_file_leaves_instead_of_collecting_it(tmp_path):
+    """In the tool's own process the young generations are not walked at each file's end (what
+    survives a file is kept by the run: the walk frees next to nothing); a library caller's are
+    (the first test here)."""
+    for name in ("a.py", "b.py"):  # each one a rule reads (its trigger: Linear)
+        (tmp_path / name).write_text(SOURCE + "\n    def __init__(self):\n        self.proj = nn.Linear(4, 4)\n")
+    program = ("import gc, sys\n"
+               "from tf_migrate.engine import collector\n"
+               "calls = []\n"
+               "class Recording:\n"
+               "    def __getattr__(self, name):\n"
+               "        found = getattr(gc, name)\n"
+               "        if name in ('collect', 'freeze'):\n"
+               "            return lambda *a: (calls.append(name), found(*a))[1]\n"
+               "        return found\n"
+               "collector.gc = Recording()\n"
+               "from tf_migrate.cli import main\n"
+               "try:\n"
+               "    main()\n"
+               "finally:\n"
+               "    print(calls, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path), "--no-cache", "-j", "1"],
+                          capture_output=True, text=True)
+    # one freeze per file; the report's (`frozen`) finds the heap frozen already
+    assert done.stderr.splitlines()[-1] == "['freeze', 'freeze']", done.stderr
