@@ -97,9 +97,9 @@ def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
     class Counted(statement):
         __slots__ = ()
 
-        def __init__(self, module, node):
+        def __init__(self, module, node, earlier=None):
             made.append(node)
-            super().__init__(module, node)
+            super().__init__(module, node, earlier)
 
     monkeypatch.setattr(printed_module, "_Statement", Counted)
     module = cst.parse_module("import math\n\n\ndef f(x):\n    return x\n\n\ndef g(x):\n    return x\n")
@@ -112,6 +112,111 @@ def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
     assert made == [changed]
     made.clear()
     assert printer.code(module) == module.code and made == []  # the file as parsed is remembered
+
+
+def _rebuilt_inside(statement: cst.CSTNode) -> cst.CSTNode:
+    """`statement` with the last statement of its block rebuilt (a new object) and, in each block
+    below, the same: everything else the same objects, as a fix that changes one line leaves it."""
+    body = getattr(statement, "body", None)
+    if not isinstance(body, cst.IndentedBlock) or not body.body:
+        return statement
+    inner = list(body.body)
+    last = inner[-1]
+    replaced = _rebuilt_inside(last)
+    inner[-1] = replaced if replaced is not last else last.deep_clone()
+    return statement.with_changes(body=body.with_changes(body=inner))
+
+
+def _nested_versions(module: cst.Module) -> list[cst.Module]:
+    """Versions whose rebuilt top-level statements keep most of their inner statements: one line
+    changed deep inside; then the same inner statements under one more indentation level (an
+    `if True:` around a def's body), and one inner statement printed in two places."""
+    versions = [module.with_changes(body=[_rebuilt_inside(s) for s in module.body])]
+    deeper, twice = [], []
+    for statement in versions[-1].body:
+        body = getattr(statement, "body", None)
+        if isinstance(statement, cst.FunctionDef) and isinstance(body, cst.IndentedBlock):
+            wrapped = cst.If(test=cst.Name("True"), body=body)
+            deeper.append(statement.with_changes(body=body.with_changes(body=[wrapped])))
+            twice.append(statement.with_changes(body=body.with_changes(body=[*body.body, body.body[0]])))
+        else:
+            deeper.append(statement)
+            twice.append(statement)
+    versions.append(versions[-1].with_changes(body=deeper))
+    versions.append(versions[-2].with_changes(body=twice))
+    versions.append(versions[-3].with_changes(body=[_rebuilt_inside(s) for s in versions[-3].body]))
+    return versions
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_printer_copying_unchanged_inner_statements_gives_every_version_as_printed(path):
+    module = cst.parse_module(path.read_text())
+    printer = Printer()
+    _assert_same(module, printer)
+    for version in _nested_versions(module):
+        _assert_same(version, printer)
+
+
+@pytest.mark.parametrize("source", ODD)
+def test_printer_copying_inner_statements_in_unusual_files(source):
+    module = cst.parse_module(source)
+    printer = Printer()
+    _assert_same(module, printer)
+    for version in _nested_versions(module):
+        _assert_same(version, printer)
+
+
+def test_printer_copies_the_inner_statements_a_fix_left_alone(monkeypatch):
+    copied = []
+    copy = printed_module._OffsetState._copy
+
+    def recording(state, statement, *rest):
+        done = copy(state, statement, *rest)
+        if done:
+            copied.append(statement)
+        return done
+
+    module = cst.parse_module("class A:\n    def f(self):\n        return 1\n\n    def g(self):\n"
+                              "        x = 2\n        return x\n")
+    printer = Printer()
+    printer(module)
+    f, g = module.body[0].body.body
+    changed = g.with_changes(body=g.body.with_changes(body=[g.body.body[0], cst.parse_statement("return -x\n")]))
+    version = module.with_changes(body=[module.body[0].with_changes(body=module.body[0].body.with_changes(
+        body=[f, changed]))])
+    monkeypatch.setattr(printed_module._OffsetState, "_copy", recording)
+    _assert_same(version, printer)
+    assert copied == [f, g.body.body[0]]  # the method and the line the fix left alone, not the new ones
+
+
+def _sharing_comment(first, second):
+    comment = cst.EmptyLine(comment=cst.Comment("# shared"))  # recorded when printed (after_codegen)
+    return first.with_changes(leading_lines=[comment]), second.with_changes(leading_lines=[comment])
+
+
+def _sharing_name(first, second):
+    name = cst.Name("v")  # recorded inside its parentheses (`_Parenthesized`)
+    return (first.with_changes(body=[first.body[0].with_changes(value=name)]),
+            second.with_changes(body=[second.body[0].with_changes(value=name)]))
+
+
+def _sharing_pass(first, second):
+    statement = cst.Pass()  # recorded at its syntactic position (`_Recorded`)
+    return first.with_changes(body=[statement]), second.with_changes(body=[statement])
+
+
+@pytest.mark.parametrize("share", [_sharing_comment, _sharing_name, _sharing_pass])
+def test_a_printing_that_met_a_node_twice_is_not_copied_from(share):
+    """The second statement holding a shared node does not record it (its first place did):
+    copied into a version without the first, that node would have no position."""
+    module = cst.parse_module("def f():\n    x = 1\n    y = 2\n")
+    function = module.body[0]
+    first, second = share(*function.body.body)
+    both = module.with_changes(body=[function.with_changes(body=function.body.with_changes(body=[first, second]))])
+    alone = module.with_changes(body=[function.with_changes(body=function.body.with_changes(body=[second]))])
+    printer = Printer()
+    printer(both)
+    _assert_same(alone, printer)
 
 
 def test_a_node_printed_in_two_places_is_printed_whole():

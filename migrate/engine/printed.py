@@ -9,7 +9,11 @@ module's `code`, so a rewritten module is printed once for both.
 A fix rebuilds only the top-level statements it touches; the others are the same objects in the
 new module. A top-level statement prints the same text whatever surrounds it (nothing is indented
 around it; the module's indent and newline are the same), so a `Printer` keeps each top-level
-statement's printing, offsets relative to its start, and prints only the new ones.
+statement's printing, offsets relative to its start, and prints only the new ones. Inside a
+rebuilt one, the statements of its blocks that the fix left alone (the methods of a class it did
+not touch, the lines of a method around the ones it replaced) are the same objects too: a
+statement prints the same text under the same indentation, so their printing is copied from the
+previous version's, offsets shifted.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class _Recorded:
         end = spans[id(self.end_node)][2] if self.end_node is not None else state.offset
         if id(self.node) not in spans:
             state.nodes.append(self.node)
+        elif spans[id(self.node)][1] < state._stack[-1]:
+            state.foreign = True
         spans[id(self.node)] = (state.key, start, end)
 
 
@@ -55,11 +61,18 @@ class _OffsetState(CodegenState):
     `nodes` keeps the nodes, in the order first recorded.
 
     Same rules as `PositionProvidingCodegenState`: a syntactic position recorded inside a node's
-    printing wins over its whole extent, which is recorded only when nothing was."""
+    printing wins over its whole extent, which is recorded only when nothing was.
 
-    __slots__ = ("key", "offset", "spans", "nodes", "line_starts", "_stack")
+    `earlier`: the statements of blocks a previous printing recorded (`_Block`), by id, whose
+    printing is copied when the same statement is printed under the same indentation; `blocks`
+    records this printing's. A node object met in two places (`foreign`: one it was recorded at
+    before) leaves this printing's records unusable: the copy of a statement gives its own nodes
+    their spans, and only where each is printed once is that what printing it gives."""
 
-    def __init__(self, module: cst.Module, key: cst.CSTNode | None = None) -> None:
+    __slots__ = ("key", "offset", "spans", "nodes", "line_starts", "_stack", "earlier", "blocks", "foreign")
+
+    def __init__(self, module: cst.Module, key: cst.CSTNode | None = None,
+                 earlier: "dict[int, tuple[_Statement, int]] | None" = None) -> None:
         super().__init__(default_indent=module.default_indent, default_newline=module.default_newline)
         self.key = id(key) if key is not None else None
         self.offset = 0
@@ -67,6 +80,9 @@ class _OffsetState(CodegenState):
         self.nodes: list[cst.CSTNode] = []
         self.line_starts: list[int] = []  # offsets just after each newline, in printing order
         self._stack: list[int] = []
+        self.earlier = earlier or {}
+        self.blocks: list[_Block] | None = [] if key is not None else None
+        self.foreign = False
 
     def add_indent_tokens(self) -> None:
         self.tokens.extend(self.indent_tokens)
@@ -87,9 +103,58 @@ class _OffsetState(CodegenState):
 
     def after_codegen(self, node: cst.CSTNode) -> None:
         start = self._stack.pop()
-        if id(node) not in self.spans:
+        found = self.spans.get(id(node))
+        if found is None:
             self.spans[id(node)] = (self.key, start, self.offset)
             self.nodes.append(node)
+        elif found[1] < start:
+            self.foreign = True
+
+    def block_statement(self, statement: cst.CSTNode) -> None:
+        """Print a statement of an indented block: copied from an earlier printing of the same
+        object under the same indentation, else printed (and recorded, for the next printing)."""
+        indent = tuple(self.indent_tokens)
+        found = self.earlier.get(id(statement))
+        if found is not None and self._copy(statement, indent, *found):
+            return
+        start, nodes, lines, tokens = self.offset, len(self.nodes), len(self.line_starts), len(self.tokens)
+        blocks = self.blocks
+        inner = len(blocks) if blocks is not None else 0
+        statement._codegen(self)
+        if blocks is not None and len(self.tokens) > tokens:
+            blocks.append(_Block(statement, indent, start, self.offset, nodes, len(self.nodes), lines,
+                                 len(self.line_starts), inner, self.tokens[-1]))
+
+    def _copy(self, statement: cst.CSTNode, indent: tuple[str, ...], printing: "_Statement", at: int) -> bool:
+        """Append the block statement `printing.blocks[at]` (its text, its nodes' spans and its line
+        starts, shifted to here) and the records of the blocks inside it. False, having done
+        nothing, when it is another statement or indentation. (A statement met twice is copied
+        twice: its nodes listed twice, `_assembled` prints the module whole.)"""
+        block = printing.blocks[at]
+        if block.node is not statement or block.indent != indent:
+            return False
+        spans = self.spans
+        nodes = printing.nodes[block.first_node:block.end_node]
+        shift = self.offset - block.start
+        key = self.key
+        old = printing.spans
+        for node in nodes:
+            _, start, end = old[id(node)]
+            spans[id(node)] = (key, start + shift, end + shift)
+        node_shift = len(self.nodes) - block.first_node
+        line_shift = len(self.line_starts) - block.first_line
+        self.nodes.extend(nodes)
+        self.line_starts.extend([start + shift for start in printing.line_starts[block.first_line:block.end_line]])
+        text = printing.text[block.start:block.end]
+        if len(text) > len(block.last_token):
+            self.tokens.append(text[:len(text) - len(block.last_token)])
+        self.tokens.append(block.last_token)
+        self.offset += len(text)
+        if self.blocks is not None:
+            inner_shift = len(self.blocks) - block.inner_start
+            self.blocks.extend(inner.shifted(shift, node_shift, line_shift, inner_shift)
+                               for inner in printing.blocks[block.inner_start:at + 1])
+        return True
 
     def record_syntactic_position(self, node: cst.CSTNode, *, start_node: cst.CSTNode | None = None,
                                   end_node: cst.CSTNode | None = None) -> _Recorded:
@@ -116,8 +181,11 @@ class _Parenthesized:
         if kind is not None:  # the printing failed: as the generator, nothing more is printed
             return
         state, node = self.state, self.node
-        if id(node) not in state.spans:
+        found = state.spans.get(id(node))
+        if found is None:
             state.nodes.append(node)
+        elif found[1] < state._stack[-1]:
+            state.foreign = True
         state.spans[id(node)] = (state.key, self.start, state.offset)
         for rpar in node.rpar:
             rpar._codegen(state)
@@ -138,9 +206,15 @@ def _parenthesize(node: cst.CSTNode, state: CodegenState) -> Any:
 
 @contextmanager
 def _plain_parentheses() -> Iterator[None]:
-    """Libcst's expressions print their parentheses through `_Parenthesized` while inside."""
+    """Libcst's expressions print their parentheses through `_Parenthesized`, and its indented
+    blocks their statements through `_OffsetState.block_statement`, while inside."""
+    blocks = cst.IndentedBlock.__dict__["_codegen_impl"]
+    cst.IndentedBlock._codegen_impl = _indented_block
     if _BaseParenthesizedNode is None:
-        yield
+        try:
+            yield
+        finally:
+            cst.IndentedBlock._codegen_impl = blocks
         return
     outer = _BaseParenthesizedNode.__dict__["_parenthesize"]
     _BaseParenthesizedNode._parenthesize = _parenthesize
@@ -148,6 +222,52 @@ def _plain_parentheses() -> Iterator[None]:
         yield
     finally:
         _BaseParenthesizedNode._parenthesize = outer
+        cst.IndentedBlock._codegen_impl = blocks
+
+
+class _Block:
+    """A statement of an indented block within a top-level statement's printing: its indentation,
+    where its text lies (`start`, `end`: offsets in that printing), its nodes (`first_node`,
+    `end_node`: indices of the printing's nodes) and line starts, the printing's records of the
+    blocks inside it (from `inner_start` up to its own), and its last token."""
+
+    __slots__ = ("node", "indent", "start", "end", "first_node", "end_node", "first_line", "end_line",
+                 "inner_start", "last_token")
+
+    def __init__(self, node: cst.CSTNode, indent: tuple[str, ...], start: int, end: int, first_node: int,
+                 end_node: int, first_line: int, end_line: int, inner_start: int, last_token: str) -> None:
+        self.node, self.indent, self.start, self.end = node, indent, start, end
+        self.first_node, self.end_node, self.first_line, self.end_line = first_node, end_node, first_line, end_line
+        self.inner_start, self.last_token = inner_start, last_token
+
+    def shifted(self, offset: int, nodes: int, lines: int, blocks: int) -> "_Block":
+        return _Block(self.node, self.indent, self.start + offset, self.end + offset, self.first_node + nodes,
+                      self.end_node + nodes, self.first_line + lines, self.end_line + lines,
+                      self.inner_start + blocks, self.last_token)
+
+
+def _indented_block(block: cst.IndentedBlock, state: CodegenState) -> None:
+    """`IndentedBlock._codegen_impl`, each statement printed through `_OffsetState.block_statement`."""
+    if type(state) is not _OffsetState:
+        _LIBCST_INDENTED_BLOCK(block, state)
+        return
+    block.header._codegen(state)
+    state.increase_indent(state.default_indent if block.indent is None else block.indent)
+    if block.body:
+        with state.record_syntactic_position(block, start_node=block.body[0], end_node=block.body[-1]):
+            for statement in block.body:
+                state.block_statement(statement)
+    else:
+        state.add_indent_tokens()
+        with state.record_syntactic_position(block):
+            state.add_token("pass")
+        state.add_token(state.default_newline)
+    for line in block.footer:
+        line._codegen(state)
+    state.decrease_indent()
+
+
+_LIBCST_INDENTED_BLOCK = cst.IndentedBlock._codegen_impl
 
 
 class Positions(Mapping[cst.CSTNode, CodeRange]):
@@ -186,18 +306,22 @@ class Positions(Mapping[cst.CSTNode, CodeRange]):
 
 
 class _Statement:
-    """One top-level statement printed on its own: its text, spans and line starts relative to it."""
+    """One top-level statement printed on its own: its text, spans and line starts relative to it,
+    and the statements of its blocks (`_Block`) for the next version's printing to copy.
+    `earlier`: those of the previous version's printings (see `_OffsetState`)."""
 
-    __slots__ = ("text", "spans", "nodes", "line_starts", "last_token")
+    __slots__ = ("text", "spans", "nodes", "line_starts", "last_token", "blocks")
 
-    def __init__(self, module: cst.Module, statement: cst.CSTNode) -> None:
-        state = _OffsetState(module, statement)
+    def __init__(self, module: cst.Module, statement: cst.CSTNode,
+                 earlier: "dict[int, tuple[_Statement, int]] | None" = None) -> None:
+        state = _OffsetState(module, statement, earlier)
         statement._codegen(state)
         self.text = "".join(state.tokens)
         self.spans = state.spans
         self.nodes = state.nodes
         self.line_starts = state.line_starts
         self.last_token = state.tokens[-1] if state.tokens else None
+        self.blocks: list[_Block] = [] if state.foreign else state.blocks
 
 
 def printed(module: cst.Module) -> tuple[str, Positions]:
@@ -227,8 +351,10 @@ class Printer:
             return self._latest[1], self._latest[2]
         layout = (module.default_indent, module.default_newline)
         earlier = self._statements if layout == self._layout else {}
+        kept = set(map(id, module.body))
+        inside = _block_statements(printing for statement, printing in earlier.items() if id(statement) not in kept)
         with _plain_parentheses():
-            statements = {statement: earlier.get(statement) or _Statement(module, statement)
+            statements = {statement: earlier.get(statement) or _Statement(module, statement, inside)
                           for statement in module.body}
             found = _assembled(module, statements)
             code, where = found if found is not None else printed(module)
@@ -243,6 +369,15 @@ class Printer:
         if self._first is not None and self._first[0] is module:
             return self._first[1]
         return self(module)[0]
+
+
+def _block_statements(printings: Iterator[_Statement]) -> dict[int, tuple[_Statement, int]]:
+    """The recorded block statements of `printings`, by id: (the printing, the record's index)."""
+    found: dict[int, tuple[_Statement, int]] = {}
+    for printing in printings:
+        for at, block in enumerate(printing.blocks):
+            found[id(block.node)] = (printing, at)
+    return found
 
 
 def _assembled(module: cst.Module, statements: dict[cst.CSTNode, _Statement]) -> tuple[str, Positions] | None:
