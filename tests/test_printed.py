@@ -71,49 +71,6 @@ def _versions(module: cst.Module) -> list[cst.Module]:
     return versions
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
-def test_printer_reusing_unchanged_statements_gives_every_version_as_printed(path):
-    module = cst.parse_module(path.read_text())
-    printer = Printer()
-    _assert_same(module, printer)
-    for version in _versions(module):
-        _assert_same(version, printer)
-        assert printer.code(module) == module.code  # remembered, not reprinted from the latest
-
-
-@pytest.mark.parametrize("source", ODD)
-def test_printer_in_unusual_files(source):
-    module = cst.parse_module(source)
-    printer = Printer()
-    _assert_same(module, printer)
-    for version in _versions(module):
-        _assert_same(version, printer)
-
-
-def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
-    made = []
-    statement = printed_module._Statement
-
-    class Counted(statement):
-        __slots__ = ()
-
-        def __init__(self, module, node, earlier=None):
-            made.append(node)
-            super().__init__(module, node, earlier)
-
-    monkeypatch.setattr(printed_module, "_Statement", Counted)
-    module = cst.parse_module("import math\n\n\ndef f(x):\n    return x\n\n\ndef g(x):\n    return x\n")
-    printer = Printer()
-    printer(module)
-    assert made == list(module.body)
-    made.clear()
-    changed = cst.parse_statement("def g(x):\n    return -x\n")
-    printer(module.with_changes(body=[*module.body[:2], changed]))
-    assert made == [changed]
-    made.clear()
-    assert printer.code(module) == module.code and made == []  # the file as parsed is remembered
-
-
 def _rebuilt_inside(statement: cst.CSTNode) -> cst.CSTNode:
     """`statement` with the last statement of its block rebuilt (a new object) and, in each block
     below, the same: everything else the same objects, as a fix that changes one line leaves it."""
@@ -148,22 +105,52 @@ def _nested_versions(module: cst.Module) -> list[cst.Module]:
     return versions
 
 
+VERSIONS = [_versions, _nested_versions]
+
+
+@pytest.mark.parametrize("make", VERSIONS, ids=["top-level", "nested"])
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(FIXTURES)))
-def test_printer_copying_unchanged_inner_statements_gives_every_version_as_printed(path):
+def test_printer_reusing_unchanged_statements_gives_every_version_as_printed(path, make):
     module = cst.parse_module(path.read_text())
     printer = Printer()
     _assert_same(module, printer)
-    for version in _nested_versions(module):
+    for version in make(module):
         _assert_same(version, printer)
+        assert printer.code(module) == module.code  # remembered, not reprinted from the latest
 
 
+@pytest.mark.parametrize("make", VERSIONS, ids=["top-level", "nested"])
 @pytest.mark.parametrize("source", ODD)
-def test_printer_copying_inner_statements_in_unusual_files(source):
+def test_printer_in_unusual_files(source, make):
     module = cst.parse_module(source)
     printer = Printer()
     _assert_same(module, printer)
-    for version in _nested_versions(module):
+    for version in make(module):
         _assert_same(version, printer)
+
+
+def test_printer_prints_only_the_statements_a_version_changed(monkeypatch):
+    made = []
+    statement = printed_module._Statement
+
+    class Counted(statement):
+        __slots__ = ()
+
+        def __init__(self, module, node, earlier=None):
+            made.append(node)
+            super().__init__(module, node, earlier)
+
+    monkeypatch.setattr(printed_module, "_Statement", Counted)
+    module = cst.parse_module("import math\n\n\ndef f(x):\n    return x\n\n\ndef g(x):\n    return x\n")
+    printer = Printer()
+    printer(module)
+    assert made == list(module.body)
+    made.clear()
+    changed = cst.parse_statement("def g(x):\n    return -x\n")
+    printer(module.with_changes(body=[*module.body[:2], changed]))
+    assert made == [changed]
+    made.clear()
+    assert printer.code(module) == module.code and made == []  # the file as parsed is remembered
 
 
 def test_printer_copies_the_inner_statements_a_fix_left_alone(monkeypatch):
