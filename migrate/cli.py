@@ -139,9 +139,9 @@ def _run(paths, show_diff, output_dir, select, extend_select, ignore, rule_optio
     from tf_migrate.engine import collector
 
     collector.frozen_at_exit()  # the process ends with the run: its teardown need not walk what it kept
-    collector.own_process()
     try:
-        code = run(options, sys.stdout)
+        with collector.owned():
+            code = run(options, sys.stdout)
     except UsageError as exc:
         click.echo(f"tf-migrate: error: {exc}", err=True)
         code = 2

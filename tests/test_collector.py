@@ -9,6 +9,7 @@ import subprocess
 import sys
 import weakref
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 
@@ -51,6 +52,10 @@ class _Probe:
 
 
 def test_paused_while_a_file_is_analysed_and_its_cycles_freed_at_the_end(tmp_path):
+    _assert_paused_and_cycles_freed(tmp_path)
+
+
+def _assert_paused_and_cycles_freed(tmp_path):
     probe = _Probe()
     thresholds = gc.get_threshold()
     gc.set_threshold(10**9)  # no automatic collection could free the cycle
@@ -163,3 +168,30 @@ def test_the_command_line_freezes_what_a_file_leaves_instead_of_collecting_it(tm
                           capture_output=True, text=True)
     # one freeze per file; the report's (`frozen`) finds the heap frozen already
     assert done.stderr.splitlines()[-1] == "['freeze', 'freeze']", done.stderr
+
+
+def test_a_command_line_run_in_the_callers_process_leaves_its_collector_as_it_was(tmp_path, monkeypatch):
+    """The freezing is the run's: after it (a test invoking the CLI in-process) nothing stays frozen
+    and the next file's cycles are collected again."""
+    from click.testing import CliRunner
+
+    from tf_migrate.cli import main
+
+    source = tmp_path / "model.py"
+    source.write_text(SOURCE + "\n    def __init__(self):\n        self.proj = nn.Linear(4, 4)\n")
+    gc.unfreeze()
+    frozen_inside = []
+    pause = collector.paused
+
+    @contextmanager
+    def watching():
+        with pause():
+            yield
+        frozen_inside.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(collector, "paused", watching)
+    CliRunner().invoke(main, [str(source), "--no-cache", "-j", "1"], catch_exceptions=False)
+    monkeypatch.undo()
+    assert frozen_inside and frozen_inside[0] > 0  # the run froze what its file left
+    assert gc.get_freeze_count() == 0
+    _assert_paused_and_cycles_freed(tmp_path)

@@ -7,10 +7,10 @@ object again and again: 40 % of the CPU on mid-sized torch files, a quarter on t
 (benchmarks/results/growth.md). Paused, a file's cyclic garbage waits for the end of the file,
 where one collection of the young generations -- the objects the file made -- frees it; full
 collections are left to CPython's own rule between files. In the command line's own processes
-that collection is not made: what a file leaves is frozen instead (`own_process`). The analysis itself leaves no cycles
-(the engine releases each version's context: tests/test_collector.py), so a version a fix
-replaced is freed at once, not at the file's end (the N-copies file at N = 256: peak 2.05 GB,
-against 2.54 GB while the versions waited). What a run keeps is not walked again by the full
+that collection is not made: what a file leaves is frozen instead (`owned`). The analysis
+itself leaves no cycles (the engine releases each version's context: tests/test_collector.py), so
+a version a fix replaced is freed at once, not at the file's end (the N-copies file at N = 256:
+peak 2.05 GB, against 2.54 GB while the versions waited). What a run keeps is not walked again by the full
 collections that would come while its report is written and while the interpreter tears down.
 """
 
@@ -25,7 +25,7 @@ from typing import Iterator
 @contextmanager
 def paused() -> Iterator[None]:
     """No automatic collection inside; one of the young generations at the end (in the tool's own
-    processes, a freeze: `own_process`). Where the collector is off already, its owner decides:
+    processes, a freeze: `owned`). Where the collector is off already, its owner decides:
     nothing is changed."""
     if not gc.isenabled():
         yield
@@ -41,17 +41,27 @@ def paused() -> Iterator[None]:
         gc.enable()
 
 
-def own_process() -> None:
-    """This process (and the workers it forks) runs the tool and nothing else: the command line.
-    What a file's analysis leaves alive is then frozen when the file is done instead of collected.
-    That collection walks every survivor (the file's tree, kept by the whole-tree index, and what
-    its questions summarised) and frees next to nothing: the analysis leaves no cycles
+@contextmanager
+def owned() -> Iterator[None]:
+    """Inside, this process runs the tool and nothing else (the command line's run, and the workers
+    it forks): what a file's analysis leaves alive is frozen when the file is done instead of
+    collected. That collection walks every survivor (the file's tree, kept by the whole-tree index,
+    and what its questions summarised) and frees next to nothing: the analysis leaves no cycles
     (tests/test_collector.py), only libcst's import codemods do, a few hundred objects a file
     (1,952 in all over the torch tree, against 2.3 s of collections: benchmarks/results/growth.md,
-    perf9). Those few then stay until the process ends, as everything that reaches the oldest
-    generation already does; a library caller's heap is never frozen."""
+    perf9); those few wait for the run's end. On the way out everything is thawed: a caller running
+    the command line in its own process (a test) gets its collector back as it was. A caller that
+    froze objects itself, or a run inside a run, changes nothing."""
     global _owned
+    if _owned or gc.get_freeze_count():
+        yield
+        return
     _owned = True
+    try:
+        yield
+    finally:
+        _owned = False
+        gc.unfreeze()
 
 
 _owned = False
